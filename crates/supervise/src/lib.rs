@@ -1,1 +1,1318 @@
-//! placeholder
+//! Run one process tree safely: its own process group and (where the host allows)
+//! its own cgroup, a wall-clock timeout and a memory limit that reach the whole
+//! tree, line-oriented capture of stdout/stderr, and an [`Outcome`] at the end.
+//!
+//! This crate knows nothing about configs, stores or jobs: plain data in
+//! ([`Spec`], [`Limits`]), outcome out.
+//!
+//! # Theory of operation
+//!
+//! * [`spawn`] resolves `argv[0]` in the child's `PATH`, optionally creates a fresh
+//!   leaf cgroup (v2: `/sys/fs/cgroup/batchguard/<name>`; v1:
+//!   `<own memory cgroup>/batchguard/<name>`) with the memory limit, and forks with
+//!   `std::process::Command`. Between fork and exec the child puts itself in a new
+//!   process group, writes `0` to the cgroup's `cgroup.procs` (opened before the
+//!   fork, so even its first fork is inside), drops privileges (setgroups, setgid,
+//!   setuid), changes directory and installs the optional "done" descriptor. Each
+//!   of those steps reports a failure through a private close-on-exec pipe, so the
+//!   parent can tell a bad workdir from a missing program.
+//! * Main children are recorded in a process-wide registry. The runner is expected
+//!   to be a child subreaper ([`become_subreaper`]); orphaned descendants then
+//!   reparent to it and are reaped here, but never a registered main child, whose
+//!   status belongs to its own [`Child::wait`] (which may run on another thread).
+//! * Two reader threads drain stdout and stderr, cut lines (64 KiB max per piece)
+//!   and pass them through a bounded channel; an eventfd wakes the waiting thread.
+//! * [`Child::wait`] is event driven: it `poll`s a pidfd of the main child and that
+//!   eventfd (also rung by [`StopHandle`]) with a timeout equal to the next
+//!   deadline (timeout, kill grace, memory sample). It reads the exit status with
+//!   `waitid(WNOWAIT)`, so the main child's zombie keeps its pid and process group
+//!   id reserved while the rest of the tree is being killed, and reaps it last.
+//! * "The tree" is every live process of the cgroup, or without a cgroup: the
+//!   process group, all descendants by ppid links, every process seen earlier in
+//!   the tree (pid + start time), and, once the main child has exited, any process
+//!   still holding our output pipes. Stopping is TERM, then KILL after the grace,
+//!   repeated until the tree is empty (bounded). After the main child exits on its
+//!   own, leftovers get TERM and at most 1 s (or the grace if shorter) before KILL.
+//! * Memory: with a cgroup the kernel enforces the limit and the outcome is
+//!   [`End::OutOfMemory`] when the group's `oom_kill` counter moved; peak comes from
+//!   `memory.peak` / `memory.max_usage_in_bytes` (or sampling `memory.current`).
+//!   Without a cgroup the tree's RSS is sampled every 100 ms and the tree is
+//!   KILLed above the limit.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, Command, Stdio};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+mod cgroup;
+mod output;
+pub mod procfs;
+mod sys;
+mod tree;
+
+use cgroup::{Cgroup, Kind};
+use output::Msg;
+use sys::{EventFd, RawStatus};
+use tree::Tracker;
+
+pub use output::MAX_LINE;
+
+/// Memory sampling period without a cgroup (and for cgroup v2 without memory.peak).
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+/// Housekeeping period otherwise (orphan reaping).
+const HOUSEKEEP_EVERY: Duration = Duration::from_secs(1);
+/// How often the tree is re-checked / re-KILLed while it is being torn down.
+const TEARDOWN_TICK: Duration = Duration::from_millis(20);
+/// Give up KILLing a tree that does not die (processes stuck in D state) after this.
+const KILL_GIVE_UP: Duration = Duration::from_secs(10);
+/// Longest grace for leftovers after the main child exited on its own.
+const LEFTOVER_GRACE: Duration = Duration::from_secs(1);
+/// Without a cgroup: how long EOF may lag behind the end of the known tree before
+/// we look for other processes holding our output pipes.
+const EOF_LAG: Duration = Duration::from_millis(50);
+/// How long to wait for pipe EOF once the whole known tree is gone.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
+
+// ---------------------------------------------------------------------------
+// Plain data in
+
+/// What to run.
+#[derive(Clone, Debug, Default)]
+pub struct Spec {
+    /// Program and arguments; `argv[0]` is looked up in the `PATH` of `env` if it has no '/'.
+    pub argv: Vec<OsString>,
+    /// Working directory of the child (entered after dropping privileges).
+    pub cwd: Option<PathBuf>,
+    /// The complete environment of the child (nothing is inherited).
+    pub env: Vec<(OsString, OsString)>,
+    /// Drop privileges in the child: setgroups, setgid, setuid (in that order).
+    pub user: Option<RunAs>,
+    pub stdin: StdinMode,
+    /// If `Some(n)` (n >= 3): a pipe whose write end the child gets as fd `n`;
+    /// read it with [`Child::take_done_reader`].
+    pub done_fd: Option<i32>,
+    pub cgroup: CgroupPlacement,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StdinMode {
+    #[default]
+    Null,
+    Pipe,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum CgroupPlacement {
+    /// A fresh leaf cgroup named after the run (if the host supports it).
+    Create { name: String },
+    #[default]
+    None,
+}
+
+/// An account to run the child as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub home: PathBuf,
+}
+
+impl RunAs {
+    /// `getpwnam` + `getgrouplist`.
+    pub fn lookup(name: &str) -> Result<RunAs, SpawnError> {
+        let user_err = |reason: String| SpawnError::User {
+            name: name.to_string(),
+            reason,
+        };
+        let user = nix::unistd::User::from_name(name)
+            .map_err(|e| user_err(format!("getpwnam failed: {e}")))?
+            .ok_or_else(|| user_err("no such user".to_string()))?;
+        let cname = CString::new(name).map_err(|_| user_err("name contains NUL".to_string()))?;
+        let groups = nix::unistd::getgrouplist(&cname, user.gid)
+            .map_err(|e| user_err(format!("getgrouplist failed: {e}")))?;
+        Ok(RunAs {
+            name: name.to_string(),
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            groups: groups.into_iter().map(|g| g.as_raw()).collect(),
+            home: user.dir,
+        })
+    }
+}
+
+/// Bounds of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall-clock limit; at the deadline the tree gets TERM, then KILL after `kill_grace`.
+    pub timeout: Option<Duration>,
+    /// Time between TERM and KILL.
+    pub kill_grace: Duration,
+    /// Memory limit in bytes for the whole tree.
+    pub memory_max: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            timeout: None,
+            kill_grace: Duration::from_secs(10),
+            memory_max: None,
+        }
+    }
+}
+
+/// How memory is (or can be) enforced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Enforcement {
+    Cgroup2,
+    Cgroup1,
+    Poll,
+    None,
+}
+
+impl Enforcement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Enforcement::Cgroup2 => "cgroup2",
+            Enforcement::Cgroup1 => "cgroup1",
+            Enforcement::Poll => "poll",
+            Enforcement::None => "none",
+        }
+    }
+}
+
+impl fmt::Display for Enforcement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Error of [`Enforcement::from_str`].
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+#[error("unknown memory enforcement {0:?} (expected cgroup2, cgroup1, poll or none)")]
+pub struct ParseEnforcementError(pub String);
+
+impl FromStr for Enforcement {
+    type Err = ParseEnforcementError;
+    fn from_str(s: &str) -> Result<Enforcement, ParseEnforcementError> {
+        match s {
+            "cgroup2" => Ok(Enforcement::Cgroup2),
+            "cgroup1" => Ok(Enforcement::Cgroup1),
+            "poll" => Ok(Enforcement::Poll),
+            "none" => Ok(Enforcement::None),
+            other => Err(ParseEnforcementError(other.to_string())),
+        }
+    }
+}
+
+/// What this host can do, honouring `BATCHGUARD_CGROUP=auto|cgroup2|cgroup1|poll|none`.
+pub fn detect() -> Enforcement {
+    match std::env::var("BATCHGUARD_CGROUP") {
+        Ok(v) if !v.is_empty() && v != "auto" => match v.parse() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!("BATCHGUARD_CGROUP: {e}; detecting");
+                detect_host()
+            }
+        },
+        _ => detect_host(),
+    }
+}
+
+/// What this host can do, ignoring the environment: cgroup2 if a cgroup2 hierarchy
+/// offers the memory controller, else cgroup1 if a v1 memory hierarchy is mounted,
+/// else poll. (Whether we may write there is only known when creating a cgroup.)
+pub fn detect_host() -> Enforcement {
+    if cgroup::v2_root().is_some() {
+        Enforcement::Cgroup2
+    } else if cgroup::v1_own().is_some() {
+        Enforcement::Cgroup1
+    } else {
+        Enforcement::Poll
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+
+/// Why a child could not be started.
+#[derive(thiserror::Error, Debug)]
+pub enum SpawnError {
+    #[error("{program}: command not found")]
+    NotFound { program: String },
+    #[error("{program}: not executable")]
+    NotExecutable { program: String },
+    #[error("working directory {}: {source}", path.display())]
+    Workdir { path: PathBuf, source: io::Error },
+    #[error("user {name}: {reason}")]
+    User { name: String, reason: String },
+    #[error("cgroup {}: {source}", path.display())]
+    Cgroup { path: PathBuf, source: io::Error },
+    #[error("cannot start: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl SpawnError {
+    /// Shell convention: 127 not found, 126 not executable / cannot start.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            SpawnError::NotFound { .. } => 127,
+            _ => 126,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Outcome out
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    /// "stdout" or "stderr".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+impl fmt::Display for Stream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StopReason {
+    /// A newer run took the lock.
+    Fenced,
+    /// The runner received this signal and forwarded it.
+    Signal(i32),
+    /// Stopped on request (API / operator).
+    Requested,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    Exited(i32),
+    Signaled(i32),
+    TimedOut,
+    OutOfMemory,
+    Stopped(StopReason),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub end: End,
+    pub peak_memory_bytes: Option<u64>,
+    /// Enforcement actually used for the memory limit (`None` without a limit).
+    pub enforcement: Enforcement,
+    /// From spawn until the tree was gone and output drained.
+    pub duration: Duration,
+}
+
+// ---------------------------------------------------------------------------
+// Stop handle
+
+#[derive(Debug)]
+struct StopShared {
+    reason: Mutex<Option<StopReason>>,
+    kill_now: AtomicBool,
+    wake: Arc<EventFd>,
+}
+
+/// Stops a running child from any thread. Clone + Send + Sync.
+#[derive(Clone, Debug)]
+pub struct StopHandle(Arc<StopShared>);
+
+impl StopHandle {
+    fn set(&self, reason: StopReason) {
+        let mut r = self.0.reason.lock().unwrap_or_else(|e| e.into_inner());
+        if r.is_none() {
+            *r = Some(reason);
+        }
+    }
+
+    /// TERM the whole tree, KILL it after `kill_grace`. The first reason given wins.
+    pub fn stop(&self, reason: StopReason) {
+        self.set(reason);
+        self.0.wake.signal();
+    }
+
+    /// KILL the whole tree now. The first reason given wins.
+    pub fn kill(&self, reason: StopReason) {
+        self.set(reason);
+        self.0.kill_now.store(true, Ordering::SeqCst);
+        self.0.wake.signal();
+    }
+
+    fn reason(&self) -> Option<StopReason> {
+        *self.0.reason.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Spawning
+
+/// Look `program` up like execvp does, in the child's PATH.
+fn resolve(program: &OsStr, env: &[(OsString, OsString)]) -> Result<PathBuf, SpawnError> {
+    let name = program.to_string_lossy().into_owned();
+    if program.is_empty() {
+        return Err(SpawnError::NotFound { program: name });
+    }
+    if program.as_bytes().contains(&b'/') {
+        return Ok(PathBuf::from(program));
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
+    let mut not_exec = false;
+    for dir in path.as_bytes().split(|&b| b == b':') {
+        let dir = if dir.is_empty() {
+            Path::new(".")
+        } else {
+            Path::new(OsStr::from_bytes(dir))
+        };
+        let candidate = dir.join(program);
+        if let Ok(meta) = std::fs::metadata(&candidate) {
+            if meta.is_file() {
+                if meta.permissions().mode() & 0o111 != 0 {
+                    return Ok(candidate);
+                }
+                not_exec = true;
+            }
+        }
+    }
+    if not_exec {
+        Err(SpawnError::NotExecutable { program: name })
+    } else {
+        Err(SpawnError::NotFound { program: name })
+    }
+}
+
+/// Steps of the child's setup between fork and exec, reported through a private pipe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Stage {
+    Cgroup = 1,
+    User = 2,
+    Workdir = 3,
+    DoneFd = 4,
+}
+
+/// Everything the child needs between fork and exec, prepared beforehand
+/// (no allocation is allowed after fork in a multi-threaded process).
+struct PreExec {
+    report_fd: RawFd,
+    cgroup_procs: Option<RawFd>,
+    user: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
+    cwd: Option<CString>,
+    done: Option<(RawFd, RawFd)>,
+}
+
+impl PreExec {
+    /// Runs in the child after fork. Only async-signal-safe calls.
+    fn run(&self) -> io::Result<()> {
+        let fail = |stage: Stage| -> io::Error {
+            let err = io::Error::last_os_error();
+            let byte = stage as u8;
+            // SAFETY: writes one byte from a live local to a descriptor kept open by the
+            // parent for the duration of the spawn; write(2) is async-signal-safe.
+            let _ = unsafe { libc::write(self.report_fd, (&byte as *const u8).cast(), 1) };
+            err
+        };
+        if let Some(fd) = self.cgroup_procs {
+            // SAFETY: writes a static one-byte buffer to an open descriptor.
+            if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
+                return Err(fail(Stage::Cgroup));
+            }
+        }
+        if let Some((uid, gid, groups)) = &self.user {
+            // SAFETY: `groups` is a live Vec of gid_t; its pointer and length match.
+            if unsafe { libc::setgroups(groups.len(), groups.as_ptr()) } != 0 {
+                return Err(fail(Stage::User));
+            }
+            // SAFETY: integer argument only.
+            if unsafe { libc::setgid(*gid) } != 0 {
+                return Err(fail(Stage::User));
+            }
+            // SAFETY: integer argument only.
+            if unsafe { libc::setuid(*uid) } != 0 {
+                return Err(fail(Stage::User));
+            }
+        }
+        if let Some(dir) = &self.cwd {
+            // SAFETY: `dir` is a live NUL-terminated C string.
+            if unsafe { libc::chdir(dir.as_ptr()) } != 0 {
+                return Err(fail(Stage::Workdir));
+            }
+        }
+        if let Some((write_end, target)) = self.done {
+            if write_end == target {
+                // SAFETY: clears FD_CLOEXEC on a descriptor we own; no pointers.
+                if unsafe { libc::fcntl(target, libc::F_SETFD, 0) } != 0 {
+                    return Err(fail(Stage::DoneFd));
+                }
+            // SAFETY: dup2 between two descriptors; the new one has no FD_CLOEXEC.
+            } else if unsafe { libc::dup2(write_end, target) } != target {
+                return Err(fail(Stage::DoneFd));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Start `spec` under `limits`, with the enforcement [`detect`] reports.
+pub fn spawn(spec: Spec, limits: Limits) -> Result<Child, SpawnError> {
+    spawn_with(spec, limits, detect())
+}
+
+/// Like [`spawn`] but with the memory enforcement mode forced (tests, or a runner
+/// that already ran [`detect`] once). `Cgroup2`/`Cgroup1` fall back to `Poll` if the
+/// cgroup cannot be created; `None` means no cgroup and no memory enforcement.
+pub fn spawn_with(spec: Spec, limits: Limits, mode: Enforcement) -> Result<Child, SpawnError> {
+    let started = Instant::now();
+    let Some(argv0) = spec.argv.first() else {
+        return Err(SpawnError::Io(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "empty argv",
+        )));
+    };
+    let program_name = argv0.to_string_lossy().into_owned();
+    let program = resolve(argv0, &spec.env)?;
+
+    let cwd = match &spec.cwd {
+        Some(dir) => {
+            match std::fs::metadata(dir) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(SpawnError::Workdir {
+                        path: dir.clone(),
+                        source: io::Error::from_raw_os_error(libc::ENOTDIR),
+                    });
+                }
+                Err(e) => {
+                    return Err(SpawnError::Workdir {
+                        path: dir.clone(),
+                        source: e,
+                    });
+                }
+            }
+            Some(
+                CString::new(dir.as_os_str().as_bytes()).map_err(|_| SpawnError::Workdir {
+                    path: dir.clone(),
+                    source: io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"),
+                })?,
+            )
+        }
+        None => None,
+    };
+
+    if let Some(n) = spec.done_fd {
+        if !(3..=65535).contains(&n) {
+            return Err(SpawnError::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("done_fd {n} must be between 3 and 65535"),
+            )));
+        }
+    }
+
+    // The cgroup, with fallback to polling.
+    let mut cg: Option<(Cgroup, File)> = None;
+    let kind = match mode {
+        Enforcement::Cgroup2 => Some(Kind::V2),
+        Enforcement::Cgroup1 => Some(Kind::V1),
+        _ => None,
+    };
+    if let (Some(kind), CgroupPlacement::Create { name }) = (kind, &spec.cgroup) {
+        match Cgroup::create(kind, name, limits.memory_max) {
+            Ok(pair) => cg = Some(pair),
+            Err(e) => tracing::warn!(
+                path = %e.path.display(),
+                error = %e.source,
+                "cannot create a {mode} cgroup; tracking the process tree by polling instead"
+            ),
+        }
+    }
+    let effective = match (&cg, mode) {
+        (Some((c, _)), _) => match c.kind {
+            Kind::V2 => Enforcement::Cgroup2,
+            Kind::V1 => Enforcement::Cgroup1,
+        },
+        (None, Enforcement::None) => Enforcement::None,
+        (None, _) => Enforcement::Poll,
+    };
+    if limits.memory_max.is_some() && effective == Enforcement::None {
+        tracing::warn!("memory_max set but memory enforcement is 'none': not enforced");
+    }
+
+    let result = spawn_process(
+        &spec,
+        &program,
+        &program_name,
+        cwd,
+        cg.as_ref().map(|(c, f)| (c, f)),
+    );
+    let (mut std_child, done_reader) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            if let Some((c, _)) = &cg {
+                let _ = c.remove();
+            }
+            return Err(e);
+        }
+    };
+    let cgroup = cg.map(|(c, _procs)| c);
+    let pid = std_child.id() as i32;
+
+    // From here on the child runs: build the supervision state without failing.
+    let wake = Arc::new(EventFd::new().map_err(|e| abort_spawn(pid, cgroup.as_ref(), e))?);
+    let shutdown = Arc::new(EventFd::new().map_err(|e| abort_spawn(pid, cgroup.as_ref(), e))?);
+    let pidfd = match sys::pidfd_open(pid) {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            tracing::warn!(pid, error = %e, "pidfd_open failed; falling back to a 10 ms exit check");
+            None
+        }
+    };
+    let (tx, rx) = mpsc::sync_channel::<Msg>(256);
+    let mut readers = Vec::new();
+    let mut pipe_inodes = Vec::new();
+    let mut open_streams = 0;
+    let pipes: [(Stream, Option<OwnedFd>); 2] = [
+        (Stream::Stdout, std_child.stdout.take().map(OwnedFd::from)),
+        (Stream::Stderr, std_child.stderr.take().map(OwnedFd::from)),
+    ];
+    for (stream, fd) in pipes {
+        let Some(fd) = fd else { continue };
+        if let Ok(meta) = File::from(
+            fd.try_clone()
+                .map_err(|e| abort_spawn(pid, cgroup.as_ref(), e))?,
+        )
+        .metadata()
+        {
+            pipe_inodes.push(meta.ino());
+        }
+        let handle = output::start(stream, fd, tx.clone(), wake.clone(), shutdown.clone())
+            .map_err(|e| abort_spawn(pid, cgroup.as_ref(), e))?;
+        readers.push(handle);
+        open_streams += 1;
+    }
+    drop(tx);
+
+    let stdin = std_child.stdin.take();
+    drop(std_child); // does not wait or kill; we own the pid from now on.
+
+    let memory_enforcement = if limits.memory_max.is_some() {
+        effective
+    } else {
+        Enforcement::None
+    };
+    let tracker = cgroup
+        .is_none()
+        .then(|| Tracker::new(pid, pid, pipe_inodes));
+    let stop = StopHandle(Arc::new(StopShared {
+        reason: Mutex::new(None),
+        kill_now: AtomicBool::new(false),
+        wake: wake.clone(),
+    }));
+    Ok(Child {
+        pid,
+        started,
+        limits,
+        mode: effective,
+        memory_enforcement,
+        cgroup,
+        stdin,
+        done_reader,
+        pidfd,
+        wake,
+        shutdown,
+        stop,
+        rx,
+        readers,
+        open_streams,
+        tracker,
+        peak: None,
+        finished: false,
+    })
+}
+
+/// Cleanup when the child is running but its supervision could not be set up.
+fn abort_spawn(pid: i32, cgroup: Option<&Cgroup>, e: io::Error) -> SpawnError {
+    if let Some(c) = cgroup {
+        c.signal_all(Signal::SIGKILL);
+    }
+    sys::killpg(pid, Signal::SIGKILL);
+    sys::kill(pid, Signal::SIGKILL);
+    let _ = sys::reap_blocking(pid);
+    tree::registry().remove(&pid);
+    if let Some(c) = cgroup {
+        let _ = c.remove();
+    }
+    SpawnError::Io(e)
+}
+
+fn spawn_process(
+    spec: &Spec,
+    program: &Path,
+    program_name: &str,
+    cwd: Option<CString>,
+    cg: Option<(&Cgroup, &File)>,
+) -> Result<(std::process::Child, Option<File>), SpawnError> {
+    let (report_r, report_w) = sys::pipe_cloexec()?;
+    let done_pipe = match spec.done_fd {
+        Some(_) => Some(sys::pipe_cloexec()?),
+        None => None,
+    };
+    let pre = PreExec {
+        report_fd: report_w.as_raw_fd(),
+        cgroup_procs: cg.map(|(_, f)| f.as_raw_fd()),
+        user: spec.user.as_ref().map(|u| (u.uid, u.gid, u.groups.clone())),
+        cwd,
+        done: match (&done_pipe, spec.done_fd) {
+            (Some((_, w)), Some(n)) => Some((w.as_raw_fd(), n)),
+            _ => None,
+        },
+    };
+
+    let mut cmd = Command::new(program);
+    cmd.arg0(&spec.argv[0])
+        .args(&spec.argv[1..])
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(match spec.stdin {
+            StdinMode::Null => Stdio::null(),
+            StdinMode::Pipe => Stdio::piped(),
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // SAFETY: `PreExec::run` only performs async-signal-safe syscalls (write, setgroups,
+    // setgid, setuid, chdir, fcntl, dup2) on data prepared before the fork, and
+    // allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || pre.run());
+    }
+
+    let spawned = {
+        // Hold the registry while forking: the orphan reaper must not reap the new
+        // child (if it dies instantly) before it is registered, nor race std's own
+        // reaping of a child whose exec failed.
+        let mut reg = tree::registry();
+        // Occupy fd number `done_fd` during the fork so std's internal exec-error pipe
+        // cannot land on it (the child's dup2 would clobber it).
+        let _placeholder = match spec.done_fd {
+            Some(n) => sys::reserve_fd(n)?,
+            None => None,
+        };
+        let r = cmd.spawn();
+        if let Ok(child) = &r {
+            reg.insert(child.id() as i32);
+        }
+        r
+    };
+    drop(report_w);
+    match spawned {
+        Ok(child) => {
+            let reader = done_pipe.map(|(r, w)| {
+                drop(w);
+                File::from(r)
+            });
+            Ok((child, reader))
+        }
+        Err(e) => {
+            let mut stage = [0u8; 1];
+            let mut report = File::from(report_r);
+            let got = io::Read::read(&mut report, &mut stage).unwrap_or(0);
+            Err(classify(
+                e,
+                if got == 1 { Some(stage[0]) } else { None },
+                spec,
+                program_name,
+                cg.map(|(c, _)| c),
+            ))
+        }
+    }
+}
+
+fn classify(
+    e: io::Error,
+    stage: Option<u8>,
+    spec: &Spec,
+    program: &str,
+    cg: Option<&Cgroup>,
+) -> SpawnError {
+    match stage {
+        Some(s) if s == Stage::Cgroup as u8 => SpawnError::Cgroup {
+            path: cg.map(|c| c.path.join("cgroup.procs")).unwrap_or_default(),
+            source: e,
+        },
+        Some(s) if s == Stage::User as u8 => SpawnError::User {
+            name: spec
+                .user
+                .as_ref()
+                .map(|u| u.name.clone())
+                .unwrap_or_default(),
+            reason: format!("cannot switch to it: {e}"),
+        },
+        Some(s) if s == Stage::Workdir as u8 => SpawnError::Workdir {
+            path: spec.cwd.clone().unwrap_or_default(),
+            source: e,
+        },
+        Some(_) => SpawnError::Io(io::Error::new(
+            e.kind(),
+            format!("cannot install done fd: {e}"),
+        )),
+        None => match e.raw_os_error() {
+            Some(libc::ENOENT) => SpawnError::NotFound {
+                program: program.to_string(),
+            },
+            Some(
+                libc::EACCES
+                | libc::ENOEXEC
+                | libc::EPERM
+                | libc::EISDIR
+                | libc::ETXTBSY
+                | libc::ELOOP
+                | libc::ENOTDIR,
+            ) => SpawnError::NotExecutable {
+                program: program.to_string(),
+            },
+            _ => SpawnError::Io(io::Error::new(e.kind(), format!("{program}: {e}"))),
+        },
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The running child
+
+/// Why the run is being torn down (first one wins).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cause {
+    Timeout,
+    Memory,
+    Stop(StopReason),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Phase {
+    Running,
+    Terminating { kill_at: Instant },
+    Killing { since: Instant, next: Instant },
+}
+
+/// A supervised child. Call [`Child::wait`]; dropping it without waiting KILLs the tree.
+#[derive(Debug)]
+pub struct Child {
+    pid: i32,
+    started: Instant,
+    limits: Limits,
+    /// How the tree is tracked / memory would be enforced.
+    mode: Enforcement,
+    /// Reported enforcement (None without memory_max).
+    memory_enforcement: Enforcement,
+    cgroup: Option<Cgroup>,
+    stdin: Option<ChildStdin>,
+    done_reader: Option<File>,
+    pidfd: Option<OwnedFd>,
+    wake: Arc<EventFd>,
+    shutdown: Arc<EventFd>,
+    stop: StopHandle,
+    rx: Receiver<Msg>,
+    readers: Vec<JoinHandle<()>>,
+    open_streams: usize,
+    tracker: Option<Tracker>,
+    peak: Option<u64>,
+    finished: bool,
+}
+
+impl Child {
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The child's process group (it is the group leader).
+    pub fn pgid(&self) -> i32 {
+        self.pid
+    }
+
+    pub fn cgroup_path(&self) -> Option<&Path> {
+        self.cgroup.as_ref().map(|c| c.path.as_path())
+    }
+
+    /// Enforcement actually used for the memory limit (`None` when no memory_max).
+    pub fn enforcement(&self) -> Enforcement {
+        self.memory_enforcement
+    }
+
+    pub fn take_stdin(&mut self) -> Option<ChildStdin> {
+        self.stdin.take()
+    }
+
+    pub fn take_done_reader(&mut self) -> Option<File> {
+        self.done_reader.take()
+    }
+
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
+    }
+
+    /// Live processes of the tree. `deep` adds holders of our output pipes (no-cgroup mode).
+    fn tree(&mut self, deep: bool) -> Vec<i32> {
+        match (&self.cgroup, &mut self.tracker) {
+            (Some(c), _) => c.live_pids(),
+            (None, Some(t)) => t.scan(deep),
+            (None, None) => tree::live_in_group(self.pid),
+        }
+    }
+
+    fn signal_tree(&mut self, sig: Signal, deep: bool) {
+        if let Some(c) = &self.cgroup {
+            c.signal_all(sig);
+        } else {
+            for pid in self.tree(deep) {
+                sys::kill(pid, sig);
+            }
+        }
+        // The main child's zombie keeps the group id reserved, so this is safe.
+        sys::killpg(self.pid, sig);
+    }
+
+    /// Periodic work: memory sampling, orphan reaping. Returns true if the poll-mode
+    /// memory limit was exceeded.
+    fn tick(&mut self) -> bool {
+        tree::reap_orphans();
+        let mut over = false;
+        match (&self.cgroup, self.mode) {
+            (Some(c), _) => {
+                if !c.has_kernel_peak() {
+                    if let Some(cur) = c.current() {
+                        self.peak = Some(self.peak.unwrap_or(0).max(cur));
+                    }
+                }
+            }
+            (None, Enforcement::Poll) => {
+                let page = sys::page_size();
+                let pids = self.tree(false);
+                let rss: u64 = pids
+                    .iter()
+                    .filter_map(|&p| procfs::rss_bytes(p, page))
+                    .sum();
+                if !pids.is_empty() {
+                    self.peak = Some(self.peak.unwrap_or(0).max(rss));
+                }
+                if let Some(max) = self.limits.memory_max {
+                    over = rss > max;
+                }
+            }
+            (None, _) => {
+                // Keep the tracker's memory of the tree fresh.
+                let _ = self.tree(false);
+            }
+        }
+        over
+    }
+
+    fn tick_period(&self) -> Duration {
+        match &self.cgroup {
+            Some(c) if c.has_kernel_peak() => HOUSEKEEP_EVERY,
+            _ => SAMPLE_EVERY,
+        }
+    }
+
+    /// Block until the main child has exited, the rest of its tree is gone and both
+    /// output pipes reached EOF (or the tree was killed). `on_line` is called on this
+    /// thread for every line of output, in arrival order.
+    pub fn wait(mut self, mut on_line: impl FnMut(Stream, &[u8])) -> Outcome {
+        let grace = self.limits.kill_grace;
+        let deadline = self.limits.timeout.map(|t| self.started + t);
+        let mut status: Option<RawStatus> = None;
+        let mut cause: Option<Cause> = None;
+        let mut phase = Phase::Running;
+        let mut next_tick = Instant::now();
+        let mut drain_deadline: Option<Instant> = None;
+        let mut eofs = 0usize;
+        // Set once the known tree was gone but the pipes were still open: from then on
+        // also look for processes holding our pipes (no-cgroup mode only).
+        let mut deep = false;
+        let mut deep_at: Option<Instant> = None;
+
+        loop {
+            self.wake.drain();
+            self.pump(&mut on_line, &mut eofs);
+            let now = Instant::now();
+
+            if status.is_none() {
+                match sys::peek_exit(self.pid) {
+                    Ok(s) => status = s,
+                    Err(e) => {
+                        tracing::error!(pid = self.pid, error = %e, "waitid failed");
+                        status = Some(RawStatus::Signaled(0));
+                    }
+                }
+            }
+            let running = status.is_none();
+
+            // Requests from outside.
+            if running && cause.is_none() {
+                if let Some(r) = self.stop.reason() {
+                    cause = Some(Cause::Stop(r));
+                    phase = self.begin_term(phase, now, grace);
+                }
+            }
+            if self.stop.0.kill_now.load(Ordering::SeqCst) {
+                phase = self.begin_kill(phase, now);
+            }
+            // Deadline.
+            if running && cause.is_none() && deadline.is_some_and(|d| now >= d) {
+                cause = Some(Cause::Timeout);
+                phase = self.begin_term(phase, now, grace);
+            }
+            // Sampling / housekeeping.
+            if now >= next_tick {
+                let over = self.tick();
+                if over && running && cause.is_none() {
+                    tracing::info!(pid = self.pid, "memory limit exceeded; killing the tree");
+                    cause = Some(Cause::Memory);
+                    phase = self.begin_kill(phase, now);
+                }
+                next_tick = now + self.tick_period();
+            }
+            // Escalation.
+            match phase {
+                Phase::Terminating { kill_at } if now >= kill_at => {
+                    phase = self.begin_kill(phase, now)
+                }
+                Phase::Killing { since, next } if now >= next => {
+                    self.signal_tree(Signal::SIGKILL, deep);
+                    phase = Phase::Killing {
+                        since,
+                        next: now + TEARDOWN_TICK,
+                    };
+                }
+                _ => {}
+            }
+
+            // After the main child exited: make sure the rest of the tree goes too.
+            if status.is_some() {
+                let alive = self.tree(deep && eofs < self.open_streams);
+                if alive.is_empty() {
+                    if eofs >= self.open_streams {
+                        break;
+                    }
+                    if !deep && self.cgroup.is_none() {
+                        // Usually EOF is only microseconds behind the exit: give it a
+                        // moment before the expensive search for pipe holders.
+                        let at = *deep_at.get_or_insert(now + EOF_LAG);
+                        if now >= at {
+                            deep = true;
+                            continue;
+                        }
+                    }
+                    let d = *drain_deadline.get_or_insert(now + DRAIN_GRACE);
+                    if now >= d {
+                        tracing::warn!(
+                            pid = self.pid,
+                            "output pipes still open after the tree ended; not waiting for EOF"
+                        );
+                        break;
+                    }
+                } else {
+                    drain_deadline = None;
+                    if matches!(phase, Phase::Running) {
+                        tracing::debug!(
+                            pid = self.pid,
+                            leftovers = alive.len(),
+                            "main process exited; terminating leftovers"
+                        );
+                        phase = self.begin_term(phase, now, grace.min(LEFTOVER_GRACE));
+                    }
+                    if let Phase::Killing { since, .. } = phase {
+                        if now.duration_since(since) > KILL_GIVE_UP {
+                            tracing::warn!(pid = self.pid, leftovers = ?alive, "processes survive SIGKILL; giving up");
+                            break;
+                        }
+                    }
+                }
+            }
+
+            // Sleep until something happens or the next deadline.
+            let mut wake_at = next_tick;
+            let mut consider = |t: Instant| {
+                if t < wake_at {
+                    wake_at = t;
+                }
+            };
+            if running && cause.is_none() {
+                if let Some(d) = deadline {
+                    consider(d);
+                }
+            }
+            match phase {
+                Phase::Running => {}
+                Phase::Terminating { kill_at } => {
+                    consider(kill_at);
+                    consider(now + TEARDOWN_TICK);
+                }
+                Phase::Killing { next, .. } => consider(next),
+            }
+            if !running {
+                consider(now + TEARDOWN_TICK);
+            }
+            if let Some(d) = drain_deadline {
+                consider(d);
+            }
+            if let (Some(d), false) = (deep_at, deep) {
+                consider(d);
+            }
+            if running && self.pidfd.is_none() {
+                consider(now + Duration::from_millis(10));
+            }
+            let mut set = [sys::pollfd(self.wake.raw()), sys::pollfd(-1)];
+            if running {
+                if let Some(fd) = &self.pidfd {
+                    set[1] = sys::pollfd(fd.as_raw_fd());
+                }
+            }
+            if let Err(e) = sys::poll(
+                &mut set,
+                Some(wake_at.saturating_duration_since(Instant::now())),
+            ) {
+                tracing::error!(error = %e, "poll failed");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+
+        // The tree is gone: collect the verdict, reap, clean up.
+        let final_status = match sys::reap_blocking(self.pid) {
+            Ok(Some(s)) => Some(s),
+            _ => status,
+        };
+        tree::registry().remove(&self.pid);
+        let mut oom_kills = 0;
+        if let Some(c) = &self.cgroup {
+            oom_kills = c.oom_kills();
+            if let Some(p) = c.peak() {
+                self.peak = Some(self.peak.unwrap_or(0).max(p));
+            }
+        }
+        self.finish_output(&mut on_line, eofs);
+        if let Some(c) = &self.cgroup {
+            if let Err(e) = c.remove() {
+                tracing::warn!(path = %c.path.display(), error = %e, "cannot remove cgroup");
+            }
+        }
+        tree::reap_orphans();
+        self.finished = true;
+
+        let end = match cause {
+            Some(Cause::Timeout) => End::TimedOut,
+            Some(Cause::Memory) => End::OutOfMemory,
+            Some(Cause::Stop(r)) => End::Stopped(r),
+            None => match final_status {
+                Some(RawStatus::Exited(0)) => End::Exited(0),
+                _ if oom_kills > 0 => End::OutOfMemory,
+                Some(RawStatus::Exited(c)) => End::Exited(c),
+                Some(RawStatus::Signaled(s)) => End::Signaled(s),
+                None => End::Signaled(0),
+            },
+        };
+        let peak_memory_bytes = if self.mode == Enforcement::None {
+            None
+        } else {
+            self.peak
+        };
+        Outcome {
+            end,
+            peak_memory_bytes,
+            enforcement: self.memory_enforcement,
+            duration: self.started.elapsed(),
+        }
+    }
+
+    fn begin_term(&mut self, phase: Phase, now: Instant, grace: Duration) -> Phase {
+        match phase {
+            Phase::Running => {
+                self.signal_tree(Signal::SIGTERM, false);
+                // SIGCONT so that stopped members can act on TERM.
+                self.signal_tree(Signal::SIGCONT, false);
+                Phase::Terminating {
+                    kill_at: now + grace,
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn begin_kill(&mut self, phase: Phase, now: Instant) -> Phase {
+        match phase {
+            Phase::Killing { .. } => phase,
+            _ => {
+                self.signal_tree(Signal::SIGKILL, false);
+                Phase::Killing {
+                    since: now,
+                    next: now + TEARDOWN_TICK,
+                }
+            }
+        }
+    }
+
+    /// Deliver every line already received.
+    fn pump(&mut self, on_line: &mut impl FnMut(Stream, &[u8]), eofs: &mut usize) {
+        while let Ok(msg) = self.rx.try_recv() {
+            match msg {
+                Msg::Line(s, line) => on_line(s, &line),
+                Msg::Eof => *eofs += 1,
+            }
+        }
+    }
+
+    /// Tell the readers to stop, deliver what they still have, join them.
+    fn finish_output(&mut self, on_line: &mut impl FnMut(Stream, &[u8]), mut eofs: usize) {
+        self.shutdown.signal();
+        let limit = Instant::now() + Duration::from_secs(2);
+        while eofs < self.open_streams {
+            match self
+                .rx
+                .recv_timeout(limit.saturating_duration_since(Instant::now()))
+            {
+                Ok(Msg::Line(s, line)) => on_line(s, &line),
+                Ok(Msg::Eof) => eofs += 1,
+                Err(_) => break,
+            }
+        }
+        if eofs >= self.open_streams {
+            for h in self.readers.drain(..) {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+impl Drop for Child {
+    /// A child dropped without `wait`: KILL the tree, reap, remove the cgroup.
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.signal_tree(Signal::SIGKILL, true);
+        let give_up = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < give_up && !self.tree(false).is_empty() {
+            std::thread::sleep(TEARDOWN_TICK);
+            self.signal_tree(Signal::SIGKILL, false);
+        }
+        let _ = sys::reap_blocking(self.pid);
+        tree::registry().remove(&self.pid);
+        self.shutdown.signal();
+        if let Some(c) = &self.cgroup {
+            let _ = c.remove();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Cleanup after a dead runner
+
+fn leftover_pids(cgroup: Option<&Path>, pgid: Option<i32>) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Some(path) = cgroup {
+        if path.is_dir() {
+            out.extend(Cgroup::open(path).live_pids());
+        }
+    }
+    if let Some(g) = pgid {
+        if g != nix::unistd::getpgrp().as_raw() {
+            out.extend(tree::live_in_group(g));
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Whether any process of a tree left by a previous runner is still alive
+/// (every pid in `cgroup`'s cgroup.procs, and every member of process group `pgid`).
+pub fn tree_alive(cgroup: Option<&Path>, pgid: Option<i32>) -> bool {
+    !leftover_pids(cgroup, pgid).is_empty()
+}
+
+fn signal_leftovers(cgroup: Option<&Path>, pgid: Option<i32>, sig: Signal) {
+    if let Some(path) = cgroup {
+        if path.is_dir() {
+            Cgroup::open(path).signal_all(sig);
+        }
+    }
+    for pid in leftover_pids(cgroup, pgid) {
+        sys::kill(pid, sig);
+    }
+    if let Some(g) = pgid {
+        sys::killpg(g, sig);
+    }
+}
+
+/// Kill a tree left by a previous runner: TERM, wait up to `grace`, KILL, wait until
+/// it is gone (bounded), remove the cgroup directory. Returns whether anything was alive.
+pub fn kill_leftovers(cgroup: Option<&Path>, pgid: Option<i32>, grace: Duration) -> bool {
+    let was_alive = tree_alive(cgroup, pgid);
+    if was_alive {
+        signal_leftovers(cgroup, pgid, Signal::SIGTERM);
+        signal_leftovers(cgroup, pgid, Signal::SIGCONT);
+        let kill_at = Instant::now() + grace;
+        while Instant::now() < kill_at && tree_alive(cgroup, pgid) {
+            tree::reap_orphans();
+            std::thread::sleep(TEARDOWN_TICK);
+        }
+        let give_up = Instant::now() + KILL_GIVE_UP;
+        while tree_alive(cgroup, pgid) {
+            if Instant::now() >= give_up {
+                tracing::warn!("leftover processes survive SIGKILL; giving up");
+                break;
+            }
+            signal_leftovers(cgroup, pgid, Signal::SIGKILL);
+            tree::reap_orphans();
+            std::thread::sleep(TEARDOWN_TICK);
+        }
+    }
+    tree::reap_orphans();
+    if let Some(path) = cgroup {
+        if path.is_dir() {
+            if let Err(e) = Cgroup::open(path).remove() {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove leftover cgroup");
+            }
+        }
+    }
+    was_alive
+}
+
+/// `prctl(PR_SET_CHILD_SUBREAPER)`: orphaned descendants reparent to this process
+/// (and are reaped by the supervisor) instead of init.
+pub fn become_subreaper() {
+    if let Err(e) = sys::set_child_subreaper() {
+        tracing::warn!(error = %e, "cannot become a child subreaper");
+    }
+}

@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Per-run overhead of batchguard against the tools it replaces.
+
+Wraps /bin/true and a 10 ms job many times, side by side in one run:
+bare exec, `flock -n LOCK timeout 60 CMD`, `systemd-run --scope` (when
+systemd runs this host), and `batchguard exec`. Reports the mean wall time
+per run, each wrapper's added overhead over bare exec, the ratio of
+batchguard's overhead to flock+timeout's, and the runner's resident memory
+while it supervises a job.
+
+    cargo build --release && python3 bench/overhead.py [--runs N]
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "batchguard")
+
+
+def timed(argv, runs, env=None):
+    # One warm-up, then the timed loop.
+    subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL)
+    start = time.perf_counter()
+    for _ in range(runs):
+        subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL)
+    return (time.perf_counter() - start) / runs * 1000.0
+
+
+def systemd_running():
+    return shutil.which("systemd-run") and os.path.isdir("/run/systemd/system")
+
+
+def runner_rss(env, tmp):
+    """Peak and steady resident memory (KiB) of the runner supervising a 1 s job."""
+    p = subprocess.Popen([BIN, "exec", "--name", "rss", "--memory-max", "64MiB", "--", "sleep", "1"],
+                         env=env, cwd=tmp)
+    time.sleep(0.5)
+    status = open(f"/proc/{p.pid}/status").read()
+    p.wait()
+    fields = dict(l.split(":", 1) for l in status.splitlines() if ":" in l)
+    kib = lambda k: int(fields[k].split()[0])
+    return kib("VmRSS"), kib("VmHWM")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=300)
+    args = ap.parse_args()
+    if not os.path.exists(BIN):
+        raise SystemExit("build first: cargo build --release")
+    tmp = tempfile.mkdtemp(prefix="bg-bench-")
+    env = dict(os.environ, BATCHGUARD_STATE=f"sqlite:{tmp}/state.db",
+               BATCHGUARD_CONFIG_DIR=f"{tmp}/etc")
+    os.makedirs(f"{tmp}/etc/jobs")
+    with open(f"{tmp}/etc/batchguard.toml", "w") as f:
+        f.write(f'log_dir = "{tmp}/log"\n')
+    lock = f"{tmp}/flock"
+    jobs = {"/bin/true": ["/bin/true"], "10 ms job": ["sleep", "0.01"]}
+    print(f"{args.runs} runs each; mean wall time per run (ms); overhead = wrapper - bare\n")
+    print("| job | bare | flock+timeout | systemd-run --scope | batchguard exec | "
+          "flock+timeout overhead | batchguard overhead | ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, cmd in jobs.items():
+        bare = timed(cmd, args.runs)
+        flock = timed(["flock", "-n", lock, "timeout", "60", *cmd], args.runs)
+        sysd = timed(["systemd-run", "--quiet", "--scope", *cmd], args.runs) if systemd_running() else None
+        bg = timed([BIN, "exec", "--name", "bench", "--", *cmd], args.runs, env)
+        fo, bo = flock - bare, bg - bare
+        print(f"| {name} | {bare:.2f} | {flock:.2f} | {'n/a' if sysd is None else f'{sysd:.2f}'} | "
+              f"{bg:.2f} | {fo:.2f} | {bo:.2f} | {bo / fo:.2f}x |")
+    rss, hwm = runner_rss(env, tmp)
+    print(f"\nrunner resident memory while supervising: {rss / 1024:.1f} MiB (peak {hwm / 1024:.1f} MiB)")
+    runs = json.loads(subprocess.run([BIN, "runs", "rss", "--format", "json"], env=env,
+                                     capture_output=True, text=True, check=True).stdout)
+    print(f"memory enforcement of that run: {runs[0]['memory_enforcement']}")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

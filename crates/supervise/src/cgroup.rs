@@ -1,0 +1,427 @@
+//! cgroup v2 / v1 (memory controller) discovery, creation, accounting and removal.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::{procfs, sys};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    V2,
+    V1,
+}
+
+/// A leaf cgroup owned by one run.
+#[derive(Debug)]
+pub(crate) struct Cgroup {
+    pub kind: Kind,
+    pub path: PathBuf,
+}
+
+/// A failure while preparing a cgroup, naming the file or directory involved.
+#[derive(Debug)]
+pub(crate) struct CgError {
+    pub path: PathBuf,
+    pub source: io::Error,
+}
+
+fn err(path: &Path, source: io::Error) -> CgError {
+    CgError {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+struct Mount {
+    root: String,
+    point: PathBuf,
+    fstype: String,
+    super_opts: String,
+}
+
+/// Undo the octal escapes (`\040` …) of /proc/self/mountinfo.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn mounts() -> Vec<Mount> {
+    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        let pre: Vec<&str> = pre.split(' ').collect();
+        let post: Vec<&str> = post.split(' ').collect();
+        if pre.len() < 5 || post.len() < 3 {
+            continue;
+        }
+        out.push(Mount {
+            root: unescape(pre[3]),
+            point: PathBuf::from(unescape(pre[4])),
+            fstype: post[0].to_string(),
+            super_opts: post[2].to_string(),
+        });
+    }
+    out
+}
+
+fn has_word(path: &Path, word: &str) -> bool {
+    fs::read_to_string(path)
+        .map(|s| s.split_whitespace().any(|w| w == word))
+        .unwrap_or(false)
+}
+
+/// The root of a cgroup2 hierarchy that offers the memory controller.
+pub(crate) fn v2_root() -> Option<PathBuf> {
+    let default = PathBuf::from("/sys/fs/cgroup");
+    if has_word(&default.join("cgroup.controllers"), "memory") {
+        return Some(default);
+    }
+    mounts()
+        .into_iter()
+        .filter(|m| m.fstype == "cgroup2" && m.root == "/")
+        .map(|m| m.point)
+        .find(|p| has_word(&p.join("cgroup.controllers"), "memory"))
+}
+
+/// Our own cgroup directory in the v1 memory hierarchy.
+pub(crate) fn v1_own() -> Option<PathBuf> {
+    let mount = mounts()
+        .into_iter()
+        .find(|m| m.fstype == "cgroup" && m.super_opts.split(',').any(|o| o == "memory"))?;
+    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let own = text.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let _id = parts.next()?;
+        let ctrls = parts.next()?;
+        let path = parts.next()?;
+        ctrls
+            .split(',')
+            .any(|c| c == "memory")
+            .then(|| path.to_string())
+    })?;
+    // Inside a container the mount's root may itself be a sub-cgroup.
+    let rel = if mount.root != "/" {
+        own.strip_prefix(mount.root.as_str())
+            .unwrap_or(&own)
+            .to_string()
+    } else {
+        own
+    };
+    let dir = mount.point.join(rel.trim_start_matches('/'));
+    dir.join("memory.limit_in_bytes").exists().then_some(dir)
+}
+
+fn write_file(path: &Path, value: &str) -> Result<(), CgError> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| err(path, e))?;
+    f.write_all(value.as_bytes()).map_err(|e| err(path, e))
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Value of `key N` in a flat-keyed file (memory.events, memory.oom_control).
+fn read_key(path: &Path, key: &str) -> Option<u64> {
+    let text = fs::read_to_string(path).ok()?;
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok())?
+    })
+}
+
+fn mkdir_if_missing(path: &Path) -> Result<(), CgError> {
+    match fs::create_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(err(path, e)),
+    }
+}
+
+/// Create `path`, replacing an empty stale directory of the same name.
+fn mkdir_fresh(path: &Path) -> Result<(), CgError> {
+    match fs::create_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            fs::remove_dir(path).map_err(|e| err(path, e))?;
+            fs::create_dir(path).map_err(|e| err(path, e))
+        }
+        Err(e) => Err(err(path, e)),
+    }
+}
+
+/// Enable controllers for the children of `dir` (v2). `memory` is required, the rest best effort.
+fn enable_v2(dir: &Path, required: &str, optional: &[&str]) -> Result<(), CgError> {
+    let control = dir.join("cgroup.subtree_control");
+    let available = dir.join("cgroup.controllers");
+    for (ctrl, needed) in
+        std::iter::once((required, true)).chain(optional.iter().map(|c| (*c, false)))
+    {
+        if has_word(&control, ctrl) || !has_word(&available, ctrl) {
+            continue;
+        }
+        if let Err(e) = write_file(&control, &format!("+{ctrl}")) {
+            if needed {
+                return Err(e);
+            }
+            tracing::debug!(path = %control.display(), error = %e.source, "could not enable {ctrl}");
+        }
+    }
+    if !has_word(&control, required) {
+        return Err(err(
+            &control,
+            io::Error::other(format!("controller {required} not enabled")),
+        ));
+    }
+    Ok(())
+}
+
+fn check_name(name: &str) -> io::Result<()> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid cgroup name {name:?}"),
+        ));
+    }
+    Ok(())
+}
+
+impl Cgroup {
+    /// Create the leaf cgroup `name` and return it with its `cgroup.procs` opened for writing
+    /// (the child writes "0" to it before exec).
+    pub(crate) fn create(
+        kind: Kind,
+        name: &str,
+        memory_max: Option<u64>,
+    ) -> Result<(Cgroup, File), CgError> {
+        let cg = match kind {
+            Kind::V2 => {
+                let root = v2_root().ok_or_else(|| {
+                    err(
+                        Path::new("/sys/fs/cgroup"),
+                        io::Error::other("no cgroup2 hierarchy with the memory controller"),
+                    )
+                })?;
+                check_name(name).map_err(|e| err(&root, e))?;
+                enable_v2(&root, "memory", &["pids"])?;
+                let base = root.join("batchguard");
+                mkdir_if_missing(&base)?;
+                enable_v2(&base, "memory", &["pids"])?;
+                let leaf = base.join(name);
+                mkdir_fresh(&leaf)?;
+                Cgroup { kind, path: leaf }
+            }
+            Kind::V1 => {
+                let own = v1_own().ok_or_else(|| {
+                    err(
+                        Path::new("/sys/fs/cgroup/memory"),
+                        io::Error::other("no cgroup v1 memory hierarchy"),
+                    )
+                })?;
+                check_name(name).map_err(|e| err(&own, e))?;
+                let base = own.join("batchguard");
+                mkdir_if_missing(&base)?;
+                let leaf = base.join(name);
+                mkdir_fresh(&leaf)?;
+                Cgroup { kind, path: leaf }
+            }
+        };
+        // From here on, remove the directory again if anything fails.
+        match cg.configure(memory_max) {
+            Ok(procs) => Ok((cg, procs)),
+            Err(e) => {
+                let _ = fs::remove_dir(&cg.path);
+                Err(e)
+            }
+        }
+    }
+
+    fn configure(&self, memory_max: Option<u64>) -> Result<File, CgError> {
+        let p = &self.path;
+        if let Some(max) = memory_max {
+            match self.kind {
+                Kind::V2 => {
+                    write_file(&p.join("memory.max"), &max.to_string())?;
+                    let swap = p.join("memory.swap.max");
+                    if swap.exists() {
+                        write_file(&swap, "0")?;
+                    }
+                    // Kill the whole group on OOM rather than one random member.
+                    let group = p.join("memory.oom.group");
+                    if group.exists() {
+                        write_file(&group, "1")?;
+                    }
+                }
+                Kind::V1 => {
+                    write_file(&p.join("memory.limit_in_bytes"), &max.to_string())?;
+                    // memsw (memory + swap) equal to the memory limit: no swap for the group.
+                    let memsw = p.join("memory.memsw.limit_in_bytes");
+                    if memsw.exists() {
+                        write_file(&memsw, &max.to_string())?;
+                    }
+                }
+            }
+        }
+        let procs = p.join("cgroup.procs");
+        OpenOptions::new()
+            .write(true)
+            .open(&procs)
+            .map_err(|e| err(&procs, e))
+    }
+
+    /// Open an existing cgroup directory (leftover cleanup).
+    pub(crate) fn open(path: &Path) -> Cgroup {
+        let kind = if path.join("cgroup.controllers").exists() {
+            Kind::V2
+        } else {
+            Kind::V1
+        };
+        Cgroup {
+            kind,
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// The leaf and every sub-cgroup below it, parents first.
+    fn dirs(&self) -> Vec<PathBuf> {
+        let mut out = vec![self.path.clone()];
+        let mut i = 0;
+        while i < out.len() {
+            if let Ok(rd) = fs::read_dir(&out[i]) {
+                for e in rd.flatten() {
+                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                        out.push(e.path());
+                    }
+                }
+            }
+            i += 1;
+        }
+        out
+    }
+
+    /// Every pid in the cgroup (and its sub-cgroups) that is not a zombie.
+    pub(crate) fn live_pids(&self) -> Vec<i32> {
+        let me = std::process::id() as i32;
+        let mut out = Vec::new();
+        for dir in self.dirs() {
+            if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
+                out.extend(
+                    text.split_whitespace()
+                        .filter_map(|p| p.parse::<i32>().ok())
+                        .filter(|&p| p != me && procfs::stat(p).is_some_and(|s| s.is_live())),
+                );
+            }
+        }
+        out
+    }
+
+    pub(crate) fn signal_all(&self, sig: Signal) {
+        if sig == Signal::SIGKILL && self.kind == Kind::V2 {
+            let kill = self.path.join("cgroup.kill");
+            if kill.exists() && write_file(&kill, "1").is_ok() {
+                return;
+            }
+        }
+        for pid in self.live_pids() {
+            sys::kill(pid, sig);
+        }
+    }
+
+    /// Number of processes the kernel OOM killer killed in this group.
+    pub(crate) fn oom_kills(&self) -> u64 {
+        match self.kind {
+            Kind::V2 => read_key(&self.path.join("memory.events"), "oom_kill"),
+            Kind::V1 => read_key(&self.path.join("memory.oom_control"), "oom_kill"),
+        }
+        .unwrap_or(0)
+    }
+
+    /// High-water mark of the group's memory as kept by the kernel, if it keeps one.
+    pub(crate) fn peak(&self) -> Option<u64> {
+        match self.kind {
+            Kind::V2 => read_u64(&self.path.join("memory.peak")),
+            Kind::V1 => read_u64(&self.path.join("memory.max_usage_in_bytes")),
+        }
+    }
+
+    pub(crate) fn has_kernel_peak(&self) -> bool {
+        match self.kind {
+            Kind::V2 => self.path.join("memory.peak").exists(),
+            Kind::V1 => true,
+        }
+    }
+
+    pub(crate) fn current(&self) -> Option<u64> {
+        match self.kind {
+            Kind::V2 => read_u64(&self.path.join("memory.current")),
+            Kind::V1 => read_u64(&self.path.join("memory.usage_in_bytes")),
+        }
+    }
+
+    /// Remove the leaf (and any sub-cgroups), retrying briefly while the kernel
+    /// finishes tearing down exited members.
+    pub(crate) fn remove(&self) -> io::Result<()> {
+        let mut dirs = self.dirs();
+        dirs.reverse();
+        for dir in dirs {
+            let mut attempt = 0;
+            loop {
+                match fs::remove_dir(&dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                    Err(e) if attempt < 100 && e.raw_os_error() == Some(libc::EBUSY) => {
+                        attempt += 1;
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unescapes_mountinfo() {
+        assert_eq!(unescape(r"/a\040b"), "/a b");
+        assert_eq!(unescape(r"/plain"), "/plain");
+    }
+
+    #[test]
+    fn rejects_bad_names() {
+        assert!(check_name("").is_err());
+        assert!(check_name("..").is_err());
+        assert!(check_name("a/b").is_err());
+        assert!(check_name("run-01H").is_ok());
+    }
+}

@@ -1,0 +1,169 @@
+//! Small readers for `/proc`: process identity (pid + start time + boot id) and
+//! the process table scans used to track a tree without a cgroup.
+
+use std::fs;
+use std::path::Path;
+
+/// The kernel's boot id (`/proc/sys/kernel/random/boot_id`): a pid recorded under
+/// another boot id refers to a process of a previous boot and is certainly gone.
+pub fn boot_id() -> Option<String> {
+    let s = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let s = s.trim();
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+/// Start time of `pid` in clock ticks since boot (field 22 of `/proc/PID/stat`).
+pub fn start_time(pid: i32) -> Option<u64> {
+    stat(pid).map(|s| s.start_time)
+}
+
+/// True if `pid` exists, is not a zombie, and started at `start_time`: a recycled
+/// pid (same number, other start time) is not alive.
+pub fn is_alive(pid: i32, start_time: u64) -> bool {
+    match stat(pid) {
+        Some(s) => s.start_time == start_time && s.is_live(),
+        None => false,
+    }
+}
+
+/// The parts of `/proc/PID/stat` we use.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Stat {
+    pub pid: i32,
+    pub state: u8,
+    pub ppid: i32,
+    pub pgrp: i32,
+    pub start_time: u64,
+}
+
+impl Stat {
+    /// Running, sleeping, stopped…: anything but zombie/dead.
+    pub(crate) fn is_live(&self) -> bool {
+        !matches!(self.state, b'Z' | b'X' | b'x')
+    }
+}
+
+pub(crate) fn stat(pid: i32) -> Option<Stat> {
+    if pid <= 0 {
+        return None;
+    }
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(pid, &text)
+}
+
+fn parse_stat(pid: i32, text: &str) -> Option<Stat> {
+    // comm (field 2) may contain spaces and parentheses: split after the LAST ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // fields[0] is field 3 (state), so field N is fields[N - 3].
+    Some(Stat {
+        pid,
+        state: *fields.first()?.as_bytes().first()?,
+        ppid: fields.get(1)?.parse().ok()?,
+        pgrp: fields.get(2)?.parse().ok()?,
+        start_time: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// Every pid currently listed in /proc.
+pub(crate) fn all_pids() -> Vec<i32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .collect()
+}
+
+/// Stat of every process.
+pub(crate) fn all_stats() -> Vec<Stat> {
+    all_pids().into_iter().filter_map(stat).collect()
+}
+
+/// Resident set size of `pid` in bytes (`/proc/PID/statm` field 2 × page size).
+pub(crate) fn rss_bytes(pid: i32, page_size: u64) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page_size)
+}
+
+/// Children of this process, across all its threads (`/proc/self/task/*/children`),
+/// falling back to a /proc scan for `ppid == getpid()` when that file is unavailable.
+pub(crate) fn own_children() -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let mut out = Vec::new();
+    let mut any_file = false;
+    if let Ok(tasks) = fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            if let Ok(text) = fs::read_to_string(task.path().join("children")) {
+                any_file = true;
+                out.extend(
+                    text.split_whitespace()
+                        .filter_map(|p| p.parse::<i32>().ok()),
+                );
+            }
+        }
+    }
+    if !any_file {
+        out = all_stats()
+            .into_iter()
+            .filter(|s| s.ppid == me)
+            .map(|s| s.pid)
+            .collect();
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Pids of processes (other than us) that have a descriptor open on one of the
+/// given pipe inodes. Used to find writers of our output pipes that escaped
+/// every other kind of tracking.
+pub(crate) fn pipe_holders(inodes: &[u64]) -> Vec<i32> {
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    let me = std::process::id() as i32;
+    let wanted: Vec<String> = inodes.iter().map(|i| format!("pipe:[{i}]")).collect();
+    let mut out = Vec::new();
+    for pid in all_pids() {
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = fs::read_dir(Path::new("/proc").join(pid.to_string()).join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = fs::read_link(fd.path()) {
+                if wanted.iter().any(|w| target.as_os_str() == w.as_str()) {
+                    out.push(pid);
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_odd_comm() {
+        let line = "42 (a) b (c)) S 1 42 42 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 777 0 0";
+        let s = parse_stat(42, line).expect("parse");
+        assert_eq!(s.state, b'S');
+        assert_eq!(s.ppid, 1);
+        assert_eq!(s.pgrp, 42);
+        assert_eq!(s.start_time, 777);
+    }
+
+    #[test]
+    fn self_is_alive() {
+        let me = std::process::id() as i32;
+        let st = start_time(me).expect("own start time");
+        assert!(is_alive(me, st));
+        assert!(!is_alive(me, st + 1));
+        assert!(boot_id().is_some());
+    }
+}

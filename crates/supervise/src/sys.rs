@@ -1,0 +1,237 @@
+//! Thin, audited wrappers around the few raw syscalls the crate needs.
+//! Every `unsafe` block of the crate outside `pre_exec` lives here.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+
+/// A non-blocking, close-on-exec eventfd used as a wake-up doorbell.
+#[derive(Debug)]
+pub(crate) struct EventFd(OwnedFd);
+
+impl EventFd {
+    pub(crate) fn new() -> io::Result<EventFd> {
+        // SAFETY: eventfd takes no pointers; the return value is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a freshly created descriptor that nothing else owns.
+        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Make the eventfd readable (wakes every poller).
+    pub(crate) fn signal(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live local u64 to a descriptor we own.
+        // A failure (counter overflow, impossible in practice) only means it is already readable.
+        let _ = unsafe {
+            libc::write(
+                self.0.as_raw_fd(),
+                (&one as *const u64).cast::<libc::c_void>(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+    }
+
+    /// Reset the counter (non-blocking).
+    pub(crate) fn drain(&self) {
+        let mut value: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a live local u64; the fd is non-blocking.
+        let _ = unsafe {
+            libc::read(
+                self.0.as_raw_fd(),
+                (&mut value as *mut u64).cast::<libc::c_void>(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+    }
+
+    pub(crate) fn raw(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// `pidfd_open(2)`: a descriptor that becomes readable when `pid` terminates.
+pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments; the result is checked.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = RawFd::try_from(fd).map_err(|_| io::Error::other("pidfd out of range"))?;
+    // SAFETY: the kernel just returned this new descriptor to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `poll(2)` on the given set; EINTR counts as "nothing ready".
+pub(crate) fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<usize> {
+    let ms: libc::c_int = match timeout {
+        None => -1,
+        Some(d) => {
+            // Round up so that we never wake a hair before a deadline and spin.
+            let ms = d.as_nanos().div_ceil(1_000_000);
+            libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
+        }
+    };
+    // SAFETY: `fds` is a valid, exclusively borrowed slice of pollfd for its whole length.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    if n < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() == io::ErrorKind::Interrupted {
+            return Ok(0);
+        }
+        return Err(err);
+    }
+    Ok(n as usize)
+}
+
+pub(crate) fn pollfd(fd: RawFd) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+/// How a child ended, as reported by waitid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RawStatus {
+    Exited(i32),
+    Signaled(i32),
+}
+
+fn waitid(pid: i32, flags: libc::c_int) -> io::Result<Option<RawStatus>> {
+    loop {
+        // SAFETY: siginfo_t is plain old data; all-zero is a valid value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a valid, writable siginfo_t that outlives the call.
+        let rc = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        // SAFETY: waitid succeeded, so the SIGCHLD fields of `info` are initialised
+        // (si_pid stays 0 under WNOHANG when nothing changed).
+        let (got, status) = unsafe { (info.si_pid(), info.si_status()) };
+        if got == 0 {
+            return Ok(None);
+        }
+        return Ok(Some(match info.si_code {
+            libc::CLD_EXITED => RawStatus::Exited(status),
+            _ => RawStatus::Signaled(status),
+        }));
+    }
+}
+
+/// Status of child `pid` if it has terminated, WITHOUT reaping it (the zombie keeps
+/// the pid and the process group id reserved while we clean up the tree).
+pub(crate) fn peek_exit(pid: i32) -> io::Result<Option<RawStatus>> {
+    waitid(pid, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)
+}
+
+/// Reap child `pid`, blocking until it has terminated.
+pub(crate) fn reap_blocking(pid: i32) -> io::Result<Option<RawStatus>> {
+    waitid(pid, libc::WEXITED)
+}
+
+/// Reap child `pid` if it is a zombie.
+pub(crate) fn reap_nohang(pid: i32) -> io::Result<Option<RawStatus>> {
+    waitid(pid, libc::WEXITED | libc::WNOHANG)
+}
+
+/// Send `sig` to `pid`; false if it does not exist (or on any other error).
+pub(crate) fn kill(pid: i32, sig: Signal) -> bool {
+    if pid <= 1 {
+        return false;
+    }
+    signal::kill(Pid::from_raw(pid), sig).is_ok()
+}
+
+/// Send `sig` to process group `pgid`. Refuses 0/1 and our own group.
+pub(crate) fn killpg(pgid: i32, sig: Signal) -> bool {
+    if pgid <= 1 || pgid == nix::unistd::getpgrp().as_raw() {
+        return false;
+    }
+    signal::killpg(Pid::from_raw(pgid), sig).is_ok()
+}
+
+/// A close-on-exec pipe: (read end, write end).
+pub(crate) fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds: [libc::c_int; 2] = [-1, -1];
+    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created by pipe2 and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor the caller keeps open; no pointers involved.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether descriptor number `fd` is currently open in this process.
+pub(crate) fn fd_is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only queries the descriptor table.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}
+
+/// Make sure descriptor number `target` is occupied while we fork, so that no
+/// descriptor created during spawn (std's exec-error pipe, ours) can get that
+/// number and be clobbered by the child's dup2 onto it. Returns the placeholder
+/// to drop after spawn, or None if `target` was already open.
+pub(crate) fn reserve_fd(target: RawFd) -> io::Result<Option<OwnedFd>> {
+    if fd_is_open(target) {
+        return Ok(None);
+    }
+    let mut extra = Vec::new();
+    // Descriptors are allocated lowest-first: opening repeatedly reaches `target`
+    // unless someone else takes it first (then it is occupied, which is also fine).
+    for _ in 0..=target {
+        let f = std::fs::File::open("/dev/null")?;
+        let fd = OwnedFd::from(f);
+        let raw = fd.as_raw_fd();
+        if raw == target {
+            return Ok(Some(fd));
+        }
+        extra.push(fd);
+        if raw > target {
+            return Ok(None);
+        }
+    }
+    Ok(None)
+}
+
+pub(crate) fn page_size() -> u64 {
+    match nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE) {
+        Ok(Some(n)) if n > 0 => n as u64,
+        _ => 4096,
+    }
+}
+
+/// `prctl(PR_SET_CHILD_SUBREAPER, 1)`.
+pub(crate) fn set_child_subreaper() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -1,0 +1,659 @@
+//! End-to-end tests with real processes, signals and (where the host has them) cgroups.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use batchguard_supervise::{
+    self as sv, CgroupPlacement, End, Enforcement, Limits, Outcome, RunAs, SpawnError, Spec,
+    StdinMode, StopReason, Stream,
+};
+
+fn env() -> Vec<(OsString, OsString)> {
+    // The full test environment (python3 may be a pyenv shim that needs it).
+    std::env::vars_os().collect()
+}
+
+fn spec(argv: &[&str]) -> Spec {
+    Spec {
+        argv: argv.iter().map(OsString::from).collect(),
+        env: env(),
+        ..Spec::default()
+    }
+}
+
+fn sh(script: &str) -> Spec {
+    spec(&["sh", "-c", script])
+}
+
+fn unique(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "test-{}-{}-{}",
+        tag,
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+fn with_cgroup(mut s: Spec, tag: &str) -> Spec {
+    s.cgroup = CgroupPlacement::Create { name: unique(tag) };
+    s
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(unique(tag));
+    std::fs::create_dir_all(&d).expect("tmpdir");
+    d
+}
+
+type Lines = Vec<(Stream, Vec<u8>)>;
+
+fn run_with(s: Spec, limits: Limits, mode: Enforcement) -> (Outcome, Lines) {
+    sv::become_subreaper();
+    let child = sv::spawn_with(s, limits, mode).expect("spawn");
+    let mut lines = Vec::new();
+    let out = child.wait(|st, l| lines.push((st, l.to_vec())));
+    (out, lines)
+}
+
+fn run(s: Spec) -> (Outcome, Lines) {
+    run_with(s, Limits::default(), Enforcement::Poll)
+}
+
+fn text(lines: &Lines, stream: Stream) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|(s, _)| *s == stream)
+        .map(|(_, l)| String::from_utf8_lossy(l).into_owned())
+        .collect()
+}
+
+/// A process is gone when /proc has no live (non-zombie) entry for it.
+fn gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => {
+            let rest = &s[s.rfind(')').map(|i| i + 2).unwrap_or(0)..];
+            rest.starts_with('Z') || rest.starts_with('X')
+        }
+    }
+}
+
+fn read_pid(path: &Path) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            if let Ok(p) = s.trim().parse() {
+                return p;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pid file {} never written",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The cgroup mode of this host, or None when it has none (then cgroup tests only run in poll mode).
+fn host_cgroup() -> Option<Enforcement> {
+    match sv::detect_host() {
+        e @ (Enforcement::Cgroup1 | Enforcement::Cgroup2) => Some(e),
+        _ => None,
+    }
+}
+
+fn modes() -> Vec<Enforcement> {
+    let mut m = vec![Enforcement::Poll];
+    m.extend(host_cgroup());
+    m
+}
+
+// ---------------------------------------------------------------------------
+
+#[test]
+fn exit_code_passthrough() {
+    let (out, _) = run(sh("exit 7"));
+    assert_eq!(out.end, End::Exited(7));
+    let (out, _) = run(spec(&["true"]));
+    assert_eq!(out.end, End::Exited(0));
+    assert_eq!(
+        out.enforcement,
+        Enforcement::None,
+        "no memory_max: enforcement none"
+    );
+}
+
+#[test]
+fn signal_death_is_signaled() {
+    for mode in modes() {
+        let (out, _) = run_with(
+            with_cgroup(sh("kill -KILL $$"), "sig"),
+            Limits::default(),
+            mode,
+        );
+        assert_eq!(out.end, End::Signaled(9), "mode {mode}");
+    }
+}
+
+#[test]
+fn output_lines_tagged_in_order_with_tail() {
+    let (out, lines) = run(sh(
+        "echo out1; echo err1 >&2; sleep 0.05; echo out2; echo err2 >&2; printf tail",
+    ));
+    assert_eq!(out.end, End::Exited(0));
+    assert_eq!(text(&lines, Stream::Stdout), ["out1", "out2", "tail"]);
+    assert_eq!(text(&lines, Stream::Stderr), ["err1", "err2"]);
+    // Arrival order: out1/err1 come before the sleep, out2/err2 after.
+    let pos = |s: &str| lines.iter().position(|(_, l)| l == s.as_bytes()).expect(s);
+    assert!(pos("out1") < pos("out2") && pos("err1") < pos("out2") && pos("err1") < pos("err2"));
+}
+
+#[test]
+fn long_line_is_split_in_64k_pieces() {
+    let (out, lines) = run(sh("head -c 200000 /dev/zero | tr '\\0' a; echo; echo next"));
+    assert_eq!(out.end, End::Exited(0));
+    let sizes: Vec<usize> = lines.iter().map(|(_, l)| l.len()).collect();
+    assert_eq!(sizes, [65536, 65536, 65536, 200000 - 3 * 65536, 4]);
+    assert!(
+        lines[..4]
+            .iter()
+            .all(|(s, l)| *s == Stream::Stdout && l.iter().all(|&b| b == b'a'))
+    );
+    // Exactly 64 KiB followed by a newline stays one line.
+    let (_, lines) = run(sh("head -c 65536 /dev/zero | tr '\\0' b; echo"));
+    assert_eq!(
+        lines.iter().map(|(_, l)| l.len()).collect::<Vec<_>>(),
+        [65536]
+    );
+}
+
+#[test]
+fn chatty_child_never_blocks() {
+    let start = Instant::now();
+    let (out, lines) = run(sh(
+        "head -c 5000000 /dev/zero | tr '\\0' x | fold -w 100; head -c 100000 /dev/zero | tr '\\0' y | fold -w 100 >&2",
+    ));
+    assert_eq!(out.end, End::Exited(0));
+    assert_eq!(text(&lines, Stream::Stdout).len(), 50_000);
+    assert_eq!(text(&lines, Stream::Stderr).len(), 1_000);
+    assert!(start.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn not_found_and_not_executable() {
+    sv::become_subreaper();
+    let e =
+        sv::spawn(spec(&["batchguard-no-such-program"]), Limits::default()).expect_err("not found");
+    assert!(
+        matches!(e, SpawnError::NotFound { ref program } if program == "batchguard-no-such-program"),
+        "{e:?}"
+    );
+    assert_eq!(e.exit_code(), 127);
+    let e = sv::spawn(spec(&["/nonexistent/prog"]), Limits::default()).expect_err("not found");
+    assert!(matches!(e, SpawnError::NotFound { .. }), "{e:?}");
+    assert_eq!(e.exit_code(), 127);
+
+    let dir = tmpdir("noexec");
+    let file = dir.join("script");
+    std::fs::write(&file, "#!/bin/sh\necho hi\n").expect("write");
+    // By path: the exec error (EACCES) is classified.
+    let e =
+        sv::spawn(spec(&[file.to_str().expect("utf8")]), Limits::default()).expect_err("not exec");
+    assert!(matches!(e, SpawnError::NotExecutable { .. }), "{e:?}");
+    assert_eq!(e.exit_code(), 126);
+    // Through PATH lookup.
+    let mut s = spec(&["script"]);
+    s.env = vec![("PATH".into(), dir.clone().into_os_string())];
+    let e = sv::spawn(s, Limits::default()).expect_err("not exec");
+    assert!(matches!(e, SpawnError::NotExecutable { .. }), "{e:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn missing_cwd_is_workdir_error() {
+    let mut s = spec(&["true"]);
+    s.cwd = Some(PathBuf::from("/nonexistent/batchguard/dir"));
+    let e = sv::spawn(s, Limits::default()).expect_err("workdir");
+    assert!(
+        matches!(e, SpawnError::Workdir { ref path, .. } if path == Path::new("/nonexistent/batchguard/dir")),
+        "{e:?}"
+    );
+    assert_eq!(e.exit_code(), 126);
+    // And a good cwd is used.
+    let mut s = spec(&["pwd"]);
+    s.cwd = Some(PathBuf::from("/tmp"));
+    let (_, lines) = run(s);
+    assert_eq!(text(&lines, Stream::Stdout), ["/tmp"]);
+}
+
+#[test]
+fn timeout_reaches_setsid_grandchild() {
+    for mode in modes() {
+        let dir = tmpdir("setsid");
+        let pidfile = dir.join("pid");
+        let script = format!(
+            "setsid sleep 300 & echo $! > {}; sleep 300",
+            pidfile.display()
+        );
+        let limits = Limits {
+            timeout: Some(Duration::from_millis(400)),
+            kill_grace: Duration::from_secs(2),
+            memory_max: None,
+        };
+        sv::become_subreaper();
+        let child =
+            sv::spawn_with(with_cgroup(sh(&script), "setsid"), limits, mode).expect("spawn");
+        let (pid, cg) = (child.pid(), child.cgroup_path().map(Path::to_path_buf));
+        assert_eq!(cg.is_some(), mode != Enforcement::Poll, "mode {mode}");
+        let start = Instant::now();
+        let out = child.wait(|_, _| {});
+        assert_eq!(out.end, End::TimedOut, "mode {mode}");
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "sleep obeys TERM: no need for the grace"
+        );
+        let grandchild = read_pid(&pidfile);
+        assert!(gone(pid), "main survived ({mode})");
+        assert!(
+            gone(grandchild),
+            "setsid grandchild {grandchild} survived ({mode})"
+        );
+        if let Some(cg) = cg {
+            assert!(!cg.exists(), "cgroup not removed");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn term_ignoring_child_is_killed_after_grace() {
+    for mode in modes() {
+        let dir = tmpdir("trap");
+        let pidfile = dir.join("pid");
+        let script = format!(
+            "trap '' TERM; sleep 300 & echo $! > {}; while :; do sleep 0.05; done",
+            pidfile.display()
+        );
+        let limits = Limits {
+            timeout: Some(Duration::from_millis(300)),
+            kill_grace: Duration::from_millis(600),
+            memory_max: None,
+        };
+        let start = Instant::now();
+        let (out, _) = run_with(with_cgroup(sh(&script), "trap"), limits, mode);
+        let took = start.elapsed();
+        assert_eq!(out.end, End::TimedOut, "mode {mode}");
+        assert!(
+            took >= Duration::from_millis(850),
+            "KILL came before the grace: {took:?}"
+        );
+        assert!(took < Duration::from_secs(4), "took {took:?}");
+        assert!(
+            gone(read_pid(&pidfile)),
+            "background sleep (TERM ignored) survived ({mode})"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+fn python_hog() -> Spec {
+    spec(&[
+        "python3",
+        "-c",
+        "import time\na = b'x' * (300 << 20)\nprint('allocated', flush=True)\ntime.sleep(30)",
+    ])
+}
+
+#[test]
+fn memory_limit_cgroup_host_mode() {
+    let Some(mode) = host_cgroup() else {
+        eprintln!("host has no usable cgroup memory controller; skipped");
+        return;
+    };
+    let limits = Limits {
+        timeout: Some(Duration::from_secs(20)),
+        memory_max: Some(64 << 20),
+        ..Limits::default()
+    };
+    sv::become_subreaper();
+    let child = sv::spawn_with(with_cgroup(python_hog(), "oom"), limits, mode).expect("spawn");
+    assert_eq!(child.enforcement(), mode);
+    let cg = child.cgroup_path().expect("cgroup").to_path_buf();
+    let mut lines = Vec::new();
+    let out = child.wait(|s, l| lines.push((s, l.to_vec())));
+    assert_eq!(out.end, End::OutOfMemory, "{out:?} {lines:?}");
+    assert_eq!(out.enforcement, mode);
+    let peak = out.peak_memory_bytes.expect("peak");
+    assert!((32 << 20..=80 << 20).contains(&peak), "peak {peak}");
+    assert!(!text(&lines, Stream::Stdout).contains(&"allocated".to_string()));
+    assert!(!cg.exists());
+    assert!(out.duration < Duration::from_secs(10));
+}
+
+#[test]
+fn memory_limit_poll_mode() {
+    let limits = Limits {
+        timeout: Some(Duration::from_secs(20)),
+        memory_max: Some(64 << 20),
+        ..Limits::default()
+    };
+    let (out, _) = run_with(
+        with_cgroup(python_hog(), "oompoll"),
+        limits,
+        Enforcement::Poll,
+    );
+    assert_eq!(out.end, End::OutOfMemory, "{out:?}");
+    assert_eq!(out.enforcement, Enforcement::Poll);
+    let peak = out.peak_memory_bytes.expect("peak");
+    assert!(peak > 64 << 20, "peak {peak}");
+    assert!(out.duration < Duration::from_secs(10));
+}
+
+#[test]
+fn peak_memory_without_limit_and_enforcement_none() {
+    for mode in modes() {
+        let (out, _) = run_with(
+            with_cgroup(sh("sleep 0.3"), "peak"),
+            Limits::default(),
+            mode,
+        );
+        assert_eq!(out.end, End::Exited(0));
+        assert_eq!(out.enforcement, Enforcement::None);
+        assert!(
+            out.peak_memory_bytes.is_some_and(|p| p > 0),
+            "mode {mode}: {out:?}"
+        );
+    }
+    let (out, _) = run_with(sh("exit 3"), Limits::default(), Enforcement::None);
+    assert_eq!(out.end, End::Exited(3));
+    assert_eq!(out.peak_memory_bytes, None);
+}
+
+#[test]
+fn exit_is_detected_promptly() {
+    for mode in modes() {
+        sv::become_subreaper();
+        let start = Instant::now();
+        let child = sv::spawn_with(
+            with_cgroup(spec(&["sleep", "0.05"]), "fast"),
+            Limits::default(),
+            mode,
+        )
+        .expect("spawn");
+        let out = child.wait(|_, _| {});
+        let took = start.elapsed();
+        assert_eq!(out.end, End::Exited(0));
+        assert!(took >= Duration::from_millis(50));
+        // sleep itself takes 50 ms; a coarse poll tick or a grace wait would show here.
+        assert!(
+            took < Duration::from_millis(500),
+            "mode {mode}: took {took:?}"
+        );
+        eprintln!("mode {mode}: 50 ms child supervised in {took:?}");
+    }
+}
+
+#[test]
+fn stop_from_another_thread() {
+    for mode in modes() {
+        sv::become_subreaper();
+        let child = sv::spawn_with(
+            with_cgroup(sh("sleep 300 & sleep 300"), "stop"),
+            Limits::default(),
+            mode,
+        )
+        .expect("spawn");
+        let pgid = child.pgid();
+        let handle = child.stop_handle();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            handle.stop(StopReason::Fenced);
+            handle.stop(StopReason::Requested); // first reason wins
+        });
+        let start = Instant::now();
+        let out = child.wait(|_, _| {});
+        t.join().expect("thread");
+        assert_eq!(out.end, End::Stopped(StopReason::Fenced), "mode {mode}");
+        assert!(start.elapsed() < Duration::from_secs(2));
+        assert!(!sv::tree_alive(None, Some(pgid)));
+    }
+    // kill(): immediate KILL, even for a TERM-ignoring child with a long grace.
+    sv::become_subreaper();
+    let child = sv::spawn_with(
+        sh("trap '' TERM; sleep 300"),
+        Limits {
+            kill_grace: Duration::from_secs(60),
+            ..Limits::default()
+        },
+        Enforcement::Poll,
+    )
+    .expect("spawn");
+    let handle = child.stop_handle();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        handle.kill(StopReason::Signal(15));
+    });
+    let start = Instant::now();
+    let out = child.wait(|_, _| {});
+    t.join().expect("thread");
+    assert_eq!(out.end, End::Stopped(StopReason::Signal(15)));
+    assert!(start.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn daemonised_grandchild_does_not_hang_wait() {
+    for mode in modes() {
+        let dir = tmpdir("daemon");
+        let pidfile = dir.join("pid");
+        // The grandchild escapes the process group, keeps stdout open, and its parent exits at once.
+        let script = format!(
+            "setsid sleep 300 & echo $! > {}; echo started",
+            pidfile.display()
+        );
+        let start = Instant::now();
+        let (out, lines) = run_with(with_cgroup(sh(&script), "daemon"), Limits::default(), mode);
+        assert_eq!(out.end, End::Exited(0));
+        assert_eq!(text(&lines, Stream::Stdout), ["started"]);
+        assert!(
+            start.elapsed() < Duration::from_secs(4),
+            "mode {mode}: {:?}",
+            start.elapsed()
+        );
+        assert!(gone(read_pid(&pidfile)), "mode {mode}: daemon survived");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn leftovers_of_a_dead_runner_are_killed() {
+    for mode in modes() {
+        sv::become_subreaper();
+        let dir = tmpdir("left");
+        let pidfile = dir.join("pid");
+        let script = format!(
+            "setsid sleep 300 & echo $! > {}; sleep 300",
+            pidfile.display()
+        );
+        let child = sv::spawn_with(with_cgroup(sh(&script), "left"), Limits::default(), mode)
+            .expect("spawn");
+        let (pid, pgid, cg) = (
+            child.pid(),
+            child.pgid(),
+            child.cgroup_path().map(Path::to_path_buf),
+        );
+        let grandchild = read_pid(&pidfile);
+        // "The runner died": nobody supervises the tree any more.
+        std::mem::forget(child);
+        assert!(sv::tree_alive(cg.as_deref(), Some(pgid)));
+        let start = Instant::now();
+        assert!(sv::kill_leftovers(
+            cg.as_deref(),
+            Some(pgid),
+            Duration::from_secs(2)
+        ));
+        assert!(start.elapsed() < Duration::from_secs(3));
+        assert!(!sv::tree_alive(cg.as_deref(), Some(pgid)));
+        assert!(gone(pid));
+        if let Some(cg) = &cg {
+            assert!(!cg.exists(), "cgroup not removed");
+            // With a cgroup even the setsid grandchild is found.
+            assert!(gone(grandchild), "setsid grandchild survived");
+        } else {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(grandchild),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        // Nothing left: a second call reports that.
+        assert!(!sv::kill_leftovers(
+            cg.as_deref(),
+            Some(pgid),
+            Duration::from_secs(1)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn procfs_identity() {
+    sv::become_subreaper();
+    let child = sv::spawn_with(
+        spec(&["sleep", "0.3"]),
+        Limits::default(),
+        Enforcement::Poll,
+    )
+    .expect("spawn");
+    let pid = child.pid();
+    let st = sv::procfs::start_time(pid).expect("start time");
+    assert!(sv::procfs::is_alive(pid, st));
+    assert!(
+        !sv::procfs::is_alive(pid, st + 1),
+        "wrong start time = recycled pid"
+    );
+    let out = child.wait(|_, _| {});
+    assert_eq!(out.end, End::Exited(0));
+    assert!(!sv::procfs::is_alive(pid, st), "dead pid");
+    assert!(sv::procfs::start_time(pid).is_none());
+    let boot = sv::procfs::boot_id().expect("boot id");
+    assert_eq!(boot.len(), 36);
+}
+
+#[test]
+fn runs_as_user_nobody() {
+    let nobody = RunAs::lookup("nobody").expect("nobody exists");
+    assert!(matches!(
+        RunAs::lookup("batchguard-no-such-user"),
+        Err(SpawnError::User { .. })
+    ));
+    let mut s = spec(&["id", "-u"]);
+    s.user = Some(nobody.clone());
+    let (out, lines) = run(s);
+    assert_eq!(out.end, End::Exited(0));
+    assert_eq!(text(&lines, Stream::Stdout), [nobody.uid.to_string()]);
+    let mut s = spec(&["id", "-G"]);
+    s.user = Some(nobody.clone());
+    let (_, lines) = run(s);
+    let groups: Vec<u32> = text(&lines, Stream::Stdout)[0]
+        .split_whitespace()
+        .map(|g| g.parse().expect("gid"))
+        .collect();
+    assert_eq!(groups[0], nobody.gid);
+    assert!(
+        groups
+            .iter()
+            .all(|g| nobody.groups.contains(g) || *g == nobody.gid),
+        "{groups:?}"
+    );
+}
+
+#[test]
+fn done_fd_and_stdin_pipe() {
+    sv::become_subreaper();
+    let mut s = sh("while read l; do echo \"done:$l\" >&3; echo \"seen:$l\"; done");
+    s.stdin = StdinMode::Pipe;
+    s.done_fd = Some(3);
+    let mut child = sv::spawn_with(s, Limits::default(), Enforcement::Poll).expect("spawn");
+    let mut stdin = child.take_stdin().expect("stdin");
+    let mut done = child.take_done_reader().expect("done reader");
+    stdin.write_all(b"a\nb\n").expect("write");
+    drop(stdin);
+    let mut lines = Vec::new();
+    let out = child.wait(|s, l| lines.push((s, l.to_vec())));
+    assert_eq!(out.end, End::Exited(0));
+    assert_eq!(text(&lines, Stream::Stdout), ["seen:a", "seen:b"]);
+    let mut got = String::new();
+    done.read_to_string(&mut got).expect("read done fd");
+    assert_eq!(got, "done:a\ndone:b\n");
+}
+
+#[test]
+fn parallel_runs_keep_their_own_exit_status() {
+    sv::become_subreaper();
+    let threads: Vec<_> = (0..6)
+        .map(|i| {
+            std::thread::spawn(move || {
+                for j in 0..5 {
+                    let code = (i * 10 + j) % 250 + 1;
+                    // Each run also orphans a short-lived grandchild for the reaper.
+                    let (out, _) = run(sh(&format!("(sleep 0.0$(( {j} % 3 )) &) ; exit {code}")));
+                    assert_eq!(out.end, End::Exited(code), "run {i}/{j}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("thread");
+    }
+}
+
+#[test]
+fn detect_reports_a_mode() {
+    let e = sv::detect_host();
+    assert!(matches!(
+        e,
+        Enforcement::Cgroup2 | Enforcement::Cgroup1 | Enforcement::Poll
+    ));
+    assert_eq!("cgroup1".parse::<Enforcement>(), Ok(Enforcement::Cgroup1));
+    assert_eq!(Enforcement::Cgroup2.to_string(), "cgroup2");
+    assert!("bogus".parse::<Enforcement>().is_err());
+}
+
+#[test]
+fn dropping_a_child_kills_its_tree() {
+    for mode in modes() {
+        sv::become_subreaper();
+        let child = sv::spawn_with(
+            with_cgroup(sh("sleep 300 & sleep 300"), "drop"),
+            Limits::default(),
+            mode,
+        )
+        .expect("spawn");
+        let (pid, pgid, cg) = (
+            child.pid(),
+            child.pgid(),
+            child.cgroup_path().map(Path::to_path_buf),
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(sv::tree_alive(cg.as_deref(), Some(pgid)));
+        drop(child);
+        assert!(gone(pid));
+        assert!(!sv::tree_alive(cg.as_deref(), Some(pgid)), "mode {mode}");
+        if let Some(cg) = cg {
+            assert!(!cg.exists());
+        }
+    }
+}
+
+#[test]
+fn handles_are_thread_safe() {
+    fn send<T: Send>() {}
+    fn send_sync<T: Send + Sync + Clone>() {}
+    send::<sv::Child>();
+    send_sync::<sv::StopHandle>();
+    send::<SpawnError>();
+}

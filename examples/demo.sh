@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Build batchguard and run the example jobs end to end on the embedded
+# SQLite store, in a throw-away directory (default /tmp/batchguard-demo).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+demo=${1:-/tmp/batchguard-demo}
+
+cargo build --release --quiet --manifest-path "$here/../Cargo.toml"
+bin=$(cd "$here/.." && pwd)/target/release/batchguard
+
+rm -rf "$demo"
+mkdir -p "$demo/etc/jobs" "$demo/env" "$demo/reports"
+cat > "$demo/etc/batchguard.toml" <<TOML
+state = "sqlite:$demo/state.db"
+log_dir = "$demo/log"
+TOML
+echo "REPORT_DB_PASSWORD=correct-horse-battery" > "$demo/env/nightly-report.env"
+for f in "$here"/jobs/*.toml; do
+  sed -e "s|@DEMO@|$demo|g" -e "s|@EXAMPLES@|$here|g" -e "s|@BIN@|$bin|g" "$f" > "$demo/etc/jobs/$(basename "$f")"
+done
+bg() { echo "\$ batchguard $*"; "$bin" --config-dir "$demo/etc" "$@"; }
+
+bg validate
+echo
+echo "# run the nightly report (quiet on success, like chronic)"
+bg run nightly-report
+echo "exit code $?"
+echo
+echo "# a second run of the same day while the first holds the lock is skipped (exit 75)"
+"$bin" --config-dir "$demo/etc" run nightly-report --param date=2026-01-01 &
+sleep 0.2
+bg run nightly-report --param date=2026-01-01 || echo "exit code $?"
+wait
+echo
+echo "# a failing job: the report cron would mail"
+bg run flaky-sync || echo "exit code $?"
+echo
+bg status
+echo
+bg runs nightly-report
+echo
+run=$("$bin" --config-dir "$demo/etc" runs nightly-report --format json | python3 -c 'import json,sys; print([r for r in json.load(sys.stdin) if r["outcome"]=="success"][0]["id"])')
+bg show "$run"
+echo
+echo "# its log (timestamped, stream-tagged, the password redacted)"
+bg logs "$run"
+echo
+ls -l "$demo/reports"

@@ -1,0 +1,296 @@
+//! Command-line parsing and dispatch. No business logic lives here: each
+//! subcommand loads what it needs, calls the library, and renders.
+
+mod render;
+
+use crate::error::{Error, Result};
+use crate::runner::{self, Context, Request};
+use crate::{exit, host, publish, store};
+use batchguard_config::{self as config, Concurrency, Global, Job};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::{Path, PathBuf};
+
+const DEFAULT_STATE: &str = "sqlite:/var/lib/batchguard/state.db";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "batchguard",
+    version,
+    about = "Run batch jobs supervised, locked, bounded and recorded"
+)]
+pub struct Cli {
+    /// Configuration directory (batchguard.toml and jobs/NAME.toml).
+    #[arg(
+        long,
+        global = true,
+        env = "BATCHGUARD_CONFIG_DIR",
+        default_value = "/etc/batchguard"
+    )]
+    config_dir: PathBuf,
+    /// State store URL: sqlite:PATH or postgres://…
+    #[arg(long, global = true, env = "BATCHGUARD_STATE")]
+    state: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, Default, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a job under supervision.
+    Run {
+        /// The job's name (jobs/JOB.toml).
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        job: Option<String>,
+        /// Run this job file instead (name = file stem).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Override a declared param: --param date=2026-11-01
+        #[arg(long = "param", value_name = "K=V", value_parser = parse_param)]
+        params: Vec<(String, String)>,
+        /// The ledger scope to run in.
+        #[arg(long)]
+        scope: Option<String>,
+    },
+    /// Run an ad-hoc command under the same supervision.
+    Exec {
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<std::time::Duration>,
+        #[arg(long = "memory-max", value_parser = parse_size)]
+        memory_max: Option<u64>,
+        #[arg(long, value_parser = parse_concurrency)]
+        concurrency: Option<Concurrency>,
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Inside a run: rename SRC over DEST only while this run's token is the newest.
+    Publish { src: PathBuf, dest: PathBuf },
+    /// Check the whole configuration directory.
+    Validate,
+    /// One row per job: last run, outcome, next run.
+    Status {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// A job's runs, newest first.
+    Runs {
+        job: String,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// One run in detail.
+    Show {
+        run_id: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// A run's log.
+    Logs {
+        run_id: String,
+        /// Keep printing until the run ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+}
+
+fn parse_param(s: &str) -> std::result::Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("`{s}` is not K=V")),
+    }
+}
+
+fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    config::parse_duration(s)
+}
+
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    config::parse_size(s)
+}
+
+fn parse_concurrency(s: &str) -> std::result::Result<Concurrency, String> {
+    match s {
+        "forbid" => Ok(Concurrency::Forbid),
+        "replace" => Ok(Concurrency::Replace),
+        "allow" => Ok(Concurrency::Allow),
+        _ => Err(format!("`{s}` is not one of forbid, replace, allow")),
+    }
+}
+
+/// Parse the command line, run it, and return the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
+            let _ = e.print();
+            return code;
+        }
+    };
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("batchguard: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn state_url(cli_state: Option<&str>, global: &Global) -> String {
+    cli_state
+        .map(str::to_string)
+        .or_else(|| global.state.clone())
+        .unwrap_or_else(|| DEFAULT_STATE.to_string())
+}
+
+fn context(cli: &Cli, global: Global) -> Result<Context> {
+    let url = state_url(cli.state.as_deref(), &global);
+    let store = store::open(&url)?;
+    let me = host::identity(global.host.as_deref());
+    Ok(Context {
+        store,
+        state_url: url,
+        global,
+        me,
+    })
+}
+
+fn load_job(dir: &Path, name: &str, global: &Global) -> Result<Job> {
+    let path = dir.join("jobs").join(format!("{name}.toml"));
+    if !path.is_file() {
+        return Err(Error::UnknownJob {
+            job: name.to_string(),
+            dir: dir.to_path_buf(),
+            known: known_jobs(dir).join(", "),
+        });
+    }
+    Ok(config::load_job_file(&path, global)?)
+}
+
+fn known_jobs(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("jobs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            (p.extension()? == "toml").then(|| p.file_stem()?.to_str().map(str::to_string))?
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+fn dispatch(cli: Cli) -> Result<i32> {
+    let dir = cli.config_dir.clone();
+    match &cli.command {
+        Command::Run {
+            job,
+            file,
+            params,
+            scope,
+        } => {
+            let global = config::load_global(&dir)?;
+            let job = match (job, file) {
+                (_, Some(path)) => config::load_job_file(path, &global)?,
+                (Some(name), None) => load_job(&dir, name, &global)?,
+                (None, None) => return Err(Error::Usage("run needs JOB or --file PATH".into())),
+            };
+            let ctx = context(&cli, global)?;
+            let req = Request {
+                params: params.clone(),
+                scope: scope.clone(),
+            };
+            Ok(runner::run(&ctx, &job, &req)?.exit_code)
+        }
+        Command::Exec {
+            name,
+            timeout,
+            memory_max,
+            concurrency,
+            command,
+        } => {
+            let global = config::load_global(&dir)?;
+            let job = config::adhoc_job(
+                name,
+                command.clone(),
+                *timeout,
+                *memory_max,
+                *concurrency,
+                &global,
+            )?;
+            let ctx = context(&cli, global)?;
+            Ok(runner::run(&ctx, &job, &Request::default())?.exit_code)
+        }
+        Command::Publish { src, dest } => {
+            publish::publish(src, dest)?;
+            Ok(exit::OK)
+        }
+        Command::Validate => {
+            let cfg = config::load(&dir)?;
+            println!(
+                "{}: configuration valid ({} job{})",
+                dir.display(),
+                cfg.jobs.len(),
+                if cfg.jobs.len() == 1 { "" } else { "s" }
+            );
+            Ok(exit::OK)
+        }
+        Command::Status { format } => {
+            let global = config::load_global(&dir)?;
+            let jobs = load_jobs_leniently(&dir, &global);
+            let ctx = context(&cli, global)?;
+            runner::reap_lost(&ctx)?;
+            render::status(&ctx, &jobs, *format)
+        }
+        Command::Runs { job, limit, format } => {
+            let global = config::load_global(&dir).unwrap_or_default();
+            let ctx = context(&cli, global)?;
+            runner::reap_lost(&ctx)?;
+            let runs = ctx.store.list_runs(Some(job), *limit)?;
+            render::runs(&runs, *format)
+        }
+        Command::Show { run_id, format } => {
+            let global = config::load_global(&dir).unwrap_or_default();
+            let ctx = context(&cli, global)?;
+            runner::reap_lost(&ctx)?;
+            let run = ctx
+                .store
+                .get_run(run_id)?
+                .ok_or_else(|| Error::UnknownRun(run_id.clone()))?;
+            render::show(&run, *format)
+        }
+        Command::Logs { run_id, follow } => {
+            let global = config::load_global(&dir).unwrap_or_default();
+            let ctx = context(&cli, global)?;
+            render::logs(&ctx, run_id, *follow)
+        }
+    }
+}
+
+/// Every job that loads; a broken job file is reported on stderr and left
+/// out, so `status` still shows the others.
+fn load_jobs_leniently(dir: &Path, global: &Global) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    for name in known_jobs(dir) {
+        match load_job(dir, &name, global) {
+            Ok(job) => jobs.push(job),
+            Err(e) => eprintln!("batchguard: job `{name}` skipped: {e}"),
+        }
+    }
+    jobs
+}

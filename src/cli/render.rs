@@ -1,0 +1,249 @@
+//! What the read commands print: compact text tables for people, and the
+//! SPEC §4 JSON shapes for scripts.
+
+use super::Format;
+use crate::clock;
+use crate::error::{Error, Result};
+use crate::exit;
+use crate::runner::Context;
+use crate::store::RunRecord;
+use batchguard_config::{Job, format_size};
+use serde_json::json;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::time::Duration;
+
+fn print_json(v: &impl serde::Serialize) -> Result<i32> {
+    let text = serde_json::to_string_pretty(v).unwrap_or_else(|_| "null".into());
+    println!("{text}");
+    Ok(exit::OK)
+}
+
+/// Left-aligned columns separated by two spaces.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            width[i] = width[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(cell);
+            } else {
+                l.push_str(&format!("{cell:<w$}  ", w = width[i]));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+fn dash(v: Option<String>) -> String {
+    v.unwrap_or_else(|| "-".into())
+}
+
+fn code_or_signal(r: &RunRecord) -> String {
+    match (r.exit_code, r.signal) {
+        (_, Some(s)) => format!("sig {s}"),
+        (Some(c), None) => c.to_string(),
+        (None, None) => "-".into(),
+    }
+}
+
+fn memory(r: &RunRecord) -> String {
+    match (r.peak_memory_bytes, r.memory_max_bytes) {
+        (Some(p), Some(m)) => format!("{} / {}", format_size(p), format_size(m)),
+        (Some(p), None) => format_size(p),
+        _ => "-".into(),
+    }
+}
+
+pub fn runs(runs: &[RunRecord], format: Format) -> Result<i32> {
+    if format == Format::Json {
+        return print_json(&runs);
+    }
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.clone(),
+                r.started_at.clone(),
+                dash(r.duration_ms.map(clock::human_ms)),
+                r.outcome.clone(),
+                code_or_signal(r),
+                memory(r),
+                r.fence.to_string(),
+                r.attempt.to_string(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "RUN",
+                "STARTED",
+                "DURATION",
+                "OUTCOME",
+                "EXIT",
+                "PEAK MEMORY",
+                "FENCE",
+                "ATTEMPT"
+            ],
+            &rows
+        )
+    );
+    Ok(exit::OK)
+}
+
+pub fn show(r: &RunRecord, format: Format) -> Result<i32> {
+    if format == Format::Json {
+        return print_json(r);
+    }
+    let mut out = String::new();
+    let mut kv = |k: &str, v: String| out.push_str(&format!("{k:<12} {v}\n"));
+    kv("run", r.id.clone());
+    kv("job", r.job.clone());
+    kv("outcome", r.outcome.clone());
+    kv("exit", code_or_signal(r));
+    kv("host", format!("{} (pid {})", r.host, r.pid));
+    kv("started", r.started_at.clone());
+    kv("ended", dash(r.ended_at.clone()));
+    kv("duration", dash(r.duration_ms.map(clock::human_ms)));
+    kv(
+        "memory",
+        format!("{} ({})", memory(r), r.memory_enforcement),
+    );
+    kv("lock", format!("{} fence {}", r.lock, r.fence));
+    kv("attempt", r.attempt.to_string());
+    if let Some(scope) = &r.scope {
+        kv("scope", scope.clone());
+    }
+    if !r.params.is_empty() {
+        let p: Vec<String> = r.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        kv("params", p.join(" "));
+    }
+    if let Some(i) = &r.items {
+        kv(
+            "items",
+            format!(
+                "{} total, {} done, {} skipped, {} failed",
+                i.total, i.done, i.skipped, i.failed
+            ),
+        );
+    }
+    if let Some(e) = &r.error {
+        kv("error", e.clone());
+    }
+    kv("log", dash(r.log_path.clone()));
+    print!("{out}");
+    Ok(exit::OK)
+}
+
+pub fn status(ctx: &Context, jobs: &[Job], format: Format) -> Result<i32> {
+    let last = ctx.store.last_runs()?;
+    let now = jiff::Zoned::now();
+    let mut entries = Vec::new();
+    let mut names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+    for r in &last {
+        if !names.contains(&r.job.as_str()) {
+            names.push(r.job.as_str());
+        }
+    }
+    names.sort();
+    for name in names {
+        let job = jobs.iter().find(|j| j.name == name);
+        let run = last.iter().find(|r| r.job == name);
+        let next = job.and_then(|j| {
+            let sched = j.schedule.as_deref()?;
+            let tz = clock::zone(j.timezone.as_deref());
+            crate::cron::next_after(sched, &now.with_time_zone(tz))
+        });
+        entries.push(json!({
+            "job": name,
+            "configured": job.is_some(),
+            "schedule": job.and_then(|j| j.schedule.clone()),
+            "last_run": run,
+            "outcome": run.map(|r| r.outcome.clone()),
+            "duration_ms": run.and_then(|r| r.duration_ms),
+            "running": run.is_some_and(|r| r.outcome == "running"),
+            "next_run": next.as_ref().map(clock::format_zoned),
+            "late": false,
+            "missed": false,
+        }));
+    }
+    if format == Format::Json {
+        return print_json(&json!({ "jobs": entries }));
+    }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().map(str::to_string);
+            vec![
+                s("job").unwrap_or_default(),
+                dash(e["last_run"]["started_at"].as_str().map(str::to_string)),
+                dash(s("outcome")),
+                dash(e["duration_ms"].as_i64().map(clock::human_ms)),
+                dash(s("next_run")),
+                dash(s("schedule")),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "JOB", "LAST RUN", "OUTCOME", "DURATION", "NEXT RUN", "SCHEDULE"
+            ],
+            &rows
+        )
+    );
+    Ok(exit::OK)
+}
+
+pub fn logs(ctx: &Context, run_id: &str, follow: bool) -> Result<i32> {
+    let run = ctx
+        .store
+        .get_run(run_id)?
+        .ok_or_else(|| Error::UnknownRun(run_id.to_string()))?;
+    let Some(path) = run.log_path.clone() else {
+        eprintln!("batchguard: run {run_id} has no log ({})", run.outcome);
+        return Ok(exit::OK);
+    };
+    let mut file = std::fs::File::open(&path).map_err(|e| Error::io("open log", &path, e))?;
+    let mut stdout = std::io::stdout().lock();
+    let mut buf = Vec::new();
+    let mut pos = 0u64;
+    loop {
+        buf.clear();
+        file.seek(SeekFrom::Start(pos))
+            .and_then(|_| file.read_to_end(&mut buf))
+            .map_err(|e| Error::io("read log", &path, e))?;
+        pos += buf.len() as u64;
+        if stdout.write_all(&buf).and_then(|_| stdout.flush()).is_err() {
+            return Ok(exit::OK); // reader went away (e.g. `| head`)
+        }
+        if !follow {
+            return Ok(exit::OK);
+        }
+        crate::runner::reap_lost(ctx)?;
+        let running = ctx
+            .store
+            .get_run(run_id)?
+            .is_some_and(|r| r.outcome == "running");
+        if !running && buf.is_empty() {
+            return Ok(exit::OK);
+        }
+        if buf.is_empty() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}

@@ -1,0 +1,635 @@
+//! The runner: one invocation of one job, start to finish.
+//!
+//! Resolve params and templates, build the environment (env_file values
+//! become secrets), take the lock and a fencing token, then for each attempt
+//! create the run record and log, spawn the process tree under supervision,
+//! keep the lease alive from a heartbeat thread (which also notices when a
+//! newer run took the lock), forward our own TERM/INT/HUP to the tree, and
+//! record how it ended. Retries back off exponentially with jitter while the
+//! lock stays held.
+
+mod lock;
+
+use crate::clock;
+use crate::error::{Error, Result};
+use crate::host;
+use crate::logs::{self, RunLog};
+use crate::outcome::{self, Outcome};
+use crate::redact::Redactor;
+use crate::store::{AcquireMode, RunEnd, RunRecord, RunnerIdentity, Store};
+use batchguard_config::{Concurrency, Global, Job, template};
+use batchguard_supervise::{
+    self as supervise, CgroupPlacement, Limits, Spec, StopHandle, StopReason,
+};
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
+use std::sync::{Mutex, mpsc};
+use std::time::Duration;
+
+/// What every command that touches runs needs.
+pub struct Context {
+    pub store: Box<dyn Store>,
+    pub state_url: String,
+    pub global: Global,
+    pub me: RunnerIdentity,
+}
+
+/// What the operator asked for on the command line.
+#[derive(Default, Debug, Clone)]
+pub struct Request {
+    pub params: Vec<(String, String)>,
+    pub scope: Option<String>,
+}
+
+/// The result of `batchguard run`.
+#[derive(Debug)]
+pub struct Report {
+    pub outcome: Outcome,
+    pub exit_code: i32,
+    pub run_id: String,
+}
+
+pub fn new_run_id() -> String {
+    ulid::Ulid::generate().to_string()
+}
+
+/// Everything about the job that does not change between attempts.
+struct Prepared {
+    params: BTreeMap<String, String>,
+    scope: Option<String>,
+    env: Vec<(OsString, OsString)>,
+    redactor: Redactor,
+    run_as: Option<supervise::RunAs>,
+    tz: jiff::tz::TimeZone,
+    today: String,
+    yesterday: String,
+}
+
+fn builtin(job: &Job, run_id: &str, p: &Prepared, name: &str) -> Option<String> {
+    match name {
+        "job" => Some(job.name.clone()),
+        "run_id" => Some(run_id.to_string()),
+        "today" => Some(p.today.clone()),
+        "yesterday" => Some(p.yesterday.clone()),
+        _ => p.params.get(name).cloned(),
+    }
+}
+
+fn render_all(
+    job: &Job,
+    run_id: &str,
+    p: &Prepared,
+    what: &str,
+    templates: &[String],
+) -> Result<Vec<String>> {
+    templates
+        .iter()
+        .map(|t| {
+            template::render(t, &|n| builtin(job, run_id, p, n)).map_err(|e| {
+                Error::Usage(format!(
+                    "job `{}`: cannot render {what} `{t}`: {e}",
+                    job.name
+                ))
+            })
+        })
+        .collect()
+}
+
+fn prepare(job: &Job, req: &Request) -> Result<Prepared> {
+    let tz = clock::zone(job.timezone.as_deref());
+    let (today, yesterday) = clock::today_yesterday(clock::now_ms(), &tz);
+    let mut p = Prepared {
+        params: BTreeMap::new(),
+        scope: None,
+        env: Vec::new(),
+        redactor: Redactor::default(),
+        run_as: None,
+        tz,
+        today,
+        yesterday,
+    };
+    // Param defaults may use the built-ins; --param overrides are literal.
+    let mut params = BTreeMap::new();
+    for (k, v) in &job.params {
+        let value = render_all(job, "", &p, "param", std::slice::from_ref(v))?.remove(0);
+        params.insert(k.clone(), value);
+    }
+    for (k, v) in &req.params {
+        if !job.params.contains_key(k) {
+            let known: Vec<&str> = job.params.keys().map(String::as_str).collect();
+            return Err(Error::Usage(format!(
+                "job `{}` has no param `{k}` (declared params: {}); declare it under [params]",
+                job.name,
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+        params.insert(k.clone(), v.clone());
+    }
+    p.params = params;
+    p.scope = match (
+        &req.scope,
+        job.items.as_ref().and_then(|i| i.scope.as_ref()),
+    ) {
+        (Some(s), _) => Some(s.clone()),
+        (None, Some(t)) => {
+            Some(render_all(job, "", &p, "items.scope", std::slice::from_ref(t))?.remove(0))
+        }
+        (None, None) => None,
+    };
+
+    // Environment: the runner's, then env_file (secrets), then env.
+    let mut env: BTreeMap<OsString, OsString> = std::env::vars_os()
+        .filter(|(k, _)| !k.to_string_lossy().starts_with("BATCHGUARD_"))
+        .collect();
+    let mut secrets = Vec::new();
+    if let Some(path) = &job.env_file {
+        let iter = dotenvy::from_path_iter(path).map_err(|e| Error::EnvFile {
+            job: job.name.clone(),
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        for item in iter {
+            let (k, v) = item.map_err(|e| Error::EnvFile {
+                job: job.name.clone(),
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            secrets.push(v.clone());
+            env.insert(k.into(), v.into());
+        }
+    }
+    for (k, v) in &job.env {
+        env.insert(k.into(), v.into());
+    }
+    for name in &job.secrets {
+        if let Some(v) = env.get(&OsString::from(name)) {
+            secrets.push(v.to_string_lossy().into_owned());
+        }
+    }
+    if let Some(user) = &job.user {
+        let run_as = supervise::RunAs::lookup(user)
+            .map_err(|e| Error::Usage(format!("job `{}`: user `{user}`: {e}", job.name)))?;
+        env.insert("USER".into(), user.into());
+        env.insert("LOGNAME".into(), user.into());
+        env.insert("HOME".into(), run_as.home.clone().into_os_string());
+        p.run_as = Some(run_as);
+    }
+    p.env = env.into_iter().collect();
+    p.redactor = Redactor::new(secrets);
+    Ok(p)
+}
+
+fn acquire_mode(c: Concurrency) -> AcquireMode {
+    match c {
+        Concurrency::Forbid => AcquireMode::IfFree,
+        Concurrency::Replace => AcquireMode::Replace,
+        Concurrency::Allow => AcquireMode::TokenOnly,
+    }
+}
+
+/// State shared with the heartbeat and signal threads.
+#[derive(Default)]
+struct Shared {
+    stop: Mutex<Option<StopHandle>>,
+    current_run: Mutex<String>,
+    fenced: AtomicBool,
+    signals: AtomicU32,
+    last_signal: AtomicI32,
+}
+
+impl Shared {
+    fn set_child(&self, h: Option<StopHandle>) {
+        *self.stop.lock().unwrap_or_else(|p| p.into_inner()) = h;
+    }
+    fn with_child(&self, f: impl FnOnce(&StopHandle)) {
+        if let Some(h) = self.stop.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            f(h)
+        }
+    }
+}
+
+fn base_record(ctx: &Context, job: &Job, p: &Prepared, run_id: &str, attempt: u32) -> RunRecord {
+    let now = clock::now_ms();
+    RunRecord {
+        id: run_id.to_string(),
+        job: job.name.clone(),
+        host: ctx.me.host.clone(),
+        pid: ctx.me.pid,
+        fence: 0,
+        attempt,
+        scope: p.scope.clone(),
+        started_at: clock::rfc3339(now, &p.tz),
+        ended_at: None,
+        duration_ms: None,
+        outcome: "running".into(),
+        exit_code: None,
+        signal: None,
+        peak_memory_bytes: None,
+        memory_enforcement: "none".into(),
+        items: None,
+        log_path: Some(
+            logs::log_path(&ctx.global.log_dir, &job.name, run_id)
+                .display()
+                .to_string(),
+        ),
+        lock: job.lock.clone(),
+        memory_max_bytes: job.memory_max,
+        params: p.params.clone(),
+        error: None,
+        started_ms: now,
+        runner: ctx.me.clone(),
+        cgroup: None,
+        pgid: None,
+        heartbeat_ms: now,
+    }
+}
+
+/// Run `job` under full supervision and record what happened.
+pub fn run(ctx: &Context, job: &Job, req: &Request) -> Result<Report> {
+    let p = prepare(job, req)?;
+    let mode = acquire_mode(job.concurrency);
+    let run_id = new_run_id();
+    let first = base_record(ctx, job, &p, &run_id, 1);
+    let fence = match lock::take(ctx, &first, mode, job.kill_grace)? {
+        lock::Taken::Fence(f) => f,
+        lock::Taken::Held(h) => {
+            let mut skipped = first;
+            skipped.outcome = Outcome::Skipped.as_str().into();
+            skipped.ended_at = Some(skipped.started_at.clone());
+            skipped.duration_ms = Some(0);
+            skipped.log_path = None;
+            skipped.error = Some(format!(
+                "lock `{}` is held by run {} (pid {} on {}, fence {})",
+                h.lock, h.run_id, h.runner.pid, h.runner.host, h.fence
+            ));
+            ctx.store.insert_run(&skipped)?;
+            if std::io::stderr().is_terminal() {
+                eprintln!(
+                    "batchguard: job `{}` skipped: {}",
+                    job.name,
+                    skipped.error.as_deref().unwrap_or_default()
+                );
+            }
+            return Ok(Report {
+                outcome: Outcome::Skipped,
+                exit_code: crate::exit::TEMPFAIL,
+                run_id,
+            });
+        }
+    };
+
+    let shared = Shared::default();
+    *shared.current_run.lock().unwrap_or_else(|e| e.into_inner()) = run_id.clone();
+    let (sig_tx, sig_rx) = mpsc::channel::<i32>();
+    let (hb_stop_tx, hb_stop_rx) = mpsc::channel::<()>();
+    let mut signals =
+        signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
+            .map_err(|e| Error::io("install signal handlers for", "batchguard", e))?;
+    let signals_handle = signals.handle();
+
+    let report = std::thread::scope(|s| {
+        s.spawn(|| {
+            for sig in signals.forever() {
+                let n = shared.signals.fetch_add(1, Ordering::SeqCst) + 1;
+                shared.last_signal.store(sig, Ordering::SeqCst);
+                shared.with_child(|h| {
+                    if n == 1 {
+                        h.stop(StopReason::Signal(sig));
+                    } else {
+                        h.kill(StopReason::Signal(sig));
+                    }
+                });
+                let _ = sig_tx.send(sig);
+            }
+        });
+        s.spawn(|| heartbeat_loop(ctx, job, fence, mode, &shared, hb_stop_rx));
+        let report = attempts(ctx, job, &p, fence, mode, first, &shared, &sig_rx);
+        let _ = hb_stop_tx.send(());
+        signals_handle.close();
+        report
+    });
+    if let Err(e) = logs::prune(
+        ctx.store.as_ref(),
+        &job.name,
+        ctx.global.log_retention.as_millis() as i64,
+    ) {
+        tracing::warn!(error = %e, "log retention failed");
+    }
+    report
+}
+
+fn heartbeat_loop(
+    ctx: &Context,
+    job: &Job,
+    fence: i64,
+    mode: AcquireMode,
+    shared: &Shared,
+    stop: mpsc::Receiver<()>,
+) {
+    let lease_ms = ctx.global.lease.as_millis() as i64;
+    let interval =
+        (ctx.global.lease / 6).clamp(Duration::from_millis(500), Duration::from_secs(10));
+    loop {
+        match stop.recv_timeout(interval) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        let run_id = shared
+            .current_run
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match ctx
+            .store
+            .heartbeat(&job.lock, fence, &run_id, clock::now_ms(), lease_ms)
+        {
+            Ok(true) => {}
+            Ok(false) if mode != AcquireMode::TokenOnly => {
+                if !shared.fenced.swap(true, Ordering::SeqCst) {
+                    tracing::warn!(job = %job.name, "lock `{}` moved to a newer run: stopping", job.lock);
+                }
+                shared.with_child(|h| h.stop(StopReason::Fenced));
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed; will retry"),
+        }
+    }
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; the pieces are distinct"
+)]
+fn attempts(
+    ctx: &Context,
+    job: &Job,
+    p: &Prepared,
+    fence: i64,
+    mode: AcquireMode,
+    first: RunRecord,
+    shared: &Shared,
+    sig_rx: &mpsc::Receiver<i32>,
+) -> Result<Report> {
+    let mut record = first;
+    let mut attempt = 1u32;
+    loop {
+        if attempt > 1 {
+            record = base_record(ctx, job, p, &new_run_id(), attempt);
+            record.fence = fence;
+            ctx.store.insert_run(&record)?;
+            *shared.current_run.lock().unwrap_or_else(|e| e.into_inner()) = record.id.clone();
+        }
+        record.fence = fence;
+        let (outcome, code, tail, end) = one_attempt(ctx, job, p, &record, mode, shared)?;
+        let retry = outcome.retryable()
+            && attempt <= job.retries
+            && shared.signals.load(Ordering::SeqCst) == 0;
+        // The last attempt records its end and releases the lock in one
+        // transaction.
+        let release_now =
+            (!retry && mode != AcquireMode::TokenOnly).then_some((job.lock.as_str(), fence));
+        ctx.store.finish_run(&record.id, release_now, &end)?;
+        if !retry {
+            if outcome != Outcome::Success {
+                report_failure(ctx, job, p, &record, outcome, code, &tail);
+            }
+            return Ok(Report {
+                outcome,
+                exit_code: code,
+                run_id: record.id,
+            });
+        }
+        let delay = backoff(job.retry_delay, attempt);
+        tracing::info!(job = %job.name, attempt, "attempt failed ({}); retrying in {:?}", outcome.as_str(), delay);
+        if let Ok(_sig) = sig_rx.recv_timeout(delay) {
+            release(ctx, job, fence, mode);
+            return Ok(Report {
+                outcome,
+                exit_code: code,
+                run_id: record.id,
+            });
+        }
+        attempt += 1;
+    }
+}
+
+fn release(ctx: &Context, job: &Job, fence: i64, mode: AcquireMode) {
+    if mode == AcquireMode::TokenOnly {
+        return;
+    }
+    if let Err(e) = ctx.store.release_lock(&job.lock, fence) {
+        tracing::warn!(error = %e, "cannot release lock `{}`; it expires with its lease", job.lock);
+    }
+}
+
+/// `retry_delay` doubled per attempt, with ±20 % jitter so that many jobs
+/// failing together do not retry together.
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    let doubled = base.saturating_mul(1u32 << (attempt - 1).min(16));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        ^ std::process::id().wrapping_mul(2654435761);
+    let factor = 0.8 + (nanos % 4001) as f64 / 10000.0;
+    doubled.mul_f64(factor)
+}
+
+fn one_attempt(
+    ctx: &Context,
+    job: &Job,
+    p: &Prepared,
+    record: &RunRecord,
+    mode: AcquireMode,
+    shared: &Shared,
+) -> Result<(Outcome, i32, Vec<String>, RunEnd)> {
+    let mut log = RunLog::create(
+        &ctx.global.log_dir,
+        &job.name,
+        &record.id,
+        ctx.global.log_max_bytes,
+        p.redactor.clone(),
+        p.tz.clone(),
+    )?;
+    let argv = render_all(job, &record.id, p, "command", &job.command)?;
+    log.note(&format!(
+        "run {} of job {} attempt {} fence {} on {} pid {}: {:?}",
+        record.id, job.name, record.attempt, record.fence, ctx.me.host, ctx.me.pid, argv
+    ));
+    let mut env = p.env.clone();
+    let fence = record.fence.to_string();
+    for (k, v) in [
+        ("BATCHGUARD_JOB", job.name.as_str()),
+        ("BATCHGUARD_RUN_ID", record.id.as_str()),
+        ("BATCHGUARD_FENCE", fence.as_str()),
+        ("BATCHGUARD_ATTEMPT", &record.attempt.to_string()),
+        ("BATCHGUARD_SCOPE", p.scope.as_deref().unwrap_or("")),
+        ("BATCHGUARD_LOCK", job.lock.as_str()),
+        ("BATCHGUARD_STATE", ctx.state_url.as_str()),
+    ] {
+        env.push((k.into(), v.into()));
+    }
+    let spec = Spec {
+        argv: argv.iter().map(OsString::from).collect(),
+        cwd: Some(job.workdir.clone()),
+        env,
+        user: p.run_as.clone(),
+        stdin: Default::default(),
+        done_fd: None,
+        cgroup: CgroupPlacement::Create {
+            name: record.id.clone(),
+        },
+    };
+    let limits = Limits {
+        timeout: job.timeout,
+        kill_grace: job.kill_grace,
+        memory_max: job.memory_max,
+    };
+    let mut end = RunEnd::default();
+    let (outcome, code) = if shared.signals.load(Ordering::SeqCst) > 0 {
+        let sig = shared.last_signal.load(Ordering::SeqCst);
+        end.signal = Some(sig);
+        log.note("not started: batchguard was asked to stop");
+        (Outcome::Killed, crate::exit::signal(sig))
+    } else {
+        match supervise::spawn(spec, limits) {
+            Err(e) => {
+                let msg = format!("cannot start `{}` for job `{}`: {e}", argv[0], job.name);
+                log.note(&msg);
+                end.error = Some(p.redactor.redact(&msg).into_owned());
+                end.exit_code = Some(e.exit_code());
+                (Outcome::Failure, e.exit_code())
+            }
+            Ok(child) => {
+                let cgroup = child.cgroup_path().map(|c| c.display().to_string());
+                ctx.store
+                    .set_run_process(&record.id, child.pgid(), cgroup.as_deref())?;
+                shared.set_child(Some(child.stop_handle()));
+                // A signal or a fence that arrived while spawning.
+                if shared.fenced.load(Ordering::SeqCst) {
+                    shared.with_child(|h| h.stop(StopReason::Fenced));
+                }
+                let sig = shared.signals.load(Ordering::SeqCst);
+                if sig > 0 {
+                    let last = shared.last_signal.load(Ordering::SeqCst);
+                    shared.with_child(|h| h.stop(StopReason::Signal(last)));
+                }
+                let done = child.wait(|stream, line| log.line(stream.as_str(), line));
+                shared.set_child(None);
+                let (mut outcome, mut code, exit_code, signal) = outcome::from_end(&done.end);
+                end.exit_code = exit_code;
+                end.signal = signal;
+                end.peak_memory_bytes = done.peak_memory_bytes;
+                end.memory_enforcement = Some(done.enforcement.as_str().to_string());
+                // A run whose token moved on before it ended was fenced,
+                // whatever its process tree did when it was stopped: its
+                // commits were refused from that moment.
+                if mode != AcquireMode::TokenOnly
+                    && outcome != Outcome::Fenced
+                    && ctx.store.current_fence(&job.lock)? != Some(record.fence)
+                {
+                    outcome = Outcome::Fenced;
+                    code = crate::exit::TEMPFAIL;
+                }
+                (outcome, code)
+            }
+        }
+    };
+    let now = clock::now_ms();
+    end.ended_ms = now;
+    end.ended_at = clock::rfc3339(now, &p.tz);
+    end.outcome = outcome.as_str().to_string();
+    log.note(&format!(
+        "run {} ended: {} (exit code {}) after {}{}",
+        record.id,
+        outcome.as_str(),
+        code,
+        clock::human_ms(now - record.started_ms),
+        end.peak_memory_bytes
+            .map(|b| format!(", peak memory {}", batchguard_config::format_size(b)))
+            .unwrap_or_default()
+    ));
+    let tail = log.finish();
+    Ok((outcome, code, tail, end))
+}
+
+/// Quiet on success; on anything else, one block on stderr that cron mails
+/// and a person can act on: what, where, the last lines and how to re-run.
+fn report_failure(
+    ctx: &Context,
+    job: &Job,
+    p: &Prepared,
+    record: &RunRecord,
+    outcome: Outcome,
+    code: i32,
+    tail: &[String],
+) {
+    let mut msg = format!(
+        "batchguard: job `{}` ended {} (exit code {}) on {}, run {}\n",
+        job.name,
+        outcome.as_str(),
+        code,
+        ctx.me.host,
+        record.id
+    );
+    if let Some(path) = &record.log_path {
+        msg.push_str(&format!("  log: {path}\n"));
+    }
+    if !std::io::stderr().is_terminal() && !tail.is_empty() {
+        msg.push_str("  last lines:\n");
+        for line in tail {
+            msg.push_str(&format!("    {line}\n"));
+        }
+    }
+    msg.push_str(&format!("  re-run: {}\n", rerun_command(job, p)));
+    eprint!("{}", p.redactor.redact(&msg));
+}
+
+/// The exact command that re-runs this job with the same params and scope.
+fn rerun_command(job: &Job, p: &Prepared) -> String {
+    let mut cmd = format!("batchguard run {}", job.name);
+    for (k, v) in &p.params {
+        cmd.push_str(&format!(" --param {}", shell_quote(&format!("{k}={v}"))));
+    }
+    if let Some(scope) = &p.scope {
+        cmd.push_str(&format!(" --scope {}", shell_quote(scope)));
+    }
+    cmd
+}
+
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.,:=/@+%".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// Record as lost every running run whose runner is gone (same machine: its
+/// pid; elsewhere: its heartbeat is older than two leases). Locks are left
+/// alone: the next run that wants one cleans up leftovers first.
+pub fn reap_lost(ctx: &Context) -> Result<usize> {
+    let now = clock::now_ms();
+    let lease_ms = ctx.global.lease.as_millis() as i64;
+    let mut n = 0;
+    for run in ctx.store.running_runs()? {
+        let alive = host::runner_alive(&ctx.me, &run.runner, run.heartbeat_ms + 2 * lease_ms, now);
+        if !alive
+            && ctx
+                .store
+                .mark_lost(&run.id, &clock::rfc3339(now, &clock::zone(None)), now)?
+        {
+            n += 1;
+        }
+    }
+    Ok(n)
+}

@@ -1,0 +1,250 @@
+//! The state store: one trait for everything batchguard must remember across
+//! invocations and hosts (runs, locks and their fencing tokens; later the
+//! item ledger, the notification outbox and the distributed queue).
+//!
+//! Backends implement [`Store`] with their own SQL and numbered migrations:
+//! [`sqlite`] (embedded, the default) now, PostgreSQL behind the same trait.
+//! The trait is synchronous: every call is one short transaction, and the
+//! runner is a small multi-threaded program, not an async service.
+//!
+//! Locking model (see docs/locking.md): a lock row names the run holding it,
+//! the host identity of its runner (hostname, boot id, pid and pid start
+//! time) and a lease renewed by heartbeat. Fencing tokens live in their own
+//! table and only ever increase, whatever happens to the lock rows.
+
+pub mod sqlite;
+
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// Errors of the state store. They name the store and what was being done.
+#[derive(thiserror::Error, Debug)]
+pub enum StoreError {
+    #[error("unsupported state store URL `{0}`: use sqlite:PATH or postgres://…")]
+    UnsupportedUrl(String),
+    #[error("cannot create the state directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("state store {url}: {source}")]
+    Sqlite {
+        url: String,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "state store {url}: schema version {found} is newer than this batchguard knows ({known}); upgrade batchguard"
+    )]
+    SchemaTooNew { url: String, found: i64, known: i64 },
+    #[error("state store {url}: corrupt value in {what}: {detail}")]
+    Corrupt {
+        url: String,
+        what: &'static str,
+        detail: String,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Where a runner process lives, so another invocation can tell whether it
+/// is still alive: same boot id means same machine and boot, and then the
+/// pid together with its start time identifies the process exactly.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RunnerIdentity {
+    pub host: String,
+    pub boot_id: String,
+    pub pid: i32,
+    pub pid_start: u64,
+}
+
+/// The current holder of a lock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    pub lock: String,
+    pub fence: i64,
+    pub run_id: String,
+    pub runner: RunnerIdentity,
+    pub lease_until_ms: i64,
+    /// The holder's job process tree, once spawned (for cleaning up orphans).
+    pub cgroup: Option<String>,
+    pub pgid: Option<i32>,
+}
+
+/// How to treat a lock that is held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcquireMode {
+    /// Take the lock only if nobody holds it (`forbid`).
+    IfFree,
+    /// Take the lock even from a live holder (`replace`).
+    Replace,
+    /// No mutual exclusion (`allow`): only draw a new fencing token.
+    TokenOnly,
+}
+
+/// A request to take a lock for a run.
+#[derive(Clone, Debug)]
+pub struct LockRequest<'a> {
+    pub lock: &'a str,
+    pub run_id: &'a str,
+    pub runner: &'a RunnerIdentity,
+    pub now_ms: i64,
+    pub lease_ms: i64,
+    pub mode: AcquireMode,
+    /// A holder with this fence was found dead and its leftovers cleaned up
+    /// by the caller: it may be taken over.
+    pub cleaned_fence: Option<i64>,
+}
+
+/// What happened when a lock was requested.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LockAttempt {
+    /// The lock is ours with this fencing token. `replaced` is the live
+    /// holder that a `replace` took it from.
+    Acquired {
+        fence: i64,
+        replaced: Option<Holder>,
+    },
+    /// A live run holds it (`forbid`).
+    Held(Holder),
+    /// The holder's runner is dead: the caller must stop its leftover
+    /// processes and record its run as lost, then ask again with
+    /// `cleaned_fence` set.
+    Stale(Holder),
+}
+
+/// Liveness of a lock holder as judged by the caller (it knows this host).
+pub type Liveness<'a> = &'a dyn Fn(&Holder, i64) -> bool;
+
+/// The item counts of a run (SPEC §4 `items`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ItemCounts {
+    pub total: u64,
+    pub done: u64,
+    pub skipped: u64,
+    pub failed: u64,
+}
+
+/// One run (one attempt) of a job, as recorded.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RunRecord {
+    pub id: String,
+    pub job: String,
+    pub host: String,
+    pub pid: i32,
+    pub fence: i64,
+    pub attempt: u32,
+    pub scope: Option<String>,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    pub duration_ms: Option<i64>,
+    /// `running` until the run ends, then one of the SPEC outcomes.
+    pub outcome: String,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub peak_memory_bytes: Option<u64>,
+    pub memory_enforcement: String,
+    pub items: Option<ItemCounts>,
+    pub log_path: Option<String>,
+    // Not part of the SPEC JSON shape, but useful and additive.
+    pub lock: String,
+    pub memory_max_bytes: Option<u64>,
+    pub params: std::collections::BTreeMap<String, String>,
+    pub error: Option<String>,
+    #[serde(skip)]
+    pub started_ms: i64,
+    #[serde(skip)]
+    pub runner: RunnerIdentity,
+    #[serde(skip)]
+    pub cgroup: Option<String>,
+    #[serde(skip)]
+    pub pgid: Option<i32>,
+    #[serde(skip)]
+    pub heartbeat_ms: i64,
+}
+
+/// How a run ended, written once by [`Store::finish_run`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunEnd {
+    pub ended_at: String,
+    pub ended_ms: i64,
+    pub outcome: String,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub peak_memory_bytes: Option<u64>,
+    pub memory_enforcement: Option<String>,
+    pub items: Option<ItemCounts>,
+    pub error: Option<String>,
+}
+
+/// The state store. Every method is one transaction.
+pub trait Store: Send + Sync {
+    /// Take (or fail to take) a lock and, in the same transaction, insert
+    /// the run record with the fence it got.
+    fn acquire(
+        &self,
+        req: &LockRequest<'_>,
+        alive: Liveness<'_>,
+        run: &RunRecord,
+    ) -> Result<LockAttempt>;
+    /// Renew the lease; `false` means the lock moved on (the run is fenced).
+    fn heartbeat(
+        &self,
+        lock: &str,
+        fence: i64,
+        run_id: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<bool>;
+    /// The newest fence drawn for a lock.
+    fn current_fence(&self, lock: &str) -> Result<Option<i64>>;
+    /// Run `action` only while `fence` is the newest token of `lock`; the
+    /// check and the action happen under the store's write lock, so no newer
+    /// run can take the lock in between. Returns `false` if refused.
+    fn while_fence_current(
+        &self,
+        lock: &str,
+        fence: i64,
+        action: &mut dyn FnMut() -> std::io::Result<()>,
+    ) -> Result<std::result::Result<bool, std::io::Error>>;
+    /// Record where the run's process tree lives.
+    fn set_run_process(&self, run_id: &str, pgid: i32, cgroup: Option<&str>) -> Result<()>;
+    /// Record how a run ended and, with `release = Some((lock, fence))`,
+    /// release that lock if the run still holds it (one transaction).
+    fn finish_run(&self, run_id: &str, release: Option<(&str, i64)>, end: &RunEnd) -> Result<()>;
+    /// Release a lock if `fence` still holds it.
+    fn release_lock(&self, lock: &str, fence: i64) -> Result<()>;
+    /// Insert a run that never started (skipped).
+    fn insert_run(&self, run: &RunRecord) -> Result<()>;
+    /// Mark a running run as lost (its runner died). `false` if it had
+    /// already ended.
+    fn mark_lost(&self, run_id: &str, ended_at: &str, ended_ms: i64) -> Result<bool>;
+    fn get_run(&self, id: &str) -> Result<Option<RunRecord>>;
+    /// Runs, newest first; all jobs when `job` is `None`.
+    fn list_runs(&self, job: Option<&str>, limit: usize) -> Result<Vec<RunRecord>>;
+    /// The newest run of each job.
+    fn last_runs(&self) -> Result<Vec<RunRecord>>;
+    /// The newest finished (not running, not skipped) run of a job.
+    fn last_finished_run(&self, job: &str) -> Result<Option<RunRecord>>;
+    /// Runs whose outcome is still `running`.
+    fn running_runs(&self) -> Result<Vec<RunRecord>>;
+    /// Runs of `job` that started before `before_ms` and whose logs were not
+    /// pruned yet (at most `limit`), for log retention.
+    fn runs_with_logs_before(
+        &self,
+        job: &str,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>>;
+    fn mark_log_pruned(&self, run_id: &str) -> Result<()>;
+}
+
+/// Open the store named by a URL (`sqlite:PATH`; `postgres://…` comes with
+/// the PostgreSQL backend).
+pub fn open(url: &str) -> Result<Box<dyn Store>> {
+    if let Some(path) = url.strip_prefix("sqlite:") {
+        let path = path.strip_prefix("//").unwrap_or(path);
+        Ok(Box::new(sqlite::SqliteStore::open(url, path.as_ref())?))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_string()))
+    }
+}

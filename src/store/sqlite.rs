@@ -1,0 +1,533 @@
+//! The embedded SQLite backend of the state store (the default).
+//!
+//! One database file, WAL journal so readers never block the writer, and
+//! `BEGIN IMMEDIATE` for every transaction that writes, so concurrent
+//! runners queue on SQLite's write lock (with a busy timeout) instead of
+//! failing. `synchronous = NORMAL`: a committed transaction survives the
+//! crash or SIGKILL of any process; only a power loss can take back the last
+//! commits (see docs/locking.md). Migrations are numbered and recorded in
+//! `PRAGMA user_version`.
+
+use super::{
+    AcquireMode, Holder, ItemCounts, Liveness, LockAttempt, LockRequest, Result, RunEnd, RunRecord,
+    RunnerIdentity, Store, StoreError,
+};
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Numbered migrations; index + 1 is the schema version they lead to.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE runs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    job TEXT NOT NULL,
+    lock_name TEXT NOT NULL,
+    host TEXT NOT NULL,
+    boot_id TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    pid_start INTEGER NOT NULL,
+    fence INTEGER NOT NULL CHECK (fence >= 0),
+    attempt INTEGER NOT NULL CHECK (attempt >= 1),
+    scope TEXT,
+    params TEXT NOT NULL DEFAULT '{}',
+    started_at TEXT NOT NULL,
+    started_ms INTEGER NOT NULL,
+    ended_at TEXT,
+    ended_ms INTEGER,
+    duration_ms INTEGER,
+    outcome TEXT NOT NULL CHECK (outcome IN
+        ('running','success','failure','timeout','oom','killed','fenced','skipped','lost')),
+    exit_code INTEGER,
+    signal INTEGER,
+    peak_memory_bytes INTEGER,
+    memory_max_bytes INTEGER,
+    memory_enforcement TEXT NOT NULL,
+    items TEXT,
+    log_path TEXT,
+    log_pruned INTEGER NOT NULL DEFAULT 0,
+    cgroup TEXT,
+    pgid INTEGER,
+    heartbeat_ms INTEGER NOT NULL,
+    error TEXT,
+    CHECK ((outcome = 'running') = (ended_ms IS NULL))
+);
+CREATE INDEX runs_job_seq ON runs (job, seq);
+CREATE INDEX runs_running ON runs (outcome) WHERE outcome = 'running';
+CREATE TABLE fences (
+    lock_name TEXT PRIMARY KEY,
+    last_fence INTEGER NOT NULL CHECK (last_fence > 0)
+);
+CREATE TABLE locks (
+    lock_name TEXT PRIMARY KEY,
+    fence INTEGER NOT NULL,
+    run_id TEXT NOT NULL,
+    lease_until_ms INTEGER NOT NULL
+);
+"#];
+
+const RUN_COLUMNS: &str = "id, job, lock_name, host, boot_id, pid, pid_start, fence, attempt, \
+     scope, params, started_at, started_ms, ended_at, duration_ms, outcome, exit_code, signal, \
+     peak_memory_bytes, memory_max_bytes, memory_enforcement, items, log_path, cgroup, pgid, \
+     heartbeat_ms, error";
+
+pub struct SqliteStore {
+    url: String,
+    conn: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    pub fn open(url: &str, path: &Path) -> Result<SqliteStore> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let err = |source| StoreError::Sqlite {
+            url: url.to_string(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(30)).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(err)?;
+        let store = SqliteStore {
+            url: url.to_string(),
+            conn: Mutex::new(conn),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            url: self.url.clone(),
+            source,
+        }
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent
+        // (transactions roll back on drop), so a poisoned mutex is usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let known = MIGRATIONS.len() as i64;
+        let mut conn = self.conn();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        if version == known {
+            return Ok(());
+        }
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        // Re-read under the write lock: another process may have migrated.
+        let version: i64 = tx
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        if version > known {
+            return Err(StoreError::SchemaTooNew {
+                url: self.url.clone(),
+                found: version,
+                known,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.execute_batch(sql).map_err(|e| self.err(e))?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)
+                .map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    fn holder(&self, tx: &Connection, lock: &str) -> Result<Option<Holder>> {
+        tx.query_row(
+            "SELECT l.lock_name, l.fence, l.run_id, l.lease_until_ms, r.host, r.boot_id, r.pid, \
+             r.pid_start, r.cgroup, r.pgid \
+             FROM locks l LEFT JOIN runs r ON r.id = l.run_id WHERE l.lock_name = ?1",
+            [lock],
+            |r| {
+                Ok(Holder {
+                    lock: r.get(0)?,
+                    fence: r.get(1)?,
+                    run_id: r.get(2)?,
+                    lease_until_ms: r.get(3)?,
+                    runner: RunnerIdentity {
+                        host: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                        boot_id: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                        pid: r.get::<_, Option<i32>>(6)?.unwrap_or(0),
+                        pid_start: r.get::<_, Option<i64>>(7)?.unwrap_or(0) as u64,
+                    },
+                    cgroup: r.get(8)?,
+                    pgid: r.get(9)?,
+                })
+            },
+        )
+        .optional()
+        .map_err(|e| self.err(e))
+    }
+
+    fn insert_run_in(&self, conn: &Connection, run: &RunRecord, fence: i64) -> Result<()> {
+        let params_json = serde_json::to_string(&run.params).unwrap_or_else(|_| "{}".into());
+        let items = run
+            .items
+            .as_ref()
+            .and_then(|i| serde_json::to_string(i).ok());
+        let ended_ms: Option<i64> = run
+            .ended_at
+            .as_ref()
+            .map(|_| run.started_ms + run.duration_ms.unwrap_or(0));
+        conn.execute(
+            &format!(
+                "INSERT INTO runs ({RUN_COLUMNS}, ended_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, \
+                 ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, \
+                 ?25, ?26, ?27, ?28)"
+            ),
+            params![
+                run.id,
+                run.job,
+                run.lock,
+                run.host,
+                run.runner.boot_id,
+                run.runner.pid,
+                run.runner.pid_start as i64,
+                fence,
+                run.attempt,
+                run.scope,
+                params_json,
+                run.started_at,
+                run.started_ms,
+                run.ended_at,
+                run.duration_ms,
+                run.outcome,
+                run.exit_code,
+                run.signal,
+                run.peak_memory_bytes.map(|b| b as i64),
+                run.memory_max_bytes.map(|b| b as i64),
+                run.memory_enforcement,
+                items,
+                run.log_path,
+                run.cgroup,
+                run.pgid,
+                run.heartbeat_ms,
+                run.error,
+                ended_ms,
+            ],
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn runs_where(&self, clause: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<RunRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs {clause}"))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(args, row_to_run)
+            .map_err(|e| self.err(e))?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+}
+
+fn bump_fence(conn: &Connection, lock: &str) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "INSERT INTO fences (lock_name, last_fence) VALUES (?1, 1) \
+         ON CONFLICT (lock_name) DO UPDATE SET last_fence = last_fence + 1 \
+         RETURNING last_fence",
+        [lock],
+        |r| r.get(0),
+    )
+}
+
+fn row_to_run(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
+    let params: String = r.get("params")?;
+    let items: Option<String> = r.get("items")?;
+    Ok(RunRecord {
+        id: r.get("id")?,
+        job: r.get("job")?,
+        lock: r.get("lock_name")?,
+        host: r.get("host")?,
+        pid: r.get("pid")?,
+        fence: r.get("fence")?,
+        attempt: r.get("attempt")?,
+        scope: r.get("scope")?,
+        params: serde_json::from_str(&params).unwrap_or_default(),
+        started_at: r.get("started_at")?,
+        started_ms: r.get("started_ms")?,
+        ended_at: r.get("ended_at")?,
+        duration_ms: r.get("duration_ms")?,
+        outcome: r.get("outcome")?,
+        exit_code: r.get("exit_code")?,
+        signal: r.get("signal")?,
+        peak_memory_bytes: r
+            .get::<_, Option<i64>>("peak_memory_bytes")?
+            .map(|b| b as u64),
+        memory_max_bytes: r
+            .get::<_, Option<i64>>("memory_max_bytes")?
+            .map(|b| b as u64),
+        memory_enforcement: r.get("memory_enforcement")?,
+        items: items.and_then(|s| serde_json::from_str::<ItemCounts>(&s).ok()),
+        log_path: r.get("log_path")?,
+        error: r.get("error")?,
+        runner: RunnerIdentity {
+            host: r.get("host")?,
+            boot_id: r.get("boot_id")?,
+            pid: r.get("pid")?,
+            pid_start: r.get::<_, i64>("pid_start")? as u64,
+        },
+        cgroup: r.get("cgroup")?,
+        pgid: r.get("pgid")?,
+        heartbeat_ms: r.get("heartbeat_ms")?,
+    })
+}
+
+impl Store for SqliteStore {
+    fn acquire(
+        &self,
+        req: &LockRequest<'_>,
+        alive: Liveness<'_>,
+        run: &RunRecord,
+    ) -> Result<LockAttempt> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        let mut replaced = None;
+        if req.mode != AcquireMode::TokenOnly {
+            if let Some(h) = self.holder(&tx, req.lock)? {
+                let cleaned = req.cleaned_fence == Some(h.fence);
+                if !cleaned {
+                    if !alive(&h, req.now_ms) {
+                        return Ok(LockAttempt::Stale(h));
+                    }
+                    if req.mode == AcquireMode::IfFree {
+                        return Ok(LockAttempt::Held(h));
+                    }
+                    replaced = Some(h);
+                }
+            }
+        }
+        let fence = bump_fence(&tx, req.lock).map_err(|e| self.err(e))?;
+        if req.mode != AcquireMode::TokenOnly {
+            tx.execute(
+                "INSERT INTO locks (lock_name, fence, run_id, lease_until_ms) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (lock_name) DO UPDATE SET fence = ?2, run_id = ?3, lease_until_ms = ?4",
+                params![req.lock, fence, req.run_id, req.now_ms + req.lease_ms],
+            )
+            .map_err(|e| self.err(e))?;
+        }
+        self.insert_run_in(&tx, run, fence)?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(LockAttempt::Acquired { fence, replaced })
+    }
+
+    fn heartbeat(
+        &self,
+        lock: &str,
+        fence: i64,
+        run_id: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        tx.execute(
+            "UPDATE runs SET heartbeat_ms = ?2 WHERE id = ?1",
+            params![run_id, now_ms],
+        )
+        .map_err(|e| self.err(e))?;
+        let held = tx
+            .execute(
+                "UPDATE locks SET lease_until_ms = ?4 WHERE lock_name = ?1 AND fence = ?2 AND run_id = ?3",
+                params![lock, fence, run_id, now_ms + lease_ms],
+            )
+            .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(held == 1)
+    }
+
+    fn current_fence(&self, lock: &str) -> Result<Option<i64>> {
+        self.conn()
+            .query_row(
+                "SELECT last_fence FROM fences WHERE lock_name = ?1",
+                [lock],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    fn while_fence_current(
+        &self,
+        lock: &str,
+        fence: i64,
+        action: &mut dyn FnMut() -> std::io::Result<()>,
+    ) -> Result<std::result::Result<bool, std::io::Error>> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        let current: Option<i64> = tx
+            .query_row(
+                "SELECT last_fence FROM fences WHERE lock_name = ?1",
+                [lock],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        if current != Some(fence) {
+            return Ok(Ok(false));
+        }
+        // The write lock is held until the transaction ends: no other run
+        // can draw a newer fence while the action runs.
+        let result = action();
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(result.map(|()| true))
+    }
+
+    fn set_run_process(&self, run_id: &str, pgid: i32, cgroup: Option<&str>) -> Result<()> {
+        self.conn()
+            .execute(
+                "UPDATE runs SET pgid = ?2, cgroup = ?3 WHERE id = ?1",
+                params![run_id, pgid, cgroup],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn finish_run(&self, run_id: &str, release: Option<(&str, i64)>, end: &RunEnd) -> Result<()> {
+        let items = end
+            .items
+            .as_ref()
+            .and_then(|i| serde_json::to_string(i).ok());
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        tx.execute(
+            "UPDATE runs SET ended_at = ?2, ended_ms = ?3, duration_ms = ?3 - started_ms, \
+             outcome = ?4, exit_code = ?5, signal = ?6, peak_memory_bytes = ?7, \
+             memory_enforcement = COALESCE(?8, memory_enforcement), items = COALESCE(?9, items), \
+             error = ?10 WHERE id = ?1 AND outcome = 'running'",
+            params![
+                run_id,
+                end.ended_at,
+                end.ended_ms,
+                end.outcome,
+                end.exit_code,
+                end.signal,
+                end.peak_memory_bytes.map(|b| b as i64),
+                end.memory_enforcement,
+                items,
+                end.error,
+            ],
+        )
+        .map_err(|e| self.err(e))?;
+        if let Some((lock, fence)) = release {
+            tx.execute(
+                "DELETE FROM locks WHERE lock_name = ?1 AND fence = ?2",
+                params![lock, fence],
+            )
+            .map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    fn release_lock(&self, lock: &str, fence: i64) -> Result<()> {
+        self.conn()
+            .execute(
+                "DELETE FROM locks WHERE lock_name = ?1 AND fence = ?2",
+                params![lock, fence],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn insert_run(&self, run: &RunRecord) -> Result<()> {
+        let conn = self.conn();
+        self.insert_run_in(&conn, run, run.fence)
+    }
+
+    fn mark_lost(&self, run_id: &str, ended_at: &str, ended_ms: i64) -> Result<bool> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE runs SET outcome = 'lost', ended_at = ?2, ended_ms = ?3, \
+                 duration_ms = MAX(heartbeat_ms, started_ms) - started_ms \
+                 WHERE id = ?1 AND outcome = 'running'",
+                params![run_id, ended_at, ended_ms],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(n == 1)
+    }
+
+    fn get_run(&self, id: &str) -> Result<Option<RunRecord>> {
+        Ok(self.runs_where("WHERE id = ?1", &[&id])?.into_iter().next())
+    }
+
+    fn list_runs(&self, job: Option<&str>, limit: usize) -> Result<Vec<RunRecord>> {
+        let limit = limit.min(i64::MAX as usize) as i64;
+        match job {
+            Some(job) => {
+                self.runs_where("WHERE job = ?1 ORDER BY seq DESC LIMIT ?2", &[&job, &limit])
+            }
+            None => self.runs_where("ORDER BY seq DESC LIMIT ?1", &[&limit]),
+        }
+    }
+
+    fn last_runs(&self) -> Result<Vec<RunRecord>> {
+        self.runs_where(
+            "WHERE seq IN (SELECT MAX(seq) FROM runs GROUP BY job) ORDER BY job",
+            &[],
+        )
+    }
+
+    fn last_finished_run(&self, job: &str) -> Result<Option<RunRecord>> {
+        Ok(self
+            .runs_where(
+                "WHERE job = ?1 AND outcome NOT IN ('running', 'skipped') ORDER BY seq DESC LIMIT 1",
+                &[&job],
+            )?
+            .into_iter()
+            .next())
+    }
+
+    fn running_runs(&self) -> Result<Vec<RunRecord>> {
+        self.runs_where("WHERE outcome = 'running' ORDER BY seq", &[])
+    }
+
+    fn runs_with_logs_before(
+        &self,
+        job: &str,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>> {
+        let limit = limit as i64;
+        self.runs_where(
+            "WHERE job = ?1 AND started_ms < ?2 AND log_pruned = 0 AND log_path IS NOT NULL \
+             AND outcome <> 'running' ORDER BY seq LIMIT ?3",
+            &[&job, &before_ms, &limit],
+        )
+    }
+
+    fn mark_log_pruned(&self, run_id: &str) -> Result<()> {
+        self.conn()
+            .execute("UPDATE runs SET log_pruned = 1 WHERE id = ?1", [run_id])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+}

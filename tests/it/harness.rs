@@ -1,0 +1,184 @@
+//! A small fluent harness around the real `batchguard` binary: each test gets
+//! its own config dir, state database and log dir under a temp dir, and
+//! failures print the command, stdout and stderr.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_batchguard");
+
+pub struct Env {
+    _tmp: tempfile::TempDir,
+    pub root: PathBuf,
+    pub config: PathBuf,
+    pub logs: PathBuf,
+    pub state: String,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let tmp = tempfile::Builder::new()
+            .prefix("bg-it-")
+            .tempdir_in("/tmp")
+            .expect("temp dir");
+        let root = tmp.path().to_path_buf();
+        let config = root.join("etc");
+        std::fs::create_dir_all(config.join("jobs")).unwrap();
+        let logs = root.join("log");
+        let state = format!("sqlite:{}", root.join("state.db").display());
+        let env = Env {
+            _tmp: tmp,
+            root,
+            config,
+            logs,
+            state,
+        };
+        env.global("");
+        env
+    }
+
+    /// Write batchguard.toml: log_dir in the temp dir, plus `extra`.
+    pub fn global(&self, extra: &str) -> &Env {
+        let text = format!("log_dir = \"{}\"\n{extra}\n", self.logs.display());
+        std::fs::write(self.config.join("batchguard.toml"), text).unwrap();
+        self
+    }
+
+    pub fn job(&self, name: &str, toml: &str) -> &Env {
+        std::fs::write(self.config.join("jobs").join(format!("{name}.toml")), toml).unwrap();
+        self
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    pub fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.path(rel);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("--config-dir")
+            .arg(&self.config)
+            .args(args)
+            .env("BATCHGUARD_STATE", &self.state)
+            .env_remove("BATCHGUARD_CONFIG_DIR")
+            .env_remove("BATCHGUARD_CGROUP")
+            .current_dir(&self.root)
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Done {
+        self.run_cmd(self.cmd(args))
+    }
+
+    pub fn run_cmd(&self, mut c: Command) -> Done {
+        let desc = format!("{c:?}");
+        let out = c.output().expect("spawn batchguard");
+        Done { desc, out }
+    }
+
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn batchguard")
+    }
+
+    pub fn runs(&self, job: &str) -> Vec<Value> {
+        let d = self.run(&["runs", job, "--limit", "1000", "--format", "json"]);
+        d.code(0);
+        serde_json::from_slice(&d.out.stdout).expect("runs JSON")
+    }
+
+    pub fn last_run(&self, job: &str) -> Value {
+        self.runs(job).into_iter().next().expect("a run")
+    }
+
+    pub fn log_of(&self, run: &Value) -> String {
+        std::fs::read_to_string(run["log_path"].as_str().expect("log_path")).unwrap_or_default()
+    }
+}
+
+pub struct Done {
+    pub desc: String,
+    pub out: Output,
+}
+
+impl Done {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.out.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.out.stderr).into_owned()
+    }
+    pub fn code(&self, want: i32) -> &Done {
+        assert_eq!(
+            self.out.status.code(),
+            Some(want),
+            "{}\n--- stdout\n{}\n--- stderr\n{}",
+            self.desc,
+            self.stdout(),
+            self.stderr()
+        );
+        self
+    }
+    pub fn stderr_has(&self, needle: &str) -> &Done {
+        assert!(
+            self.stderr().contains(needle),
+            "stderr of {} lacks {needle:?}:\n{}",
+            self.desc,
+            self.stderr()
+        );
+        self
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.out.stdout)
+            .unwrap_or_else(|e| panic!("{}: not JSON ({e}):\n{}", self.desc, self.stdout()))
+    }
+}
+
+/// Wait until `f` holds, polling; panics with `what` after `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn pid_alive(pid: i32) -> bool {
+    // A zombie is dead for our purposes.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+pub fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Wait for the child, failing the test if it runs past `limit`.
+pub fn wait_child(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("batchguard did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,250 @@
+//! Running jobs: exit codes, timeouts that reach the whole tree, memory
+//! limits, signals, retries, privilege drop, quiet success.
+
+use crate::harness::*;
+use std::time::Duration;
+
+#[test]
+fn success_is_quiet_and_recorded() {
+    let env = Env::new();
+    env.job(
+        "hello",
+        r#"command = ["sh", "-c", "echo hello; echo oops >&2"]"#,
+    );
+    let d = env.run(&["run", "hello"]);
+    d.code(0);
+    assert_eq!(d.stdout(), "");
+    assert_eq!(d.stderr(), "");
+    let run = env.last_run("hello");
+    assert_eq!(run["outcome"], "success");
+    assert_eq!(run["exit_code"], 0);
+    assert_eq!(run["attempt"], 1);
+    assert!(run["fence"].as_i64().unwrap() >= 1);
+    let log = env.log_of(&run);
+    let line = log
+        .lines()
+        .find(|l| l.ends_with("stdout hello"))
+        .expect("stdout line");
+    // RFC 3339 timestamp, then the stream.
+    let ts = line.split(' ').next().unwrap();
+    assert!(ts.len() >= 29 && ts.as_bytes()[10] == b'T', "{line}");
+    assert!(log.lines().any(|l| l.ends_with("stderr oops")), "{log}");
+}
+
+#[test]
+fn exit_code_passes_through_and_failure_reports() {
+    let env = Env::new();
+    env.job(
+        "fails",
+        r#"command = ["sh", "-c", "echo about to fail; exit 3"]"#,
+    );
+    let d = env.run(&["run", "fails"]);
+    d.code(3)
+        .stderr_has("job `fails` ended failure (exit code 3)")
+        .stderr_has("about to fail")
+        .stderr_has("re-run: batchguard run fails");
+    assert_eq!(env.last_run("fails")["outcome"], "failure");
+}
+
+#[test]
+fn not_found_and_not_executable() {
+    let env = Env::new();
+    env.job("nf", r#"command = ["/nonexistent/program"]"#);
+    env.run(&["run", "nf"]).code(127);
+    let script = env.write("noexec.sh", "#!/bin/sh\necho hi\n");
+    env.job("nx", &format!("command = [\"{}\"]", script.display()));
+    env.run(&["run", "nx"]).code(126);
+    assert_eq!(env.last_run("nx")["outcome"], "failure");
+}
+
+#[test]
+fn timeout_kills_grandchild_that_called_setsid() {
+    let env = Env::new();
+    let pidfile = env.path("grandchild.pid");
+    env.job(
+        "slow",
+        &format!(
+            r#"command = ["sh", "-c", "setsid sh -c 'echo $$ > {p}; exec sleep 300' & sleep 300"]
+timeout = "1s"
+kill_grace = "1s""#,
+            p = pidfile.display()
+        ),
+    );
+    let d = env.run(&["run", "slow"]);
+    d.code(124);
+    let pid = read_pid(&pidfile).expect("grandchild wrote its pid");
+    wait_for(
+        "the setsid grandchild to be gone",
+        Duration::from_secs(5),
+        || !pid_alive(pid),
+    );
+    let run = env.last_run("slow");
+    assert_eq!(run["outcome"], "timeout");
+}
+
+#[test]
+fn term_ignoring_job_is_killed_after_grace() {
+    let env = Env::new();
+    env.job(
+        "stubborn",
+        r#"command = ["sh", "-c", "trap '' TERM; sleep 300"]
+timeout = "500ms"
+kill_grace = "500ms""#,
+    );
+    let start = std::time::Instant::now();
+    env.run(&["run", "stubborn"]).code(124);
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+fn oom_job(env: &Env) {
+    env.job(
+        "hog",
+        r#"command = ["python3", "-c", "b = bytearray(600 * 1024 * 1024); import time; time.sleep(5)"]
+memory_max = "64MiB"
+timeout = "60s""#,
+    );
+}
+
+#[test]
+fn memory_hog_ends_oom_with_peak_recorded() {
+    let env = Env::new();
+    oom_job(&env);
+    env.run(&["run", "hog"]).code(137);
+    let run = env.last_run("hog");
+    assert_eq!(run["outcome"], "oom");
+    let peak = run["peak_memory_bytes"].as_u64().expect("peak recorded");
+    assert!(peak > 16 << 20, "peak {peak}");
+    let mode = run["memory_enforcement"].as_str().unwrap();
+    assert!(["cgroup1", "cgroup2", "poll"].contains(&mode), "{mode}");
+}
+
+#[test]
+fn memory_hog_ends_oom_in_poll_mode() {
+    let env = Env::new();
+    oom_job(&env);
+    let mut c = env.cmd(&["run", "hog"]);
+    c.env("BATCHGUARD_CGROUP", "poll");
+    env.run_cmd(c).code(137);
+    let run = env.last_run("hog");
+    assert_eq!(run["outcome"], "oom");
+    assert_eq!(run["memory_enforcement"], "poll");
+    assert!(run["peak_memory_bytes"].as_u64().unwrap() > 16 << 20);
+}
+
+#[test]
+fn term_to_runner_stops_job_as_killed() {
+    let env = Env::new();
+    let pidfile = env.path("job.pid");
+    env.job(
+        "long",
+        &format!(
+            r#"command = ["sh", "-c", "echo $$ > {}; sleep 300"]
+kill_grace = "2s""#,
+            pidfile.display()
+        ),
+    );
+    let mut child = env.spawn(&["run", "long"]);
+    wait_for("job start", Duration::from_secs(10), || {
+        read_pid(&pidfile).is_some()
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let st = wait_child(&mut child, Duration::from_secs(10));
+    assert_eq!(st.code(), Some(143));
+    let run = env.last_run("long");
+    assert_eq!(run["outcome"], "killed");
+    assert_eq!(run["signal"], 15);
+    assert!(!pid_alive(read_pid(&pidfile).unwrap()));
+}
+
+#[test]
+fn retries_back_off_and_record_each_attempt() {
+    let env = Env::new();
+    let counter = env.path("count");
+    env.job(
+        "flaky",
+        &format!(
+            r#"command = ["sh", "-c", "n=$(cat {c} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {c}; echo attempt $BATCHGUARD_ATTEMPT; [ $n -ge 3 ]"]
+retries = 3
+retry_delay = "50ms""#,
+            c = counter.display()
+        ),
+    );
+    env.run(&["run", "flaky"]).code(0);
+    let runs = env.runs("flaky");
+    let outcomes: Vec<&str> = runs
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["success", "failure", "failure"]);
+    let attempts: Vec<u64> = runs
+        .iter()
+        .map(|r| r["attempt"].as_u64().unwrap())
+        .collect();
+    assert_eq!(attempts, [3, 2, 1]);
+    // The lock is held across attempts: one fence for all.
+    assert!(runs.iter().all(|r| r["fence"] == runs[0]["fence"]));
+    assert!(env.log_of(&runs[0]).contains("stdout attempt 3"));
+}
+
+#[test]
+fn user_drops_privileges() {
+    if !nix::unistd::Uid::effective().is_root() {
+        return;
+    }
+    let env = Env::new();
+    env.job("asnobody", "command = [\"id\", \"-u\"]\nuser = \"nobody\"");
+    env.run(&["run", "asnobody"]).code(0);
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let log = env.log_of(&env.last_run("asnobody"));
+    assert!(log.contains(&format!("stdout {}", nobody.uid)), "{log}");
+}
+
+#[test]
+fn exec_runs_adhoc_command_with_limits() {
+    let env = Env::new();
+    env.run(&[
+        "exec",
+        "--name",
+        "adhoc",
+        "--timeout",
+        "300ms",
+        "--",
+        "sleep",
+        "30",
+    ])
+    .code(124);
+    assert_eq!(env.last_run("adhoc")["outcome"], "timeout");
+    env.run(&["exec", "--name", "adhoc", "--", "true"]).code(0);
+    env.run(&["exec", "--name", "Bad.Name", "--", "true"])
+        .code(78);
+}
+
+#[test]
+fn environment_carries_run_identity() {
+    let env = Env::new();
+    env.job(
+        "envy",
+        r#"command = ["sh", "-c", "echo job=$BATCHGUARD_JOB fence=$BATCHGUARD_FENCE attempt=$BATCHGUARD_ATTEMPT run=$BATCHGUARD_RUN_ID arg=$0", "{date}"]
+env = { GREETING = "hi" }
+[params]
+date = "{today}""#,
+    );
+    env.run(&["run", "envy", "--param", "date=2026-01-02"])
+        .code(0);
+    let run = env.last_run("envy");
+    let log = env.log_of(&run);
+    let id = run["id"].as_str().unwrap();
+    assert!(
+        log.contains(&format!(
+            "job=envy fence={} attempt=1 run={id} arg=2026-01-02",
+            run["fence"]
+        )),
+        "{log}"
+    );
+    assert_eq!(run["params"]["date"], "2026-01-02");
+    env.run(&["run", "envy", "--param", "nope=1"]).code(2);
+}
