@@ -62,17 +62,19 @@ def main():
     lock = f"{tmp}/flock"
     jobs = {"/bin/true": ["/bin/true"], "10 ms job": ["sleep", "0.01"]}
     print(f"{args.runs} runs each; mean wall time per run (ms); overhead = wrapper - bare\n")
-    print("| job | bare | flock+timeout | systemd-run --scope | batchguard exec | "
-          "flock+timeout overhead | batchguard overhead | ratio |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| job | bare | flock+timeout | systemd-run --scope | batchguard (cgroup) | batchguard (poll) | "
+          "flock+timeout overhead | batchguard cgroup overhead (ratio) | batchguard poll overhead (ratio) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, cmd in jobs.items():
         bare = timed(cmd, args.runs)
         flock = timed(["flock", "-n", lock, "timeout", "60", *cmd], args.runs)
         sysd = timed(["systemd-run", "--quiet", "--scope", *cmd], args.runs) if systemd_running() else None
         bg = timed([BIN, "exec", "--name", "bench", "--", *cmd], args.runs, env)
-        fo, bo = flock - bare, bg - bare
+        bgp = timed([BIN, "exec", "--name", "bench", "--", *cmd], args.runs,
+                    dict(env, BATCHGUARD_CGROUP="poll"))
+        fo, bo, bpo = flock - bare, bg - bare, bgp - bare
         print(f"| {name} | {bare:.2f} | {flock:.2f} | {'n/a' if sysd is None else f'{sysd:.2f}'} | "
-              f"{bg:.2f} | {fo:.2f} | {bo:.2f} | {bo / fo:.2f}x |")
+              f"{bg:.2f} | {bgp:.2f} | {fo:.2f} | {bo:.2f} ({bo / fo:.2f}x) | {bpo:.2f} ({bpo / fo:.2f}x) |")
     rss, hwm = runner_rss(env, tmp)
     print(f"\nrunner resident memory while supervising: {rss / 1024:.1f} MiB (peak {hwm / 1024:.1f} MiB)")
     runs = json.loads(subprocess.run([BIN, "runs", "rss", "--format", "json"], env=env,

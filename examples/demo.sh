@@ -7,6 +7,7 @@ demo=${1:-/tmp/batchguard-demo}
 
 cargo build --release --quiet --manifest-path "$here/../Cargo.toml"
 bin=$(cd "$here/.." && pwd)/target/release/batchguard
+export PATH="$(dirname "$bin"):$PATH"   # jobs call `batchguard publish`
 
 rm -rf "$demo"
 mkdir -p "$demo/etc/jobs" "$demo/env" "$demo/reports"

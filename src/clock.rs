@@ -6,8 +6,8 @@ use jiff::{Timestamp, Zoned};
 
 /// A job's time zone: its IANA `timezone`, else the host's.
 pub fn zone(name: Option<&str>) -> TimeZone {
-    name.and_then(|n| TimeZone::get(n).ok())
-        .unwrap_or_else(TimeZone::system)
+    name.and_then(batchguard_config::zone::zone)
+        .unwrap_or_else(batchguard_config::zone::system_zone)
 }
 
 pub fn now_ms() -> i64 {

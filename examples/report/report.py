@@ -30,5 +30,5 @@ fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".report-")
 with os.fdopen(fd, "w") as f:
     f.write("date,shop,sales\n" + "\n".join(rows) + "\n")
 dest = os.path.join(out_dir, f"sales-{date}.csv")
-subprocess.run([os.environ.get("BATCHGUARD_BIN", "batchguard"), "publish", tmp, dest], check=True)
+subprocess.run(["batchguard", "publish", tmp, dest], check=True)
 print(f"published {dest}")

@@ -141,6 +141,7 @@ pub fn main() -> i32 {
             return code;
         }
     };
+    tracing::debug!("arguments parsed");
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -160,6 +161,7 @@ fn state_url(cli_state: Option<&str>, global: &Global) -> String {
 fn context(cli: &Cli, global: Global) -> Result<Context> {
     let url = state_url(cli.state.as_deref(), &global);
     let store = store::open(&url)?;
+    tracing::debug!(url = %url, "state store open");
     let me = host::identity(global.host.as_deref());
     Ok(Context {
         store,

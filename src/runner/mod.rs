@@ -253,6 +253,7 @@ fn base_record(ctx: &Context, job: &Job, p: &Prepared, run_id: &str, attempt: u3
 /// Run `job` under full supervision and record what happened.
 pub fn run(ctx: &Context, job: &Job, req: &Request) -> Result<Report> {
     let p = prepare(job, req)?;
+    tracing::debug!(job = %job.name, "prepared");
     let mode = acquire_mode(job.concurrency);
     let run_id = new_run_id();
     let first = base_record(ctx, job, &p, &run_id, 1);
@@ -284,6 +285,7 @@ pub fn run(ctx: &Context, job: &Job, req: &Request) -> Result<Report> {
         }
     };
 
+    tracing::debug!(job = %job.name, fence, "lock taken");
     let shared = Shared::default();
     *shared.current_run.lock().unwrap_or_else(|e| e.into_inner()) = run_id.clone();
     let (sig_tx, sig_rx) = mpsc::channel::<i32>();
@@ -321,6 +323,7 @@ pub fn run(ctx: &Context, job: &Job, req: &Request) -> Result<Report> {
     ) {
         tracing::warn!(error = %e, "log retention failed");
     }
+    tracing::debug!("logs pruned");
     report
 }
 
@@ -395,6 +398,7 @@ fn attempts(
         let release_now =
             (!retry && mode != AcquireMode::TokenOnly).then_some((job.lock.as_str(), fence));
         ctx.store.finish_run(&record.id, release_now, &end)?;
+        tracing::debug!(run = %record.id, "run recorded");
         if !retry {
             if outcome != Outcome::Success {
                 report_failure(ctx, job, p, &record, outcome, code, &tail);
@@ -520,7 +524,9 @@ fn one_attempt(
                     let last = shared.last_signal.load(Ordering::SeqCst);
                     shared.with_child(|h| h.stop(StopReason::Signal(last)));
                 }
+                tracing::debug!(pid = child.pid(), "spawned");
                 let done = child.wait(|stream, line| log.line(stream.as_str(), line));
+                tracing::debug!(end = ?done.end, "process tree ended");
                 shared.set_child(None);
                 let (mut outcome, mut code, exit_code, signal) = outcome::from_end(&done.end);
                 end.exit_code = exit_code;
@@ -556,6 +562,7 @@ fn one_attempt(
             .unwrap_or_default()
     ));
     let tail = log.finish();
+    tracing::debug!(outcome = outcome.as_str(), "attempt recorded in the log");
     Ok((outcome, code, tail, end))
 }
 

@@ -221,7 +221,8 @@ pub trait Store: Send + Sync {
     fn get_run(&self, id: &str) -> Result<Option<RunRecord>>;
     /// Runs, newest first; all jobs when `job` is `None`.
     fn list_runs(&self, job: Option<&str>, limit: usize) -> Result<Vec<RunRecord>>;
-    /// The newest run of each job.
+    /// The newest run of each job that was not skipped (a skipped run when
+    /// that is all there is), so a skip never hides a failure in `status`.
     fn last_runs(&self) -> Result<Vec<RunRecord>>;
     /// The newest finished (not running, not skipped) run of a job.
     fn last_finished_run(&self, job: &str) -> Result<Option<RunRecord>>;

@@ -26,6 +26,7 @@ mod model;
 mod parse;
 pub mod template;
 mod units;
+pub mod zone;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

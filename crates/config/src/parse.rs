@@ -1458,6 +1458,9 @@ fn check_timezone(s: &str) -> Result<(), (String, String)> {
     if s.is_empty() || s.starts_with('/') || s.contains("..") || s.contains(char::is_whitespace) {
         return Err((format!("unknown time zone \"{s}\""), help));
     }
+    if crate::zone::zone(s).is_some_and(|tz| tz.iana_name() == Some(s)) {
+        return Ok(());
+    }
     match jiff::tz::TimeZone::get(s) {
         Ok(tz) => match tz.iana_name() {
             Some(n) if n != s && n.eq_ignore_ascii_case(s) => Err((

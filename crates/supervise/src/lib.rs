@@ -73,6 +73,8 @@ pub use output::MAX_LINE;
 
 /// Memory sampling period without a cgroup (and for cgroup v2 without memory.peak).
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+/// When the first memory sample / housekeeping tick happens.
+const FIRST_TICK: Duration = Duration::from_millis(10);
 /// Housekeeping period otherwise (orphan reaping).
 const HOUSEKEEP_EVERY: Duration = Duration::from_secs(1);
 /// How often the tree is re-checked / re-KILLed while it is being torn down.
@@ -657,6 +659,7 @@ pub fn spawn_with(spec: Spec, limits: Limits, mode: Enforcement) -> Result<Child
         readers,
         open_streams,
         tracker,
+        main_exited: false,
         peak: None,
         finished: false,
     })
@@ -847,6 +850,8 @@ pub struct Child {
     readers: Vec<JoinHandle<()>>,
     open_streams: usize,
     tracker: Option<Tracker>,
+    /// Set by `wait` once the main process has exited.
+    main_exited: bool,
     peak: Option<u64>,
     finished: bool,
 }
@@ -886,6 +891,13 @@ impl Child {
     fn tree(&mut self, deep: bool) -> Vec<i32> {
         match (&self.cgroup, &mut self.tracker) {
             (Some(c), _) => c.live_pids(),
+            // Once the main process has exited, every surviving descendant
+            // was re-parented to us (we are a child subreaper): no child of
+            // ours besides supervised main processes means no leftovers, and
+            // the scan of every process in /proc can be skipped.
+            (None, Some(_)) if self.main_exited && !deep && tree::only_main_children() => {
+                Vec::new()
+            }
             (None, Some(t)) => t.scan(deep),
             (None, None) => tree::live_in_group(self.pid),
         }
@@ -954,7 +966,9 @@ impl Child {
         let mut status: Option<RawStatus> = None;
         let mut cause: Option<Cause> = None;
         let mut phase = Phase::Running;
-        let mut next_tick = Instant::now();
+        // The first sample after FIRST_TICK: a short job never pays for a
+        // scan of the process table.
+        let mut next_tick = Instant::now() + FIRST_TICK;
         let mut drain_deadline: Option<Instant> = None;
         let mut eofs = 0usize;
         // Set once the known tree was gone but the pipes were still open: from then on
@@ -977,6 +991,7 @@ impl Child {
                 }
             }
             let running = status.is_none();
+            self.main_exited = !running;
 
             // Requests from outside.
             if running && cause.is_none() {

@@ -30,6 +30,13 @@ pub(crate) fn reap_orphans() {
     }
 }
 
+/// Whether every child of this process is a registered main child (so no
+/// orphaned descendant of any job has been re-parented to us).
+pub(crate) fn only_main_children() -> bool {
+    let reg = registry();
+    procfs::own_children().iter().all(|pid| reg.contains(pid))
+}
+
 /// Tracks the processes of one job when there is no cgroup: its process group,
 /// every descendant of the main child (ppid links), and every process ever seen
 /// in the tree (so a descendant that called setsid and then lost its parent is
