@@ -12,6 +12,8 @@
 //! time) and a lease renewed by heartbeat. Fencing tokens live in their own
 //! table and only ever increase, whatever happens to the lock rows.
 
+#[doc(hidden)]
+pub mod conformance;
 pub mod sqlite;
 
 use serde::Serialize;

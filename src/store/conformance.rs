@@ -1,0 +1,227 @@
+//! The conformance suite every state-store backend must pass: the same
+//! assertions run against SQLite here and against PostgreSQL when that
+//! backend lands. Each check takes a fresh, empty store.
+
+use super::*;
+
+fn identity(pid: i32) -> RunnerIdentity {
+    RunnerIdentity {
+        host: "host-a".into(),
+        boot_id: "boot-a".into(),
+        pid,
+        pid_start: 1,
+    }
+}
+
+fn record(id: &str, lock: &str, runner: &RunnerIdentity) -> RunRecord {
+    RunRecord {
+        id: id.into(),
+        job: lock.into(),
+        host: runner.host.clone(),
+        pid: runner.pid,
+        fence: 0,
+        attempt: 1,
+        scope: None,
+        started_at: "2026-11-30T00:00:00.000+00:00".into(),
+        ended_at: None,
+        duration_ms: None,
+        outcome: "running".into(),
+        exit_code: None,
+        signal: None,
+        peak_memory_bytes: None,
+        memory_enforcement: "none".into(),
+        items: None,
+        log_path: None,
+        lock: lock.into(),
+        memory_max_bytes: None,
+        params: Default::default(),
+        error: None,
+        started_ms: 1_000,
+        runner: runner.clone(),
+        cgroup: None,
+        pgid: None,
+        heartbeat_ms: 1_000,
+    }
+}
+
+fn take(
+    store: &dyn Store,
+    id: &str,
+    mode: AcquireMode,
+    alive: bool,
+    cleaned: Option<i64>,
+) -> LockAttempt {
+    let runner = identity(id.len() as i32);
+    let run = record(id, "job", &runner);
+    let req = LockRequest {
+        lock: "job",
+        run_id: id,
+        runner: &runner,
+        now_ms: 1_000,
+        lease_ms: 30_000,
+        mode,
+        cleaned_fence: cleaned,
+    };
+    let liveness = move |_: &Holder, _: i64| alive;
+    store.acquire(&req, &liveness, &run).expect("acquire")
+}
+
+fn fence_of(a: &LockAttempt) -> i64 {
+    match a {
+        LockAttempt::Acquired { fence, .. } => *fence,
+        other => panic!("expected the lock, got {other:?}"),
+    }
+}
+
+/// Run every check; `fresh` makes a new empty store each time.
+pub fn run_all(fresh: &dyn Fn() -> Box<dyn Store>) {
+    forbid_holds_and_fences_increase(fresh().as_ref());
+    dead_holder_is_stale_until_cleaned(fresh().as_ref());
+    replace_moves_the_lock_and_fences_the_old_run(fresh().as_ref());
+    allow_draws_tokens_without_a_lock(fresh().as_ref());
+    finish_records_and_releases(fresh().as_ref());
+    lost_is_recorded_once(fresh().as_ref());
+}
+
+fn forbid_holds_and_fences_increase(s: &dyn Store) {
+    let a = take(s, "run-a", AcquireMode::IfFree, true, None);
+    assert_eq!(fence_of(&a), 1);
+    match take(s, "run-b", AcquireMode::IfFree, true, None) {
+        LockAttempt::Held(h) => {
+            assert_eq!(h.run_id, "run-a");
+            assert_eq!(h.fence, 1);
+        }
+        other => panic!("expected Held, got {other:?}"),
+    }
+    s.release_lock("job", 1).unwrap();
+    assert_eq!(
+        fence_of(&take(s, "run-c", AcquireMode::IfFree, true, None)),
+        2
+    );
+    assert_eq!(s.current_fence("job").unwrap(), Some(2));
+}
+
+fn dead_holder_is_stale_until_cleaned(s: &dyn Store) {
+    take(s, "run-a", AcquireMode::IfFree, true, None);
+    let stale = match take(s, "run-b", AcquireMode::IfFree, false, None) {
+        LockAttempt::Stale(h) => h,
+        other => panic!("expected Stale, got {other:?}"),
+    };
+    assert_eq!(stale.run_id, "run-a");
+    let got = take(s, "run-b", AcquireMode::IfFree, true, Some(stale.fence));
+    assert_eq!(fence_of(&got), 2);
+}
+
+fn replace_moves_the_lock_and_fences_the_old_run(s: &dyn Store) {
+    take(s, "run-a", AcquireMode::Replace, true, None);
+    match take(s, "run-b", AcquireMode::Replace, true, None) {
+        LockAttempt::Acquired { fence, replaced } => {
+            assert_eq!(fence, 2);
+            assert_eq!(replaced.expect("replaced holder").run_id, "run-a");
+        }
+        other => panic!("expected Acquired, got {other:?}"),
+    }
+    // The old run's heartbeat learns it lost the lock; its commits are refused.
+    assert!(!s.heartbeat("job", 1, "run-a", 2_000, 30_000).unwrap());
+    assert!(s.heartbeat("job", 2, "run-b", 2_000, 30_000).unwrap());
+    let mut ran = false;
+    let refused = s
+        .while_fence_current("job", 1, &mut || {
+            ran = true;
+            Ok(())
+        })
+        .unwrap()
+        .unwrap();
+    assert!(!refused && !ran);
+    let accepted = s
+        .while_fence_current("job", 2, &mut || Ok(()))
+        .unwrap()
+        .unwrap();
+    assert!(accepted);
+}
+
+fn allow_draws_tokens_without_a_lock(s: &dyn Store) {
+    let a = fence_of(&take(s, "run-a", AcquireMode::TokenOnly, true, None));
+    let b = fence_of(&take(s, "run-b", AcquireMode::TokenOnly, true, None));
+    assert!(b > a);
+    // No lock row: a forbid run can still start.
+    assert_eq!(
+        fence_of(&take(s, "run-c", AcquireMode::IfFree, true, None)),
+        b + 1
+    );
+}
+
+fn finish_records_and_releases(s: &dyn Store) {
+    take(s, "run-a", AcquireMode::IfFree, true, None);
+    s.set_run_process("run-a", 4242, Some("/sys/fs/cgroup/x"))
+        .unwrap();
+    let end = RunEnd {
+        ended_at: "2026-11-30T00:00:01.500+00:00".into(),
+        ended_ms: 2_500,
+        outcome: "failure".into(),
+        exit_code: Some(3),
+        peak_memory_bytes: Some(1 << 20),
+        memory_enforcement: Some("cgroup1".into()),
+        ..RunEnd::default()
+    };
+    s.finish_run("run-a", Some(("job", 1)), &end).unwrap();
+    let run = s.get_run("run-a").unwrap().unwrap();
+    assert_eq!(run.outcome, "failure");
+    assert_eq!(run.exit_code, Some(3));
+    assert_eq!(run.duration_ms, Some(1_500));
+    assert_eq!(run.fence, 1);
+    assert_eq!(run.pgid, Some(4242));
+    assert_eq!(run.memory_enforcement, "cgroup1");
+    // Released: the next forbid run gets the lock.
+    assert_eq!(
+        fence_of(&take(s, "run-b", AcquireMode::IfFree, true, None)),
+        2
+    );
+    let runs = s.list_runs(Some("job"), 10).unwrap();
+    assert_eq!(
+        runs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["run-b", "run-a"]
+    );
+    assert_eq!(s.running_runs().unwrap().len(), 1);
+    assert_eq!(s.last_finished_run("job").unwrap().unwrap().id, "run-a");
+}
+
+fn lost_is_recorded_once(s: &dyn Store) {
+    take(s, "run-a", AcquireMode::IfFree, true, None);
+    assert!(
+        s.mark_lost("run-a", "2026-11-30T00:00:09.000+00:00", 9_000)
+            .unwrap()
+    );
+    assert!(
+        !s.mark_lost("run-a", "2026-11-30T00:00:10.000+00:00", 10_000)
+            .unwrap()
+    );
+    assert_eq!(s.get_run("run-a").unwrap().unwrap().outcome, "lost");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sqlite_passes_the_conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = std::sync::atomic::AtomicUsize::new(0);
+        let fresh = || -> Box<dyn super::Store> {
+            let i = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let path = dir.path().join(format!("state-{i}.db"));
+            super::open(&format!("sqlite:{}", path.display())).unwrap()
+        };
+        super::run_all(&fresh);
+    }
+
+    #[test]
+    fn reopening_an_existing_store_keeps_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("s.db").display());
+        {
+            let s = super::open(&url).unwrap();
+            super::take(s.as_ref(), "run-a", super::AcquireMode::IfFree, true, None);
+        }
+        let s = super::open(&url).unwrap();
+        assert_eq!(s.current_fence("job").unwrap(), Some(1));
+    }
+}
