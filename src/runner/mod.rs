@@ -242,6 +242,7 @@ fn base_record(ctx: &Context, job: &Job, p: &Prepared, run_id: &str, attempt: u3
         memory_max_bytes: job.memory_max,
         params: p.params.clone(),
         error: None,
+        items_failed: Vec::new(),
         started_ms: now,
         runner: ctx.me.clone(),
         cgroup: None,

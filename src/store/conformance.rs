@@ -36,6 +36,7 @@ fn record(id: &str, lock: &str, runner: &RunnerIdentity) -> RunRecord {
         memory_max_bytes: None,
         params: Default::default(),
         error: None,
+        items_failed: Vec::new(),
         started_ms: 1_000,
         runner: runner.clone(),
         cgroup: None,
@@ -81,6 +82,121 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Store>) {
     allow_draws_tokens_without_a_lock(fresh().as_ref());
     finish_records_and_releases(fresh().as_ref());
     lost_is_recorded_once(fresh().as_ref());
+    ledger_records_only_for_the_newest_fence(fresh().as_ref());
+    ledger_scopes_stay_apart(fresh().as_ref());
+}
+
+fn upd(key: &str, state: ItemState, error: Option<&str>) -> LedgerUpdate {
+    LedgerUpdate {
+        key: key.into(),
+        state,
+        error: error.map(str::to_string),
+    }
+}
+
+fn scan(s: &dyn Store, scope: i64) -> Vec<(String, ItemState, u32)> {
+    let mut out = Vec::new();
+    s.ledger_scan(scope, &mut |k, st, a| out.push((k.to_string(), st, a)))
+        .unwrap();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn ledger_records_only_for_the_newest_fence(s: &dyn Store) {
+    take(s, "run-a", AcquireMode::Replace, true, None);
+    let scope = s.ledger_scope("job", "2026-11-30", true).unwrap().unwrap();
+    assert_eq!(
+        s.ledger_scope("job", "2026-11-30", false).unwrap(),
+        Some(scope)
+    );
+    let a = Committer {
+        lock: "job",
+        fence: Some(1),
+        run_id: "run-a",
+    };
+    let batch = [
+        upd("k1", ItemState::InFlight, None),
+        upd("k1", ItemState::Done, None),
+        upd("k2", ItemState::Failed, Some("exit 3")),
+        upd("k3", ItemState::InFlight, None),
+    ];
+    assert!(s.ledger_commit(scope, a, 5_000, &batch).unwrap());
+    assert_eq!(
+        scan(s, scope),
+        [
+            ("k1".to_string(), ItemState::Done, 1),
+            ("k2".to_string(), ItemState::Failed, 1),
+            ("k3".to_string(), ItemState::InFlight, 0),
+        ]
+    );
+    // A second failure counts another attempt; in-flight never undoes done.
+    let again = [
+        upd("k2", ItemState::Failed, Some("exit 4")),
+        upd("k1", ItemState::InFlight, None),
+    ];
+    assert!(s.ledger_commit(scope, a, 6_000, &again).unwrap());
+    let failed = s.ledger_failed(scope, 10).unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].attempts, 2);
+    assert_eq!(failed[0].last_error.as_deref(), Some("exit 4"));
+    assert_eq!(scan(s, scope)[0].1, ItemState::Done);
+    // A newer run takes the lock: the old run's late completions are refused whole.
+    take(s, "run-b", AcquireMode::Replace, true, None);
+    assert!(
+        !s.ledger_commit(scope, a, 7_000, &[upd("k3", ItemState::Done, None)])
+            .unwrap()
+    );
+    assert_eq!(scan(s, scope)[2].1, ItemState::InFlight);
+    let b = Committer {
+        lock: "job",
+        fence: Some(2),
+        run_id: "run-b",
+    };
+    assert!(
+        s.ledger_commit(scope, b, 8_000, &[upd("k3", ItemState::Done, None)])
+            .unwrap()
+    );
+    let counts = s.ledger_counts("job", None).unwrap();
+    assert_eq!(
+        counts,
+        [ScopeCounts {
+            scope: "2026-11-30".into(),
+            done: 2,
+            failed: 1,
+            in_flight: 0
+        }]
+    );
+    // `allow` jobs commit without a fence check.
+    let any = Committer {
+        lock: "job",
+        fence: None,
+        run_id: "run-c",
+    };
+    assert!(
+        s.ledger_commit(scope, any, 9_000, &[upd("k4", ItemState::Done, None)])
+            .unwrap()
+    );
+}
+
+fn ledger_scopes_stay_apart(s: &dyn Store) {
+    let who = Committer {
+        lock: "job",
+        fence: None,
+        run_id: "run-a",
+    };
+    let d1 = s.ledger_scope("job", "day-1", true).unwrap().unwrap();
+    let d2 = s.ledger_scope("job", "day-2", true).unwrap().unwrap();
+    let other = s.ledger_scope("other-job", "day-1", true).unwrap().unwrap();
+    assert!(d1 != d2 && d1 != other);
+    for id in [d1, d2, other] {
+        s.ledger_commit(id, who, 1, &[upd("k", ItemState::Done, None)])
+            .unwrap();
+    }
+    assert_eq!(s.ledger_reset("job", "day-1").unwrap(), 1);
+    assert_eq!(s.ledger_scope("job", "day-1", false).unwrap(), None);
+    assert_eq!(scan(s, d2).len(), 1);
+    assert_eq!(scan(s, other).len(), 1);
+    assert_eq!(s.ledger_reset("job", "never").unwrap(), 0);
 }
 
 fn forbid_holds_and_fences_increase(s: &dyn Store) {

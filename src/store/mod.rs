@@ -152,6 +152,8 @@ pub struct RunRecord {
     pub memory_max_bytes: Option<u64>,
     pub params: std::collections::BTreeMap<String, String>,
     pub error: Option<String>,
+    /// The first failed item keys (up to 20), for reports.
+    pub items_failed: Vec<String>,
     #[serde(skip)]
     pub started_ms: i64,
     #[serde(skip)]
@@ -176,6 +178,71 @@ pub struct RunEnd {
     pub memory_enforcement: Option<String>,
     pub items: Option<ItemCounts>,
     pub error: Option<String>,
+}
+
+/// Where a key stands in the ledger of its job and scope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemState {
+    /// Handed to a process that has not finished it (yet): a crash re-does it.
+    InFlight,
+    Done,
+    Failed,
+}
+
+impl ItemState {
+    pub fn code(self) -> i64 {
+        match self {
+            ItemState::InFlight => 0,
+            ItemState::Done => 1,
+            ItemState::Failed => 2,
+        }
+    }
+    pub fn from_code(code: i64) -> Option<ItemState> {
+        match code {
+            0 => Some(ItemState::InFlight),
+            1 => Some(ItemState::Done),
+            2 => Some(ItemState::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// One change to the ledger, committed in batches (group commit).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerUpdate {
+    pub key: String,
+    pub state: ItemState,
+    /// Why it failed (redacted), for `Failed`.
+    pub error: Option<String>,
+}
+
+/// A key as the ledger shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LedgerEntry {
+    pub key: String,
+    pub state: ItemState,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub run_id: Option<String>,
+}
+
+/// Counts of one scope of a job's ledger.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ScopeCounts {
+    pub scope: String,
+    pub done: u64,
+    pub failed: u64,
+    pub in_flight: u64,
+}
+
+/// Whose commits the ledger accepts: the run holding `fence` of `lock`
+/// (or anybody, for `allow` jobs, which have no exclusive lock).
+#[derive(Clone, Copy, Debug)]
+pub struct Committer<'a> {
+    pub lock: &'a str,
+    pub fence: Option<i64>,
+    pub run_id: &'a str,
 }
 
 /// The state store. Every method is one transaction.
@@ -239,6 +306,31 @@ pub trait Store: Send + Sync {
         limit: usize,
     ) -> Result<Vec<RunRecord>>;
     fn mark_log_pruned(&self, run_id: &str) -> Result<()>;
+    /// Store the first failed item keys of a run (for reports).
+    fn set_run_failed_items(&self, run_id: &str, keys: &[String]) -> Result<()>;
+
+    // The item ledger (G06), per job and scope.
+    /// The id of a job's scope; created when `create` is set.
+    fn ledger_scope(&self, job: &str, scope: &str, create: bool) -> Result<Option<i64>>;
+    /// Every entry of a scope, in no particular order.
+    fn ledger_scan(&self, scope_id: i64, f: &mut dyn FnMut(&str, ItemState, u32)) -> Result<()>;
+    /// Apply a batch of updates in one transaction, only while the
+    /// committer's fence is still the newest of its lock. `false` means the
+    /// whole batch was refused (the run is fenced).
+    fn ledger_commit(
+        &self,
+        scope_id: i64,
+        who: Committer<'_>,
+        now_ms: i64,
+        updates: &[LedgerUpdate],
+    ) -> Result<bool>;
+    /// Counts per scope of a job (one scope when given).
+    fn ledger_counts(&self, job: &str, scope: Option<&str>) -> Result<Vec<ScopeCounts>>;
+    /// Failed keys of a scope, most attempts first.
+    fn ledger_failed(&self, scope_id: i64, limit: usize) -> Result<Vec<LedgerEntry>>;
+    /// Forget a scope entirely (the explicit clean-and-redo). Returns the
+    /// number of keys removed.
+    fn ledger_reset(&self, job: &str, scope: &str) -> Result<u64>;
 }
 
 /// Open the store named by a URL (`sqlite:PATH`; `postgres://…` comes with

@@ -9,8 +9,9 @@
 //! `PRAGMA user_version`.
 
 use super::{
-    AcquireMode, Holder, ItemCounts, Liveness, LockAttempt, LockRequest, Result, RunEnd, RunRecord,
-    RunnerIdentity, Store, StoreError,
+    AcquireMode, Committer, Holder, ItemCounts, ItemState, LedgerEntry, LedgerUpdate, Liveness,
+    LockAttempt, LockRequest, Result, RunEnd, RunRecord, RunnerIdentity, ScopeCounts, Store,
+    StoreError,
 };
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use std::path::Path;
@@ -18,7 +19,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// Numbered migrations; index + 1 is the schema version they lead to.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE runs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
@@ -66,12 +68,34 @@ CREATE TABLE locks (
     run_id TEXT NOT NULL,
     lease_until_ms INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+ALTER TABLE runs ADD COLUMN items_failed TEXT;
+CREATE TABLE ledger_scopes (
+    id INTEGER PRIMARY KEY,
+    job TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    UNIQUE (job, scope)
+);
+CREATE TABLE ledger (
+    scope_id INTEGER NOT NULL REFERENCES ledger_scopes (id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    state INTEGER NOT NULL CHECK (state IN (0, 1, 2)),
+    attempts INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    last_error TEXT,
+    run_id TEXT,
+    fence INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (scope_id, key)
+) WITHOUT ROWID;
+"#,
+];
 
 const RUN_COLUMNS: &str = "id, job, lock_name, host, boot_id, pid, pid_start, fence, attempt, \
      scope, params, started_at, started_ms, ended_at, duration_ms, outcome, exit_code, signal, \
      peak_memory_bytes, memory_max_bytes, memory_enforcement, items, log_path, cgroup, pgid, \
-     heartbeat_ms, error";
+     heartbeat_ms, error, items_failed";
 
 pub struct SqliteStore {
     url: String,
@@ -202,7 +226,7 @@ impl SqliteStore {
             &format!(
                 "INSERT INTO runs ({RUN_COLUMNS}, ended_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, \
                  ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, \
-                 ?25, ?26, ?27, ?28)"
+                 ?25, ?26, ?27, ?28, ?29)"
             ),
             params![
                 run.id,
@@ -232,6 +256,7 @@ impl SqliteStore {
                 run.pgid,
                 run.heartbeat_ms,
                 run.error,
+                failed_json(&run.items_failed),
                 ended_ms,
             ],
         )
@@ -251,6 +276,10 @@ impl SqliteStore {
             .map_err(|e| self.err(e))?;
         Ok(rows)
     }
+}
+
+fn failed_json(keys: &[String]) -> Option<String> {
+    (!keys.is_empty()).then(|| serde_json::to_string(keys).unwrap_or_default())
 }
 
 fn bump_fence(conn: &Connection, lock: &str) -> rusqlite::Result<i64> {
@@ -293,6 +322,10 @@ fn row_to_run(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
         items: items.and_then(|s| serde_json::from_str::<ItemCounts>(&s).ok()),
         log_path: r.get("log_path")?,
         error: r.get("error")?,
+        items_failed: r
+            .get::<_, Option<String>>("items_failed")?
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default(),
         runner: RunnerIdentity {
             host: r.get("host")?,
             boot_id: r.get("boot_id")?,
@@ -542,5 +575,211 @@ impl Store for SqliteStore {
             .execute("UPDATE runs SET log_pruned = 1 WHERE id = ?1", [run_id])
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    fn set_run_failed_items(&self, run_id: &str, keys: &[String]) -> Result<()> {
+        self.conn()
+            .execute(
+                "UPDATE runs SET items_failed = ?2 WHERE id = ?1",
+                params![run_id, failed_json(keys)],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn ledger_scope(&self, job: &str, scope: &str, create: bool) -> Result<Option<i64>> {
+        let conn = self.conn();
+        let find = |conn: &Connection| {
+            conn.query_row(
+                "SELECT id FROM ledger_scopes WHERE job = ?1 AND scope = ?2",
+                params![job, scope],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+        };
+        if let Some(id) = find(&conn).map_err(|e| self.err(e))? {
+            return Ok(Some(id));
+        }
+        if !create {
+            return Ok(None);
+        }
+        conn.execute(
+            "INSERT INTO ledger_scopes (job, scope, created_ms) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (job, scope) DO NOTHING",
+            params![job, scope, crate::clock::now_ms()],
+        )
+        .map_err(|e| self.err(e))?;
+        find(&conn).map_err(|e| self.err(e))
+    }
+
+    fn ledger_scan(&self, scope_id: i64, f: &mut dyn FnMut(&str, ItemState, u32)) -> Result<()> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT key, state, attempts FROM ledger WHERE scope_id = ?1")
+            .map_err(|e| self.err(e))?;
+        let mut rows = stmt.query([scope_id]).map_err(|e| self.err(e))?;
+        while let Some(row) = rows.next().map_err(|e| self.err(e))? {
+            let key = row.get_ref(0).map_err(|e| self.err(e))?;
+            let key = key.as_str().map_err(|e| self.err(e.into()))?;
+            let state: i64 = row.get(1).map_err(|e| self.err(e))?;
+            let attempts: i64 = row.get(2).map_err(|e| self.err(e))?;
+            let state = ItemState::from_code(state).ok_or_else(|| StoreError::Corrupt {
+                url: self.url.clone(),
+                what: "ledger.state",
+                detail: state.to_string(),
+            })?;
+            f(key, state, attempts.max(0) as u32);
+        }
+        Ok(())
+    }
+
+    fn ledger_commit(
+        &self,
+        scope_id: i64,
+        who: Committer<'_>,
+        now_ms: i64,
+        updates: &[LedgerUpdate],
+    ) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        let fence = match who.fence {
+            Some(fence) => {
+                let current: Option<i64> = tx
+                    .query_row(
+                        "SELECT last_fence FROM fences WHERE lock_name = ?1",
+                        [who.lock],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(|e| self.err(e))?;
+                if current != Some(fence) {
+                    return Ok(false);
+                }
+                fence
+            }
+            None => 0,
+        };
+        {
+            let mut done = tx
+                .prepare_cached(
+                    "INSERT INTO ledger (scope_id, key, state, attempts, last_error, run_id, fence, \
+                     updated_ms) VALUES (?1, ?2, 1, 1, NULL, ?3, ?4, ?5) \
+                     ON CONFLICT (scope_id, key) DO UPDATE SET state = 1, \
+                     attempts = attempts + 1, last_error = NULL, run_id = ?3, fence = ?4, \
+                     updated_ms = ?5",
+                )
+                .map_err(|e| self.err(e))?;
+            let mut failed = tx
+                .prepare_cached(
+                    "INSERT INTO ledger (scope_id, key, state, attempts, last_error, run_id, fence, \
+                     updated_ms) VALUES (?1, ?2, 2, 1, ?6, ?3, ?4, ?5) \
+                     ON CONFLICT (scope_id, key) DO UPDATE SET state = 2, \
+                     attempts = attempts + 1, last_error = ?6, run_id = ?3, fence = ?4, \
+                     updated_ms = ?5",
+                )
+                .map_err(|e| self.err(e))?;
+            let mut in_flight = tx
+                .prepare_cached(
+                    "INSERT INTO ledger (scope_id, key, state, attempts, last_error, run_id, fence, \
+                     updated_ms) VALUES (?1, ?2, 0, 0, NULL, ?3, ?4, ?5) \
+                     ON CONFLICT (scope_id, key) DO UPDATE SET state = 0, run_id = ?3, \
+                     fence = ?4, updated_ms = ?5 WHERE state <> 1",
+                )
+                .map_err(|e| self.err(e))?;
+            for u in updates {
+                let r = match u.state {
+                    ItemState::Done => {
+                        done.execute(params![scope_id, u.key, who.run_id, fence, now_ms])
+                    }
+                    ItemState::Failed => {
+                        failed.execute(params![scope_id, u.key, who.run_id, fence, now_ms, u.error])
+                    }
+                    ItemState::InFlight => {
+                        in_flight.execute(params![scope_id, u.key, who.run_id, fence, now_ms])
+                    }
+                };
+                r.map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(true)
+    }
+
+    fn ledger_counts(&self, job: &str, scope: Option<&str>) -> Result<Vec<ScopeCounts>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT s.scope, \
+                 COALESCE(SUM(l.state = 1), 0), COALESCE(SUM(l.state = 2), 0), \
+                 COALESCE(SUM(l.state = 0), 0) \
+                 FROM ledger_scopes s LEFT JOIN ledger l ON l.scope_id = s.id \
+                 WHERE s.job = ?1 AND (?2 IS NULL OR s.scope = ?2) \
+                 GROUP BY s.id ORDER BY s.scope",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![job, scope], |r| {
+                Ok(ScopeCounts {
+                    scope: r.get(0)?,
+                    done: r.get::<_, i64>(1)? as u64,
+                    failed: r.get::<_, i64>(2)? as u64,
+                    in_flight: r.get::<_, i64>(3)? as u64,
+                })
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    fn ledger_failed(&self, scope_id: i64, limit: usize) -> Result<Vec<LedgerEntry>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT key, attempts, last_error, run_id FROM ledger \
+                 WHERE scope_id = ?1 AND state = 2 ORDER BY attempts DESC, key LIMIT ?2",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![scope_id, limit as i64], |r| {
+                Ok(LedgerEntry {
+                    key: r.get(0)?,
+                    state: ItemState::Failed,
+                    attempts: r.get::<_, i64>(1)?.max(0) as u32,
+                    last_error: r.get(2)?,
+                    run_id: r.get(3)?,
+                })
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    fn ledger_reset(&self, job: &str, scope: &str) -> Result<u64> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        let id: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM ledger_scopes WHERE job = ?1 AND scope = ?2",
+                params![job, scope],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let Some(id) = id else {
+            return Ok(0);
+        };
+        let n = tx
+            .execute("DELETE FROM ledger WHERE scope_id = ?1", [id])
+            .map_err(|e| self.err(e))?;
+        tx.execute("DELETE FROM ledger_scopes WHERE id = ?1", [id])
+            .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(n as u64)
     }
 }
