@@ -17,6 +17,7 @@ pub mod cron;
 pub mod error;
 pub mod exit;
 pub mod host;
+pub mod items;
 pub mod logs;
 pub mod outcome;
 pub mod publish;

@@ -94,6 +94,21 @@ enum Command {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// A job's item ledger: counts per scope and failed keys;
+    /// `ledger reset JOB --scope S` forgets one scope (clean and redo).
+    Ledger {
+        /// JOB, or `reset JOB`.
+        #[arg(num_args = 1..=2, value_name = "JOB", required = true)]
+        args: Vec<String>,
+        /// One scope only (required for reset; '' is the default scope).
+        #[arg(long)]
+        scope: Option<String>,
+        /// How many failed keys to list per scope.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// A run's log.
     Logs {
         run_id: String,
@@ -275,6 +290,38 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 .get_run(run_id)?
                 .ok_or_else(|| Error::UnknownRun(run_id.clone()))?;
             render::show(&run, *format)
+        }
+        Command::Ledger {
+            args,
+            scope,
+            limit,
+            format,
+        } => {
+            let global = config::load_global(&dir)?;
+            let ctx = context(&cli, global)?;
+            match args.as_slice() {
+                [verb, job] if verb == "reset" => {
+                    let Some(scope) = scope else {
+                        return Err(Error::Usage(
+                            "ledger reset needs --scope S (--scope '' is the default scope)".into(),
+                        ));
+                    };
+                    let n = ctx.store.ledger_reset(job, scope)?;
+                    println!(
+                        "ledger of job `{job}`, scope {scope:?}: {n} keys forgotten; the next run redoes them"
+                    );
+                    Ok(exit::OK)
+                }
+                [job] => {
+                    let max_attempts = load_job(&dir, job, &ctx.global)
+                        .ok()
+                        .and_then(|j| j.items.map(|i| i.max_attempts));
+                    render::ledger(&ctx, job, scope.as_deref(), *limit, max_attempts, *format)
+                }
+                _ => Err(Error::Usage(
+                    "usage: batchguard ledger JOB | ledger reset JOB --scope S".into(),
+                )),
+            }
         }
         Command::Logs { run_id, follow } => {
             let global = config::load_global(&dir).unwrap_or_default();

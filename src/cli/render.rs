@@ -247,3 +247,86 @@ pub fn logs(ctx: &Context, run_id: &str, follow: bool) -> Result<i32> {
         }
     }
 }
+
+pub fn ledger(
+    ctx: &Context,
+    job: &str,
+    scope: Option<&str>,
+    limit: usize,
+    max_attempts: Option<u32>,
+    format: Format,
+) -> Result<i32> {
+    let counts = ctx.store.ledger_counts(job, scope)?;
+    let mut scopes = Vec::new();
+    for c in &counts {
+        let failed = match ctx.store.ledger_scope(job, &c.scope, false)? {
+            Some(id) => ctx.store.ledger_failed(id, limit)?,
+            None => Vec::new(),
+        };
+        let dead = max_attempts.map(|m| failed.iter().filter(|e| e.attempts >= m).count());
+        scopes.push((c, failed, dead));
+    }
+    if format == Format::Json {
+        let v: Vec<_> = scopes
+            .iter()
+            .map(|(c, failed, dead)| {
+                json!({
+                    "scope": c.scope, "done": c.done, "failed": c.failed,
+                    "in_flight": c.in_flight, "failed_for_good_listed": dead,
+                    "failed_keys": failed,
+                })
+            })
+            .collect();
+        return print_json(&json!({ "job": job, "max_attempts": max_attempts, "scopes": v }));
+    }
+    if scopes.is_empty() {
+        println!(
+            "job `{job}` has no ledger{}",
+            scope.map(|s| format!(" scope {s:?}")).unwrap_or_default()
+        );
+        return Ok(exit::OK);
+    }
+    let rows: Vec<Vec<String>> = scopes
+        .iter()
+        .map(|(c, _, _)| {
+            vec![
+                if c.scope.is_empty() {
+                    "(default)".into()
+                } else {
+                    c.scope.clone()
+                },
+                c.done.to_string(),
+                c.failed.to_string(),
+                c.in_flight.to_string(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(&["SCOPE", "DONE", "FAILED", "IN FLIGHT"], &rows)
+    );
+    for (c, failed, _) in &scopes {
+        if failed.is_empty() {
+            continue;
+        }
+        println!(
+            "\nfailed keys of scope {:?}{}:",
+            c.scope,
+            max_attempts
+                .map(|m| format!(" (max_attempts {m})"))
+                .unwrap_or_default()
+        );
+        for e in failed {
+            let dead = max_attempts.is_some_and(|m| e.attempts >= m);
+            println!(
+                "  {}  {} attempt{}{}  {}",
+                e.key,
+                e.attempts,
+                if e.attempts == 1 { "" } else { "s" },
+                if dead { " (failed for good)" } else { "" },
+                e.last_error.as_deref().unwrap_or("")
+            );
+        }
+    }
+    Ok(exit::OK)
+}

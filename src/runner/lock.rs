@@ -69,13 +69,14 @@ pub fn take(
 fn clean_stale(ctx: &Context, h: &Holder, grace: Duration) -> Result<bool> {
     if host::same_machine(&ctx.me, &h.runner) {
         let cgroup = h.cgroup.as_deref().map(Path::new);
-        if supervise::tree_alive(cgroup, h.pgid) {
+        let pgid = tree_group(h);
+        if supervise::tree_alive(cgroup, pgid) {
             tracing::warn!(
                 run = %h.run_id, lock = %h.lock,
                 "the runner of run {} died and left processes behind; stopping them", h.run_id
             );
-            supervise::kill_leftovers(cgroup, h.pgid, grace);
-            if supervise::tree_alive(cgroup, h.pgid) {
+            supervise::kill_leftovers(cgroup, pgid, grace);
+            if supervise::tree_alive(cgroup, pgid) {
                 return Ok(false);
             }
         }
@@ -99,7 +100,7 @@ fn stop_replaced(ctx: &Context, old: &Holder, grace: Duration) {
     let local = host::same_machine(&ctx.me, &old.runner);
     if local {
         let cgroup = old.cgroup.as_deref().map(Path::new);
-        supervise::kill_leftovers(cgroup, old.pgid, grace);
+        supervise::kill_leftovers(cgroup, tree_group(old), grace);
     }
     let bound = if local {
         grace + Duration::from_secs(5)
@@ -123,4 +124,10 @@ fn stop_replaced(ctx: &Context, old: &Holder, grace: Duration) {
         std::thread::sleep(Duration::from_millis(20));
     }
     tracing::warn!(run = %old.run_id, "the replaced run did not record its end in time");
+}
+
+/// The holder's process group, when it is a real one (never 0 or 1, which
+/// `kill` would take as "my own group" or "everything").
+fn tree_group(h: &Holder) -> Option<i32> {
+    h.pgid.filter(|g| *g > 1)
 }

@@ -8,7 +8,10 @@
 //! record how it ended. Retries back off exponentially with jitter while the
 //! lock stays held.
 
+mod control;
 mod lock;
+
+pub(crate) use control::{Control, Stop};
 
 use crate::clock;
 use crate::error::{Error, Result};
@@ -18,13 +21,10 @@ use crate::outcome::{self, Outcome};
 use crate::redact::Redactor;
 use crate::store::{AcquireMode, RunEnd, RunRecord, RunnerIdentity, Store};
 use batchguard_config::{Concurrency, Global, Job, template};
-use batchguard_supervise::{
-    self as supervise, CgroupPlacement, Limits, Spec, StopHandle, StopReason,
-};
+use batchguard_supervise::{self as supervise, CgroupPlacement, Limits, Spec};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 use std::sync::{Mutex, mpsc};
 use std::time::Duration;
 
@@ -56,15 +56,15 @@ pub fn new_run_id() -> String {
 }
 
 /// Everything about the job that does not change between attempts.
-struct Prepared {
-    params: BTreeMap<String, String>,
-    scope: Option<String>,
-    env: Vec<(OsString, OsString)>,
-    redactor: Redactor,
-    run_as: Option<supervise::RunAs>,
-    tz: jiff::tz::TimeZone,
-    today: String,
-    yesterday: String,
+pub(crate) struct Prepared {
+    pub(crate) params: BTreeMap<String, String>,
+    pub(crate) scope: Option<String>,
+    pub(crate) env: Vec<(OsString, OsString)>,
+    pub(crate) redactor: Redactor,
+    pub(crate) run_as: Option<supervise::RunAs>,
+    pub(crate) tz: jiff::tz::TimeZone,
+    pub(crate) today: String,
+    pub(crate) yesterday: String,
 }
 
 fn builtin(job: &Job, run_id: &str, p: &Prepared, name: &str) -> Option<String> {
@@ -193,27 +193,6 @@ fn acquire_mode(c: Concurrency) -> AcquireMode {
     }
 }
 
-/// State shared with the heartbeat and signal threads.
-#[derive(Default)]
-struct Shared {
-    stop: Mutex<Option<StopHandle>>,
-    current_run: Mutex<String>,
-    fenced: AtomicBool,
-    signals: AtomicU32,
-    last_signal: AtomicI32,
-}
-
-impl Shared {
-    fn set_child(&self, h: Option<StopHandle>) {
-        *self.stop.lock().unwrap_or_else(|p| p.into_inner()) = h;
-    }
-    fn with_child(&self, f: impl FnOnce(&StopHandle)) {
-        if let Some(h) = self.stop.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            f(h)
-        }
-    }
-}
-
 fn base_record(ctx: &Context, job: &Job, p: &Prepared, run_id: &str, attempt: u32) -> RunRecord {
     let now = clock::now_ms();
     RunRecord {
@@ -285,10 +264,10 @@ pub fn run(ctx: &Context, job: &Job, req: &Request) -> Result<Report> {
             });
         }
     };
-
     tracing::debug!(job = %job.name, fence, "lock taken");
-    let shared = Shared::default();
-    *shared.current_run.lock().unwrap_or_else(|e| e.into_inner()) = run_id.clone();
+
+    let control = Control::default();
+    control.set_current_run(&run_id);
     let (sig_tx, sig_rx) = mpsc::channel::<i32>();
     let (hb_stop_tx, hb_stop_rx) = mpsc::channel::<()>();
     let mut signals =
@@ -299,20 +278,12 @@ pub fn run(ctx: &Context, job: &Job, req: &Request) -> Result<Report> {
     let report = std::thread::scope(|s| {
         s.spawn(|| {
             for sig in signals.forever() {
-                let n = shared.signals.fetch_add(1, Ordering::SeqCst) + 1;
-                shared.last_signal.store(sig, Ordering::SeqCst);
-                shared.with_child(|h| {
-                    if n == 1 {
-                        h.stop(StopReason::Signal(sig));
-                    } else {
-                        h.kill(StopReason::Signal(sig));
-                    }
-                });
+                control.on_signal(sig);
                 let _ = sig_tx.send(sig);
             }
         });
-        s.spawn(|| heartbeat_loop(ctx, job, fence, mode, &shared, hb_stop_rx));
-        let report = attempts(ctx, job, &p, fence, mode, first, &shared, &sig_rx);
+        s.spawn(|| heartbeat_loop(ctx, job, fence, mode, &control, hb_stop_rx));
+        let report = attempts(ctx, job, &p, fence, mode, first, &control, &sig_rx);
         let _ = hb_stop_tx.send(());
         signals_handle.close();
         report
@@ -333,7 +304,7 @@ fn heartbeat_loop(
     job: &Job,
     fence: i64,
     mode: AcquireMode,
-    shared: &Shared,
+    control: &Control,
     stop: mpsc::Receiver<()>,
 ) {
     let lease_ms = ctx.global.lease.as_millis() as i64;
@@ -344,21 +315,17 @@ fn heartbeat_loop(
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             _ => return,
         }
-        let run_id = shared
-            .current_run
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let run_id = control.current_run();
         match ctx
             .store
             .heartbeat(&job.lock, fence, &run_id, clock::now_ms(), lease_ms)
         {
             Ok(true) => {}
             Ok(false) if mode != AcquireMode::TokenOnly => {
-                if !shared.fenced.swap(true, Ordering::SeqCst) {
+                if control.stopping().is_none() {
                     tracing::warn!(job = %job.name, "lock `{}` moved to a newer run: stopping", job.lock);
                 }
-                shared.with_child(|h| h.stop(StopReason::Fenced));
+                control.request_stop(Stop::Fenced);
             }
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "heartbeat failed; will retry"),
@@ -377,7 +344,7 @@ fn attempts(
     fence: i64,
     mode: AcquireMode,
     first: RunRecord,
-    shared: &Shared,
+    control: &Control,
     sig_rx: &mpsc::Receiver<i32>,
 ) -> Result<Report> {
     let mut record = first;
@@ -387,26 +354,29 @@ fn attempts(
             record = base_record(ctx, job, p, &new_run_id(), attempt);
             record.fence = fence;
             ctx.store.insert_run(&record)?;
-            *shared.current_run.lock().unwrap_or_else(|e| e.into_inner()) = record.id.clone();
+            control.set_current_run(&record.id);
         }
         record.fence = fence;
-        let (outcome, code, tail, end) = one_attempt(ctx, job, p, &record, mode, shared)?;
-        let retry = outcome.retryable()
-            && attempt <= job.retries
-            && shared.signals.load(Ordering::SeqCst) == 0;
+        let (result, tail) = one_attempt(ctx, job, p, &record, mode, control)?;
+        let outcome = result.outcome;
+        let retry = outcome.retryable() && attempt <= job.retries && !control.signalled();
         // The last attempt records its end and releases the lock in one
         // transaction.
         let release_now =
             (!retry && mode != AcquireMode::TokenOnly).then_some((job.lock.as_str(), fence));
-        ctx.store.finish_run(&record.id, release_now, &end)?;
+        if !result.items_failed.is_empty() {
+            ctx.store
+                .set_run_failed_items(&record.id, &result.items_failed)?;
+        }
+        ctx.store.finish_run(&record.id, release_now, &result.end)?;
         tracing::debug!(run = %record.id, "run recorded");
         if !retry {
             if outcome != Outcome::Success {
-                report_failure(ctx, job, p, &record, outcome, code, &tail);
+                report_failure(ctx, job, p, &record, &result, &tail);
             }
             return Ok(Report {
                 outcome,
-                exit_code: code,
+                exit_code: result.code,
                 run_id: record.id,
             });
         }
@@ -416,7 +386,7 @@ fn attempts(
             release(ctx, job, fence, mode);
             return Ok(Report {
                 outcome,
-                exit_code: code,
+                exit_code: result.code,
                 run_id: record.id,
             });
         }
@@ -446,15 +416,101 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
     doubled.mul_f64(factor)
 }
 
+/// What one attempt needs, whatever kind of job it runs.
+pub(crate) struct Attempt<'a> {
+    pub ctx: &'a Context,
+    pub job: &'a Job,
+    pub p: &'a Prepared,
+    pub record: &'a RunRecord,
+    pub mode: AcquireMode,
+    pub control: &'a Control,
+    pub log: &'a Mutex<RunLog>,
+    /// The job's environment including the BATCHGUARD_* variables.
+    pub env: Vec<(OsString, OsString)>,
+}
+
+/// How an attempt ended.
+pub(crate) struct AttemptResult {
+    pub outcome: Outcome,
+    pub code: i32,
+    pub end: RunEnd,
+    pub items_failed: Vec<String>,
+}
+
+impl Attempt<'_> {
+    pub fn note(&self, text: &str) {
+        lock_log(self.log).note(text);
+    }
+
+    /// Render templates of this job for this run (`item` for per-item).
+    pub fn render(
+        &self,
+        what: &str,
+        templates: &[String],
+        item: Option<&str>,
+    ) -> Result<Vec<String>> {
+        let job = self.job;
+        templates
+            .iter()
+            .map(|t| {
+                template::render(t, &|n| match (n, item) {
+                    ("item", Some(k)) => Some(k.to_string()),
+                    _ => builtin(job, &self.record.id, self.p, n),
+                })
+                .map_err(|e| {
+                    Error::Usage(format!(
+                        "job `{}`: cannot render {what} `{t}`: {e}",
+                        job.name
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// A spec for a process of this run.
+    pub fn spec(&self, argv: &[String], cgroup: CgroupPlacement) -> Spec {
+        Spec {
+            argv: argv.iter().map(OsString::from).collect(),
+            cwd: Some(self.job.workdir.clone()),
+            env: self.env.clone(),
+            user: self.p.run_as.clone(),
+            stdin: Default::default(),
+            done_fd: None,
+            cgroup,
+        }
+    }
+
+    /// Has the token moved on (and this job has an exclusive lock)?
+    pub fn fence_moved(&self) -> Result<bool> {
+        Ok(self.mode != AcquireMode::TokenOnly
+            && self.ctx.store.current_fence(&self.job.lock)? != Some(self.record.fence))
+    }
+
+    /// The outcome a stop request gives, if the run was stopped.
+    pub fn stopped_outcome(&self) -> Option<(Outcome, i32, Option<i32>)> {
+        self.control.stopping().map(|s| match s {
+            Stop::Signal(sig) => (Outcome::Killed, crate::exit::signal(sig), Some(sig)),
+            Stop::Fenced => (Outcome::Fenced, crate::exit::TEMPFAIL, None),
+            Stop::Timeout => (Outcome::Timeout, crate::exit::TIMEOUT, None),
+            Stop::Oom => (Outcome::Oom, crate::exit::OOM, Some(libc::SIGKILL)),
+            Stop::Store => (Outcome::Failure, crate::exit::UNAVAILABLE, None),
+        })
+    }
+}
+
+pub(crate) fn lock_log(log: &Mutex<RunLog>) -> std::sync::MutexGuard<'_, RunLog> {
+    log.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn one_attempt(
     ctx: &Context,
     job: &Job,
     p: &Prepared,
     record: &RunRecord,
     mode: AcquireMode,
-    shared: &Shared,
-) -> Result<(Outcome, i32, Vec<String>, RunEnd)> {
-    let mut log = RunLog::create(
+    control: &Control,
+) -> Result<(AttemptResult, Vec<String>)> {
+    let log = RunLog::create(
         &ctx.global.log_dir,
         &job.name,
         &record.id,
@@ -462,109 +518,178 @@ fn one_attempt(
         p.redactor.clone(),
         p.tz.clone(),
     )?;
-    let argv = render_all(job, &record.id, p, "command", &job.command)?;
-    log.note(&format!(
-        "run {} of job {} attempt {} fence {} on {} pid {}: {:?}",
-        record.id, job.name, record.attempt, record.fence, ctx.me.host, ctx.me.pid, argv
-    ));
+    let log = Mutex::new(log);
     let mut env = p.env.clone();
     let fence = record.fence.to_string();
+    let attempt_no = record.attempt.to_string();
     for (k, v) in [
         ("BATCHGUARD_JOB", job.name.as_str()),
         ("BATCHGUARD_RUN_ID", record.id.as_str()),
         ("BATCHGUARD_FENCE", fence.as_str()),
-        ("BATCHGUARD_ATTEMPT", &record.attempt.to_string()),
+        ("BATCHGUARD_ATTEMPT", attempt_no.as_str()),
         ("BATCHGUARD_SCOPE", p.scope.as_deref().unwrap_or("")),
         ("BATCHGUARD_LOCK", job.lock.as_str()),
         ("BATCHGUARD_STATE", ctx.state_url.as_str()),
     ] {
         env.push((k.into(), v.into()));
     }
-    let spec = Spec {
-        argv: argv.iter().map(OsString::from).collect(),
-        cwd: Some(job.workdir.clone()),
+    let a = Attempt {
+        ctx,
+        job,
+        p,
+        record,
+        mode,
+        control,
+        log: &log,
         env,
-        user: p.run_as.clone(),
-        stdin: Default::default(),
-        done_fd: None,
-        cgroup: CgroupPlacement::Create {
-            name: record.id.clone(),
-        },
     };
-    let limits = Limits {
-        timeout: job.timeout,
-        kill_grace: job.kill_grace,
-        memory_max: job.memory_max,
-    };
-    let mut end = RunEnd::default();
-    let (outcome, code) = if shared.signals.load(Ordering::SeqCst) > 0 {
-        let sig = shared.last_signal.load(Ordering::SeqCst);
-        end.signal = Some(sig);
-        log.note("not started: batchguard was asked to stop");
-        (Outcome::Killed, crate::exit::signal(sig))
+    a.note(&format!(
+        "run {} of job {} attempt {} fence {} on {} pid {}",
+        record.id, job.name, record.attempt, record.fence, ctx.me.host, ctx.me.pid
+    ));
+    let mut result = if control.stopping().is_some() {
+        a.note("not started: the run was asked to stop");
+        let (outcome, code, signal) = a.stopped_outcome().unwrap_or((Outcome::Killed, 143, None));
+        AttemptResult {
+            outcome,
+            code,
+            end: RunEnd {
+                signal,
+                ..RunEnd::default()
+            },
+            items_failed: Vec::new(),
+        }
     } else {
-        match supervise::spawn(spec, limits) {
-            Err(e) => {
-                let msg = format!("cannot start `{}` for job `{}`: {e}", argv[0], job.name);
-                log.note(&msg);
-                end.error = Some(p.redactor.redact(&msg).into_owned());
-                end.exit_code = Some(e.exit_code());
-                (Outcome::Failure, e.exit_code())
-            }
-            Ok(child) => {
-                let cgroup = child.cgroup_path().map(|c| c.display().to_string());
-                ctx.store
-                    .set_run_process(&record.id, child.pgid(), cgroup.as_deref())?;
-                shared.set_child(Some(child.stop_handle()));
-                // A signal or a fence that arrived while spawning.
-                if shared.fenced.load(Ordering::SeqCst) {
-                    shared.with_child(|h| h.stop(StopReason::Fenced));
-                }
-                let sig = shared.signals.load(Ordering::SeqCst);
-                if sig > 0 {
-                    let last = shared.last_signal.load(Ordering::SeqCst);
-                    shared.with_child(|h| h.stop(StopReason::Signal(last)));
-                }
-                tracing::debug!(pid = child.pid(), "spawned");
-                let done = child.wait(|stream, line| log.line(stream.as_str(), line));
-                tracing::debug!(end = ?done.end, "process tree ended");
-                shared.set_child(None);
-                let (mut outcome, mut code, exit_code, signal) = outcome::from_end(&done.end);
-                end.exit_code = exit_code;
-                end.signal = signal;
-                end.peak_memory_bytes = done.peak_memory_bytes;
-                end.memory_enforcement = Some(done.enforcement.as_str().to_string());
-                // A run whose token moved on before it ended was fenced,
-                // whatever its process tree did when it was stopped: its
-                // commits were refused from that moment.
-                if mode != AcquireMode::TokenOnly
-                    && outcome != Outcome::Fenced
-                    && ctx.store.current_fence(&job.lock)? != Some(record.fence)
-                {
-                    outcome = Outcome::Fenced;
-                    code = crate::exit::TEMPFAIL;
-                }
-                (outcome, code)
-            }
+        match &job.items {
+            None => plain(&a)?,
+            Some(items) => crate::items::run(&a, items)?,
         }
     };
+    // A run whose token moved on before it ended was fenced, whatever its
+    // process tree did when it was stopped: its commits were refused from
+    // that moment.
+    if result.outcome != Outcome::Fenced && a.fence_moved()? {
+        result.outcome = Outcome::Fenced;
+        result.code = crate::exit::TEMPFAIL;
+    }
     let now = clock::now_ms();
-    end.ended_ms = now;
-    end.ended_at = clock::rfc3339(now, &p.tz);
-    end.outcome = outcome.as_str().to_string();
-    log.note(&format!(
+    result.end.ended_ms = now;
+    result.end.ended_at = clock::rfc3339(now, &p.tz);
+    result.end.outcome = result.outcome.as_str().to_string();
+    a.note(&format!(
         "run {} ended: {} (exit code {}) after {}{}",
         record.id,
-        outcome.as_str(),
-        code,
+        result.outcome.as_str(),
+        result.code,
         clock::human_ms(now - record.started_ms),
-        end.peak_memory_bytes
+        result
+            .end
+            .peak_memory_bytes
             .map(|b| format!(", peak memory {}", batchguard_config::format_size(b)))
             .unwrap_or_default()
     ));
-    let tail = log.finish();
-    tracing::debug!(outcome = outcome.as_str(), "attempt recorded in the log");
-    Ok((outcome, code, tail, end))
+    drop(a);
+    let tail = log.into_inner().unwrap_or_else(|p| p.into_inner()).finish();
+    tracing::debug!(
+        outcome = result.outcome.as_str(),
+        "attempt recorded in the log"
+    );
+    Ok((result, tail))
+}
+
+/// A job without items: one process tree.
+fn plain(a: &Attempt<'_>) -> Result<AttemptResult> {
+    let argv = a.render("command", &a.job.command, None)?;
+    a.note(&format!("command: {argv:?}"));
+    let spec = a.spec(
+        &argv,
+        CgroupPlacement::Create {
+            name: a.record.id.clone(),
+        },
+    );
+    let limits = Limits {
+        timeout: a.job.timeout,
+        kill_grace: a.job.kill_grace,
+        memory_max: a.job.memory_max,
+    };
+    spawn_and_wait(a, &argv, spec, limits, "")
+}
+
+/// Spawn one process tree of the run, log its output (each line prefixed
+/// with `prefix`), and turn its end into an attempt result.
+pub(crate) fn spawn_and_wait(
+    a: &Attempt<'_>,
+    argv: &[String],
+    spec: Spec,
+    limits: Limits,
+    prefix: &str,
+) -> Result<AttemptResult> {
+    match supervise::spawn(spec, limits) {
+        Err(e) => Ok(spawn_failed(a, argv, &e)),
+        Ok(child) => wait_child(a, child, prefix),
+    }
+}
+
+/// The attempt result of a command that could not start (127 / 126).
+pub(crate) fn spawn_failed(
+    a: &Attempt<'_>,
+    argv: &[String],
+    e: &supervise::SpawnError,
+) -> AttemptResult {
+    let msg = format!("cannot start `{}` for job `{}`: {e}", argv[0], a.job.name);
+    a.note(&msg);
+    AttemptResult {
+        outcome: Outcome::Failure,
+        code: e.exit_code(),
+        end: RunEnd {
+            error: Some(a.p.redactor.redact(&msg).into_owned()),
+            exit_code: Some(e.exit_code()),
+            ..RunEnd::default()
+        },
+        items_failed: Vec::new(),
+    }
+}
+
+/// Record where a spawned tree lives, wait for it (stoppable through the
+/// run's control), and turn its end into an attempt result.
+pub(crate) fn wait_child(
+    a: &Attempt<'_>,
+    child: supervise::Child,
+    prefix: &str,
+) -> Result<AttemptResult> {
+    let mut end = RunEnd::default();
+    let cgroup = child.cgroup_path().map(|c| c.display().to_string());
+    a.ctx
+        .store
+        .set_run_process(&a.record.id, Some(child.pgid()), cgroup.as_deref())?;
+    let id = a.control.register(child.stop_handle());
+    tracing::debug!(pid = child.pid(), "spawned");
+    let done = child.wait(|stream, line| log_line(a.log, stream.as_str(), prefix, line));
+    a.control.unregister(id);
+    tracing::debug!(end = ?done.end, "process tree ended");
+    let (outcome, code, exit_code, signal) = outcome::from_end(&done.end);
+    end.exit_code = exit_code;
+    end.signal = signal;
+    end.peak_memory_bytes = done.peak_memory_bytes;
+    end.memory_enforcement = Some(done.enforcement.as_str().to_string());
+    Ok(AttemptResult {
+        outcome,
+        code,
+        end,
+        items_failed: Vec::new(),
+    })
+}
+
+pub(crate) fn log_line(log: &Mutex<RunLog>, stream: &str, prefix: &str, line: &[u8]) {
+    let mut log = lock_log(log);
+    if prefix.is_empty() {
+        log.line(stream, line);
+    } else {
+        let mut buf = Vec::with_capacity(prefix.len() + line.len());
+        buf.extend_from_slice(prefix.as_bytes());
+        buf.extend_from_slice(line);
+        log.line(stream, &buf);
+    }
 }
 
 /// Quiet on success; on anything else, one block on stderr that cron mails
@@ -574,10 +699,10 @@ fn report_failure(
     job: &Job,
     p: &Prepared,
     record: &RunRecord,
-    outcome: Outcome,
-    code: i32,
+    result: &AttemptResult,
     tail: &[String],
 ) {
+    let (outcome, code) = (result.outcome, result.code);
     let mut msg = format!(
         "batchguard: job `{}` ended {} (exit code {}) on {}, run {}\n",
         job.name,
@@ -588,6 +713,16 @@ fn report_failure(
     );
     if let Some(path) = &record.log_path {
         msg.push_str(&format!("  log: {path}\n"));
+    }
+    if !result.items_failed.is_empty() {
+        msg.push_str(&format!(
+            "  failed items (first {}): {}\n",
+            result.items_failed.len(),
+            result.items_failed.join(", ")
+        ));
+    }
+    if let Some(e) = &result.end.error {
+        msg.push_str(&format!("  error: {e}\n"));
     }
     if !std::io::stderr().is_terminal() && !tail.is_empty() {
         msg.push_str("  last lines:\n");

@@ -269,7 +269,7 @@ fn allow_draws_tokens_without_a_lock(s: &dyn Store) {
 
 fn finish_records_and_releases(s: &dyn Store) {
     take(s, "run-a", AcquireMode::IfFree, true, None);
-    s.set_run_process("run-a", 4242, Some("/sys/fs/cgroup/x"))
+    s.set_run_process("run-a", Some(4242), Some("/sys/fs/cgroup/x"))
         .unwrap();
     let end = RunEnd {
         ended_at: "2026-11-30T00:00:01.500+00:00".into(),

@@ -276,7 +276,7 @@ pub trait Store: Send + Sync {
         action: &mut dyn FnMut() -> std::io::Result<()>,
     ) -> Result<std::result::Result<bool, std::io::Error>>;
     /// Record where the run's process tree lives.
-    fn set_run_process(&self, run_id: &str, pgid: i32, cgroup: Option<&str>) -> Result<()>;
+    fn set_run_process(&self, run_id: &str, pgid: Option<i32>, cgroup: Option<&str>) -> Result<()>;
     /// Record how a run ended and, with `release = Some((lock, fence))`,
     /// release that lock if the run still holds it (one transaction).
     fn finish_run(&self, run_id: &str, release: Option<(&str, i64)>, end: &RunEnd) -> Result<()>;

@@ -444,7 +444,7 @@ impl Store for SqliteStore {
         Ok(result.map(|()| true))
     }
 
-    fn set_run_process(&self, run_id: &str, pgid: i32, cgroup: Option<&str>) -> Result<()> {
+    fn set_run_process(&self, run_id: &str, pgid: Option<i32>, cgroup: Option<&str>) -> Result<()> {
         self.conn()
             .execute(
                 "UPDATE runs SET pgid = ?2, cgroup = ?3 WHERE id = ?1",

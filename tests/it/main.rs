@@ -4,6 +4,7 @@
 mod harness;
 
 mod config_errors;
+mod items;
 mod locking;
 mod records;
 mod secrets;

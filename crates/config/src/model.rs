@@ -135,7 +135,8 @@ pub struct Job {
     /// The job file (empty for `exec`).
     pub file: PathBuf,
     pub description: Option<String>,
-    /// argv; each element is a template (see [`crate::template`]).
+    /// argv; each element is a template (see [`crate::template`]). Empty
+    /// for a per-item job without one (it runs `items.run` per key).
     pub command: Vec<String>,
     /// Absolute. Default `/`.
     pub workdir: PathBuf,

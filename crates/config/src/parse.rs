@@ -1716,6 +1716,8 @@ pub(crate) fn resolve(pj: PJob, cx: &Ctx<'_>, errs: &mut Vec<Diagnostic>) -> Opt
             }
             Some(c.v.iter().map(|s| s.v.clone()).collect::<Vec<_>>())
         }
+        // Per-item mode runs `items.run` once per key: `command` is optional.
+        None if pj.items.run.is_some() => Some(Vec::new()),
         None => {
             if !pj.bad.contains("command") {
                 errs.push(missing(

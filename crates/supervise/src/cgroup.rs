@@ -202,7 +202,7 @@ fn enable_v2(dir: &Path, required: &str, optional: &[&str]) -> Result<(), CgErro
     Ok(())
 }
 
-fn check_name(name: &str) -> io::Result<()> {
+pub(crate) fn check_name(name: &str) -> io::Result<()> {
     if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -214,11 +214,13 @@ fn check_name(name: &str) -> io::Result<()> {
 
 impl Cgroup {
     /// Create the leaf cgroup `name` and return it with its `cgroup.procs` opened for writing
-    /// (the child writes "0" to it before exec).
+    /// (the child writes "0" to it before exec). `oom_group` (v2 only): on OOM the
+    /// kernel kills every process of the cgroup instead of the largest one.
     pub(crate) fn create(
         kind: Kind,
         name: &str,
         memory_max: Option<u64>,
+        oom_group: bool,
     ) -> Result<(Cgroup, File), CgError> {
         let cg = match kind {
             Kind::V2 => {
@@ -253,7 +255,7 @@ impl Cgroup {
             }
         };
         // From here on, remove the directory again if anything fails.
-        match cg.configure(memory_max) {
+        match cg.configure(memory_max, oom_group) {
             Ok(procs) => Ok((cg, procs)),
             Err(e) => {
                 let _ = fs::remove_dir(&cg.path);
@@ -262,7 +264,7 @@ impl Cgroup {
         }
     }
 
-    fn configure(&self, memory_max: Option<u64>) -> Result<File, CgError> {
+    fn configure(&self, memory_max: Option<u64>, oom_group: bool) -> Result<File, CgError> {
         let p = &self.path;
         if let Some(max) = memory_max {
             match self.kind {
@@ -274,7 +276,7 @@ impl Cgroup {
                     }
                     // Kill the whole group on OOM rather than one random member.
                     let group = p.join("memory.oom.group");
-                    if group.exists() {
+                    if oom_group && group.exists() {
                         write_file(&group, "1")?;
                     }
                 }

@@ -38,6 +38,18 @@
 //!   `memory.peak` / `memory.max_usage_in_bytes` (or sampling `memory.current`).
 //!   Without a cgroup the tree's RSS is sampled every 100 ms and the tree is
 //!   KILLed above the limit.
+//! * Per-item mode: a [`Group`] is one run-level cgroup created once; children
+//!   spawned with [`CgroupPlacement::Join`] write `0` to its `cgroup.procs` before
+//!   exec (no cgroup created or removed per child, no limit of their own). The
+//!   group's limit bounds all of them together. A joined child's own tree (timeout,
+//!   stop, leftovers) is its process group plus tracked descendants, as without a
+//!   cgroup, because the cgroup is shared with its siblings; its outcome is
+//!   [`End::OutOfMemory`] by the heuristic documented on `joined_oom` (group OOM
+//!   counter moved during its run and it died of SIGKILL, or in poll mode a
+//!   [`Group::sample`] breach and death by signal). Without a cgroup the group keeps
+//!   the list of its live members for [`Group::sample`] and [`Group::kill_all`].
+//!   Short children stay cheap: no /proc scan unless they outlive the first tick or
+//!   an orphan was re-parented to us (`tree::only_main_children`).
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fmt;
@@ -59,6 +71,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 mod cgroup;
+mod group;
 mod output;
 pub mod procfs;
 mod sys;
@@ -69,6 +82,7 @@ use output::Msg;
 use sys::{EventFd, RawStatus};
 use tree::Tracker;
 
+pub use group::{Group, GroupHandle};
 pub use output::MAX_LINE;
 
 /// Memory sampling period without a cgroup (and for cgroup v2 without memory.peak).
@@ -123,6 +137,11 @@ pub enum CgroupPlacement {
     Create { name: String },
     #[default]
     None,
+    /// Join the cgroup of a run-level [`Group`] (per-item mode): no cgroup is
+    /// created or removed for this child and `Limits::memory_max` is ignored (the
+    /// group's limit applies). Its own tree — for timeout, stop and leftovers — is
+    /// its process group plus tracked descendants, never the shared cgroup.
+    Join(GroupHandle),
 }
 
 /// An account to run the child as.
@@ -550,8 +569,22 @@ pub fn spawn_with(spec: Spec, limits: Limits, mode: Enforcement) -> Result<Child
         Enforcement::Cgroup1 => Some(Kind::V1),
         _ => None,
     };
+    let joined = match &spec.cgroup {
+        CgroupPlacement::Join(h) => {
+            if h.0.is_closed() {
+                return Err(group::closed_error(&h.0));
+            }
+            Some(h.0.clone())
+        }
+        _ => None,
+    };
+    let mut limits = limits;
+    if joined.is_some() {
+        // The group's limit bounds the child; it has none of its own.
+        limits.memory_max = None;
+    }
     if let (Some(kind), CgroupPlacement::Create { name }) = (kind, &spec.cgroup) {
-        match Cgroup::create(kind, name, limits.memory_max) {
+        match Cgroup::create(kind, name, limits.memory_max, true) {
             Ok(pair) => cg = Some(pair),
             Err(e) => tracing::warn!(
                 path = %e.path.display(),
@@ -560,25 +593,27 @@ pub fn spawn_with(spec: Spec, limits: Limits, mode: Enforcement) -> Result<Child
             ),
         }
     }
-    let effective = match (&cg, mode) {
-        (Some((c, _)), _) => match c.kind {
+    let effective = match (&cg, mode, &joined) {
+        (_, _, Some(g)) => g.mode(),
+        (Some((c, _)), _, _) => match c.kind {
             Kind::V2 => Enforcement::Cgroup2,
             Kind::V1 => Enforcement::Cgroup1,
         },
-        (None, Enforcement::None) => Enforcement::None,
-        (None, _) => Enforcement::Poll,
+        (None, Enforcement::None, _) => Enforcement::None,
+        (None, _, _) => Enforcement::Poll,
     };
+    // Joined children: the group's OOM counters before this child started.
+    let oom_before = joined.as_ref().map_or(0, |g| g.oom_kills());
+    let breaches_before = joined.as_ref().map_or(0, |g| g.breaches());
     if limits.memory_max.is_some() && effective == Enforcement::None {
         tracing::warn!("memory_max set but memory enforcement is 'none': not enforced");
     }
 
-    let result = spawn_process(
-        &spec,
-        &program,
-        &program_name,
-        cwd,
-        cg.as_ref().map(|(c, f)| (c, f)),
-    );
+    let target = match &joined {
+        Some(g) => g.join_target(),
+        None => cg.as_ref().map(|(c, f)| (c, f)),
+    };
+    let result = spawn_process(&spec, &program, &program_name, cwd, target);
     let (mut std_child, done_reader) = match result {
         Ok(v) => v,
         Err(e) => {
@@ -590,10 +625,14 @@ pub fn spawn_with(spec: Spec, limits: Limits, mode: Enforcement) -> Result<Child
     };
     let cgroup = cg.map(|(c, _procs)| c);
     let pid = std_child.id() as i32;
+    if let Some(g) = &joined {
+        g.add_member(pid);
+    }
+    let abort = |e: io::Error| abort_spawn(pid, cgroup.as_ref(), joined.as_deref(), e);
 
     // From here on the child runs: build the supervision state without failing.
-    let wake = Arc::new(EventFd::new().map_err(|e| abort_spawn(pid, cgroup.as_ref(), e))?);
-    let shutdown = Arc::new(EventFd::new().map_err(|e| abort_spawn(pid, cgroup.as_ref(), e))?);
+    let wake = Arc::new(EventFd::new().map_err(abort)?);
+    let shutdown = Arc::new(EventFd::new().map_err(abort)?);
     let pidfd = match sys::pidfd_open(pid) {
         Ok(fd) => Some(fd),
         Err(e) => {
@@ -611,16 +650,11 @@ pub fn spawn_with(spec: Spec, limits: Limits, mode: Enforcement) -> Result<Child
     ];
     for (stream, fd) in pipes {
         let Some(fd) = fd else { continue };
-        if let Ok(meta) = File::from(
-            fd.try_clone()
-                .map_err(|e| abort_spawn(pid, cgroup.as_ref(), e))?,
-        )
-        .metadata()
-        {
+        if let Ok(meta) = File::from(fd.try_clone().map_err(abort)?).metadata() {
             pipe_inodes.push(meta.ino());
         }
-        let handle = output::start(stream, fd, tx.clone(), wake.clone(), shutdown.clone())
-            .map_err(|e| abort_spawn(pid, cgroup.as_ref(), e))?;
+        let handle =
+            output::start(stream, fd, tx.clone(), wake.clone(), shutdown.clone()).map_err(abort)?;
         readers.push(handle);
         open_streams += 1;
     }
@@ -629,10 +663,10 @@ pub fn spawn_with(spec: Spec, limits: Limits, mode: Enforcement) -> Result<Child
     let stdin = std_child.stdin.take();
     drop(std_child); // does not wait or kill; we own the pid from now on.
 
-    let memory_enforcement = if limits.memory_max.is_some() {
-        effective
-    } else {
-        Enforcement::None
+    let memory_enforcement = match &joined {
+        Some(g) => g.enforcement(),
+        None if limits.memory_max.is_some() => effective,
+        None => Enforcement::None,
     };
     let tracker = cgroup
         .is_none()
@@ -659,6 +693,9 @@ pub fn spawn_with(spec: Spec, limits: Limits, mode: Enforcement) -> Result<Child
         readers,
         open_streams,
         tracker,
+        group: joined,
+        oom_before,
+        breaches_before,
         main_exited: false,
         peak: None,
         finished: false,
@@ -666,12 +703,21 @@ pub fn spawn_with(spec: Spec, limits: Limits, mode: Enforcement) -> Result<Child
 }
 
 /// Cleanup when the child is running but its supervision could not be set up.
-fn abort_spawn(pid: i32, cgroup: Option<&Cgroup>, e: io::Error) -> SpawnError {
+/// A joined child's shared group cgroup is left alone (siblings live there).
+fn abort_spawn(
+    pid: i32,
+    cgroup: Option<&Cgroup>,
+    group: Option<&group::GroupInner>,
+    e: io::Error,
+) -> SpawnError {
     if let Some(c) = cgroup {
         c.signal_all(Signal::SIGKILL);
     }
     sys::killpg(pid, Signal::SIGKILL);
     sys::kill(pid, Signal::SIGKILL);
+    if let Some(g) = group {
+        g.remove_member(pid);
+    }
     let _ = sys::reap_blocking(pid);
     tree::registry().remove(&pid);
     if let Some(c) = cgroup {
@@ -850,6 +896,11 @@ pub struct Child {
     readers: Vec<JoinHandle<()>>,
     open_streams: usize,
     tracker: Option<Tracker>,
+    /// The run-level group this child joined (CgroupPlacement::Join).
+    group: Option<Arc<group::GroupInner>>,
+    /// The group's kernel oom_kill counter / poll-mode breach count at spawn.
+    oom_before: u64,
+    breaches_before: u64,
     /// Set by `wait` once the main process has exited.
     main_exited: bool,
     peak: Option<u64>,
@@ -866,8 +917,12 @@ impl Child {
         self.pid
     }
 
+    /// The child's own cgroup, or for a joined child the group's (shared) cgroup.
     pub fn cgroup_path(&self) -> Option<&Path> {
-        self.cgroup.as_ref().map(|c| c.path.as_path())
+        match &self.group {
+            Some(g) => g.path(),
+            None => self.cgroup.as_ref().map(|c| c.path.as_path()),
+        }
     }
 
     /// Enforcement actually used for the memory limit (`None` when no memory_max).
@@ -1124,6 +1179,10 @@ impl Child {
         }
 
         // The tree is gone: collect the verdict, reap, clean up.
+        if let Some(g) = &self.group {
+            // Before the reap: the zombie still reserves the process group id.
+            g.remove_member(self.pid);
+        }
         let final_status = match sys::reap_blocking(self.pid) {
             Ok(Some(s)) => Some(s),
             _ => status,
@@ -1145,13 +1204,17 @@ impl Child {
         tree::reap_orphans();
         self.finished = true;
 
+        let group_oom = self
+            .group
+            .as_ref()
+            .is_some_and(|g| joined_oom(g, self.oom_before, self.breaches_before, final_status));
         let end = match cause {
             Some(Cause::Timeout) => End::TimedOut,
             Some(Cause::Memory) => End::OutOfMemory,
             Some(Cause::Stop(r)) => End::Stopped(r),
             None => match final_status {
                 Some(RawStatus::Exited(0)) => End::Exited(0),
-                _ if oom_kills > 0 => End::OutOfMemory,
+                _ if oom_kills > 0 || group_oom => End::OutOfMemory,
                 Some(RawStatus::Exited(c)) => End::Exited(c),
                 Some(RawStatus::Signaled(s)) => End::Signaled(s),
                 None => End::Signaled(0),
@@ -1241,12 +1304,38 @@ impl Drop for Child {
             std::thread::sleep(TEARDOWN_TICK);
             self.signal_tree(Signal::SIGKILL, false);
         }
+        if let Some(g) = &self.group {
+            g.remove_member(self.pid);
+        }
         let _ = sys::reap_blocking(self.pid);
         tree::registry().remove(&self.pid);
         self.shutdown.signal();
         if let Some(c) = &self.cgroup {
             let _ = c.remove();
         }
+    }
+}
+
+/// Whether a joined child died of the group's memory limit. The group's cgroup is
+/// shared, so its counters cannot name the victim; the rule is a heuristic:
+///
+/// * cgroup modes: the group's kernel `oom_kill` counter increased while this child
+///   ran AND the child died of SIGKILL (what the OOM killer sends). A sibling's OOM
+///   kill during the run plus a SIGKILL from elsewhere would also match.
+/// * poll mode: a [`Group::sample`] found the group above its limit while this
+///   child ran AND the child died of any signal (the caller's [`Group::kill_all`]
+///   sends TERM first). A child that catches TERM and exits keeps its exit code.
+fn joined_oom(
+    g: &group::GroupInner,
+    oom_before: u64,
+    breaches_before: u64,
+    status: Option<RawStatus>,
+) -> bool {
+    match status {
+        Some(RawStatus::Signaled(sig)) => {
+            (sig == libc::SIGKILL && g.oom_kills() > oom_before) || g.breaches() > breaches_before
+        }
+        _ => false,
     }
 }
 

@@ -32,6 +32,14 @@ pub(crate) fn reap_orphans() {
 
 /// Whether every child of this process is a registered main child (so no
 /// orphaned descendant of any job has been re-parented to us).
+///
+/// With several children supervised in parallel (from different threads) the
+/// registered main children of the OTHER runs are fine: they are not leftovers of
+/// the caller's tree. Any unregistered child, an orphan of whichever tree,
+/// answers false and so forces the caller's full scan (it cannot tell whose
+/// orphan it is without one). The registry lock is held while the children are
+/// listed, and spawning holds it across fork + registration, so a child that is
+/// being forked is never mistaken for an orphan.
 pub(crate) fn only_main_children() -> bool {
     let reg = registry();
     procfs::own_children().iter().all(|pid| reg.contains(pid))
@@ -63,42 +71,63 @@ impl Tracker {
     /// Current live (non-zombie) members of the tree. `deep` also looks for
     /// holders of our output pipes (expensive: reads every process's fd table).
     pub(crate) fn scan(&mut self, deep: bool) -> Vec<i32> {
-        let me = std::process::id() as i32;
-        let all = procfs::all_stats();
-        let by_pid: HashMap<i32, Stat> = all.iter().map(|s| (s.pid, *s)).collect();
-        let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
-        for s in &all {
-            children.entry(s.ppid).or_default().push(s.pid);
-        }
-        let mut seeds: Vec<i32> = vec![self.main];
-        seeds.extend(all.iter().filter(|s| s.pgrp == self.pgid).map(|s| s.pid));
-        seeds.extend(
-            self.known
-                .iter()
-                .filter(|(pid, st)| by_pid.get(pid).is_some_and(|s| s.start_time == **st))
-                .map(|(pid, _)| *pid),
-        );
-        if deep {
-            seeds.extend(procfs::pipe_holders(&self.pipe_inodes));
-        }
-        let mut members: BTreeSet<i32> = BTreeSet::new();
-        while let Some(pid) = seeds.pop() {
-            if pid == me || pid <= 1 || !by_pid.contains_key(&pid) || !members.insert(pid) {
-                continue;
-            }
-            if let Some(kids) = children.get(&pid) {
-                seeds.extend(kids.iter().copied());
-            }
-        }
-        self.known = members
-            .iter()
-            .filter_map(|p| by_pid.get(p).map(|s| (*p, s.start_time)))
-            .collect();
-        members
-            .into_iter()
-            .filter(|p| by_pid.get(p).is_some_and(|s| s.is_live()))
-            .collect()
+        let extra = if deep {
+            procfs::pipe_holders(&self.pipe_inodes)
+        } else {
+            Vec::new()
+        };
+        scan_trees(&[(self.main, self.pgid)], &mut self.known, extra)
     }
+}
+
+/// Live (non-zombie) members of the trees rooted at `roots` (main pid, process
+/// group id): the mains, their process groups, every process in `known` that still
+/// has the recorded start time, the `extra` pids, and all their descendants by ppid
+/// links, from one snapshot of the process table. `known` is replaced by every
+/// member found (zombies included), so a descendant that called setsid and then
+/// lost its parent is still recognised on the next scan.
+pub(crate) fn scan_trees(
+    roots: &[(i32, i32)],
+    known: &mut HashMap<i32, u64>,
+    extra: Vec<i32>,
+) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let all = procfs::all_stats();
+    let by_pid: HashMap<i32, Stat> = all.iter().map(|s| (s.pid, *s)).collect();
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    for s in &all {
+        children.entry(s.ppid).or_default().push(s.pid);
+    }
+    let mut seeds: Vec<i32> = roots.iter().map(|&(main, _)| main).collect();
+    seeds.extend(
+        all.iter()
+            .filter(|s| roots.iter().any(|&(_, pgid)| s.pgrp == pgid))
+            .map(|s| s.pid),
+    );
+    seeds.extend(
+        known
+            .iter()
+            .filter(|(pid, st)| by_pid.get(pid).is_some_and(|s| s.start_time == **st))
+            .map(|(pid, _)| *pid),
+    );
+    seeds.extend(extra);
+    let mut members: BTreeSet<i32> = BTreeSet::new();
+    while let Some(pid) = seeds.pop() {
+        if pid == me || pid <= 1 || !by_pid.contains_key(&pid) || !members.insert(pid) {
+            continue;
+        }
+        if let Some(kids) = children.get(&pid) {
+            seeds.extend(kids.iter().copied());
+        }
+    }
+    *known = members
+        .iter()
+        .filter_map(|p| by_pid.get(p).map(|s| (*p, s.start_time)))
+        .collect();
+    members
+        .into_iter()
+        .filter(|p| by_pid.get(p).is_some_and(|s| s.is_live()))
+        .collect()
 }
 
 /// Live processes of a group (leftover cleanup, no tracker state available).
@@ -112,4 +141,34 @@ pub(crate) fn live_in_group(pgid: i32) -> Vec<i32> {
         .filter(|s| s.pgrp == pgid && s.pid != me && s.is_live())
         .map(|s| s.pid)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// Registered main children (of any thread) keep the fast path; any
+    /// unregistered child (an orphan of some tree) forces the scan.
+    #[test]
+    fn only_main_children_with_parallel_children() {
+        let spawn_sleep = || Command::new("sleep").arg("5").spawn().expect("sleep");
+        let mut a = spawn_sleep();
+        let mut b = std::thread::spawn(spawn_sleep).join().expect("thread");
+        {
+            let mut reg = registry();
+            reg.insert(a.id() as i32);
+            reg.insert(b.id() as i32);
+        }
+        assert!(only_main_children());
+        let mut stray = spawn_sleep();
+        assert!(!only_main_children());
+        for c in [&mut a, &mut b, &mut stray] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let mut reg = registry();
+        reg.remove(&(a.id() as i32));
+        reg.remove(&(b.id() as i32));
+    }
 }
