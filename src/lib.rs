@@ -19,6 +19,7 @@ pub mod exit;
 pub mod host;
 pub mod items;
 pub mod logs;
+pub mod notify;
 pub mod outcome;
 pub mod publish;
 pub mod redact;

@@ -109,6 +109,11 @@ enum Command {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// Notifications: deliver what the outbox holds, or test a job's channels.
+    Notify {
+        #[command(subcommand)]
+        action: NotifyAction,
+    },
     /// A run's log.
     Logs {
         run_id: String,
@@ -116,6 +121,14 @@ enum Command {
         #[arg(long, short)]
         follow: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum NotifyAction {
+    /// Deliver every undelivered notification that is due.
+    Flush,
+    /// Send a test notification through each of the job's channels.
+    Test { job: String },
 }
 
 fn parse_param(s: &str) -> std::result::Result<(String, String), String> {
@@ -271,20 +284,20 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let global = config::load_global(&dir)?;
             let jobs = load_jobs_leniently(&dir, &global);
             let ctx = context(&cli, global)?;
-            runner::reap_lost(&ctx)?;
+            runner::reap_lost(&ctx, &|name| load_job(&dir, name, &ctx.global).ok())?;
             render::status(&ctx, &jobs, *format)
         }
         Command::Runs { job, limit, format } => {
             let global = config::load_global(&dir).unwrap_or_default();
             let ctx = context(&cli, global)?;
-            runner::reap_lost(&ctx)?;
+            runner::reap_lost(&ctx, &|name| load_job(&dir, name, &ctx.global).ok())?;
             let runs = ctx.store.list_runs(Some(job), *limit)?;
             render::runs(&runs, *format)
         }
         Command::Show { run_id, format } => {
             let global = config::load_global(&dir).unwrap_or_default();
             let ctx = context(&cli, global)?;
-            runner::reap_lost(&ctx)?;
+            runner::reap_lost(&ctx, &|name| load_job(&dir, name, &ctx.global).ok())?;
             let run = ctx
                 .store
                 .get_run(run_id)?
@@ -321,6 +334,33 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 _ => Err(Error::Usage(
                     "usage: batchguard ledger JOB | ledger reset JOB --scope S".into(),
                 )),
+            }
+        }
+        Command::Notify { action } => {
+            let global = config::load_global(&dir)?;
+            let ctx = context(&cli, global)?;
+            match action {
+                NotifyAction::Flush => {
+                    let r = crate::notify::flush(
+                        ctx.store.as_ref(),
+                        &ctx.global,
+                        std::time::Duration::from_secs(300),
+                        true,
+                    );
+                    println!(
+                        "delivered {}, failed {}, still pending {}",
+                        r.delivered, r.failed, r.pending
+                    );
+                    Ok(if r.failed > 0 {
+                        exit::FAILURE
+                    } else {
+                        exit::OK
+                    })
+                }
+                NotifyAction::Test { job } => {
+                    let job = load_job(&dir, job, &ctx.global)?;
+                    Ok(crate::runner::notify_test(&ctx, &job))
+                }
             }
         }
         Command::Logs { run_id, follow } => {

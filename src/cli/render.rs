@@ -234,7 +234,7 @@ pub fn logs(ctx: &Context, run_id: &str, follow: bool) -> Result<i32> {
         if !follow {
             return Ok(exit::OK);
         }
-        crate::runner::reap_lost(ctx)?;
+        crate::runner::reap_lost(ctx, &|_| None)?;
         let running = ctx
             .store
             .get_run(run_id)?

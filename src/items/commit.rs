@@ -5,6 +5,7 @@
 //! So the ledger is never the bottleneck, and a crash loses at most the
 //! updates of the batch being gathered (their keys are re-done, never lost).
 
+use super::keys::Keys;
 use crate::runner::{Control, Stop};
 use crate::store::{Committer, ItemState, LedgerUpdate, Store};
 use std::sync::Mutex;
@@ -28,24 +29,50 @@ pub struct Stats {
     pub error: Mutex<Option<String>>,
 }
 
-pub fn channel() -> (SyncSender<LedgerUpdate>, Receiver<LedgerUpdate>) {
+/// A key's change, sent to the committer: the key by its index.
+#[derive(Debug)]
+pub struct Msg {
+    pub idx: u32,
+    pub state: ItemState,
+    pub error: Option<String>,
+}
+
+impl Msg {
+    pub fn new(idx: u32, state: ItemState) -> Msg {
+        Msg {
+            idx,
+            state,
+            error: None,
+        }
+    }
+}
+
+pub type Sender = SyncSender<Msg>;
+
+pub fn channel() -> (Sender, Receiver<Msg>) {
     sync_channel(MAX_BATCH)
 }
 
 /// Run the committer until every sender is gone.
 pub fn run(
     store: &dyn Store,
+    keys: &Keys,
     scope_id: i64,
     who: Committer<'_>,
-    rx: Receiver<LedgerUpdate>,
+    rx: Receiver<Msg>,
     stats: &Stats,
     control: &Control,
 ) {
-    let mut batch: Vec<LedgerUpdate> = Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<Msg> = Vec::with_capacity(MAX_BATCH);
+    let mut busy = Duration::ZERO;
+    let mut batches = 0u64;
     loop {
         let first = match rx.recv() {
             Ok(u) => u,
-            Err(_) => return,
+            Err(_) => {
+                tracing::debug!(batches, busy = ?busy, "committer done");
+                return;
+            }
         };
         batch.push(first);
         let deadline = Instant::now() + MAX_DELAY;
@@ -61,10 +88,24 @@ pub fn run(
             }
         }
         if !stats.refused.load(Ordering::SeqCst) && stats.error.lock().is_ok_and(|e| e.is_none()) {
-            commit(store, scope_id, who, &batch, stats, control);
+            // Sorted by key: neighbouring rows land on the same B-tree pages.
+            let mut updates: Vec<LedgerUpdate<'_>> = batch
+                .iter()
+                .map(|m| LedgerUpdate {
+                    key: keys.get(m.idx as usize),
+                    state: m.state,
+                    error: m.error.as_deref(),
+                })
+                .collect();
+            updates.sort_by(|a, b| a.key.cmp(b.key));
+            let t = Instant::now();
+            commit(store, scope_id, who, &updates, stats, control);
+            busy += t.elapsed();
+            batches += 1;
         }
         batch.clear();
         if !open {
+            tracing::debug!(batches, busy = ?busy, "committer done");
             return;
         }
     }
@@ -74,7 +115,7 @@ fn commit(
     store: &dyn Store,
     scope_id: i64,
     who: Committer<'_>,
-    batch: &[LedgerUpdate],
+    batch: &[LedgerUpdate<'_>],
     stats: &Stats,
     control: &Control,
 ) {

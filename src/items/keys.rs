@@ -6,8 +6,12 @@
 //! Windows). An empty line is an error like any other bad key: a source that
 //! prints blank lines is broken, and guessing would hide it. A final line
 //! without `\n` is a key.
+//!
+//! Keys live in one string buffer with a hash table of their indexes, so a
+//! million keys cost three allocations, not three million.
 
-use std::collections::HashMap;
+use hashbrown::{DefaultHashBuilder, HashTable};
+use std::hash::BuildHasher;
 
 pub const MAX_KEY_BYTES: usize = 1024;
 
@@ -20,33 +24,72 @@ pub struct KeyError {
 }
 
 /// Validated, de-duplicated keys in first-seen order.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Keys {
-    keys: Vec<Box<str>>,
+    buf: String,
+    spans: Vec<(u32, u32)>,
+    table: HashTable<u32>,
+    hasher: DefaultHashBuilder,
     /// Lines read, duplicates included.
     pub lines: usize,
 }
 
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys")
+            .field("keys", &self.spans.len())
+            .field("lines", &self.lines)
+            .finish()
+    }
+}
+
+fn span_str<'a>(buf: &'a str, spans: &[(u32, u32)], i: u32) -> &'a str {
+    let (start, len) = spans[i as usize];
+    &buf[start as usize..(start + len) as usize]
+}
+
 impl Keys {
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.spans.len()
     }
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.spans.is_empty()
     }
     pub fn get(&self, i: usize) -> &str {
-        &self.keys[i]
+        span_str(&self.buf, &self.spans, i as u32)
     }
     pub fn iter(&self) -> impl Iterator<Item = &str> {
-        self.keys.iter().map(|k| &**k)
+        (0..self.spans.len() as u32).map(|i| span_str(&self.buf, &self.spans, i))
     }
-    /// Map from key to its index (borrowing the keys).
-    pub fn index(&self) -> HashMap<&str, u32> {
-        let mut map = HashMap::with_capacity(self.keys.len());
-        for (i, k) in self.keys.iter().enumerate() {
-            map.insert(&**k, i as u32);
+    /// The index of `key`, if it is one of the keys.
+    pub fn find(&self, key: &str) -> Option<u32> {
+        let hash = self.hasher.hash_one(key);
+        self.table
+            .find(hash, |&i| span_str(&self.buf, &self.spans, i) == key)
+            .copied()
+    }
+
+    /// Add a validated key; `false` if it was already there.
+    fn insert(&mut self, key: &str) -> bool {
+        let hash = self.hasher.hash_one(key);
+        let Keys {
+            buf,
+            spans,
+            table,
+            hasher,
+            ..
+        } = self;
+        if table
+            .find(hash, |&i| span_str(buf, spans, i) == key)
+            .is_some()
+        {
+            return false;
         }
-        map
+        let idx = spans.len() as u32;
+        spans.push((buf.len() as u32, key.len() as u32));
+        buf.push_str(key);
+        table.insert_unique(hash, idx, |&i| hasher.hash_one(span_str(buf, spans, i)));
+        true
     }
 }
 
@@ -63,7 +106,7 @@ pub fn check_line(raw: &[u8], line: usize) -> Result<&str, KeyError> {
             raw.len()
         )));
     }
-    if let Some(pos) = raw.iter().position(|&b| b == 0) {
+    if let Some(pos) = memchr0(raw) {
         return Err(err(format!("key contains a NUL byte at byte {}", pos + 1)));
     }
     std::str::from_utf8(raw).map_err(|e| {
@@ -74,11 +117,14 @@ pub fn check_line(raw: &[u8], line: usize) -> Result<&str, KeyError> {
     })
 }
 
+fn memchr0(raw: &[u8]) -> Option<usize> {
+    raw.iter().position(|&b| b == 0)
+}
+
 /// Collects lines into [`Keys`], stopping at the first bad one.
 #[derive(Default)]
 pub struct KeyCollector {
     keys: Keys,
-    seen: std::collections::HashSet<Box<str>>,
     error: Option<KeyError>,
 }
 
@@ -90,11 +136,7 @@ impl KeyCollector {
         self.keys.lines += 1;
         match check_line(raw, self.keys.lines) {
             Ok(key) => {
-                if !self.seen.contains(key) {
-                    let boxed: Box<str> = key.into();
-                    self.seen.insert(boxed.clone());
-                    self.keys.keys.push(boxed);
-                }
+                self.keys.insert(key);
             }
             Err(e) => self.error = Some(e),
         }
@@ -132,6 +174,8 @@ mod tests {
         let k = parse(b"b\na\nb\r\nc").unwrap();
         assert_eq!(k.iter().collect::<Vec<_>>(), ["b", "a", "c"]);
         assert_eq!(k.lines, 4);
+        assert_eq!(k.find("a"), Some(1));
+        assert_eq!(k.find("zz"), None);
         assert!(parse(b"").unwrap().is_empty());
     }
 
@@ -145,5 +189,16 @@ mod tests {
         assert!(parse(b"a\0b").unwrap_err().reason.contains("NUL"));
         assert!(parse(b"ok\n\xff\xfe").unwrap_err().reason.contains("UTF-8"));
         assert!(parse(&vec![b'x'; 1024]).is_ok());
+    }
+
+    #[test]
+    fn many_keys_round_trip() {
+        let text: String = (0..10_000).map(|i| format!("k{i}\n")).collect();
+        let k = parse(text.as_bytes()).unwrap();
+        assert_eq!(k.len(), 10_000);
+        for i in (0..10_000).step_by(997) {
+            assert_eq!(k.find(&format!("k{i}")), Some(i as u32));
+            assert_eq!(k.get(i), format!("k{i}"));
+        }
     }
 }

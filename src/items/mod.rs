@@ -45,11 +45,10 @@ impl Plan {
         // 0 = pending, 1 = done, 2 = dead
         let mut class = vec![0u8; keys.len()];
         {
-            let index = keys.index();
             a.ctx
                 .store
                 .ledger_scan(scope_id, &mut |key, state, attempts| {
-                    if let Some(&i) = index.get(key) {
+                    if let Some(i) = keys.find(key) {
                         class[i as usize] = match state {
                             ItemState::Done => 1,
                             ItemState::Failed if attempts >= max_attempts => 2,
@@ -179,12 +178,14 @@ pub(crate) fn run(a: &Attempt<'_>, items: &Items) -> Result<AttemptResult> {
         Ok(keys) => keys,
         Err(result) => return Ok(result),
     };
+    tracing::debug!(keys = keys.len(), "keys read and validated");
     let scope = a.p.scope.as_deref().unwrap_or("");
     let store = a.ctx.store.as_ref();
     let scope_id = store
         .ledger_scope(&a.job.name, scope, true)?
         .ok_or_else(|| crate::error::Error::Usage("ledger scope vanished".into()))?;
     let plan = Plan::new(&keys, a, scope_id, items.max_attempts)?;
+    tracing::debug!(pending = plan.pending.len(), "plan ready");
     a.note(&format!(
         "items: {} keys ({} lines) from the source, scope {scope:?}: {} already done, {} failed for good, {} to process",
         keys.len(),
@@ -203,15 +204,17 @@ pub(crate) fn run(a: &Attempt<'_>, items: &Items) -> Result<AttemptResult> {
     let finished = AtomicBool::new(false);
     let (tx, rx) = commit::channel();
     let mut result = std::thread::scope(|s| {
-        s.spawn(|| commit::run(store, scope_id, who, rx, &stats, a.control));
+        s.spawn(|| commit::run(store, &keys, scope_id, who, rx, &stats, a.control));
         s.spawn(|| progress::run(plan.pending.len() as u64, &stats, &finished, &|l| a.note(l)));
         let r = match items.mode {
             ItemsMode::Stream => stream::run(a, &keys, &plan.pending, tx, &failed),
             ItemsMode::PerItem => per_item::run(a, items, &keys, &plan.pending, tx, &failed),
         };
         finished.store(true, Ordering::SeqCst);
+        tracing::debug!("items processed; waiting for the last commits");
         r
     })?;
+    tracing::debug!("all commits done");
 
     // Every update is committed (the committer ended when the senders did).
     let done = stats.done.load(Ordering::SeqCst);

@@ -5,16 +5,17 @@
 //! cgroup, so `memory_max` bounds the whole run and an OOM kill anywhere is
 //! seen; the run-level `timeout` stops everything, `item_timeout` one item.
 
+use super::commit::{Msg, Sender};
 use super::{FailedList, Keys};
 use crate::error::Result;
 use crate::outcome::Outcome;
 use crate::runner::{Attempt, AttemptResult, Stop, log_line};
-use crate::store::{ItemState, LedgerUpdate, RunEnd};
+use crate::store::{ItemState, RunEnd};
 use batchguard_config::Items;
 use batchguard_supervise::{self as supervise, CgroupPlacement, End, Group, Limits};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, SyncSender};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Starts spaced evenly at `per_second`: never more than that many starts in
@@ -47,7 +48,7 @@ pub(super) fn run(
     items: &Items,
     keys: &Keys,
     pending: &[u32],
-    tx: SyncSender<LedgerUpdate>,
+    tx: Sender,
     failed: &FailedList,
 ) -> Result<AttemptResult> {
     let mode = supervise::detect();
@@ -81,7 +82,7 @@ pub(super) fn run(
                         break;
                     }
                     let key = keys.get(k as usize);
-                    if let Some(update) = one_item(a, items, group, run_argv, key, &tx) {
+                    if let Some(update) = one_item(a, items, group, run_argv, k, key, &tx, mode) {
                         if update.state == ItemState::Failed {
                             failed.push(key);
                         }
@@ -139,19 +140,17 @@ fn one_item(
     items: &Items,
     group: &Group,
     run_argv: &[String],
+    idx: u32,
     key: &str,
-    tx: &SyncSender<LedgerUpdate>,
-) -> Option<LedgerUpdate> {
-    let failed = |error: String| LedgerUpdate {
-        key: key.to_string(),
+    tx: &Sender,
+    group_mode: supervise::Enforcement,
+) -> Option<Msg> {
+    let failed = |error: String| Msg {
+        idx,
         state: ItemState::Failed,
         error: Some(a.p.redactor.redact(&error).into_owned()),
     };
-    let _ = tx.send(LedgerUpdate {
-        key: key.to_string(),
-        state: ItemState::InFlight,
-        error: None,
-    });
+    let _ = tx.send(Msg::new(idx, ItemState::InFlight));
     let argv = match a.render("items.run", run_argv, Some(key)) {
         Ok(argv) => argv,
         Err(e) => return Some(failed(e.to_string())),
@@ -163,7 +162,7 @@ fn one_item(
         kill_grace: a.job.kill_grace,
         memory_max: None,
     };
-    let child = match supervise::spawn(spec, limits) {
+    let child = match supervise::spawn_with(spec, limits, group_mode) {
         Ok(c) => c,
         Err(e) => {
             let msg = format!("cannot start `{}`: {e}", argv[0]);
@@ -187,13 +186,7 @@ fn one_item(
         return None;
     }
     let why = match done.end {
-        End::Exited(0) => {
-            return Some(LedgerUpdate {
-                key: key.to_string(),
-                state: ItemState::Done,
-                error: None,
-            });
-        }
+        End::Exited(0) => return Some(Msg::new(idx, ItemState::Done)),
         End::Stopped(_) => return None,
         End::Exited(code) => format!("exit code {code}"),
         End::Signaled(sig) => format!("killed by signal {sig}"),

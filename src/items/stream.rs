@@ -6,14 +6,14 @@
 //! exits 0, keys it never reported are failed; when it fails, they stay
 //! pending for the next run.
 
+use super::commit::{Msg, Sender};
 use super::{FailedList, Keys};
 use crate::error::Result;
 use crate::outcome::Outcome;
 use crate::runner::{Attempt, AttemptResult, spawn_failed, wait_child};
-use crate::store::{ItemState, LedgerUpdate};
+use crate::store::ItemState;
 use batchguard_supervise::{self as supervise, CgroupPlacement, Limits, StdinMode};
 use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::sync::mpsc::SyncSender;
 
 /// The descriptor number the job writes finished keys to.
 pub const DONE_FD: i32 = 3;
@@ -22,7 +22,7 @@ pub(super) fn run(
     a: &Attempt<'_>,
     keys: &Keys,
     pending: &[u32],
-    tx: SyncSender<LedgerUpdate>,
+    tx: Sender,
     failed: &FailedList,
 ) -> Result<AttemptResult> {
     let argv = a.render("command", &a.job.command, None)?;
@@ -53,7 +53,6 @@ pub(super) fn run(
     for &i in pending {
         state[i as usize] = 1;
     }
-    let index = keys.index();
     let reader_tx = tx.clone();
     let (result, state) = std::thread::scope(|s| {
         s.spawn(move || {
@@ -83,16 +82,11 @@ pub(super) fn run(
                     }
                     let raw = line.strip_suffix(b"\n").unwrap_or(&line);
                     let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-                    let hit = std::str::from_utf8(raw).ok().and_then(|k| index.get(k));
+                    let hit = std::str::from_utf8(raw).ok().and_then(|k| keys.find(k));
                     match hit {
-                        Some(&i) if state[i as usize] == 1 => {
+                        Some(i) if state[i as usize] == 1 => {
                             state[i as usize] = 2;
-                            let update = LedgerUpdate {
-                                key: keys.get(i as usize).to_string(),
-                                state: ItemState::Done,
-                                error: None,
-                            };
-                            if reader_tx.send(update).is_err() {
+                            if reader_tx.send(Msg::new(i, ItemState::Done)).is_err() {
                                 break;
                             }
                         }
@@ -119,8 +113,8 @@ pub(super) fn run(
                 unreported += 1;
                 let key = keys.get(i as usize);
                 failed.push(key);
-                let _ = tx.send(LedgerUpdate {
-                    key: key.to_string(),
+                let _ = tx.send(Msg {
+                    idx: i,
                     state: ItemState::Failed,
                     error: Some("the job exited 0 without reporting this key done".into()),
                 });

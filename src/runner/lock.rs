@@ -25,6 +25,7 @@ pub fn take(
     run: &RunRecord,
     mode: AcquireMode,
     kill_grace: Duration,
+    on_lost: &dyn Fn(&str),
 ) -> Result<Taken> {
     let lease_ms = ctx.global.lease.as_millis() as i64;
     let mut cleaned = None;
@@ -50,7 +51,7 @@ pub fn take(
             }
             LockAttempt::Held(h) => return Ok(Taken::Held(h)),
             LockAttempt::Stale(h) => {
-                if !clean_stale(ctx, &h, kill_grace)? {
+                if !clean_stale(ctx, &h, kill_grace, on_lost)? {
                     return Ok(Taken::Held(h));
                 }
                 cleaned = Some(h.fence);
@@ -66,7 +67,7 @@ pub fn take(
 /// The holder's runner is dead. Stop whatever it left running (only
 /// reachable on this machine), then record its run as lost. Returns false if
 /// its processes survive, in which case the lock stays held.
-fn clean_stale(ctx: &Context, h: &Holder, grace: Duration) -> Result<bool> {
+fn clean_stale(ctx: &Context, h: &Holder, grace: Duration, on_lost: &dyn Fn(&str)) -> Result<bool> {
     if host::same_machine(&ctx.me, &h.runner) {
         let cgroup = h.cgroup.as_deref().map(Path::new);
         let pgid = tree_group(h);
@@ -75,10 +76,11 @@ fn clean_stale(ctx: &Context, h: &Holder, grace: Duration) -> Result<bool> {
                 run = %h.run_id, lock = %h.lock,
                 "the runner of run {} died and left processes behind; stopping them", h.run_id
             );
-            supervise::kill_leftovers(cgroup, pgid, grace);
-            if supervise::tree_alive(cgroup, pgid) {
-                return Ok(false);
-            }
+        }
+        // Also removes the dead run's (possibly empty) cgroup.
+        supervise::kill_leftovers(cgroup, pgid, grace);
+        if supervise::tree_alive(cgroup, pgid) {
+            return Ok(false);
         }
     }
     let now = clock::now_ms();
@@ -88,6 +90,7 @@ fn clean_stale(ctx: &Context, h: &Holder, grace: Duration) -> Result<bool> {
         .mark_lost(&h.run_id, &clock::rfc3339(now, &tz), now)?
     {
         tracing::warn!(run = %h.run_id, "recorded run {} as lost", h.run_id);
+        on_lost(&h.run_id);
     }
     Ok(true)
 }

@@ -10,6 +10,7 @@
 
 mod control;
 mod lock;
+mod notice;
 
 pub(crate) use control::{Control, Stop};
 
@@ -237,7 +238,16 @@ pub fn run(ctx: &Context, job: &Job, req: &Request) -> Result<Report> {
     let mode = acquire_mode(job.concurrency);
     let run_id = new_run_id();
     let first = base_record(ctx, job, &p, &run_id, 1);
-    let fence = match lock::take(ctx, &first, mode, job.kill_grace)? {
+    let on_lost = |run_id: &str| match ctx.store.get_run(run_id) {
+        Ok(Some(lost)) if lost.job == job.name => notice::lost(ctx, job, &p, &lost),
+        Ok(Some(lost)) => tracing::warn!(
+            "run {run_id} of job {} sharing lock `{}` was lost; notify from that job's own runs",
+            lost.job,
+            job.lock
+        ),
+        _ => {}
+    };
+    let fence = match lock::take(ctx, &first, mode, job.kill_grace, &on_lost)? {
         lock::Taken::Fence(f) => f,
         lock::Taken::Held(h) => {
             let mut skipped = first;
@@ -250,6 +260,11 @@ pub fn run(ctx: &Context, job: &Job, req: &Request) -> Result<Report> {
                 h.lock, h.run_id, h.runner.pid, h.runner.host, h.fence
             ));
             ctx.store.insert_run(&skipped)?;
+            let end = RunEnd {
+                ended_ms: skipped.started_ms,
+                ..RunEnd::default()
+            };
+            notice::run_ended(ctx, job, &p, &skipped, Outcome::Skipped, &end, &[], &[]);
             if std::io::stderr().is_terminal() {
                 eprintln!(
                     "batchguard: job `{}` skipped: {}",
@@ -282,7 +297,8 @@ pub fn run(ctx: &Context, job: &Job, req: &Request) -> Result<Report> {
                 let _ = sig_tx.send(sig);
             }
         });
-        s.spawn(|| heartbeat_loop(ctx, job, fence, mode, &control, hb_stop_rx));
+        s.spawn(|| heartbeat_loop(ctx, job, &p, fence, mode, &control, hb_stop_rx));
+        s.spawn(|| notice::ping_start(ctx, job, &run_id));
         let report = attempts(ctx, job, &p, fence, mode, first, &control, &sig_rx);
         let _ = hb_stop_tx.send(());
         signals_handle.close();
@@ -299,26 +315,34 @@ pub fn run(ctx: &Context, job: &Job, req: &Request) -> Result<Report> {
     report
 }
 
+#[expect(clippy::too_many_arguments, reason = "one call site")]
 fn heartbeat_loop(
     ctx: &Context,
     job: &Job,
+    p: &Prepared,
     fence: i64,
     mode: AcquireMode,
     control: &Control,
     stop: mpsc::Receiver<()>,
 ) {
     let lease_ms = ctx.global.lease.as_millis() as i64;
-    let interval =
+    let mut interval =
         (ctx.global.lease / 6).clamp(Duration::from_millis(500), Duration::from_secs(10));
+    if let Some(expected) = job.expected_duration {
+        // Notice an overrun within a tenth of the expected duration.
+        interval = interval.min((expected / 10).max(Duration::from_millis(100)));
+    }
+    let mut overrun_sent: Option<String> = None;
     loop {
         match stop.recv_timeout(interval) {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             _ => return,
         }
         let run_id = control.current_run();
+        let now = clock::now_ms();
         match ctx
             .store
-            .heartbeat(&job.lock, fence, &run_id, clock::now_ms(), lease_ms)
+            .heartbeat(&job.lock, fence, &run_id, now, lease_ms)
         {
             Ok(true) => {}
             Ok(false) if mode != AcquireMode::TokenOnly => {
@@ -329,6 +353,17 @@ fn heartbeat_loop(
             }
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "heartbeat failed; will retry"),
+        }
+        if let Some(expected) = job.expected_duration {
+            if overrun_sent.as_deref() != Some(run_id.as_str()) {
+                if let Ok(Some(run)) = ctx.store.get_run(&run_id) {
+                    let elapsed = now - run.started_ms;
+                    if run.outcome == "running" && elapsed > expected.as_millis() as i64 {
+                        overrun_sent = Some(run_id.clone());
+                        notice::overrun(ctx, job, p, &run, elapsed);
+                    }
+                }
+            }
         }
     }
 }
@@ -374,6 +409,16 @@ fn attempts(
             if outcome != Outcome::Success {
                 report_failure(ctx, job, p, &record, &result, &tail);
             }
+            notice::run_ended(
+                ctx,
+                job,
+                p,
+                &record,
+                outcome,
+                &result.end,
+                &tail,
+                &result.items_failed,
+            );
             return Ok(Report {
                 outcome,
                 exit_code: result.code,
@@ -758,9 +803,10 @@ fn shell_quote(s: &str) -> String {
 }
 
 /// Record as lost every running run whose runner is gone (same machine: its
-/// pid; elsewhere: its heartbeat is older than two leases). Locks are left
-/// alone: the next run that wants one cleans up leftovers first.
-pub fn reap_lost(ctx: &Context) -> Result<usize> {
+/// pid; elsewhere: its heartbeat is older than two leases), and notify it
+/// when its job's configuration is known (`find_job`). Locks are left alone:
+/// the next run that wants one cleans up leftovers first.
+pub fn reap_lost(ctx: &Context, find_job: &dyn Fn(&str) -> Option<Job>) -> Result<usize> {
     let now = clock::now_ms();
     let lease_ms = ctx.global.lease.as_millis() as i64;
     let mut n = 0;
@@ -772,7 +818,69 @@ pub fn reap_lost(ctx: &Context) -> Result<usize> {
                 .mark_lost(&run.id, &clock::rfc3339(now, &clock::zone(None)), now)?
         {
             n += 1;
+            if let Some(job) = find_job(&run.job) {
+                match prepare(&job, &Request::default()) {
+                    Ok(p) => notice::lost(ctx, &job, &p, &run),
+                    Err(e) => tracing::warn!(error = %e, "cannot notify lost run {}", run.id),
+                }
+            }
         }
     }
     Ok(n)
+}
+
+/// `batchguard notify test JOB`: one test notification through each of the
+/// job's channels, delivered directly (not through the outbox), each result
+/// printed. Exit 1 if any channel failed or the job has none.
+pub fn notify_test(ctx: &Context, job: &Job) -> i32 {
+    if job.notify.channels.is_empty() {
+        println!(
+            "job `{}` has no notification channels: add [notify] channels = [\"...\"] (G08)",
+            job.name
+        );
+        return crate::exit::FAILURE;
+    }
+    let p = match prepare(job, &Request::default()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("batchguard: {e}");
+            return e.exit_code();
+        }
+    };
+    let record = base_record(ctx, job, &p, "test", 1);
+    let end = RunEnd::default();
+    let mut payload = notice::payload(
+        ctx,
+        job,
+        &p,
+        &record,
+        "test",
+        Outcome::Failure,
+        &end,
+        &[],
+        &[],
+    );
+    payload.run_id = None;
+    payload.message = format!(
+        "Test notification for job {} from {} (batchguard notify test): this is what a failure report will carry.",
+        job.name, ctx.me.host
+    );
+    let json = serde_json::to_string(&payload).unwrap_or_default();
+    let mut code = crate::exit::OK;
+    for name in &job.notify.channels {
+        let kind = ctx
+            .global
+            .channels
+            .get(name)
+            .map(|c| c.kind())
+            .unwrap_or("?");
+        match crate::notify::channel::deliver(&ctx.global, name, &payload.id, "test", &json) {
+            Ok(()) => println!("{name} ({kind}): ok"),
+            Err(e) => {
+                println!("{name} ({kind}): FAILED: {e}");
+                code = crate::exit::FAILURE;
+            }
+        }
+    }
+    code
 }

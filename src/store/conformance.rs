@@ -86,12 +86,8 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Store>) {
     ledger_scopes_stay_apart(fresh().as_ref());
 }
 
-fn upd(key: &str, state: ItemState, error: Option<&str>) -> LedgerUpdate {
-    LedgerUpdate {
-        key: key.into(),
-        state,
-        error: error.map(str::to_string),
-    }
+fn upd<'a>(key: &'a str, state: ItemState, error: Option<&'a str>) -> LedgerUpdate<'a> {
+    LedgerUpdate { key, state, error }
 }
 
 fn scan(s: &dyn Store, scope: i64) -> Vec<(String, ItemState, u32)> {

@@ -209,12 +209,12 @@ impl ItemState {
 }
 
 /// One change to the ledger, committed in batches (group commit).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LedgerUpdate {
-    pub key: String,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LedgerUpdate<'a> {
+    pub key: &'a str,
     pub state: ItemState,
     /// Why it failed (redacted), for `Failed`.
-    pub error: Option<String>,
+    pub error: Option<&'a str>,
 }
 
 /// A key as the ledger shows it.
@@ -243,6 +243,36 @@ pub struct Committer<'a> {
     pub lock: &'a str,
     pub fence: Option<i64>,
     pub run_id: &'a str,
+}
+
+/// One notification for one channel, as kept in the outbox until delivered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxRow {
+    /// The notification's id (also its `Idempotency-Key`).
+    pub id: String,
+    pub channel: String,
+    pub job: String,
+    pub event: String,
+    /// The JSON payload, secrets already redacted.
+    pub payload: String,
+    pub created_ms: i64,
+    pub attempts: u32,
+    pub next_attempt_ms: i64,
+    pub last_error: Option<String>,
+}
+
+/// What the noise control remembers per job.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NotifyState {
+    /// Set while the job is failing: when its current failure streak began.
+    pub failing_since_ms: Option<i64>,
+    /// Bad runs in the current streak.
+    pub failures: u32,
+    /// Bad runs not reported yet (summarised by the next digest).
+    pub suppressed: u32,
+    pub last_sent_ms: Option<i64>,
+    /// The run whose overrun was already notified.
+    pub overrun_run: Option<String>,
 }
 
 /// The state store. Every method is one transaction.
@@ -322,7 +352,7 @@ pub trait Store: Send + Sync {
         scope_id: i64,
         who: Committer<'_>,
         now_ms: i64,
-        updates: &[LedgerUpdate],
+        updates: &[LedgerUpdate<'_>],
     ) -> Result<bool>;
     /// Counts per scope of a job (one scope when given).
     fn ledger_counts(&self, job: &str, scope: Option<&str>) -> Result<Vec<ScopeCounts>>;
@@ -331,6 +361,32 @@ pub trait Store: Send + Sync {
     /// Forget a scope entirely (the explicit clean-and-redo). Returns the
     /// number of keys removed.
     fn ledger_reset(&self, job: &str, scope: &str) -> Result<u64>;
+
+    // The notification outbox (G08).
+    /// Store notifications before any delivery is tried.
+    fn outbox_add(&self, rows: &[OutboxRow]) -> Result<()>;
+    /// Claim up to `limit` undelivered rows due by `due_ms`, pushing their
+    /// next attempt to `now_ms + lease_ms` so that concurrent flushers never
+    /// deliver the same row at once.
+    fn outbox_claim(
+        &self,
+        due_ms: i64,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboxRow>>;
+    fn outbox_delivered(&self, id: &str, channel: &str, now_ms: i64) -> Result<()>;
+    fn outbox_failed(
+        &self,
+        id: &str,
+        channel: &str,
+        error: &str,
+        next_attempt_ms: i64,
+    ) -> Result<()>;
+    /// Undelivered rows (for `notify flush` reports and tests).
+    fn outbox_pending(&self) -> Result<u64>;
+    fn notify_state(&self, job: &str) -> Result<NotifyState>;
+    fn set_notify_state(&self, job: &str, state: &NotifyState) -> Result<()>;
 }
 
 /// Open the store named by a URL (`sqlite:PATH`; `postgres://…` comes with

@@ -10,8 +10,8 @@
 
 use super::{
     AcquireMode, Committer, Holder, ItemCounts, ItemState, LedgerEntry, LedgerUpdate, Liveness,
-    LockAttempt, LockRequest, Result, RunEnd, RunRecord, RunnerIdentity, ScopeCounts, Store,
-    StoreError,
+    LockAttempt, LockRequest, NotifyState, OutboxRow, Result, RunEnd, RunRecord, RunnerIdentity,
+    ScopeCounts, Store, StoreError,
 };
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use std::path::Path;
@@ -90,6 +90,30 @@ CREATE TABLE ledger (
     PRIMARY KEY (scope_id, key)
 ) WITHOUT ROWID;
 "#,
+    r#"
+CREATE TABLE outbox (
+    id TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    job TEXT NOT NULL,
+    event TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL,
+    delivered_ms INTEGER,
+    last_error TEXT,
+    PRIMARY KEY (id, channel)
+);
+CREATE INDEX outbox_due ON outbox (next_attempt_ms) WHERE delivered_ms IS NULL;
+CREATE TABLE notify_state (
+    job TEXT PRIMARY KEY,
+    failing_since_ms INTEGER,
+    failures INTEGER NOT NULL DEFAULT 0,
+    suppressed INTEGER NOT NULL DEFAULT 0,
+    last_sent_ms INTEGER,
+    overrun_run TEXT
+);
+"#,
 ];
 
 const RUN_COLUMNS: &str = "id, job, lock_name, host, boot_id, pid, pid_start, fence, attempt, \
@@ -122,7 +146,7 @@ impl SqliteStore {
         // and NORMAL sync, which in WAL mode survives any process crash.
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA mmap_size = 268435456; \
-             PRAGMA synchronous = NORMAL;",
+             PRAGMA synchronous = NORMAL; PRAGMA cache_size = -65536;",
         )
         .map_err(err)?;
         // Every CLI invocation opens and closes the store: without this the
@@ -276,6 +300,11 @@ impl SqliteStore {
             .map_err(|e| self.err(e))?;
         Ok(rows)
     }
+}
+
+/// A batch as one JSON parameter (for `json_each`).
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
 }
 
 fn failed_json(keys: &[String]) -> Option<String> {
@@ -638,7 +667,7 @@ impl Store for SqliteStore {
         scope_id: i64,
         who: Committer<'_>,
         now_ms: i64,
-        updates: &[LedgerUpdate],
+        updates: &[LedgerUpdate<'_>],
     ) -> Result<bool> {
         let mut conn = self.conn();
         let tx = conn
@@ -661,47 +690,56 @@ impl Store for SqliteStore {
             }
             None => 0,
         };
-        {
-            let mut done = tx
-                .prepare_cached(
-                    "INSERT INTO ledger (scope_id, key, state, attempts, last_error, run_id, fence, \
-                     updated_ms) VALUES (?1, ?2, 1, 1, NULL, ?3, ?4, ?5) \
-                     ON CONFLICT (scope_id, key) DO UPDATE SET state = 1, \
-                     attempts = attempts + 1, last_error = NULL, run_id = ?3, fence = ?4, \
-                     updated_ms = ?5",
-                )
-                .map_err(|e| self.err(e))?;
-            let mut failed = tx
-                .prepare_cached(
-                    "INSERT INTO ledger (scope_id, key, state, attempts, last_error, run_id, fence, \
-                     updated_ms) VALUES (?1, ?2, 2, 1, ?6, ?3, ?4, ?5) \
-                     ON CONFLICT (scope_id, key) DO UPDATE SET state = 2, \
-                     attempts = attempts + 1, last_error = ?6, run_id = ?3, fence = ?4, \
-                     updated_ms = ?5",
-                )
-                .map_err(|e| self.err(e))?;
-            let mut in_flight = tx
-                .prepare_cached(
-                    "INSERT INTO ledger (scope_id, key, state, attempts, last_error, run_id, fence, \
-                     updated_ms) VALUES (?1, ?2, 0, 0, NULL, ?3, ?4, ?5) \
-                     ON CONFLICT (scope_id, key) DO UPDATE SET state = 0, run_id = ?3, \
-                     fence = ?4, updated_ms = ?5 WHERE state <> 1",
-                )
-                .map_err(|e| self.err(e))?;
-            for u in updates {
-                let r = match u.state {
-                    ItemState::Done => {
-                        done.execute(params![scope_id, u.key, who.run_id, fence, now_ms])
-                    }
-                    ItemState::Failed => {
-                        failed.execute(params![scope_id, u.key, who.run_id, fence, now_ms, u.error])
-                    }
-                    ItemState::InFlight => {
-                        in_flight.execute(params![scope_id, u.key, who.run_id, fence, now_ms])
-                    }
-                };
-                r.map_err(|e| self.err(e))?;
+        // One statement per kind of update, the keys passed as one JSON
+        // array: a batch of thousands of rows costs three statements, not
+        // thousands (json_each is SQLite's own, in C). In-flight markers go
+        // first, so a key started and finished in one batch ends done.
+        let mut in_flight = Vec::new();
+        let mut done = Vec::new();
+        let mut failed = Vec::new();
+        for u in updates {
+            match u.state {
+                ItemState::InFlight => in_flight.push(u.key),
+                ItemState::Done => done.push(u.key),
+                ItemState::Failed => failed.push((u.key, u.error.unwrap_or(""))),
             }
+        }
+        if !in_flight.is_empty() {
+            tx.prepare_cached(
+                "INSERT INTO ledger (scope_id, key, state, attempts, last_error, run_id, fence, \
+                 updated_ms) SELECT ?1, value, 0, 0, NULL, ?3, ?4, ?5 FROM json_each(?2) WHERE true \
+                 ON CONFLICT (scope_id, key) DO UPDATE SET state = 0, run_id = ?3, \
+                 fence = ?4, updated_ms = ?5 WHERE state <> 1",
+            )
+            .and_then(|mut st| {
+                st.execute(params![scope_id, json(&in_flight), who.run_id, fence, now_ms])
+            })
+            .map_err(|e| self.err(e))?;
+        }
+        if !done.is_empty() {
+            tx.prepare_cached(
+                "INSERT INTO ledger (scope_id, key, state, attempts, last_error, run_id, fence, \
+                 updated_ms) SELECT ?1, value, 1, 1, NULL, ?3, ?4, ?5 FROM json_each(?2) WHERE true \
+                 ON CONFLICT (scope_id, key) DO UPDATE SET state = 1, \
+                 attempts = attempts + 1, last_error = NULL, run_id = ?3, fence = ?4, \
+                 updated_ms = ?5",
+            )
+            .and_then(|mut st| st.execute(params![scope_id, json(&done), who.run_id, fence, now_ms]))
+            .map_err(|e| self.err(e))?;
+        }
+        if !failed.is_empty() {
+            tx.prepare_cached(
+                "INSERT INTO ledger (scope_id, key, state, attempts, last_error, run_id, fence, \
+                 updated_ms) SELECT ?1, value ->> 0, 2, 1, value ->> 1, ?3, ?4, ?5 \
+                 FROM json_each(?2) WHERE true \
+                 ON CONFLICT (scope_id, key) DO UPDATE SET state = 2, \
+                 attempts = attempts + 1, last_error = excluded.last_error, run_id = ?3, \
+                 fence = ?4, updated_ms = ?5",
+            )
+            .and_then(|mut st| {
+                st.execute(params![scope_id, json(&failed), who.run_id, fence, now_ms])
+            })
+            .map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))?;
         Ok(true)
@@ -781,5 +819,167 @@ impl Store for SqliteStore {
             .map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(n as u64)
+    }
+
+    fn outbox_add(&self, rows: &[OutboxRow]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT INTO outbox (id, channel, job, event, payload, created_ms, attempts, \
+                     next_attempt_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7) \
+                     ON CONFLICT (id, channel) DO NOTHING",
+                )
+                .map_err(|e| self.err(e))?;
+            for r in rows {
+                st.execute(params![
+                    r.id,
+                    r.channel,
+                    r.job,
+                    r.event,
+                    r.payload,
+                    r.created_ms,
+                    r.next_attempt_ms
+                ])
+                .map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    fn outbox_claim(
+        &self,
+        due_ms: i64,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboxRow>> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        let rows = {
+            let mut st = tx
+                .prepare_cached(
+                    "SELECT id, channel, job, event, payload, created_ms, attempts, \
+                     next_attempt_ms, last_error FROM outbox \
+                     WHERE delivered_ms IS NULL AND next_attempt_ms <= ?1 \
+                     ORDER BY created_ms LIMIT ?2",
+                )
+                .map_err(|e| self.err(e))?;
+            st.query_map(params![due_ms, limit as i64], |r| {
+                Ok(OutboxRow {
+                    id: r.get(0)?,
+                    channel: r.get(1)?,
+                    job: r.get(2)?,
+                    event: r.get(3)?,
+                    payload: r.get(4)?,
+                    created_ms: r.get(5)?,
+                    attempts: r.get::<_, i64>(6)?.max(0) as u32,
+                    next_attempt_ms: r.get(7)?,
+                    last_error: r.get(8)?,
+                })
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?
+        };
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "UPDATE outbox SET next_attempt_ms = ?3 WHERE id = ?1 AND channel = ?2",
+                )
+                .map_err(|e| self.err(e))?;
+            for r in &rows {
+                st.execute(params![r.id, r.channel, now_ms + lease_ms])
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    fn outbox_delivered(&self, id: &str, channel: &str, now_ms: i64) -> Result<()> {
+        self.conn()
+            .execute(
+                "UPDATE outbox SET delivered_ms = ?3, attempts = attempts + 1, last_error = NULL \
+                 WHERE id = ?1 AND channel = ?2",
+                params![id, channel, now_ms],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn outbox_failed(
+        &self,
+        id: &str,
+        channel: &str,
+        error: &str,
+        next_attempt_ms: i64,
+    ) -> Result<()> {
+        self.conn()
+            .execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?3, next_attempt_ms = ?4 \
+                 WHERE id = ?1 AND channel = ?2 AND delivered_ms IS NULL",
+                params![id, channel, error, next_attempt_ms],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn outbox_pending(&self) -> Result<u64> {
+        self.conn()
+            .query_row(
+                "SELECT COUNT(*) FROM outbox WHERE delivered_ms IS NULL",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    fn notify_state(&self, job: &str) -> Result<NotifyState> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT failing_since_ms, failures, suppressed, last_sent_ms, overrun_run \
+                 FROM notify_state WHERE job = ?1",
+                [job],
+                |r| {
+                    Ok(NotifyState {
+                        failing_since_ms: r.get(0)?,
+                        failures: r.get::<_, i64>(1)?.max(0) as u32,
+                        suppressed: r.get::<_, i64>(2)?.max(0) as u32,
+                        last_sent_ms: r.get(3)?,
+                        overrun_run: r.get(4)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.err(e))?
+            .unwrap_or_default())
+    }
+
+    fn set_notify_state(&self, job: &str, st: &NotifyState) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT INTO notify_state (job, failing_since_ms, failures, suppressed, \
+                 last_sent_ms, overrun_run) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (job) DO UPDATE SET failing_since_ms = ?2, failures = ?3, \
+                 suppressed = ?4, last_sent_ms = ?5, overrun_run = ?6",
+                params![
+                    job,
+                    st.failing_since_ms,
+                    st.failures,
+                    st.suppressed,
+                    st.last_sent_ms,
+                    st.overrun_run
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 }

@@ -2,10 +2,12 @@
 //! cgroups and the real state store.
 
 mod harness;
+mod receiver;
 
 mod config_errors;
 mod items;
 mod locking;
+mod notify;
 mod records;
 mod secrets;
 mod supervision;

@@ -38,6 +38,9 @@ pub struct Global {
     pub log_max_bytes: u64,
     /// `log_retention`: how long run logs are kept. Default 30d.
     pub log_retention: Duration,
+    /// `notify_digest`: while a job keeps failing, at most one digest per
+    /// this interval after the first failure's notification. Default 1h.
+    pub notify_digest: Duration,
     /// `lease`: lock lease duration. Default 30s.
     pub lease: Duration,
     /// `artifact_dir` (absolute), if set.
@@ -61,6 +64,7 @@ impl Default for Global {
             channels: BTreeMap::new(),
             log_max_bytes: 64 << 20,
             log_retention: Duration::from_secs(30 * 86_400),
+            notify_digest: Duration::from_secs(3600),
             lease: Duration::from_secs(30),
             artifact_dir: None,
         }

@@ -174,6 +174,7 @@ const GLOBAL_KEYS: &[&str] = &[
     "log_retention",
     "lease",
     "artifact_dir",
+    "notify_digest",
 ];
 const CHANNEL_TYPES: &[&str] = &["slack", "webhook", "email", "command", "ping"];
 
@@ -1117,6 +1118,11 @@ impl W {
                 "lease" => {
                     if let Some(d) = self.duration(v, key, true) {
                         g.lease = d.v;
+                    }
+                }
+                "notify_digest" => {
+                    if let Some(d) = self.duration(v, key, true) {
+                        g.notify_digest = d.v;
                     }
                 }
                 "defaults" => {

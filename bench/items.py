@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Item throughput of batchguard against the tools people use instead.
+
+Side by side in one run:
+  per-item mode: N keys, handler /bin/true, parallelism 2, against
+    `xargs -P2` (no ledger: the floor) and GNU parallel with --joblog and
+    --resume (a ledger of sorts; measured on fewer keys, it is slow);
+  stream mode: 1,000,000 keys through a handler that only echoes them to the
+    done fd, keys durably recorded per second;
+  resume: a scope holding 1,000,000 done keys plus 1,000 pending: time from
+    `batchguard run` to the first pending key reaching the handler.
+
+    cargo build --release && python3 bench/items.py [--keys 10000] [--stream-keys 1000000]
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "batchguard")
+
+
+def write_keys(path, n, prefix="key"):
+    with open(path, "w") as f:
+        f.write("".join(f"{prefix}-{i}\n" for i in range(n)))
+
+
+def timed(argv, **kw):
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, **kw)
+    return time.perf_counter() - start
+
+
+class Bg:
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.etc = os.path.join(tmp, "etc")
+        os.makedirs(os.path.join(self.etc, "jobs"), exist_ok=True)
+        with open(os.path.join(self.etc, "batchguard.toml"), "w") as f:
+            f.write(f'log_dir = "{tmp}/log"\nlog_max = "1MiB"\n')
+        self.env = dict(os.environ, BATCHGUARD_STATE=f"sqlite:{tmp}/state.db")
+
+    def job(self, name, text):
+        with open(os.path.join(self.etc, "jobs", f"{name}.toml"), "w") as f:
+            f.write(text)
+
+    def run(self, name):
+        return timed([BIN, "--config-dir", self.etc, "run", name], env=self.env)
+
+    def last_run(self, name):
+        out = subprocess.run([BIN, "--config-dir", self.etc, "runs", name, "--limit", "1", "--format", "json"],
+                             env=self.env, capture_output=True, text=True, check=True).stdout
+        return json.loads(out)[0]
+
+
+def per_item(tmp, n, parallel_n):
+    keys = os.path.join(tmp, "keys.txt")
+    write_keys(keys, n)
+    with open(keys) as f:
+        xargs = timed(["xargs", "-P2", "-n1", "/bin/true"], stdin=f)
+    bg = Bg(os.path.join(tmp, "per-item"))
+    bg.job("per-item", f'[items]\nsource_file = "{keys}"\nrun = ["/bin/true", "{{item}}"]\nparallelism = 2\n')
+    t = bg.run("per-item")
+    run = bg.last_run("per-item")
+    assert run["items"]["done"] == n, run
+    rows = [("xargs -P2 (no ledger)", n, xargs), ("batchguard per-item", n, t)]
+    if shutil.which("parallel"):
+        pkeys = os.path.join(tmp, "pkeys.txt")
+        write_keys(pkeys, parallel_n)
+        with open(pkeys) as f:
+            par = timed(["parallel", "--will-cite", "--joblog", os.path.join(tmp, "joblog"), "--resume", "-j2",
+                         "/bin/true", "{}"], stdin=f)
+        rows.append(("GNU parallel --joblog --resume", parallel_n, par))
+    return rows
+
+
+def stream(tmp, n):
+    keys = os.path.join(tmp, "stream-keys.txt")
+    write_keys(keys, n)
+    bg = Bg(os.path.join(tmp, "stream"))
+    bg.job("stream", f'command = ["sh", "-c", "exec cat >&3"]\n[items]\nmode = "stream"\nsource_file = "{keys}"\n')
+    t = bg.run("stream")
+    run = bg.last_run("stream")
+    assert run["items"]["done"] == n, run
+    return t, bg, keys
+
+
+def resume(tmp, bg, keys, n, pending):
+    # Same scope: the n keys are done; add `pending` new ones.
+    with open(keys, "a") as f:
+        f.write("".join(f"new-{i}\n" for i in range(pending)))
+    first = os.path.join(tmp, "first")
+    bg.job("stream", f'command = ["sh", "-c", "read k; date +%s.%N > {first}; echo $k >&3; exec cat >&3"]\n'
+                     f'[items]\nmode = "stream"\nsource_file = "{keys}"\n')
+    start = time.time()
+    total = bg.run("stream")
+    with open(first) as f:
+        t_first = float(f.read()) - start
+    run = bg.last_run("stream")
+    assert run["items"]["done"] == pending and run["items"]["skipped"] == n, run
+    return t_first, total
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--keys", type=int, default=10000)
+    ap.add_argument("--parallel-keys", type=int, default=1000)
+    ap.add_argument("--stream-keys", type=int, default=1000000)
+    args = ap.parse_args()
+    if not os.path.exists(BIN):
+        raise SystemExit("build first: cargo build --release")
+    tmp = tempfile.mkdtemp(prefix="bg-items-bench-")
+    try:
+        rows = per_item(tmp, args.keys, args.parallel_keys)
+        base = rows[0][1] / rows[0][2]
+        print("per-item mode, handler /bin/true, 2 at a time\n")
+        print("| tool | keys | seconds | items/s | vs xargs |")
+        print("|---|---|---|---|---|")
+        for name, n, t in rows:
+            print(f"| {name} | {n} | {t:.2f} | {n / t:.0f} | {n / t / base:.2f}x |")
+        bg_rate = rows[1][1] / rows[1][2]
+        if len(rows) > 2:
+            print(f"\nbatchguard / GNU parallel: {bg_rate / (rows[2][1] / rows[2][2]):.1f}x")
+        t, bg, keys = stream(tmp, args.stream_keys)
+        print(f"\nstream mode: {args.stream_keys} keys durably recorded in {t:.2f} s "
+              f"= {args.stream_keys / t:,.0f} keys/s (whole run: source, ledger scan, handler, commits)")
+        t_first, total = resume(tmp, bg, keys, args.stream_keys, 1000)
+        print(f"resume: scope with {args.stream_keys} done + 1000 pending keys: first pending key "
+              f"reached the handler after {t_first:.2f} s (whole run {total:.2f} s)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

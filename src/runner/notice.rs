@@ -1,0 +1,273 @@
+//! Turning what happened to a run into notifications: the payload (with the
+//! runbook rendered for this run's params and the exact re-run command), the
+//! noise decision, the outbox, and a bounded flush. Called once the run's
+//! own result is recorded, so nothing here can change it.
+
+use super::{Context, Prepared, builtin, rerun_command};
+use crate::clock;
+use crate::notify::{self, FailedItem, Payload, Runbook, noise::Decision};
+use crate::outcome::Outcome;
+use crate::store::{RunEnd, RunRecord};
+use batchguard_config::{Job, template};
+
+/// The event a finished run raises, and whether it counts as bad for the
+/// noise control.
+fn event_of(outcome: Outcome) -> (&'static str, bool) {
+    match outcome {
+        Outcome::Success => ("success", false),
+        Outcome::Failure | Outcome::Killed => ("failure", true),
+        Outcome::Timeout => ("timeout", true),
+        Outcome::Oom => ("oom", true),
+        Outcome::Lost => ("lost", true),
+        Outcome::Fenced => ("fenced", false),
+        Outcome::Skipped => ("skipped", false),
+    }
+}
+
+fn render(job: &Job, p: &Prepared, run_id: &str, t: &Option<String>) -> Option<String> {
+    let t = t.as_ref()?;
+    let text = template::render(t, &|n| builtin(job, run_id, p, n)).unwrap_or_else(|_| t.clone());
+    Some(p.redactor.redact(&text).into_owned())
+}
+
+fn message(
+    job: &Job,
+    host: &str,
+    outcome: Outcome,
+    end: &RunEnd,
+    duration_ms: Option<i64>,
+) -> String {
+    let after = duration_ms
+        .map(|d| format!(" after {}", clock::human_ms(d)))
+        .unwrap_or_default();
+    let what = match outcome {
+        Outcome::Failure => match (end.exit_code, &end.items) {
+            (_, Some(i)) if i.failed > 0 => format!("failed: {} items failed", i.failed),
+            (Some(c), _) => format!("failed with exit code {c}"),
+            _ => "failed".to_string(),
+        },
+        Outcome::Timeout => "was stopped at its timeout".to_string(),
+        Outcome::Oom => "was killed at its memory limit".to_string(),
+        Outcome::Killed => format!("was killed by signal {}", end.signal.unwrap_or(0)),
+        Outcome::Lost => "was lost: its runner died".to_string(),
+        Outcome::Fenced => "was fenced: a newer run took its lock".to_string(),
+        Outcome::Skipped => "was skipped: its lock is held by another run".to_string(),
+        Outcome::Success => "succeeded".to_string(),
+    };
+    format!("Job {} {what} on {host}{after}.", job.name)
+}
+
+/// The payload for a run of `job` (the runbook rendered with its params).
+#[expect(clippy::too_many_arguments, reason = "a plain constructor")]
+pub(crate) fn payload(
+    ctx: &Context,
+    job: &Job,
+    p: &Prepared,
+    record: &RunRecord,
+    event: &str,
+    outcome: Outcome,
+    end: &RunEnd,
+    tail: &[String],
+    items_failed: &[String],
+) -> Payload {
+    let duration_ms = (end.ended_ms > 0).then(|| end.ended_ms - record.started_ms);
+    let mut details = Vec::new();
+    if !items_failed.is_empty() {
+        let scope = p.scope.as_deref().unwrap_or("");
+        if let Ok(Some(id)) = ctx.store.ledger_scope(&job.name, scope, false) {
+            if let Ok(entries) = ctx.store.ledger_failed(id, 100) {
+                details = entries
+                    .into_iter()
+                    .filter(|e| items_failed.contains(&e.key))
+                    .map(|e| FailedItem {
+                        key: e.key,
+                        attempts: e.attempts,
+                        last_error: e.last_error,
+                    })
+                    .collect();
+            }
+        }
+    }
+    Payload {
+        id: notify::new_id(),
+        event: event.to_string(),
+        job: job.name.clone(),
+        host: ctx.me.host.clone(),
+        run_id: Some(record.id.clone()),
+        outcome: Some(outcome.as_str().to_string()),
+        exit_code: end.exit_code,
+        signal: end.signal,
+        started_at: Some(record.started_at.clone()),
+        duration_ms,
+        peak_memory_bytes: end.peak_memory_bytes,
+        memory_max_bytes: job.memory_max,
+        items_failed: items_failed.to_vec(),
+        items_failed_details: details,
+        log_tail: tail
+            .iter()
+            .map(|l| p.redactor.redact(l).into_owned())
+            .collect(),
+        log_path: record.log_path.clone(),
+        rerun: Some(rerun_command(job, p)),
+        runbook: Runbook {
+            url: render(job, p, &record.id, &job.runbook.url),
+            verify: render(job, p, &record.id, &job.runbook.verify),
+            notes: render(job, p, &record.id, &job.runbook.notes),
+        },
+        dashboard_url: ctx.global.dashboard_url.clone(),
+        message: p
+            .redactor
+            .redact(&message(job, &ctx.me.host, outcome, end, duration_ms))
+            .into_owned(),
+        digest: None,
+    }
+}
+
+/// After a run's end is recorded: decide, store and deliver its
+/// notifications. Errors are logged, never returned: the job's result
+/// stands whatever the channels do.
+#[expect(clippy::too_many_arguments, reason = "a plain entry point")]
+pub(crate) fn run_ended(
+    ctx: &Context,
+    job: &Job,
+    p: &Prepared,
+    record: &RunRecord,
+    outcome: Outcome,
+    end: &RunEnd,
+    tail: &[String],
+    items_failed: &[String],
+) {
+    let (event, bad) = event_of(outcome);
+    let mut payload = payload(ctx, job, p, record, event, outcome, end, tail, items_failed);
+    let now = clock::now_ms();
+    let noise_counted = bad || outcome == Outcome::Success;
+    let decision = if noise_counted {
+        match notify::noise::decide(
+            ctx.store.as_ref(),
+            &job.name,
+            bad,
+            now,
+            ctx.global.notify_digest,
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "noise control unavailable; notifying anyway");
+                Decision::Send { digest: None }
+            }
+        }
+    } else {
+        Decision::Send { digest: None }
+    };
+    let wanted = match &decision {
+        Decision::Send { digest } => {
+            payload.digest = digest.clone();
+            if let Some(d) = digest {
+                payload.message = format!(
+                    "{} Still failing: {} bad runs since {}.",
+                    payload.message, d.failures, d.failing_since
+                );
+            }
+            notify::wanted(job, event)
+        }
+        Decision::Suppress => false,
+        Decision::Recovered { failures } => {
+            // Ping channels get the plain success; the others `recovered`.
+            notify::enqueue(ctx.store.as_ref(), &ctx.global, job, &payload, false);
+            payload.id = notify::new_id();
+            payload.event = "recovered".into();
+            payload.message = format!(
+                "Job {} recovered on {} after {failures} bad run{}.",
+                job.name,
+                ctx.me.host,
+                if *failures == 1 { "" } else { "s" }
+            );
+            notify::wanted(job, "recovered")
+        }
+        Decision::Quiet => false,
+    };
+    notify::enqueue(ctx.store.as_ref(), &ctx.global, job, &payload, wanted);
+    let report = notify::flush(ctx.store.as_ref(), &ctx.global, notify::FLUSH_BUDGET, false);
+    if report.failed > 0 {
+        tracing::warn!(
+            "{} notification deliveries failed; {} left in the outbox for `batchguard notify flush`",
+            report.failed,
+            report.pending
+        );
+    }
+}
+
+/// A run found lost (its runner died): counted as a bad run and notified
+/// like one, with the last lines of its log.
+pub(crate) fn lost(ctx: &Context, job: &Job, p: &Prepared, run: &RunRecord) {
+    let tail = run
+        .log_path
+        .as_deref()
+        .map(|l| crate::logs::tail_file(std::path::Path::new(l), crate::logs::TAIL_LINES))
+        .unwrap_or_default();
+    let end = RunEnd {
+        ended_ms: run.heartbeat_ms.max(run.started_ms),
+        ..RunEnd::default()
+    };
+    run_ended(ctx, job, p, run, Outcome::Lost, &end, &tail, &[]);
+}
+
+/// The run is still going but has passed `expected_duration` (sent once
+/// per run, while it runs).
+pub(crate) fn overrun(ctx: &Context, job: &Job, p: &Prepared, run: &RunRecord, elapsed_ms: i64) {
+    if !notify::wanted(job, "overrun") {
+        return;
+    }
+    let end = RunEnd::default();
+    let mut payload = payload(
+        ctx,
+        job,
+        p,
+        run,
+        "overrun",
+        Outcome::Success,
+        &end,
+        &[],
+        &[],
+    );
+    payload.outcome = Some("running".into());
+    payload.duration_ms = Some(elapsed_ms);
+    payload.message = format!(
+        "Job {} has been running for {} on {}, longer than its expected_duration {}.",
+        job.name,
+        clock::human_ms(elapsed_ms),
+        ctx.me.host,
+        job.expected_duration
+            .map(batchguard_config::format_duration)
+            .unwrap_or_default()
+    );
+    notify::enqueue(ctx.store.as_ref(), &ctx.global, job, &payload, true);
+    notify::flush(ctx.store.as_ref(), &ctx.global, notify::FLUSH_BUDGET, false);
+}
+
+/// Healthchecks-style `start` pings for the job's ping channels, sent
+/// directly (a late start ping is worthless, so it is not kept in the
+/// outbox). Runs beside the job, never in its way.
+pub(crate) fn ping_start(ctx: &Context, job: &Job, run_id: &str) {
+    for name in &job.notify.channels {
+        if !matches!(
+            ctx.global.channels.get(name),
+            Some(batchguard_config::Channel::Ping { .. })
+        ) {
+            continue;
+        }
+        let payload = Payload {
+            id: notify::new_id(),
+            event: "start".into(),
+            job: job.name.clone(),
+            host: ctx.me.host.clone(),
+            run_id: Some(run_id.to_string()),
+            outcome: Some("running".into()),
+            message: format!("Job {} started on {}.", job.name, ctx.me.host),
+            ..Payload::default()
+        };
+        let json = serde_json::to_string(&payload).unwrap_or_default();
+        if let Err(e) = notify::channel::deliver(&ctx.global, name, &payload.id, "start", &json) {
+            tracing::warn!(channel = %name, "start ping failed: {e}");
+        }
+    }
+}

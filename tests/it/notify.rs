@@ -1,0 +1,391 @@
+//! Notifications (G08, G09) against real receivers on loopback: an HTTP
+//! server, an SMTP server (aiosmtpd), a command; the outbox when a receiver
+//! is down; noise control over a failure streak.
+
+use crate::harness::*;
+use crate::receiver::{Http, Smtp, free_port};
+use hmac::{Hmac, KeyInit, Mac};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use sha2::Sha256;
+use std::time::Duration;
+
+const SECRET_VALUE: &str = "hunter2-in-env-file";
+
+fn failing_job(env: &Env, channels: &str, extra: &str) {
+    let envfile = env.write("job.env", &format!("DB_PASSWORD={SECRET_VALUE}\n"));
+    env.job(
+        "nightly",
+        &format!(
+            r#"command = ["sh", "-c", "echo connecting with $DB_PASSWORD; echo 'ERROR: upstream refused' >&2; exit 3"]
+env_file = "{}"
+memory_max = "128MiB"
+[params]
+date = "2026-11-30"
+[notify]
+channels = [{channels}]
+[runbook]
+url = "https://wiki.example.com/runbooks/nightly"
+verify = "open https://bi.example.com/sales?date={{date}}"
+notes = "Safe to re-run."
+{extra}"#,
+            envfile.display()
+        ),
+    );
+}
+
+fn hmac_hex(secret: &str, body: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+#[test]
+fn webhook_carries_the_runbook_signed_and_idempotent() {
+    let env = Env::new();
+    let hook = Http::start();
+    env.global(&format!(
+        "host = \"batch-01\"\ndashboard_url = \"https://batch.example.com\"\n[channels.hook]\ntype = \"webhook\"\nurl = \"{}\"\nsecret_env = \"HOOK_SECRET\"",
+        hook.url("/batch")
+    ));
+    failing_job(&env, "\"hook\"", "");
+    let mut c = env.cmd(&["run", "nightly"]);
+    c.env("HOOK_SECRET", "s3cr3t");
+    env.run_cmd(c).code(3);
+    let reqs = hook.take();
+    assert_eq!(reqs.len(), 1, "one notification");
+    let r = &reqs[0];
+    assert_eq!(r.method, "POST");
+    assert_eq!(r.path, "/batch");
+    let p = r.json();
+    assert_eq!(r.header("Idempotency-Key"), p["id"].as_str());
+    assert_eq!(
+        r.header("X-Batchguard-Signature").unwrap(),
+        hmac_hex("s3cr3t", &r.body)
+    );
+    let run = env.last_run("nightly");
+    assert_eq!(p["event"], "failure");
+    assert_eq!(p["job"], "nightly");
+    assert_eq!(p["host"], "batch-01");
+    assert_eq!(p["run_id"], run["id"]);
+    assert_eq!(p["outcome"], "failure");
+    assert_eq!(p["exit_code"], 3);
+    assert_eq!(p["signal"], serde_json::Value::Null);
+    assert_eq!(p["memory_max_bytes"], 128 << 20);
+    assert!(p["peak_memory_bytes"].as_u64().is_some());
+    assert!(p["duration_ms"].as_i64().is_some());
+    assert_eq!(p["log_path"], run["log_path"]);
+    assert_eq!(p["rerun"], "batchguard run nightly --param date=2026-11-30");
+    assert_eq!(
+        p["runbook"]["url"],
+        "https://wiki.example.com/runbooks/nightly"
+    );
+    assert_eq!(
+        p["runbook"]["verify"],
+        "open https://bi.example.com/sales?date=2026-11-30"
+    );
+    assert_eq!(p["runbook"]["notes"], "Safe to re-run.");
+    assert_eq!(p["dashboard_url"], "https://batch.example.com");
+    let tail: Vec<&str> = p["log_tail"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert!(tail.contains(&"ERROR: upstream refused"), "{tail:?}");
+    assert!(tail.contains(&"connecting with ***"), "{tail:?}");
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(
+        !body.contains(SECRET_VALUE),
+        "secret leaked into the payload"
+    );
+    // A successful run after it: `recovered`, signed the same way.
+    env.job(
+        "nightly",
+        "command = [\"true\"]\n[notify]\nchannels = [\"hook\"]\n",
+    );
+    let mut c = env.cmd(&["run", "nightly"]);
+    c.env("HOOK_SECRET", "s3cr3t");
+    env.run_cmd(c).code(0);
+    let reqs = hook.take();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].json()["event"], "recovered");
+}
+
+#[test]
+fn receiver_down_then_flush_delivers_exactly_once() {
+    let env = Env::new();
+    let port = free_port();
+    env.global(&format!(
+        "[channels.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{port}/x\""
+    ));
+    failing_job(&env, "\"hook\"", "");
+    // The channel is down: the job's own result is untouched.
+    env.run(&["run", "nightly"]).code(3);
+    let hook = Http::start_on(port);
+    let d = env.run(&["notify", "flush"]);
+    d.code(0);
+    assert!(
+        d.stdout()
+            .contains("delivered 1, failed 0, still pending 0"),
+        "{}",
+        d.stdout()
+    );
+    assert_eq!(hook.count(), 1);
+    env.run(&["notify", "flush"]).code(0);
+    assert_eq!(hook.count(), 1, "never delivered twice");
+    // A receiver error (500) keeps it in the outbox too.
+    hook.status.store(500, std::sync::atomic::Ordering::SeqCst);
+    env.job(
+        "nightly",
+        "command = [\"false\"]\n[notify]\nchannels = [\"hook\"]\n",
+    );
+    env.run(&["run", "nightly"]).code(1);
+}
+
+#[test]
+fn mail_says_job_host_and_outcome_without_secrets() {
+    let env = Env::new();
+    let Some(smtp) = Smtp::start(env.path("mail")) else {
+        eprintln!("aiosmtpd not installed: skipping (CI installs it)");
+        return;
+    };
+    env.global(&format!(
+        "host = \"batch-01\"\n[channels.mail]\ntype = \"email\"\nsmtp = \"smtp://127.0.0.1:{}\"\nfrom = \"batch@example.com\"\nto = [\"oncall@example.com\"]",
+        smtp.port
+    ));
+    failing_job(&env, "\"mail\"", "");
+    env.run(&["run", "nightly"]).code(3);
+    let mails = smtp.mails();
+    assert_eq!(mails.len(), 1);
+    let m = &mails[0];
+    assert!(
+        m.contains("Subject: [batchguard] nightly failure (exit 3) on batch-01"),
+        "{m}"
+    );
+    assert!(m.contains("To: oncall@example.com"), "{m}");
+    assert!(m.contains("text/plain") && m.contains("text/html"), "{m}");
+    assert!(
+        m.contains("batchguard run nightly --param date=2026-11-30"),
+        "{m}"
+    );
+    assert!(m.contains("ERROR: upstream refused"), "{m}");
+    assert!(
+        m.contains("https://wiki.example.com/runbooks/nightly"),
+        "{m}"
+    );
+    assert!(!m.contains(SECRET_VALUE), "secret leaked into the mail");
+}
+
+#[test]
+fn fifty_failures_in_a_row_page_once_then_recover() {
+    let env = Env::new();
+    let hook = Http::start();
+    env.global(&format!(
+        "[channels.hook]\ntype = \"webhook\"\nurl = \"{}\"",
+        hook.url("/")
+    ));
+    env.job(
+        "flappy",
+        "command = [\"false\"]\n[notify]\nchannels = [\"hook\"]\n",
+    );
+    for _ in 0..50 {
+        env.run(&["run", "flappy"]).code(1);
+    }
+    // Policy: the first failure at once, then at most one digest per
+    // notify_digest (1h): within seconds, exactly one message.
+    assert_eq!(hook.count(), 1);
+    env.job(
+        "flappy",
+        "command = [\"true\"]\n[notify]\nchannels = [\"hook\"]\n",
+    );
+    env.run(&["run", "flappy"]).code(0);
+    let reqs = hook.take();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[1].json()["event"], "recovered");
+    assert!(
+        reqs[1].json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("after 50 bad runs")
+    );
+}
+
+#[test]
+fn a_digest_summarises_a_streak_once_per_interval() {
+    let env = Env::new();
+    let hook = Http::start();
+    env.global(&format!(
+        "notify_digest = \"1s\"\n[channels.hook]\ntype = \"webhook\"\nurl = \"{}\"",
+        hook.url("/")
+    ));
+    env.job(
+        "flappy",
+        "command = [\"false\"]\n[notify]\nchannels = [\"hook\"]\n",
+    );
+    for _ in 0..3 {
+        env.run(&["run", "flappy"]).code(1);
+    }
+    assert_eq!(hook.count(), 1);
+    std::thread::sleep(Duration::from_millis(1100));
+    env.run(&["run", "flappy"]).code(1);
+    let reqs = hook.take();
+    assert_eq!(reqs.len(), 2);
+    let d = &reqs[1].json()["digest"];
+    assert_eq!(d["failures"], 4);
+    assert_eq!(d["since_last_message"], 3);
+}
+
+#[test]
+fn command_and_ping_channels() {
+    let env = Env::new();
+    let hc = Http::start();
+    let out = env.path("command-payload.json");
+    env.global(&format!(
+        "[channels.script]\ntype = \"command\"\ncommand = [\"sh\", \"-c\", \"cat > {}\"]\n[channels.deadman]\ntype = \"ping\"\nurl_env = \"HC_PING_URL\"",
+        out.display()
+    ));
+    failing_job(&env, "\"script\", \"deadman\"", "");
+    let mut c = env.cmd(&["run", "nightly"]);
+    c.env("HC_PING_URL", hc.url("/ping/abc"));
+    env.run_cmd(c).code(3);
+    let p: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(p["event"], "failure");
+    let mut paths: Vec<String> = hc.take().iter().map(|r| r.path.clone()).collect();
+    paths.sort();
+    assert_eq!(paths, ["/ping/abc/fail", "/ping/abc/start"]);
+    // A success pings the plain URL (and the start).
+    env.job(
+        "nightly",
+        "command = [\"true\"]\n[notify]\nchannels = [\"deadman\"]\n",
+    );
+    let mut c = env.cmd(&["run", "nightly"]);
+    c.env("HC_PING_URL", hc.url("/ping/abc"));
+    env.run_cmd(c).code(0);
+    let reqs = hc.take();
+    let mut paths: Vec<&str> = reqs.iter().map(|r| r.path.as_str()).collect();
+    paths.sort();
+    assert_eq!(paths, ["/ping/abc", "/ping/abc/start"]);
+    let body = String::from_utf8_lossy(&reqs.iter().find(|r| r.path == "/ping/abc").unwrap().body)
+        .into_owned();
+    assert!(
+        body.contains(env.last_run("nightly")["id"].as_str().unwrap()),
+        "{body}"
+    );
+}
+
+#[test]
+fn notify_test_reports_each_channel() {
+    let env = Env::new();
+    let hook = Http::start();
+    env.global(&format!(
+        "[channels.hook]\ntype = \"webhook\"\nurl = \"{}\"\n[channels.broken]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{}/\"",
+        hook.url("/"),
+        free_port()
+    ));
+    env.job(
+        "j",
+        "command = [\"true\"]\n[notify]\nchannels = [\"hook\", \"broken\"]\n",
+    );
+    let d = env.run(&["notify", "test", "j"]);
+    d.code(1);
+    let out = d.stdout();
+    assert!(out.contains("hook (webhook): ok"), "{out}");
+    assert!(out.contains("broken (webhook): FAILED"), "{out}");
+    assert_eq!(hook.take()[0].json()["event"], "test");
+}
+
+#[test]
+fn overrun_is_sent_while_the_run_is_still_going() {
+    let env = Env::new();
+    let hook = Http::start();
+    env.global(&format!(
+        "[channels.hook]\ntype = \"webhook\"\nurl = \"{}\"",
+        hook.url("/")
+    ));
+    env.job(
+        "slowpoke",
+        "command = [\"sleep\", \"3\"]\nexpected_duration = \"300ms\"\n[notify]\nchannels = [\"hook\"]\n",
+    );
+    let mut runner = env.spawn(&["run", "slowpoke"]);
+    wait_for("the overrun notification", Duration::from_secs(5), || {
+        hook.count() > 0
+    });
+    assert!(runner.try_wait().unwrap().is_none(), "sent while running");
+    let p = hook.take()[0].json();
+    assert_eq!(p["event"], "overrun");
+    assert_eq!(p["outcome"], "running");
+    assert_eq!(
+        wait_child(&mut runner, Duration::from_secs(10)).code(),
+        Some(0)
+    );
+    assert_eq!(hook.count(), 0, "one overrun per run, nothing on success");
+}
+
+#[test]
+fn lost_and_skipped_runs_are_notified() {
+    let env = Env::new();
+    let hook = Http::start();
+    env.global(&format!(
+        "[channels.hook]\ntype = \"webhook\"\nurl = \"{}\"",
+        hook.url("/")
+    ));
+    let pidfile = env.path("pid");
+    env.job(
+        "fragile",
+        &format!(
+            "command = [\"sh\", \"-c\", \"echo $$ > {}; sleep 300\"]\n[notify]\non = [\"lost\", \"skipped\", \"failure\"]\nchannels = [\"hook\"]\n",
+            pidfile.display()
+        ),
+    );
+    let mut runner = env.spawn(&["run", "fragile"]);
+    wait_for("job start", Duration::from_secs(10), || {
+        read_pid(&pidfile).is_some()
+    });
+    // A second run while the first holds the lock is skipped (and notified).
+    env.run(&["run", "fragile"]).code(75);
+    wait_for("skipped", Duration::from_secs(5), || hook.count() == 1);
+    assert_eq!(hook.take()[0].json()["event"], "skipped");
+    kill(Pid::from_raw(runner.id() as i32), Signal::SIGKILL).unwrap();
+    wait_child(&mut runner, Duration::from_secs(5));
+    env.job(
+        "fragile",
+        "command = [\"true\"]\n[notify]\non = [\"lost\"]\nchannels = [\"hook\"]\n",
+    );
+    env.run(&["run", "fragile"]).code(0);
+    let reqs = hook.take();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].json()["event"], "lost");
+    assert_eq!(reqs[0].json()["outcome"], "lost");
+}
+
+#[test]
+fn slack_blocks_read_well_on_a_phone() {
+    let env = Env::new();
+    let slack = Http::start();
+    env.global("[channels.oncall]\ntype = \"slack\"\nurl_env = \"SLACK_WEBHOOK_URL\"");
+    failing_job(&env, "\"oncall\"", "");
+    let mut c = env.cmd(&["run", "nightly"]);
+    c.env("SLACK_WEBHOOK_URL", slack.url("/services/T/B/x"));
+    env.run_cmd(c).code(3);
+    let body = slack.take()[0].json();
+    assert!(
+        body["text"]
+            .as_str()
+            .unwrap()
+            .contains("nightly failure (exit 3)")
+    );
+    let blocks = body["blocks"].as_array().unwrap();
+    assert_eq!(blocks[0]["type"], "header");
+    let all = serde_json::to_string(blocks).unwrap();
+    assert!(
+        all.contains("batchguard run nightly --param date=2026-11-30"),
+        "{all}"
+    );
+    assert!(all.contains("ERROR: upstream refused"), "{all}");
+    assert!(
+        all.contains("<https://wiki.example.com/runbooks/nightly|Runbook>"),
+        "{all}"
+    );
+    assert!(!all.contains(SECRET_VALUE));
+}
