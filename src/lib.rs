@@ -25,6 +25,7 @@ pub mod publish;
 pub mod redact;
 pub mod runner;
 pub mod store;
+pub mod watchdog;
 
 pub use batchguard_config as config;
 pub use batchguard_supervise as supervise;

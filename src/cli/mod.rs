@@ -109,6 +109,13 @@ enum Command {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// Cron schedules (G13): render or install /etc/cron.d files, predict fire times.
+    Cron {
+        #[command(subcommand)]
+        action: CronAction,
+    },
+    /// Record lost runs, raise `missed`, flush notifications (cron runs it every minute).
+    Watchdog,
     /// Notifications: deliver what the outbox holds, or test a job's channels.
     Notify {
         #[command(subcommand)]
@@ -120,6 +127,26 @@ enum Command {
         /// Keep printing until the run ends.
         #[arg(long, short)]
         follow: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CronAction {
+    /// Print the cron.d content of scheduled jobs (one job, or all and the watchdog).
+    Render { job: Option<String> },
+    /// Write one file per scheduled job (and the watchdog) atomically; remove stale ones.
+    Install {
+        #[arg(long, default_value = "/etc/cron.d")]
+        dir: PathBuf,
+    },
+    /// The next fire times of a job, in its time zone.
+    Next {
+        job: String,
+        #[arg(short = 'n', default_value_t = 5)]
+        n: usize,
+        /// Start after this time (RFC 3339) instead of now.
+        #[arg(long)]
+        from: Option<String>,
     },
 }
 
@@ -336,6 +363,23 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 )),
             }
         }
+        Command::Cron { action } => cron_command(&dir, action),
+        Command::Watchdog => {
+            let global = config::load_global(&dir)?;
+            let jobs = load_jobs_leniently(&dir, &global);
+            let ctx = context(&cli, global)?;
+            let r = crate::watchdog::run(&ctx, &jobs)?;
+            if r.lost > 0 || !r.missed.is_empty() || r.pending > 0 {
+                eprintln!(
+                    "batchguard watchdog: {} lost, missed: [{}], {} notifications delivered, {} pending",
+                    r.lost,
+                    r.missed.join(", "),
+                    r.delivered,
+                    r.pending
+                );
+            }
+            Ok(exit::OK)
+        }
         Command::Notify { action } => {
             let global = config::load_global(&dir)?;
             let ctx = context(&cli, global)?;
@@ -382,4 +426,101 @@ fn load_jobs_leniently(dir: &Path, global: &Global) -> Vec<Job> {
         }
     }
     jobs
+}
+
+/// The binary cron should call: this one, by its canonical path.
+fn own_binary() -> Result<PathBuf> {
+    std::env::current_exe()
+        .and_then(|p| p.canonicalize())
+        .map_err(|e| Error::io("locate", "the batchguard binary", e))
+}
+
+fn absolute(dir: &Path) -> Result<PathBuf> {
+    std::path::absolute(dir).map_err(|e| Error::io("resolve", dir, e))
+}
+
+fn cron_command(dir: &Path, action: &CronAction) -> Result<i32> {
+    use crate::cron;
+    match action {
+        CronAction::Render { job } => {
+            let cfg = config::load(dir)?;
+            let (bin, cdir) = (own_binary()?, absolute(dir)?);
+            let jobs: Vec<&Job> = match job {
+                Some(name) => vec![cfg.jobs.get(name).ok_or_else(|| Error::UnknownJob {
+                    job: name.clone(),
+                    dir: dir.to_path_buf(),
+                    known: cfg.jobs.keys().cloned().collect::<Vec<_>>().join(", "),
+                })?],
+                None => cfg.jobs.values().collect(),
+            };
+            let mut first = true;
+            for j in jobs {
+                let Some(entry) = cron::CronEntry::from_job(j) else {
+                    if job.is_some() {
+                        eprintln!("batchguard: job `{}` has no schedule", j.name);
+                        return Ok(exit::FAILURE);
+                    }
+                    continue;
+                };
+                if !first {
+                    println!();
+                }
+                first = false;
+                println!("# file: {}", cron::file_name(&entry.job));
+                print!("{}", cron::render(&entry, &bin, &cdir));
+            }
+            if job.is_none() {
+                if !first {
+                    println!();
+                }
+                println!("# file: {}", cron::WATCHDOG_FILE);
+                print!("{}", cron::render_watchdog(&bin, &cdir));
+            }
+            Ok(exit::OK)
+        }
+        CronAction::Install { dir: cron_dir } => {
+            let cfg = config::load(dir)?;
+            let entries: Vec<cron::CronEntry> = cfg
+                .jobs
+                .values()
+                .filter_map(cron::CronEntry::from_job)
+                .collect();
+            let report = cron::install(&entries, cron_dir, &own_binary()?, &absolute(dir)?)
+                .map_err(|e| Error::Usage(e.to_string()))?;
+            for p in &report.written {
+                println!("wrote {}", p.display());
+            }
+            for p in &report.removed {
+                println!("removed {}", p.display());
+            }
+            println!(
+                "{} written, {} unchanged, {} removed",
+                report.written.len(),
+                report.unchanged.len(),
+                report.removed.len()
+            );
+            Ok(exit::OK)
+        }
+        CronAction::Next { job, n, from } => {
+            let global = config::load_global(dir)?;
+            let job = load_job(dir, job, &global)?;
+            let Some(schedule) = &job.schedule else {
+                eprintln!("batchguard: job `{}` has no schedule", job.name);
+                return Ok(exit::FAILURE);
+            };
+            let after = match from {
+                Some(t) => t.parse::<jiff::Timestamp>().map_err(|e| {
+                    Error::Usage(format!("--from `{t}` is not an RFC 3339 time: {e}"))
+                })?,
+                None => jiff::Timestamp::now(),
+            };
+            let tz = crate::clock::zone(job.timezone.as_deref());
+            let fires = cron::next_fires(schedule, &tz, after, *n)
+                .map_err(|e| Error::Usage(e.to_string()))?;
+            for f in fires {
+                println!("{}", f.strftime("%Y-%m-%dT%H:%M:%S%:z"));
+            }
+            Ok(exit::OK)
+        }
+    }
 }

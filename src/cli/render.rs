@@ -167,6 +167,13 @@ pub fn status(ctx: &Context, jobs: &[Job], format: Format) -> Result<i32> {
             let tz = clock::zone(j.timezone.as_deref());
             crate::cron::next_after(sched, &now.with_time_zone(tz))
         });
+        let sched_state = match job {
+            Some(j) => crate::watchdog::schedule_state(ctx, j, now.timestamp())?,
+            None => None,
+        };
+        let (late, missed) = sched_state
+            .as_ref()
+            .map_or((false, false), |s| (s.late, s.missed));
         entries.push(json!({
             "job": name,
             "configured": job.is_some(),
@@ -176,8 +183,9 @@ pub fn status(ctx: &Context, jobs: &[Job], format: Format) -> Result<i32> {
             "duration_ms": run.and_then(|r| r.duration_ms),
             "running": run.is_some_and(|r| r.outcome == "running"),
             "next_run": next.as_ref().map(clock::format_zoned),
-            "late": false,
-            "missed": false,
+            "late": late,
+            "missed": missed,
+            "last_scheduled": sched_state.as_ref().map(|s| clock::format_zoned(&s.last_fire)),
         }));
     }
     if format == Format::Json {
@@ -194,6 +202,15 @@ pub fn status(ctx: &Context, jobs: &[Job], format: Format) -> Result<i32> {
                 dash(e["duration_ms"].as_i64().map(clock::human_ms)),
                 dash(s("next_run")),
                 dash(s("schedule")),
+                if e["missed"] == true {
+                    "MISSED".into()
+                } else if e["late"] == true {
+                    "late".into()
+                } else if e["running"] == true {
+                    "running".into()
+                } else {
+                    String::new()
+                },
             ]
         })
         .collect();
@@ -201,7 +218,7 @@ pub fn status(ctx: &Context, jobs: &[Job], format: Format) -> Result<i32> {
         "{}",
         table(
             &[
-                "JOB", "LAST RUN", "OUTCOME", "DURATION", "NEXT RUN", "SCHEDULE"
+                "JOB", "LAST RUN", "OUTCOME", "DURATION", "NEXT RUN", "SCHEDULE", "STATE"
             ],
             &rows
         )

@@ -60,6 +60,13 @@ pub(super) fn run(
             .set_run_process(&a.record.id, None, Some(&path.display().to_string()))?;
     }
     let run_argv = items.run.clone().unwrap_or_default();
+    let runner = ItemRunner {
+        a,
+        items,
+        group: &group,
+        run_argv: &run_argv,
+        mode,
+    };
     let next = AtomicUsize::new(0);
     let bucket = items.rate.map(|r| Mutex::new(Bucket::new(r.per_second)));
     let deadline = a.job.timeout.map(|t| Instant::now() + t);
@@ -70,7 +77,7 @@ pub(super) fn run(
         for _ in 0..workers {
             let tx = tx.clone();
             let done_tx = done_tx.clone();
-            let (group, next, bucket, run_argv) = (&group, &next, &bucket, &run_argv);
+            let (runner, next, bucket) = (&runner, &next, &bucket);
             s.spawn(move || {
                 while a.control.stopping().is_none() {
                     let i = next.fetch_add(1, Ordering::SeqCst);
@@ -82,7 +89,7 @@ pub(super) fn run(
                         break;
                     }
                     let key = keys.get(k as usize);
-                    if let Some(update) = one_item(a, items, group, run_argv, k, key, &tx, mode) {
+                    if let Some(update) = runner.one(k, key, &tx) {
                         if update.state == ItemState::Failed {
                             failed.push(key);
                         }
@@ -133,82 +140,91 @@ pub(super) fn run(
     })
 }
 
-/// Run one item; `None` when the run is stopping (the key stays in flight
-/// and is redone by the next run).
-fn one_item(
-    a: &Attempt<'_>,
-    items: &Items,
-    group: &Group,
-    run_argv: &[String],
-    idx: u32,
-    key: &str,
-    tx: &Sender,
-    group_mode: supervise::Enforcement,
-) -> Option<Msg> {
-    let failed = |error: String| Msg {
-        idx,
-        state: ItemState::Failed,
-        error: Some(a.p.redactor.redact(&error).into_owned()),
-    };
-    let _ = tx.send(Msg::new(idx, ItemState::InFlight));
-    let argv = match a.render("items.run", run_argv, Some(key)) {
-        Ok(argv) => argv,
-        Err(e) => return Some(failed(e.to_string())),
-    };
-    let mut spec = a.spec(&argv, CgroupPlacement::Join(group.handle()));
-    spec.env.push(("BATCHGUARD_ITEM".into(), key.into()));
-    let limits = Limits {
-        timeout: items.item_timeout,
-        kill_grace: a.job.kill_grace,
-        memory_max: None,
-    };
-    let child = match supervise::spawn_with(spec, limits, group_mode) {
-        Ok(c) => c,
-        Err(e) => {
-            let msg = format!("cannot start `{}`: {e}", argv[0]);
-            log_line(a.log, "batchguard", &format!("[{key}] "), msg.as_bytes());
-            return Some(failed(msg));
+/// What every item of the run shares.
+struct ItemRunner<'a> {
+    a: &'a Attempt<'a>,
+    items: &'a Items,
+    group: &'a Group,
+    run_argv: &'a [String],
+    mode: supervise::Enforcement,
+}
+
+impl ItemRunner<'_> {
+    /// Run one item; `None` when the run is stopping (the key stays in flight
+    /// and is redone by the next run).
+    fn one(&self, idx: u32, key: &str, tx: &Sender) -> Option<Msg> {
+        let ItemRunner {
+            a,
+            items,
+            group,
+            run_argv,
+            mode: group_mode,
+        } = *self;
+        let failed = |error: String| Msg {
+            idx,
+            state: ItemState::Failed,
+            error: Some(a.p.redactor.redact(&error).into_owned()),
+        };
+        let _ = tx.send(Msg::new(idx, ItemState::InFlight));
+        let argv = match a.render("items.run", run_argv, Some(key)) {
+            Ok(argv) => argv,
+            Err(e) => return Some(failed(e.to_string())),
+        };
+        let mut spec = a.spec(&argv, CgroupPlacement::Join(group.handle()));
+        spec.env.push(("BATCHGUARD_ITEM".into(), key.into()));
+        let limits = Limits {
+            timeout: items.item_timeout,
+            kill_grace: a.job.kill_grace,
+            memory_max: None,
+        };
+        let child = match supervise::spawn_with(spec, limits, group_mode) {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = format!("cannot start `{}`: {e}", argv[0]);
+                log_line(a.log, "batchguard", &format!("[{key}] "), msg.as_bytes());
+                return Some(failed(msg));
+            }
+        };
+        let id = a.control.register(child.stop_handle());
+        let prefix = format!("[{key}] ");
+        let mut last_err = String::new();
+        let done = child.wait(|stream, line| {
+            if stream == supervise::Stream::Stderr {
+                last_err = String::from_utf8_lossy(line).into_owned();
+            }
+            log_line(a.log, stream.as_str(), &prefix, line);
+        });
+        a.control.unregister(id);
+        if a.control.stopping().is_some() && done.end != End::Exited(0) {
+            // Stopped with the run (timeout, memory, fence, signal): not the
+            // item's failure. It stays in flight and the next run redoes it.
+            return None;
         }
-    };
-    let id = a.control.register(child.stop_handle());
-    let prefix = format!("[{key}] ");
-    let mut last_err = String::new();
-    let done = child.wait(|stream, line| {
-        if stream == supervise::Stream::Stderr {
-            last_err = String::from_utf8_lossy(line).into_owned();
-        }
-        log_line(a.log, stream.as_str(), &prefix, line);
-    });
-    a.control.unregister(id);
-    if a.control.stopping().is_some() && done.end != End::Exited(0) {
-        // Stopped with the run (timeout, memory, fence, signal): not the
-        // item's failure. It stays in flight and the next run redoes it.
-        return None;
+        let why = match done.end {
+            End::Exited(0) => return Some(Msg::new(idx, ItemState::Done)),
+            End::Stopped(_) => return None,
+            End::Exited(code) => format!("exit code {code}"),
+            End::Signaled(sig) => format!("killed by signal {sig}"),
+            End::TimedOut => format!(
+                "timed out after {}",
+                items
+                    .item_timeout
+                    .map(batchguard_config::format_duration)
+                    .unwrap_or_default()
+            ),
+            End::OutOfMemory => "out of memory".to_string(),
+        };
+        let why = if last_err.is_empty() {
+            why
+        } else {
+            format!("{why}: {last_err}")
+        };
+        log_line(
+            a.log,
+            "batchguard",
+            &prefix,
+            format!("item failed: {why}").as_bytes(),
+        );
+        Some(failed(why))
     }
-    let why = match done.end {
-        End::Exited(0) => return Some(Msg::new(idx, ItemState::Done)),
-        End::Stopped(_) => return None,
-        End::Exited(code) => format!("exit code {code}"),
-        End::Signaled(sig) => format!("killed by signal {sig}"),
-        End::TimedOut => format!(
-            "timed out after {}",
-            items
-                .item_timeout
-                .map(batchguard_config::format_duration)
-                .unwrap_or_default()
-        ),
-        End::OutOfMemory => "out of memory".to_string(),
-    };
-    let why = if last_err.is_empty() {
-        why
-    } else {
-        format!("{why}: {last_err}")
-    };
-    log_line(
-        a.log,
-        "batchguard",
-        &prefix,
-        format!("item failed: {why}").as_bytes(),
-    );
-    Some(failed(why))
 }

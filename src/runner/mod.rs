@@ -315,7 +315,6 @@ pub fn run(ctx: &Context, job: &Job, req: &Request) -> Result<Report> {
     report
 }
 
-#[expect(clippy::too_many_arguments, reason = "one call site")]
 fn heartbeat_loop(
     ctx: &Context,
     job: &Job,
@@ -883,4 +882,45 @@ pub fn notify_test(ctx: &Context, job: &Job) -> i32 {
         }
     }
     code
+}
+
+/// The watchdog found that the fire at `fire` started no run: notify
+/// `missed` (the job's channels, if it asked for the event).
+pub fn notify_missed(ctx: &Context, job: &Job, fire: &jiff::Zoned) {
+    if !crate::notify::wanted(job, "missed") {
+        return;
+    }
+    let p = match prepare(job, &Request::default()) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot prepare the missed notification of {}", job.name);
+            return;
+        }
+    };
+    let mut record = base_record(ctx, job, &p, "-", 1);
+    record.started_at = clock::format_zoned(fire);
+    record.log_path = None;
+    let end = RunEnd::default();
+    let mut payload = notice::payload(
+        ctx,
+        job,
+        &p,
+        &record,
+        "missed",
+        Outcome::Failure,
+        &end,
+        &[],
+        &[],
+    );
+    payload.run_id = None;
+    payload.outcome = None;
+    payload.message = format!(
+        "Job {} was scheduled at {} ({}) on {} but no run started within {}.",
+        job.name,
+        clock::format_zoned(fire),
+        job.schedule.as_deref().unwrap_or("?"),
+        ctx.me.host,
+        batchguard_config::format_duration(ctx.global.missed_grace)
+    );
+    crate::notify::enqueue(ctx.store.as_ref(), &ctx.global, job, &payload, true);
 }

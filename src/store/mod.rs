@@ -387,6 +387,14 @@ pub trait Store: Send + Sync {
     fn outbox_pending(&self) -> Result<u64>;
     fn notify_state(&self, job: &str) -> Result<NotifyState>;
     fn set_notify_state(&self, job: &str, state: &NotifyState) -> Result<()>;
+
+    // The watchdog's memory per scheduled job.
+    /// Since when the watchdog watches `job` (recorded as `now_ms` on first
+    /// sight), and the fire time of the last `missed` it raised.
+    fn watch_state(&self, job: &str, now_ms: i64) -> Result<(i64, Option<i64>)>;
+    /// Record that the fire at `fire_ms` was missed; `false` if that fire
+    /// (or a later one) was already recorded, so each miss is raised once.
+    fn record_missed(&self, job: &str, fire_ms: i64) -> Result<bool>;
 }
 
 /// Open the store named by a URL (`sqlite:PATH`; `postgres://…` comes with

@@ -114,6 +114,13 @@ CREATE TABLE notify_state (
     overrun_run TEXT
 );
 "#,
+    r#"
+CREATE TABLE watchdog (
+    job TEXT PRIMARY KEY,
+    since_ms INTEGER NOT NULL,
+    last_missed_fire_ms INTEGER
+);
+"#,
 ];
 
 const RUN_COLUMNS: &str = "id, job, lock_name, host, boot_id, pid, pid_start, fence, attempt, \
@@ -981,5 +988,32 @@ impl Store for SqliteStore {
             )
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    fn watch_state(&self, job: &str, now_ms: i64) -> Result<(i64, Option<i64>)> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO watchdog (job, since_ms) VALUES (?1, ?2) ON CONFLICT (job) DO NOTHING",
+            params![job, now_ms],
+        )
+        .map_err(|e| self.err(e))?;
+        conn.query_row(
+            "SELECT since_ms, last_missed_fire_ms FROM watchdog WHERE job = ?1",
+            [job],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(|e| self.err(e))
+    }
+
+    fn record_missed(&self, job: &str, fire_ms: i64) -> Result<bool> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE watchdog SET last_missed_fire_ms = ?2 WHERE job = ?1 \
+                 AND (last_missed_fire_ms IS NULL OR last_missed_fire_ms < ?2)",
+                params![job, fire_ms],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(n == 1)
     }
 }

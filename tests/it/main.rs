@@ -9,5 +9,6 @@ mod items;
 mod locking;
 mod notify;
 mod records;
+mod schedule;
 mod secrets;
 mod supervision;

@@ -41,6 +41,9 @@ pub struct Global {
     /// `notify_digest`: while a job keeps failing, at most one digest per
     /// this interval after the first failure's notification. Default 1h.
     pub notify_digest: Duration,
+    /// `missed_grace`: how long after a scheduled fire time a run may start
+    /// before the watchdog raises `missed`. Default 5m.
+    pub missed_grace: Duration,
     /// `lease`: lock lease duration. Default 30s.
     pub lease: Duration,
     /// `artifact_dir` (absolute), if set.
@@ -65,6 +68,7 @@ impl Default for Global {
             log_max_bytes: 64 << 20,
             log_retention: Duration::from_secs(30 * 86_400),
             notify_digest: Duration::from_secs(3600),
+            missed_grace: Duration::from_secs(300),
             lease: Duration::from_secs(30),
             artifact_dir: None,
         }

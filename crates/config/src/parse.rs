@@ -175,6 +175,7 @@ const GLOBAL_KEYS: &[&str] = &[
     "lease",
     "artifact_dir",
     "notify_digest",
+    "missed_grace",
 ];
 const CHANNEL_TYPES: &[&str] = &["slack", "webhook", "email", "command", "ping"];
 
@@ -1123,6 +1124,11 @@ impl W {
                 "notify_digest" => {
                     if let Some(d) = self.duration(v, key, true) {
                         g.notify_digest = d.v;
+                    }
+                }
+                "missed_grace" => {
+                    if let Some(d) = self.duration(v, key, true) {
+                        g.missed_grace = d.v;
                     }
                 }
                 "defaults" => {

@@ -1,0 +1,702 @@
+//! `cron next` across DST (SPEC §9, cronie's rule), cron.d rendering and
+//! installation (G13).
+
+use batchguard::cron::{self, CronEntry, CronError, InstallReport};
+use jiff::tz::TimeZone;
+use jiff::{Timestamp, Zoned};
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+fn tz(name: &str) -> TimeZone {
+    batchguard::config::zone::zone(name).unwrap_or_else(|| panic!("zone {name}"))
+}
+
+/// A local time in `zone` (must be unambiguous) as an instant.
+fn local(zone: &str, civil: &str) -> Timestamp {
+    let z: Zoned = format!("{civil}[{zone}]").parse().unwrap();
+    z.timestamp()
+}
+
+fn fmt(z: &Zoned) -> String {
+    z.strftime("%Y-%m-%dT%H:%M:%S%:z").to_string()
+}
+
+fn next(schedule: &str, zone: &str, after: Timestamp, n: usize) -> Vec<String> {
+    cron::next_fires(schedule, &tz(zone), after, n)
+        .unwrap()
+        .iter()
+        .map(fmt)
+        .collect()
+}
+
+/// Fires in `[from, to)`.
+fn fires_between(schedule: &str, zone: &str, from: Timestamp, to: Timestamp) -> Vec<String> {
+    let before = from
+        .checked_sub(jiff::SignedDuration::from_secs(1))
+        .unwrap();
+    cron::next_fires(schedule, &tz(zone), before, 500)
+        .unwrap()
+        .into_iter()
+        .filter(|z| z.timestamp() < to)
+        .map(|z| fmt(&z))
+        .collect()
+}
+
+// ---- New York: spring forward 2026-03-08 02:00 → 03:00 ----
+
+#[test]
+fn new_york_spring_fixed_0230_fires_once_at_end_of_gap() {
+    let from = local("America/New_York", "2026-03-07T00:00");
+    assert_eq!(
+        next("30 2 * * *", "America/New_York", from, 3),
+        [
+            "2026-03-07T02:30:00-05:00",
+            "2026-03-08T03:00:00-04:00",
+            "2026-03-09T02:30:00-04:00",
+        ]
+    );
+    // Exactly one fire on the transition day.
+    let day = fires_between(
+        "30 2 * * *",
+        "America/New_York",
+        local("America/New_York", "2026-03-08T00:00"),
+        local("America/New_York", "2026-03-09T00:00"),
+    );
+    assert_eq!(day, ["2026-03-08T03:00:00-04:00"]);
+}
+
+#[test]
+fn new_york_spring_every_30_minutes_skips_the_gap() {
+    let fires = fires_between(
+        "*/30 * * * *",
+        "America/New_York",
+        local("America/New_York", "2026-03-08T00:00"),
+        local("America/New_York", "2026-03-08T04:00"),
+    );
+    assert_eq!(
+        fires,
+        [
+            "2026-03-08T00:00:00-05:00",
+            "2026-03-08T00:30:00-05:00",
+            "2026-03-08T01:00:00-05:00",
+            "2026-03-08T01:30:00-05:00",
+            "2026-03-08T03:00:00-04:00",
+            "2026-03-08T03:30:00-04:00",
+        ]
+    );
+}
+
+#[test]
+fn new_york_spring_lists_are_fixed_time_and_collapse_at_gap_end() {
+    // cronie treats a list without `*` as fixed-time: both 02:00 and 02:30
+    // run at 03:00, which is one fire time.
+    let day = fires_between(
+        "0,30 2 * * *",
+        "America/New_York",
+        local("America/New_York", "2026-03-08T00:00"),
+        local("America/New_York", "2026-03-09T00:00"),
+    );
+    assert_eq!(day, ["2026-03-08T03:00:00-04:00"]);
+    // A wildcard hour with a fixed minute is a wildcard job: skipped.
+    let day = fires_between(
+        "30 * * * *",
+        "America/New_York",
+        local("America/New_York", "2026-03-08T01:00"),
+        local("America/New_York", "2026-03-08T04:00"),
+    );
+    assert_eq!(
+        day,
+        ["2026-03-08T01:30:00-05:00", "2026-03-08T03:30:00-04:00"]
+    );
+}
+
+// ---- New York: fall back 2026-11-01 02:00 → 01:00 ----
+
+#[test]
+fn new_york_fall_fixed_0130_fires_once_at_first_occurrence() {
+    let from = local("America/New_York", "2026-10-31T12:00");
+    assert_eq!(
+        next("30 1 * * *", "America/New_York", from, 2),
+        ["2026-11-01T01:30:00-04:00", "2026-11-02T01:30:00-05:00"]
+    );
+    // Asked from inside the repeated hour, after the first 01:30: the second
+    // 01:30 (EST) is not a fire.
+    let inside = "2026-11-01T06:10:00Z".parse().unwrap(); // 01:10 EST
+    assert_eq!(
+        next("30 1 * * *", "America/New_York", inside, 1),
+        ["2026-11-02T01:30:00-05:00"]
+    );
+}
+
+#[test]
+fn new_york_fall_fixed_0230_is_unaffected() {
+    let day = fires_between(
+        "30 2 * * *",
+        "America/New_York",
+        local("America/New_York", "2026-11-01T00:00"),
+        local("America/New_York", "2026-11-02T00:00"),
+    );
+    assert_eq!(day, ["2026-11-01T02:30:00-05:00"]);
+}
+
+#[test]
+fn new_york_fall_every_30_minutes_fires_in_both_passes() {
+    let fires = fires_between(
+        "*/30 * * * *",
+        "America/New_York",
+        local("America/New_York", "2026-11-01T00:00"),
+        local("America/New_York", "2026-11-01T03:00"),
+    );
+    assert_eq!(
+        fires,
+        [
+            "2026-11-01T00:00:00-04:00",
+            "2026-11-01T00:30:00-04:00",
+            "2026-11-01T01:00:00-04:00",
+            "2026-11-01T01:30:00-04:00",
+            "2026-11-01T01:00:00-05:00",
+            "2026-11-01T01:30:00-05:00",
+            "2026-11-01T02:00:00-05:00",
+            "2026-11-01T02:30:00-05:00",
+        ]
+    );
+    let in_repeated_hour = fires.iter().filter(|f| f.contains("T01:")).count();
+    assert_eq!(in_repeated_hour, 4);
+}
+
+// ---- Berlin: spring 2026-03-29 02:00 → 03:00, fall 2026-10-25 03:00 → 02:00 ----
+
+#[test]
+fn berlin_spring_fixed_0230_fires_at_0300_cest() {
+    let day = fires_between(
+        "30 2 * * *",
+        "Europe/Berlin",
+        local("Europe/Berlin", "2026-03-29T00:00"),
+        local("Europe/Berlin", "2026-03-30T00:00"),
+    );
+    assert_eq!(day, ["2026-03-29T03:00:00+02:00"]);
+    assert_eq!(
+        next(
+            "30 2 * * *",
+            "Europe/Berlin",
+            local("Europe/Berlin", "2026-03-28T12:00"),
+            3
+        ),
+        [
+            "2026-03-29T03:00:00+02:00",
+            "2026-03-30T02:30:00+02:00",
+            "2026-03-31T02:30:00+02:00",
+        ]
+    );
+}
+
+#[test]
+fn berlin_fall_fixed_0230_fires_once_at_cest() {
+    let day = fires_between(
+        "30 2 * * *",
+        "Europe/Berlin",
+        local("Europe/Berlin", "2026-10-25T00:00"),
+        local("Europe/Berlin", "2026-10-26T00:00"),
+    );
+    assert_eq!(day, ["2026-10-25T02:30:00+02:00"]);
+    // The instant: 00:30 UTC (not 01:30 UTC, the second 02:30).
+    let first = cron::next_fires(
+        "30 2 * * *",
+        &tz("Europe/Berlin"),
+        local("Europe/Berlin", "2026-10-25T00:00"),
+        1,
+    )
+    .unwrap();
+    assert_eq!(
+        first[0].timestamp(),
+        "2026-10-25T00:30:00Z".parse::<Timestamp>().unwrap()
+    );
+}
+
+#[test]
+fn berlin_every_30_minutes_across_both_transitions() {
+    let spring = fires_between(
+        "*/30 * * * *",
+        "Europe/Berlin",
+        local("Europe/Berlin", "2026-03-29T01:00"),
+        local("Europe/Berlin", "2026-03-29T04:00"),
+    );
+    assert_eq!(
+        spring,
+        [
+            "2026-03-29T01:00:00+01:00",
+            "2026-03-29T01:30:00+01:00",
+            "2026-03-29T03:00:00+02:00",
+            "2026-03-29T03:30:00+02:00",
+        ]
+    );
+    assert!(!spring.iter().any(|f| f.contains("T02:")));
+    let fall = fires_between(
+        "*/30 * * * *",
+        "Europe/Berlin",
+        local("Europe/Berlin", "2026-10-25T01:00"),
+        local("Europe/Berlin", "2026-10-25T04:00"),
+    );
+    assert_eq!(
+        fall,
+        [
+            "2026-10-25T01:00:00+02:00",
+            "2026-10-25T01:30:00+02:00",
+            "2026-10-25T02:00:00+02:00",
+            "2026-10-25T02:30:00+02:00",
+            "2026-10-25T02:00:00+01:00",
+            "2026-10-25T02:30:00+01:00",
+            "2026-10-25T03:00:00+01:00",
+            "2026-10-25T03:30:00+01:00",
+        ]
+    );
+    assert_eq!(fall.iter().filter(|f| f.contains("T02:")).count(), 4);
+}
+
+// ---- Tokyo, nicknames, day-of-month / day-of-week ----
+
+#[test]
+fn tokyo_weekdays_at_nine() {
+    // 2026-03-06 is a Friday.
+    let from = local("Asia/Tokyo", "2026-03-06T10:00");
+    assert_eq!(
+        next("0 9 * * 1-5", "Asia/Tokyo", from, 4),
+        [
+            "2026-03-09T09:00:00+09:00",
+            "2026-03-10T09:00:00+09:00",
+            "2026-03-11T09:00:00+09:00",
+            "2026-03-12T09:00:00+09:00",
+        ]
+    );
+    // Same with names, and across New York's DST change nothing moves in Tokyo.
+    let from = local("Asia/Tokyo", "2026-03-08T00:00");
+    assert_eq!(
+        next("0 9 * * MON-FRI", "Asia/Tokyo", from, 1),
+        ["2026-03-09T09:00:00+09:00"]
+    );
+}
+
+#[test]
+fn daily_and_other_nicknames() {
+    let from = local("America/New_York", "2026-03-07T12:00");
+    for s in ["@daily", "@midnight", "0 0 * * *"] {
+        assert_eq!(
+            next(s, "America/New_York", from, 2),
+            ["2026-03-08T00:00:00-05:00", "2026-03-09T00:00:00-04:00"],
+            "{s}"
+        );
+    }
+    let from = local("Asia/Tokyo", "2026-03-07T12:00");
+    assert_eq!(
+        next("@hourly", "Asia/Tokyo", from, 2),
+        ["2026-03-07T13:00:00+09:00", "2026-03-07T14:00:00+09:00"]
+    );
+    assert_eq!(
+        next("@weekly", "Asia/Tokyo", from, 1),
+        ["2026-03-08T00:00:00+09:00"]
+    );
+    assert_eq!(
+        next("@monthly", "Asia/Tokyo", from, 1),
+        ["2026-04-01T00:00:00+09:00"]
+    );
+    for s in ["@yearly", "@annually"] {
+        assert_eq!(
+            next(s, "Asia/Tokyo", from, 1),
+            ["2027-01-01T00:00:00+09:00"]
+        );
+    }
+}
+
+#[test]
+fn day_of_month_or_day_of_week() {
+    // Every 13th and every Friday.
+    let from = local("Asia/Tokyo", "2026-04-01T00:00");
+    assert_eq!(
+        next("0 0 13 * 5", "Asia/Tokyo", from, 7),
+        [
+            "2026-04-03T00:00:00+09:00", // Fri
+            "2026-04-10T00:00:00+09:00", // Fri
+            "2026-04-13T00:00:00+09:00", // Mon the 13th
+            "2026-04-17T00:00:00+09:00",
+            "2026-04-24T00:00:00+09:00",
+            "2026-05-01T00:00:00+09:00",
+            "2026-05-08T00:00:00+09:00",
+        ]
+    );
+    // A `*` day-of-month means "only the weekday", and vice versa.
+    assert_eq!(
+        next("0 0 * * 5", "Asia/Tokyo", from, 1),
+        ["2026-04-03T00:00:00+09:00"]
+    );
+    assert_eq!(
+        next("0 0 13 * *", "Asia/Tokyo", from, 1),
+        ["2026-04-13T00:00:00+09:00"]
+    );
+}
+
+#[test]
+fn sunday_is_zero_and_seven() {
+    let from = local("Asia/Tokyo", "2026-04-01T00:00");
+    let a = next("0 12 * * 0", "Asia/Tokyo", from, 3);
+    assert_eq!(a, next("0 12 * * 7", "Asia/Tokyo", from, 3));
+    assert_eq!(a, next("0 12 * * SUN", "Asia/Tokyo", from, 3));
+    assert_eq!(a[0], "2026-04-05T12:00:00+09:00");
+    assert_eq!(
+        next("0 12 * * 5-7", "Asia/Tokyo", from, 3),
+        [
+            "2026-04-03T12:00:00+09:00",
+            "2026-04-04T12:00:00+09:00",
+            "2026-04-05T12:00:00+09:00",
+        ]
+    );
+}
+
+#[test]
+fn next_after_keeps_the_zone_and_is_strict() {
+    let at: Zoned = "2026-03-08T03:00:00-04:00[America/New_York]"
+        .parse()
+        .unwrap();
+    // 03:00 itself is the (gap-end) fire time; strictly after → next day.
+    let n = cron::next_after("30 2 * * *", &at).unwrap();
+    assert_eq!(fmt(&n), "2026-03-09T02:30:00-04:00");
+    assert_eq!(n.time_zone().iana_name(), Some("America/New_York"));
+    assert!(cron::next_after("not a schedule", &at).is_none());
+    assert!(cron::next_after("0 0 30 2 *", &at).is_none());
+}
+
+#[test]
+fn last_fire_at_or_before_follows_the_same_rule() {
+    let ny = tz("America/New_York");
+    let last = |s: &str, at: &str| {
+        cron::last_fire_at_or_before(s, &ny, at.parse().unwrap())
+            .unwrap()
+            .map(|z| fmt(&z))
+    };
+    // At 03:30 EDT on the spring day: the gap-end fire at 03:00.
+    assert_eq!(
+        last("30 2 * * *", "2026-03-08T07:30:00Z").as_deref(),
+        Some("2026-03-08T03:00:00-04:00")
+    );
+    // At exactly a fire time: that fire.
+    assert_eq!(
+        last("30 2 * * *", "2026-03-08T07:00:00Z").as_deref(),
+        Some("2026-03-08T03:00:00-04:00")
+    );
+    // One second earlier: the previous day's.
+    assert_eq!(
+        last("30 2 * * *", "2026-03-08T06:59:59Z").as_deref(),
+        Some("2026-03-07T02:30:00-05:00")
+    );
+    // 01:45 EST on the fall day: the 01:30 job fired at 01:30 EDT only.
+    assert_eq!(
+        last("30 1 * * *", "2026-11-01T06:45:00Z").as_deref(),
+        Some("2026-11-01T01:30:00-04:00")
+    );
+    // ...while a wildcard job fired again at 01:30 EST.
+    assert_eq!(
+        last("*/30 * * * *", "2026-11-01T06:45:00Z").as_deref(),
+        Some("2026-11-01T01:30:00-05:00")
+    );
+    assert_eq!(last("0 0 30 2 *", "2026-11-01T06:45:00Z"), None);
+    assert!(matches!(
+        cron::last_fire_at_or_before("61 * * * *", &ny, Timestamp::UNIX_EPOCH),
+        Err(CronError::Schedule { .. })
+    ));
+}
+
+#[test]
+fn interval_is_typical_gap() {
+    let utc = tz("UTC");
+    assert_eq!(
+        cron::interval("*/5 * * * *", &utc),
+        Some(std::time::Duration::from_secs(300))
+    );
+    assert_eq!(
+        cron::interval("30 3 * * *", &tz("America/New_York")),
+        Some(std::time::Duration::from_secs(86_400))
+    );
+    assert_eq!(cron::interval("0 0 30 2 *", &utc), None);
+    assert_eq!(cron::interval("bogus", &utc), None);
+}
+
+#[test]
+fn schedule_errors_name_the_schedule() {
+    let e = cron::next_fires("0 0 * *", &tz("UTC"), Timestamp::UNIX_EPOCH, 1).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "invalid schedule \"0 0 * *\": expected 5 fields (minute hour day-of-month month day-of-week), found 4"
+    );
+    let e = cron::next_fires("@fortnightly", &tz("UTC"), Timestamp::UNIX_EPOCH, 1).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("invalid schedule \"@fortnightly\": unknown nickname")
+    );
+}
+
+// ---- cron.d rendering ----
+
+fn entry(job: &str, schedule: &str, timezone: Option<&str>, user: &str) -> CronEntry {
+    CronEntry {
+        job: job.into(),
+        schedule: schedule.into(),
+        timezone: timezone.map(str::to_string),
+        user: user.into(),
+    }
+}
+
+const BIN: &str = "/usr/local/bin/batchguard";
+const CONF: &str = "/etc/batchguard";
+
+#[test]
+fn render_with_timezone_and_user() {
+    let e = entry("nightly-report", "30 3 * * *", Some("Asia/Tokyo"), "batch");
+    assert_eq!(
+        cron::render(&e, Path::new(BIN), Path::new(CONF)),
+        "\
+# Managed by batchguard: do not edit (batchguard cron install rewrites it).
+# batchguard job nightly-report, config dir /etc/batchguard
+SHELL=/bin/sh
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+CRON_TZ=Asia/Tokyo
+30 3 * * * batch /usr/local/bin/batchguard --config-dir /etc/batchguard run nightly-report
+"
+    );
+}
+
+#[test]
+fn render_without_timezone_as_root_keeps_nicknames() {
+    let e = entry("cleanup", "@daily", None, "root");
+    assert_eq!(
+        cron::render(&e, Path::new(BIN), Path::new(CONF)),
+        "\
+# Managed by batchguard: do not edit (batchguard cron install rewrites it).
+# batchguard job cleanup, config dir /etc/batchguard
+SHELL=/bin/sh
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+@daily root /usr/local/bin/batchguard --config-dir /etc/batchguard run cleanup
+"
+    );
+}
+
+#[test]
+fn render_watchdog_and_quoting() {
+    assert_eq!(
+        cron::render_watchdog(Path::new(BIN), Path::new("/srv/batch conf")),
+        "\
+# Managed by batchguard: do not edit (batchguard cron install rewrites it).
+# batchguard watchdog, config dir /srv/batch conf
+SHELL=/bin/sh
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+* * * * * root /usr/local/bin/batchguard --config-dir '/srv/batch conf' watchdog
+"
+    );
+}
+
+#[test]
+fn from_job_defaults_user_to_root() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("jobs")).unwrap();
+    fs::write(
+        dir.path().join("jobs/report.toml"),
+        "command = [\"/bin/true\"]\nschedule = \"*/5 * * * *\"\ntimezone = \"Europe/Berlin\"\n",
+    )
+    .unwrap();
+    let global = batchguard::config::Global::default();
+    let job = batchguard::config::parse_job_str(
+        "report",
+        &dir.path().join("jobs/report.toml"),
+        &fs::read_to_string(dir.path().join("jobs/report.toml")).unwrap(),
+        &global,
+    )
+    .unwrap();
+    assert_eq!(
+        CronEntry::from_job(&job),
+        Some(entry(
+            "report",
+            "*/5 * * * *",
+            Some("Europe/Berlin"),
+            "root"
+        ))
+    );
+}
+
+// ---- installation ----
+
+fn names(paths: &[PathBuf]) -> Vec<String> {
+    paths
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn mode(p: &Path) -> u32 {
+    fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+fn install(entries: &[CronEntry], dir: &Path) -> InstallReport {
+    cron::install(entries, dir, Path::new(BIN), Path::new(CONF)).unwrap()
+}
+
+#[test]
+fn install_writes_skips_identical_and_removes_stale_marked_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let foreign = "# someone else's\n0 * * * * root /bin/true\n";
+    fs::write(d.join("batchguard-foreign"), foreign).unwrap();
+    fs::write(d.join("e2scrub_all"), "30 3 * * 0 root /sbin/e2scrub_all\n").unwrap();
+
+    let a = entry("alpha", "30 3 * * *", Some("Asia/Tokyo"), "batch");
+    let b = entry("beta", "@hourly", None, "root");
+    let r = install(&[a.clone(), b.clone()], d);
+    assert_eq!(
+        names(&r.written),
+        ["batchguard-alpha", "batchguard-beta", "batchguard-watchdog"]
+    );
+    assert!(r.unchanged.is_empty() && r.removed.is_empty());
+    for n in ["batchguard-alpha", "batchguard-beta", "batchguard-watchdog"] {
+        assert_eq!(mode(&d.join(n)), 0o644, "{n}");
+    }
+    assert_eq!(
+        fs::read_to_string(d.join("batchguard-alpha")).unwrap(),
+        cron::render(&a, Path::new(BIN), Path::new(CONF))
+    );
+    assert_eq!(
+        fs::read_to_string(d.join("batchguard-watchdog")).unwrap(),
+        cron::render_watchdog(Path::new(BIN), Path::new(CONF))
+    );
+    // No temporary files left behind.
+    let mut all: Vec<String> = fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    all.sort();
+    assert_eq!(
+        all,
+        [
+            "batchguard-alpha",
+            "batchguard-beta",
+            "batchguard-foreign",
+            "batchguard-watchdog",
+            "e2scrub_all"
+        ]
+    );
+    for e in [&a, &b] {
+        assert!(cron::installed_current(e, d, Path::new(BIN), Path::new(CONF)).unwrap());
+    }
+
+    // Second run: nothing rewritten (same inode, same mtime).
+    let before: Vec<(u64, i64, i64)> =
+        ["batchguard-alpha", "batchguard-beta", "batchguard-watchdog"]
+            .iter()
+            .map(|n| {
+                let m = fs::metadata(d.join(n)).unwrap();
+                (m.ino(), m.mtime(), m.mtime_nsec())
+            })
+            .collect();
+    let r = install(&[a.clone(), b.clone()], d);
+    assert!(r.written.is_empty() && r.removed.is_empty());
+    assert_eq!(
+        names(&r.unchanged),
+        ["batchguard-alpha", "batchguard-beta", "batchguard-watchdog"]
+    );
+    let after: Vec<(u64, i64, i64)> =
+        ["batchguard-alpha", "batchguard-beta", "batchguard-watchdog"]
+            .iter()
+            .map(|n| {
+                let m = fs::metadata(d.join(n)).unwrap();
+                (m.ino(), m.mtime(), m.mtime_nsec())
+            })
+            .collect();
+    assert_eq!(before, after);
+
+    // beta is gone and alpha's schedule changed: beta removed, alpha rewritten.
+    let a2 = entry("alpha", "45 3 * * *", Some("Asia/Tokyo"), "batch");
+    assert!(!cron::installed_current(&a2, d, Path::new(BIN), Path::new(CONF)).unwrap());
+    let r = install(std::slice::from_ref(&a2), d);
+    assert_eq!(names(&r.written), ["batchguard-alpha"]);
+    assert_eq!(names(&r.unchanged), ["batchguard-watchdog"]);
+    assert_eq!(names(&r.removed), ["batchguard-beta"]);
+    assert!(!d.join("batchguard-beta").exists());
+    assert_eq!(mode(&d.join("batchguard-alpha")), 0o644);
+    assert!(cron::installed_current(&a2, d, Path::new(BIN), Path::new(CONF)).unwrap());
+    assert!(!cron::installed_current(&b, d, Path::new(BIN), Path::new(CONF)).unwrap());
+
+    // Foreign and unrelated files untouched throughout.
+    assert_eq!(
+        fs::read_to_string(d.join("batchguard-foreign")).unwrap(),
+        foreign
+    );
+    assert!(d.join("e2scrub_all").exists());
+
+    // No entries at all: only the watchdog remains of ours.
+    let r = install(&[], d);
+    assert_eq!(names(&r.removed), ["batchguard-alpha"]);
+    assert!(d.join("batchguard-watchdog").exists());
+    assert!(d.join("batchguard-foreign").exists());
+}
+
+#[test]
+fn install_fixes_a_wrong_mode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let a = entry("alpha", "30 3 * * *", None, "root");
+    install(std::slice::from_ref(&a), d);
+    fs::set_permissions(
+        d.join("batchguard-alpha"),
+        fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    assert!(!cron::installed_current(&a, d, Path::new(BIN), Path::new(CONF)).unwrap());
+    let r = install(std::slice::from_ref(&a), d);
+    assert_eq!(names(&r.written), ["batchguard-alpha"]);
+    assert_eq!(mode(&d.join("batchguard-alpha")), 0o644);
+}
+
+#[test]
+fn install_refuses_to_overwrite_an_unmarked_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    fs::write(d.join("batchguard-alpha"), "hand written\n").unwrap();
+    let err = cron::install(
+        &[entry("alpha", "30 3 * * *", None, "root")],
+        d,
+        Path::new(BIN),
+        Path::new(CONF),
+    )
+    .unwrap_err();
+    assert!(matches!(err, CronError::Foreign { .. }), "{err}");
+    assert!(err.to_string().contains("batchguard-alpha"), "{err}");
+    // Nothing was written, not even the watchdog.
+    assert_eq!(
+        fs::read_to_string(d.join("batchguard-alpha")).unwrap(),
+        "hand written\n"
+    );
+    assert!(!d.join("batchguard-watchdog").exists());
+}
+
+#[test]
+fn install_rejects_bad_entries_and_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let bad = |e: CronEntry| {
+        cron::install(&[e], d, Path::new(BIN), Path::new(CONF))
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(bad(entry("alpha", "30 3 * *", None, "root")).contains("\"30 3 * *\""));
+    assert!(bad(entry("watchdog", "30 3 * * *", None, "root")).contains("watchdog"));
+    assert!(bad(entry("a.b", "30 3 * * *", None, "root")).contains("`a.b`"));
+    assert!(
+        bad(entry("alpha", "30 3 * * *", Some("Nowhere/City"), "root")).contains("Nowhere/City")
+    );
+    let e = cron::install(&[], d, Path::new("batchguard"), Path::new(CONF)).unwrap_err();
+    assert!(e.to_string().contains("absolute"), "{e}");
+    let missing = d.join("missing");
+    let e = cron::install(&[], &missing, Path::new(BIN), Path::new(CONF)).unwrap_err();
+    assert!(
+        e.to_string().contains(&missing.display().to_string()),
+        "{e}"
+    );
+    assert_eq!(fs::read_dir(d).unwrap().count(), 0);
+}
