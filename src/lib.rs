@@ -11,6 +11,7 @@
 //! - [`cli`]: argument parsing, dispatch and rendering, no business logic;
 //! - [`error`] and [`exit`]: the one place where errors become exit codes.
 
+pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod cron;

@@ -109,6 +109,19 @@ enum Command {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// Audit jobs against the guideline (G01-G16).
+    Check {
+        /// Jobs to check (default: all).
+        jobs: Vec<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+        /// Warnings fail too (exit 1).
+        #[arg(long)]
+        strict: bool,
+        /// Where the cron.d files should be (G13).
+        #[arg(long, default_value = "/etc/cron.d")]
+        cron_dir: PathBuf,
+    },
     /// Cron schedules (G13): render or install /etc/cron.d files, predict fire times.
     Cron {
         #[command(subcommand)]
@@ -362,6 +375,40 @@ fn dispatch(cli: Cli) -> Result<i32> {
                     "usage: batchguard ledger JOB | ledger reset JOB --scope S".into(),
                 )),
             }
+        }
+        Command::Check {
+            jobs,
+            format,
+            strict,
+            cron_dir,
+        } => {
+            let global = config::load_global(&dir)?;
+            let jobs = if jobs.is_empty() {
+                load_jobs_leniently(&dir, &global)
+            } else {
+                jobs.iter()
+                    .map(|n| load_job(&dir, n, &global))
+                    .collect::<Result<Vec<_>>>()?
+            };
+            let ctx = context(&cli, global)?;
+            let (bin, cdir) = (own_binary()?, absolute(&dir)?);
+            let cron_facts = |job: &Job| -> (Option<std::time::Duration>, Option<bool>) {
+                let Some(schedule) = &job.schedule else {
+                    return (None, None);
+                };
+                let tz = crate::clock::zone(job.timezone.as_deref());
+                let current = crate::cron::CronEntry::from_job(job)
+                    .and_then(|e| crate::cron::installed_current(&e, cron_dir, &bin, &cdir).ok());
+                (crate::cron::interval(schedule, &tz), current)
+            };
+            Ok(crate::check::command(
+                &jobs,
+                &ctx.global,
+                ctx.store.as_ref(),
+                &cron_facts,
+                *format == Format::Json,
+                *strict,
+            ))
         }
         Command::Cron { action } => cron_command(&dir, action),
         Command::Watchdog => {

@@ -1,0 +1,1158 @@
+//! Unit tests of the audit: every rule passes on a well-configured job and
+//! fails (or warns) on a fixture that breaks it; plus the fits, masking and
+//! /proc parsing.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use batchguard_config::{Global, Job, parse_global_str, parse_job_str};
+
+use super::*;
+use crate::store::{ItemCounts, RunRecord, RunnerIdentity};
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+fn global() -> Global {
+    parse_global_str(
+        Path::new("/etc/batchguard"),
+        Path::new("/etc/batchguard/batchguard.toml"),
+        "[channels.oncall]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/hook\"\n",
+    )
+    .expect("global parses")
+}
+
+/// A job that follows every rule.
+const GOOD: &str = r#"
+command = ["/srv/good/bin/good"]
+workdir = "/srv/good"
+user = "batch"
+schedule = "*/10 * * * *"
+timeout = "8m"
+expected_duration = "5m"
+memory_max = "1GiB"
+[notify]
+channels = ["oncall"]
+[runbook]
+url = "https://wiki.example.com/good"
+verify = "row exists"
+[guideline]
+reads = "none"
+write_impact = "~1k rows per run"
+schema_change = false
+clean = ["/srv/good/bin/clean"]
+"#;
+
+fn job_from(text: &str) -> Job {
+    parse_job_str(
+        "good",
+        Path::new("/etc/batchguard/jobs/good.toml"),
+        text,
+        &global(),
+    )
+    .unwrap_or_else(|e| panic!("job parses: {e:?}"))
+}
+
+fn good_job() -> Job {
+    job_from(GOOD)
+}
+
+/// GOOD with `extra` TOML lines replacing/adding top-level keys (before the tables).
+fn job_with(top: &str, tables: &str) -> Job {
+    let (head, rest) = GOOD.split_once("[notify]").unwrap();
+    let head: String = head
+        .lines()
+        .filter(|l| {
+            let k = l.split('=').next().unwrap_or("").trim();
+            k.is_empty()
+                || !top
+                    .lines()
+                    .any(|t| t.split('=').next().unwrap_or("").trim() == k)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    job_from(&format!("{head}{top}\n[notify]{rest}\n{tables}"))
+}
+
+fn service_user() -> UserInfo {
+    UserInfo {
+        name: "batch".into(),
+        uid: 998,
+        shell: "/usr/sbin/nologin".into(),
+        home: "/var/lib/batch".into(),
+    }
+}
+
+fn good_host() -> HostFacts {
+    HostFacts {
+        host_memory_bytes: Some(16 * GIB),
+        ..HostFacts::default()
+    }
+}
+
+fn good_facts() -> JobFacts {
+    JobFacts {
+        schedule_interval: Some(Duration::from_secs(600)),
+        cron_file_current: Some(true),
+        run_user: Some(service_user()),
+        interpreter: InterpreterInfo {
+            program: "/srv/good/bin/good".into(),
+            path: Some("/srv/good/bin/good".into()),
+            kind: ProgramKind::Binary,
+            isolation: None,
+            via: None,
+        },
+        ..JobFacts::default()
+    }
+}
+
+fn run(outcome: &str, peak: Option<u64>, duration_ms: i64, items: Option<u64>) -> RunRecord {
+    RunRecord {
+        id: "r".into(),
+        job: "good".into(),
+        host: "h".into(),
+        pid: 1,
+        fence: 1,
+        attempt: 1,
+        scope: None,
+        started_at: "2026-01-01T00:00:00Z".into(),
+        ended_at: Some("2026-01-01T00:01:00Z".into()),
+        duration_ms: Some(duration_ms),
+        outcome: outcome.into(),
+        exit_code: Some(0),
+        signal: None,
+        peak_memory_bytes: peak,
+        memory_enforcement: "cgroup2".into(),
+        items: items.map(|n| ItemCounts {
+            total: n,
+            done: n,
+            skipped: 0,
+            failed: 0,
+        }),
+        log_path: None,
+        lock: "good".into(),
+        memory_max_bytes: None,
+        params: BTreeMap::new(),
+        error: None,
+        items_failed: Vec::new(),
+        started_ms: 0,
+        runner: RunnerIdentity {
+            host: "h".into(),
+            boot_id: "b".into(),
+            pid: 1,
+            pid_start: 1,
+        },
+        cgroup: None,
+        pgid: None,
+        heartbeat_ms: 0,
+    }
+}
+
+fn rule(job: &Job, host: &HostFacts, facts: &JobFacts, id: &str) -> RuleResult {
+    let report = check_job(job, &global(), host, facts);
+    report.rule(id).cloned().expect("rule present")
+}
+
+#[track_caller]
+fn assert_rule(r: &RuleResult, status: Status, fragment: &str) {
+    assert_eq!(r.status, status, "{}: {}", r.id, r.message);
+    assert!(
+        r.message.contains(fragment),
+        "{}: {:?} does not contain {fragment:?}",
+        r.id,
+        r.message
+    );
+}
+
+// ------------------------------------------------------------ whole report
+
+#[test]
+fn good_job_passes_everything_but_g11() {
+    let report = check_job(&good_job(), &global(), &good_host(), &good_facts());
+    assert_eq!(report.job, "good");
+    let ids: Vec<&str> = report.rules.iter().map(|r| r.id).collect();
+    let want: Vec<String> = (1..=16).map(|i| format!("G{i:02}")).collect();
+    assert_eq!(ids, want);
+    for r in &report.rules {
+        let want = if r.id == "G11" {
+            Status::Unknown
+        } else {
+            Status::Pass
+        };
+        assert_eq!(r.status, want, "{}: {}", r.id, r.message);
+        assert!(!r.message.is_empty());
+    }
+    assert_eq!(exit_code(std::slice::from_ref(&report), true), 0);
+}
+
+#[test]
+fn json_shape_and_exit_codes() {
+    let mut report = check_job(&good_job(), &global(), &good_host(), &good_facts());
+    let json: serde_json::Value = serde_json::from_str(&render_json(&[report.clone()])).unwrap();
+    let rules = json["jobs"][0]["rules"].as_array().unwrap();
+    assert_eq!(json["jobs"][0]["job"], "good");
+    assert_eq!(rules.len(), 16);
+    assert_eq!(rules[1]["id"], "G02");
+    assert_eq!(rules[1]["status"], "pass");
+    assert_eq!(rules[10]["status"], "unknown");
+    let mut keys: Vec<&String> = rules[0].as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["id", "message", "status"]);
+    report.rules[4].status = Status::Warn;
+    assert_eq!(exit_code(&[report.clone()], false), 0);
+    assert_eq!(exit_code(&[report.clone()], true), 1);
+    report.rules[6].status = Status::Fail;
+    assert_eq!(exit_code(&[report], false), 1);
+    assert_eq!(exit_code(&[], true), 0);
+}
+
+#[test]
+fn text_table_puts_fails_first() {
+    let mut a = check_job(&good_job(), &global(), &good_host(), &good_facts());
+    a.rules[13].status = Status::Fail;
+    a.rules[13].message = "boom".into();
+    a.rules[2].status = Status::Warn;
+    let text = render_text(&[a]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("JOB"), "{text}");
+    assert!(
+        lines[0].contains("RULE") && lines[0].contains("STATUS") && lines[0].contains("MESSAGE")
+    );
+    assert!(lines[1].contains("G14") && lines[1].contains("fail") && lines[1].ends_with("boom"));
+    assert!(lines[2].contains("G03") && lines[2].contains("warn"));
+    assert!(lines[3].contains("G11") && lines[3].contains("unknown"));
+    assert_eq!(
+        lines.last().unwrap(),
+        &"1 job: 1 fail, 1 warn, 1 unknown, 13 pass"
+    );
+}
+
+// ------------------------------------------------------------ G01
+
+fn listener(addr: &str, port: u16) -> Listener {
+    Listener {
+        port,
+        address: addr.parse::<IpAddr>().unwrap(),
+        inode: 1,
+        process: Some("nginx, pid 7".into()),
+    }
+}
+
+#[test]
+fn g01_listeners() {
+    let job = good_job();
+    let facts = good_facts();
+    let mut host = good_host();
+    host.listening = vec![
+        listener("0.0.0.0", 80),
+        listener("127.0.0.1", 5432),
+        listener("0.0.0.0", 22),
+    ];
+    let r = rule(&job, &host, &facts, "G01");
+    assert_rule(&r, Status::Warn, "0.0.0.0:80 (nginx, pid 7)");
+    assert!(r.message.contains("role_ok"), "{}", r.message);
+    assert!(r.message.contains("127.0.0.1:5432"), "{}", r.message);
+    assert!(!r.message.contains("0.0.0.0:22"), "{}", r.message);
+
+    let declared = job_with("", "role_ok = \"shared cron box, web traffic is tiny\"");
+    let declared_r = rule(&declared, &host, &facts, "G01");
+    assert_rule(&declared_r, Status::Pass, "shared cron box");
+
+    host.listening = vec![listener("::1", 8080), listener("0.0.0.0", 22)];
+    let r = rule(&job, &host, &facts, "G01");
+    assert_rule(&r, Status::Pass, "loopback only");
+    assert!(r.message.contains("[::1]:8080"), "{}", r.message);
+
+    host.listening_error = Some("/proc/net/tcp: denied".into());
+    assert_rule(&rule(&job, &host, &facts, "G01"), Status::Unknown, "denied");
+}
+
+#[test]
+fn proc_net_tcp_parsing() {
+    let v4 = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 00000000:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1076 1 0000000000000000 100 0 0 10 0\n\
+   1: 0100007F:1538 00000000:0000 0A 00000000:00000000 00:00000000 00000000   101        0 4612 1 0000000000000000 100 0 0 10 0\n\
+   2: 0100007F:1538 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000   101        0 9999 1 0000000000000000 100 0 0 10 0\n\
+   3: garbage\n";
+    let l = parse_proc_net_tcp(v4, false);
+    assert_eq!(l.len(), 2, "{l:?}");
+    assert_eq!(l[0].port, 80);
+    assert_eq!(l[0].address, "0.0.0.0".parse::<IpAddr>().unwrap());
+    assert_eq!(l[0].inode, 1076);
+    assert!(!l[0].is_loopback());
+    assert_eq!(l[1].port, 5432);
+    assert_eq!(l[1].address, "127.0.0.1".parse::<IpAddr>().unwrap());
+    assert!(l[1].is_loopback());
+
+    let v6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 00000000000000000000000001000000:1111 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000   106        0 6809 1 0000000000000000 100 0 0 10 0\n\
+   1: 00000000000000000000000000000000:01BB 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5631 1 0000000000000000 100 0 0 10 0\n\
+   2: 0000000000000000FFFF00000100007F:0CEA 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 77 1 0000000000000000 100 0 0 10 0\n";
+    let l = parse_proc_net_tcp(v6, true);
+    assert_eq!(l.len(), 3, "{l:?}");
+    if cfg!(target_endian = "little") {
+        assert_eq!(l[0].address, "::1".parse::<IpAddr>().unwrap());
+        assert!(l[0].is_loopback());
+        assert_eq!(l[2].address, "::ffff:127.0.0.1".parse::<IpAddr>().unwrap());
+        assert!(l[2].is_loopback());
+    }
+    assert_eq!(l[0].port, 0x1111);
+    assert_eq!(l[1].port, 443);
+    assert!(!l[1].is_loopback());
+    assert_eq!(l[1].describe(), "[::]:443");
+    assert_eq!(
+        parse_meminfo_total("MemTotal:       16318412 kB\nMemFree: 1 kB\n"),
+        Some(16318412 * 1024)
+    );
+}
+
+// ------------------------------------------------------------ G02
+
+#[test]
+fn g02_memory_max_and_peaks() {
+    let host = good_host();
+    let mut facts = good_facts();
+    let no_max = job_from(&GOOD.replace("memory_max = \"1GiB\"\n", ""));
+    facts.history = vec![run("success", Some(300 * MIB), 1000, None)];
+    let r = rule(&no_max, &host, &facts, "G02");
+    assert_rule(&r, Status::Fail, "memory_max is not set");
+    assert!(
+        r.message.contains("memory_max = \"512MiB\""),
+        "{}",
+        r.message
+    );
+
+    let job = good_job();
+    facts.history = vec![
+        run("success", Some(900 * MIB), 1000, None),
+        run("success", Some(400 * MIB), 1000, None),
+    ];
+    assert_rule(
+        &rule(&job, &host, &facts, "G02"),
+        Status::Warn,
+        "peak memory 900MiB over the last 2 runs is 87% of memory_max 1GiB",
+    );
+    facts.history = vec![run("success", Some(400 * MIB), 1000, None)];
+    assert_rule(
+        &rule(&job, &host, &facts, "G02"),
+        Status::Pass,
+        "400MiB over the last 1 runs is 39%",
+    );
+    facts.history = vec![
+        run("success", Some(400 * MIB), 1000, None),
+        run("oom", Some(GIB), 1000, None),
+    ];
+    assert_rule(
+        &rule(&job, &host, &facts, "G02"),
+        Status::Fail,
+        "1 of the last 2 runs were killed at memory_max 1GiB",
+    );
+    let small = HostFacts {
+        host_memory_bytes: Some(512 * MIB),
+        ..HostFacts::default()
+    };
+    facts.history.clear();
+    assert_rule(
+        &rule(&job, &small, &facts, "G02"),
+        Status::Warn,
+        "more than this host's RAM 512MiB",
+    );
+}
+
+fn item_runs(points: &[(u64, u64, i64)]) -> Vec<RunRecord> {
+    points
+        .iter()
+        .map(|(items, peak, ms)| run("success", Some(*peak), *ms, Some(*items)))
+        .collect()
+}
+
+#[test]
+fn g02_extrapolates_memory_to_expected_items() {
+    let host = good_host();
+    let mut facts = good_facts();
+    // 1 MiB per item, no base.
+    facts.history = item_runs(&[
+        (300, 300 * MIB, 1),
+        (200, 200 * MIB, 1),
+        (100, 100 * MIB, 1),
+    ]);
+    let over = job_with("", "expected_items = 2048");
+    assert_rule(
+        &rule(&over, &host, &facts, "G02"),
+        Status::Fail,
+        "at expected_items 2,048 the predicted peak memory is 2GiB",
+    );
+    let near = job_with("", "expected_items = 900");
+    assert_rule(
+        &rule(&near, &host, &facts, "G02"),
+        Status::Warn,
+        "predicted peak memory is 900MiB",
+    );
+    let fine = job_with("", "expected_items = 500");
+    assert_rule(
+        &rule(&fine, &host, &facts, "G02"),
+        Status::Pass,
+        "predicted peak memory is 500MiB",
+    );
+    facts.history.truncate(2);
+    assert_rule(
+        &rule(&fine, &host, &facts, "G02"),
+        Status::Pass,
+        "not enough history",
+    );
+}
+
+#[test]
+fn linear_fit_and_extrapolation() {
+    let fit = LinearFit::fit(&[(1.0, 12.0), (2.0, 14.0), (3.0, 16.0), (4.0, 18.0)]).unwrap();
+    assert!((fit.slope - 2.0).abs() < 1e-9);
+    assert!((fit.intercept - 10.0).abs() < 1e-9);
+    assert!((fit.predict(100.0) - 210.0).abs() < 1e-9);
+    assert_eq!(fit.n, 4);
+    // Noisy data: the least-squares line.
+    let fit = LinearFit::fit(&[(0.0, 1.0), (1.0, 2.0), (2.0, 2.0), (3.0, 4.0)]).unwrap();
+    assert!((fit.slope - 0.9).abs() < 1e-9, "{fit:?}");
+    assert!((fit.intercept - 0.9).abs() < 1e-9, "{fit:?}");
+    assert!(LinearFit::fit(&[(5.0, 1.0), (5.0, 2.0), (5.0, 3.0)]).is_none());
+    assert!(LinearFit::fit(&[(1.0, 1.0)]).is_none());
+    assert!(LinearFit::fit(&[(1.0, f64::NAN), (2.0, 1.0)]).is_none());
+    assert_eq!(percentile(&[], 95.0), None);
+    let v: Vec<u64> = (1..=20).collect();
+    assert_eq!(percentile(&v, 95.0), Some(19));
+    assert_eq!(percentile(&[7], 95.0), Some(7));
+    assert_eq!(percentile(&[3, 1, 2], 95.0), Some(3));
+}
+
+// ------------------------------------------------------------ G03
+
+#[test]
+fn g03_timeout_and_expected_duration() {
+    let host = good_host();
+    let facts = good_facts();
+    let no_timeout = job_from(&GOOD.replace("timeout = \"8m\"\n", ""));
+    assert_rule(
+        &rule(&no_timeout, &host, &facts, "G03"),
+        Status::Fail,
+        "timeout is not set",
+    );
+    let no_expected = job_from(&GOOD.replace("expected_duration = \"5m\"\n", ""));
+    assert_rule(
+        &rule(&no_expected, &host, &facts, "G03"),
+        Status::Warn,
+        "expected_duration is not set",
+    );
+}
+
+#[test]
+fn g03_durations_vs_expected_and_interval() {
+    let host = good_host();
+    let job = good_job();
+    let mut facts = good_facts();
+    facts.history = (0..10)
+        .map(|_| run("success", None, 60_000, None))
+        .collect();
+    assert_rule(
+        &rule(&job, &host, &facts, "G03"),
+        Status::Pass,
+        "p95 duration 1m of the last 10 successful runs is within expected_duration 5m",
+    );
+    facts.history = (0..10)
+        .map(|_| run("success", None, 360_000, None))
+        .collect();
+    assert_rule(
+        &rule(&job, &host, &facts, "G03"),
+        Status::Warn,
+        "exceeds expected_duration 5m",
+    );
+    facts.history = (0..10)
+        .map(|_| run("success", None, 500_000, None))
+        .collect();
+    assert_rule(
+        &rule(&job, &host, &facts, "G03"),
+        Status::Warn,
+        "83% of the schedule interval 10m",
+    );
+    facts.history = (0..10)
+        .map(|_| run("success", None, 700_000, None))
+        .collect();
+    assert_rule(
+        &rule(&job, &host, &facts, "G03"),
+        Status::Fail,
+        "runs will overlap",
+    );
+    facts.history = vec![run("timeout", None, 480_000, None)];
+    assert_rule(
+        &rule(&job, &host, &facts, "G03"),
+        Status::Fail,
+        "1 of the last 1 runs hit the timeout",
+    );
+}
+
+#[test]
+fn g03_extrapolates_duration_to_expected_items() {
+    let host = good_host();
+    let mut facts = good_facts();
+    facts.schedule_interval = Some(Duration::from_secs(86_400));
+    // 100 ms per item.
+    facts.history = item_runs(&[
+        (3000, MIB, 300_000),
+        (2000, MIB, 200_000),
+        (1000, MIB, 100_000),
+    ]);
+    let over = job_with("expected_duration = \"1h\"", "expected_items = 6000");
+    assert_rule(
+        &rule(&over, &host, &facts, "G03"),
+        Status::Fail,
+        "at expected_items 6,000 the predicted duration is 10m (least-squares over 3 runs), over timeout 8m",
+    );
+    let fine = job_with("expected_duration = \"1h\"", "expected_items = 3600");
+    assert_rule(
+        &rule(&fine, &host, &facts, "G03"),
+        Status::Pass,
+        "predicted duration is 6m",
+    );
+}
+
+// ------------------------------------------------------------ G04
+
+#[test]
+fn g04_declarations_and_probe() {
+    let host = good_host();
+    let mut facts = good_facts();
+    let undeclared = job_from(&GOOD.replace("reads = \"none\"\n", ""));
+    assert_rule(
+        &rule(&undeclared, &host, &facts, "G04"),
+        Status::Warn,
+        "not declared",
+    );
+    assert_rule(
+        &rule(&good_job(), &host, &facts, "G04"),
+        Status::Pass,
+        "reads no database",
+    );
+    let primary = job_from(&GOOD.replace("reads = \"none\"", "reads = \"primary\""));
+    assert_rule(
+        &rule(&primary, &host, &facts, "G04"),
+        Status::Warn,
+        "read replica",
+    );
+    let replica = job_from(&GOOD.replace(
+        "reads = \"none\"",
+        "reads = \"replica\"\nreplica_dsn_env = \"REPLICA_DSN\"\nmax_replica_lag = \"30s\"",
+    ));
+    facts.replica = Some(ReplicaProbe::Primary);
+    assert_rule(
+        &rule(&replica, &host, &facts, "G04"),
+        Status::Fail,
+        "REPLICA_DSN is a primary",
+    );
+    facts.replica = Some(ReplicaProbe::Replica {
+        lag: Duration::from_secs(2),
+    });
+    assert_rule(
+        &rule(&replica, &host, &facts, "G04"),
+        Status::Pass,
+        "REPLICA_DSN is a replica (lag 2s",
+    );
+    facts.replica = Some(ReplicaProbe::Replica {
+        lag: Duration::from_secs(25),
+    });
+    assert_rule(
+        &rule(&replica, &host, &facts, "G04"),
+        Status::Warn,
+        "close to max_replica_lag 30s",
+    );
+    facts.replica = Some(ReplicaProbe::Replica {
+        lag: Duration::from_secs(95),
+    });
+    assert_rule(
+        &rule(&replica, &host, &facts, "G04"),
+        Status::Fail,
+        "lagging 1m35s, over max_replica_lag 30s",
+    );
+    facts.replica = Some(ReplicaProbe::Failed("cannot connect: refused".into()));
+    assert_rule(
+        &rule(&replica, &host, &facts, "G04"),
+        Status::Unknown,
+        "cannot connect: refused",
+    );
+    facts.replica = Some(ReplicaProbe::DsnUnset {
+        var: "REPLICA_DSN".into(),
+    });
+    assert_rule(
+        &rule(&replica, &host, &facts, "G04"),
+        Status::Unknown,
+        "REPLICA_DSN is not set",
+    );
+}
+
+// ------------------------------------------------------------ G05 G06 G07
+
+#[test]
+fn g05_write_impact() {
+    let (host, facts) = (good_host(), good_facts());
+    assert_rule(
+        &rule(&good_job(), &host, &facts, "G05"),
+        Status::Pass,
+        "~1k rows per run",
+    );
+    let none = job_from(&GOOD.replace("write_impact = \"~1k rows per run\"\n", ""));
+    assert_rule(
+        &rule(&none, &host, &facts, "G05"),
+        Status::Warn,
+        "write_impact",
+    );
+    let rated = job_from(&format!(
+        "{}\n[items]\nsource = [\"./list\"]\nrun = [\"./one\", \"{{item}}\"]\nrate = \"50/s\"\n",
+        GOOD.replace("write_impact = \"~1k rows per run\"\n", "")
+    ));
+    assert_rule(
+        &rule(&rated, &host, &facts, "G05"),
+        Status::Pass,
+        "at most 50/s",
+    );
+}
+
+#[test]
+fn g06_idempotence() {
+    let (host, facts) = (good_host(), good_facts());
+    assert_rule(
+        &rule(&good_job(), &host, &facts, "G06"),
+        Status::Pass,
+        "clean step declared: `/srv/good/bin/clean`",
+    );
+    let bare = job_from(&GOOD.replace("clean = [\"/srv/good/bin/clean\"]\n", ""));
+    assert_rule(&rule(&bare, &host, &facts, "G06"), Status::Warn, "[items]");
+    let items = job_from(&format!(
+        "{}\n[items]\nsource = [\"./list\"]\nrun = [\"./one\", \"{{item}}\"]\n",
+        GOOD.replace("clean = [\"/srv/good/bin/clean\"]\n", "")
+    ));
+    assert_rule(&rule(&items, &host, &facts, "G06"), Status::Pass, "ledger");
+}
+
+#[test]
+fn g07_concurrency() {
+    let (host, facts) = (good_host(), good_facts());
+    assert_rule(
+        &rule(&good_job(), &host, &facts, "G07"),
+        Status::Pass,
+        "forbid",
+    );
+    let replace = job_with("concurrency = \"replace\"", "");
+    assert_rule(
+        &rule(&replace, &host, &facts, "G07"),
+        Status::Pass,
+        "fences",
+    );
+    let allow = job_with("concurrency = \"allow\"", "");
+    assert_rule(
+        &rule(&allow, &host, &facts, "G07"),
+        Status::Fail,
+        "overlap_safe",
+    );
+    let safe = job_with(
+        "concurrency = \"allow\"",
+        "overlap_safe = \"each run writes its own dated file\"",
+    );
+    assert_rule(
+        &rule(&safe, &host, &facts, "G07"),
+        Status::Pass,
+        "\"each run writes its own dated file\"",
+    );
+}
+
+// ------------------------------------------------------------ G08 G09
+
+#[test]
+fn g08_notifications() {
+    let (host, facts) = (good_host(), good_facts());
+    assert_rule(
+        &rule(&good_job(), &host, &facts, "G08"),
+        Status::Pass,
+        "oncall (webhook)",
+    );
+    let silent = job_from(&GOOD.replace("channels = [\"oncall\"]", "channels = []"));
+    assert_rule(
+        &rule(&silent, &host, &facts, "G08"),
+        Status::Fail,
+        "no notification channel",
+    );
+    let no_failure = job_from(&GOOD.replace(
+        "channels = [\"oncall\"]",
+        "channels = [\"oncall\"]\non = [\"timeout\"]",
+    ));
+    assert_rule(
+        &rule(&no_failure, &host, &facts, "G08"),
+        Status::Fail,
+        "lacks \"failure\"",
+    );
+}
+
+#[test]
+fn g09_runbook() {
+    let (host, facts) = (good_host(), good_facts());
+    assert_rule(
+        &rule(&good_job(), &host, &facts, "G09"),
+        Status::Pass,
+        "https://wiki.example.com/good",
+    );
+    let notes = job_from(&GOOD.replace(
+        "url = \"https://wiki.example.com/good\"\nverify = \"row exists\"",
+        "notes = \"just re-run\"",
+    ));
+    assert_rule(
+        &rule(&notes, &host, &facts, "G09"),
+        Status::Warn,
+        "notes only",
+    );
+    let none = job_from(&GOOD.replace(
+        "url = \"https://wiki.example.com/good\"\nverify = \"row exists\"",
+        "",
+    ));
+    assert_rule(
+        &rule(&none, &host, &facts, "G09"),
+        Status::Fail,
+        "no runbook",
+    );
+}
+
+// ------------------------------------------------------------ G10 G11 G12
+
+#[test]
+fn g10_run_user() {
+    let host = good_host();
+    let mut facts = good_facts();
+    let job = good_job();
+    assert_rule(
+        &rule(&job, &host, &facts, "G10"),
+        Status::Pass,
+        "service account `batch` (uid 998",
+    );
+    assert!(
+        rule(&job, &host, &facts, "G10")
+            .message
+            .contains("refused at config load")
+    );
+    facts.run_user = Some(UserInfo {
+        name: "alice".into(),
+        uid: 1001,
+        shell: "/bin/bash".into(),
+        home: "/home/alice".into(),
+    });
+    assert_rule(
+        &rule(&job, &host, &facts, "G10"),
+        Status::Fail,
+        "login user `alice`",
+    );
+    facts.run_user = Some(UserInfo {
+        name: "svc".into(),
+        uid: 1500,
+        shell: "/usr/sbin/nologin".into(),
+        home: "/srv/svc".into(),
+    });
+    assert_rule(
+        &rule(&job, &host, &facts, "G10"),
+        Status::Pass,
+        "service account `svc`",
+    );
+    facts.run_user = None;
+    facts.run_user_error = Some("no user `batch` on this host".into());
+    assert_rule(
+        &rule(&job, &host, &facts, "G10"),
+        Status::Fail,
+        "no user `batch`",
+    );
+    let unset = job_from(&GOOD.replace("user = \"batch\"\n", ""));
+    assert_rule(
+        &rule(&unset, &host, &good_facts(), "G10"),
+        Status::Warn,
+        "user is not set",
+    );
+}
+
+#[test]
+fn g11_is_not_verifiable() {
+    assert_rule(
+        &rule(&good_job(), &good_host(), &good_facts(), "G11"),
+        Status::Unknown,
+        "not verifiable",
+    );
+}
+
+#[test]
+fn g12_schema_change() {
+    let (host, facts) = (good_host(), good_facts());
+    assert_rule(
+        &rule(&good_job(), &host, &facts, "G12"),
+        Status::Pass,
+        "changes no schema",
+    );
+    let unreviewed = job_from(&GOOD.replace("schema_change = false", "schema_change = true"));
+    assert_rule(
+        &rule(&unreviewed, &host, &facts, "G12"),
+        Status::Fail,
+        "without a review",
+    );
+    let reviewed = job_from(&GOOD.replace(
+        "schema_change = false",
+        "schema_change = { reviewed_by = [\"db-team\", \"bob\"], ref = \"PR-1234\" }",
+    ));
+    assert_rule(
+        &rule(&reviewed, &host, &facts, "G12"),
+        Status::Pass,
+        "reviewed by db-team, bob (PR-1234)",
+    );
+}
+
+// ------------------------------------------------------------ G13
+
+#[test]
+fn g13_cron_files_and_user_crontabs() {
+    let job = good_job();
+    let mut host = good_host();
+    let mut facts = good_facts();
+    assert_rule(
+        &rule(&job, &host, &facts, "G13"),
+        Status::Pass,
+        "/etc/cron.d/batchguard-good and current",
+    );
+    facts.cron_file_current = Some(false);
+    assert_rule(
+        &rule(&job, &host, &facts, "G13"),
+        Status::Fail,
+        "run `batchguard cron install`",
+    );
+    facts.cron_file_current = None;
+    assert_rule(
+        &rule(&job, &host, &facts, "G13"),
+        Status::Unknown,
+        "cannot tell",
+    );
+
+    facts.cron_file_current = Some(true);
+    let tab = "SHELL=/bin/sh\n# m h dom mon dow command\n*/5 * * * * /usr/local/bin/batchguard run other\n0 3 * * * /usr/local/bin/batchguard run good\n30 1 * * * /srv/good/bin/good --all\n";
+    host.crontab_lines = crontab_command_lines(Path::new("/var/spool/cron/crontabs/alice"), tab);
+    assert_eq!(host.crontab_lines.len(), 3);
+    let r = rule(&job, &host, &facts, "G13");
+    assert_rule(&r, Status::Fail, "/var/spool/cron/crontabs/alice:4");
+    assert!(
+        r.message.contains("/var/spool/cron/crontabs/alice:5"),
+        "{}",
+        r.message
+    );
+    assert!(!r.message.contains("alice:3"), "{}", r.message);
+
+    let unscheduled = job_from(&GOOD.replace("schedule = \"*/10 * * * *\"\n", ""));
+    assert_rule(
+        &rule(&unscheduled, &host, &facts, "G13"),
+        Status::Fail,
+        "alice:4",
+    );
+    assert_rule(
+        &rule(&unscheduled, &good_host(), &facts, "G13"),
+        Status::Pass,
+        "not scheduled",
+    );
+}
+
+// ------------------------------------------------------------ G14
+
+#[test]
+fn access_key_finding_and_masking() {
+    assert_eq!(mask_key("AKIAIOSFODNN7EXAMPLE"), "****************MPLE");
+    let found =
+        find_access_keys("id=AKIAIOSFODNN7EXAMPLE,tmp ASIAIOSFODNN7EXAMPL2 xAKIAIOSFODNN7EXAMPLE");
+    assert_eq!(
+        found,
+        vec![
+            ("AKIAIOSFODNN7EXAMPLE".to_string(), true),
+            ("ASIAIOSFODNN7EXAMPL2".to_string(), false)
+        ]
+    );
+    assert!(find_access_keys("AKIAIOSFODNN7EXAMPLEX").is_empty());
+    assert!(find_access_keys("AKIAshort").is_empty());
+    let creds = "[default]\naws_access_key_id = AKIAIOSFODNN7EXAMPLE\naws_secret_access_key = x\n[tmp]\naws_access_key_id=ASIAIOSFODNN7EXAMPL2\n";
+    let f = scan_aws_file(Path::new("/home/u/.aws/credentials"), creds);
+    assert_eq!(f.len(), 2);
+    assert_eq!(f[0].place, "/home/u/.aws/credentials:2 [default]");
+    assert_eq!(f[0].masked, "****************MPLE");
+    assert!(f[0].long_term && !f[1].long_term);
+    let env = parse_dotenv("# c\nexport A=1\nB = \"two words\" \nC='x#y'\nD=v # comment\n\nbad\n");
+    assert_eq!(
+        env,
+        vec![
+            (2, "A".into(), "1".into()),
+            (3, "B".into(), "two words".into()),
+            (4, "C".into(), "x#y".into()),
+            (5, "D".into(), "v".into()),
+        ]
+    );
+}
+
+#[test]
+fn g14_access_keys() {
+    let (job, host) = (good_job(), good_host());
+    let mut facts = good_facts();
+    assert_rule(
+        &rule(&job, &host, &facts, "G14"),
+        Status::Pass,
+        "no AWS access key",
+    );
+    facts.aws_keys = vec![KeyFinding {
+        place: "env_file /etc/batchguard/env/good.env:3 (AWS_ACCESS_KEY_ID)".into(),
+        masked: mask_key("AKIAIOSFODNN7EXAMPLE"),
+        long_term: true,
+    }];
+    let r = rule(&job, &host, &facts, "G14");
+    assert_rule(
+        &r,
+        Status::Fail,
+        "****************MPLE in env_file /etc/batchguard/env/good.env:3",
+    );
+    assert!(!r.message.contains("AKIAIOSFODNN7EXAMPLE"));
+    facts.aws_keys[0].long_term = false;
+    assert_rule(&rule(&job, &host, &facts, "G14"), Status::Pass, "temporary");
+}
+
+#[test]
+fn g14_gather_scans_env_and_env_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let env_file = dir.path().join("good.env");
+    std::fs::write(
+        &env_file,
+        "DB=x\nAWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE\nAWS_SESSION=ASIAIOSFODNN7EXAMPL2\n",
+    )
+    .unwrap();
+    let job = job_from(&GOOD.replace(
+        "user = \"batch\"\n",
+        &format!(
+            "env = {{ K = \"AKIAABCDEFGHIJKLMNOP\" }}\nenv_file = \"{}\"\n",
+            env_file.display()
+        ),
+    ));
+    let facts = gather_job(&job, Vec::new());
+    let long: Vec<&KeyFinding> = facts.aws_keys.iter().filter(|k| k.long_term).collect();
+    assert_eq!(long.len(), 2, "{:?}", facts.aws_keys);
+    assert_eq!(long[0].place, "env K");
+    assert_eq!(long[0].masked, "****************MNOP");
+    assert_eq!(
+        long[1].place,
+        format!("env_file {}:2 (AWS_ACCESS_KEY_ID)", env_file.display())
+    );
+    let r = rule(&job, &good_host(), &facts, "G14");
+    assert_eq!(r.status, Status::Fail);
+    assert!(!r.message.contains("AKIAABCDEFGHIJKLMNOP"), "{}", r.message);
+}
+
+// ------------------------------------------------------------ G15
+
+#[test]
+fn g15_interpreter_rule() {
+    let (job, host) = (good_job(), good_host());
+    let mut facts = good_facts();
+    assert_rule(
+        &rule(&job, &host, &facts, "G15"),
+        Status::Pass,
+        "self-contained",
+    );
+    facts.interpreter = InterpreterInfo {
+        program: "python3".into(),
+        path: Some("/usr/bin/python3".into()),
+        kind: ProgramKind::Interpreter("python".into()),
+        isolation: None,
+        via: None,
+    };
+    assert_rule(
+        &rule(&job, &host, &facts, "G15"),
+        Status::Warn,
+        "/usr/bin/python3 is the global python interpreter",
+    );
+    assert!(
+        rule(&job, &host, &facts, "G15")
+            .message
+            .contains("python3 -m venv /srv/good/.venv")
+    );
+    facts.interpreter.path = Some("/srv/good/.venv/bin/python3".into());
+    facts.interpreter.isolation = isolation_by_path(Path::new("/srv/good/.venv/bin/python3"));
+    assert_rule(
+        &rule(&job, &host, &facts, "G15"),
+        Status::Pass,
+        "virtualenv",
+    );
+    facts.interpreter.kind = ProgramKind::Shell("bash".into());
+    assert_rule(
+        &rule(&job, &host, &facts, "G15"),
+        Status::Pass,
+        "bash script",
+    );
+    facts.interpreter.kind = ProgramKind::Unresolved("`x` is not found in PATH".into());
+    assert_rule(
+        &rule(&job, &host, &facts, "G15"),
+        Status::Unknown,
+        "not found",
+    );
+}
+
+#[test]
+fn g15_inspects_programs_on_disk() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let exe = |p: &Path, text: &str| {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    // A virtualenv: env/bin/python3 with env/pyvenv.cfg.
+    exe(&d.join("env/bin/python3"), "\x7fELF");
+    std::fs::write(d.join("env/pyvenv.cfg"), "home = /usr/bin\n").unwrap();
+    // A global interpreter on PATH.
+    exe(&d.join("usr/bin/python3"), "\x7fELF");
+    // A script whose #! goes through env to the PATH's python3.
+    exe(&d.join("app/run.py"), "#!/usr/bin/env python3\nprint(1)\n");
+    exe(&d.join("app/run.sh"), "#!/bin/sh\necho\n");
+    exe(&d.join("app/tool"), "\x7fELF\x02\x01");
+    let path_var = format!("{}", d.join("usr/bin").display());
+    let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+    let venv = inspect_program(
+        &argv(&["../env/bin/python3", "x.py"]),
+        &d.join("app"),
+        &path_var,
+    );
+    assert_eq!(venv.kind, ProgramKind::Interpreter("python".into()));
+    assert!(
+        venv.isolation
+            .as_deref()
+            .unwrap_or("")
+            .contains("pyvenv.cfg"),
+        "{venv:?}"
+    );
+
+    let global = inspect_program(&argv(&["python3", "x.py"]), &d.join("app"), &path_var);
+    assert_eq!(global.kind, ProgramKind::Interpreter("python".into()));
+    assert_eq!(global.path, Some(d.join("usr/bin/python3")));
+    assert_eq!(global.isolation, None);
+
+    if Path::new("/usr/bin/env").exists() {
+        let script = inspect_program(&argv(&["./run.py"]), &d.join("app"), &path_var);
+        assert_eq!(
+            script.kind,
+            ProgramKind::Interpreter("python".into()),
+            "{script:?}"
+        );
+        assert_eq!(script.path, Some(d.join("usr/bin/python3")));
+        assert!(
+            script
+                .via
+                .as_deref()
+                .unwrap()
+                .contains("#!/usr/bin/env python3"),
+            "{script:?}"
+        );
+    }
+    if Path::new("/bin/sh").exists() {
+        let sh = inspect_program(&argv(&["./run.sh"]), &d.join("app"), &path_var);
+        assert!(matches!(sh.kind, ProgramKind::Shell(_)), "{sh:?}");
+    }
+    let tool = inspect_program(&argv(&["./tool"]), &d.join("app"), &path_var);
+    assert_eq!(tool.kind, ProgramKind::Binary);
+    let missing = inspect_program(&argv(&["nope-not-here"]), &d.join("app"), &path_var);
+    assert!(
+        matches!(missing.kind, ProgramKind::Unresolved(_)),
+        "{missing:?}"
+    );
+    let bundle = inspect_program(
+        &argv(&["bundle", "exec", "ruby", "x.rb"]),
+        d,
+        "/usr/bin:/bin",
+    );
+    if Path::new("/usr/bin/bundle").exists() {
+        assert!(matches!(bundle.kind, ProgramKind::Wrapper(_)));
+    }
+
+    assert!(isolation_by_path(Path::new("/srv/app/vendor/bundle/ruby/3.2/bin/rake")).is_some());
+    assert!(isolation_by_path(Path::new("/srv/app/node_modules/.bin/tsx")).is_some());
+    assert!(isolation_by_path(Path::new("/nix/store/abc-python3/bin/python3")).is_some());
+    assert!(isolation_by_path(Path::new("/opt/python-3.12/bin/python3")).is_some());
+    assert!(isolation_by_path(Path::new("/usr/bin/python3")).is_none());
+    assert_eq!(interpreter_family("python3.11"), Some("python"));
+    assert_eq!(interpreter_family("nodejs"), Some("node"));
+    assert_eq!(interpreter_family("report"), None);
+}
+
+// ------------------------------------------------------------ G16
+
+fn items_job(distributed: bool) -> Job {
+    job_from(&format!(
+        "{GOOD}\n[items]\nsource = [\"./list\"]\nrun = [\"./one\", \"{{item}}\"]\n[distributed]\nenabled = {distributed}\n"
+    ))
+}
+
+#[test]
+fn g16_large_or_growing() {
+    let host = good_host();
+    let mut facts = good_facts();
+    assert_rule(
+        &rule(&good_job(), &host, &facts, "G16"),
+        Status::Pass,
+        "not an [items] job",
+    );
+    let job = items_job(false);
+    facts.history = item_runs(&[(150_000, MIB, 1), (140_000, MIB, 1)]);
+    assert_rule(
+        &rule(&job, &host, &facts, "G16"),
+        Status::Warn,
+        "up to 150,000 keys",
+    );
+    // Newest first: 30k, 20k, 12k: growing.
+    facts.history = item_runs(&[(30_000, MIB, 1), (20_000, MIB, 1), (12_000, MIB, 1)]);
+    assert_rule(&rule(&job, &host, &facts, "G16"), Status::Warn, "growing");
+    facts.history = item_runs(&[(12_000, MIB, 1), (20_000, MIB, 1), (30_000, MIB, 1)]);
+    assert_rule(
+        &rule(&job, &host, &facts, "G16"),
+        Status::Pass,
+        "12,000 keys in the latest run",
+    );
+    facts.history = item_runs(&[(3_000, MIB, 1), (2_000, MIB, 1), (1_000, MIB, 1)]);
+    assert_rule(&rule(&job, &host, &facts, "G16"), Status::Pass, "one host");
+    facts.history = item_runs(&[(150_000, MIB, 1)]);
+    assert_rule(
+        &rule(&items_job(true), &host, &facts, "G16"),
+        Status::Pass,
+        "[distributed] enabled",
+    );
+}
+
+#[test]
+fn crontab_lines_and_matching() {
+    let lines = crontab_command_lines(
+        Path::new("/etc/crontab"),
+        "MAILTO=root\n  # comment\n\n17 * * * * root cd / && run-parts --report /etc/cron.hourly\n",
+    );
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0].line, 4);
+    let job = good_job();
+    assert!(rules::crontab_line_runs(
+        &job,
+        "* * * * * batchguard run good --param x=1"
+    ));
+    assert!(rules::crontab_line_runs(
+        &job,
+        "* * * * * batchguard run --file /etc/batchguard/jobs/good.toml"
+    ));
+    assert!(!rules::crontab_line_runs(
+        &job,
+        "* * * * * batchguard run goodness"
+    ));
+    assert!(!rules::crontab_line_runs(
+        &job,
+        "* * * * * /usr/bin/good-other"
+    ));
+    assert!(rules::crontab_line_runs(
+        &job,
+        "* * * * * /srv/good/bin/good"
+    ));
+}
