@@ -14,6 +14,7 @@
 
 #[doc(hidden)]
 pub mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
 use serde::Serialize;
@@ -38,6 +39,18 @@ pub enum StoreError {
         "state store {url}: schema version {found} is newer than this batchguard knows ({known}); upgrade batchguard"
     )]
     SchemaTooNew { url: String, found: i64, known: i64 },
+    #[error("state store {url}: {source}")]
+    Postgres {
+        /// The URL with its password redacted.
+        url: String,
+        source: ::postgres::Error,
+    },
+    #[error("invalid state store URL {url}: {detail}")]
+    BadUrl { url: String, detail: String },
+    /// The outcome of an action could not be confirmed (the connection to
+    /// the store broke at the wrong moment).
+    #[error("state store {url}: {detail}")]
+    Unconfirmed { url: String, detail: String },
     #[error("state store {url}: corrupt value in {what}: {detail}")]
     Corrupt {
         url: String,
@@ -397,13 +410,15 @@ pub trait Store: Send + Sync {
     fn record_missed(&self, job: &str, fire_ms: i64) -> Result<bool>;
 }
 
-/// Open the store named by a URL (`sqlite:PATH`; `postgres://…` comes with
-/// the PostgreSQL backend).
+/// Open the store named by a URL (`sqlite:PATH`, or `postgres://…` /
+/// `postgresql://…` for the shared PostgreSQL store).
 pub fn open(url: &str) -> Result<Box<dyn Store>> {
     if let Some(path) = url.strip_prefix("sqlite:") {
         let path = path.strip_prefix("//").unwrap_or(path);
         Ok(Box::new(sqlite::SqliteStore::open(url, path.as_ref())?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Box::new(postgres::PostgresStore::open(url)?))
     } else {
-        Err(StoreError::UnsupportedUrl(url.to_string()))
+        Err(StoreError::UnsupportedUrl(postgres::redact_url(url)))
     }
 }

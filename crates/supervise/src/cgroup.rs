@@ -150,6 +150,10 @@ fn read_u64(path: &Path) -> Option<u64> {
 /// Value of `key N` in a flat-keyed file (memory.events, memory.oom_control).
 fn read_key(path: &Path, key: &str) -> Option<u64> {
     let text = fs::read_to_string(path).ok()?;
+    find_key(&text, key)
+}
+
+fn find_key(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|l| {
         let (k, v) = l.split_once(' ')?;
         (k == key).then(|| v.trim().parse().ok())?
@@ -210,6 +214,30 @@ pub(crate) fn check_name(name: &str) -> io::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// An open `memory.events` / `memory.oom_control`: re-reading it from offset 0
+/// makes the kernel generate fresh content, so each read of the counter costs one
+/// `pread` instead of a path lookup, open, read and close.
+#[derive(Debug)]
+pub(crate) struct OomCounter(File);
+
+impl OomCounter {
+    /// The current `oom_kill` value, None if the file cannot be read.
+    pub(crate) fn read(&self) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 1024];
+        let mut len = 0;
+        while len < buf.len() {
+            match self.0.read_at(&mut buf[len..], len as u64) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return None,
+            }
+        }
+        find_key(std::str::from_utf8(&buf[..len]).ok()?, "oom_kill")
+    }
 }
 
 impl Cgroup {
@@ -355,13 +383,21 @@ impl Cgroup {
         }
     }
 
+    fn oom_file(&self) -> PathBuf {
+        match self.kind {
+            Kind::V2 => self.path.join("memory.events"),
+            Kind::V1 => self.path.join("memory.oom_control"),
+        }
+    }
+
     /// Number of processes the kernel OOM killer killed in this group.
     pub(crate) fn oom_kills(&self) -> u64 {
-        match self.kind {
-            Kind::V2 => read_key(&self.path.join("memory.events"), "oom_kill"),
-            Kind::V1 => read_key(&self.path.join("memory.oom_control"), "oom_kill"),
-        }
-        .unwrap_or(0)
+        read_key(&self.oom_file(), "oom_kill").unwrap_or(0)
+    }
+
+    /// The file holding the OOM kill counter, opened once for [`OomCounter::read`].
+    pub(crate) fn oom_counter(&self) -> Option<OomCounter> {
+        File::open(self.oom_file()).ok().map(OomCounter)
     }
 
     /// High-water mark of the group's memory as kept by the kernel, if it keeps one.

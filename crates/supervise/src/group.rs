@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::cgroup::{self, Cgroup, Kind};
+use crate::cgroup::{self, Cgroup, Kind, OomCounter};
 use crate::{Enforcement, KILL_GIVE_UP, SpawnError, TEARDOWN_TICK, procfs, sys, tree};
 
 /// Member children of a group without a cgroup, and what was seen of their trees.
@@ -42,6 +42,9 @@ pub(crate) struct GroupInner {
     name: String,
     /// The cgroup and its `cgroup.procs` opened for writing (children write "0" to it).
     cgroup: Option<(Cgroup, File)>,
+    /// The cgroup's OOM kill counter file, kept open: every joined child reads it
+    /// at spawn (and again if it dies of SIGKILL).
+    oom_counter: Option<OomCounter>,
     /// How the group is tracked: Cgroup1/Cgroup2 with a cgroup, else Poll or None.
     mode: Enforcement,
     memory_max: Option<u64>,
@@ -86,7 +89,11 @@ impl GroupInner {
     }
 
     pub(crate) fn oom_kills(&self) -> u64 {
-        self.cgroup.as_ref().map_or(0, |(c, _)| c.oom_kills())
+        match (&self.cgroup, &self.oom_counter) {
+            (Some((c, _)), Some(counter)) => counter.read().unwrap_or_else(|| c.oom_kills()),
+            (Some((c, _)), None) => c.oom_kills(),
+            (None, _) => 0,
+        }
     }
 
     pub(crate) fn breaches(&self) -> u64 {
@@ -339,10 +346,12 @@ impl Group {
         if memory_max.is_some() && effective == Enforcement::None {
             tracing::warn!("memory_max set but memory enforcement is 'none': not enforced");
         }
+        let oom_counter = cg.as_ref().and_then(|(c, _)| c.oom_counter());
         Ok(Group {
             inner: Arc::new(GroupInner {
                 name: name.to_string(),
                 cgroup: cg,
+                oom_counter,
                 mode: effective,
                 memory_max,
                 members: Mutex::new(Members::default()),

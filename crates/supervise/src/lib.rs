@@ -20,11 +20,13 @@
 //!   to be a child subreaper ([`become_subreaper`]); orphaned descendants then
 //!   reparent to it and are reaped here, but never a registered main child, whose
 //!   status belongs to its own [`Child::wait`] (which may run on another thread).
-//! * Two reader threads drain stdout and stderr, cut lines (64 KiB max per piece)
-//!   and pass them through a bounded channel; an eventfd wakes the waiting thread.
-//! * [`Child::wait`] is event driven: it `poll`s a pidfd of the main child and that
-//!   eventfd (also rung by [`StopHandle`]) with a timeout equal to the next
-//!   deadline (timeout, kill grace, memory sample). It reads the exit status with
+//! * [`Child::wait`] is event driven: it `poll`s a pidfd of the main child, the
+//!   (non-blocking) stdout and stderr pipes and an eventfd rung by [`StopHandle`]
+//!   with a timeout equal to the next deadline (timeout, kill grace, memory
+//!   sample). The output is read on the waiting thread itself (no reader threads):
+//!   each pass drains what the pipes hold (bounded per pass, so a chatty child
+//!   never blocks and never starves the deadlines), cuts lines (64 KiB max per
+//!   piece) and hands them to `on_line` in arrival order. It reads the exit status with
 //!   `waitid(WNOWAIT)`, so the main child's zombie keeps its pid and process group
 //!   id reserved while the rest of the tree is being killed, and reaps it last.
 //! * "The tree" is every live process of the cgroup, or without a cgroup: the
@@ -57,15 +59,13 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -78,7 +78,7 @@ mod sys;
 mod tree;
 
 use cgroup::{Cgroup, Kind};
-use output::Msg;
+use output::Output;
 use sys::{EventFd, RawStatus};
 use tree::Tracker;
 
@@ -613,7 +613,15 @@ pub fn spawn_with(spec: Spec, limits: Limits, mode: Enforcement) -> Result<Child
         Some(g) => g.join_target(),
         None => cg.as_ref().map(|(c, f)| (c, f)),
     };
-    let result = spawn_process(&spec, &program, &program_name, cwd, target);
+    // A joined child with nothing to do between fork and exec besides
+    // setpgid and chdir (no user, no done fd) is spawned without a pre-exec
+    // hook, so the C library can use vfork-style posix_spawn: no copy of the
+    // runner's page tables and no copy-on-write faults afterwards, which in
+    // per-item mode (thousands of short children) is most of the cost. The
+    // parent then moves the child into the group's cgroup right away, and
+    // then whatever it forked meanwhile (see `spawn_without_hook`).
+    let fast = joined.is_some() && spec.user.is_none() && spec.done_fd.is_none();
+    let result = spawn_process(&spec, &program, &program_name, cwd, target, fast);
     let (mut std_child, done_reader) = match result {
         Ok(v) => v,
         Err(e) => {
@@ -632,7 +640,6 @@ pub fn spawn_with(spec: Spec, limits: Limits, mode: Enforcement) -> Result<Child
 
     // From here on the child runs: build the supervision state without failing.
     let wake = Arc::new(EventFd::new().map_err(abort)?);
-    let shutdown = Arc::new(EventFd::new().map_err(abort)?);
     let pidfd = match sys::pidfd_open(pid) {
         Ok(fd) => Some(fd),
         Err(e) => {
@@ -640,25 +647,23 @@ pub fn spawn_with(spec: Spec, limits: Limits, mode: Enforcement) -> Result<Child
             None
         }
     };
-    let (tx, rx) = mpsc::sync_channel::<Msg>(256);
-    let mut readers = Vec::new();
-    let mut pipe_inodes = Vec::new();
-    let mut open_streams = 0;
-    let pipes: [(Stream, Option<OwnedFd>); 2] = [
+    let pipes: Vec<(Stream, OwnedFd)> = [
         (Stream::Stdout, std_child.stdout.take().map(OwnedFd::from)),
         (Stream::Stderr, std_child.stderr.take().map(OwnedFd::from)),
-    ];
-    for (stream, fd) in pipes {
-        let Some(fd) = fd else { continue };
-        if let Ok(meta) = File::from(fd.try_clone().map_err(abort)?).metadata() {
-            pipe_inodes.push(meta.ino());
-        }
-        let handle =
-            output::start(stream, fd, tx.clone(), wake.clone(), shutdown.clone()).map_err(abort)?;
-        readers.push(handle);
-        open_streams += 1;
-    }
-    drop(tx);
+    ]
+    .into_iter()
+    .filter_map(|(stream, fd)| Some((stream, fd?)))
+    .collect();
+    // Only the no-cgroup tracker looks for holders of the pipes.
+    let pipe_inodes: Vec<u64> = if cgroup.is_none() {
+        pipes
+            .iter()
+            .filter_map(|(_, fd)| sys::inode(fd.as_raw_fd()).ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let output = Output::new(pipes).map_err(abort)?;
 
     let stdin = std_child.stdin.take();
     drop(std_child); // does not wait or kill; we own the pid from now on.
@@ -687,16 +692,14 @@ pub fn spawn_with(spec: Spec, limits: Limits, mode: Enforcement) -> Result<Child
         done_reader,
         pidfd,
         wake,
-        shutdown,
         stop,
-        rx,
-        readers,
-        open_streams,
+        output,
         tracker,
         group: joined,
         oom_before,
         breaches_before,
         main_exited: false,
+        no_orphans_seen: false,
         peak: None,
         finished: false,
     })
@@ -732,7 +735,11 @@ fn spawn_process(
     program_name: &str,
     cwd: Option<CString>,
     cg: Option<(&Cgroup, &File)>,
+    fast: bool,
 ) -> Result<(std::process::Child, Option<File>), SpawnError> {
+    if fast {
+        return spawn_without_hook(spec, program, program_name, cg);
+    }
     let (report_r, report_w) = sys::pipe_cloexec()?;
     let done_pipe = match spec.done_fd {
         Some(_) => Some(sys::pipe_cloexec()?),
@@ -805,6 +812,84 @@ fn spawn_process(
                 program_name,
                 cg.map(|(c, _)| c),
             ))
+        }
+    }
+}
+
+/// `spawn_process` for a joined child that needs no pre-exec hook. The
+/// child is written into the group's `cgroup.procs` by the parent as soon as
+/// the spawn returns (after its exec). Processes it forked before that move
+/// completed (a cgroup v1 migration can take a while) are still outside: they
+/// are moved next, parents before their children, by following
+/// `/proc/PID/task/*/children` links (see `sweep_into_cgroup`). What remains
+/// is a descendant that was forked, exited and was reaped within those
+/// microseconds while its own children were re-parented to us: those stay
+/// outside the group's cgroup (still tracked as part of the child's tree by
+/// process group and ppid links).
+fn spawn_without_hook(
+    spec: &Spec,
+    program: &Path,
+    program_name: &str,
+    cg: Option<(&Cgroup, &File)>,
+) -> Result<(std::process::Child, Option<File>), SpawnError> {
+    let mut cmd = Command::new(program);
+    cmd.arg0(&spec.argv[0])
+        .args(&spec.argv[1..])
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(match spec.stdin {
+            StdinMode::Null => Stdio::null(),
+            StdinMode::Pipe => Stdio::piped(),
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    if let Some(dir) = &spec.cwd {
+        cmd.current_dir(dir);
+    }
+    let spawned = {
+        let mut reg = tree::registry();
+        let r = cmd.spawn();
+        if let Ok(child) = &r {
+            reg.insert(child.id() as i32);
+        }
+        r
+    };
+    match spawned {
+        Ok(child) => {
+            if let Some((c, mut procs)) = cg {
+                let pid = child.id().to_string();
+                match io::Write::write_all(&mut procs, pid.as_bytes()) {
+                    Ok(()) => sweep_into_cgroup(procs, child.id() as i32),
+                    Err(e) => tracing::warn!(
+                        path = %c.path.display(), pid = %pid, error = %e,
+                        "cannot move the child into the run's cgroup"
+                    ),
+                }
+            }
+            Ok((child, None))
+        }
+        Err(e) => Err(classify(e, None, spec, program_name, cg.map(|(c, _)| c))),
+    }
+}
+
+/// Move the descendants of `root` (already moved) into the cgroup of `procs`.
+/// Each process is moved before its children are listed, so whatever it forks
+/// later is born inside; a usual child has not forked yet and this costs one
+/// look at its (empty) children lists.
+fn sweep_into_cgroup(mut procs: &File, root: i32) {
+    let mut todo = vec![root];
+    let mut moved = 0usize;
+    while let Some(pid) = todo.pop() {
+        for kid in procfs::children_of(pid) {
+            // Bounded: a fork bomb is the cgroup's (pids / memory) problem.
+            if moved >= 4096 {
+                return;
+            }
+            moved += 1;
+            if io::Write::write_all(&mut procs, kid.to_string().as_bytes()).is_ok() {
+                todo.push(kid);
+            }
         }
     }
 }
@@ -890,11 +975,9 @@ pub struct Child {
     done_reader: Option<File>,
     pidfd: Option<OwnedFd>,
     wake: Arc<EventFd>,
-    shutdown: Arc<EventFd>,
     stop: StopHandle,
-    rx: Receiver<Msg>,
-    readers: Vec<JoinHandle<()>>,
-    open_streams: usize,
+    /// The stdout/stderr pipes not yet at EOF, read by `wait`.
+    output: Output,
     tracker: Option<Tracker>,
     /// The run-level group this child joined (CgroupPlacement::Join).
     group: Option<Arc<group::GroupInner>>,
@@ -903,6 +986,10 @@ pub struct Child {
     breaches_before: u64,
     /// Set by `wait` once the main process has exited.
     main_exited: bool,
+    /// Whether the latest `tree` call answered from `tree::only_main_children`:
+    /// then there was no orphan to reap a moment ago and `wait` skips its final
+    /// `tree::reap_orphans` (one listing of our children instead of two).
+    no_orphans_seen: bool,
     peak: Option<u64>,
     finished: bool,
 }
@@ -944,6 +1031,7 @@ impl Child {
 
     /// Live processes of the tree. `deep` adds holders of our output pipes (no-cgroup mode).
     fn tree(&mut self, deep: bool) -> Vec<i32> {
+        self.no_orphans_seen = false;
         match (&self.cgroup, &mut self.tracker) {
             (Some(c), _) => c.live_pids(),
             // Once the main process has exited, every surviving descendant
@@ -951,6 +1039,7 @@ impl Child {
             // ours besides supervised main processes means no leftovers, and
             // the scan of every process in /proc can be skipped.
             (None, Some(_)) if self.main_exited && !deep && tree::only_main_children() => {
+                self.no_orphans_seen = true;
                 Vec::new()
             }
             (None, Some(t)) => t.scan(deep),
@@ -1025,7 +1114,6 @@ impl Child {
         // scan of the process table.
         let mut next_tick = Instant::now() + FIRST_TICK;
         let mut drain_deadline: Option<Instant> = None;
-        let mut eofs = 0usize;
         // Set once the known tree was gone but the pipes were still open: from then on
         // also look for processes holding our pipes (no-cgroup mode only).
         let mut deep = false;
@@ -1033,9 +1121,6 @@ impl Child {
 
         loop {
             self.wake.drain();
-            self.pump(&mut on_line, &mut eofs);
-            let now = Instant::now();
-
             if status.is_none() {
                 match sys::peek_exit(self.pid) {
                     Ok(s) => status = s,
@@ -1045,6 +1130,10 @@ impl Child {
                     }
                 }
             }
+            // After the exit check: a main child that exited has closed its end of
+            // the pipes, so a lone child's EOF is seen in this very pass.
+            self.output.pump(&mut on_line);
+            let now = Instant::now();
             let running = status.is_none();
             self.main_exited = !running;
 
@@ -1090,9 +1179,9 @@ impl Child {
 
             // After the main child exited: make sure the rest of the tree goes too.
             if status.is_some() {
-                let alive = self.tree(deep && eofs < self.open_streams);
+                let alive = self.tree(deep && !self.output.all_closed());
                 if alive.is_empty() {
-                    if eofs >= self.open_streams {
+                    if self.output.all_closed() {
                         break;
                     }
                     if !deep && self.cgroup.is_none() {
@@ -1163,11 +1252,16 @@ impl Child {
             if running && self.pidfd.is_none() {
                 consider(now + Duration::from_millis(10));
             }
-            let mut set = [sys::pollfd(self.wake.raw()), sys::pollfd(-1)];
+            // The wake-up eventfd, the pidfd, the open output pipes (-1: unused).
+            let mut set = [sys::pollfd(-1); 4];
+            set[0] = sys::pollfd(self.wake.raw());
             if running {
                 if let Some(fd) = &self.pidfd {
                     set[1] = sys::pollfd(fd.as_raw_fd());
                 }
+            }
+            for (slot, fd) in set[2..].iter_mut().zip(self.output.pollfds()) {
+                *slot = fd;
             }
             if let Err(e) = sys::poll(
                 &mut set,
@@ -1195,13 +1289,15 @@ impl Child {
                 self.peak = Some(self.peak.unwrap_or(0).max(p));
             }
         }
-        self.finish_output(&mut on_line, eofs);
+        self.output.finish(&mut on_line);
         if let Some(c) = &self.cgroup {
             if let Err(e) = c.remove() {
                 tracing::warn!(path = %c.path.display(), error = %e, "cannot remove cgroup");
             }
         }
-        tree::reap_orphans();
+        if !self.no_orphans_seen {
+            tree::reap_orphans();
+        }
         self.finished = true;
 
         let group_oom = self
@@ -1259,37 +1355,6 @@ impl Child {
             }
         }
     }
-
-    /// Deliver every line already received.
-    fn pump(&mut self, on_line: &mut impl FnMut(Stream, &[u8]), eofs: &mut usize) {
-        while let Ok(msg) = self.rx.try_recv() {
-            match msg {
-                Msg::Line(s, line) => on_line(s, &line),
-                Msg::Eof => *eofs += 1,
-            }
-        }
-    }
-
-    /// Tell the readers to stop, deliver what they still have, join them.
-    fn finish_output(&mut self, on_line: &mut impl FnMut(Stream, &[u8]), mut eofs: usize) {
-        self.shutdown.signal();
-        let limit = Instant::now() + Duration::from_secs(2);
-        while eofs < self.open_streams {
-            match self
-                .rx
-                .recv_timeout(limit.saturating_duration_since(Instant::now()))
-            {
-                Ok(Msg::Line(s, line)) => on_line(s, &line),
-                Ok(Msg::Eof) => eofs += 1,
-                Err(_) => break,
-            }
-        }
-        if eofs >= self.open_streams {
-            for h in self.readers.drain(..) {
-                let _ = h.join();
-            }
-        }
-    }
 }
 
 impl Drop for Child {
@@ -1309,7 +1374,6 @@ impl Drop for Child {
         }
         let _ = sys::reap_blocking(self.pid);
         tree::registry().remove(&self.pid);
-        self.shutdown.signal();
         if let Some(c) = &self.cgroup {
             let _ = c.remove();
         }

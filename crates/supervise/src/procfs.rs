@@ -86,6 +86,22 @@ pub(crate) fn rss_bytes(pid: i32, page_size: u64) -> Option<u64> {
     Some(pages * page_size)
 }
 
+/// Children of process `pid`, across all its threads (`/proc/PID/task/*/children`).
+pub(crate) fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            if let Ok(text) = fs::read_to_string(task.path().join("children")) {
+                out.extend(
+                    text.split_whitespace()
+                        .filter_map(|p| p.parse::<i32>().ok()),
+                );
+            }
+        }
+    }
+    out
+}
+
 /// Children of this process, across all its threads (`/proc/self/task/*/children`),
 /// falling back to a /proc scan for `ppid == getpid()` when that file is unavailable.
 pub(crate) fn own_children() -> Vec<i32> {

@@ -187,6 +187,34 @@ pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// `read(2)` of at most `max` bytes from `fd`, appended to `buf` (no zero-filling).
+pub(crate) fn read_append(fd: RawFd, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    buf.reserve(max);
+    let spare = buf.spare_capacity_mut();
+    let len = spare.len().min(max);
+    // SAFETY: `spare` is the vector's writable, allocated but unused capacity of at
+    // least `len` bytes; read(2) writes at most `len` bytes there.
+    let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast::<libc::c_void>(), len) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: the kernel initialised the first `n` (<= len) bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
+/// Inode number of the file open on `fd` (`fstat`).
+pub(crate) fn inode(fd: RawFd) -> io::Result<u64> {
+    // SAFETY: `stat` is plain old data; all-zero is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid, writable stat buffer that outlives the call.
+    if unsafe { libc::fstat(fd, &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.st_ino)
+}
+
 /// Whether descriptor number `fd` is currently open in this process.
 pub(crate) fn fd_is_open(fd: RawFd) -> bool {
     // SAFETY: F_GETFD only queries the descriptor table.

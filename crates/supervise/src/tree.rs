@@ -17,13 +17,19 @@ pub(crate) fn registry() -> MutexGuard<'static, BTreeSet<i32>> {
 
 /// Reap zombies that are our children but not registered main children
 /// (descendants of jobs that reparented to us as subreaper and then died).
+///
+/// Children in our own process group are left alone: supervised children and
+/// therefore all their descendants live in process groups of their own, while
+/// a child in our group was started by other code of this process (e.g. with
+/// `std::process::Command`) and its exit status belongs to that code's `wait`.
 pub(crate) fn reap_orphans() {
+    let own_group = nix::unistd::getpgrp().as_raw();
     let reg = registry();
     for pid in procfs::own_children() {
         if reg.contains(&pid) {
             continue;
         }
-        if procfs::stat(pid).is_some_and(|s| !s.is_live()) {
+        if procfs::stat(pid).is_some_and(|s| !s.is_live() && s.pgrp != own_group) {
             // It is our child and a zombie: its pid cannot be reused before we reap it.
             let _ = sys::reap_nohang(pid);
         }
@@ -31,7 +37,8 @@ pub(crate) fn reap_orphans() {
 }
 
 /// Whether every child of this process is a registered main child (so no
-/// orphaned descendant of any job has been re-parented to us).
+/// orphaned descendant of any job has been re-parented to us, and
+/// [`reap_orphans`] would find nothing to reap).
 ///
 /// With several children supervised in parallel (from different threads) the
 /// registered main children of the OTHER runs are fine: they are not leftovers of

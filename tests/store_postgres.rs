@@ -1,0 +1,763 @@
+//! The PostgreSQL state store against a real server (127.0.0.1:5432, trust
+//! auth, database `test`; override with `BATCHGUARD_TEST_PG`). Each test
+//! works in schemas of its own (`?schema=…`) and drops them at the end.
+//!
+//! The tests run one at a time: the resilience test terminates every
+//! backend named `batchguard`, which would otherwise hit its neighbours.
+
+use batchguard::store::{
+    self, AcquireMode, Committer, Holder, ItemState, LedgerUpdate, LockAttempt, LockRequest,
+    NotifyState, OutboxRow, RunEnd, RunRecord, RunnerIdentity, Store, StoreError,
+};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn base() -> String {
+    std::env::var("BATCHGUARD_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn admin() -> postgres::Client {
+    postgres::Client::connect(
+        &format!("{}?application_name=batchguard_test_admin", base()),
+        postgres::NoTls,
+    )
+    .expect("connect to the test PostgreSQL")
+}
+
+/// Fresh schema names, dropped (with everything in them) on drop.
+#[derive(Default)]
+struct Schemas(Mutex<Vec<String>>);
+
+impl Schemas {
+    fn fresh(&self, prefix: &str) -> String {
+        let name = format!(
+            "{prefix}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        self.0.lock().unwrap().push(name.clone());
+        name
+    }
+    fn url(&self, prefix: &str) -> String {
+        format!("{}?schema={}", base(), self.fresh(prefix))
+    }
+}
+
+impl Drop for Schemas {
+    fn drop(&mut self) {
+        let names = std::mem::take(&mut *self.0.lock().unwrap());
+        if names.is_empty() {
+            return;
+        }
+        let mut c = admin();
+        for n in names {
+            c.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{n}\" CASCADE"))
+                .unwrap();
+        }
+    }
+}
+
+fn runner(pid: i32) -> RunnerIdentity {
+    RunnerIdentity {
+        host: "host-a".into(),
+        boot_id: "boot-a".into(),
+        pid,
+        pid_start: 7,
+    }
+}
+
+fn record(id: &str, lock: &str, who: &RunnerIdentity) -> RunRecord {
+    RunRecord {
+        id: id.into(),
+        job: lock.into(),
+        host: who.host.clone(),
+        pid: who.pid,
+        fence: 0,
+        attempt: 1,
+        scope: None,
+        started_at: "2026-11-30T00:00:00.000+00:00".into(),
+        ended_at: None,
+        duration_ms: None,
+        outcome: "running".into(),
+        exit_code: None,
+        signal: None,
+        peak_memory_bytes: None,
+        memory_enforcement: "none".into(),
+        items: None,
+        log_path: None,
+        lock: lock.into(),
+        memory_max_bytes: None,
+        params: Default::default(),
+        error: None,
+        items_failed: Vec::new(),
+        started_ms: 1_000,
+        runner: who.clone(),
+        cgroup: None,
+        pgid: None,
+        heartbeat_ms: 1_000,
+    }
+}
+
+fn take(s: &dyn Store, lock: &str, id: &str, mode: AcquireMode) -> LockAttempt {
+    let who = runner(4242);
+    let run = record(id, lock, &who);
+    let req = LockRequest {
+        lock,
+        run_id: id,
+        runner: &who,
+        now_ms: 1_000,
+        lease_ms: 30_000,
+        mode,
+        cleaned_fence: None,
+    };
+    let alive = |_: &Holder, _: i64| true;
+    s.acquire(&req, &alive, &run).expect("acquire")
+}
+
+fn fence_of(a: &LockAttempt) -> i64 {
+    match a {
+        LockAttempt::Acquired { fence, .. } => *fence,
+        other => panic!("expected the lock, got {other:?}"),
+    }
+}
+
+#[test]
+fn postgres_passes_the_conformance_suite() {
+    let _serial = serial();
+    let schemas = Schemas::default();
+    store::conformance::run_all(&|| store::open(&schemas.url("bg_conf")).unwrap());
+    // postgresql:// is the same backend.
+    let url = schemas
+        .url("bg_conf")
+        .replace("postgres://", "postgresql://");
+    store::open(&url).unwrap();
+}
+
+#[test]
+fn reopening_keeps_data_and_does_not_migrate_twice() {
+    let _serial = serial();
+    let schemas = Schemas::default();
+    let url = schemas.url("bg_reopen");
+    {
+        let s = store::open(&url).unwrap();
+        fence_of(&take(s.as_ref(), "job", "run-a", AcquireMode::IfFree));
+    }
+    let s = store::open(&url).unwrap();
+    assert_eq!(s.current_fence("job").unwrap(), Some(1));
+    let schema = url.rsplit('=').next().unwrap();
+    let versions: Vec<i64> = admin()
+        .query(
+            &format!("SELECT version FROM \"{schema}\".batchguard_schema_version ORDER BY 1"),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, (1..=versions.len() as i64).collect::<Vec<_>>());
+    assert!(versions.len() >= 4);
+}
+
+/// Everything the conformance suite does not cover, run against SQLite
+/// and PostgreSQL alike: the results must be identical.
+fn scenario(s: &dyn Store) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut log = |what: &str, v: String| out.push(format!("{what}: {v}"));
+    // Runs: a skipped run, a finished one, listing and retention.
+    let who = runner(11);
+    let mut skipped = record("run-skip", "job-b", &who);
+    skipped.outcome = "skipped".into();
+    skipped.ended_at = Some("2026-11-30T00:00:00.000+00:00".into());
+    skipped.duration_ms = Some(0);
+    skipped.params.insert("day".into(), "2026-11-30".into());
+    s.insert_run(&skipped).unwrap();
+    let a = take(s, "job-a", "run-a", AcquireMode::IfFree);
+    log("acquire", format!("{a:?}"));
+    let mut run2 = record("run-a2", "job-a", &who);
+    run2.log_path = Some("/var/log/batchguard/job-a/run-a2.log".into());
+    run2.started_ms = 500;
+    run2.outcome = "success".into();
+    run2.ended_at = Some("2026-11-30T00:00:01.000+00:00".into());
+    run2.duration_ms = Some(250);
+    run2.peak_memory_bytes = Some(u64::from(u32::MAX) * 4);
+    s.insert_run(&run2).unwrap();
+    s.set_run_failed_items("run-a", &["k9".into(), "k10".into()])
+        .unwrap();
+    s.finish_run(
+        "run-a",
+        Some(("job-a", 1)),
+        &RunEnd {
+            ended_at: "2026-11-30T00:00:02.000+00:00".into(),
+            ended_ms: 2_000,
+            outcome: "timeout".into(),
+            signal: Some(9),
+            items: Some(store::ItemCounts {
+                total: 3,
+                done: 1,
+                skipped: 1,
+                failed: 1,
+            }),
+            error: Some("took too long".into()),
+            ..RunEnd::default()
+        },
+    )
+    .unwrap();
+    // A second finish changes nothing.
+    s.finish_run("run-a", None, &RunEnd::default()).unwrap();
+    log("get", format!("{:?}", s.get_run("run-a").unwrap()));
+    log("get-none", format!("{:?}", s.get_run("nope").unwrap()));
+    log("list", format!("{:?}", s.list_runs(None, 10).unwrap()));
+    log(
+        "list-b",
+        format!("{:?}", s.list_runs(Some("job-b"), 1).unwrap()),
+    );
+    log("last", format!("{:?}", s.last_runs().unwrap()));
+    log(
+        "last-finished",
+        format!("{:?}", s.last_finished_run("job-a").unwrap()),
+    );
+    let logs = s.runs_with_logs_before("job-a", 10_000, 5).unwrap();
+    log("logs", format!("{logs:?}"));
+    s.mark_log_pruned("run-a2").unwrap();
+    log(
+        "logs-after",
+        format!("{:?}", s.runs_with_logs_before("job-a", 10_000, 5).unwrap()),
+    );
+    log("running", format!("{:?}", s.running_runs().unwrap()));
+    log(
+        "hb-released",
+        format!("{:?}", s.heartbeat("job-a", 1, "run-a", 3_000, 1_000)),
+    );
+
+    // Ledger: duplicates inside one batch, ordering of failures, counts.
+    let scope = s.ledger_scope("job-a", "day", true).unwrap().unwrap();
+    let who = Committer {
+        lock: "job-a",
+        fence: None,
+        run_id: "run-x",
+    };
+    let u = |key, state, error| LedgerUpdate { key, state, error };
+    let batch = [
+        u("b", ItemState::Failed, Some("first")),
+        u("b", ItemState::Failed, Some("second")),
+        u("a", ItemState::InFlight, None),
+        u("a", ItemState::InFlight, None),
+        u("c", ItemState::Done, None),
+        u("c", ItemState::Done, None),
+        u("d", ItemState::Failed, None),
+        u("B", ItemState::Failed, Some("upper")),
+    ];
+    log(
+        "commit",
+        format!("{:?}", s.ledger_commit(scope, who, 10, &batch)),
+    );
+    let mut keys = Vec::new();
+    s.ledger_scan(scope, &mut |k, st, n| keys.push(format!("{k}/{st:?}/{n}")))
+        .unwrap();
+    keys.sort();
+    log("scan", format!("{keys:?}"));
+    log(
+        "failed",
+        format!("{:?}", s.ledger_failed(scope, 10).unwrap()),
+    );
+    log(
+        "failed-1",
+        format!("{:?}", s.ledger_failed(scope, 1).unwrap()),
+    );
+    s.ledger_scope("job-a", "Day", true).unwrap();
+    s.ledger_scope("job-a", "a-day", true).unwrap();
+    log(
+        "counts",
+        format!("{:?}", s.ledger_counts("job-a", None).unwrap()),
+    );
+    log(
+        "counts-one",
+        format!("{:?}", s.ledger_counts("job-a", Some("day")).unwrap()),
+    );
+    log(
+        "fenced-commit",
+        format!(
+            "{:?}",
+            s.ledger_commit(
+                scope,
+                Committer {
+                    lock: "never-taken",
+                    fence: Some(1),
+                    run_id: "r"
+                },
+                11,
+                &batch
+            )
+        ),
+    );
+
+    // Outbox: idempotent add, claims that lease, delivery and failure.
+    let row = |id: &str, channel: &str, created_ms| OutboxRow {
+        id: id.into(),
+        channel: channel.into(),
+        job: "job-a".into(),
+        event: "failure".into(),
+        payload: r#"{"job":"job-a"}"#.into(),
+        created_ms,
+        attempts: 0,
+        next_attempt_ms: created_ms,
+        last_error: None,
+    };
+    let rows = [
+        row("n1", "mail", 100),
+        row("n1", "hook", 101),
+        row("n2", "mail", 50),
+    ];
+    s.outbox_add(&rows).unwrap();
+    s.outbox_add(&rows[..1]).unwrap();
+    log("pending", format!("{:?}", s.outbox_pending().unwrap()));
+    log(
+        "claim",
+        format!("{:?}", s.outbox_claim(100, 200, 1_000, 2).unwrap()),
+    );
+    log(
+        "claim-again",
+        format!("{:?}", s.outbox_claim(100, 200, 1_000, 10).unwrap()),
+    );
+    log(
+        "claim-late",
+        format!("{:?}", s.outbox_claim(1_200, 1_200, 1_000, 10).unwrap()),
+    );
+    s.outbox_delivered("n1", "mail", 1_300).unwrap();
+    s.outbox_failed("n1", "hook", "HTTP 500", 5_000).unwrap();
+    s.outbox_failed("n1", "mail", "late failure ignored", 5_000)
+        .unwrap();
+    log(
+        "pending-after",
+        format!("{:?}", s.outbox_pending().unwrap()),
+    );
+    log(
+        "claim-final",
+        format!("{:?}", s.outbox_claim(9_000, 9_000, 1, 10).unwrap()),
+    );
+
+    // Notification state and the watchdog.
+    log(
+        "notify-none",
+        format!("{:?}", s.notify_state("job-a").unwrap()),
+    );
+    let st = NotifyState {
+        failing_since_ms: Some(5),
+        failures: 3,
+        suppressed: 2,
+        last_sent_ms: None,
+        overrun_run: Some("run-a".into()),
+    };
+    s.set_notify_state("job-a", &st).unwrap();
+    s.set_notify_state("job-a", &NotifyState { failures: 4, ..st })
+        .unwrap();
+    log("notify", format!("{:?}", s.notify_state("job-a").unwrap()));
+    log(
+        "watch",
+        format!("{:?}", s.watch_state("job-a", 100).unwrap()),
+    );
+    log(
+        "watch-again",
+        format!("{:?}", s.watch_state("job-a", 200).unwrap()),
+    );
+    log(
+        "missed",
+        format!("{:?}", s.record_missed("job-a", 150).unwrap()),
+    );
+    log(
+        "missed-dup",
+        format!("{:?}", s.record_missed("job-a", 150).unwrap()),
+    );
+    log(
+        "missed-old",
+        format!("{:?}", s.record_missed("job-a", 120).unwrap()),
+    );
+    log(
+        "watch-after",
+        format!("{:?}", s.watch_state("job-a", 300).unwrap()),
+    );
+    log(
+        "reset",
+        format!("{:?}", s.ledger_reset("job-a", "day").unwrap()),
+    );
+    log(
+        "counts-after",
+        format!("{:?}", s.ledger_counts("job-a", None).unwrap()),
+    );
+    out
+}
+
+#[test]
+fn results_match_the_sqlite_reference() {
+    let _serial = serial();
+    let schemas = Schemas::default();
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = store::open(&format!("sqlite:{}", dir.path().join("s.db").display())).unwrap();
+    let pg = store::open(&schemas.url("bg_parity")).unwrap();
+    let want = scenario(sqlite.as_ref());
+    let got = scenario(pg.as_ref());
+    for (w, g) in want.iter().zip(&got) {
+        assert_eq!(w, g);
+    }
+    assert_eq!(want.len(), got.len());
+}
+
+#[test]
+fn concurrent_acquirers_serialise() {
+    let _serial = serial();
+    let schemas = Schemas::default();
+    let url = schemas.url("bg_race");
+    const N: usize = 20;
+    // Twenty hosts starting for the first time at once: the migrations
+    // race too, and every store has its own connections.
+    let barrier = Arc::new(Barrier::new(N));
+    let handles: Vec<_> = (0..N)
+        .map(|i| {
+            let (url, barrier) = (url.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let s = store::open(&url).unwrap();
+                barrier.wait();
+                let forbid = take(
+                    s.as_ref(),
+                    "job",
+                    &format!("if-free-{i}"),
+                    AcquireMode::IfFree,
+                );
+                barrier.wait();
+                let replace = take(
+                    s.as_ref(),
+                    "job",
+                    &format!("replace-{i}"),
+                    AcquireMode::Replace,
+                );
+                barrier.wait();
+                let token = take(
+                    s.as_ref(),
+                    "other",
+                    &format!("token-{i}"),
+                    AcquireMode::TokenOnly,
+                );
+                (forbid, replace, token)
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let s = store::open(&url).unwrap();
+
+    let winners: Vec<_> = results
+        .iter()
+        .filter(|(f, _, _)| matches!(f, LockAttempt::Acquired { .. }))
+        .collect();
+    assert_eq!(winners.len(), 1, "exactly one IfFree acquirer wins");
+    assert_eq!(fence_of(&winners[0].0), 1);
+    let winner_id = s
+        .list_runs(Some("job"), 100)
+        .unwrap()
+        .into_iter()
+        .find(|r| r.id.starts_with("if-free-"))
+        .unwrap()
+        .id;
+    for (f, _, _) in &results {
+        if let LockAttempt::Held(h) = f {
+            assert_eq!((h.fence, h.run_id.as_str()), (1, winner_id.as_str()));
+        }
+    }
+    // Replace: every one gets a distinct, newer token; the last one holds.
+    let mut fences: Vec<i64> = results.iter().map(|(_, r, _)| fence_of(r)).collect();
+    fences.sort();
+    assert_eq!(fences, (2..=N as i64 + 1).collect::<Vec<_>>());
+    assert_eq!(s.current_fence("job").unwrap(), Some(N as i64 + 1));
+    let replaced: usize = results
+        .iter()
+        .filter(|(_, r, _)| {
+            matches!(
+                r,
+                LockAttempt::Acquired {
+                    replaced: Some(_),
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(
+        replaced, N,
+        "each replace took the lock from the previous holder"
+    );
+    let holder = s
+        .list_runs(Some("job"), 100)
+        .unwrap()
+        .into_iter()
+        .find(|r| r.fence == N as i64 + 1)
+        .unwrap();
+    assert!(
+        s.heartbeat("job", N as i64 + 1, &holder.id, 2_000, 30_000)
+            .unwrap()
+    );
+    // TokenOnly on a lock nobody ever took: first row created under race.
+    let mut tokens: Vec<i64> = results.iter().map(|(_, _, t)| fence_of(t)).collect();
+    tokens.sort();
+    assert_eq!(tokens, (1..=N as i64).collect::<Vec<_>>());
+    assert_eq!(s.running_runs().unwrap().len(), 1 + 2 * N);
+}
+
+fn kill_backends() -> u64 {
+    let rows = admin()
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'test' \
+             AND pid <> pg_backend_pid() AND application_name = 'batchguard'",
+            &[],
+        )
+        .unwrap();
+    // Let the backends actually go away.
+    std::thread::sleep(Duration::from_millis(100));
+    rows.len() as u64
+}
+
+#[test]
+fn killed_connections_are_replaced_transparently() {
+    let _serial = serial();
+    let schemas = Schemas::default();
+    let s = store::open(&schemas.url("bg_kill")).unwrap();
+    let fence = fence_of(&take(s.as_ref(), "job", "run-a", AcquireMode::IfFree));
+    assert!(
+        kill_backends() >= 1,
+        "the store's idle connection was killed"
+    );
+    assert!(s.heartbeat("job", fence, "run-a", 2_000, 30_000).unwrap());
+
+    let scope = s.ledger_scope("job", "day", true).unwrap().unwrap();
+    let who = Committer {
+        lock: "job",
+        fence: Some(fence),
+        run_id: "run-a",
+    };
+    kill_backends();
+    let done = [LedgerUpdate {
+        key: "k1",
+        state: ItemState::Done,
+        error: None,
+    }];
+    assert!(s.ledger_commit(scope, who, 3_000, &done).unwrap());
+    kill_backends();
+    let mut n = 0;
+    s.ledger_scan(scope, &mut |_, _, attempts| {
+        assert_eq!(attempts, 1);
+        n += 1
+    })
+    .unwrap();
+    assert_eq!(n, 1);
+    kill_backends();
+    let mut ran = 0;
+    assert!(
+        s.while_fence_current("job", fence, &mut || {
+            ran += 1;
+            Ok(())
+        })
+        .unwrap()
+        .unwrap()
+    );
+    assert_eq!(ran, 1);
+    kill_backends();
+    match take(s.as_ref(), "job", "run-b", AcquireMode::IfFree) {
+        LockAttempt::Held(h) => assert_eq!(h.run_id, "run-a"),
+        other => panic!("expected Held, got {other:?}"),
+    }
+    kill_backends();
+    assert_eq!(s.get_run("run-a").unwrap().unwrap().fence, fence);
+}
+
+/// A TCP proxy in front of PostgreSQL that can play a server restart: it
+/// cuts every connection and refuses new ones until it comes back.
+struct Proxy {
+    port: u16,
+    down: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(upstream: &'static str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let down = Arc::new(AtomicBool::new(false));
+        let conns = Arc::new(Mutex::new(Vec::<TcpStream>::new()));
+        let (d, c) = (down.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if d.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                let mut list = c.lock().unwrap();
+                list.push(client.try_clone().unwrap());
+                list.push(server.try_clone().unwrap());
+                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
+                pipe(server, client);
+            }
+        });
+        Proxy { port, down, conns }
+    }
+
+    fn go_down(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Both);
+    });
+}
+
+#[test]
+fn a_server_outage_is_waited_out() {
+    let _serial = serial();
+    let schemas = Schemas::default();
+    let proxy = Proxy::start("127.0.0.1:5432");
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/test?schema={}",
+        proxy.port,
+        schemas.fresh("bg_outage")
+    );
+    let s = store::open(&url).unwrap();
+    let fence = fence_of(&take(s.as_ref(), "job", "run-a", AcquireMode::IfFree));
+    proxy.go_down();
+    let down = proxy.down.clone();
+    let t = Instant::now();
+    let back = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1_500));
+        down.store(false, Ordering::SeqCst);
+    });
+    // Heartbeats during the outage wait until the server is back.
+    assert!(s.heartbeat("job", fence, "run-a", 2_000, 30_000).unwrap());
+    let waited = t.elapsed();
+    back.join().unwrap();
+    eprintln!("heartbeat waited out a {waited:?} outage");
+    assert!(waited >= Duration::from_millis(1_400), "{waited:?}");
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+    let end = RunEnd {
+        ended_at: "2026-11-30T00:00:03.000+00:00".into(),
+        ended_ms: 3_000,
+        outcome: "success".into(),
+        exit_code: Some(0),
+        ..RunEnd::default()
+    };
+    s.finish_run("run-a", Some(("job", fence)), &end).unwrap();
+    assert_eq!(s.get_run("run-a").unwrap().unwrap().outcome, "success");
+}
+
+#[test]
+fn sql_errors_fail_at_once_and_passwords_stay_hidden() {
+    let _serial = serial();
+    let t = Instant::now();
+    let err = match store::open("postgres://postgres:hunter2@127.0.0.1:5432/bg_no_such_database") {
+        Ok(_) => panic!("opened a database that does not exist"),
+        Err(e) => e,
+    };
+    assert!(t.elapsed() < Duration::from_secs(2), "not retried");
+    let msg = err.to_string();
+    assert!(matches!(err, StoreError::Postgres { .. }), "{msg}");
+    assert!(
+        !msg.contains("hunter2") && msg.contains("postgres:***@"),
+        "{msg}"
+    );
+    assert!(msg.contains("bg_no_such_database"), "{msg}");
+    let bad = store::open(&format!("{}?schema=x;drop", base()));
+    assert!(matches!(bad, Err(StoreError::BadUrl { .. })));
+}
+
+fn bulk(keys: usize) {
+    let _serial = serial();
+    let schemas = Schemas::default();
+    let s = store::open(&schemas.url("bg_bulk")).unwrap();
+    let fence = fence_of(&take(s.as_ref(), "job", "run-a", AcquireMode::IfFree));
+    let scope = s.ledger_scope("job", "day", true).unwrap().unwrap();
+    let names: Vec<String> = (0..keys).map(|i| format!("item-{i:08}")).collect();
+    let who = Committer {
+        lock: "job",
+        fence: Some(fence),
+        run_id: "run-a",
+    };
+    let state = |i: usize| match i % 10 {
+        0 => ItemState::Failed,
+        1 => ItemState::InFlight,
+        _ => ItemState::Done,
+    };
+    let updates: Vec<LedgerUpdate<'_>> = names
+        .iter()
+        .enumerate()
+        .map(|(i, k)| LedgerUpdate {
+            key: k,
+            state: state(i),
+            error: (state(i) == ItemState::Failed).then_some("exit 1"),
+        })
+        .collect();
+    let t = Instant::now();
+    for chunk in updates.chunks(10_000) {
+        assert!(s.ledger_commit(scope, who, 5_000, chunk).unwrap());
+    }
+    let commit = t.elapsed();
+    let t = Instant::now();
+    let (mut n, mut done, mut bytes) = (0usize, 0usize, 0usize);
+    s.ledger_scan(scope, &mut |k, st, _| {
+        n += 1;
+        bytes += k.len();
+        done += usize::from(st == ItemState::Done);
+    })
+    .unwrap();
+    let scan = t.elapsed();
+    eprintln!(
+        "ledger of {keys} keys: commit (batches of 10,000) {commit:?} ({:.0} keys/s), \
+         scan {scan:?} ({:.0} keys/s)",
+        keys as f64 / commit.as_secs_f64(),
+        keys as f64 / scan.as_secs_f64()
+    );
+    assert_eq!(n, keys);
+    assert_eq!(done, keys / 10 * 8);
+    assert!(bytes > 0);
+    let counts = s.ledger_counts("job", Some("day")).unwrap();
+    assert_eq!(counts[0].failed as usize, keys / 10);
+    assert_eq!(counts[0].in_flight as usize, keys / 10);
+}
+
+#[test]
+fn ledger_of_100k_keys() {
+    bulk(100_000);
+}
+
+/// `cargo test --release --test store_postgres -- --ignored` for the
+/// million-key figure.
+#[test]
+#[ignore]
+fn ledger_of_1m_keys() {
+    bulk(1_000_000);
+}
