@@ -102,7 +102,8 @@ const PING_EVENTS: &[&str] = &["success", "failure", "timeout", "oom", "lost"];
 /// takes it: the ordinary channels when `wanted` (the job asked for the
 /// event and the noise control let it through); ping channels for every
 /// run's end.
-pub fn enqueue(store: &dyn Store, global: &Global, job: &Job, payload: &Payload, wanted: bool) {
+/// Returns how many rows were stored.
+pub fn enqueue(store: &dyn Store, global: &Global, job: &Job, payload: &Payload, wanted: bool) -> usize {
     let now = clock::now_ms();
     let json = serde_json::to_string(payload).unwrap_or_default();
     let rows: Vec<OutboxRow> = job
@@ -129,10 +130,14 @@ pub fn enqueue(store: &dyn Store, global: &Global, job: &Job, payload: &Payload,
         })
         .collect();
     if rows.is_empty() {
-        return;
+        return 0;
     }
-    if let Err(e) = store.outbox_add(&rows) {
-        tracing::error!(error = %e, job = %job.name, "cannot store notification {}", payload.id);
+    match store.outbox_add(&rows) {
+        Ok(()) => rows.len(),
+        Err(e) => {
+            tracing::error!(error = %e, job = %job.name, "cannot store notification {}", payload.id);
+            0
+        }
     }
 }
 

@@ -922,5 +922,5 @@ pub fn notify_missed(ctx: &Context, job: &Job, fire: &jiff::Zoned) {
         ctx.me.host,
         batchguard_config::format_duration(ctx.global.missed_grace)
     );
-    crate::notify::enqueue(ctx.store.as_ref(), &ctx.global, job, &payload, true);
+    let _ = crate::notify::enqueue(ctx.store.as_ref(), &ctx.global, job, &payload, true);
 }

@@ -158,6 +158,7 @@ pub(crate) fn run_ended(
     } else {
         Decision::Send { digest: None }
     };
+    let mut stored = 0;
     let wanted = match &decision {
         Decision::Send { digest } => {
             payload.digest = digest.clone();
@@ -172,7 +173,7 @@ pub(crate) fn run_ended(
         Decision::Suppress => false,
         Decision::Recovered { failures } => {
             // Ping channels get the plain success; the others `recovered`.
-            notify::enqueue(ctx.store.as_ref(), &ctx.global, job, &payload, false);
+            stored += notify::enqueue(ctx.store.as_ref(), &ctx.global, job, &payload, false);
             payload.id = notify::new_id();
             payload.event = "recovered".into();
             payload.message = format!(
@@ -185,7 +186,12 @@ pub(crate) fn run_ended(
         }
         Decision::Quiet => false,
     };
-    notify::enqueue(ctx.store.as_ref(), &ctx.global, job, &payload, wanted);
+    stored += notify::enqueue(ctx.store.as_ref(), &ctx.global, job, &payload, wanted);
+    // Nothing new and nothing waiting (one cheap read): no flush at all, so
+    // a quiet success costs no write transaction here.
+    if stored == 0 && ctx.store.outbox_pending().unwrap_or(1) == 0 {
+        return;
+    }
     let report = notify::flush(ctx.store.as_ref(), &ctx.global, notify::FLUSH_BUDGET, false);
     if report.failed > 0 {
         tracing::warn!(
@@ -240,7 +246,7 @@ pub(crate) fn overrun(ctx: &Context, job: &Job, p: &Prepared, run: &RunRecord, e
             .map(batchguard_config::format_duration)
             .unwrap_or_default()
     );
-    notify::enqueue(ctx.store.as_ref(), &ctx.global, job, &payload, true);
+    let _ = notify::enqueue(ctx.store.as_ref(), &ctx.global, job, &payload, true);
     notify::flush(ctx.store.as_ref(), &ctx.global, notify::FLUSH_BUDGET, false);
 }
 
