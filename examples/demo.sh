@@ -36,6 +36,14 @@ echo
 echo "# a failing job: the report cron would mail"
 bg run flaky-sync || echo "exit code $?"
 echo
+echo "# a resumable items job (stream mode, 500 keys): a re-run skips every finished key"
+bg run order-sync
+bg run order-sync
+bg ledger order-sync
+echo
+echo "# the guideline audit of one job (exit 1: some rules fail)"
+bg check nightly-report || echo "exit code $?"
+echo
 bg status
 echo
 bg runs nightly-report
