@@ -103,7 +103,13 @@ const PING_EVENTS: &[&str] = &["success", "failure", "timeout", "oom", "lost"];
 /// event and the noise control let it through); ping channels for every
 /// run's end.
 /// Returns how many rows were stored.
-pub fn enqueue(store: &dyn Store, global: &Global, job: &Job, payload: &Payload, wanted: bool) -> usize {
+pub fn enqueue(
+    store: &dyn Store,
+    global: &Global,
+    job: &Job,
+    payload: &Payload,
+    wanted: bool,
+) -> usize {
     let now = clock::now_ms();
     let json = serde_json::to_string(payload).unwrap_or_default();
     let rows: Vec<OutboxRow> = job
