@@ -78,35 +78,7 @@ fn runner(pid: i32) -> RunnerIdentity {
 }
 
 fn record(id: &str, lock: &str, who: &RunnerIdentity) -> RunRecord {
-    RunRecord {
-        id: id.into(),
-        job: lock.into(),
-        host: who.host.clone(),
-        pid: who.pid,
-        fence: 0,
-        attempt: 1,
-        scope: None,
-        started_at: "2026-11-30T00:00:00.000+00:00".into(),
-        ended_at: None,
-        duration_ms: None,
-        outcome: "running".into(),
-        exit_code: None,
-        signal: None,
-        peak_memory_bytes: None,
-        memory_enforcement: "none".into(),
-        items: None,
-        log_path: None,
-        lock: lock.into(),
-        memory_max_bytes: None,
-        params: Default::default(),
-        error: None,
-        items_failed: Vec::new(),
-        started_ms: 1_000,
-        runner: who.clone(),
-        cgroup: None,
-        pgid: None,
-        heartbeat_ms: 1_000,
-    }
+    batchguard::store::conformance::record(id, lock, who)
 }
 
 fn take(s: &dyn Store, lock: &str, id: &str, mode: AcquireMode) -> LockAttempt {

@@ -13,7 +13,8 @@ fn identity(pid: i32) -> RunnerIdentity {
     }
 }
 
-fn record(id: &str, lock: &str, runner: &RunnerIdentity) -> RunRecord {
+/// A running run record for tests of a backend.
+pub fn record(id: &str, lock: &str, runner: &RunnerIdentity) -> RunRecord {
     RunRecord {
         id: id.into(),
         job: lock.into(),

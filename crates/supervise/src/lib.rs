@@ -756,18 +756,7 @@ fn spawn_process(
         },
     };
 
-    let mut cmd = Command::new(program);
-    cmd.arg0(&spec.argv[0])
-        .args(&spec.argv[1..])
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(match spec.stdin {
-            StdinMode::Null => Stdio::null(),
-            StdinMode::Pipe => Stdio::piped(),
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+    let mut cmd = base_command(spec, program);
     // SAFETY: `PreExec::run` only performs async-signal-safe syscalls (write, setgroups,
     // setgid, setuid, chdir, fcntl, dup2) on data prepared before the fork, and
     // allocates nothing.
@@ -832,18 +821,7 @@ fn spawn_without_hook(
     program_name: &str,
     cg: Option<(&Cgroup, &File)>,
 ) -> Result<(std::process::Child, Option<File>), SpawnError> {
-    let mut cmd = Command::new(program);
-    cmd.arg0(&spec.argv[0])
-        .args(&spec.argv[1..])
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(match spec.stdin {
-            StdinMode::Null => Stdio::null(),
-            StdinMode::Pipe => Stdio::piped(),
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+    let mut cmd = base_command(spec, program);
     if let Some(dir) = &spec.cwd {
         cmd.current_dir(dir);
     }
@@ -892,6 +870,24 @@ fn sweep_into_cgroup(mut procs: &File, root: i32) {
             }
         }
     }
+}
+
+/// The command both spawn paths start from: argv exactly as given, the
+/// complete environment, piped output, its own process group.
+fn base_command(spec: &Spec, program: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.arg0(&spec.argv[0])
+        .args(&spec.argv[1..])
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(match spec.stdin {
+            StdinMode::Null => Stdio::null(),
+            StdinMode::Pipe => Stdio::piped(),
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    cmd
 }
 
 fn classify(
