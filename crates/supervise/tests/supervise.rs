@@ -242,7 +242,7 @@ fn timeout_reaches_setsid_grandchild() {
         );
         let limits = Limits {
             timeout: Some(Duration::from_millis(400)),
-            kill_grace: Duration::from_secs(2),
+            kill_grace: Duration::from_secs(30),
             memory_max: None,
         };
         sv::become_subreaper();
@@ -254,8 +254,8 @@ fn timeout_reaches_setsid_grandchild() {
         let out = child.wait(|_, _| {});
         assert_eq!(out.end, End::TimedOut, "mode {mode}");
         assert!(
-            start.elapsed() < Duration::from_secs(3),
-            "sleep obeys TERM: no need for the grace"
+            start.elapsed() < Duration::from_secs(10),
+            "sleep obeys TERM: no need for the 30 s grace"
         );
         let grandchild = read_pid(&pidfile);
         assert!(gone(pid), "main survived ({mode})");
@@ -292,7 +292,7 @@ fn term_ignoring_child_is_killed_after_grace() {
             took >= Duration::from_millis(850),
             "KILL came before the grace: {took:?}"
         );
-        assert!(took < Duration::from_secs(4), "took {took:?}");
+        assert!(took < Duration::from_secs(10), "took {took:?}");
         assert!(
             gone(read_pid(&pidfile)),
             "background sleep (TERM ignored) survived ({mode})"
@@ -429,7 +429,8 @@ fn stop_from_another_thread() {
         let out = child.wait(|_, _| {});
         t.join().expect("thread");
         assert_eq!(out.end, End::Stopped(StopReason::Fenced), "mode {mode}");
-        assert!(start.elapsed() < Duration::from_secs(2));
+        // Well within the 10 s default grace: sleep obeys TERM.
+        assert!(start.elapsed() < Duration::from_secs(8));
         assert!(!sv::tree_alive(None, Some(pgid)));
     }
     // kill(): immediate KILL, even for a TERM-ignoring child with a long grace.
@@ -452,7 +453,8 @@ fn stop_from_another_thread() {
     let out = child.wait(|_, _| {});
     t.join().expect("thread");
     assert_eq!(out.end, End::Stopped(StopReason::Signal(15)));
-    assert!(start.elapsed() < Duration::from_secs(2));
+    // KILL at once, not after the 60 s grace (generous bound for loaded CI).
+    assert!(start.elapsed() < Duration::from_secs(15));
 }
 
 #[test]
@@ -470,7 +472,7 @@ fn daemonised_grandchild_does_not_hang_wait() {
         assert_eq!(out.end, End::Exited(0));
         assert_eq!(text(&lines, Stream::Stdout), ["started"]);
         assert!(
-            start.elapsed() < Duration::from_secs(4),
+            start.elapsed() < Duration::from_secs(10),
             "mode {mode}: {:?}",
             start.elapsed()
         );
@@ -504,9 +506,10 @@ fn leftovers_of_a_dead_runner_are_killed() {
         assert!(sv::kill_leftovers(
             cg.as_deref(),
             Some(pgid),
-            Duration::from_secs(2)
+            Duration::from_secs(30)
         ));
-        assert!(start.elapsed() < Duration::from_secs(3));
+        // sleep obeys TERM: far less than the 30 s grace.
+        assert!(start.elapsed() < Duration::from_secs(10));
         assert!(!sv::tree_alive(cg.as_deref(), Some(pgid)));
         assert!(gone(pid));
         if let Some(cg) = &cg {
