@@ -57,6 +57,28 @@ enum Command {
         /// The ledger scope to run in.
         #[arg(long)]
         scope: Option<String>,
+        /// Process only the keys of shard I of N (FNV-1a 64 of the key mod
+        /// N == I); each shard takes its own lock (LOCK#shard-I-of-N).
+        #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+        shard: Option<(u32, u32)>,
+        /// Distributed coordinator only: enqueue and wait, process no key
+        /// here.
+        #[arg(long)]
+        no_work: bool,
+    },
+    /// Work on a distributed job's queue (SPEC §6): claim batches of keys
+    /// from the running coordinator's queue and process them.
+    Worker {
+        job: String,
+        /// Items processed at once (default: the job's items.parallelism).
+        #[arg(long)]
+        concurrency: Option<u32>,
+        /// Only work for a coordinator running in this scope.
+        #[arg(long)]
+        scope: Option<String>,
+        /// Keep waiting for coordinators instead of exiting when none runs.
+        #[arg(long)]
+        follow: bool,
     },
     /// Run an ad-hoc command under the same supervision.
     Exec {
@@ -178,6 +200,19 @@ fn parse_param(s: &str) -> std::result::Result<(String, String), String> {
     }
 }
 
+fn parse_shard(s: &str) -> std::result::Result<(u32, u32), String> {
+    let bad = || format!("`{s}` is not I/N with 0 <= I < N (for example 0/3)");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n) = (
+        i.parse::<u32>().map_err(|_| bad())?,
+        n.parse::<u32>().map_err(|_| bad())?,
+    );
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
 fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
     config::parse_duration(s)
 }
@@ -273,19 +308,60 @@ fn dispatch(cli: Cli) -> Result<i32> {
             file,
             params,
             scope,
+            shard,
+            no_work,
         } => {
             let global = config::load_global(&dir)?;
-            let job = match (job, file) {
+            let mut job = match (job, file) {
                 (_, Some(path)) => config::load_job_file(path, &global)?,
                 (Some(name), None) => load_job(&dir, name, &global)?,
                 (None, None) => return Err(Error::Usage("run needs JOB or --file PATH".into())),
             };
             let ctx = context(&cli, global)?;
+            if *no_work && !job.distributed.enabled {
+                return Err(Error::Usage(format!(
+                    "--no-work is for distributed jobs; `{}` has no [distributed] enabled = true",
+                    job.name
+                )));
+            }
+            if let Some((i, n)) = shard {
+                if job.distributed.enabled {
+                    return Err(Error::Usage(
+                        "--shard and [distributed] are two ways to split the work: use one".into(),
+                    ));
+                }
+                if job.items.is_none() {
+                    return Err(Error::Usage(format!(
+                        "--shard needs a job with [items]; `{}` has none",
+                        job.name
+                    )));
+                }
+                // The shards of one job run at once: each has its own lock.
+                job.lock = format!("{}#shard-{i}-of-{n}", job.lock);
+            }
             let req = Request {
                 params: params.clone(),
                 scope: scope.clone(),
+                shard: *shard,
+                no_work: *no_work,
             };
             Ok(runner::run(&ctx, &job, &req)?.exit_code)
+        }
+        Command::Worker {
+            job,
+            concurrency,
+            scope,
+            follow,
+        } => {
+            let global = config::load_global(&dir)?;
+            let job = load_job(&dir, job, &global)?;
+            let ctx = context(&cli, global)?;
+            let opts = crate::items::distributed::WorkerOpts {
+                concurrency: *concurrency,
+                scope: scope.clone(),
+                follow: *follow,
+            };
+            crate::items::distributed::worker(&ctx, &job, &opts)
         }
         Command::Exec {
             name,

@@ -11,6 +11,7 @@
 //! newest fencing token.
 
 mod commit;
+pub mod distributed;
 pub mod keys;
 mod per_item;
 mod progress;
@@ -41,7 +42,13 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    fn new(keys: &Keys, a: &Attempt<'_>, scope_id: i64, max_attempts: u32) -> Result<Plan> {
+    fn new(
+        keys: &Keys,
+        a: &Attempt<'_>,
+        scope_id: i64,
+        max_attempts: u32,
+        shard: Option<(u32, u32)>,
+    ) -> Result<Plan> {
         // 0 = pending, 1 = done, 2 = dead
         let mut class = vec![0u8; keys.len()];
         {
@@ -63,6 +70,9 @@ impl Plan {
             dead: Vec::new(),
         };
         for (i, c) in class.iter().enumerate() {
+            if shard.is_some_and(|sh| !distributed::in_shard(keys.get(i), sh)) {
+                continue;
+            }
             match c {
                 0 => plan.pending.push(i as u32),
                 1 => plan.skipped += 1,
@@ -184,7 +194,12 @@ pub(crate) fn run(a: &Attempt<'_>, items: &Items) -> Result<AttemptResult> {
     let scope_id = store
         .ledger_scope(&a.job.name, scope, true)?
         .ok_or_else(|| crate::error::Error::Usage("ledger scope vanished".into()))?;
-    let plan = Plan::new(&keys, a, scope_id, items.max_attempts)?;
+    let plan = Plan::new(&keys, a, scope_id, items.max_attempts, a.p.shard)?;
+    if let Some((i, n)) = a.p.shard {
+        a.note(&format!(
+            "shard {i}/{n}: only keys whose FNV-1a 64 hash mod {n} is {i}"
+        ));
+    }
     tracing::debug!(pending = plan.pending.len(), "plan ready");
     a.note(&format!(
         "items: {} keys ({} lines) from the source, scope {scope:?}: {} already done, {} failed for good, {} to process",
@@ -203,17 +218,23 @@ pub(crate) fn run(a: &Attempt<'_>, items: &Items) -> Result<AttemptResult> {
     let failed = FailedList::default();
     let finished = AtomicBool::new(false);
     let (tx, rx) = commit::channel();
-    let mut result = std::thread::scope(|s| {
-        s.spawn(|| commit::run(store, &keys, scope_id, who, rx, &stats, a.control));
-        s.spawn(|| progress::run(plan.pending.len() as u64, &stats, &finished, &|l| a.note(l)));
-        let r = match items.mode {
-            ItemsMode::Stream => stream::run(a, &keys, &plan.pending, tx, &failed),
-            ItemsMode::PerItem => per_item::run(a, items, &keys, &plan.pending, tx, &failed),
-        };
-        finished.store(true, Ordering::SeqCst);
-        tracing::debug!("items processed; waiting for the last commits");
-        r
-    })?;
+    let mut result = if a.job.distributed.enabled {
+        drop(rx);
+        drop(tx);
+        distributed::coordinate(a, items, &keys, &plan, scope_id, who, &stats, &failed)?
+    } else {
+        std::thread::scope(|s| {
+            s.spawn(|| commit::run(store, &keys, scope_id, who, rx, &stats, a.control));
+            s.spawn(|| progress::run(plan.pending.len() as u64, &stats, &finished, &|l| a.note(l)));
+            let r = match items.mode {
+                ItemsMode::Stream => stream::run(a, &keys, &plan.pending, tx, &failed),
+                ItemsMode::PerItem => per_item::run(a, items, &keys, &plan.pending, tx, &failed),
+            };
+            finished.store(true, Ordering::SeqCst);
+            tracing::debug!("items processed; waiting for the last commits");
+            r
+        })?
+    };
     tracing::debug!("all commits done");
 
     // Every update is committed (the committer ended when the senders did).

@@ -20,13 +20,13 @@ use std::time::{Duration, Instant};
 
 /// Starts spaced evenly at `per_second`: never more than that many starts in
 /// any second, and no burst after an idle spell.
-struct Bucket {
+pub(super) struct Bucket {
     interval: Duration,
     next: Instant,
 }
 
 impl Bucket {
-    fn new(per_second: f64) -> Bucket {
+    pub(super) fn new(per_second: f64) -> Bucket {
         Bucket {
             interval: Duration::from_secs_f64(1.0 / per_second.max(1e-6)),
             next: Instant::now(),
@@ -34,7 +34,7 @@ impl Bucket {
     }
 
     /// Wait for the next start slot.
-    fn take(&mut self) {
+    pub(super) fn take(&mut self) {
         let now = Instant::now();
         if self.next > now {
             std::thread::sleep(self.next - now);
@@ -141,18 +141,32 @@ pub(super) fn run(
 }
 
 /// What every item of the run shares.
-struct ItemRunner<'a> {
-    a: &'a Attempt<'a>,
-    items: &'a Items,
-    group: &'a Group,
-    run_argv: &'a [String],
-    mode: supervise::Enforcement,
+pub(super) struct ItemRunner<'a> {
+    pub a: &'a Attempt<'a>,
+    pub items: &'a Items,
+    pub group: &'a Group,
+    pub run_argv: &'a [String],
+    pub mode: supervise::Enforcement,
 }
 
 impl ItemRunner<'_> {
     /// Run one item; `None` when the run is stopping (the key stays in flight
     /// and is redone by the next run).
     fn one(&self, idx: u32, key: &str, tx: &Sender) -> Option<Msg> {
+        let _ = tx.send(Msg::new(idx, ItemState::InFlight));
+        let (state, error) = self.run_key(key, &|_| {})?;
+        Some(Msg { idx, state, error })
+    }
+
+    /// Run one item: `Done`, or `Failed` with the (redacted) reason; `None`
+    /// when it was stopped (the run is stopping, or `started`'s process id
+    /// was stopped alone). `started` gets the id under which the item's
+    /// process tree is registered with the run's control.
+    pub(super) fn run_key(
+        &self,
+        key: &str,
+        started: &dyn Fn(u64),
+    ) -> Option<(ItemState, Option<String>)> {
         let ItemRunner {
             a,
             items,
@@ -160,12 +174,12 @@ impl ItemRunner<'_> {
             run_argv,
             mode: group_mode,
         } = *self;
-        let failed = |error: String| Msg {
-            idx,
-            state: ItemState::Failed,
-            error: Some(a.p.redactor.redact(&error).into_owned()),
+        let failed = |error: String| {
+            (
+                ItemState::Failed,
+                Some(a.p.redactor.redact(&error).into_owned()),
+            )
         };
-        let _ = tx.send(Msg::new(idx, ItemState::InFlight));
         let argv = match a.render("items.run", run_argv, Some(key)) {
             Ok(argv) => argv,
             Err(e) => return Some(failed(e.to_string())),
@@ -186,6 +200,7 @@ impl ItemRunner<'_> {
             }
         };
         let id = a.control.register(child.stop_handle());
+        started(id);
         let prefix = format!("[{key}] ");
         let mut last_err = String::new();
         let done = child.wait(|stream, line| {
@@ -201,7 +216,7 @@ impl ItemRunner<'_> {
             return None;
         }
         let why = match done.end {
-            End::Exited(0) => return Some(Msg::new(idx, ItemState::Done)),
+            End::Exited(0) => return Some((ItemState::Done, None)),
             End::Stopped(_) => return None,
             End::Exited(code) => format!("exit code {code}"),
             End::Signaled(sig) => format!("killed by signal {sig}"),

@@ -64,6 +64,16 @@ impl Control {
         lock(&self.children).retain(|(i, _)| *i != id);
     }
 
+    /// Stop one live tree (a distributed item whose lease was lost); the
+    /// run goes on.
+    pub fn stop_one(&self, id: u64) {
+        for (i, h) in lock(&self.children).iter() {
+            if *i == id {
+                h.stop(StopReason::Requested);
+            }
+        }
+    }
+
     /// Stop the run (the first reason wins) and every live tree.
     pub fn request_stop(&self, why: Stop) {
         let reason = {

@@ -42,6 +42,10 @@ pub struct Context {
 pub struct Request {
     pub params: Vec<(String, String)>,
     pub scope: Option<String>,
+    /// `run --shard I/N`: only the keys of shard I of N (SPEC §6).
+    pub shard: Option<(u32, u32)>,
+    /// `run --no-work`: a distributed coordinator that only waits.
+    pub no_work: bool,
 }
 
 /// The result of `batchguard run`.
@@ -60,6 +64,8 @@ pub fn new_run_id() -> String {
 pub(crate) struct Prepared {
     pub(crate) params: BTreeMap<String, String>,
     pub(crate) scope: Option<String>,
+    pub(crate) shard: Option<(u32, u32)>,
+    pub(crate) no_work: bool,
     pub(crate) env: Vec<(OsString, OsString)>,
     pub(crate) redactor: Redactor,
     pub(crate) run_as: Option<supervise::RunAs>,
@@ -98,12 +104,14 @@ fn render_all(
         .collect()
 }
 
-fn prepare(job: &Job, req: &Request) -> Result<Prepared> {
+pub(crate) fn prepare(job: &Job, req: &Request) -> Result<Prepared> {
     let tz = clock::zone(job.timezone.as_deref());
     let (today, yesterday) = clock::today_yesterday(clock::now_ms(), &tz);
     let mut p = Prepared {
         params: BTreeMap::new(),
         scope: None,
+        shard: req.shard,
+        no_work: req.no_work,
         env: Vec::new(),
         redactor: Redactor::default(),
         run_as: None,
@@ -563,20 +571,7 @@ fn one_attempt(
         p.tz.clone(),
     )?;
     let log = Mutex::new(log);
-    let mut env = p.env.clone();
-    let fence = record.fence.to_string();
-    let attempt_no = record.attempt.to_string();
-    for (k, v) in [
-        ("BATCHGUARD_JOB", job.name.as_str()),
-        ("BATCHGUARD_RUN_ID", record.id.as_str()),
-        ("BATCHGUARD_FENCE", fence.as_str()),
-        ("BATCHGUARD_ATTEMPT", attempt_no.as_str()),
-        ("BATCHGUARD_SCOPE", p.scope.as_deref().unwrap_or("")),
-        ("BATCHGUARD_LOCK", job.lock.as_str()),
-        ("BATCHGUARD_STATE", ctx.state_url.as_str()),
-    ] {
-        env.push((k.into(), v.into()));
-    }
+    let env = attempt_env(ctx, job, p, record);
     let a = Attempt {
         ctx,
         job,
@@ -639,6 +634,66 @@ fn one_attempt(
         "attempt recorded in the log"
     );
     Ok((result, tail))
+}
+
+/// The job's environment plus the BATCHGUARD_* variables of a run.
+fn attempt_env(
+    ctx: &Context,
+    job: &Job,
+    p: &Prepared,
+    record: &RunRecord,
+) -> Vec<(OsString, OsString)> {
+    let mut env = p.env.clone();
+    let fence = record.fence.to_string();
+    let attempt_no = record.attempt.to_string();
+    for (k, v) in [
+        ("BATCHGUARD_JOB", job.name.as_str()),
+        ("BATCHGUARD_RUN_ID", record.id.as_str()),
+        ("BATCHGUARD_FENCE", fence.as_str()),
+        ("BATCHGUARD_ATTEMPT", attempt_no.as_str()),
+        ("BATCHGUARD_SCOPE", p.scope.as_deref().unwrap_or("")),
+        ("BATCHGUARD_LOCK", job.lock.as_str()),
+        ("BATCHGUARD_STATE", ctx.state_url.as_str()),
+    ] {
+        env.push((k.into(), v.into()));
+    }
+    env
+}
+
+/// An attempt for a distributed worker (`batchguard worker`): the
+/// coordinator's run as `record` (its fence; the id is the worker's own,
+/// for its log and cgroup), its own log and control.
+pub(crate) fn with_worker_attempt<R>(
+    ctx: &Context,
+    job: &Job,
+    p: &Prepared,
+    record: &RunRecord,
+    control: &Control,
+    f: impl FnOnce(&Attempt<'_>) -> R,
+) -> Result<R> {
+    let log = RunLog::create(
+        &ctx.global.log_dir,
+        &job.name,
+        &record.id,
+        ctx.global.log_max_bytes,
+        p.redactor.clone(),
+        p.tz.clone(),
+    )?;
+    let log = Mutex::new(log);
+    let a = Attempt {
+        ctx,
+        job,
+        p,
+        record,
+        mode: acquire_mode(job.concurrency),
+        control,
+        log: &log,
+        env: attempt_env(ctx, job, p, record),
+    };
+    let r = f(&a);
+    drop(a);
+    let _ = log.into_inner().unwrap_or_else(|p| p.into_inner()).finish();
+    Ok(r)
 }
 
 /// A job without items: one process tree.

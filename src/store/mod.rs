@@ -51,6 +51,9 @@ pub enum StoreError {
     /// the store broke at the wrong moment).
     #[error("state store {url}: {detail}")]
     Unconfirmed { url: String, detail: String },
+    /// The backend does not offer this feature.
+    #[error("{0}")]
+    Unsupported(String),
     #[error("state store {url}: corrupt value in {what}: {detail}")]
     Corrupt {
         url: String,
@@ -401,6 +404,71 @@ pub trait Store: Send + Sync {
     fn notify_state(&self, job: &str) -> Result<NotifyState>;
     fn set_notify_state(&self, job: &str, state: &NotifyState) -> Result<()>;
 
+    // The distributed queue (SPEC §6, docs/distributed.md), per ledger
+    // scope. Only the PostgreSQL backend serves it.
+    /// Queue keys (idempotent: keys already queued, claimed or done stay
+    /// as they are; dead keys are queued again). Returns how many were new
+    /// or revived.
+    fn queue_enqueue(&self, scope_id: i64, keys: &[&str]) -> Result<u64> {
+        let _ = (scope_id, keys);
+        Err(no_queue())
+    }
+    /// Claim up to `n` keys for `worker` until `now_ms + lease_ms`: queued
+    /// keys, and claimed keys whose lease expired. Keys other claimers are
+    /// locking are skipped, never waited for.
+    fn queue_claim(
+        &self,
+        scope_id: i64,
+        worker: &str,
+        n: usize,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<String>> {
+        let _ = (scope_id, worker, n, now_ms, lease_ms);
+        Err(no_queue())
+    }
+    /// Record finished keys: the ledger update (fenced like
+    /// [`Store::ledger_commit`]) and the queue acknowledgement in one
+    /// transaction. Done keys become done; a failed key goes back to the
+    /// queue, or is dead once its ledger attempts reach `max_attempts`.
+    /// `false` means the whole batch was refused (the coordinator's token
+    /// moved on).
+    fn queue_finish(
+        &self,
+        scope_id: i64,
+        who: Committer<'_>,
+        worker: &str,
+        now_ms: i64,
+        max_attempts: u32,
+        updates: &[LedgerUpdate<'_>],
+    ) -> Result<bool> {
+        let _ = (scope_id, who, worker, now_ms, max_attempts, updates);
+        Err(no_queue())
+    }
+    /// Give keys claimed by `worker` back to the queue (shutdown).
+    fn queue_release(&self, scope_id: i64, worker: &str, keys: &[&str]) -> Result<u64> {
+        let _ = (scope_id, worker, keys);
+        Err(no_queue())
+    }
+    /// Extend the lease of keys `worker` still holds; returns the keys it
+    /// still holds (the others were lost: their lease expired and another
+    /// worker claimed them, or they were finished elsewhere).
+    fn queue_renew(
+        &self,
+        scope_id: i64,
+        worker: &str,
+        keys: &[&str],
+        lease_until_ms: i64,
+    ) -> Result<Vec<String>> {
+        let _ = (scope_id, worker, keys, lease_until_ms);
+        Err(no_queue())
+    }
+    /// (queued, claimed, done, dead) keys of a scope.
+    fn queue_counts(&self, scope_id: i64) -> Result<QueueCounts> {
+        let _ = scope_id;
+        Err(no_queue())
+    }
+
     // The watchdog's memory per scheduled job.
     /// Since when the watchdog watches `job` (recorded as `now_ms` on first
     /// sight), and the fire time of the last `missed` it raised.
@@ -408,6 +476,20 @@ pub trait Store: Send + Sync {
     /// Record that the fire at `fire_ms` was missed; `false` if that fire
     /// (or a later one) was already recorded, so each miss is raised once.
     fn record_missed(&self, job: &str, fire_ms: i64) -> Result<bool>;
+}
+
+/// Counts of a scope's distributed queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct QueueCounts {
+    pub queued: u64,
+    pub claimed: u64,
+    pub done: u64,
+    pub dead: u64,
+}
+
+/// The error of backends without the distributed queue.
+pub fn no_queue() -> StoreError {
+    StoreError::Unsupported("distributed items need a postgres:// state store".into())
 }
 
 /// Open the store named by a URL (`sqlite:PATH`, or `postgres://…` /

@@ -34,8 +34,8 @@
 
 use super::{
     AcquireMode, Committer, Holder, ItemCounts, ItemState, LedgerEntry, LedgerUpdate, Liveness,
-    LockAttempt, LockRequest, NotifyState, OutboxRow, Result, RunEnd, RunRecord, RunnerIdentity,
-    ScopeCounts, Store, StoreError,
+    LockAttempt, LockRequest, NotifyState, OutboxRow, QueueCounts, Result, RunEnd, RunRecord,
+    RunnerIdentity, ScopeCounts, Store, StoreError,
 };
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
@@ -147,6 +147,21 @@ CREATE TABLE watchdog (
     since_ms BIGINT NOT NULL,
     last_missed_fire_ms BIGINT
 );
+"#,
+    // The distributed queue (SPEC §6): state 0 queued, 1 claimed, 2 done,
+    // 3 dead (failed max_attempts times).
+    r#"
+CREATE TABLE queue (
+    scope_id BIGINT NOT NULL REFERENCES ledger_scopes (id) ON DELETE CASCADE,
+    key TEXT COLLATE "C" NOT NULL,
+    state SMALLINT NOT NULL DEFAULT 0 CHECK (state IN (0, 1, 2, 3)),
+    attempts INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    lease_until_ms BIGINT NOT NULL DEFAULT 0,
+    claimed_by TEXT,
+    last_error TEXT,
+    PRIMARY KEY (scope_id, key)
+);
+CREATE INDEX queue_claimable ON queue (scope_id, state, lease_until_ms) WHERE state IN (0, 1);
 "#,
 ];
 
@@ -712,6 +727,114 @@ fn fence_for_share(
     .map(|r| r.get(0)))
 }
 
+/// A batch of ledger updates split by kind, for one statement per kind.
+struct Split<'a> {
+    in_flight: Vec<&'a str>,
+    done: Vec<&'a str>,
+    failed: Vec<&'a str>,
+    errors: Vec<&'a str>,
+}
+
+impl<'a> Split<'a> {
+    fn new(updates: &[LedgerUpdate<'a>]) -> Split<'a> {
+        let mut s = Split {
+            in_flight: Vec::new(),
+            done: Vec::new(),
+            failed: Vec::new(),
+            errors: Vec::new(),
+        };
+        for u in updates {
+            match u.state {
+                ItemState::InFlight => s.in_flight.push(u.key),
+                ItemState::Done => s.done.push(u.key),
+                ItemState::Failed => {
+                    s.failed.push(u.key);
+                    s.errors.push(u.error.unwrap_or(""));
+                }
+            }
+        }
+        s
+    }
+}
+
+/// Apply a batch to the ledger inside `tx`, only while the committer's
+/// fence is the newest of its lock (`false`: refused, nothing written).
+fn apply_ledger(
+    tx: &mut postgres::Transaction<'_>,
+    scope_id: i64,
+    who: Committer<'_>,
+    now_ms: i64,
+    split: &Split<'_>,
+) -> std::result::Result<bool, postgres::Error> {
+    let fence = match who.fence {
+        Some(fence) => {
+            // FOR SHARE: no newer token can be drawn until we commit.
+            if fence_for_share(tx, who.lock)? != Some(fence) {
+                return Ok(false);
+            }
+            fence
+        }
+        None => 0,
+    };
+    // One statement per kind of update over arrays, in-flight first
+    // (a key started and finished in one batch ends done). A key
+    // may appear twice in a batch, which SQLite applies one after
+    // the other and ON CONFLICT DO UPDATE here refuses: duplicates
+    // are folded first (attempts counted, the last error kept), to
+    // the same result. Keys are sorted so that concurrent batches
+    // lock rows in one order.
+    if !split.in_flight.is_empty() {
+        tx.execute(
+            "INSERT INTO ledger (scope_id, key, state, attempts, last_error, run_id, \
+                 fence, updated_ms) \
+                 SELECT $1::bigint, k, 0, 0, NULL, $3::text, $4::bigint, $5::bigint \
+                 FROM (SELECT DISTINCT k FROM unnest($2::text[]) AS u(k)) t \
+                 ORDER BY k COLLATE \"C\" \
+                 ON CONFLICT (scope_id, key) DO UPDATE SET state = 0, \
+                 run_id = EXCLUDED.run_id, fence = EXCLUDED.fence, \
+                 updated_ms = EXCLUDED.updated_ms WHERE ledger.state <> 1",
+            &[&scope_id, &split.in_flight, &who.run_id, &fence, &now_ms],
+        )?;
+    }
+    if !split.done.is_empty() {
+        tx.execute(
+            "INSERT INTO ledger (scope_id, key, state, attempts, last_error, run_id, \
+                 fence, updated_ms) \
+                 SELECT $1::bigint, k, 1, n, NULL, $3::text, $4::bigint, $5::bigint \
+                 FROM (SELECT k, count(*)::int AS n FROM unnest($2::text[]) AS u(k) \
+                 GROUP BY k) t ORDER BY k COLLATE \"C\" \
+                 ON CONFLICT (scope_id, key) DO UPDATE SET state = 1, \
+                 attempts = ledger.attempts + EXCLUDED.attempts, last_error = NULL, \
+                 run_id = EXCLUDED.run_id, fence = EXCLUDED.fence, \
+                 updated_ms = EXCLUDED.updated_ms",
+            &[&scope_id, &split.done, &who.run_id, &fence, &now_ms],
+        )?;
+    }
+    if !split.failed.is_empty() {
+        tx.execute(
+            "INSERT INTO ledger (scope_id, key, state, attempts, last_error, run_id, \
+                 fence, updated_ms) \
+                 SELECT $1::bigint, k, 2, n, e, $4::text, $5::bigint, $6::bigint \
+                 FROM (SELECT k, count(*)::int AS n, (array_agg(e ORDER BY o DESC))[1] AS e \
+                 FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS u(k, e, o) \
+                 GROUP BY k) t ORDER BY k COLLATE \"C\" \
+                 ON CONFLICT (scope_id, key) DO UPDATE SET state = 2, \
+                 attempts = ledger.attempts + EXCLUDED.attempts, \
+                 last_error = EXCLUDED.last_error, run_id = EXCLUDED.run_id, \
+                 fence = EXCLUDED.fence, updated_ms = EXCLUDED.updated_ms",
+            &[
+                &scope_id,
+                &split.failed,
+                &split.errors,
+                &who.run_id,
+                &fence,
+                &now_ms,
+            ],
+        )?;
+    }
+    Ok(true)
+}
+
 impl Store for PostgresStore {
     fn acquire(
         &self,
@@ -1096,80 +1219,11 @@ impl Store for PostgresStore {
         now_ms: i64,
         updates: &[LedgerUpdate<'_>],
     ) -> Result<bool> {
-        let mut in_flight = Vec::new();
-        let mut done = Vec::new();
-        let mut failed = Vec::new();
-        let mut errors = Vec::new();
-        for u in updates {
-            match u.state {
-                ItemState::InFlight => in_flight.push(u.key),
-                ItemState::Done => done.push(u.key),
-                ItemState::Failed => {
-                    failed.push(u.key);
-                    errors.push(u.error.unwrap_or(""));
-                }
-            }
-        }
+        let split = Split::new(updates);
         self.with("ledger_commit", |c, _| {
             let mut tx = c.transaction()?;
-            let fence = match who.fence {
-                Some(fence) => {
-                    // FOR SHARE: no newer token can be drawn until we commit.
-                    if fence_for_share(&mut tx, who.lock)? != Some(fence) {
-                        return Ok(false);
-                    }
-                    fence
-                }
-                None => 0,
-            };
-            // One statement per kind of update over arrays, in-flight first
-            // (a key started and finished in one batch ends done). A key
-            // may appear twice in a batch, which SQLite applies one after
-            // the other and ON CONFLICT DO UPDATE here refuses: duplicates
-            // are folded first (attempts counted, the last error kept), to
-            // the same result. Keys are sorted so that concurrent batches
-            // lock rows in one order.
-            if !in_flight.is_empty() {
-                tx.execute(
-                    "INSERT INTO ledger (scope_id, key, state, attempts, last_error, run_id, \
-                     fence, updated_ms) \
-                     SELECT $1::bigint, k, 0, 0, NULL, $3::text, $4::bigint, $5::bigint \
-                     FROM (SELECT DISTINCT k FROM unnest($2::text[]) AS u(k)) t \
-                     ORDER BY k COLLATE \"C\" \
-                     ON CONFLICT (scope_id, key) DO UPDATE SET state = 0, \
-                     run_id = EXCLUDED.run_id, fence = EXCLUDED.fence, \
-                     updated_ms = EXCLUDED.updated_ms WHERE ledger.state <> 1",
-                    &[&scope_id, &in_flight, &who.run_id, &fence, &now_ms],
-                )?;
-            }
-            if !done.is_empty() {
-                tx.execute(
-                    "INSERT INTO ledger (scope_id, key, state, attempts, last_error, run_id, \
-                     fence, updated_ms) \
-                     SELECT $1::bigint, k, 1, n, NULL, $3::text, $4::bigint, $5::bigint \
-                     FROM (SELECT k, count(*)::int AS n FROM unnest($2::text[]) AS u(k) \
-                     GROUP BY k) t ORDER BY k COLLATE \"C\" \
-                     ON CONFLICT (scope_id, key) DO UPDATE SET state = 1, \
-                     attempts = ledger.attempts + EXCLUDED.attempts, last_error = NULL, \
-                     run_id = EXCLUDED.run_id, fence = EXCLUDED.fence, \
-                     updated_ms = EXCLUDED.updated_ms",
-                    &[&scope_id, &done, &who.run_id, &fence, &now_ms],
-                )?;
-            }
-            if !failed.is_empty() {
-                tx.execute(
-                    "INSERT INTO ledger (scope_id, key, state, attempts, last_error, run_id, \
-                     fence, updated_ms) \
-                     SELECT $1::bigint, k, 2, n, e, $4::text, $5::bigint, $6::bigint \
-                     FROM (SELECT k, count(*)::int AS n, (array_agg(e ORDER BY o DESC))[1] AS e \
-                     FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS u(k, e, o) \
-                     GROUP BY k) t ORDER BY k COLLATE \"C\" \
-                     ON CONFLICT (scope_id, key) DO UPDATE SET state = 2, \
-                     attempts = ledger.attempts + EXCLUDED.attempts, \
-                     last_error = EXCLUDED.last_error, run_id = EXCLUDED.run_id, \
-                     fence = EXCLUDED.fence, updated_ms = EXCLUDED.updated_ms",
-                    &[&scope_id, &failed, &errors, &who.run_id, &fence, &now_ms],
-                )?;
+            if !apply_ledger(&mut tx, scope_id, who, now_ms, &split)? {
+                return Ok(false);
             }
             tx.commit()?;
             Ok(true)
@@ -1385,6 +1439,136 @@ impl Store for PostgresStore {
         )?;
         Ok(())
     }
+    fn queue_enqueue(&self, scope_id: i64, keys: &[&str]) -> Result<u64> {
+        let mut added = 0;
+        // Chunks keep each statement (and its parameter) a sensible size.
+        for chunk in keys.chunks(10_000) {
+            added += self.exec(
+                "queue_enqueue",
+                "INSERT INTO queue (scope_id, key) \
+                 SELECT $1::bigint, k FROM unnest($2::text[]) AS u(k) ORDER BY k COLLATE \"C\" \
+                 ON CONFLICT (scope_id, key) DO UPDATE SET state = 0, attempts = 0, \
+                 claimed_by = NULL, lease_until_ms = 0, last_error = NULL \
+                 WHERE queue.state = 3",
+                &[&scope_id, &chunk],
+            )?;
+        }
+        Ok(added)
+    }
+
+    fn queue_claim(
+        &self,
+        scope_id: i64,
+        worker: &str,
+        n: usize,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<String>> {
+        let n = n.min(i64::MAX as usize) as i64;
+        let rows = self.with("queue_claim", |c, _| {
+            Ok(c.query(
+                "WITH c AS (SELECT key FROM queue WHERE scope_id = $1 \
+                 AND (state = 0 OR (state = 1 AND lease_until_ms < $3)) \
+                 LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                 UPDATE queue q SET state = 1, claimed_by = $4, lease_until_ms = $5 \
+                 FROM c WHERE q.scope_id = $1 AND q.key = c.key RETURNING q.key",
+                &[&scope_id, &n, &now_ms, &worker, &(now_ms + lease_ms)],
+            )?)
+        })?;
+        rows.iter()
+            .map(|r| r.try_get(0).map_err(|e| self.err(e)))
+            .collect()
+    }
+
+    fn queue_finish(
+        &self,
+        scope_id: i64,
+        who: Committer<'_>,
+        worker: &str,
+        now_ms: i64,
+        max_attempts: u32,
+        updates: &[LedgerUpdate<'_>],
+    ) -> Result<bool> {
+        let split = Split::new(updates);
+        let max_attempts = max_attempts.min(i32::MAX as u32) as i32;
+        self.with("queue_finish", |c, _| {
+            let mut tx = c.transaction()?;
+            if !apply_ledger(&mut tx, scope_id, who, now_ms, &split)? {
+                return Ok(false);
+            }
+            if !split.done.is_empty() {
+                // Whoever claims it now, the key is done (by `worker`).
+                tx.execute(
+                    "UPDATE queue SET state = 2, claimed_by = $3, last_error = NULL \
+                     WHERE scope_id = $1 AND key = ANY($2::text[]) AND state <> 2",
+                    &[&scope_id, &split.done, &worker],
+                )?;
+            }
+            if !split.failed.is_empty() {
+                // Back to the queue, or dead once the ledger's attempts
+                // (across runs) reach max_attempts; only while still ours.
+                tx.execute(
+                    "UPDATE queue q SET state = CASE WHEN l.attempts >= $4 THEN 3 ELSE 0 END, \
+                     attempts = q.attempts + 1, claimed_by = NULL, lease_until_ms = 0, \
+                     last_error = l.last_error FROM ledger l \
+                     WHERE q.scope_id = $1 AND q.key = ANY($2::text[]) AND q.state = 1 \
+                     AND q.claimed_by = $3 AND l.scope_id = q.scope_id AND l.key = q.key",
+                    &[&scope_id, &split.failed, &worker, &max_attempts],
+                )?;
+            }
+            tx.commit()?;
+            Ok(true)
+        })
+    }
+
+    fn queue_release(&self, scope_id: i64, worker: &str, keys: &[&str]) -> Result<u64> {
+        self.exec(
+            "queue_release",
+            "UPDATE queue SET state = 0, claimed_by = NULL, lease_until_ms = 0 \
+             WHERE scope_id = $1 AND claimed_by = $2 AND state = 1 AND key = ANY($3::text[])",
+            &[&scope_id, &worker, &keys],
+        )
+    }
+
+    fn queue_renew(
+        &self,
+        scope_id: i64,
+        worker: &str,
+        keys: &[&str],
+        lease_until_ms: i64,
+    ) -> Result<Vec<String>> {
+        let rows = self.with("queue_renew", |c, _| {
+            Ok(c.query(
+                "UPDATE queue SET lease_until_ms = $4 WHERE scope_id = $1 AND claimed_by = $2 \
+                 AND state = 1 AND key = ANY($3::text[]) RETURNING key",
+                &[&scope_id, &worker, &keys, &lease_until_ms],
+            )?)
+        })?;
+        rows.iter()
+            .map(|r| r.try_get(0).map_err(|e| self.err(e)))
+            .collect()
+    }
+
+    fn queue_counts(&self, scope_id: i64) -> Result<QueueCounts> {
+        let r = self.with("queue_counts", |c, _| {
+            Ok(c.query_one(
+                "SELECT count(*) FILTER (WHERE state = 0), count(*) FILTER (WHERE state = 1), \
+                 count(*) FILTER (WHERE state = 2), count(*) FILTER (WHERE state = 3) \
+                 FROM queue WHERE scope_id = $1",
+                &[&scope_id],
+            )?)
+        })?;
+        let get = |i: usize| -> Result<u64> {
+            Ok(r.try_get::<_, i64>(i).map_err(|e| self.err(e))?.max(0) as u64)
+        };
+        Ok(QueueCounts {
+            queued: get(0)?,
+            claimed: get(1)?,
+            done: get(2)?,
+            dead: get(3)?,
+        })
+    }
+
     fn watch_state(&self, job: &str, now_ms: i64) -> Result<(i64, Option<i64>)> {
         self.with("watch_state", |c, _| {
             c.execute(

@@ -121,6 +121,20 @@ CREATE TABLE watchdog (
     last_missed_fire_ms INTEGER
 );
 "#,
+    // The distributed queue (SPEC §6). Created here too so that both
+    // backends share one numbering; only PostgreSQL serves it.
+    r#"
+CREATE TABLE queue (
+    scope_id INTEGER NOT NULL REFERENCES ledger_scopes (id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    state INTEGER NOT NULL DEFAULT 0 CHECK (state IN (0, 1, 2, 3)),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    lease_until_ms INTEGER NOT NULL DEFAULT 0,
+    claimed_by TEXT,
+    last_error TEXT,
+    PRIMARY KEY (scope_id, key)
+) WITHOUT ROWID;
+"#,
 ];
 
 const RUN_COLUMNS: &str = "id, job, lock_name, host, boot_id, pid, pid_start, fence, attempt, \

@@ -1,0 +1,583 @@
+//! Distributed items (SPEC §6, G16) against a real PostgreSQL (127.0.0.1:5432,
+//! trust auth, database `test`; override with `BATCHGUARD_TEST_PG`), driving
+//! the real binary: a coordinator and workers, a worker killed mid-batch,
+//! two coordinators at once, static shards. Each test has a schema of its
+//! own (`?schema=…`, dropped at the end) and config dirs under /tmp; the
+//! tests run one at a time (they spawn many processes each).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_batchguard");
+static SERIAL: Mutex<()> = Mutex::new(());
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn base() -> String {
+    std::env::var("BATCHGUARD_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn admin() -> postgres::Client {
+    postgres::Client::connect(
+        &format!("{}?application_name=batchguard_test_admin", base()),
+        postgres::NoTls,
+    )
+    .expect("connect to the test PostgreSQL")
+}
+
+/// One test's world: a schema, a config dir, a log dir.
+struct World {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    schema: String,
+    state: String,
+}
+
+impl World {
+    fn new(prefix: &str) -> World {
+        let tmp = tempfile::Builder::new()
+            .prefix("bg-dist-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let root = tmp.path().to_path_buf();
+        std::fs::create_dir_all(root.join("etc/jobs")).unwrap();
+        let schema = format!(
+            "dist_{prefix}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let state = format!("{}?schema={schema}", base());
+        let w = World {
+            _tmp: tmp,
+            root,
+            schema,
+            state,
+        };
+        w.write(
+            "etc/batchguard.toml",
+            &format!("log_dir = \"{}\"\n", w.root.join("log").display()),
+        );
+        w
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.path(rel);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// `n` keys in a source file.
+    fn keys(&self, n: usize) -> PathBuf {
+        let text: String = (0..n).map(|i| format!("key-{i:06}\n")).collect();
+        self.write("keys.txt", &text)
+    }
+
+    /// A handler appending its key to `out` after sleeping `sleep`.
+    fn handler(&self, sleep: &str) -> PathBuf {
+        let out = self.path("out");
+        self.write(
+            "handler.sh",
+            &format!(
+                "#!/bin/sh\n{}echo \"$1\" >> {}\n",
+                if sleep == "0" {
+                    String::new()
+                } else {
+                    format!("sleep {sleep}\n")
+                },
+                out.display()
+            ),
+        )
+    }
+
+    fn job(&self, name: &str, n: usize, sleep: &str, extra: &str) {
+        let keys = self.keys(n);
+        let h = self.handler(sleep);
+        self.write(
+            &format!("etc/jobs/{name}.toml"),
+            &format!(
+                "[items]\nsource_file = \"{}\"\nrun = [\"sh\", \"{}\", \"{{item}}\"]\n{extra}",
+                keys.display(),
+                h.display()
+            ),
+        );
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("--config-dir")
+            .arg(self.path("etc"))
+            .args(args)
+            .env("BATCHGUARD_STATE", &self.state)
+            .env_remove("BATCHGUARD_CONFIG_DIR")
+            .env_remove("BATCHGUARD_CGROUP")
+            .current_dir(&self.root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    fn spawn(&self, args: &[&str]) -> Child {
+        self.cmd(args).spawn().expect("spawn batchguard")
+    }
+
+    fn count(&self, sql: &str) -> i64 {
+        let mut c = admin();
+        c.batch_execute(&format!("SET search_path TO \"{}\"", self.schema))
+            .unwrap();
+        c.query_one(sql, &[])
+            .ok()
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(-1)
+    }
+
+    fn running(&self) -> i64 {
+        self.count("SELECT count(*) FROM runs WHERE outcome = 'running'")
+    }
+
+    /// Keys and how often the handler processed each.
+    fn processed(&self) -> HashMap<String, usize> {
+        let mut m = HashMap::new();
+        for l in std::fs::read_to_string(self.path("out"))
+            .unwrap_or_default()
+            .lines()
+        {
+            *m.entry(l.to_string()).or_default() += 1;
+        }
+        m
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if let Ok(mut c) = postgres::Client::connect(&base(), postgres::NoTls) {
+            let _ = c.batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+                self.schema
+            ));
+        }
+    }
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Wait for a child, killing it (and failing) after `limit`; prints its
+/// stderr when it did not exit as expected.
+fn finish(what: &str, mut child: Child, limit: Duration) -> (ExitStatus, String) {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            return (st, String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{what} still running after {limit:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn expect_code(what: &str, (st, err): &(ExitStatus, String), code: i32) {
+    assert_eq!(st.code(), Some(code), "{what}: {st:?}; stderr:\n{err}");
+}
+
+fn assert_every_key_done(w: &World, n: usize) {
+    assert_eq!(
+        w.count("SELECT count(*) FROM ledger WHERE state = 1"),
+        n as i64,
+        "every key done in the ledger"
+    );
+    assert_eq!(
+        w.count("SELECT count(*) FROM queue WHERE state = 2"),
+        n as i64,
+        "every key done in the queue"
+    );
+}
+
+#[test]
+fn coordinator_and_two_workers_do_every_key_once() {
+    let _g = serial();
+    let t0 = Instant::now();
+    let w = World::new("many");
+    let n = 20_000;
+    w.job(
+        "dist",
+        n,
+        "0",
+        "parallelism = 4\n[distributed]\nenabled = true\nbatch = 200\nlease = \"30s\"\n",
+    );
+    let coord = w.spawn(&["run", "dist"]);
+    wait_for("the coordinator run", Duration::from_secs(20), || {
+        w.running() == 1
+    });
+    let workers: Vec<Child> = (0..2)
+        .map(|_| w.spawn(&["worker", "dist", "--concurrency", "4"]))
+        .collect();
+    let c = finish("coordinator", coord, Duration::from_secs(240));
+    expect_code("coordinator", &c, 0);
+    for (i, wk) in workers.into_iter().enumerate() {
+        let r = finish("worker", wk, Duration::from_secs(30));
+        expect_code(&format!("worker {i}"), &r, 0);
+    }
+    assert_every_key_done(&w, n);
+    let seen = w.processed();
+    assert_eq!(seen.len(), n, "every key processed");
+    let twice: Vec<_> = seen.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(twice.is_empty(), "keys processed twice: {twice:?}");
+    // The coordinator and both workers shared the work.
+    assert_eq!(
+        w.count("SELECT count(DISTINCT claimed_by) FROM queue WHERE state = 2"),
+        3
+    );
+    assert_eq!(w.count("SELECT count(DISTINCT run_id) FROM ledger"), 1);
+    eprintln!("20,000 keys, coordinator + 2 workers: {:?}", t0.elapsed());
+}
+
+#[test]
+fn a_killed_workers_keys_are_reclaimed_after_the_lease() {
+    let _g = serial();
+    let t0 = Instant::now();
+    let w = World::new("kill");
+    let (n, batch) = (400, 40);
+    w.job(
+        "dist",
+        n,
+        "0.05",
+        &format!(
+            "parallelism = 4\n[distributed]\nenabled = true\nbatch = {batch}\nlease = \"2s\"\n"
+        ),
+    );
+    let coord = w.spawn(&["run", "dist", "--no-work"]);
+    wait_for("the coordinator run", Duration::from_secs(20), || {
+        w.running() == 1 && w.count("SELECT count(*) FROM queue") == n as i64
+    });
+    let mut victim = w.spawn(&["worker", "dist", "--concurrency", "4"]);
+    wait_for("the victim's first keys", Duration::from_secs(20), || {
+        w.processed().len() >= 20
+    });
+    let survivor = w.spawn(&["worker", "dist", "--concurrency", "4"]);
+    let held = w.count("SELECT count(*) FROM queue WHERE state = 1");
+    victim.kill().unwrap(); // SIGKILL
+    assert!(held > 0, "the victim held a batch when killed");
+    let _ = victim.wait();
+    let c = finish("coordinator", coord, Duration::from_secs(120));
+    expect_code("coordinator", &c, 0);
+    let r = finish("survivor", survivor, Duration::from_secs(30));
+    expect_code("survivor", &r, 0);
+    // Let any orphaned handler of the victim finish its line.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_every_key_done(&w, n);
+    let seen = w.processed();
+    assert_eq!(seen.len(), n, "every key processed");
+    let extra: usize = seen.values().map(|c| c - 1).sum();
+    assert!(
+        extra <= batch,
+        "{extra} duplicates: more than the killed worker's batch of {batch}"
+    );
+    eprintln!(
+        "kill test: {extra} keys redone (bound {batch}), {:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn two_coordinators_at_once_one_runs_one_is_skipped() {
+    let _g = serial();
+    let t0 = Instant::now();
+    let w = World::new("ha");
+    w.job(
+        "dist",
+        20,
+        "0.1",
+        "parallelism = 2\n[distributed]\nenabled = true\nbatch = 5\nlease = \"10s\"\n",
+    );
+    // Make sure the schema exists before the race, so both race for the
+    // lock and not for the migration.
+    let (st, err) = finish(
+        "ledger",
+        w.spawn(&["ledger", "dist"]),
+        Duration::from_secs(20),
+    );
+    assert!(st.success(), "{err}");
+    let a = w.spawn(&["run", "dist"]);
+    let b = w.spawn(&["run", "dist"]);
+    let ra = finish("first", a, Duration::from_secs(60));
+    let rb = finish("second", b, Duration::from_secs(60));
+    let mut codes = [ra.0.code(), rb.0.code()];
+    codes.sort();
+    assert_eq!(
+        codes,
+        [Some(0), Some(75)],
+        "one runs, one is skipped; stderr:\n{}\n---\n{}",
+        ra.1,
+        rb.1
+    );
+    assert_eq!(
+        w.count("SELECT count(*) FROM runs WHERE outcome = 'skipped'"),
+        1
+    );
+    assert_every_key_done(&w, 20);
+    let seen = w.processed();
+    assert_eq!(seen.len(), 20);
+    assert!(seen.values().all(|c| *c == 1));
+    eprintln!("HA test: {:?}", t0.elapsed());
+}
+
+#[test]
+fn three_shards_process_every_key_exactly_once() {
+    let _g = serial();
+    let t0 = Instant::now();
+    let w = World::new("shard");
+    let n = 3000;
+    w.job("sharded", n, "0", "parallelism = 4\n");
+    let (st, err) = finish(
+        "ledger",
+        w.spawn(&["ledger", "sharded"]),
+        Duration::from_secs(20),
+    );
+    assert!(st.success(), "{err}");
+    let shards: Vec<Child> = (0..3)
+        .map(|i| w.spawn(&["run", "sharded", "--shard", &format!("{i}/3")]))
+        .collect();
+    for (i, s) in shards.into_iter().enumerate() {
+        let r = finish("shard", s, Duration::from_secs(120));
+        expect_code(&format!("shard {i}/3"), &r, 0);
+    }
+    let seen = w.processed();
+    assert_eq!(seen.len(), n, "every key processed");
+    assert!(seen.values().all(|c| *c == 1), "no key processed twice");
+    assert_eq!(
+        w.count("SELECT count(*) FROM ledger WHERE state = 1"),
+        n as i64
+    );
+    // Three runs, each with a share of the keys.
+    let mut c = admin();
+    c.batch_execute(&format!("SET search_path TO \"{}\"", w.schema))
+        .unwrap();
+    for r in c
+        .query("SELECT items FROM runs WHERE outcome = 'success'", &[])
+        .unwrap()
+    {
+        let items: String = r.get(0);
+        let v: serde_json::Value = serde_json::from_str(&items).unwrap();
+        let done = v["done"].as_u64().unwrap();
+        assert!(
+            done > n as u64 / 5 && done < n as u64 / 2,
+            "shard size {done}"
+        );
+    }
+    eprintln!("3 shards of 3000 keys: {:?}", t0.elapsed());
+}
+
+#[test]
+fn fnv1a_is_the_documented_hash() {
+    // Reference values of FNV-1a 64.
+    assert_eq!(
+        batchguard::items::distributed::fnv1a64(b""),
+        0xcbf29ce484222325
+    );
+    assert_eq!(
+        batchguard::items::distributed::fnv1a64(b"a"),
+        0xaf63dc4c8601ec8c
+    );
+}
+
+#[test]
+fn dead_keys_fail_the_coordinator_run() {
+    let _g = serial();
+    let w = World::new("dead");
+    let keys = w.keys(30);
+    let h = w.write(
+        "handler.sh",
+        &format!(
+            "#!/bin/sh\n[ \"$1\" = key-000007 ] && {{ echo nope >&2; exit 3; }}\necho \"$1\" >> {}\n",
+            w.path("out").display()
+        ),
+    );
+    w.write(
+        "etc/jobs/dist.toml",
+        &format!(
+            "[items]\nsource_file = \"{}\"\nrun = [\"sh\", \"{}\", \"{{item}}\"]\nmax_attempts = 2\n\
+             [distributed]\nenabled = true\nbatch = 4\n",
+            keys.display(),
+            h.display()
+        ),
+    );
+    let r = finish(
+        "coordinator",
+        w.spawn(&["run", "dist"]),
+        Duration::from_secs(60),
+    );
+    expect_code("coordinator", &r, 1);
+    assert_eq!(w.count("SELECT count(*) FROM queue WHERE state = 3"), 1);
+    assert_eq!(w.count("SELECT count(*) FROM queue WHERE state = 2"), 29);
+    assert_eq!(
+        w.count("SELECT attempts::bigint FROM ledger WHERE key = 'key-000007' AND state = 2"),
+        2
+    );
+    let mut c = admin();
+    c.batch_execute(&format!("SET search_path TO \"{}\"", w.schema))
+        .unwrap();
+    let failed: Option<String> = c
+        .query_one("SELECT items_failed FROM runs WHERE job = 'dist'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(failed.as_deref(), Some("[\"key-000007\"]"));
+}
+
+#[test]
+fn sigterm_gives_a_workers_keys_back_at_once() {
+    let _g = serial();
+    let t0 = Instant::now();
+    let w = World::new("term");
+    let n = 200;
+    // A long lease: only the release on SIGTERM lets others finish quickly.
+    w.job(
+        "dist",
+        n,
+        "0.05",
+        "[distributed]\nenabled = true\nbatch = 50\nlease = \"60s\"\n",
+    );
+    let coord = w.spawn(&["run", "dist", "--no-work"]);
+    wait_for("the queue", Duration::from_secs(20), || {
+        w.count("SELECT count(*) FROM queue") == n as i64
+    });
+    let victim = w.spawn(&["worker", "dist", "--concurrency", "2"]);
+    wait_for("the victim's first keys", Duration::from_secs(20), || {
+        w.processed().len() >= 5
+    });
+    let t = Instant::now();
+    let rc = unsafe { libc::kill(victim.id() as i32, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let r = finish("victim", victim, Duration::from_secs(10));
+    expect_code("victim after SIGTERM", &r, 0);
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "slow stop: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        w.count("SELECT count(*) FROM queue WHERE state = 1"),
+        0,
+        "nothing left claimed"
+    );
+    let other = w.spawn(&["worker", "dist", "--concurrency", "4"]);
+    let c = finish("coordinator", coord, Duration::from_secs(40));
+    expect_code("coordinator", &c, 0);
+    expect_code(
+        "worker",
+        &finish("worker", other, Duration::from_secs(20)),
+        0,
+    );
+    assert_every_key_done(&w, n);
+    assert_eq!(w.processed().len(), n);
+    eprintln!("SIGTERM test: {:?}", t0.elapsed());
+}
+
+/// Stretch: PostgreSQL restarted mid-run (needs root and pg_ctlcluster;
+/// skipped otherwise). The store's retries carry the coordinator and the
+/// worker over the restart; nothing is lost.
+#[test]
+fn postgres_restart_mid_run_loses_nothing() {
+    let _g = serial();
+    let ctl = Path::new("/usr/bin/pg_ctlcluster");
+    if !ctl.exists()
+        || unsafe { libc::geteuid() } != 0
+        || std::env::var_os("BATCHGUARD_TEST_PG").is_some()
+    {
+        eprintln!("skipped: needs root, pg_ctlcluster and the local test cluster");
+        return;
+    }
+    let t0 = Instant::now();
+    let w = World::new("restart");
+    let n = 3000;
+    w.job(
+        "dist",
+        n,
+        "0.01",
+        "parallelism = 4\n[distributed]\nenabled = true\nbatch = 50\nlease = \"20s\"\n",
+    );
+    let coord = w.spawn(&["run", "dist"]);
+    wait_for("the queue", Duration::from_secs(20), || {
+        w.count("SELECT count(*) FROM queue") == n as i64
+    });
+    let worker = w.spawn(&["worker", "dist", "--concurrency", "4"]);
+    wait_for("some progress", Duration::from_secs(30), || {
+        w.processed().len() >= 300
+    });
+    let st = Command::new(ctl)
+        .args(["--skip-systemctl-redirect", "15", "main", "restart"])
+        .status()
+        .expect("pg_ctlcluster");
+    assert!(st.success(), "restart failed: {st:?}");
+    let restarted = Instant::now();
+    let c = finish("coordinator", coord, Duration::from_secs(180));
+    expect_code("coordinator", &c, 0);
+    let r = finish("worker", worker, Duration::from_secs(60));
+    expect_code("worker", &r, 0);
+    assert_every_key_done(&w, n);
+    let seen = w.processed();
+    assert_eq!(seen.len(), n, "every key processed");
+    let extra: usize = seen.values().map(|c| c - 1).sum();
+    eprintln!(
+        "restart test: {extra} keys redone, run ended {:?} after the restart, {:?} in all",
+        restarted.elapsed(),
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn sqlite_refuses_distributed_items_clearly() {
+    let w = World::new("sqlite");
+    w.job("dist", 5, "0", "[distributed]\nenabled = true\n");
+    let sqlite = format!("sqlite:{}", w.path("state.db").display());
+    let run = w
+        .cmd(&["run", "dist"])
+        .env("BATCHGUARD_STATE", &sqlite)
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(1));
+    let worker = w
+        .cmd(&["worker", "dist"])
+        .env("BATCHGUARD_STATE", &sqlite)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&worker.stderr);
+    assert!(
+        err.contains("distributed items need a postgres:// state store"),
+        "{err}"
+    );
+    let show = w
+        .cmd(&["runs", "dist", "--format", "json"])
+        .env("BATCHGUARD_STATE", &sqlite)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        out.contains("distributed items need a postgres:// state store"),
+        "{out}"
+    );
+}
