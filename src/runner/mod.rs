@@ -239,6 +239,82 @@ fn base_record(ctx: &Context, job: &Job, p: &Prepared, run_id: &str, attempt: u3
     }
 }
 
+/// Record a run that does not start (`skipped`, exit 75) and notify it:
+/// always when `always_notify`, else only if the job asked for `skipped`.
+fn skip(
+    ctx: &Context,
+    job: &Job,
+    p: &Prepared,
+    mut skipped: RunRecord,
+    reason: String,
+    always_notify: bool,
+) -> Result<Report> {
+    skipped.outcome = Outcome::Skipped.as_str().into();
+    skipped.ended_at = Some(skipped.started_at.clone());
+    skipped.duration_ms = Some(0);
+    skipped.log_path = None;
+    skipped.error = Some(p.redactor.redact(&reason).into_owned());
+    ctx.store.insert_run(&skipped)?;
+    let end = RunEnd {
+        ended_ms: skipped.started_ms,
+        error: skipped.error.clone(),
+        ..RunEnd::default()
+    };
+    notice::skipped(ctx, job, p, &skipped, &end, always_notify);
+    if always_notify || std::io::stderr().is_terminal() {
+        eprintln!(
+            "batchguard: job `{}` skipped: {}",
+            job.name,
+            skipped.error.as_deref().unwrap_or_default()
+        );
+    }
+    Ok(Report {
+        outcome: Outcome::Skipped,
+        exit_code: crate::exit::TEMPFAIL,
+        run_id: skipped.id,
+    })
+}
+
+/// G04: with `max_replica_lag` and `replica_dsn_env` set, a run does not
+/// start while the replica lags more than that, or when its lag cannot be
+/// checked (reading from a replica that is down or far behind is what the
+/// declaration is there to prevent). `Some(reason)` means: do not start.
+fn replica_gate(job: &Job, p: &Prepared) -> Option<String> {
+    use crate::check::ReplicaProbe;
+    let max = job.guideline.max_replica_lag?;
+    let var = job.guideline.replica_dsn_env.as_deref()?;
+    let limit = batchguard_config::format_duration(max);
+    let Some(dsn) = p
+        .env
+        .iter()
+        .find(|(k, _)| k.as_os_str() == std::ffi::OsStr::new(var))
+        .map(|(_, v)| v.to_string_lossy().into_owned())
+    else {
+        return Some(format!(
+            "cannot check the replica lag: {var} (replica_dsn_env) is not set; max_replica_lag is {limit}"
+        ));
+    };
+    match crate::check::probe_replica(&dsn) {
+        ReplicaProbe::Replica { lag } if lag > max => Some(format!(
+            "the read replica lags {} behind its primary, more than max_replica_lag {limit} (G04)",
+            batchguard_config::format_duration(lag)
+        )),
+        ReplicaProbe::Replica { .. } => None,
+        ReplicaProbe::Primary => {
+            tracing::warn!(
+                "{var} points at a primary, not a replica: `batchguard check` fails G04; running anyway"
+            );
+            None
+        }
+        ReplicaProbe::DsnUnset { .. } => Some(format!(
+            "cannot check the replica lag: {var} (replica_dsn_env) is not set"
+        )),
+        ReplicaProbe::Failed(e) => Some(format!(
+            "cannot check the replica lag ({e}); max_replica_lag is {limit} (G04)"
+        )),
+    }
+}
+
 /// Run `job` under full supervision and record what happened.
 pub fn run(ctx: &Context, job: &Job, req: &Request) -> Result<Report> {
     let p = prepare(job, req)?;
@@ -255,36 +331,17 @@ pub fn run(ctx: &Context, job: &Job, req: &Request) -> Result<Report> {
         ),
         _ => {}
     };
+    if let Some(reason) = replica_gate(job, &p) {
+        return skip(ctx, job, &p, first, reason, true);
+    }
     let fence = match lock::take(ctx, &first, mode, job.kill_grace, &on_lost)? {
         lock::Taken::Fence(f) => f,
         lock::Taken::Held(h) => {
-            let mut skipped = first;
-            skipped.outcome = Outcome::Skipped.as_str().into();
-            skipped.ended_at = Some(skipped.started_at.clone());
-            skipped.duration_ms = Some(0);
-            skipped.log_path = None;
-            skipped.error = Some(format!(
+            let reason = format!(
                 "lock `{}` is held by run {} (pid {} on {}, fence {})",
                 h.lock, h.run_id, h.runner.pid, h.runner.host, h.fence
-            ));
-            ctx.store.insert_run(&skipped)?;
-            let end = RunEnd {
-                ended_ms: skipped.started_ms,
-                ..RunEnd::default()
-            };
-            notice::run_ended(ctx, job, &p, &skipped, Outcome::Skipped, &end, &[], &[]);
-            if std::io::stderr().is_terminal() {
-                eprintln!(
-                    "batchguard: job `{}` skipped: {}",
-                    job.name,
-                    skipped.error.as_deref().unwrap_or_default()
-                );
-            }
-            return Ok(Report {
-                outcome: Outcome::Skipped,
-                exit_code: crate::exit::TEMPFAIL,
-                run_id,
-            });
+            );
+            return skip(ctx, job, &p, first, reason, false);
         }
     };
     tracing::debug!(job = %job.name, fence, "lock taken");

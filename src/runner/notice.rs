@@ -51,7 +51,10 @@ fn message(
         Outcome::Killed => format!("was killed by signal {}", end.signal.unwrap_or(0)),
         Outcome::Lost => "was lost: its runner died".to_string(),
         Outcome::Fenced => "was fenced: a newer run took its lock".to_string(),
-        Outcome::Skipped => "was skipped: its lock is held by another run".to_string(),
+        Outcome::Skipped => match &end.error {
+            Some(e) => format!("was skipped: {e}"),
+            None => "was skipped: its lock is held by another run".to_string(),
+        },
         Outcome::Success => "succeeded".to_string(),
     };
     format!("Job {} {what} on {host}{after}.", job.name)
@@ -276,4 +279,27 @@ pub(crate) fn ping_start(ctx: &Context, job: &Job, run_id: &str) {
             tracing::warn!(channel = %name, "start ping failed: {e}");
         }
     }
+}
+
+/// A run that did not start: notified like any run end when the job asked
+/// for `skipped`, and always when `always` (a refusal the operator must see,
+/// such as a lagging replica).
+pub(crate) fn skipped(
+    ctx: &Context,
+    job: &Job,
+    p: &Prepared,
+    run: &RunRecord,
+    end: &RunEnd,
+    always: bool,
+) {
+    if always && !notify::wanted(job, "skipped") {
+        let mut payload = payload(ctx, job, p, run, "skipped", Outcome::Skipped, end, &[], &[]);
+        if let Some(e) = &end.error {
+            payload.message = format!("{} {e}.", payload.message);
+        }
+        let _ = notify::enqueue(ctx.store.as_ref(), &ctx.global, job, &payload, true);
+        notify::flush(ctx.store.as_ref(), &ctx.global, notify::FLUSH_BUDGET, false);
+        return;
+    }
+    run_ended(ctx, job, p, run, Outcome::Skipped, end, &[], &[]);
 }

@@ -389,3 +389,55 @@ fn slack_blocks_read_well_on_a_phone() {
     );
     assert!(!all.contains(SECRET_VALUE));
 }
+
+#[test]
+fn a_replica_that_cannot_be_checked_keeps_the_run_from_starting() {
+    let env = Env::new();
+    let hook = Http::start();
+    env.global(&format!(
+        "[channels.hook]\ntype = \"webhook\"\nurl = \"{}\"",
+        hook.url("/")
+    ));
+    let marker = env.path("ran");
+    env.job(
+        "reader",
+        &format!(
+            "command = [\"touch\", \"{}\"]\nenv = {{ REPLICA_DSN = \"host=127.0.0.1 port={} user=postgres dbname=test connect_timeout=2\" }}\n\
+             [guideline]\nreads = \"replica\"\nreplica_dsn_env = \"REPLICA_DSN\"\nmax_replica_lag = \"30s\"\n[notify]\nchannels = [\"hook\"]\n",
+            marker.display(),
+            free_port()
+        ),
+    );
+    let d = env.run(&["run", "reader"]);
+    d.code(75).stderr_has("cannot check the replica lag");
+    assert!(!marker.exists(), "the job did not start");
+    let run = env.last_run("reader");
+    assert_eq!(run["outcome"], "skipped");
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap()
+            .contains("max_replica_lag is 30s")
+    );
+    // Notified although `skipped` is not in the job's `on` list.
+    let reqs = hook.take();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].json()["event"], "skipped");
+    assert!(
+        reqs[0].json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot check the replica lag")
+    );
+    // Against the real server (a primary, so no lag to wait for) it runs.
+    env.job(
+        "reader",
+        &format!(
+            "command = [\"touch\", \"{}\"]\nenv = {{ REPLICA_DSN = \"host=127.0.0.1 user=postgres dbname=test\" }}\n\
+             [guideline]\nreads = \"replica\"\nreplica_dsn_env = \"REPLICA_DSN\"\nmax_replica_lag = \"30s\"\n",
+            marker.display()
+        ),
+    );
+    env.run(&["run", "reader"]).code(0);
+    assert!(marker.exists());
+}
