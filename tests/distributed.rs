@@ -257,6 +257,104 @@ fn coordinator_and_two_workers_do_every_key_once() {
 }
 
 #[test]
+fn stream_mode_coordinator_and_a_worker_do_every_key_once() {
+    let _g = serial();
+    let t0 = Instant::now();
+    let w = World::new("stream");
+    let n = 20_000;
+    let keys = w.keys(n);
+    w.write(
+        "etc/jobs/dist.toml",
+        &format!(
+            "command = [\"sh\", \"-c\", \"exec cat >&3\"]\n[items]\nmode = \"stream\"\n\
+             source_file = \"{}\"\n[distributed]\nenabled = true\nbatch = 1000\nlease = \"30s\"\n",
+            keys.display()
+        ),
+    );
+    let coord = w.spawn(&["run", "dist"]);
+    wait_for("the coordinator run", Duration::from_secs(20), || {
+        w.running() == 1
+    });
+    let worker = w.spawn(&["worker", "dist"]);
+    let c = finish("coordinator", coord, Duration::from_secs(120));
+    expect_code("coordinator", &c, 0);
+    let r = finish("worker", worker, Duration::from_secs(30));
+    expect_code("worker", &r, 0);
+    assert_every_key_done(&w, n);
+    // Each key reported done once: a redone key would count 2 attempts.
+    assert_eq!(
+        w.count("SELECT count(*) FROM ledger WHERE state = 1 AND attempts = 1"),
+        n as i64,
+        "every key done exactly once"
+    );
+    assert_eq!(w.count("SELECT count(DISTINCT run_id) FROM ledger"), 1);
+    eprintln!(
+        "stream mode, 20,000 keys, coordinator + 1 worker: {:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn stream_mode_keys_a_batch_command_does_not_report_fail_or_go_back() {
+    let _g = serial();
+    let w = World::new("streamfail");
+    let n = 50;
+    let keys = w.keys(n);
+    // Exit 0 without reporting key-000007: that key fails (max_attempts 1,
+    // so it is dead and the run ends failure).
+    w.write(
+        "etc/jobs/lazy.toml",
+        &format!(
+            "command = [\"sh\", \"-c\", \"while read k; do [ $k = key-000007 ] || echo $k >&3; done\"]\n\
+             [items]\nmode = \"stream\"\nsource_file = \"{}\"\nmax_attempts = 1\n\
+             [distributed]\nenabled = true\nbatch = 10\n",
+            keys.display()
+        ),
+    );
+    let c = finish(
+        "coordinator",
+        w.spawn(&["run", "lazy"]),
+        Duration::from_secs(60),
+    );
+    expect_code("lazy coordinator", &c, 1);
+    assert_eq!(w.count("SELECT count(*) FROM queue WHERE state = 2"), 49);
+    assert_eq!(
+        w.count("SELECT count(*) FROM queue WHERE state = 3 AND key = 'key-000007'"),
+        1
+    );
+    // A failing command: its run fails, and the keys it did not report go
+    // back to the queue (none is lost or recorded).
+    w.write(
+        "etc/jobs/broken.toml",
+        &format!(
+            "command = [\"sh\", \"-c\", \"read k; echo $k >&3; exit 3\"]\n\
+             [items]\nmode = \"stream\"\nsource_file = \"{}\"\n\
+             [distributed]\nenabled = true\nbatch = 10\n",
+            keys.display()
+        ),
+    );
+    let c = finish(
+        "coordinator",
+        w.spawn(&["run", "broken"]),
+        Duration::from_secs(60),
+    );
+    expect_code("broken coordinator", &c, 3);
+    let scope = "(SELECT id FROM ledger_scopes WHERE job = 'broken')";
+    assert_eq!(
+        w.count(&format!(
+            "SELECT count(*) FROM queue WHERE scope_id = {scope} AND state = 2"
+        )),
+        1
+    );
+    assert_eq!(
+        w.count(&format!(
+            "SELECT count(*) FROM queue WHERE scope_id = {scope} AND state = 0"
+        )),
+        49
+    );
+}
+
+#[test]
 fn a_killed_workers_keys_are_reclaimed_after_the_lease() {
     let _g = serial();
     let t0 = Instant::now();

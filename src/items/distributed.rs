@@ -11,19 +11,24 @@
 //!   in group commits whose ledger write and queue acknowledgement are one
 //!   transaction, fenced by the coordinator's token. The lease is renewed
 //!   while the batch runs; a key whose lease was lost is stopped at once.
+//!   In stream mode the job's `command` runs once per claimed batch, gets
+//!   the batch's keys on stdin and reports finished keys on
+//!   `BATCHGUARD_DONE_FD`; reported keys are group-committed as they come.
 //! - **Static shards** (`run --shard I/N`): FNV-1a 64 of the key's bytes
 //!   mod N selects the keys (see [`in_shard`]).
 
 use super::commit::{MAX_BATCH, MAX_DELAY, Stats};
 use super::per_item::{Bucket, ItemRunner};
+use super::stream::DONE_FD;
 use super::{FAILED_LISTED, FailedList, Keys, Plan};
 use crate::error::{Error, Result};
 use crate::outcome::Outcome;
-use crate::runner::{self, Attempt, AttemptResult, Context, Control, Request, Stop};
+use crate::runner::{self, Attempt, AttemptResult, Context, Control, Request, Stop, log_line};
 use crate::store::{Committer, ItemState, LedgerUpdate, QueueCounts, RunEnd};
 use batchguard_config::{Concurrency, Items, ItemsMode, Job};
-use batchguard_supervise::{self as supervise, Group};
+use batchguard_supervise::{self as supervise, CgroupPlacement, End, Group, Limits, StdinMode};
 use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
@@ -66,7 +71,14 @@ struct Session {
     refused: AtomicBool,
     /// The store stayed unreachable.
     error: Mutex<Option<String>>,
+    /// Stream mode: a batch command failed (outcome, exit code, message);
+    /// this process stops working, like a failed stream command locally.
+    command_failed: Mutex<Option<CommandFailed>>,
 }
+
+/// A failed batch command: outcome, exit code of the run, the command's
+/// own exit code, message.
+type CommandFailed = (Outcome, i32, Option<i32>, String);
 
 /// Claiming and processing batches of a scope's queue.
 struct Work<'a> {
@@ -83,6 +95,9 @@ struct Work<'a> {
     /// A coordinator stops its whole run when refused; a worker only ends
     /// its session with that coordinator.
     is_coordinator: bool,
+    /// Stream mode: the job's `command` (rendered) runs once per claimed
+    /// batch instead of `items.run` once per key.
+    stream: Option<Vec<String>>,
     session: Session,
 }
 
@@ -93,6 +108,7 @@ impl Work<'_> {
         self.a.control.stopping().is_some()
             || self.session.refused.load(Ordering::SeqCst)
             || lock(&self.session.error).is_some()
+            || lock(&self.session.command_failed).is_some()
     }
 
     fn fail_store(&self, msg: String) {
@@ -106,7 +122,10 @@ impl Work<'_> {
 
     /// Claim and process batches until `more` (asked when nothing could be
     /// claimed) says the queue is finished, or the session is over.
-    fn run(&self, more: &dyn Fn(&QueueCounts) -> bool) {
+    fn run(&self, more: &(dyn Fn(&QueueCounts) -> bool + Sync)) {
+        if let Some(argv) = &self.stream {
+            return self.run_stream(argv, more);
+        }
         let store = self.a.ctx.store.as_ref();
         let lease_ms = self.lease.as_millis() as i64;
         while !self.over() {
@@ -142,7 +161,12 @@ impl Work<'_> {
         let (tx, rx) = mpsc::sync_channel::<Done>(MAX_BATCH);
         let (stop_renew, renew_rx) = mpsc::channel::<()>();
         std::thread::scope(|s| {
-            let committer = s.spawn(|| self.commit_loop(rx, &held));
+            let stop_all = || {
+                for id in lock(&held).values().flatten() {
+                    a.control.stop_one(*id);
+                }
+            };
+            let committer = s.spawn(move || self.commit_loop(rx, &stop_all));
             let (held_r, lost_r) = (&held, &lost);
             s.spawn(move || {
                 let (held, lost) = (held_r, lost_r);
@@ -225,8 +249,238 @@ impl Work<'_> {
         }
     }
 
+    /// Stream mode: `concurrency` loops, each claiming a batch and running
+    /// the job's command on it, all sharing one group committer.
+    fn run_stream(&self, argv: &[String], more: &(dyn Fn(&QueueCounts) -> bool + Sync)) {
+        let store = self.a.ctx.store.as_ref();
+        let lease_ms = self.lease.as_millis() as i64;
+        let (tx, rx) = mpsc::sync_channel::<Done>(MAX_BATCH);
+        // The batch commands running now, by control id.
+        let running: Mutex<HashSet<u64>> = Mutex::default();
+        std::thread::scope(|s| {
+            let stop_all = || {
+                for id in lock(&running).iter() {
+                    self.a.control.stop_one(*id);
+                }
+            };
+            let committer = s.spawn(move || self.commit_loop(rx, &stop_all));
+            let loops: Vec<_> = (0..self.concurrency)
+                .map(|_| {
+                    let tx = tx.clone();
+                    let running = &running;
+                    s.spawn(move || {
+                        while !self.over() {
+                            let now = crate::clock::now_ms();
+                            let claimed = store.queue_claim(
+                                self.scope_id,
+                                &self.worker,
+                                self.batch,
+                                now,
+                                lease_ms,
+                            );
+                            let keys = match claimed {
+                                Ok(k) => k,
+                                Err(e) => {
+                                    return self.fail_store(format!("cannot claim keys: {e}"));
+                                }
+                            };
+                            if keys.is_empty() {
+                                match store.queue_counts(self.scope_id) {
+                                    Ok(c) if !more(&c) => return,
+                                    Ok(_) => std::thread::sleep(POLL),
+                                    Err(e) => {
+                                        return self
+                                            .fail_store(format!("cannot read the queue: {e}"));
+                                    }
+                                }
+                                continue;
+                            }
+                            tracing::debug!(worker = %self.worker, keys = keys.len(), "batch claimed");
+                            if !self.stream_batch(argv, &keys, &tx, running) {
+                                return;
+                            }
+                        }
+                    })
+                })
+                .collect();
+            drop(tx);
+            for l in loops {
+                let _ = l.join();
+            }
+            let _ = committer.join();
+        });
+    }
+
+    /// Run the job's command on one claimed batch: the keys on its stdin,
+    /// finished keys read from `BATCHGUARD_DONE_FD` and sent to the
+    /// committer. Exit 0: keys it did not report are failed. Otherwise they
+    /// go back to the queue. `false` when this process should stop working.
+    fn stream_batch(
+        &self,
+        argv: &[String],
+        keys: &[String],
+        tx: &mpsc::SyncSender<Done>,
+        running: &Mutex<HashSet<u64>>,
+    ) -> bool {
+        let a = self.a;
+        let store = a.ctx.store.as_ref();
+        // Keys handed out and not reported yet (still ours).
+        let held: Mutex<HashSet<&str>> = Mutex::new(keys.iter().map(String::as_str).collect());
+        let release = |why: &str| {
+            let left: Vec<&str> = lock(&held).iter().copied().collect();
+            if left.is_empty() {
+                return;
+            }
+            match store.queue_release(self.scope_id, &self.worker, &left) {
+                Ok(n) if n > 0 => a.note(&format!("{n} keys given back to the queue: {why}")),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot release keys; their lease expires"),
+            }
+        };
+        let mut spec = a.spec(argv, CgroupPlacement::Join(self.runner.group.handle()));
+        spec.stdin = StdinMode::Pipe;
+        spec.done_fd = Some(DONE_FD);
+        spec.env
+            .push(("BATCHGUARD_DONE_FD".into(), DONE_FD.to_string().into()));
+        let limits = Limits {
+            timeout: self.items.item_timeout,
+            kill_grace: a.job.kill_grace,
+            memory_max: None,
+        };
+        let mut child = match supervise::spawn_with(spec, limits, self.runner.mode) {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = format!("cannot start `{}`: {e}", argv[0]);
+                a.note(&msg);
+                release("the command could not start");
+                let code = e.exit_code();
+                *lock(&self.session.command_failed) =
+                    Some((Outcome::Failure, code, Some(code), msg));
+                return false;
+            }
+        };
+        let stdin = child.take_stdin();
+        let done_reader = child.take_done_reader();
+        let id = a.control.register(child.stop_handle());
+        lock(running).insert(id);
+        let (stop_renew, renew_rx) = mpsc::channel::<()>();
+        let end = std::thread::scope(|s| {
+            s.spawn(move || {
+                let Some(stdin) = stdin else { return };
+                let mut w = BufWriter::with_capacity(1 << 16, stdin);
+                for k in keys {
+                    if w.write_all(k.as_bytes())
+                        .and_then(|_| w.write_all(b"\n"))
+                        .is_err()
+                    {
+                        return; // the command stopped reading
+                    }
+                }
+                let _ = w.flush();
+            });
+            let held_r = &held;
+            let reader = s.spawn(move || {
+                let mut ignored = 0u64;
+                let Some(r) = done_reader else { return ignored };
+                let mut r = BufReader::with_capacity(1 << 16, r);
+                let mut line = Vec::with_capacity(128);
+                loop {
+                    line.clear();
+                    match r.read_until(b'\n', &mut line) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                    let raw = line.strip_suffix(b"\n").unwrap_or(&line);
+                    let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+                    let key = std::str::from_utf8(raw)
+                        .ok()
+                        .and_then(|k| lock(held_r).take(k));
+                    match key {
+                        Some(k) => {
+                            if tx.send((k.to_string(), ItemState::Done, None)).is_err() {
+                                break;
+                            }
+                        }
+                        None => ignored += 1,
+                    }
+                }
+                ignored
+            });
+            s.spawn(move || {
+                let every = (self.lease / 3).max(Duration::from_millis(100));
+                while let Err(mpsc::RecvTimeoutError::Timeout) = renew_rx.recv_timeout(every) {
+                    let mine: Vec<&str> = lock(held_r).iter().copied().collect();
+                    if mine.is_empty() {
+                        continue;
+                    }
+                    let until = crate::clock::now_ms() + self.lease.as_millis() as i64;
+                    match store.queue_renew(self.scope_id, &self.worker, &mine, until) {
+                        Ok(kept) if kept.len() < mine.len() => {
+                            // Another worker has some of them now: a worker
+                            // never keeps running a key it lost.
+                            let kept: HashSet<&str> = kept.iter().map(String::as_str).collect();
+                            let mut held = lock(held_r);
+                            let lost = mine.iter().filter(|k| !kept.contains(*k)).count();
+                            held.retain(|k| kept.contains(k));
+                            drop(held);
+                            tracing::warn!(lost, "lease lost: stopping the batch command");
+                            a.control.stop_one(id);
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "cannot renew the lease; will retry"),
+                    }
+                }
+            });
+            let done = child.wait(|stream, line| log_line(a.log, stream.as_str(), "", line));
+            let ignored = reader.join().unwrap_or(0);
+            let _ = stop_renew.send(());
+            if ignored > 0 {
+                a.note(&format!(
+                    "{ignored} lines on the done fd were not keys of this batch (unknown or repeated): ignored"
+                ));
+            }
+            done.end
+        });
+        a.control.unregister(id);
+        lock(running).remove(&id);
+        if end == End::Exited(0) {
+            let left: Vec<&str> = lock(&held).drain().collect();
+            if !left.is_empty() {
+                a.note(&format!(
+                    "{} keys were handed to the command but never reported done: recorded as failed",
+                    left.len()
+                ));
+            }
+            for k in left {
+                a.note(&format!("item {k} failed"));
+                let e = "the job exited 0 without reporting this key done".to_string();
+                if tx
+                    .send((k.to_string(), ItemState::Failed, Some(e)))
+                    .is_err()
+                {
+                    return false;
+                }
+            }
+            return true;
+        }
+        release("the batch command did not finish");
+        if a.control.stopping().is_some() || self.over() || matches!(end, End::Stopped(_)) {
+            // Stopped by us (the run stops, a lease was lost): not the
+            // command's failure.
+            return !self.over();
+        }
+        let (outcome, code, exit_code, _) = crate::outcome::from_end(&end);
+        let msg = format!(
+            "the batch command ended {} (exit code {code}): this process stops working",
+            outcome.as_str()
+        );
+        a.note(&msg);
+        *lock(&self.session.command_failed) = Some((outcome, code, exit_code, msg));
+        false
+    }
+
     /// Group commit through `queue_finish` until every sender is gone.
-    fn commit_loop(&self, rx: mpsc::Receiver<Done>, held: &Mutex<HashMap<&str, Option<u64>>>) {
+    fn commit_loop(&self, rx: mpsc::Receiver<Done>, stop_all: &dyn Fn()) {
         let mut batch: Vec<Done> = Vec::new();
         loop {
             let Ok(first) = rx.recv() else { return };
@@ -239,14 +493,19 @@ impl Work<'_> {
                     Err(_) => break,
                 }
             }
-            if !self.over() {
-                self.commit(&batch, held);
+            // A failed batch command ends the session, but what was
+            // reported done before is still committed.
+            let over = self.a.control.stopping().is_some()
+                || self.session.refused.load(Ordering::SeqCst)
+                || lock(&self.session.error).is_some();
+            if !over {
+                self.commit(&batch, stop_all);
             }
             batch.clear();
         }
     }
 
-    fn commit(&self, batch: &[Done], held: &Mutex<HashMap<&str, Option<u64>>>) {
+    fn commit(&self, batch: &[Done], stop_all: &dyn Fn()) {
         let store = self.a.ctx.store.as_ref();
         let updates: Vec<LedgerUpdate<'_>> = batch
             .iter()
@@ -281,9 +540,7 @@ impl Work<'_> {
                     if self.is_coordinator {
                         self.a.control.request_stop(Stop::Fenced);
                     } else {
-                        for id in lock(held).values().flatten() {
-                            self.a.control.stop_one(*id);
-                        }
+                        stop_all();
                     }
                     return;
                 }
@@ -293,9 +550,7 @@ impl Work<'_> {
                 }
                 Err(e) => {
                     self.fail_store(format!("the ledger cannot be written: {e}"));
-                    for id in lock(held).values().flatten() {
-                        self.a.control.stop_one(*id);
-                    }
+                    stop_all();
                     return;
                 }
             }
@@ -339,12 +594,16 @@ pub(super) fn coordinate(
     if !is_postgres(&a.ctx.state_url) {
         return Ok(refuse(a, crate::store::no_queue().to_string()));
     }
-    if items.mode == ItemsMode::Stream || items.run.is_none() {
-        return Ok(refuse(
-            a,
-            "distributed items need per-item mode (items.run)".to_string(),
-        ));
-    }
+    let stream = match items.mode {
+        ItemsMode::Stream => {
+            let argv = a.render("command", &a.job.command, None)?;
+            a.note(&format!(
+                "command (distributed stream mode, once per batch): {argv:?}"
+            ));
+            Some(argv)
+        }
+        ItemsMode::PerItem => None,
+    };
     let store = a.ctx.store.as_ref();
     let pending: Vec<&str> = plan.pending.iter().map(|&i| keys.get(i as usize)).collect();
     store.queue_enqueue(scope_id, &pending)?;
@@ -386,6 +645,7 @@ pub(super) fn coordinate(
         },
         bucket: items.rate.map(|r| Mutex::new(Bucket::new(r.per_second))),
         is_coordinator: true,
+        stream,
         session: Session::default(),
     };
     let deadline = a.job.timeout.map(|t| Instant::now() + t);
@@ -448,12 +708,23 @@ pub(super) fn coordinate(
         work.session.failed.load(Ordering::SeqCst)
     ));
     let (outcome, code, signal) = a.stopped_outcome().unwrap_or((Outcome::Success, 0, None));
+    let mut exit_code = (outcome == Outcome::Success).then_some(0);
+    let mut error = None;
+    let (outcome, code) = match lock(&work.session.command_failed).take() {
+        Some((o, c, e, msg)) if outcome == Outcome::Success => {
+            exit_code = e;
+            error = Some(msg);
+            (o, c)
+        }
+        _ => (outcome, code),
+    };
     Ok(AttemptResult {
         outcome,
         code,
         end: RunEnd {
-            exit_code: (outcome == Outcome::Success).then_some(0),
+            exit_code,
             signal,
+            error,
             peak_memory_bytes: group.peak_memory(),
             memory_enforcement: Some(group.enforcement().as_str().to_string()),
             ..RunEnd::default()
@@ -484,11 +755,6 @@ pub fn worker(ctx: &Context, job: &Job, opts: &WorkerOpts) -> Result<i32> {
             "job `{}` is not distributed: set [distributed] enabled = true",
             job.name
         )));
-    }
-    if items.run.is_none() || items.mode == ItemsMode::Stream {
-        return Err(Error::Usage(
-            "distributed items need per-item mode (items.run)".into(),
-        ));
     }
     if !is_postgres(&ctx.state_url) {
         return Err(crate::store::no_queue().into());
@@ -584,6 +850,10 @@ fn worker_loop(
             ));
             let (group, mode) = group_for(a)?;
             let run_argv = items.run.clone().unwrap_or_default();
+            let stream = match items.mode {
+                ItemsMode::Stream => Some(a.render("command", &a.job.command, None)?),
+                ItemsMode::PerItem => None,
+            };
             let work = Work {
                 a,
                 items,
@@ -602,6 +872,7 @@ fn worker_loop(
                 },
                 bucket: items.rate.map(|r| Mutex::new(Bucket::new(r.per_second))),
                 is_coordinator: false,
+                stream,
                 session: Session::default(),
             };
             let more =
@@ -613,12 +884,15 @@ fn worker_loop(
                 work.session.failed.load(Ordering::SeqCst),
                 coord.id
             ));
-            let failed = lock(&work.session.error).clone();
-            Ok::<_, Error>(failed)
+            if let Some(e) = lock(&work.session.error).clone() {
+                return Ok::<_, Error>(Some((e, crate::exit::UNAVAILABLE)));
+            }
+            let failed = lock(&work.session.command_failed).take();
+            Ok(failed.map(|(_, _, _, msg)| (msg, crate::exit::FAILURE)))
         })??;
-        if let Some(e) = failed_store {
+        if let Some((e, code)) = failed_store {
             eprintln!("batchguard worker: {e}");
-            return Ok(crate::exit::UNAVAILABLE);
+            return Ok(code);
         }
     }
     Ok(crate::exit::OK)
