@@ -28,7 +28,7 @@ use crate::store::{Committer, ItemState, LedgerUpdate, QueueCounts, RunEnd};
 use batchguard_config::{Concurrency, Items, ItemsMode, Job};
 use batchguard_supervise::{self as supervise, CgroupPlacement, End, Group, Limits, StdinMode};
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
@@ -382,28 +382,13 @@ impl Work<'_> {
             let reader = s.spawn(move || {
                 let mut ignored = 0u64;
                 let Some(r) = done_reader else { return ignored };
-                let mut r = BufReader::with_capacity(1 << 16, r);
-                let mut line = Vec::with_capacity(128);
-                loop {
-                    line.clear();
-                    match r.read_until(b'\n', &mut line) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {}
-                    }
-                    let raw = line.strip_suffix(b"\n").unwrap_or(&line);
-                    let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-                    let key = std::str::from_utf8(raw)
-                        .ok()
-                        .and_then(|k| lock(held_r).take(k));
-                    match key {
-                        Some(k) => {
-                            if tx.send((k.to_string(), ItemState::Done, None)).is_err() {
-                                break;
-                            }
-                        }
+                super::stream::read_done_keys(r, |key| {
+                    match key.and_then(|k| lock(held_r).take(k)) {
+                        Some(k) => return tx.send((k.to_string(), ItemState::Done, None)).is_ok(),
                         None => ignored += 1,
                     }
-                }
+                    true
+                });
                 ignored
             });
             s.spawn(move || {

@@ -72,27 +72,16 @@ pub(super) fn run(
         let reader = s.spawn(move || {
             let mut ignored = 0u64;
             if let Some(r) = done_reader {
-                let mut r = BufReader::with_capacity(1 << 16, r);
-                let mut line = Vec::with_capacity(128);
-                loop {
-                    line.clear();
-                    match r.read_until(b'\n', &mut line) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {}
-                    }
-                    let raw = line.strip_suffix(b"\n").unwrap_or(&line);
-                    let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-                    let hit = std::str::from_utf8(raw).ok().and_then(|k| keys.find(k));
-                    match hit {
+                read_done_keys(r, |key| {
+                    match key.and_then(|k| keys.find(k)) {
                         Some(i) if state[i as usize] == 1 => {
                             state[i as usize] = 2;
-                            if reader_tx.send(Msg::new(i, ItemState::Done)).is_err() {
-                                break;
-                            }
+                            return reader_tx.send(Msg::new(i, ItemState::Done)).is_ok();
                         }
                         _ => ignored += 1,
                     }
-                }
+                    true
+                });
             }
             (state, ignored)
         });
@@ -128,4 +117,24 @@ pub(super) fn run(
     }
     drop(tx);
     Ok(result)
+}
+
+/// Read finished keys, one per line (`\n`, or `\r\n`), from a job's done
+/// descriptor until EOF or until `on_key` returns false. A line that is not
+/// UTF-8 is passed as `None`.
+pub(crate) fn read_done_keys(reader: std::fs::File, mut on_key: impl FnMut(Option<&str>) -> bool) {
+    let mut r = BufReader::with_capacity(1 << 16, reader);
+    let mut line = Vec::with_capacity(128);
+    loop {
+        line.clear();
+        match r.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let raw = line.strip_suffix(b"\n").unwrap_or(&line);
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if !on_key(std::str::from_utf8(raw).ok()) {
+            return;
+        }
+    }
 }

@@ -607,6 +607,18 @@ impl Attempt<'_> {
     }
 }
 
+/// The log of one run (attempt) of `job`.
+fn open_log(ctx: &Context, job: &Job, p: &Prepared, record: &RunRecord) -> Result<RunLog> {
+    RunLog::create(
+        &ctx.global.log_dir,
+        &job.name,
+        &record.id,
+        ctx.global.log_max_bytes,
+        p.redactor.clone(),
+        p.tz.clone(),
+    )
+}
+
 pub(crate) fn lock_log(log: &Mutex<RunLog>) -> std::sync::MutexGuard<'_, RunLog> {
     log.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -619,15 +631,7 @@ fn one_attempt(
     mode: AcquireMode,
     control: &Control,
 ) -> Result<(AttemptResult, Vec<String>)> {
-    let log = RunLog::create(
-        &ctx.global.log_dir,
-        &job.name,
-        &record.id,
-        ctx.global.log_max_bytes,
-        p.redactor.clone(),
-        p.tz.clone(),
-    )?;
-    let log = Mutex::new(log);
+    let log = Mutex::new(open_log(ctx, job, p, record)?);
     let env = attempt_env(ctx, job, p, record);
     let a = Attempt {
         ctx,
@@ -728,15 +732,7 @@ pub(crate) fn with_worker_attempt<R>(
     control: &Control,
     f: impl FnOnce(&Attempt<'_>) -> R,
 ) -> Result<R> {
-    let log = RunLog::create(
-        &ctx.global.log_dir,
-        &job.name,
-        &record.id,
-        ctx.global.log_max_bytes,
-        p.redactor.clone(),
-        p.tz.clone(),
-    )?;
-    let log = Mutex::new(log);
+    let log = Mutex::new(open_log(ctx, job, p, record)?);
     let a = Attempt {
         ctx,
         job,
