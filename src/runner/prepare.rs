@@ -1,0 +1,170 @@
+//! Everything about a job that does not change between its attempts: param
+//! values, the scope, templates, the environment (env_file values become
+//! secrets), the run-as user, and the exact re-run command.
+
+use crate::clock;
+use crate::error::{Error, Result};
+use crate::redact::Redactor;
+use batchguard_config::{Job, template};
+use batchguard_supervise as supervise;
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+
+use super::Request;
+
+/// Everything about the job that does not change between attempts.
+pub(crate) struct Prepared {
+    pub(crate) params: BTreeMap<String, String>,
+    pub(crate) scope: Option<String>,
+    pub(crate) shard: Option<(u32, u32)>,
+    pub(crate) no_work: bool,
+    pub(crate) env: Vec<(OsString, OsString)>,
+    pub(crate) redactor: Redactor,
+    pub(crate) run_as: Option<supervise::RunAs>,
+    pub(crate) tz: jiff::tz::TimeZone,
+    pub(crate) today: String,
+    pub(crate) yesterday: String,
+}
+
+pub(crate) fn builtin(job: &Job, run_id: &str, p: &Prepared, name: &str) -> Option<String> {
+    match name {
+        "job" => Some(job.name.clone()),
+        "run_id" => Some(run_id.to_string()),
+        "today" => Some(p.today.clone()),
+        "yesterday" => Some(p.yesterday.clone()),
+        _ => p.params.get(name).cloned(),
+    }
+}
+
+pub(crate) fn render_all(
+    job: &Job,
+    run_id: &str,
+    p: &Prepared,
+    what: &str,
+    templates: &[String],
+) -> Result<Vec<String>> {
+    templates
+        .iter()
+        .map(|t| {
+            template::render(t, &|n| builtin(job, run_id, p, n)).map_err(|e| {
+                Error::Usage(format!(
+                    "job `{}`: cannot render {what} `{t}`: {e}",
+                    job.name
+                ))
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn prepare(job: &Job, req: &Request) -> Result<Prepared> {
+    let tz = clock::zone(job.timezone.as_deref());
+    let (today, yesterday) = clock::today_yesterday(clock::now_ms(), &tz);
+    let mut p = Prepared {
+        params: BTreeMap::new(),
+        scope: None,
+        shard: req.shard,
+        no_work: req.no_work,
+        env: Vec::new(),
+        redactor: Redactor::default(),
+        run_as: None,
+        tz,
+        today,
+        yesterday,
+    };
+    // Param defaults may use the built-ins; --param overrides are literal.
+    let mut params = BTreeMap::new();
+    for (k, v) in &job.params {
+        let value = render_all(job, "", &p, "param", std::slice::from_ref(v))?.remove(0);
+        params.insert(k.clone(), value);
+    }
+    for (k, v) in &req.params {
+        if !job.params.contains_key(k) {
+            let known: Vec<&str> = job.params.keys().map(String::as_str).collect();
+            return Err(Error::Usage(format!(
+                "job `{}` has no param `{k}` (declared params: {}); declare it under [params]",
+                job.name,
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+        params.insert(k.clone(), v.clone());
+    }
+    p.params = params;
+    p.scope = match (
+        &req.scope,
+        job.items.as_ref().and_then(|i| i.scope.as_ref()),
+    ) {
+        (Some(s), _) => Some(s.clone()),
+        (None, Some(t)) => {
+            Some(render_all(job, "", &p, "items.scope", std::slice::from_ref(t))?.remove(0))
+        }
+        (None, None) => None,
+    };
+
+    // Environment: the runner's, then env_file (secrets), then env.
+    let mut env: BTreeMap<OsString, OsString> = std::env::vars_os()
+        .filter(|(k, _)| !k.to_string_lossy().starts_with("BATCHGUARD_"))
+        .collect();
+    let mut secrets = Vec::new();
+    if let Some(path) = &job.env_file {
+        let iter = dotenvy::from_path_iter(path).map_err(|e| Error::EnvFile {
+            job: job.name.clone(),
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        for item in iter {
+            let (k, v) = item.map_err(|e| Error::EnvFile {
+                job: job.name.clone(),
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            secrets.push(v.clone());
+            env.insert(k.into(), v.into());
+        }
+    }
+    for (k, v) in &job.env {
+        env.insert(k.into(), v.into());
+    }
+    for name in &job.secrets {
+        if let Some(v) = env.get(&OsString::from(name)) {
+            secrets.push(v.to_string_lossy().into_owned());
+        }
+    }
+    if let Some(user) = &job.user {
+        let run_as = supervise::RunAs::lookup(user)
+            .map_err(|e| Error::Usage(format!("job `{}`: user `{user}`: {e}", job.name)))?;
+        env.insert("USER".into(), user.into());
+        env.insert("LOGNAME".into(), user.into());
+        env.insert("HOME".into(), run_as.home.clone().into_os_string());
+        p.run_as = Some(run_as);
+    }
+    p.env = env.into_iter().collect();
+    p.redactor = Redactor::new(secrets);
+    Ok(p)
+}
+
+/// The exact command that re-runs this job with the same params and scope.
+pub(crate) fn rerun_command(job: &Job, p: &Prepared) -> String {
+    let mut cmd = format!("batchguard run {}", job.name);
+    for (k, v) in &p.params {
+        cmd.push_str(&format!(" --param {}", shell_quote(&format!("{k}={v}"))));
+    }
+    if let Some(scope) = &p.scope {
+        cmd.push_str(&format!(" --scope {}", shell_quote(scope)));
+    }
+    cmd
+}
+
+pub(crate) fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.,:=/@+%".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
