@@ -9,5 +9,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
-    std::process::exit(batchguard::cli::main());
+    let code = batchguard::cli::main();
+    tracing::debug!(code, "exiting");
+    std::process::exit(code);
 }

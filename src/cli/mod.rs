@@ -263,6 +263,7 @@ fn state_url(cli_state: Option<&str>, global: &Global) -> String {
 
 fn context(cli: &Cli, global: Global) -> Result<Context> {
     let url = state_url(cli.state.as_deref(), &global);
+    tracing::debug!("configuration loaded");
     let store = store::open(&url)?;
     tracing::debug!(url = %url, "state store open");
     let me = host::identity(global.host.as_deref());
@@ -380,7 +381,9 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 &global,
             )?;
             let ctx = context(&cli, global)?;
-            Ok(runner::run(&ctx, &job, &Request::default())?.exit_code)
+            let code = runner::run(&ctx, &job, &Request::default())?.exit_code;
+            tracing::debug!("run returned");
+            Ok(code)
         }
         Command::Publish { src, dest } => {
             publish::publish(src, dest)?;

@@ -145,6 +145,28 @@ const RUN_COLUMNS: &str = "id, job, lock_name, host, boot_id, pid, pid_start, fe
 pub struct SqliteStore {
     url: String,
     conn: Mutex<Connection>,
+    /// The write-ahead log, whose size decides the checkpoint on close.
+    wal: std::path::PathBuf,
+}
+
+/// Above this size the WAL is checkpointed and truncated when a store
+/// closes. Every CLI invocation that opens the store first rebuilds the WAL
+/// index by reading every frame of the WAL, so it is kept small; below it,
+/// closing costs nothing (no checkpoint, no fsync).
+const WAL_TRUNCATE_AT: u64 = 1 << 20;
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        let big = std::fs::metadata(&self.wal).is_ok_and(|m| m.len() > WAL_TRUNCATE_AT);
+        if big {
+            let conn = self.conn();
+            // Best effort: a busy database just keeps its WAL a while longer.
+            let _ = conn.busy_timeout(Duration::from_millis(200));
+            if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
+                tracing::debug!(error = %e, "WAL checkpoint on close skipped");
+            }
+        }
+    }
 }
 
 impl SqliteStore {
@@ -178,9 +200,12 @@ impl SqliteStore {
             true,
         )
         .map_err(err)?;
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
         let store = SqliteStore {
             url: url.to_string(),
             conn: Mutex::new(conn),
+            wal: wal.into(),
         };
         store.migrate()?;
         Ok(store)
