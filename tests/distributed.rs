@@ -8,30 +8,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_batchguard");
-static SERIAL: Mutex<()> = Mutex::new(());
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn base() -> String {
-    std::env::var("BATCHGUARD_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-fn admin() -> postgres::Client {
-    postgres::Client::connect(
-        &format!("{}?application_name=batchguard_test_admin", base()),
-        postgres::NoTls,
-    )
-    .expect("connect to the test PostgreSQL")
-}
+mod pg_common;
+use pg_common::{admin, base, next_id, serial};
 
 /// One test's world: a schema, a config dir, a log dir.
 struct World {
@@ -49,11 +30,7 @@ impl World {
             .unwrap();
         let root = tmp.path().to_path_buf();
         std::fs::create_dir_all(root.join("etc/jobs")).unwrap();
-        let schema = format!(
-            "dist_{prefix}_{}_{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
+        let schema = format!("dist_{prefix}_{}_{}", std::process::id(), next_id());
         let state = format!("{}?schema={schema}", base());
         let w = World {
             _tmp: tmp,

@@ -11,29 +11,12 @@ use batchguard::store::{
 };
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-static SERIAL: Mutex<()> = Mutex::new(());
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn base() -> String {
-    std::env::var("BATCHGUARD_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-fn admin() -> postgres::Client {
-    postgres::Client::connect(
-        &format!("{}?application_name=batchguard_test_admin", base()),
-        postgres::NoTls,
-    )
-    .expect("connect to the test PostgreSQL")
-}
+mod pg_common;
+use pg_common::{admin, base, next_id, serial};
 
 /// Fresh schema names, dropped (with everything in them) on drop.
 #[derive(Default)]
@@ -41,11 +24,7 @@ struct Schemas(Mutex<Vec<String>>);
 
 impl Schemas {
     fn fresh(&self, prefix: &str) -> String {
-        let name = format!(
-            "{prefix}_{}_{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
+        let name = format!("{prefix}_{}_{}", std::process::id(), next_id());
         self.0.lock().unwrap().push(name.clone());
         name
     }
