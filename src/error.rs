@@ -22,6 +22,10 @@ pub enum Error {
         dir: PathBuf,
         known: String,
     },
+    #[error(
+        "the configuration directory {0} does not exist: pass --config-dir DIR or set BATCHGUARD_CONFIG_DIR"
+    )]
+    NoConfigDir(PathBuf),
     #[error("no run `{0}` in the state store")]
     UnknownRun(String),
     #[error("cannot {action} {path}: {source}")]
@@ -51,7 +55,7 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Config(_) | Error::EnvFile { .. } => exit::CONFIG,
+            Error::Config(_) | Error::EnvFile { .. } | Error::NoConfigDir(_) => exit::CONFIG,
             Error::Usage(_) => exit::USAGE,
             Error::Store(_) => exit::UNAVAILABLE,
             Error::UnknownJob { .. } | Error::UnknownRun(_) => exit::FAILURE,

@@ -277,6 +277,9 @@ fn context(cli: &Cli, global: Global) -> Result<Context> {
 
 fn load_job(dir: &Path, name: &str, global: &Global) -> Result<Job> {
     let path = dir.join("jobs").join(format!("{name}.toml"));
+    if !dir.is_dir() {
+        return Err(Error::NoConfigDir(dir.to_path_buf()));
+    }
     if !path.is_file() {
         return Err(Error::UnknownJob {
             job: name.to_string(),

@@ -58,6 +58,11 @@ fn unknown_job_and_usage_errors() {
     let env = Env::new();
     env.job("known", "command = [\"true\"]\n");
     env.run(&["run", "unknown"]).code(1).stderr_has("known");
+    let mut c = env.cmd(&["run", "known"]);
+    c.args(["--config-dir", "/nonexistent/batchguard"]);
+    env.run_cmd(c)
+        .code(78)
+        .stderr_has("/nonexistent/batchguard does not exist");
     env.run(&["run"]).code(2);
     env.run(&["frobnicate"]).code(2);
     env.run(&["run", "known", "--param", "novalue"]).code(2);
