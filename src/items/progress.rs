@@ -10,6 +10,16 @@ use std::time::{Duration, Instant};
 
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// The interval between progress lines: [`LOG_EVERY`], or
+/// `BATCHGUARD_PROGRESS_EVERY` (a duration such as `2s`) when set.
+fn log_every() -> Duration {
+    std::env::var("BATCHGUARD_PROGRESS_EVERY")
+        .ok()
+        .and_then(|v| batchguard_config::parse_duration(&v).ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(LOG_EVERY)
+}
+
 /// Report progress until `finished` is set. `note` writes a log line.
 pub fn run(total: u64, stats: &Stats, finished: &AtomicBool, note: &dyn Fn(&str)) {
     let start = Instant::now();
@@ -23,7 +33,8 @@ pub fn run(total: u64, stats: &Stats, finished: &AtomicBool, note: &dyn Fn(&str)
         }
         bar
     });
-    let mut next_log = start + LOG_EVERY;
+    let every = log_every();
+    let mut next_log = start + every;
     while !finished.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));
         let n = done();
@@ -35,7 +46,7 @@ pub fn run(total: u64, stats: &Stats, finished: &AtomicBool, note: &dyn Fn(&str)
             }
         }
         if Instant::now() >= next_log {
-            next_log += LOG_EVERY;
+            next_log += every;
             note(&line(total, n, stats, start.elapsed()));
         }
     }

@@ -391,3 +391,28 @@ fn replaced_run_cannot_record_its_late_completions() {
     assert_eq!(fences, [runs[0]["fence"].as_i64().unwrap()]);
     assert_eq!(runs[0]["items"]["done"], 6);
 }
+
+#[test]
+fn long_runs_write_progress_lines_to_the_log() {
+    let env = Env::new();
+    let keys = keys_file(&env, 40);
+    env.job(
+        "slow",
+        &format!(
+            "command = [\"sh\", \"-c\", \"while read k; do sleep 0.05; echo $k >&3; done\"]\n[items]\nmode = \"stream\"\nsource_file = \"{}\"\n",
+            keys.display()
+        ),
+    );
+    let mut c = env.cmd(&["run", "slow"]);
+    c.env("BATCHGUARD_PROGRESS_EVERY", "500ms");
+    env.run_cmd(c).code(0);
+    let log = env.log_of(&env.last_run("slow"));
+    let line = log
+        .lines()
+        .find(|l| l.contains("batchguard progress: "))
+        .unwrap_or_else(|| panic!("no progress line in:\n{log}"));
+    assert!(
+        line.contains("/40 items") && line.contains("/s, eta "),
+        "{line}"
+    );
+}
