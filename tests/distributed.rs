@@ -355,6 +355,7 @@ fn a_killed_workers_keys_are_reclaimed_after_the_lease() {
     });
     let survivor = w.spawn(&["worker", "dist", "--concurrency", "4"]);
     let held = w.count("SELECT count(*) FROM queue WHERE state = 1");
+    let victim_pid = victim.id();
     victim.kill().unwrap(); // SIGKILL
     assert!(held > 0, "the victim held a batch when killed");
     let _ = victim.wait();
@@ -376,6 +377,40 @@ fn a_killed_workers_keys_are_reclaimed_after_the_lease() {
         "kill test: {extra} keys redone (bound {batch}), {:?}",
         t0.elapsed()
     );
+    // The survivor removed the dead worker's cgroup on its way out.
+    assert!(
+        worker_cgroups(victim_pid).is_empty(),
+        "the killed worker's cgroup is left: {:?}",
+        worker_cgroups(victim_pid)
+    );
+}
+
+/// The cgroup directories named after worker `pid` (cgroup v1 or v2 layout).
+fn worker_cgroups(pid: u32) -> Vec<std::path::PathBuf> {
+    let mut parents = vec![std::path::PathBuf::from("/sys/fs/cgroup/batchguard")];
+    if let Ok(text) = std::fs::read_to_string("/proc/self/cgroup") {
+        for line in text.lines() {
+            let mut f = line.splitn(3, ':');
+            if let (Some(_), Some(ctl), Some(path)) = (f.next(), f.next(), f.next()) {
+                if ctl.split(',').any(|c| c == "memory") {
+                    parents.push(format!("/sys/fs/cgroup/memory{path}/batchguard").into());
+                }
+            }
+        }
+    }
+    let prefix = format!("w-{pid}-");
+    parents
+        .iter()
+        .filter_map(|p| std::fs::read_dir(p).ok())
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix))
+        })
+        .collect()
 }
 
 #[test]

@@ -557,10 +557,56 @@ fn refuse(a: &Attempt<'_>, msg: String) -> AttemptResult {
 }
 
 fn group_for(a: &Attempt<'_>) -> Result<(Group, supervise::Enforcement)> {
+    group_named(a, &a.record.id)
+}
+
+fn group_named(a: &Attempt<'_>, name: &str) -> Result<(Group, supervise::Enforcement)> {
     let mode = supervise::detect();
-    let group = Group::create(&a.record.id, a.job.memory_max, mode)
+    let group = Group::create(name, a.job.memory_max, mode)
         .map_err(|e| Error::Usage(format!("cannot create the run's cgroup: {e}")))?;
     Ok((group, mode))
+}
+
+/// Prefix of a worker's cgroup name: `w-PID-STARTTIME-ID`. A worker has no
+/// run row through which a later run could clean up after it, so the name
+/// itself says whose it is.
+const WORKER_CGROUP: &str = "w-";
+
+/// A worker's cgroup, named after the worker process.
+fn worker_group(a: &Attempt<'_>) -> Result<(Group, supervise::Enforcement)> {
+    let pid = std::process::id() as i32;
+    let start = supervise::procfs::start_time(pid).unwrap_or(0);
+    let (group, mode) = group_named(a, &format!("{WORKER_CGROUP}{pid}-{start}-{}", a.record.id))?;
+    if let Some(parent) = group.path().and_then(|p| p.parent()) {
+        remove_dead_worker_groups(parent, a.job.kill_grace);
+    }
+    Ok((group, mode))
+}
+
+/// Stop what SIGKILLed workers left behind and remove their cgroups: any
+/// sibling `w-PID-START-…` whose process is gone (a recycled pid has another
+/// start time, so a live worker is never touched).
+fn remove_dead_worker_groups(parent: &std::path::Path, grace: std::time::Duration) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(WORKER_CGROUP)) else {
+            continue;
+        };
+        let mut parts = rest.splitn(3, '-');
+        let (Some(pid), Some(start)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let (Ok(pid), Ok(start)) = (pid.parse::<i32>(), start.parse::<u64>()) else {
+            continue;
+        };
+        if !supervise::procfs::is_alive(pid, start) {
+            tracing::info!(cgroup = %entry.path().display(), "removing a dead worker's cgroup");
+            supervise::kill_leftovers(Some(&entry.path()), None, grace);
+        }
+    }
 }
 
 /// The coordinator: enqueue, work (unless `--no-work`), wait for the end.
@@ -833,7 +879,7 @@ fn worker_loop(
                 "worker {me} working for run {} (fence {}), scope {scope:?}",
                 coord.id, coord.fence
             ));
-            let (group, mode) = group_for(a)?;
+            let (group, mode) = worker_group(a)?;
             let run_argv = items.run.clone().unwrap_or_default();
             let stream = match items.mode {
                 ItemsMode::Stream => Some(a.render("command", &a.job.command, None)?),
@@ -863,6 +909,10 @@ fn worker_loop(
             let more =
                 |_: &QueueCounts| matches!(ctx.store.get_run(&coord.id), Ok(Some(r)) if alive(&r));
             work.run(&more);
+            // Workers that died meanwhile (SIGKILL) are cleaned up now.
+            if let Some(parent) = group.path().and_then(|p| p.parent()) {
+                remove_dead_worker_groups(parent, a.job.kill_grace);
+            }
             a.note(&format!(
                 "worker {me}: {} done, {} failed for run {}",
                 work.session.done.load(Ordering::SeqCst),
