@@ -1,7 +1,9 @@
 //! Per-item mode: many children joining one run-level group (real processes).
 
-use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+mod common;
+use common::*;
+
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -9,82 +11,9 @@ use batchguard_supervise::{
     self as sv, CgroupPlacement, End, Enforcement, Group, Limits, Outcome, Spec,
 };
 
-fn spec(argv: &[&str]) -> Spec {
-    Spec {
-        argv: argv.iter().map(OsString::from).collect(),
-        env: std::env::vars_os().collect(),
-        ..Spec::default()
-    }
-}
-
-fn sh(script: &str) -> Spec {
-    spec(&["sh", "-c", script])
-}
-
-fn unique(tag: &str) -> String {
-    use std::sync::atomic::AtomicU32;
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "test-{}-{}-{}",
-        tag,
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
 fn joined(mut s: Spec, g: &Group) -> Spec {
     s.cgroup = CgroupPlacement::Join(g.handle());
     s
-}
-
-fn host_cgroup() -> Option<Enforcement> {
-    match sv::detect_host() {
-        e @ (Enforcement::Cgroup1 | Enforcement::Cgroup2) => Some(e),
-        _ => None,
-    }
-}
-
-fn modes() -> Vec<Enforcement> {
-    let mut m = vec![Enforcement::Poll];
-    m.extend(host_cgroup());
-    m
-}
-
-fn host_mode() -> Enforcement {
-    host_cgroup().unwrap_or(Enforcement::Poll)
-}
-
-fn gone(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(s) => {
-            let rest = &s[s.rfind(')').map(|i| i + 2).unwrap_or(0)..];
-            rest.starts_with('Z') || rest.starts_with('X')
-        }
-    }
-}
-
-fn read_pid(path: &Path) -> i32 {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Ok(s) = std::fs::read_to_string(path) {
-            if let Ok(p) = s.trim().parse() {
-                return p;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pid file {} never written",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(unique(tag));
-    std::fs::create_dir_all(&d).expect("tmpdir");
-    d
 }
 
 fn wait(child: sv::Child) -> Outcome {
@@ -176,14 +105,6 @@ fn spawn_cost_join_vs_create() {
         per(raw)
     );
     assert!(join < Duration::from_secs(20) && create < Duration::from_secs(20));
-}
-
-fn python_hog() -> Spec {
-    spec(&[
-        "python3",
-        "-c",
-        "import time\na = b'x' * (300 << 20)\nprint('allocated', flush=True)\ntime.sleep(30)",
-    ])
 }
 
 fn hog_limits() -> Limits {

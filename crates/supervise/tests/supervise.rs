@@ -1,6 +1,8 @@
 //! End-to-end tests with real processes, signals and (where the host has them) cgroups.
 
-use std::ffi::OsString;
+mod common;
+use common::*;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -10,43 +12,9 @@ use batchguard_supervise::{
     StdinMode, StopReason, Stream,
 };
 
-fn env() -> Vec<(OsString, OsString)> {
-    // The full test environment (python3 may be a pyenv shim that needs it).
-    std::env::vars_os().collect()
-}
-
-fn spec(argv: &[&str]) -> Spec {
-    Spec {
-        argv: argv.iter().map(OsString::from).collect(),
-        env: env(),
-        ..Spec::default()
-    }
-}
-
-fn sh(script: &str) -> Spec {
-    spec(&["sh", "-c", script])
-}
-
-fn unique(tag: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "test-{}-{}-{}",
-        tag,
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
 fn with_cgroup(mut s: Spec, tag: &str) -> Spec {
     s.cgroup = CgroupPlacement::Create { name: unique(tag) };
     s
-}
-
-fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(unique(tag));
-    std::fs::create_dir_all(&d).expect("tmpdir");
-    d
 }
 
 type Lines = Vec<(Stream, Vec<u8>)>;
@@ -69,48 +37,6 @@ fn text(lines: &Lines, stream: Stream) -> Vec<String> {
         .filter(|(s, _)| *s == stream)
         .map(|(_, l)| String::from_utf8_lossy(l).into_owned())
         .collect()
-}
-
-/// A process is gone when /proc has no live (non-zombie) entry for it.
-fn gone(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(s) => {
-            let rest = &s[s.rfind(')').map(|i| i + 2).unwrap_or(0)..];
-            rest.starts_with('Z') || rest.starts_with('X')
-        }
-    }
-}
-
-fn read_pid(path: &Path) -> i32 {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Ok(s) = std::fs::read_to_string(path) {
-            if let Ok(p) = s.trim().parse() {
-                return p;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pid file {} never written",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// The cgroup mode of this host, or None when it has none (then cgroup tests only run in poll mode).
-fn host_cgroup() -> Option<Enforcement> {
-    match sv::detect_host() {
-        e @ (Enforcement::Cgroup1 | Enforcement::Cgroup2) => Some(e),
-        _ => None,
-    }
-}
-
-fn modes() -> Vec<Enforcement> {
-    let mut m = vec![Enforcement::Poll];
-    m.extend(host_cgroup());
-    m
 }
 
 // ---------------------------------------------------------------------------
@@ -299,14 +225,6 @@ fn term_ignoring_child_is_killed_after_grace() {
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
-}
-
-fn python_hog() -> Spec {
-    spec(&[
-        "python3",
-        "-c",
-        "import time\na = b'x' * (300 << 20)\nprint('allocated', flush=True)\ntime.sleep(30)",
-    ])
 }
 
 #[test]

@@ -1,25 +1,12 @@
 //! Throughput of short joined children (per-item mode). Not a correctness test:
 //! `cargo test --release -p batchguard-supervise --test throughput -- --ignored --nocapture`
 
-use std::ffi::OsString;
+mod common;
+use common::*;
+
 use std::time::{Duration, Instant};
 
-use batchguard_supervise::{self as sv, CgroupPlacement, End, Enforcement, Group, Limits, Spec};
-
-fn spec(argv: &[&str]) -> Spec {
-    Spec {
-        argv: argv.iter().map(OsString::from).collect(),
-        env: std::env::vars_os().collect(),
-        ..Spec::default()
-    }
-}
-
-fn host_mode() -> Enforcement {
-    match sv::detect_host() {
-        e @ (Enforcement::Cgroup1 | Enforcement::Cgroup2) => e,
-        _ => Enforcement::Poll,
-    }
-}
+use batchguard_supervise::{self as sv, CgroupPlacement, End, Group, Limits};
 
 fn per_thread(threads: usize, n: usize, f: &(dyn Fn() + Sync)) -> Duration {
     let start = Instant::now();

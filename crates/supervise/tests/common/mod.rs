@@ -1,0 +1,98 @@
+//! Helpers shared by the supervise test binaries: specs for real commands,
+//! unique names, the host's cgroup mode, and process checks. Each test
+//! binary uses its own subset.
+#![allow(dead_code)]
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use batchguard_supervise::{self as sv, Enforcement, Spec};
+
+/// `argv` with the full test environment (python3 may be a pyenv shim that needs it).
+pub fn spec(argv: &[&str]) -> Spec {
+    Spec {
+        argv: argv.iter().map(OsString::from).collect(),
+        env: std::env::vars_os().collect(),
+        ..Spec::default()
+    }
+}
+
+pub fn sh(script: &str) -> Spec {
+    spec(&["sh", "-c", script])
+}
+
+/// A name unique within this test run (cgroups, temp dirs).
+pub fn unique(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "test-{}-{}-{}",
+        tag,
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+pub fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(unique(tag));
+    std::fs::create_dir_all(&d).expect("tmpdir");
+    d
+}
+
+/// The cgroup mode of this host, or None when it has none (then cgroup tests only run in poll mode).
+pub fn host_cgroup() -> Option<Enforcement> {
+    match sv::detect_host() {
+        e @ (Enforcement::Cgroup1 | Enforcement::Cgroup2) => Some(e),
+        _ => None,
+    }
+}
+
+pub fn host_mode() -> Enforcement {
+    host_cgroup().unwrap_or(Enforcement::Poll)
+}
+
+/// Poll mode, and the host's cgroup mode when it has one.
+pub fn modes() -> Vec<Enforcement> {
+    let mut m = vec![Enforcement::Poll];
+    m.extend(host_cgroup());
+    m
+}
+
+/// A process is gone when /proc has no live (non-zombie) entry for it.
+pub fn gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => {
+            let rest = &s[s.rfind(')').map(|i| i + 2).unwrap_or(0)..];
+            rest.starts_with('Z') || rest.starts_with('X')
+        }
+    }
+}
+
+/// Wait (up to 5 s) for a pid file written by a test script.
+pub fn read_pid(path: &Path) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            if let Ok(p) = s.trim().parse() {
+                return p;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pid file {} never written",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// python3 allocating 300 MiB, then sleeping.
+pub fn python_hog() -> Spec {
+    spec(&[
+        "python3",
+        "-c",
+        "import time\na = b'x' * (300 << 20)\nprint('allocated', flush=True)\ntime.sleep(30)",
+    ])
+}
