@@ -3,7 +3,7 @@
 //! is down; noise control over a failure streak.
 
 use crate::harness::*;
-use crate::receiver::{Http, Smtp, free_port};
+use crate::receiver::{Http, Smtp, free_port, webhook_receiver};
 use hmac::{Hmac, KeyInit, Mac};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -180,11 +180,7 @@ fn mail_says_job_host_and_outcome_without_secrets() {
 #[test]
 fn fifty_failures_in_a_row_page_once_then_recover() {
     let env = Env::new();
-    let hook = Http::start();
-    env.global(&format!(
-        "[channels.hook]\ntype = \"webhook\"\nurl = \"{}\"",
-        hook.url("/")
-    ));
+    let hook = webhook_receiver(&env, "");
     env.job(
         "flappy",
         "command = [\"false\"]\n[notify]\nchannels = [\"hook\"]\n",
@@ -214,11 +210,7 @@ fn fifty_failures_in_a_row_page_once_then_recover() {
 #[test]
 fn a_digest_summarises_a_streak_once_per_interval() {
     let env = Env::new();
-    let hook = Http::start();
-    env.global(&format!(
-        "notify_digest = \"1s\"\n[channels.hook]\ntype = \"webhook\"\nurl = \"{}\"",
-        hook.url("/")
-    ));
+    let hook = webhook_receiver(&env, "notify_digest = \"1s\"\n");
     env.job(
         "flappy",
         "command = [\"false\"]\n[notify]\nchannels = [\"hook\"]\n",
@@ -298,11 +290,7 @@ fn notify_test_reports_each_channel() {
 #[test]
 fn overrun_is_sent_while_the_run_is_still_going() {
     let env = Env::new();
-    let hook = Http::start();
-    env.global(&format!(
-        "[channels.hook]\ntype = \"webhook\"\nurl = \"{}\"",
-        hook.url("/")
-    ));
+    let hook = webhook_receiver(&env, "");
     env.job(
         "slowpoke",
         "command = [\"sleep\", \"3\"]\nexpected_duration = \"300ms\"\n[notify]\nchannels = [\"hook\"]\n",
@@ -325,11 +313,7 @@ fn overrun_is_sent_while_the_run_is_still_going() {
 #[test]
 fn lost_and_skipped_runs_are_notified() {
     let env = Env::new();
-    let hook = Http::start();
-    env.global(&format!(
-        "[channels.hook]\ntype = \"webhook\"\nurl = \"{}\"",
-        hook.url("/")
-    ));
+    let hook = webhook_receiver(&env, "");
     let pidfile = env.path("pid");
     env.job(
         "fragile",
@@ -393,11 +377,7 @@ fn slack_blocks_read_well_on_a_phone() {
 #[test]
 fn a_replica_that_cannot_be_checked_keeps_the_run_from_starting() {
     let env = Env::new();
-    let hook = Http::start();
-    env.global(&format!(
-        "[channels.hook]\ntype = \"webhook\"\nurl = \"{}\"",
-        hook.url("/")
-    ));
+    let hook = webhook_receiver(&env, "");
     let marker = env.path("ran");
     env.job(
         "reader",

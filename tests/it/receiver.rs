@@ -133,6 +133,17 @@ fn read_request(stream: &TcpStream) -> Option<Request> {
     })
 }
 
+/// Start an HTTP receiver and configure it as the webhook channel `hook`
+/// (after `extra` global settings, e.g. `notify_digest = "1s"\n`).
+pub fn webhook_receiver(env: &crate::harness::Env, extra: &str) -> Http {
+    let hook = Http::start();
+    env.global(&format!(
+        "{extra}[channels.hook]\ntype = \"webhook\"\nurl = \"{}\"",
+        hook.url("/")
+    ));
+    hook
+}
+
 /// A free TCP port on loopback (bound and released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -2,7 +2,7 @@
 //! cron next across a DST change, and the watchdog raising `missed` once.
 
 use crate::harness::*;
-use crate::receiver::Http;
+use crate::receiver::webhook_receiver;
 use std::os::unix::fs::PermissionsExt;
 
 #[test]
@@ -97,11 +97,7 @@ fn cron_next_follows_cron_across_dst() {
 #[test]
 fn watchdog_raises_missed_exactly_once() {
     let env = Env::new();
-    let hook = Http::start();
-    env.global(&format!(
-        "missed_grace = \"1s\"\n[channels.hook]\ntype = \"webhook\"\nurl = \"{}\"",
-        hook.url("/")
-    ));
+    let hook = webhook_receiver(&env, "missed_grace = \"1s\"\n");
     env.job(
         "every-minute",
         "command = [\"true\"]\nschedule = \"* * * * *\"\n[notify]\nchannels = [\"hook\"]\n",
