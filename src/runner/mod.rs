@@ -232,7 +232,10 @@ pub fn run(ctx: &Context, job: &Job, req: &Request) -> Result<Report> {
             }
         });
         s.spawn(|| heartbeat_loop(ctx, job, &p, fence, mode, &control, hb_stop_rx));
-        s.spawn(|| notice::ping_start(ctx, job, &run_id));
+        // Only jobs with a ping channel pay for the thread.
+        if notice::has_ping_channel(ctx, job) {
+            s.spawn(|| notice::ping_start(ctx, job, &run_id));
+        }
         let report = attempts(ctx, job, &p, fence, mode, first, &control, &sig_rx);
         let _ = hb_stop_tx.send(());
         signals_handle.close();

@@ -256,6 +256,15 @@ pub(crate) fn overrun(ctx: &Context, job: &Job, p: &Prepared, run: &RunRecord, e
 /// Healthchecks-style `start` pings for the job's ping channels, sent
 /// directly (a late start ping is worthless, so it is not kept in the
 /// outbox). Runs beside the job, never in its way.
+pub(crate) fn has_ping_channel(ctx: &Context, job: &Job) -> bool {
+    job.notify.channels.iter().any(|name| {
+        matches!(
+            ctx.global.channels.get(name),
+            Some(batchguard_config::Channel::Ping { .. })
+        )
+    })
+}
+
 pub(crate) fn ping_start(ctx: &Context, job: &Job, run_id: &str) {
     for name in &job.notify.channels {
         if !matches!(
