@@ -90,7 +90,8 @@ pub fn wanted(job: &Job, event: &str) -> bool {
     job.notify.on.iter().any(|e| e.as_str() == event)
 }
 
-fn is_ping(global: &Global, channel: &str) -> bool {
+/// Is `channel` a ping (dead-man's switch) channel?
+pub(crate) fn is_ping(global: &Global, channel: &str) -> bool {
     matches!(global.channels.get(channel), Some(Channel::Ping { .. }))
 }
 

@@ -257,20 +257,15 @@ pub(crate) fn overrun(ctx: &Context, job: &Job, p: &Prepared, run: &RunRecord, e
 /// directly (a late start ping is worthless, so it is not kept in the
 /// outbox). Runs beside the job, never in its way.
 pub(crate) fn has_ping_channel(ctx: &Context, job: &Job) -> bool {
-    job.notify.channels.iter().any(|name| {
-        matches!(
-            ctx.global.channels.get(name),
-            Some(batchguard_config::Channel::Ping { .. })
-        )
-    })
+    job.notify
+        .channels
+        .iter()
+        .any(|name| notify::is_ping(&ctx.global, name))
 }
 
 pub(crate) fn ping_start(ctx: &Context, job: &Job, run_id: &str) {
     for name in &job.notify.channels {
-        if !matches!(
-            ctx.global.channels.get(name),
-            Some(batchguard_config::Channel::Ping { .. })
-        ) {
+        if !notify::is_ping(&ctx.global, name) {
             continue;
         }
         let payload = Payload {
