@@ -28,6 +28,7 @@ use crate::logs;
 use crate::outcome::Outcome;
 use crate::store::{AcquireMode, RunEnd, RunRecord, RunnerIdentity, Store};
 use batchguard_config::{Concurrency, Global, Job};
+use batchguard_supervise as supervise;
 use std::io::IsTerminal;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -102,7 +103,10 @@ fn base_record(ctx: &Context, job: &Job, p: &Prepared, run_id: &str, attempt: u3
         items_failed: Vec::new(),
         started_ms: now,
         runner: ctx.me.clone(),
-        cgroup: None,
+        // Known before the spawn: a runner killed right after spawning
+        // still leaves the way to its tree in the record.
+        cgroup: supervise::planned_cgroup(run_id, supervise::detect())
+            .map(|p| p.display().to_string()),
         pgid: None,
         heartbeat_ms: now,
     }

@@ -242,6 +242,18 @@ impl FromStr for Enforcement {
     }
 }
 
+/// Where a cgroup named `name` (`CgroupPlacement::Create` or
+/// [`Group::create`]) is placed in `mode`, computed without creating
+/// anything. A runner records it before spawning, so that whoever cleans up
+/// after a runner killed right after the spawn still finds the whole tree.
+pub fn planned_cgroup(name: &str, mode: Enforcement) -> Option<PathBuf> {
+    match mode {
+        Enforcement::Cgroup2 => cgroup::v2_root().map(|r| r.join("batchguard").join(name)),
+        Enforcement::Cgroup1 => cgroup::v1_own().map(|o| o.join("batchguard").join(name)),
+        Enforcement::Poll | Enforcement::None => None,
+    }
+}
+
 /// What this host can do, honouring `BATCHGUARD_CGROUP=auto|cgroup2|cgroup1|poll|none`.
 pub fn detect() -> Enforcement {
     match std::env::var("BATCHGUARD_CGROUP") {
