@@ -12,8 +12,31 @@ pub enum Error {
     /// column and the fix.
     #[error("{0}")]
     Config(#[from] batchguard_config::Errors),
+    /// Bad arguments on the command line.
     #[error("{0}")]
     Usage(String),
+    /// A template of a job could not be rendered at run time.
+    #[error("job `{job}`: cannot render {what} `{template}`: {reason}")]
+    Template {
+        job: String,
+        what: String,
+        template: String,
+        reason: String,
+    },
+    /// The job's `user` does not exist on this host.
+    #[error("job `{job}`: user `{user}`: {reason}; create the user or fix `user`")]
+    User {
+        job: String,
+        user: String,
+        reason: String,
+    },
+    /// The lock changed hands too often while being taken.
+    #[error("lock `{0}` keeps changing hands; try again")]
+    LockContention(String),
+    /// A failure inside batchguard itself (not the job's): the run is
+    /// recorded `failure` with this message.
+    #[error("{0}")]
+    Internal(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("no job `{job}` in {dir}/jobs (known jobs: {known})")]
@@ -55,8 +78,14 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Config(_) | Error::EnvFile { .. } | Error::NoConfigDir(_) => exit::CONFIG,
+            Error::Config(_)
+            | Error::EnvFile { .. }
+            | Error::NoConfigDir(_)
+            | Error::Template { .. }
+            | Error::User { .. } => exit::CONFIG,
             Error::Usage(_) => exit::USAGE,
+            Error::LockContention(_) => exit::TEMPFAIL,
+            Error::Internal(_) => exit::SOFTWARE,
             Error::Store(_) => exit::UNAVAILABLE,
             Error::UnknownJob { .. } | Error::UnknownRun(_) => exit::FAILURE,
             Error::Io { .. } => exit::IO_ERROR,

@@ -10,6 +10,9 @@ pub const FAILURE: i32 = 1;
 pub const USAGE: i32 = 2;
 /// The state store cannot be used (sysexits EX_UNAVAILABLE).
 pub const UNAVAILABLE: i32 = 69;
+/// A failure inside batchguard itself, not the job's (EX_SOFTWARE): a
+/// cgroup that cannot be created, a thread that cannot start.
+pub const SOFTWARE: i32 = 70;
 /// An I/O error of batchguard itself, e.g. the log directory (EX_IOERR).
 pub const IO_ERROR: i32 = 74;
 /// `skipped` (lock held under `forbid`), `fenced`, and a refused `publish`

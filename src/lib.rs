@@ -16,6 +16,7 @@ pub mod cli;
 pub mod clock;
 pub mod cron;
 pub mod error;
+pub mod exec;
 pub mod exit;
 pub mod host;
 pub mod items;

@@ -1,5 +1,8 @@
-//! How a run ended, in the SPEC's words, and the exit code `batchguard run`
-//! returns for it.
+//! How a run ended, in the SPEC's words (§4), carrying what the words need
+//! (the job's exit code, the signal), and the one mapping from an outcome
+//! to the exit code of `batchguard run` ([`Outcome::exit_code`]). With
+//! [`crate::error::Error::exit_code`] it is the only place that decides an
+//! exit code; the numbers themselves are the constants in [`crate::exit`].
 
 use crate::exit;
 use batchguard_supervise::{End, StopReason};
@@ -7,53 +10,121 @@ use batchguard_supervise::{End, StopReason};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Success,
-    Failure,
+    /// A non-zero exit of the job (its code), failed items (1), a command
+    /// that could not start (126/127), or a failure inside batchguard (the
+    /// error's code).
+    Failure {
+        code: i32,
+    },
     Timeout,
     Oom,
-    Killed,
+    /// Ended by a signal from outside.
+    Killed {
+        signal: i32,
+    },
     Fenced,
     Skipped,
     Lost,
 }
 
 impl Outcome {
+    /// `failure` with the exit code batchguard returns for it.
+    pub fn failure(code: i32) -> Outcome {
+        Outcome::Failure { code }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Success => "success",
-            Outcome::Failure => "failure",
+            Outcome::Failure { .. } => "failure",
             Outcome::Timeout => "timeout",
             Outcome::Oom => "oom",
-            Outcome::Killed => "killed",
+            Outcome::Killed { .. } => "killed",
             Outcome::Fenced => "fenced",
             Outcome::Skipped => "skipped",
             Outcome::Lost => "lost",
         }
     }
 
+    /// The exit code of `batchguard run` for this outcome (SPEC §4 table).
+    /// `lost` is only ever recorded later, never returned; it maps to 1.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Outcome::Success => exit::OK,
+            Outcome::Failure { code } => code,
+            Outcome::Timeout => exit::TIMEOUT,
+            Outcome::Oom => exit::OOM,
+            Outcome::Killed { signal } => exit::signal(signal),
+            Outcome::Fenced | Outcome::Skipped => exit::TEMPFAIL,
+            Outcome::Lost => exit::FAILURE,
+        }
+    }
+
+    /// The signal that ended the run, as recorded.
+    pub fn signal(self) -> Option<i32> {
+        match self {
+            Outcome::Killed { signal } => Some(signal),
+            Outcome::Oom => Some(libc::SIGKILL),
+            _ => None,
+        }
+    }
+
+    pub fn is_success(self) -> bool {
+        self == Outcome::Success
+    }
+
     /// Worth another attempt under `retries`.
     pub fn retryable(self) -> bool {
-        matches!(self, Outcome::Failure | Outcome::Timeout | Outcome::Oom)
+        matches!(
+            self,
+            Outcome::Failure { .. } | Outcome::Timeout | Outcome::Oom
+        )
+    }
+
+    /// The outcome of a finished process tree, and the job's own exit code
+    /// when it exited.
+    pub fn from_end(end: &End) -> (Outcome, Option<i32>) {
+        match *end {
+            End::Exited(0) => (Outcome::Success, Some(0)),
+            End::Exited(code) => (Outcome::Failure { code }, Some(code)),
+            End::Signaled(signal) | End::Stopped(StopReason::Signal(signal)) => {
+                (Outcome::Killed { signal }, None)
+            }
+            End::TimedOut => (Outcome::Timeout, None),
+            End::OutOfMemory => (Outcome::Oom, None),
+            End::Stopped(StopReason::Fenced) => (Outcome::Fenced, None),
+            End::Stopped(StopReason::Requested) => (
+                Outcome::Killed {
+                    signal: libc::SIGTERM,
+                },
+                None,
+            ),
+        }
     }
 }
 
-/// The outcome of a finished process tree: (outcome, exit code of
-/// `batchguard run`, the job's own exit code, the signal that ended it).
-pub fn from_end(end: &End) -> (Outcome, i32, Option<i32>, Option<i32>) {
-    match *end {
-        End::Exited(0) => (Outcome::Success, exit::OK, Some(0), None),
-        End::Exited(code) => (Outcome::Failure, code, Some(code), None),
-        End::Signaled(sig) => (Outcome::Killed, exit::signal(sig), None, Some(sig)),
-        End::TimedOut => (Outcome::Timeout, exit::TIMEOUT, None, None),
-        End::OutOfMemory => (Outcome::Oom, exit::OOM, None, Some(libc::SIGKILL)),
-        End::Stopped(StopReason::Fenced) => (Outcome::Fenced, exit::TEMPFAIL, None, None),
-        End::Stopped(StopReason::Signal(sig)) => {
-            (Outcome::Killed, exit::signal(sig), None, Some(sig))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_spec_table() {
+        let table = [
+            (Outcome::Success, 0),
+            (Outcome::failure(3), 3),
+            (Outcome::Timeout, 124),
+            (Outcome::Oom, 137),
+            (Outcome::Killed { signal: 15 }, 143),
+            (Outcome::Fenced, 75),
+            (Outcome::Skipped, 75),
+        ];
+        for (o, code) in table {
+            assert_eq!(o.exit_code(), code, "{o:?}");
         }
-        End::Stopped(StopReason::Requested) => (
-            Outcome::Killed,
-            exit::signal(libc::SIGTERM),
-            None,
-            Some(libc::SIGTERM),
-        ),
+        assert_eq!(Outcome::Oom.signal(), Some(libc::SIGKILL));
+        assert_eq!(
+            Outcome::from_end(&End::Exited(4)),
+            (Outcome::failure(4), Some(4))
+        );
     }
 }

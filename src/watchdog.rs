@@ -7,7 +7,8 @@
 use crate::clock;
 use crate::cron;
 use crate::error::Result;
-use crate::runner::{self, Context};
+use crate::exec::Context;
+use crate::runner;
 use batchguard_config::Job;
 use jiff::{Timestamp, Zoned};
 

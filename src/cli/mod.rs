@@ -4,7 +4,8 @@
 mod render;
 
 use crate::error::{Error, Result};
-use crate::runner::{self, Context, Request};
+use crate::exec::{Context, Request};
+use crate::runner;
 use crate::{exit, host, publish, store};
 use batchguard_config::{self as config, Concurrency, Global, Job};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -315,41 +316,13 @@ fn dispatch(cli: Cli) -> Result<i32> {
             shard,
             no_work,
         } => {
-            let global = config::load_global(&dir)?;
-            let mut job = match (job, file) {
-                (_, Some(path)) => config::load_job_file(path, &global)?,
-                (Some(name), None) => load_job(&dir, name, &global)?,
-                (None, None) => return Err(Error::Usage("run needs JOB or --file PATH".into())),
-            };
-            let ctx = context(&cli, global)?;
-            if *no_work && !job.distributed.enabled {
-                return Err(Error::Usage(format!(
-                    "--no-work is for distributed jobs; `{}` has no [distributed] enabled = true",
-                    job.name
-                )));
-            }
-            if let Some((i, n)) = shard {
-                if job.distributed.enabled {
-                    return Err(Error::Usage(
-                        "--shard and [distributed] are two ways to split the work: use one".into(),
-                    ));
-                }
-                if job.items.is_none() {
-                    return Err(Error::Usage(format!(
-                        "--shard needs a job with [items]; `{}` has none",
-                        job.name
-                    )));
-                }
-                // The shards of one job run at once: each has its own lock.
-                job.lock = format!("{}#shard-{i}-of-{n}", job.lock);
-            }
             let req = Request {
                 params: params.clone(),
                 scope: scope.clone(),
                 shard: *shard,
                 no_work: *no_work,
             };
-            Ok(runner::run(&ctx, &job, &req)?.exit_code)
+            run_job(&cli, job.as_deref(), file.as_deref(), req)
         }
         Command::Worker {
             job,
@@ -357,15 +330,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
             scope,
             follow,
         } => {
-            let global = config::load_global(&dir)?;
-            let job = load_job(&dir, job, &global)?;
-            let ctx = context(&cli, global)?;
             let opts = crate::items::distributed::WorkerOpts {
                 concurrency: *concurrency,
                 scope: scope.clone(),
                 follow: *follow,
             };
-            crate::items::distributed::worker(&ctx, &job, &opts)
+            worker(&cli, job, &opts)
         }
         Command::Exec {
             name,
@@ -384,162 +354,244 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 &global,
             )?;
             let ctx = context(&cli, global)?;
-            let code = runner::run(&ctx, &job, &Request::default())?.exit_code;
-            tracing::debug!("run returned");
-            Ok(code)
+            Ok(runner::run(&ctx, &job, &Request::default())?.exit_code())
         }
         Command::Publish { src, dest } => {
             publish::publish(src, dest)?;
             Ok(exit::OK)
         }
-        Command::Validate => {
-            let cfg = config::load(&dir)?;
-            println!(
-                "{}: configuration valid ({} job{})",
-                dir.display(),
-                cfg.jobs.len(),
-                if cfg.jobs.len() == 1 { "" } else { "s" }
-            );
-            Ok(exit::OK)
-        }
-        Command::Status { format } => {
-            let global = config::load_global(&dir)?;
-            let jobs = load_jobs_leniently(&dir, &global);
-            let ctx = context(&cli, global)?;
-            runner::reap_lost(&ctx, &|name| load_job(&dir, name, &ctx.global).ok())?;
-            render::status(&ctx, &jobs, *format)
-        }
-        Command::Runs { job, limit, format } => {
+        Command::Validate => validate(&dir),
+        Command::Status { .. } | Command::Runs { .. } | Command::Show { .. } => records(&cli),
+        Command::Ledger {
+            args,
+            scope,
+            limit,
+            format,
+        } => ledger(&cli, args, scope.as_deref(), *limit, *format),
+        Command::Check {
+            jobs,
+            format,
+            strict,
+            cron_dir,
+        } => check(&cli, jobs, *format, *strict, cron_dir),
+        Command::Cron { action } => cron_command(&dir, action),
+        Command::Watchdog => watchdog(&cli),
+        Command::Notify { action } => notify(&cli, action),
+        Command::Logs { run_id, follow } => {
             let global = config::load_global(&dir).unwrap_or_default();
             let ctx = context(&cli, global)?;
-            runner::reap_lost(&ctx, &|name| load_job(&dir, name, &ctx.global).ok())?;
-            let runs = ctx.store.list_runs(Some(job), *limit)?;
-            render::runs(&runs, *format)
+            render::logs(&ctx, run_id, *follow)
+        }
+    }
+}
+
+/// `batchguard run JOB | --file PATH`.
+fn run_job(cli: &Cli, name: Option<&str>, file: Option<&Path>, req: Request) -> Result<i32> {
+    let dir = &cli.config_dir;
+    let global = config::load_global(dir)?;
+    let mut job = match (name, file) {
+        (_, Some(path)) => config::load_job_file(path, &global)?,
+        (Some(name), None) => load_job(dir, name, &global)?,
+        (None, None) => return Err(Error::Usage("run needs JOB or --file PATH".into())),
+    };
+    let ctx = context(cli, global)?;
+    if req.no_work && !job.distributed.enabled {
+        return Err(Error::Usage(format!(
+            "--no-work is for distributed jobs; `{}` has no [distributed] enabled = true",
+            job.name
+        )));
+    }
+    if let Some((i, n)) = req.shard {
+        if job.distributed.enabled {
+            return Err(Error::Usage(
+                "--shard and [distributed] are two ways to split the work: use one".into(),
+            ));
+        }
+        if job.items.is_none() {
+            return Err(Error::Usage(format!(
+                "--shard needs a job with [items]; `{}` has none",
+                job.name
+            )));
+        }
+        // The shards of one job run at once: each has its own lock.
+        job.lock = format!("{}#shard-{i}-of-{n}", job.lock);
+    }
+    Ok(runner::run(&ctx, &job, &req)?.exit_code())
+}
+
+/// `batchguard worker JOB`.
+fn worker(cli: &Cli, name: &str, opts: &crate::items::distributed::WorkerOpts) -> Result<i32> {
+    let global = config::load_global(&cli.config_dir)?;
+    let job = load_job(&cli.config_dir, name, &global)?;
+    let ctx = context(cli, global)?;
+    Ok(crate::items::distributed::worker(&ctx, &job, opts)?.exit_code())
+}
+
+/// `batchguard validate`.
+fn validate(dir: &Path) -> Result<i32> {
+    let cfg = config::load(dir)?;
+    println!(
+        "{}: configuration valid ({} job{})",
+        dir.display(),
+        cfg.jobs.len(),
+        if cfg.jobs.len() == 1 { "" } else { "s" }
+    );
+    Ok(exit::OK)
+}
+
+/// `status`, `runs` and `show`: lost runs are recorded first, so what they
+/// show is current.
+fn records(cli: &Cli) -> Result<i32> {
+    let dir = &cli.config_dir;
+    let strict = matches!(cli.command, Command::Status { .. });
+    let global = if strict {
+        config::load_global(dir)?
+    } else {
+        config::load_global(dir).unwrap_or_default()
+    };
+    let jobs = if strict {
+        load_jobs_leniently(dir, &global)
+    } else {
+        Vec::new()
+    };
+    let ctx = context(cli, global)?;
+    runner::reap_lost(&ctx, &|name| load_job(dir, name, &ctx.global).ok())?;
+    match &cli.command {
+        Command::Status { format } => render::status(&ctx, &jobs, *format),
+        Command::Runs { job, limit, format } => {
+            render::runs(&ctx.store.list_runs(Some(job), *limit)?, *format)
         }
         Command::Show { run_id, format } => {
-            let global = config::load_global(&dir).unwrap_or_default();
-            let ctx = context(&cli, global)?;
-            runner::reap_lost(&ctx, &|name| load_job(&dir, name, &ctx.global).ok())?;
             let run = ctx
                 .store
                 .get_run(run_id)?
                 .ok_or_else(|| Error::UnknownRun(run_id.clone()))?;
             render::show(&run, *format)
         }
-        Command::Ledger {
-            args,
-            scope,
-            limit,
-            format,
-        } => {
-            let global = config::load_global(&dir)?;
-            let ctx = context(&cli, global)?;
-            match args.as_slice() {
-                [verb, job] if verb == "reset" => {
-                    let Some(scope) = scope else {
-                        return Err(Error::Usage(
-                            "ledger reset needs --scope S (--scope '' is the default scope)".into(),
-                        ));
-                    };
-                    let n = ctx.store.ledger_reset(job, scope)?;
-                    println!(
-                        "ledger of job `{job}`, scope {scope:?}: {n} keys forgotten; the next run redoes them"
-                    );
-                    Ok(exit::OK)
-                }
-                [job] => {
-                    let max_attempts = load_job(&dir, job, &ctx.global)
-                        .ok()
-                        .and_then(|j| j.items.map(|i| i.max_attempts));
-                    render::ledger(&ctx, job, scope.as_deref(), *limit, max_attempts, *format)
-                }
-                _ => Err(Error::Usage(
-                    "usage: batchguard ledger JOB | ledger reset JOB --scope S".into(),
-                )),
-            }
-        }
-        Command::Check {
-            jobs,
-            format,
-            strict,
-            cron_dir,
-        } => {
-            let global = config::load_global(&dir)?;
-            let jobs = if jobs.is_empty() {
-                load_jobs_leniently(&dir, &global)
-            } else {
-                jobs.iter()
-                    .map(|n| load_job(&dir, n, &global))
-                    .collect::<Result<Vec<_>>>()?
+        _ => Err(Error::Internal(
+            "records() called for another command".into(),
+        )),
+    }
+}
+
+/// `batchguard ledger JOB | ledger reset JOB --scope S`.
+fn ledger(
+    cli: &Cli,
+    args: &[String],
+    scope: Option<&str>,
+    limit: usize,
+    format: Format,
+) -> Result<i32> {
+    let dir = &cli.config_dir;
+    let global = config::load_global(dir)?;
+    let ctx = context(cli, global)?;
+    match args {
+        [verb, job] if verb == "reset" => {
+            let Some(scope) = scope else {
+                return Err(Error::Usage(
+                    "ledger reset needs --scope S (--scope '' is the default scope)".into(),
+                ));
             };
-            let ctx = context(&cli, global)?;
-            let (bin, cdir) = (own_binary()?, absolute(&dir)?);
-            let cron_facts = |job: &Job| -> (Option<std::time::Duration>, Option<bool>) {
-                let Some(schedule) = &job.schedule else {
-                    return (None, None);
-                };
-                let tz = crate::clock::zone(job.timezone.as_deref());
-                let current = crate::cron::CronEntry::from_job(job)
-                    .and_then(|e| crate::cron::installed_current(&e, cron_dir, &bin, &cdir).ok());
-                (crate::cron::interval(schedule, &tz), current)
-            };
-            Ok(crate::check::command(
-                &jobs,
-                &ctx.global,
-                ctx.store.as_ref(),
-                &cron_facts,
-                *format == Format::Json,
-                *strict,
-            ))
-        }
-        Command::Cron { action } => cron_command(&dir, action),
-        Command::Watchdog => {
-            let global = config::load_global(&dir)?;
-            let jobs = load_jobs_leniently(&dir, &global);
-            let ctx = context(&cli, global)?;
-            let r = crate::watchdog::run(&ctx, &jobs)?;
-            if r.lost > 0 || !r.missed.is_empty() || r.pending > 0 {
-                eprintln!(
-                    "batchguard watchdog: {} lost, missed: [{}], {} notifications delivered, {} pending",
-                    r.lost,
-                    r.missed.join(", "),
-                    r.delivered,
-                    r.pending
-                );
-            }
+            let n = ctx.store.ledger_reset(job, scope)?;
+            println!(
+                "ledger of job `{job}`, scope {scope:?}: {n} keys forgotten; the next run redoes them"
+            );
             Ok(exit::OK)
         }
-        Command::Notify { action } => {
-            let global = config::load_global(&dir)?;
-            let ctx = context(&cli, global)?;
-            match action {
-                NotifyAction::Flush => {
-                    let r = crate::notify::flush(
-                        ctx.store.as_ref(),
-                        &ctx.global,
-                        std::time::Duration::from_secs(300),
-                        true,
-                    );
-                    println!(
-                        "delivered {}, failed {}, still pending {}",
-                        r.delivered, r.failed, r.pending
-                    );
-                    Ok(if r.failed > 0 {
-                        exit::FAILURE
-                    } else {
-                        exit::OK
-                    })
-                }
-                NotifyAction::Test { job } => {
-                    let job = load_job(&dir, job, &ctx.global)?;
-                    Ok(crate::runner::notify_test(&ctx, &job))
-                }
-            }
+        [job] => {
+            let max_attempts = load_job(dir, job, &ctx.global)
+                .ok()
+                .and_then(|j| j.items.map(|i| i.max_attempts));
+            render::ledger(&ctx, job, scope, limit, max_attempts, format)
         }
-        Command::Logs { run_id, follow } => {
-            let global = config::load_global(&dir).unwrap_or_default();
-            let ctx = context(&cli, global)?;
-            render::logs(&ctx, run_id, *follow)
+        _ => Err(Error::Usage(
+            "usage: batchguard ledger JOB | ledger reset JOB --scope S".into(),
+        )),
+    }
+}
+
+/// `batchguard check [JOB...]`.
+fn check(
+    cli: &Cli,
+    names: &[String],
+    format: Format,
+    strict: bool,
+    cron_dir: &Path,
+) -> Result<i32> {
+    let dir = &cli.config_dir;
+    let global = config::load_global(dir)?;
+    let jobs = if names.is_empty() {
+        load_jobs_leniently(dir, &global)
+    } else {
+        names
+            .iter()
+            .map(|n| load_job(dir, n, &global))
+            .collect::<Result<Vec<_>>>()?
+    };
+    let ctx = context(cli, global)?;
+    let (bin, cdir) = (own_binary()?, absolute(dir)?);
+    let cron_facts = |job: &Job| -> (Option<std::time::Duration>, Option<bool>) {
+        let Some(schedule) = &job.schedule else {
+            return (None, None);
+        };
+        let tz = crate::clock::zone(job.timezone.as_deref());
+        let current = crate::cron::CronEntry::from_job(job)
+            .and_then(|e| crate::cron::installed_current(&e, cron_dir, &bin, &cdir).ok());
+        (crate::cron::interval(schedule, &tz), current)
+    };
+    Ok(crate::check::command(
+        &jobs,
+        &ctx.global,
+        ctx.store.as_ref(),
+        &cron_facts,
+        format == Format::Json,
+        strict,
+    ))
+}
+
+/// `batchguard watchdog`.
+fn watchdog(cli: &Cli) -> Result<i32> {
+    let global = config::load_global(&cli.config_dir)?;
+    let jobs = load_jobs_leniently(&cli.config_dir, &global);
+    let ctx = context(cli, global)?;
+    let r = crate::watchdog::run(&ctx, &jobs)?;
+    if r.lost > 0 || !r.missed.is_empty() || r.pending > 0 {
+        eprintln!(
+            "batchguard watchdog: {} lost, missed: [{}], {} notifications delivered, {} pending",
+            r.lost,
+            r.missed.join(", "),
+            r.delivered,
+            r.pending
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// `batchguard notify flush | test JOB`.
+fn notify(cli: &Cli, action: &NotifyAction) -> Result<i32> {
+    let global = config::load_global(&cli.config_dir)?;
+    let ctx = context(cli, global)?;
+    match action {
+        NotifyAction::Flush => {
+            let r = crate::notify::flush(
+                ctx.store.as_ref(),
+                &ctx.global,
+                std::time::Duration::from_secs(300),
+                true,
+            );
+            println!(
+                "delivered {}, failed {}, still pending {}",
+                r.delivered, r.failed, r.pending
+            );
+            Ok(if r.failed > 0 {
+                exit::FAILURE
+            } else {
+                exit::OK
+            })
+        }
+        NotifyAction::Test { job } => {
+            let job = load_job(&cli.config_dir, job, &ctx.global)?;
+            Ok(crate::runner::notify_test(&ctx, &job))
         }
     }
 }

@@ -4,8 +4,8 @@
 use super::Format;
 use crate::clock;
 use crate::error::{Error, Result};
+use crate::exec::Context;
 use crate::exit;
-use crate::runner::Context;
 use crate::store::RunRecord;
 use batchguard_config::{Job, format_size};
 use serde_json::json;

@@ -62,6 +62,17 @@ impl Keys {
         (0..self.spans.len() as u32).map(|i| span_str(&self.buf, &self.spans, i))
     }
     /// The index of `key`, if it is one of the keys.
+    /// Keys already validated elsewhere (claimed from a queue), duplicates
+    /// collapsed.
+    pub fn from_strings(keys: &[String]) -> Keys {
+        let mut k = Keys::default();
+        for key in keys {
+            k.lines += 1;
+            k.insert(key);
+        }
+        k
+    }
+
     pub fn find(&self, key: &str) -> Option<u32> {
         let hash = self.hasher.hash_one(key);
         self.table

@@ -1,74 +1,47 @@
-//! The runner: one invocation of one job, start to finish.
+//! The runner: one invocation of one job, start to finish. It only
+//! orchestrates; the pieces are elsewhere:
 //!
-//! Resolve params and templates, build the environment (env_file values
-//! become secrets), take the lock and a fencing token, then for each attempt
-//! create the run record and log, spawn the process tree under supervision,
-//! keep the lease alive from a heartbeat thread (which also notices when a
-//! newer run took the lock), forward our own TERM/INT/HUP to the tree, and
-//! record how it ended. Retries back off exponentially with jitter while the
-//! lock stays held.
+//! prepare ([`crate::exec::prepare`]) → replica gate → lock ([`lock`]) →
+//! attempts (each one [`crate::exec::Attempt`]: a plain process tree, or
+//! the item engine [`crate::items`]) → record → notify ([`notice`]).
+//!
+//! While the lock is held a heartbeat thread renews its lease (and notices
+//! when a newer run took it), and our own TERM/INT/HUP are forwarded to
+//! the tree. Retries back off exponentially with jitter while the lock
+//! stays held. Whatever happens after the lock is taken (the job fails,
+//! batchguard fails inside an attempt, a signal arrives between retries),
+//! the last attempt is recorded, the lock released and the outcome
+//! notified: [`Run::conclude`] is the one exit of the attempts loop.
 
-mod attempt;
-mod control;
 mod lock;
 mod notice;
-mod prepare;
-
-use attempt::one_attempt;
-pub(crate) use attempt::{
-    Attempt, AttemptResult, log_line, spawn_failed, wait_child, with_worker_attempt,
-};
-pub(crate) use control::{Control, Stop};
-pub(crate) use prepare::{Prepared, builtin, prepare, rerun_command};
 
 use crate::clock;
 use crate::error::{Error, Result};
+use crate::exec::{
+    self, Attempt, AttemptResult, Context, Control, Prepared, Request, Stop, acquire_mode,
+    new_run_id, prepare, rerun_command,
+};
 use crate::host;
 use crate::logs;
 use crate::outcome::Outcome;
-use crate::store::{AcquireMode, RunEnd, RunRecord, RunnerIdentity, Store};
-use batchguard_config::{Concurrency, Global, Job};
-use batchguard_supervise as supervise;
+use crate::store::{AcquireMode, RunEnd, RunRecord};
+use batchguard_config::Job;
+use batchguard_supervise::{self as supervise, CgroupPlacement};
 use std::io::IsTerminal;
 use std::sync::mpsc;
 use std::time::Duration;
-
-/// What every command that touches runs needs.
-pub struct Context {
-    pub store: Box<dyn Store>,
-    pub state_url: String,
-    pub global: Global,
-    pub me: RunnerIdentity,
-}
-
-/// What the operator asked for on the command line.
-#[derive(Default, Debug, Clone)]
-pub struct Request {
-    pub params: Vec<(String, String)>,
-    pub scope: Option<String>,
-    /// `run --shard I/N`: only the keys of shard I of N (SPEC §6).
-    pub shard: Option<(u32, u32)>,
-    /// `run --no-work`: a distributed coordinator that only waits.
-    pub no_work: bool,
-}
 
 /// The result of `batchguard run`.
 #[derive(Debug)]
 pub struct Report {
     pub outcome: Outcome,
-    pub exit_code: i32,
     pub run_id: String,
 }
 
-pub fn new_run_id() -> String {
-    ulid::Ulid::generate().to_string()
-}
-
-pub(crate) fn acquire_mode(c: Concurrency) -> AcquireMode {
-    match c {
-        Concurrency::Forbid => AcquireMode::IfFree,
-        Concurrency::Replace => AcquireMode::Replace,
-        Concurrency::Allow => AcquireMode::TokenOnly,
+impl Report {
+    pub fn exit_code(&self) -> i32 {
+        self.outcome.exit_code()
     }
 }
 
@@ -143,7 +116,6 @@ fn skip(
     }
     Ok(Report {
         outcome: Outcome::Skipped,
-        exit_code: crate::exit::TEMPFAIL,
         run_id: skipped.id,
     })
 }
@@ -193,8 +165,7 @@ pub fn run(ctx: &Context, job: &Job, req: &Request) -> Result<Report> {
     let p = prepare(job, req)?;
     tracing::debug!(job = %job.name, "prepared");
     let mode = acquire_mode(job.concurrency);
-    let run_id = new_run_id();
-    let first = base_record(ctx, job, &p, &run_id, 1);
+    let first = base_record(ctx, job, &p, &new_run_id(), 1);
     let on_lost = |run_id: &str| match ctx.store.get_run(run_id) {
         Ok(Some(lost)) if lost.job == job.name => notice::lost(ctx, job, &p, &lost),
         Ok(Some(lost)) => tracing::warn!(
@@ -218,33 +189,17 @@ pub fn run(ctx: &Context, job: &Job, req: &Request) -> Result<Report> {
         }
     };
     tracing::debug!(job = %job.name, fence, "lock taken");
-
     let control = Control::default();
-    control.set_current_run(&run_id);
-    let (sig_tx, sig_rx) = mpsc::channel::<i32>();
-    let (hb_stop_tx, hb_stop_rx) = mpsc::channel::<()>();
-    let mut signals =
-        signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
-            .map_err(|e| Error::io("install signal handlers for", "batchguard", e))?;
-    let signals_handle = signals.handle();
-
-    let report = std::thread::scope(|s| {
-        s.spawn(|| {
-            for sig in signals.forever() {
-                control.on_signal(sig);
-                let _ = sig_tx.send(sig);
-            }
-        });
-        s.spawn(|| heartbeat_loop(ctx, job, &p, fence, mode, &control, hb_stop_rx));
-        // Only jobs with a ping channel pay for the thread.
-        if notice::has_ping_channel(ctx, job) {
-            s.spawn(|| notice::ping_start(ctx, job, &run_id));
-        }
-        let report = attempts(ctx, job, &p, fence, mode, first, &control, &sig_rx);
-        let _ = hb_stop_tx.send(());
-        signals_handle.close();
-        report
-    });
+    control.set_current_run(&first.id);
+    let run = Run {
+        ctx,
+        job,
+        p: &p,
+        fence,
+        mode,
+        control: &control,
+    };
+    let report = run.supervised(first);
     if let Err(e) = logs::prune(
         ctx.store.as_ref(),
         &job.name,
@@ -252,19 +207,293 @@ pub fn run(ctx: &Context, job: &Job, req: &Request) -> Result<Report> {
     ) {
         tracing::warn!(error = %e, "log retention failed");
     }
-    tracing::debug!("logs pruned");
     report
 }
 
-fn heartbeat_loop(
-    ctx: &Context,
-    job: &Job,
-    p: &Prepared,
+/// A run that holds its lock (or, for `allow`, its token).
+struct Run<'a> {
+    ctx: &'a Context,
+    job: &'a Job,
+    p: &'a Prepared,
     fence: i64,
     mode: AcquireMode,
-    control: &Control,
-    stop: mpsc::Receiver<()>,
-) {
+    control: &'a Control,
+}
+
+impl Run<'_> {
+    /// The attempts, with the signal forwarder, the heartbeat and the start
+    /// ping around them.
+    fn supervised(&self, first: RunRecord) -> Result<Report> {
+        let (sig_tx, sig_rx) = mpsc::channel::<i32>();
+        let (hb_stop_tx, hb_stop_rx) = mpsc::channel::<()>();
+        let mut signals = match signal_hook::iterator::Signals::new([
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGHUP,
+        ]) {
+            Ok(s) => s,
+            Err(e) => {
+                let e = Error::io("install signal handlers for", "batchguard", e);
+                let result = internal_failure(self.p, &e);
+                return self.give_up(first, result);
+            }
+        };
+        let signals_handle = signals.handle();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for sig in signals.forever() {
+                    self.control.on_signal(sig);
+                    let _ = sig_tx.send(sig);
+                }
+            });
+            s.spawn(|| heartbeat_loop(self, hb_stop_rx));
+            // Only jobs with a ping channel pay for the thread.
+            if notice::has_ping_channel(self.ctx, self.job) {
+                s.spawn(|| notice::ping_start(self.ctx, self.job, &first.id));
+            }
+            let report = self.attempts(first.clone(), &sig_rx);
+            let _ = hb_stop_tx.send(());
+            signals_handle.close();
+            report
+        })
+    }
+
+    /// Attempt, and retry while the outcome is retryable, `retries` allows
+    /// and no signal came. Every path ends in [`Run::conclude`].
+    fn attempts(&self, first: RunRecord, sig_rx: &mpsc::Receiver<i32>) -> Result<Report> {
+        let mut record = first;
+        let mut attempt = 1u32;
+        loop {
+            record.fence = self.fence;
+            let (result, tail) = self.one_attempt(&record);
+            let outcome = result.outcome;
+            let retry =
+                outcome.retryable() && attempt <= self.job.retries && !self.control.signalled();
+            if !retry {
+                return self.conclude(record, result, tail, true);
+            }
+            self.record_end(&record, &result, false);
+            let delay = backoff(self.job.retry_delay, attempt);
+            tracing::info!(job = %self.job.name, attempt, "attempt failed ({}); retrying in {:?}", outcome.as_str(), delay);
+            if sig_rx.recv_timeout(delay).is_ok() {
+                // A signal between attempts ends the run with the last
+                // attempt's outcome, reported like any other end.
+                return self.conclude(record, result, tail, false);
+            }
+            attempt += 1;
+            match self.next_record(attempt) {
+                Ok(next) => record = next,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start attempt {attempt}");
+                    return self.conclude(record, result, tail, false);
+                }
+            }
+        }
+    }
+
+    fn next_record(&self, attempt: u32) -> Result<RunRecord> {
+        let mut record = base_record(self.ctx, self.job, self.p, &new_run_id(), attempt);
+        record.fence = self.fence;
+        self.ctx.store.insert_run(&record)?;
+        self.control.set_current_run(&record.id);
+        Ok(record)
+    }
+
+    /// The end of the run: the last attempt recorded (and, with
+    /// `record_now`, its end written, the lock released in the same
+    /// transaction), the lock released in any case, the failure reported
+    /// on stderr and the outcome notified.
+    fn conclude(
+        &self,
+        record: RunRecord,
+        result: AttemptResult,
+        tail: Vec<String>,
+        record_now: bool,
+    ) -> Result<Report> {
+        let recorded = if record_now {
+            self.record_end(&record, &result, true)
+        } else {
+            true
+        };
+        if !record_now || !recorded {
+            self.release();
+        }
+        if !result.outcome.is_success() {
+            report_failure(self.ctx, self.job, self.p, &record, &result, &tail);
+        }
+        notice::run_ended(
+            self.ctx,
+            self.job,
+            self.p,
+            &record,
+            result.outcome,
+            &result.end,
+            &tail,
+            &result.items_failed,
+        );
+        Ok(Report {
+            outcome: result.outcome,
+            run_id: record.id,
+        })
+    }
+
+    /// A run that could not even attempt: record why and end it.
+    fn give_up(&self, record: RunRecord, mut result: AttemptResult) -> Result<Report> {
+        let now = clock::now_ms();
+        result.end.ended_ms = now;
+        result.end.ended_at = clock::rfc3339(now, &self.p.tz);
+        result.end.outcome = result.outcome.as_str().to_string();
+        self.conclude(record, result, Vec::new(), true)
+    }
+
+    /// Write the attempt's end (releasing the lock with it when `last`).
+    /// `false` when the store refused it.
+    fn record_end(&self, record: &RunRecord, result: &AttemptResult, last: bool) -> bool {
+        let release = (last && self.mode != AcquireMode::TokenOnly)
+            .then_some((self.job.lock.as_str(), self.fence));
+        let store = self.ctx.store.as_ref();
+        let written = (|| {
+            if !result.items_failed.is_empty() {
+                store.set_run_failed_items(&record.id, &result.items_failed)?;
+            }
+            store.finish_run(&record.id, release, &result.end)
+        })();
+        match written {
+            Ok(()) => {
+                tracing::debug!(run = %record.id, "run recorded");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, run = %record.id, "cannot record the end of the run");
+                false
+            }
+        }
+    }
+
+    fn release(&self) {
+        if self.mode == AcquireMode::TokenOnly {
+            return;
+        }
+        if let Err(e) = self.ctx.store.release_lock(&self.job.lock, self.fence) {
+            tracing::warn!(error = %e, "cannot release lock `{}`; it expires with its lease", self.job.lock);
+        }
+    }
+
+    /// One attempt, start to end. Never fails: a failure inside batchguard
+    /// becomes the attempt's `failure` outcome with the error as its
+    /// message (SPEC §11).
+    fn one_attempt(&self, record: &RunRecord) -> (AttemptResult, Vec<String>) {
+        let log = match exec::open_attempt_log(&self.ctx.global, self.job, self.p, record) {
+            Ok(log) => log,
+            Err(e) => return (self.ended(internal_failure(self.p, &e)), Vec::new()),
+        };
+        let a = Attempt::new(
+            self.ctx.store.as_ref(),
+            &self.ctx.state_url,
+            self.job,
+            self.p,
+            record,
+            self.mode,
+            self.control,
+            log,
+        );
+        a.note(&format!(
+            "run {} of job {} attempt {} fence {} on {} pid {}",
+            record.id,
+            self.job.name,
+            record.attempt,
+            record.fence,
+            self.ctx.me.host,
+            self.ctx.me.pid
+        ));
+        let mut result = self.body(&a).unwrap_or_else(|e| {
+            a.note(&format!("batchguard failed inside the attempt: {e}"));
+            internal_failure(self.p, &e)
+        });
+        // A run whose token moved on before it ended was fenced, whatever
+        // its process tree did when it was stopped: its commits were
+        // refused from that moment.
+        match a.fence_moved() {
+            Ok(true) if result.outcome != Outcome::Fenced => result.outcome = Outcome::Fenced,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot check the fence at the end"),
+        }
+        let result = self.ended(result);
+        a.note(&format!(
+            "run {} ended: {} (exit code {}) after {}{}",
+            record.id,
+            result.outcome.as_str(),
+            result.outcome.exit_code(),
+            clock::human_ms(result.end.ended_ms - record.started_ms),
+            result
+                .end
+                .peak_memory_bytes
+                .map(|b| format!(", peak memory {}", batchguard_config::format_size(b)))
+                .unwrap_or_default()
+        ));
+        (result, a.finish())
+    }
+
+    /// Stamp the end time and outcome on a result.
+    fn ended(&self, mut result: AttemptResult) -> AttemptResult {
+        let now = clock::now_ms();
+        result.end.ended_ms = now;
+        result.end.ended_at = clock::rfc3339(now, &self.p.tz);
+        result.end.outcome = result.outcome.as_str().to_string();
+        result
+    }
+
+    /// What the attempt runs: nothing when the run is already stopping, a
+    /// plain process tree, or the item engine.
+    fn body(&self, a: &Attempt<'_>) -> Result<AttemptResult> {
+        if let Some(outcome) = a.stopped_outcome() {
+            a.note("not started: the run was asked to stop");
+            let end = RunEnd {
+                signal: outcome.signal(),
+                ..RunEnd::default()
+            };
+            return Ok(AttemptResult::new(outcome, end));
+        }
+        match &self.job.items {
+            None => plain(a),
+            Some(items) => crate::items::run(a, items),
+        }
+    }
+}
+
+/// The result of an attempt that failed inside batchguard.
+fn internal_failure(p: &Prepared, e: &Error) -> AttemptResult {
+    AttemptResult::failed(
+        Outcome::failure(e.exit_code()),
+        p.redactor.redact(&e.to_string()).into_owned(),
+        RunEnd::default(),
+    )
+}
+
+/// A job without items: one process tree.
+fn plain(a: &Attempt<'_>) -> Result<AttemptResult> {
+    let argv = a.render("command", &a.job.command, None)?;
+    a.note(&format!("command: {argv:?}"));
+    let spec = a.spec(
+        &argv,
+        CgroupPlacement::Create {
+            name: a.record.id.clone(),
+        },
+    );
+    a.spawn_and_wait(&argv, spec, a.run_limits())
+}
+
+/// Renew the lease until told to stop; a lease that moved on stops the
+/// run (`fenced`); an overrun is notified once per attempt.
+fn heartbeat_loop(run: &Run<'_>, stop: mpsc::Receiver<()>) {
+    let Run {
+        ctx,
+        job,
+        p,
+        fence,
+        mode,
+        control,
+    } = *run;
     let lease_ms = ctx.global.lease.as_millis() as i64;
     let mut interval =
         (ctx.global.lease / 6).clamp(Duration::from_millis(500), Duration::from_secs(10));
@@ -308,86 +537,6 @@ fn heartbeat_loop(
     }
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one call site; the pieces are distinct"
-)]
-fn attempts(
-    ctx: &Context,
-    job: &Job,
-    p: &Prepared,
-    fence: i64,
-    mode: AcquireMode,
-    first: RunRecord,
-    control: &Control,
-    sig_rx: &mpsc::Receiver<i32>,
-) -> Result<Report> {
-    let mut record = first;
-    let mut attempt = 1u32;
-    loop {
-        if attempt > 1 {
-            record = base_record(ctx, job, p, &new_run_id(), attempt);
-            record.fence = fence;
-            ctx.store.insert_run(&record)?;
-            control.set_current_run(&record.id);
-        }
-        record.fence = fence;
-        let (result, tail) = one_attempt(ctx, job, p, &record, mode, control)?;
-        let outcome = result.outcome;
-        let retry = outcome.retryable() && attempt <= job.retries && !control.signalled();
-        // The last attempt records its end and releases the lock in one
-        // transaction.
-        let release_now =
-            (!retry && mode != AcquireMode::TokenOnly).then_some((job.lock.as_str(), fence));
-        if !result.items_failed.is_empty() {
-            ctx.store
-                .set_run_failed_items(&record.id, &result.items_failed)?;
-        }
-        ctx.store.finish_run(&record.id, release_now, &result.end)?;
-        tracing::debug!(run = %record.id, "run recorded");
-        if !retry {
-            if outcome != Outcome::Success {
-                report_failure(ctx, job, p, &record, &result, &tail);
-            }
-            notice::run_ended(
-                ctx,
-                job,
-                p,
-                &record,
-                outcome,
-                &result.end,
-                &tail,
-                &result.items_failed,
-            );
-            return Ok(Report {
-                outcome,
-                exit_code: result.code,
-                run_id: record.id,
-            });
-        }
-        let delay = backoff(job.retry_delay, attempt);
-        tracing::info!(job = %job.name, attempt, "attempt failed ({}); retrying in {:?}", outcome.as_str(), delay);
-        if let Ok(_sig) = sig_rx.recv_timeout(delay) {
-            release(ctx, job, fence, mode);
-            return Ok(Report {
-                outcome,
-                exit_code: result.code,
-                run_id: record.id,
-            });
-        }
-        attempt += 1;
-    }
-}
-
-fn release(ctx: &Context, job: &Job, fence: i64, mode: AcquireMode) {
-    if mode == AcquireMode::TokenOnly {
-        return;
-    }
-    if let Err(e) = ctx.store.release_lock(&job.lock, fence) {
-        tracing::warn!(error = %e, "cannot release lock `{}`; it expires with its lease", job.lock);
-    }
-}
-
 /// `retry_delay` doubled per attempt, with ±20 % jitter so that many jobs
 /// failing together do not retry together.
 fn backoff(base: Duration, attempt: u32) -> Duration {
@@ -411,7 +560,7 @@ fn report_failure(
     result: &AttemptResult,
     tail: &[String],
 ) {
-    let (outcome, code) = (result.outcome, result.code);
+    let (outcome, code) = (result.outcome, result.outcome.exit_code());
     let mut msg = format!(
         "batchguard: job `{}` ended {} (exit code {}) on {}, run {}\n",
         job.name,
@@ -496,7 +645,7 @@ pub fn notify_test(ctx: &Context, job: &Job) -> i32 {
         &p,
         &record,
         "test",
-        Outcome::Failure,
+        Outcome::failure(crate::exit::FAILURE),
         &end,
         &[],
         &[],
@@ -549,7 +698,7 @@ pub fn notify_missed(ctx: &Context, job: &Job, fire: &jiff::Zoned) {
         &p,
         &record,
         "missed",
-        Outcome::Failure,
+        Outcome::failure(crate::exit::FAILURE),
         &end,
         &[],
         &[],

@@ -3,8 +3,8 @@
 //! noise decision, the outbox, and a bounded flush. Called once the run's
 //! own result is recorded, so nothing here can change it.
 
-use super::{Context, Prepared, builtin, rerun_command};
 use crate::clock;
+use crate::exec::{Context, Prepared, builtin, rerun_command};
 use crate::notify::{self, FailedItem, Payload, Runbook, noise::Decision};
 use crate::outcome::Outcome;
 use crate::store::{RunEnd, RunRecord};
@@ -15,7 +15,7 @@ use batchguard_config::{Job, template};
 fn event_of(outcome: Outcome) -> (&'static str, bool) {
     match outcome {
         Outcome::Success => ("success", false),
-        Outcome::Failure | Outcome::Killed => ("failure", true),
+        Outcome::Failure { .. } | Outcome::Killed { .. } => ("failure", true),
         Outcome::Timeout => ("timeout", true),
         Outcome::Oom => ("oom", true),
         Outcome::Lost => ("lost", true),
@@ -41,14 +41,14 @@ fn message(
         .map(|d| format!(" after {}", clock::human_ms(d)))
         .unwrap_or_default();
     let what = match outcome {
-        Outcome::Failure => match (end.exit_code, &end.items) {
+        Outcome::Failure { .. } => match (end.exit_code, &end.items) {
             (_, Some(i)) if i.failed > 0 => format!("failed: {} items failed", i.failed),
             (Some(c), _) => format!("failed with exit code {c}"),
             _ => "failed".to_string(),
         },
         Outcome::Timeout => "was stopped at its timeout".to_string(),
         Outcome::Oom => "was killed at its memory limit".to_string(),
-        Outcome::Killed => format!("was killed by signal {}", end.signal.unwrap_or(0)),
+        Outcome::Killed { signal } => format!("was killed by signal {signal}"),
         Outcome::Lost => "was lost: its runner died".to_string(),
         Outcome::Fenced => "was fenced: a newer run took its lock".to_string(),
         Outcome::Skipped => match &end.error {

@@ -469,6 +469,11 @@ pub trait Store: Send + Sync {
         Err(no_queue())
     }
 
+    /// The distributed queue, when this backend serves one.
+    fn queue(&self) -> Option<&dyn Store> {
+        None
+    }
+
     // The watchdog's memory per scheduled job.
     /// Since when the watchdog watches `job` (recorded as `now_ms` on first
     /// sight), and the fire time of the last `missed` it raised.

@@ -836,6 +836,10 @@ fn apply_ledger(
 }
 
 impl Store for PostgresStore {
+    fn queue(&self) -> Option<&dyn Store> {
+        Some(self)
+    }
+
     fn acquire(
         &self,
         req: &LockRequest<'_>,

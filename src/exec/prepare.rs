@@ -46,14 +46,24 @@ pub(crate) fn render_all(
     templates
         .iter()
         .map(|t| {
-            template::render(t, &|n| builtin(job, run_id, p, n)).map_err(|e| {
-                Error::Usage(format!(
-                    "job `{}`: cannot render {what} `{t}`: {e}",
-                    job.name
-                ))
-            })
+            template::render(t, &|n| builtin(job, run_id, p, n))
+                .map_err(|e| template_error(job, what, t, e))
         })
         .collect()
+}
+
+pub(crate) fn template_error(
+    job: &Job,
+    what: &str,
+    template: &str,
+    e: impl std::fmt::Display,
+) -> Error {
+    Error::Template {
+        job: job.name.clone(),
+        what: what.to_string(),
+        template: template.to_string(),
+        reason: e.to_string(),
+    }
 }
 
 pub(crate) fn prepare(job: &Job, req: &Request) -> Result<Prepared> {
@@ -134,8 +144,11 @@ pub(crate) fn prepare(job: &Job, req: &Request) -> Result<Prepared> {
         }
     }
     if let Some(user) = &job.user {
-        let run_as = supervise::RunAs::lookup(user)
-            .map_err(|e| Error::Usage(format!("job `{}`: user `{user}`: {e}", job.name)))?;
+        let run_as = supervise::RunAs::lookup(user).map_err(|e| Error::User {
+            job: job.name.clone(),
+            user: user.clone(),
+            reason: e.to_string(),
+        })?;
         env.insert("USER".into(), user.into());
         env.insert("LOGNAME".into(), user.into());
         env.insert("HOME".into(), run_as.home.clone().into_os_string());
