@@ -5,6 +5,7 @@ mod harness;
 mod receiver;
 
 mod config_errors;
+mod failure_paths;
 mod items;
 mod locking;
 mod notify;
