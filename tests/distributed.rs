@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_batchguard");
 mod pg_common;
+#[path = "support/mod.rs"]
+mod support;
 use pg_common::{admin, base, next_id, serial};
+use support::wait_for;
 
 /// One test's world: a schema, a config dir, a log dir.
 struct World {
@@ -145,14 +148,6 @@ impl Drop for World {
                 self.schema
             ));
         }
-    }
-}
-
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -618,8 +613,10 @@ fn postgres_restart_mid_run_loses_nothing() {
         || unsafe { libc::geteuid() } != 0
         || std::env::var_os("BATCHGUARD_TEST_PG").is_some()
     {
-        eprintln!("skipped: needs root, pg_ctlcluster and the local test cluster");
-        return;
+        return support::cannot_run(
+            "postgres_restart_mid_run_loses_nothing",
+            "needs root, pg_ctlcluster and the local test cluster (not BATCHGUARD_TEST_PG)",
+        );
     }
     let t0 = Instant::now();
     let w = World::new("restart");

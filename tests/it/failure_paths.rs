@@ -72,7 +72,7 @@ fn a_signal_between_retries_still_reports_and_notifies_the_failure() {
     });
     assert_eq!(hook.take()[0].json()["event"], "failure");
     // The lock is free again: a new run takes it and attempts at once.
-    let again = env.spawn(&["run", "flaky"]);
+    let mut again = env.spawn(&["run", "flaky"]);
     wait_for(
         "the second run's first attempt",
         Duration::from_secs(10),
@@ -84,6 +84,7 @@ fn a_signal_between_retries_still_reports_and_notifies_the_failure() {
                 >= 2
         },
     );
-    unsafe { libc::kill(again.id() as i32, libc::SIGKILL) };
+    again.kill().unwrap();
+    again.wait().unwrap();
     assert!(env.runs("flaky").iter().all(|r| r["outcome"] != "skipped"));
 }

@@ -1,6 +1,9 @@
 //! Integration tests: the real binary, real processes, real signals, real
 //! cgroups and the real state store.
 
+#[path = "../support/mod.rs"]
+mod support;
+
 mod harness;
 mod receiver;
 

@@ -192,8 +192,8 @@ retry_delay = "50ms""#,
 
 #[test]
 fn user_drops_privileges() {
-    if !nix::unistd::Uid::effective().is_root() {
-        return;
+    if !crate::support::is_root() {
+        return crate::support::cannot_run("user_drops_privileges", "needs root");
     }
     let env = Env::new();
     env.job("asnobody", "command = [\"id\", \"-u\"]\nuser = \"nobody\"");
