@@ -81,10 +81,21 @@ pub(crate) fn prepare(job: &Job, req: &Request) -> Result<Prepared> {
         today,
         yesterday,
     };
-    // Param defaults may use the built-ins; --param overrides are literal.
+    p.params = params(job, req, &p)?;
+    p.scope = scope(job, req, &p)?;
+    let (env, secrets, run_as) = environment(job)?;
+    p.env = env;
+    p.redactor = Redactor::new(secrets);
+    p.run_as = run_as;
+    Ok(p)
+}
+
+/// Param values: defaults (which may use the built-ins), then `--param`
+/// overrides (literal), each of which must be declared.
+fn params(job: &Job, req: &Request, p: &Prepared) -> Result<BTreeMap<String, String>> {
     let mut params = BTreeMap::new();
     for (k, v) in &job.params {
-        let value = render_all(job, "", &p, "param", std::slice::from_ref(v))?.remove(0);
+        let value = render_all(job, "", p, "param", std::slice::from_ref(v))?.remove(0);
         params.insert(k.clone(), value);
     }
     for (k, v) in &req.params {
@@ -102,19 +113,35 @@ pub(crate) fn prepare(job: &Job, req: &Request) -> Result<Prepared> {
         }
         params.insert(k.clone(), v.clone());
     }
-    p.params = params;
-    p.scope = match (
-        &req.scope,
-        job.items.as_ref().and_then(|i| i.scope.as_ref()),
-    ) {
-        (Some(s), _) => Some(s.clone()),
-        (None, Some(t)) => {
-            Some(render_all(job, "", &p, "items.scope", std::slice::from_ref(t))?.remove(0))
-        }
-        (None, None) => None,
-    };
+    Ok(params)
+}
 
-    // Environment: the runner's, then env_file (secrets), then env.
+/// The ledger scope: `--scope`, else `items.scope` rendered with the params.
+fn scope(job: &Job, req: &Request, p: &Prepared) -> Result<Option<String>> {
+    Ok(
+        match (
+            &req.scope,
+            job.items.as_ref().and_then(|i| i.scope.as_ref()),
+        ) {
+            (Some(s), _) => Some(s.clone()),
+            (None, Some(t)) => {
+                Some(render_all(job, "", p, "items.scope", std::slice::from_ref(t))?.remove(0))
+            }
+            (None, None) => None,
+        },
+    )
+}
+
+type Environment = (
+    Vec<(OsString, OsString)>,
+    Vec<String>,
+    Option<supervise::RunAs>,
+);
+
+/// The job's environment (the runner's, then env_file, then env), the
+/// secret values (env_file's, and those named by `secrets`), and the user
+/// it runs as.
+fn environment(job: &Job) -> Result<Environment> {
     let mut env: BTreeMap<OsString, OsString> = std::env::vars_os()
         .filter(|(k, _)| !k.to_string_lossy().starts_with("BATCHGUARD_"))
         .collect();
@@ -143,20 +170,19 @@ pub(crate) fn prepare(job: &Job, req: &Request) -> Result<Prepared> {
             secrets.push(v.to_string_lossy().into_owned());
         }
     }
+    let mut run_as = None;
     if let Some(user) = &job.user {
-        let run_as = supervise::RunAs::lookup(user).map_err(|e| Error::User {
+        let who = supervise::RunAs::lookup(user).map_err(|e| Error::User {
             job: job.name.clone(),
             user: user.clone(),
             reason: e.to_string(),
         })?;
         env.insert("USER".into(), user.into());
         env.insert("LOGNAME".into(), user.into());
-        env.insert("HOME".into(), run_as.home.clone().into_os_string());
-        p.run_as = Some(run_as);
+        env.insert("HOME".into(), who.home.clone().into_os_string());
+        run_as = Some(who);
     }
-    p.env = env.into_iter().collect();
-    p.redactor = Redactor::new(secrets);
-    Ok(p)
+    Ok((env.into_iter().collect(), secrets, run_as))
 }
 
 /// The exact command that re-runs this job with the same params and scope.
