@@ -177,6 +177,61 @@ fn mail_says_job_host_and_outcome_without_secrets() {
         "{m}"
     );
     assert!(!m.contains(SECRET_VALUE), "secret leaked into the mail");
+    // A MIME parser (Python's) sees one multipart/alternative message with
+    // a text and an HTML part: a single top-level Content-Type.
+    let parsed = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import email,sys\n\
+m = email.message_from_string(sys.stdin.read())\n\
+print(len(m.get_all('Content-Type')), m.get_content_type(), \
+      ','.join(p.get_content_type() for p in m.walk() if not p.is_multipart()))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(m.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("python3");
+    assert_eq!(
+        String::from_utf8_lossy(&parsed.stdout).trim(),
+        "1 multipart/alternative text/plain,text/html",
+        "{m}"
+    );
+}
+
+/// A `command` channel that never reads its (large) payload and never
+/// exits is killed at the channel timeout: the run is not held up longer.
+#[test]
+fn a_hanging_command_channel_is_killed_at_its_timeout() {
+    let env = Env::new();
+    let pidfile = env.path("channel.pid");
+    env.global(&format!(
+        "[channels.stuck]\ntype = \"command\"\ncommand = [\"sh\", \"-c\", \"echo $$ > {}; exec sleep 600\"]",
+        pidfile.display()
+    ));
+    // Long log lines make a payload far over a pipe's 64 KiB.
+    env.job(
+        "chatty",
+        "command = [\"sh\", \"-c\", \"for i in $(seq 20); do head -c 8000 /dev/zero | tr '\\\\0' x; echo; done; exit 1\"]\n\
+         [notify]\nchannels = [\"stuck\"]\n",
+    );
+    let t = std::time::Instant::now();
+    env.run(&["run", "chatty"]).code(1);
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(45), "run held up for {took:?}");
+    assert!(
+        took >= Duration::from_secs(9),
+        "the channel timeout is 10 s: {took:?}"
+    );
+    let pid = crate::harness::read_pid(&pidfile).expect("the channel started");
+    assert!(
+        !crate::harness::pid_alive(pid),
+        "the hanging channel was killed"
+    );
 }
 
 #[test]
