@@ -425,7 +425,7 @@ fn schedule_errors_name_the_schedule() {
     let e = cron::next_fires("0 0 * *", &tz("UTC"), Timestamp::UNIX_EPOCH, 1).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "invalid schedule \"0 0 * *\": expected 5 fields (minute hour day-of-month month day-of-week), found 4"
+        "invalid schedule \"0 0 * *\": expected 5 fields (minute hour day-of-month month day-of-week), found 4; write 5 fields, e.g. \"30 3 * * *\", or @hourly, @daily, @weekly, @monthly, @yearly"
     );
     let e = cron::next_fires("@fortnightly", &tz("UTC"), Timestamp::UNIX_EPOCH, 1).unwrap_err();
     assert!(

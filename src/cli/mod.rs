@@ -6,11 +6,9 @@ mod render;
 use crate::error::{Error, Result};
 use crate::runner::{self, Context, Request};
 use crate::{exit, host, publish, store};
-use batchguard_config::{self as config, Concurrency, Global, Job};
+use batchguard_config::{self as config, Concurrency, DEFAULT_STATE, Global, Job};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
-
-const DEFAULT_STATE: &str = "sqlite:/var/lib/batchguard/state.db";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -394,6 +392,9 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Validate => {
             let cfg = config::load(&dir)?;
+            for w in config::warnings(&cfg) {
+                eprintln!("warning: {w}");
+            }
             println!(
                 "{}: configuration valid ({} job{})",
                 dir.display(),

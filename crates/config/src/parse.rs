@@ -1389,79 +1389,9 @@ impl W {
 }
 
 fn check_schedule(s: &str) -> Result<(), (String, String)> {
-    const NICK: &[&str] = &[
-        "@hourly",
-        "@daily",
-        "@weekly",
-        "@monthly",
-        "@yearly",
-        "@annually",
-        "@midnight",
-    ];
-    let help = "use 5 fields \"minute hour day-of-month month day-of-week\" (e.g. \"30 3 * * *\") or @hourly, @daily, @weekly, @monthly, @yearly".to_string();
-    let t = s.trim();
-    if t.starts_with('@') {
-        if NICK.contains(&t) {
-            return Ok(());
-        }
-        let nick_help = match closest(t, NICK) {
-            Some(c) => format!("did you mean \"{c}\"?"),
-            None => help,
-        };
-        return Err((
-            format!("invalid schedule \"{s}\": unknown nickname"),
-            nick_help,
-        ));
-    }
-    let fields: Vec<&str> = t.split_whitespace().collect();
-    if fields.len() != 5 {
-        let extra = if fields.len() == 6 {
-            " (a seconds field is not supported: cron fires at minute granularity)"
-        } else {
-            ""
-        };
-        return Err((
-            format!(
-                "invalid schedule \"{s}\": expected 5 fields, found {}{extra}",
-                fields.len()
-            ),
-            help,
-        ));
-    }
-    // Only what cron itself understands: no `L`, `W`, `#`, `?`.
-    let names_ok = |f: &str| {
-        f.split(|c: char| !c.is_ascii_alphabetic())
-            .filter(|w| !w.is_empty())
-            .all(|w| {
-                let w = w.to_ascii_uppercase();
-                w.len() == 3
-                    && [
-                        "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT",
-                        "NOV", "DEC", "SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT",
-                    ]
-                    .contains(&w.as_str())
-            })
-    };
-    for f in &fields {
-        if !f
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '*' | ',' | '-' | '/'))
-            || !names_ok(f)
-        {
-            return Err((
-                format!("invalid schedule \"{s}\": unsupported field `{f}`"),
-                help,
-            ));
-        }
-    }
-    let parser = croner::parser::CronParser::builder()
-        .seconds(croner::parser::Seconds::Disallowed)
-        .year(croner::parser::Year::Disallowed)
-        .build();
-    parser
-        .parse(t)
-        .map(|_| ())
-        .map_err(|e| (format!("invalid schedule \"{s}\": {e}"), help))
+    crate::schedule::Schedule::parse(s)
+        .map(drop)
+        .map_err(|e| (e.message().to_string(), e.fix().to_string()))
 }
 
 fn check_timezone(s: &str) -> Result<(), (String, String)> {
