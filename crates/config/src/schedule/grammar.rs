@@ -211,17 +211,18 @@ impl Field {
         if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
             return match t.parse::<u8>() {
                 Ok(v) if (self.min..=self.max).contains(&v) => Ok(v),
-                _ => Err(bad(
-                    format!("{t} is out of range"),
-                    format!("use values in {}", self.allowed),
-                )),
+                _ => Err(bad(format!("{t} is out of range"), self.takes())),
             };
         }
         if !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphabetic()) {
             return self.name(t);
         }
-        let shown = if t.is_empty() { "an empty value" } else { t };
-        Err(bad(format!("`{shown}` is not cron syntax"), SYNTAX))
+        let shown = if t.is_empty() {
+            "an empty value".into()
+        } else {
+            format!("`{t}`")
+        };
+        Err(bad(format!("{shown} is not cron syntax"), SYNTAX))
     }
 
     fn name(&self, t: &str) -> Result<u8, Bad> {
@@ -238,19 +239,28 @@ impl Field {
         };
         Err(bad(
             format!("`{t}` is {other}, which cron accepts only in the {home} field"),
-            format!("use {} here", self.allowed),
+            self.takes(),
         ))
     }
 
     /// A step `n`: a number from 1 to the field's maximum.
     fn step(&self, s: &str) -> Result<u8, Bad> {
+        let fix = || format!("use a step from 1 to {}", self.max);
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad(format!("the step `/{s}` is not a number"), fix()));
+        }
         match s.parse::<u8>() {
-            Ok(n) if s.bytes().all(|b| b.is_ascii_digit()) && (1..=self.max).contains(&n) => Ok(n),
+            Ok(n) if (1..=self.max).contains(&n) => Ok(n),
             _ => Err(bad(
-                format!("step `/{s}` is outside 1-{}", self.max),
-                format!("use a step from 1 to {}", self.max),
+                format!("the step `/{s}` is outside 1-{}", self.max),
+                fix(),
             )),
         }
+    }
+
+    /// The fix for a value that does not belong here.
+    fn takes(&self) -> String {
+        format!("the {} field takes {}", self.what, self.allowed)
     }
 
     /// How to write the wrapping range `lo-hi` the way cron understands it.
