@@ -30,8 +30,14 @@ fn next(schedule: &str, zone: &str, after: Timestamp, n: usize) -> Vec<String> {
         .collect()
 }
 
-/// Fires in `[from, to)`.
-fn fires_between(schedule: &str, zone: &str, from: Timestamp, to: Timestamp) -> Vec<String> {
+/// The first `n` fires after the (unambiguous) local time `civil` in `zone`.
+fn next_local(schedule: &str, zone: &str, civil: &str, n: usize) -> Vec<String> {
+    next(schedule, zone, local(zone, civil), n)
+}
+
+/// Fires from local time `from` (inclusive) to `to` (exclusive) in `zone`.
+fn between(schedule: &str, zone: &str, from: &str, to: &str) -> Vec<String> {
+    let (from, to) = (local(zone, from), local(zone, to));
     let before = from
         .checked_sub(jiff::SignedDuration::from_secs(1))
         .unwrap();
@@ -43,215 +49,117 @@ fn fires_between(schedule: &str, zone: &str, from: Timestamp, to: Timestamp) -> 
         .collect()
 }
 
-// ---- New York: spring forward 2026-03-08 02:00 → 03:00 ----
+// ---- DST: cronie's rule (SPEC §9) in zones with 1-hour and 30-minute shifts ----
+
+const NY: &str = "America/New_York"; // 2026-03-08 02:00 → 03:00, 2026-11-01 02:00 → 01:00
+const BERLIN: &str = "Europe/Berlin"; // 2026-03-29 02:00 → 03:00, 2026-10-25 03:00 → 02:00
+const LORD_HOWE: &str = "Australia/Lord_Howe"; // 2026-10-04 02:00 → 02:30, 2026-04-05 02:00 → 01:30
+
+/// (what, schedule, zone, local from (inclusive), local to (exclusive), the fires)
+type Window = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+);
+
+#[rustfmt::skip]
+const DST_WINDOWS: &[Window] = &[
+    ("NY spring: fixed 02:30 fires once, at the end of the gap",
+        "30 2 * * *", NY, "2026-03-08T00:00", "2026-03-09T00:00", &["2026-03-08T03:00:00-04:00"]),
+    ("NY spring: a list without `*` is fixed-time; 02:00 and 02:30 collapse at the gap's end",
+        "0,30 2 * * *", NY, "2026-03-08T00:00", "2026-03-09T00:00", &["2026-03-08T03:00:00-04:00"]),
+    ("NY spring: */30 skips the gap",
+        "*/30 * * * *", NY, "2026-03-08T00:00", "2026-03-08T04:00", &[
+            "2026-03-08T00:00:00-05:00", "2026-03-08T00:30:00-05:00", "2026-03-08T01:00:00-05:00",
+            "2026-03-08T01:30:00-05:00", "2026-03-08T03:00:00-04:00", "2026-03-08T03:30:00-04:00"]),
+    ("NY spring: a wildcard hour with a fixed minute is a wildcard job: skipped",
+        "30 * * * *", NY, "2026-03-08T01:00", "2026-03-08T04:00",
+        &["2026-03-08T01:30:00-05:00", "2026-03-08T03:30:00-04:00"]),
+    ("NY fall: fixed 02:30 is unaffected",
+        "30 2 * * *", NY, "2026-11-01T00:00", "2026-11-02T00:00", &["2026-11-01T02:30:00-05:00"]),
+    ("NY fall: */30 fires in both passes of the repeated hour",
+        "*/30 * * * *", NY, "2026-11-01T00:00", "2026-11-01T03:00", &[
+            "2026-11-01T00:00:00-04:00", "2026-11-01T00:30:00-04:00", "2026-11-01T01:00:00-04:00",
+            "2026-11-01T01:30:00-04:00", "2026-11-01T01:00:00-05:00", "2026-11-01T01:30:00-05:00",
+            "2026-11-01T02:00:00-05:00", "2026-11-01T02:30:00-05:00"]),
+    ("Berlin spring: fixed 02:30 fires at 03:00 CEST",
+        "30 2 * * *", BERLIN, "2026-03-29T00:00", "2026-03-30T00:00", &["2026-03-29T03:00:00+02:00"]),
+    ("Berlin fall: fixed 02:30 fires once, in CEST",
+        "30 2 * * *", BERLIN, "2026-10-25T00:00", "2026-10-26T00:00", &["2026-10-25T02:30:00+02:00"]),
+    ("Berlin spring: */30 skips the gap",
+        "*/30 * * * *", BERLIN, "2026-03-29T01:00", "2026-03-29T04:00", &[
+            "2026-03-29T01:00:00+01:00", "2026-03-29T01:30:00+01:00",
+            "2026-03-29T03:00:00+02:00", "2026-03-29T03:30:00+02:00"]),
+    ("Berlin fall: */30 fires in both passes",
+        "*/30 * * * *", BERLIN, "2026-10-25T01:00", "2026-10-25T04:00", &[
+            "2026-10-25T01:00:00+02:00", "2026-10-25T01:30:00+02:00", "2026-10-25T02:00:00+02:00",
+            "2026-10-25T02:30:00+02:00", "2026-10-25T02:00:00+01:00", "2026-10-25T02:30:00+01:00",
+            "2026-10-25T03:00:00+01:00", "2026-10-25T03:30:00+01:00"]),
+    ("Lord Howe spring (30 minutes): fixed 02:15 fires once, at 02:30 when the gap ends",
+        "15 2 * * *", LORD_HOWE, "2026-10-04T00:00", "2026-10-05T00:00", &["2026-10-04T02:30:00+11:00"]),
+    ("Lord Howe spring: 02:00 (in the gap) and 02:30 (its end) are one fire",
+        "0,30 2 * * *", LORD_HOWE, "2026-10-04T00:00", "2026-10-05T00:00", &["2026-10-04T02:30:00+11:00"]),
+    ("Lord Howe spring: fixed 02:45 is unaffected",
+        "45 2 * * *", LORD_HOWE, "2026-10-04T00:00", "2026-10-05T00:00", &["2026-10-04T02:45:00+11:00"]),
+    ("Lord Howe spring: */15 skips 02:00 and 02:15",
+        "*/15 * * * *", LORD_HOWE, "2026-10-04T01:30", "2026-10-04T03:00", &[
+            "2026-10-04T01:30:00+10:30", "2026-10-04T01:45:00+10:30",
+            "2026-10-04T02:30:00+11:00", "2026-10-04T02:45:00+11:00"]),
+    ("Lord Howe fall (30 minutes): fixed 01:45 fires once, at the first occurrence",
+        "45 1 * * *", LORD_HOWE, "2026-04-05T00:00", "2026-04-06T00:00", &["2026-04-05T01:45:00+11:00"]),
+    ("Lord Howe fall: fixed 01:15 (before the repeated half hour) is unaffected",
+        "15 1 * * *", LORD_HOWE, "2026-04-05T00:00", "2026-04-06T00:00", &["2026-04-05T01:15:00+11:00"]),
+    ("Lord Howe fall: */15 fires in both passes of 01:30-02:00",
+        "*/15 * * * *", LORD_HOWE, "2026-04-05T01:00", "2026-04-05T02:30", &[
+            "2026-04-05T01:00:00+11:00", "2026-04-05T01:15:00+11:00", "2026-04-05T01:30:00+11:00",
+            "2026-04-05T01:45:00+11:00", "2026-04-05T01:30:00+10:30", "2026-04-05T01:45:00+10:30",
+            "2026-04-05T02:00:00+10:30", "2026-04-05T02:15:00+10:30"]),
+];
 
 #[test]
-fn new_york_spring_fixed_0230_fires_once_at_end_of_gap() {
-    let from = local("America/New_York", "2026-03-07T00:00");
-    assert_eq!(
-        next("30 2 * * *", "America/New_York", from, 3),
-        [
-            "2026-03-07T02:30:00-05:00",
-            "2026-03-08T03:00:00-04:00",
-            "2026-03-09T02:30:00-04:00",
-        ]
-    );
-    // Exactly one fire on the transition day.
-    let day = fires_between(
-        "30 2 * * *",
-        "America/New_York",
-        local("America/New_York", "2026-03-08T00:00"),
-        local("America/New_York", "2026-03-09T00:00"),
-    );
-    assert_eq!(day, ["2026-03-08T03:00:00-04:00"]);
+fn dst_windows_follow_cronie() {
+    let wrong: Vec<String> = DST_WINDOWS
+        .iter()
+        .filter_map(|(what, schedule, zone, from, to, want)| {
+            let got = between(schedule, zone, from, to);
+            (got != *want).then(|| format!("{what}: {schedule} in {zone}: got {got:?}"))
+        })
+        .collect();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
-#[test]
-fn new_york_spring_every_30_minutes_skips_the_gap() {
-    let fires = fires_between(
-        "*/30 * * * *",
-        "America/New_York",
-        local("America/New_York", "2026-03-08T00:00"),
-        local("America/New_York", "2026-03-08T04:00"),
-    );
-    assert_eq!(
-        fires,
-        [
-            "2026-03-08T00:00:00-05:00",
-            "2026-03-08T00:30:00-05:00",
-            "2026-03-08T01:00:00-05:00",
-            "2026-03-08T01:30:00-05:00",
-            "2026-03-08T03:00:00-04:00",
-            "2026-03-08T03:30:00-04:00",
-        ]
-    );
-}
+/// (schedule, zone, after (RFC 3339), the next fires)
+#[rustfmt::skip]
+const DST_NEXT: &[(&str, &str, &str, &[&str])] = &[
+    ("30 2 * * *", NY, "2026-03-07T00:00:00-05:00",
+        &["2026-03-07T02:30:00-05:00", "2026-03-08T03:00:00-04:00", "2026-03-09T02:30:00-04:00"]),
+    ("30 1 * * *", NY, "2026-10-31T12:00:00-04:00",
+        &["2026-11-01T01:30:00-04:00", "2026-11-02T01:30:00-05:00"]),
+    // From inside the repeated hour, after the first 01:30: the second 01:30 is no fire.
+    ("30 1 * * *", NY, "2026-11-01T01:10:00-05:00", &["2026-11-02T01:30:00-05:00"]),
+    ("30 2 * * *", BERLIN, "2026-03-28T12:00:00+01:00",
+        &["2026-03-29T03:00:00+02:00", "2026-03-30T02:30:00+02:00", "2026-03-31T02:30:00+02:00"]),
+    // The first 02:30 (CEST, 00:30 UTC), not the second.
+    ("30 2 * * *", BERLIN, "2026-10-25T00:00:00+02:00", &["2026-10-25T02:30:00+02:00"]),
+    ("15 2 * * *", LORD_HOWE, "2026-10-03T12:00:00+10:30",
+        &["2026-10-04T02:30:00+11:00", "2026-10-05T02:15:00+11:00"]),
+    // From inside the repeated half hour, after the first 01:45: the next day's.
+    ("45 1 * * *", LORD_HOWE, "2026-04-05T01:35:00+10:30", &["2026-04-06T01:45:00+10:30"]),
+];
 
 #[test]
-fn new_york_spring_lists_are_fixed_time_and_collapse_at_gap_end() {
-    // cronie treats a list without `*` as fixed-time: both 02:00 and 02:30
-    // run at 03:00, which is one fire time.
-    let day = fires_between(
-        "0,30 2 * * *",
-        "America/New_York",
-        local("America/New_York", "2026-03-08T00:00"),
-        local("America/New_York", "2026-03-09T00:00"),
-    );
-    assert_eq!(day, ["2026-03-08T03:00:00-04:00"]);
-    // A wildcard hour with a fixed minute is a wildcard job: skipped.
-    let day = fires_between(
-        "30 * * * *",
-        "America/New_York",
-        local("America/New_York", "2026-03-08T01:00"),
-        local("America/New_York", "2026-03-08T04:00"),
-    );
-    assert_eq!(
-        day,
-        ["2026-03-08T01:30:00-05:00", "2026-03-08T03:30:00-04:00"]
-    );
-}
-
-// ---- New York: fall back 2026-11-01 02:00 → 01:00 ----
-
-#[test]
-fn new_york_fall_fixed_0130_fires_once_at_first_occurrence() {
-    let from = local("America/New_York", "2026-10-31T12:00");
-    assert_eq!(
-        next("30 1 * * *", "America/New_York", from, 2),
-        ["2026-11-01T01:30:00-04:00", "2026-11-02T01:30:00-05:00"]
-    );
-    // Asked from inside the repeated hour, after the first 01:30: the second
-    // 01:30 (EST) is not a fire.
-    let inside = "2026-11-01T06:10:00Z".parse().unwrap(); // 01:10 EST
-    assert_eq!(
-        next("30 1 * * *", "America/New_York", inside, 1),
-        ["2026-11-02T01:30:00-05:00"]
-    );
-}
-
-#[test]
-fn new_york_fall_fixed_0230_is_unaffected() {
-    let day = fires_between(
-        "30 2 * * *",
-        "America/New_York",
-        local("America/New_York", "2026-11-01T00:00"),
-        local("America/New_York", "2026-11-02T00:00"),
-    );
-    assert_eq!(day, ["2026-11-01T02:30:00-05:00"]);
-}
-
-#[test]
-fn new_york_fall_every_30_minutes_fires_in_both_passes() {
-    let fires = fires_between(
-        "*/30 * * * *",
-        "America/New_York",
-        local("America/New_York", "2026-11-01T00:00"),
-        local("America/New_York", "2026-11-01T03:00"),
-    );
-    assert_eq!(
-        fires,
-        [
-            "2026-11-01T00:00:00-04:00",
-            "2026-11-01T00:30:00-04:00",
-            "2026-11-01T01:00:00-04:00",
-            "2026-11-01T01:30:00-04:00",
-            "2026-11-01T01:00:00-05:00",
-            "2026-11-01T01:30:00-05:00",
-            "2026-11-01T02:00:00-05:00",
-            "2026-11-01T02:30:00-05:00",
-        ]
-    );
-    let in_repeated_hour = fires.iter().filter(|f| f.contains("T01:")).count();
-    assert_eq!(in_repeated_hour, 4);
-}
-
-// ---- Berlin: spring 2026-03-29 02:00 → 03:00, fall 2026-10-25 03:00 → 02:00 ----
-
-#[test]
-fn berlin_spring_fixed_0230_fires_at_0300_cest() {
-    let day = fires_between(
-        "30 2 * * *",
-        "Europe/Berlin",
-        local("Europe/Berlin", "2026-03-29T00:00"),
-        local("Europe/Berlin", "2026-03-30T00:00"),
-    );
-    assert_eq!(day, ["2026-03-29T03:00:00+02:00"]);
-    assert_eq!(
-        next(
-            "30 2 * * *",
-            "Europe/Berlin",
-            local("Europe/Berlin", "2026-03-28T12:00"),
-            3
-        ),
-        [
-            "2026-03-29T03:00:00+02:00",
-            "2026-03-30T02:30:00+02:00",
-            "2026-03-31T02:30:00+02:00",
-        ]
-    );
-}
-
-#[test]
-fn berlin_fall_fixed_0230_fires_once_at_cest() {
-    let day = fires_between(
-        "30 2 * * *",
-        "Europe/Berlin",
-        local("Europe/Berlin", "2026-10-25T00:00"),
-        local("Europe/Berlin", "2026-10-26T00:00"),
-    );
-    assert_eq!(day, ["2026-10-25T02:30:00+02:00"]);
-    // The instant: 00:30 UTC (not 01:30 UTC, the second 02:30).
-    let first = cron::next_fires(
-        "30 2 * * *",
-        &tz("Europe/Berlin"),
-        local("Europe/Berlin", "2026-10-25T00:00"),
-        1,
-    )
-    .unwrap();
-    assert_eq!(
-        first[0].timestamp(),
-        "2026-10-25T00:30:00Z".parse::<Timestamp>().unwrap()
-    );
-}
-
-#[test]
-fn berlin_every_30_minutes_across_both_transitions() {
-    let spring = fires_between(
-        "*/30 * * * *",
-        "Europe/Berlin",
-        local("Europe/Berlin", "2026-03-29T01:00"),
-        local("Europe/Berlin", "2026-03-29T04:00"),
-    );
-    assert_eq!(
-        spring,
-        [
-            "2026-03-29T01:00:00+01:00",
-            "2026-03-29T01:30:00+01:00",
-            "2026-03-29T03:00:00+02:00",
-            "2026-03-29T03:30:00+02:00",
-        ]
-    );
-    assert!(!spring.iter().any(|f| f.contains("T02:")));
-    let fall = fires_between(
-        "*/30 * * * *",
-        "Europe/Berlin",
-        local("Europe/Berlin", "2026-10-25T01:00"),
-        local("Europe/Berlin", "2026-10-25T04:00"),
-    );
-    assert_eq!(
-        fall,
-        [
-            "2026-10-25T01:00:00+02:00",
-            "2026-10-25T01:30:00+02:00",
-            "2026-10-25T02:00:00+02:00",
-            "2026-10-25T02:30:00+02:00",
-            "2026-10-25T02:00:00+01:00",
-            "2026-10-25T02:30:00+01:00",
-            "2026-10-25T03:00:00+01:00",
-            "2026-10-25T03:30:00+01:00",
-        ]
-    );
-    assert_eq!(fall.iter().filter(|f| f.contains("T02:")).count(), 4);
+fn next_fires_across_dst() {
+    for (schedule, zone, after, want) in DST_NEXT {
+        let after: Timestamp = after.parse().unwrap();
+        assert_eq!(
+            next(schedule, zone, after, want.len()),
+            *want,
+            "{schedule} in {zone} after {after}"
+        );
+    }
 }
 
 // ---- Tokyo, nicknames, day-of-month / day-of-week ----
