@@ -671,149 +671,23 @@ impl W {
             let key: &str = k.get_ref();
             match key {
                 "description" => j.description = self.string(v, key),
-                "command" => {
-                    j.command = self.strings(v, key, true, "[\"/path/to/program\", \"arg\"]");
-                    if let Some(c) = &j.command
-                        && c.v[0].v.trim().is_empty()
-                    {
-                        self.err(
-                            c.v[0].at.span.clone().unwrap_or_default(),
-                            key,
-                            "the program (`command[0]`) must not be empty".into(),
-                            None,
-                        );
-                        j.command = None;
-                    }
-                }
+                "command" => j.command = self.command(v, key),
                 "workdir" => j.workdir = self.nonempty(v, key),
-                "user" => {
-                    j.user = self.nonempty(v, key);
-                    if let Some(u) = &j.user
-                        && !is_user_name(&u.v)
-                    {
-                        let msg = format!("`user` = \"{}\" is not a valid user name", u.v);
-                        self.err(
-                            v.span(),
-                            key,
-                            msg,
-                            Some("name a service user, e.g. \"batch\"".into()),
-                        );
-                        j.user = None;
-                    }
-                }
-                "env" => {
-                    if let Some(t) = self.table(v, key) {
-                        for (ek, ev) in t.iter() {
-                            let name: &str = ek.get_ref();
-                            let rel = format!("env.{name}");
-                            if !is_env_name(name) {
-                                let msg =
-                                    format!("`{name}` is not a valid environment variable name");
-                                self.err(
-                                    ek.span(),
-                                    &rel,
-                                    msg,
-                                    Some(
-                                        "use letters, digits and `_`, not starting with a digit"
-                                            .into(),
-                                    ),
-                                );
-                                continue;
-                            }
-                            if name.starts_with("BATCHGUARD_") {
-                                let msg = format!(
-                                    "`{name}` is reserved: batchguard sets the BATCHGUARD_* variables itself"
-                                );
-                                self.err(ek.span(), &rel, msg, Some("rename the variable".into()));
-                                continue;
-                            }
-                            if let Some(s) = self.string(ev, &rel) {
-                                j.env.insert(name.to_string(), s);
-                            }
-                        }
-                    }
-                }
+                "user" => j.user = self.user(v, key),
+                "env" => j.env = self.named_strings(v, key, Self::env_key),
                 "env_file" => j.env_file = self.nonempty(v, key),
-                "secrets" => {
-                    j.secrets = self.strings(v, key, false, "[\"DB_PASSWORD\"]");
-                    if let Some(s) = &j.secrets {
-                        let bad: Vec<_> =
-                            s.v.iter().filter(|e| !is_env_name(&e.v)).cloned().collect();
-                        for e in bad {
-                            let msg = format!(
-                                "`secrets` entry \"{}\" is not an environment variable name",
-                                e.v
-                            );
-                            self.errs.push(e.at.diag(
-                                Some(&self.full(key)),
-                                msg,
-                                Some("list variable names, e.g. [\"DB_PASSWORD\"]".into()),
-                            ));
-                            self.bad.insert(key.into());
-                        }
-                    }
-                }
-                "schedule" => {
-                    if let Some(s) = self.string(v, key) {
-                        match check_schedule(&s.v) {
-                            Ok(()) => j.schedule = Some(s),
-                            Err((msg, help)) => self.err(v.span(), key, msg, Some(help)),
-                        }
-                    }
-                }
-                "timezone" => {
-                    if let Some(s) = self.string(v, key) {
-                        match check_timezone(&s.v) {
-                            Ok(()) => j.timezone = Some(s),
-                            Err((msg, help)) => self.err(v.span(), key, msg, Some(help)),
-                        }
-                    }
-                }
+                "secrets" => j.secrets = self.secrets(v, key),
+                "schedule" => j.schedule = self.checked(v, key, check_schedule),
+                "timezone" => j.timezone = self.checked(v, key, check_timezone),
                 "timeout" => j.timeout = self.duration(v, key, true),
                 "kill_grace" => j.kill_grace = self.duration(v, key, false),
                 "expected_duration" => j.expected_duration = self.duration(v, key, true),
                 "memory_max" => j.memory_max = self.size(v, key),
                 "concurrency" => j.concurrency = self.choice(v, key, &Concurrency::names()),
-                "lock" => {
-                    if let Some(s) = self.string(v, key) {
-                        if crate::is_valid_job_name(&s.v) {
-                            j.lock = Some(s);
-                        } else {
-                            let msg = format!("invalid lock name \"{}\"", s.v);
-                            self.err(v.span(), key, msg, Some("lock names follow the job name rule: ^[a-z0-9][a-z0-9_-]{0,62}$".into()));
-                        }
-                    }
-                }
+                "lock" => j.lock = self.checked(v, key, check_lock),
                 "retries" => j.retries = self.u32(v, key, 0, 100),
                 "retry_delay" => j.retry_delay = self.duration(v, key, false),
-                "params" => {
-                    if let Some(t) = self.table(v, key) {
-                        for (pk, pv) in t.iter() {
-                            let name: &str = pk.get_ref();
-                            let rel = format!("params.{name}");
-                            if !template::is_valid_name(name) {
-                                let msg = format!("invalid param name `{name}`");
-                                self.err(
-                                    pk.span(),
-                                    &rel,
-                                    msg,
-                                    Some("param names are letters, digits, `_` and `-`".into()),
-                                );
-                                continue;
-                            }
-                            if template::BUILTINS.contains(&name) || name == template::ITEM {
-                                let msg = format!(
-                                    "param `{name}` would shadow the built-in template `{{{name}}}`"
-                                );
-                                self.err(pk.span(), &rel, msg, Some("rename the param".into()));
-                                continue;
-                            }
-                            if let Some(s) = self.string(pv, &rel) {
-                                j.params.insert(name.to_string(), s);
-                            }
-                        }
-                    }
-                }
+                "params" => j.params = self.named_strings(v, key, Self::param_key),
                 "items" => {
                     if let Some(t) = self.table(v, key) {
                         j.items = self.items(t, k.span());
@@ -826,16 +700,7 @@ impl W {
                 }
                 "runbook" => {
                     if let Some(t) = self.table(v, key) {
-                        for (k2, v2) in t.iter() {
-                            let name: &str = k2.get_ref();
-                            let rel = format!("runbook.{name}");
-                            match name {
-                                "url" => j.runbook.url = self.nonempty(v2, &rel),
-                                "verify" => j.runbook.verify = self.nonempty(v2, &rel),
-                                "notes" => j.runbook.notes = self.nonempty(v2, &rel),
-                                _ => self.unknown(k2.span(), &rel, name, RUNBOOK_KEYS),
-                            }
-                        }
+                        j.runbook = self.runbook(t);
                     }
                 }
                 "guideline" => {
@@ -845,16 +710,7 @@ impl W {
                 }
                 "distributed" => {
                     if let Some(t) = self.table(v, key) {
-                        for (k2, v2) in t.iter() {
-                            let name: &str = k2.get_ref();
-                            let rel = format!("distributed.{name}");
-                            match name {
-                                "enabled" => j.distributed.enabled = self.boolean(v2, &rel),
-                                "batch" => j.distributed.batch = self.u32(v2, &rel, 1, 100_000),
-                                "lease" => j.distributed.lease = self.duration(v2, &rel, true),
-                                _ => self.unknown(k2.span(), &rel, name, DISTRIBUTED_KEYS),
-                            }
-                        }
+                        j.distributed = self.distributed(t);
                     }
                 }
                 _ => self.unknown(k.span(), key, key, JOB_KEYS),
@@ -862,6 +718,153 @@ impl W {
         }
         j.bad = std::mem::take(&mut self.bad);
         j
+    }
+
+    /// `command`: a non-empty argv whose program is not blank.
+    fn command(&mut self, v: &Val<'_>, key: &str) -> Option<Strings> {
+        let c = self.strings(v, key, true, "[\"/path/to/program\", \"arg\"]")?;
+        if c.v[0].v.trim().is_empty() {
+            let span = c.v[0].at.span.clone().unwrap_or_default();
+            let msg = "the program (`command[0]`) must not be empty".into();
+            self.err(span, key, msg, None);
+            return None;
+        }
+        Some(c)
+    }
+
+    fn user(&mut self, v: &Val<'_>, key: &str) -> Opt<String> {
+        let u = self.nonempty(v, key)?;
+        if is_user_name(&u.v) {
+            return Some(u);
+        }
+        let msg = format!("`user` = \"{}\" is not a valid user name", u.v);
+        let help = "name a service user, e.g. \"batch\"".into();
+        self.err(v.span(), key, msg, Some(help));
+        None
+    }
+
+    /// A string checked by `check`, which gives the message and help.
+    fn checked(
+        &mut self,
+        v: &Val<'_>,
+        key: &str,
+        check: fn(&str) -> Result<(), (String, String)>,
+    ) -> Opt<String> {
+        let s = self.string(v, key)?;
+        match check(&s.v) {
+            Ok(()) => Some(s),
+            Err((msg, help)) => {
+                self.err(v.span(), key, msg, Some(help));
+                None
+            }
+        }
+    }
+
+    /// A table of string values (`env`, `params`) whose keys `check_key`
+    /// accepts (it reports the ones it refuses).
+    fn named_strings(
+        &mut self,
+        v: &Val<'_>,
+        key: &str,
+        check_key: fn(&mut W, &str, Range<usize>, &str) -> bool,
+    ) -> BTreeMap<String, Sp<String>> {
+        let mut out = BTreeMap::new();
+        let Some(t) = self.table(v, key) else {
+            return out;
+        };
+        for (k, val) in t.iter() {
+            let name: &str = k.get_ref();
+            let rel = format!("{key}.{name}");
+            if !check_key(self, name, k.span(), &rel) {
+                continue;
+            }
+            if let Some(s) = self.string(val, &rel) {
+                out.insert(name.to_string(), s);
+            }
+        }
+        out
+    }
+
+    fn env_key(&mut self, name: &str, span: Range<usize>, rel: &str) -> bool {
+        let (msg, help) = if !is_env_name(name) {
+            (
+                format!("`{name}` is not a valid environment variable name"),
+                "use letters, digits and `_`, not starting with a digit",
+            )
+        } else if name.starts_with("BATCHGUARD_") {
+            (
+                format!("`{name}` is reserved: batchguard sets the BATCHGUARD_* variables itself"),
+                "rename the variable",
+            )
+        } else {
+            return true;
+        };
+        self.err(span, rel, msg, Some(help.into()));
+        false
+    }
+
+    fn param_key(&mut self, name: &str, span: Range<usize>, rel: &str) -> bool {
+        let (msg, help) = if !template::is_valid_name(name) {
+            (
+                format!("invalid param name `{name}`"),
+                "param names are letters, digits, `_` and `-`",
+            )
+        } else if template::BUILTINS.contains(&name) || name == template::ITEM {
+            (
+                format!("param `{name}` would shadow the built-in template `{{{name}}}`"),
+                "rename the param",
+            )
+        } else {
+            return true;
+        };
+        self.err(span, rel, msg, Some(help.into()));
+        false
+    }
+
+    /// `secrets`: a list of environment variable names.
+    fn secrets(&mut self, v: &Val<'_>, key: &str) -> Option<Strings> {
+        let s = self.strings(v, key, false, "[\"DB_PASSWORD\"]")?;
+        for e in s.v.iter().filter(|e| !is_env_name(&e.v)) {
+            let msg = format!(
+                "`secrets` entry \"{}\" is not an environment variable name",
+                e.v
+            );
+            let help = "list variable names, e.g. [\"DB_PASSWORD\"]".into();
+            self.errs
+                .push(e.at.diag(Some(&self.full(key)), msg, Some(help)));
+            self.bad.insert(key.into());
+        }
+        Some(s)
+    }
+
+    fn runbook(&mut self, t: &DeTable<'_>) -> PRunbook {
+        let mut r = PRunbook::default();
+        for (k, v) in t.iter() {
+            let name: &str = k.get_ref();
+            let rel = format!("runbook.{name}");
+            match name {
+                "url" => r.url = self.nonempty(v, &rel),
+                "verify" => r.verify = self.nonempty(v, &rel),
+                "notes" => r.notes = self.nonempty(v, &rel),
+                _ => self.unknown(k.span(), &rel, name, RUNBOOK_KEYS),
+            }
+        }
+        r
+    }
+
+    fn distributed(&mut self, t: &DeTable<'_>) -> PDistributed {
+        let mut d = PDistributed::default();
+        for (k, v) in t.iter() {
+            let name: &str = k.get_ref();
+            let rel = format!("distributed.{name}");
+            match name {
+                "enabled" => d.enabled = self.boolean(v, &rel),
+                "batch" => d.batch = self.u32(v, &rel, 1, 100_000),
+                "lease" => d.lease = self.duration(v, &rel, true),
+                _ => self.unknown(k.span(), &rel, name, DISTRIBUTED_KEYS),
+            }
+        }
+        d
     }
 
     fn items(&mut self, t: &DeTable<'_>, key_span: Range<usize>) -> PItems {
@@ -1392,6 +1395,16 @@ fn check_schedule(s: &str) -> Result<(), (String, String)> {
     crate::schedule::Schedule::parse(s)
         .map(drop)
         .map_err(|e| (e.message().to_string(), e.fix().to_string()))
+}
+
+fn check_lock(s: &str) -> Result<(), (String, String)> {
+    if crate::is_valid_job_name(s) {
+        return Ok(());
+    }
+    Err((
+        format!("invalid lock name \"{s}\""),
+        "lock names follow the job name rule: ^[a-z0-9][a-z0-9_-]{0,62}$".into(),
+    ))
 }
 
 fn check_timezone(s: &str) -> Result<(), (String, String)> {
