@@ -1182,60 +1182,83 @@ impl W {
     }
 
     fn channel(&mut self, t: &DeTable<'_>, rel: &str, key_span: Range<usize>) -> Option<Channel> {
+        let kind = self.channel_kind(t, rel, key_span.clone())?;
+        let errs_before = self.errs.len();
+        let f = self.channel_fields(t, rel, channel_keys(kind));
+        if self.errs.len() > errs_before {
+            return None;
+        }
+        let cx = ChannelCx {
+            kind,
+            rel,
+            key_span,
+        };
+        match kind {
+            "slack" => Some(Channel::Slack {
+                url: self.url_source(&cx, f.url, f.url_env)?,
+            }),
+            "ping" => Some(Channel::Ping {
+                url: self.url_source(&cx, f.url, f.url_env)?,
+            }),
+            "webhook" => Some(Channel::Webhook {
+                url: self.url_source(&cx, f.url, f.url_env)?,
+                secret_env: f.secret_env.map(|s| s.v),
+            }),
+            "email" => self.email_channel(&cx, f),
+            _ => match f.command {
+                Some(c) => Some(Channel::Command {
+                    command: c.v.into_iter().map(|s| s.v).collect(),
+                }),
+                None => {
+                    let help = "add command = [\"/usr/local/bin/page-oncall\"]";
+                    self.channel_missing(&cx, "command", help);
+                    None
+                }
+            },
+        }
+    }
+
+    /// The channel's `type`, one of [`CHANNEL_TYPES`].
+    fn channel_kind<'t>(
+        &mut self,
+        t: &'t DeTable<'_>,
+        rel: &str,
+        key_span: Range<usize>,
+    ) -> Option<&'t str> {
         let full = self.full(rel);
+        let rel_type = format!("{rel}.type");
         let Some((_, tv)) = t.iter().find(|(k, _)| k.get_ref() == "type") else {
             let msg = format!("channel `{full}` has no `type`");
-            self.err(
-                key_span,
-                rel,
-                msg,
-                Some(format!(
-                    "add type = \"slack\" (one of {})",
-                    quote_list(CHANNEL_TYPES)
-                )),
+            let help = format!(
+                "add type = \"slack\" (one of {})",
+                quote_list(CHANNEL_TYPES)
             );
+            self.err(key_span, rel, msg, Some(help));
             return None;
         };
-        let kind: &str = match tv.get_ref() {
-            DeValue::String(s) if CHANNEL_TYPES.contains(&s.as_ref()) => s,
+        match tv.get_ref() {
+            DeValue::String(s) if CHANNEL_TYPES.contains(&s.as_ref()) => Some(s),
             DeValue::String(s) => {
+                let types = quote_list(CHANNEL_TYPES);
                 let help = match closest(s, CHANNEL_TYPES) {
-                    Some(c) => format!(
-                        "did you mean \"{c}\"? (types: {})",
-                        quote_list(CHANNEL_TYPES)
-                    ),
-                    None => format!("types: {}", quote_list(CHANNEL_TYPES)),
+                    Some(c) => format!("did you mean \"{c}\"? (types: {types})"),
+                    None => format!("types: {types}"),
                 };
                 let msg = format!("unknown channel type \"{s}\" for `{full}.type`");
-                self.err(tv.span(), &format!("{rel}.type"), msg, Some(help));
-                return None;
+                self.err(tv.span(), &rel_type, msg, Some(help));
+                None
             }
             _ => {
-                self.wrong_type(
-                    tv,
-                    &format!("{rel}.type"),
-                    &format!("one of {}", quote_list(CHANNEL_TYPES)),
-                    None,
-                );
-                return None;
+                let expected = format!("one of {}", quote_list(CHANNEL_TYPES));
+                self.wrong_type(tv, &rel_type, &expected, None);
+                None
             }
-        };
-        let allowed: &[&str] = match kind {
-            "slack" | "ping" => &["type", "url", "url_env"],
-            "webhook" => &["type", "url", "url_env", "secret_env"],
-            "email" => &["type", "smtp", "from", "to", "username_env", "password_env"],
-            _ => &["type", "command"],
-        };
-        let errs_before = self.errs.len();
-        let mut url = None;
-        let mut url_env = None;
-        let mut secret_env = None;
-        let mut smtp = None;
-        let mut from = None;
-        let mut to = None;
-        let mut username_env = None;
-        let mut password_env = None;
-        let mut command = None;
+        }
+    }
+
+    /// The channel's keys, each checked; keys not in `allowed` are errors.
+    fn channel_fields(&mut self, t: &DeTable<'_>, rel: &str, allowed: &[&str]) -> ChannelFields {
+        let mut f = ChannelFields::default();
         for (k, v) in t.iter() {
             let name: &str = k.get_ref();
             let r2 = format!("{rel}.{name}");
@@ -1244,151 +1267,144 @@ impl W {
                 continue;
             }
             match name {
-                "url" => url = self.http_url(v, &r2),
-                "url_env" => url_env = self.env_name(v, &r2),
-                "secret_env" => secret_env = self.env_name(v, &r2),
-                "username_env" => username_env = self.env_name(v, &r2),
-                "password_env" => password_env = self.env_name(v, &r2),
-                "smtp" => {
-                    if let Some(s) = self.nonempty(v, &r2) {
-                        let host =
-                            s.v.strip_prefix("smtp://")
-                                .or_else(|| s.v.strip_prefix("smtps://"));
-                        if host.is_some_and(|h| {
-                            !h.is_empty() && !h.starts_with('/') && !h.contains(char::is_whitespace)
-                        }) {
-                            smtp = Some(s);
-                        } else {
-                            let msg =
-                                format!("`{}` = \"{}\" is not an SMTP URL", self.full(&r2), s.v);
-                            self.err(
-                                v.span(),
-                                &r2,
-                                msg,
-                                Some("write \"smtp://host:25\" or \"smtps://host:465\"".into()),
-                            );
-                        }
-                    }
-                }
-                "from" => {
-                    if let Some(s) = self.nonempty(v, &r2) {
-                        if s.v.contains('@') {
-                            from = Some(s);
-                        } else {
-                            let msg = format!(
-                                "`{}` = \"{}\" is not an email address",
-                                self.full(&r2),
-                                s.v
-                            );
-                            self.err(v.span(), &r2, msg, None);
-                        }
-                    }
-                }
-                "to" => {
-                    if let Some(list) = self.strings(v, &r2, true, "[\"oncall@example.com\"]") {
-                        let bad: Vec<_> = list
-                            .v
-                            .iter()
-                            .filter(|a| !a.v.contains('@'))
-                            .cloned()
-                            .collect();
-                        if bad.is_empty() {
-                            to = Some(list);
-                        }
-                        for a in bad {
-                            let msg = format!(
-                                "`{}` entry \"{}\" is not an email address",
-                                self.full(&r2),
-                                a.v
-                            );
-                            self.errs.push(a.at.diag(Some(&self.full(&r2)), msg, None));
-                        }
-                    }
-                }
+                "url" => f.url = self.http_url(v, &r2),
+                "url_env" => f.url_env = self.env_name(v, &r2),
+                "secret_env" => f.secret_env = self.env_name(v, &r2),
+                "username_env" => f.username_env = self.env_name(v, &r2),
+                "password_env" => f.password_env = self.env_name(v, &r2),
+                "smtp" => f.smtp = self.smtp_url(v, &r2),
+                "from" => f.from = self.email_address(v, &r2),
+                "to" => f.to = self.email_addresses(v, &r2),
                 "command" => {
-                    command = self.strings(v, &r2, true, "[\"/usr/local/bin/page-oncall\"]")
+                    f.command = self.strings(v, &r2, true, "[\"/usr/local/bin/page-oncall\"]")
                 }
                 _ => {} // "type"
             }
         }
-        if self.errs.len() > errs_before {
-            return None;
+        f
+    }
+
+    fn smtp_url(&mut self, v: &Val<'_>, rel: &str) -> Opt<String> {
+        let s = self.nonempty(v, rel)?;
+        let host =
+            s.v.strip_prefix("smtp://")
+                .or_else(|| s.v.strip_prefix("smtps://"));
+        if host.is_some_and(|h| {
+            !h.is_empty() && !h.starts_with('/') && !h.contains(char::is_whitespace)
+        }) {
+            return Some(s);
         }
-        let mut missing = |w: &mut W, what: &str, help: String| {
-            let msg = format!("channel `{full}` (type \"{kind}\") needs `{what}`");
-            w.err(key_span.clone(), rel, msg, Some(help));
-        };
-        let url_source = |w: &mut W,
-                          url: Opt<String>,
-                          url_env: Opt<String>,
-                          missing: &mut dyn FnMut(&mut W, &str, String)|
-         -> Option<UrlSource> {
-            match (url, url_env) {
-                (Some(u), None) => Some(UrlSource::Literal(u.v)),
-                (None, Some(e)) => Some(UrlSource::Env(e.v)),
-                (Some(_), Some(e)) => {
-                    let msg = format!("channel `{full}` sets both `url` and `url_env`");
-                    w.errs.push(e.at.diag(
-                        Some(&format!("{full}.url_env")),
-                        msg,
-                        Some("keep exactly one of them".into()),
-                    ));
-                    None
-                }
-                (None, None) => {
-                    missing(
-                        w,
-                        "url` or `url_env",
-                        "add url_env = \"VAR_NAME\" (the variable holds the URL)".into(),
-                    );
-                    None
-                }
+        let msg = format!("`{}` = \"{}\" is not an SMTP URL", self.full(rel), s.v);
+        let help = "write \"smtp://host:25\" or \"smtps://host:465\"".into();
+        self.err(v.span(), rel, msg, Some(help));
+        None
+    }
+
+    fn email_address(&mut self, v: &Val<'_>, rel: &str) -> Opt<String> {
+        let s = self.nonempty(v, rel)?;
+        if s.v.contains('@') {
+            return Some(s);
+        }
+        let msg = format!("`{}` = \"{}\" is not an email address", self.full(rel), s.v);
+        self.err(v.span(), rel, msg, None);
+        None
+    }
+
+    fn email_addresses(&mut self, v: &Val<'_>, rel: &str) -> Option<Strings> {
+        let list = self.strings(v, rel, true, "[\"oncall@example.com\"]")?;
+        let full = self.full(rel);
+        let before = self.errs.len();
+        for a in list.v.iter().filter(|a| !a.v.contains('@')) {
+            let msg = format!("`{full}` entry \"{}\" is not an email address", a.v);
+            self.errs.push(a.at.diag(Some(&full), msg, None));
+        }
+        (self.errs.len() == before).then_some(list)
+    }
+
+    fn channel_missing(&mut self, cx: &ChannelCx<'_>, what: &str, help: &str) {
+        let msg = format!(
+            "channel `{}` (type \"{}\") needs `{what}`",
+            self.full(cx.rel),
+            cx.kind
+        );
+        self.err(cx.key_span.clone(), cx.rel, msg, Some(help.into()));
+    }
+
+    /// Exactly one of `url` and `url_env`.
+    fn url_source(
+        &mut self,
+        cx: &ChannelCx<'_>,
+        url: Opt<String>,
+        url_env: Opt<String>,
+    ) -> Option<UrlSource> {
+        match (url, url_env) {
+            (Some(u), None) => Some(UrlSource::Literal(u.v)),
+            (None, Some(e)) => Some(UrlSource::Env(e.v)),
+            (Some(_), Some(e)) => {
+                let full = self.full(cx.rel);
+                let msg = format!("channel `{full}` sets both `url` and `url_env`");
+                let help = "keep exactly one of them".into();
+                self.errs
+                    .push(e.at.diag(Some(&format!("{full}.url_env")), msg, Some(help)));
+                None
             }
-        };
-        match kind {
-            "slack" => Some(Channel::Slack {
-                url: url_source(self, url, url_env, &mut missing)?,
-            }),
-            "ping" => Some(Channel::Ping {
-                url: url_source(self, url, url_env, &mut missing)?,
-            }),
-            "webhook" => Some(Channel::Webhook {
-                url: url_source(self, url, url_env, &mut missing)?,
-                secret_env: secret_env.map(|s| s.v),
-            }),
-            "email" => {
-                if smtp.is_none() {
-                    missing(self, "smtp", "add smtp = \"smtp://host:25\"".into());
-                }
-                if from.is_none() {
-                    missing(self, "from", "add from = \"batch@example.com\"".into());
-                }
-                if to.is_none() {
-                    missing(self, "to", "add to = [\"oncall@example.com\"]".into());
-                }
-                Some(Channel::Email {
-                    smtp: smtp?.v,
-                    from: from?.v,
-                    to: to?.v.into_iter().map(|s| s.v).collect(),
-                    username_env: username_env.map(|s| s.v),
-                    password_env: password_env.map(|s| s.v),
-                })
+            (None, None) => {
+                let help = "add url_env = \"VAR_NAME\" (the variable holds the URL)";
+                self.channel_missing(cx, "url` or `url_env", help);
+                None
             }
-            _ => match command {
-                Some(c) => Some(Channel::Command {
-                    command: c.v.into_iter().map(|s| s.v).collect(),
-                }),
-                None => {
-                    missing(
-                        self,
-                        "command",
-                        "add command = [\"/usr/local/bin/page-oncall\"]".into(),
-                    );
-                    None
-                }
-            },
         }
     }
+
+    fn email_channel(&mut self, cx: &ChannelCx<'_>, f: ChannelFields) -> Option<Channel> {
+        if f.smtp.is_none() {
+            self.channel_missing(cx, "smtp", "add smtp = \"smtp://host:25\"");
+        }
+        if f.from.is_none() {
+            self.channel_missing(cx, "from", "add from = \"batch@example.com\"");
+        }
+        if f.to.is_none() {
+            self.channel_missing(cx, "to", "add to = [\"oncall@example.com\"]");
+        }
+        Some(Channel::Email {
+            smtp: f.smtp?.v,
+            from: f.from?.v,
+            to: f.to?.v.into_iter().map(|s| s.v).collect(),
+            username_env: f.username_env.map(|s| s.v),
+            password_env: f.password_env.map(|s| s.v),
+        })
+    }
+}
+
+/// The keys a channel of type `kind` takes.
+fn channel_keys(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "slack" | "ping" => &["type", "url", "url_env"],
+        "webhook" => &["type", "url", "url_env", "secret_env"],
+        "email" => &["type", "smtp", "from", "to", "username_env", "password_env"],
+        _ => &["type", "command"],
+    }
+}
+
+/// A channel's keys as written (each checked, all optional).
+#[derive(Default)]
+struct ChannelFields {
+    url: Opt<String>,
+    url_env: Opt<String>,
+    secret_env: Opt<String>,
+    smtp: Opt<String>,
+    from: Opt<String>,
+    to: Option<Strings>,
+    username_env: Opt<String>,
+    password_env: Opt<String>,
+    command: Option<Strings>,
+}
+
+/// Which channel is being built, for "needs `KEY`" errors.
+struct ChannelCx<'a> {
+    kind: &'a str,
+    rel: &'a str,
+    key_span: Range<usize>,
 }
 
 fn check_schedule(s: &str) -> Result<(), (String, String)> {
