@@ -1652,53 +1652,12 @@ fn g10(
     Some(abs)
 }
 
+/// Validates a merged job (templates, paths, items, channels) and builds
+/// it; `None` when that added errors.
 pub(crate) fn resolve(pj: PJob, cx: &Ctx<'_>, errs: &mut Vec<Diagnostic>) -> Option<Job> {
     let before = errs.len();
-    let missing = |key: &str, help: &str| {
-        At::file(cx.src).diag(
-            Some(key),
-            format!("missing required key `{key}` in job `{}`", cx.name),
-            Some(help.to_string()),
-        )
-    };
-    let home = cx.home.as_deref();
-
-    // Templates
-    let params_allowed: Vec<&str> = template::BUILTINS.to_vec();
-    for (k, v) in &pj.params {
-        check_template(
-            v,
-            &format!("params.{k}"),
-            cx.src,
-            &params_allowed,
-            false,
-            errs,
-        );
-    }
-    let mut allowed: Vec<&str> = template::BUILTINS.to_vec();
-    allowed.extend(pj.params.keys().map(String::as_str));
-    let mut with_item = allowed.clone();
-    with_item.push(template::ITEM);
-
-    let command = match &pj.command {
-        Some(c) => {
-            for a in &c.v {
-                check_template(a, "command", cx.src, &allowed, false, errs);
-            }
-            Some(c.v.iter().map(|s| s.v.clone()).collect::<Vec<_>>())
-        }
-        // Per-item mode runs `items.run` once per key: `command` is optional.
-        None if pj.items.run.is_some() => Some(Vec::new()),
-        None => {
-            if !pj.bad.contains("command") {
-                errs.push(missing(
-                    "command",
-                    "add command = [\"/path/to/program\", \"arg\"] (an argv; no shell)",
-                ));
-            }
-            None
-        }
-    };
+    let (allowed, with_item) = template_names(&pj, cx, errs);
+    let command = resolve_command(&pj, cx, &allowed, errs);
     for (s, key) in [
         (&pj.runbook.url, "runbook.url"),
         (&pj.runbook.verify, "runbook.verify"),
@@ -1708,187 +1667,229 @@ pub(crate) fn resolve(pj: PJob, cx: &Ctx<'_>, errs: &mut Vec<Diagnostic>) -> Opt
             check_template(s, key, cx.src, &allowed, false, errs);
         }
     }
-
-    // Paths
     let workdir = match &pj.workdir {
-        Some(w) => g10(
-            w,
-            "workdir",
-            !Arc::ptr_eq(&w.at.src, cx.src),
-            &cx.base,
-            home,
-            errs,
-        ),
+        Some(w) => {
+            let from_defaults = !Arc::ptr_eq(&w.at.src, cx.src);
+            g10(
+                w,
+                "workdir",
+                from_defaults,
+                &cx.base,
+                cx.home.as_deref(),
+                errs,
+            )
+        }
         None => Some(PathBuf::from("/")),
     };
-    let env_file = pj
-        .env_file
-        .as_ref()
-        .map(|p| normalize(Path::new(&p.v), &cx.base));
-
-    // Items
-    let items = if pj.items.table.is_some() {
-        let it = &pj.items;
-        let mode = it.mode.as_ref().map_or(ItemsMode::PerItem, |m| m.v);
-        let table_at = it.table.clone().unwrap_or_else(|| At::file(cx.src));
-        match (&it.source, &it.source_file) {
-            (Some(_), Some(f)) => errs.push(f.at.diag(
-                Some("items.source_file"),
-                "`items.source` and `items.source_file` are mutually exclusive",
-                Some("keep exactly one: a command that prints the keys, or a file that lists them".into()),
-            )),
-            (None, None) if !pj.bad.contains("items.source") && !pj.bad.contains("items.source_file") => errs.push(table_at.diag(
-                Some("items"),
-                "`[items]` needs `source` or `source_file`",
-                Some("add source = [\"./list-keys\"] (prints one key per line) or source_file = \"keys.txt\"".into()),
-            )),
-            _ => {}
-        }
-        if let Some(src) = &it.source {
-            for a in &src.v {
-                check_template(a, "items.source", cx.src, &allowed, false, errs);
-            }
-        }
-        if let Some(s) = &it.scope {
-            check_template(s, "items.scope", cx.src, &allowed, false, errs);
-        }
-        match (mode, &it.run) {
-            (ItemsMode::Stream, Some(r)) => errs.push(r.at.diag(
-                Some("items.run"),
-                "`items.run` is not allowed with `items.mode = \"stream\"`",
-                Some("in stream mode the job's `command` receives the keys on stdin; remove `items.run` or the mode".into()),
-            )),
-            (ItemsMode::PerItem, None) if !pj.bad.contains("items.run") && !pj.bad.contains("items.mode") => {
-                let at = it.mode.as_ref().map_or(table_at.clone(), |m| m.at.clone());
-                errs.push(at.diag(
-                    Some("items.run"),
-                    "per-item mode needs `items.run`",
-                    Some("add run = [\"./process\", \"{item}\"], or set mode = \"stream\"".into()),
-                ))
-            }
-            (_, Some(r)) => {
-                for a in &r.v {
-                    check_template(a, "items.run", cx.src, &with_item, true, errs);
-                }
-            }
-            _ => {}
-        }
-        let source_file = it.source_file.as_ref().map(|f| {
-            normalize(
-                Path::new(&f.v),
-                workdir.as_deref().unwrap_or(Path::new("/")),
-            )
-        });
-        Some(Items {
-            source: it
-                .source
-                .as_ref()
-                .map(|s| s.v.iter().map(|x| x.v.clone()).collect()),
-            source_file,
-            run: it
-                .run
-                .as_ref()
-                .map(|s| s.v.iter().map(|x| x.v.clone()).collect()),
-            mode,
-            scope: it.scope.as_ref().map(|s| s.v.clone()),
-            parallelism: it.parallelism.as_ref().map_or(1, |p| p.v),
-            rate: it.rate.as_ref().map(|r| r.v),
-            max_attempts: it.max_attempts.as_ref().map_or(3, |p| p.v),
-            item_timeout: it.item_timeout.as_ref().map(|d| d.v),
-        })
-    } else {
-        None
-    };
-
+    let items = pj.items.table.is_some().then(|| {
+        check_items(&pj, cx, &allowed, &with_item, errs);
+        build_items(&pj.items, workdir.as_deref().unwrap_or(Path::new("/")))
+    });
     check_channels(&pj, cx.channels, Some(cx.src), errs);
-
     if errs.len() > before {
         return None;
     }
-    let s = |o: &Opt<String>| o.as_ref().map(|s| s.v.clone());
-    Some(Job {
+    Some(build_job(pj, cx, command?, workdir?, items))
+}
+
+/// Checks the params' templates; returns the template names allowed
+/// elsewhere, without and with `{item}`.
+fn template_names<'p>(
+    pj: &'p PJob,
+    cx: &Ctx<'_>,
+    errs: &mut Vec<Diagnostic>,
+) -> (Vec<&'p str>, Vec<&'p str>) {
+    for (k, v) in &pj.params {
+        let key = format!("params.{k}");
+        check_template(v, &key, cx.src, template::BUILTINS, false, errs);
+    }
+    let mut allowed: Vec<&str> = template::BUILTINS.to_vec();
+    allowed.extend(pj.params.keys().map(String::as_str));
+    let mut with_item = allowed.clone();
+    with_item.push(template::ITEM);
+    (allowed, with_item)
+}
+
+/// `command` (its templates checked); optional in per-item mode, where
+/// `items.run` runs once per key.
+fn resolve_command(
+    pj: &PJob,
+    cx: &Ctx<'_>,
+    allowed: &[&str],
+    errs: &mut Vec<Diagnostic>,
+) -> Option<Vec<String>> {
+    match &pj.command {
+        Some(c) => {
+            for a in &c.v {
+                check_template(a, "command", cx.src, allowed, false, errs);
+            }
+            Some(values(c))
+        }
+        None if pj.items.run.is_some() => Some(Vec::new()),
+        None => {
+            if !pj.bad.contains("command") {
+                errs.push(At::file(cx.src).diag(
+                    Some("command"),
+                    format!("missing required key `command` in job `{}`", cx.name),
+                    Some(
+                        "add command = [\"/path/to/program\", \"arg\"] (an argv; no shell)".into(),
+                    ),
+                ));
+            }
+            None
+        }
+    }
+}
+
+/// `[items]`: a key source, the mode's requirements, templates.
+fn check_items(
+    pj: &PJob,
+    cx: &Ctx<'_>,
+    allowed: &[&str],
+    with_item: &[&str],
+    errs: &mut Vec<Diagnostic>,
+) {
+    let it = &pj.items;
+    let table_at = it.table.clone().unwrap_or_else(|| At::file(cx.src));
+    match (&it.source, &it.source_file) {
+        (Some(_), Some(f)) => errs.push(f.at.diag(
+            Some("items.source_file"),
+            "`items.source` and `items.source_file` are mutually exclusive",
+            Some("keep exactly one: a command that prints the keys, or a file that lists them".into()),
+        )),
+        (None, None) if !pj.bad.contains("items.source") && !pj.bad.contains("items.source_file") => errs.push(table_at.diag(
+            Some("items"),
+            "`[items]` needs `source` or `source_file`",
+            Some("add source = [\"./list-keys\"] (prints one key per line) or source_file = \"keys.txt\"".into()),
+        )),
+        _ => {}
+    }
+    for a in it.source.iter().flat_map(|s| &s.v) {
+        check_template(a, "items.source", cx.src, allowed, false, errs);
+    }
+    if let Some(s) = &it.scope {
+        check_template(s, "items.scope", cx.src, allowed, false, errs);
+    }
+    match (items_mode(it), &it.run) {
+        (ItemsMode::Stream, Some(r)) => errs.push(r.at.diag(
+            Some("items.run"),
+            "`items.run` is not allowed with `items.mode = \"stream\"`",
+            Some("in stream mode the job's `command` receives the keys on stdin; remove `items.run` or the mode".into()),
+        )),
+        (ItemsMode::PerItem, None) if !pj.bad.contains("items.run") && !pj.bad.contains("items.mode") => {
+            let at = it.mode.as_ref().map_or(table_at, |m| m.at.clone());
+            errs.push(at.diag(
+                Some("items.run"),
+                "per-item mode needs `items.run`",
+                Some("add run = [\"./process\", \"{item}\"], or set mode = \"stream\"".into()),
+            ))
+        }
+        (_, Some(r)) => {
+            for a in &r.v {
+                check_template(a, "items.run", cx.src, with_item, true, errs);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn items_mode(it: &PItems) -> ItemsMode {
+    it.mode.as_ref().map_or(ItemsMode::PerItem, |m| m.v)
+}
+
+/// The values of a list as written.
+fn values(l: &Strings) -> Vec<String> {
+    l.v.iter().map(|x| x.v.clone()).collect()
+}
+
+fn value<T: Clone>(o: &Opt<T>) -> Option<T> {
+    o.as_ref().map(|s| s.v.clone())
+}
+
+/// `[items]` with its defaults; `source_file` resolves against `workdir`.
+fn build_items(it: &PItems, workdir: &Path) -> Items {
+    Items {
+        source: it.source.as_ref().map(values),
+        source_file: it
+            .source_file
+            .as_ref()
+            .map(|f| normalize(Path::new(&f.v), workdir)),
+        run: it.run.as_ref().map(values),
+        mode: items_mode(it),
+        scope: value(&it.scope),
+        parallelism: value(&it.parallelism).unwrap_or(1),
+        rate: value(&it.rate),
+        max_attempts: value(&it.max_attempts).unwrap_or(3),
+        item_timeout: value(&it.item_timeout),
+    }
+}
+
+/// The job with its defaults, from a merged job that validated.
+fn build_job(
+    pj: PJob,
+    cx: &Ctx<'_>,
+    command: Vec<String>,
+    workdir: PathBuf,
+    items: Option<Items>,
+) -> Job {
+    let vars = |m: &BTreeMap<String, Sp<String>>| {
+        m.iter().map(|(k, v)| (k.clone(), v.v.clone())).collect()
+    };
+    Job {
         name: cx.name.to_string(),
         file: cx.file.to_path_buf(),
-        description: s(&pj.description),
-        command: command?,
-        workdir: workdir?,
-        user: s(&pj.user),
-        env: pj
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.v.clone()))
-            .collect(),
-        env_file,
-        secrets: pj
-            .secrets
+        description: value(&pj.description),
+        command,
+        workdir,
+        user: value(&pj.user),
+        env: vars(&pj.env),
+        env_file: pj
+            .env_file
             .as_ref()
-            .map(|l| l.v.iter().map(|x| x.v.clone()).collect())
-            .unwrap_or_default(),
-        schedule: s(&pj.schedule),
-        timezone: s(&pj.timezone),
-        timeout: pj.timeout.as_ref().map(|d| d.v),
-        kill_grace: pj
-            .kill_grace
-            .as_ref()
-            .map_or(Duration::from_secs(10), |d| d.v),
-        expected_duration: pj.expected_duration.as_ref().map(|d| d.v),
-        memory_max: pj.memory_max.as_ref().map(|d| d.v),
-        concurrency: pj.concurrency.as_ref().map_or(Concurrency::Forbid, |c| c.v),
-        lock: s(&pj.lock).unwrap_or_else(|| cx.name.to_string()),
-        retries: pj.retries.as_ref().map_or(0, |r| r.v),
-        retry_delay: pj
-            .retry_delay
-            .as_ref()
-            .map_or(Duration::from_secs(30), |d| d.v),
-        params: pj
-            .params
-            .iter()
-            .map(|(k, v)| (k.clone(), v.v.clone()))
-            .collect(),
+            .map(|p| normalize(Path::new(&p.v), &cx.base)),
+        secrets: pj.secrets.as_ref().map(values).unwrap_or_default(),
+        schedule: value(&pj.schedule),
+        timezone: value(&pj.timezone),
+        timeout: value(&pj.timeout),
+        kill_grace: value(&pj.kill_grace).unwrap_or(Duration::from_secs(10)),
+        expected_duration: value(&pj.expected_duration),
+        memory_max: value(&pj.memory_max),
+        concurrency: value(&pj.concurrency).unwrap_or(Concurrency::Forbid),
+        lock: value(&pj.lock).unwrap_or_else(|| cx.name.to_string()),
+        retries: value(&pj.retries).unwrap_or(0),
+        retry_delay: value(&pj.retry_delay).unwrap_or(Duration::from_secs(30)),
+        params: vars(&pj.params),
         items,
         notify: Notify {
-            on: pj
-                .notify
-                .on
-                .as_ref()
-                .map_or_else(|| DEFAULT_EVENTS.to_vec(), |o| o.v.clone()),
-            channels: pj
-                .notify
-                .channels
-                .as_ref()
-                .map(|l| l.v.iter().map(|x| x.v.clone()).collect())
-                .unwrap_or_default(),
+            on: value(&pj.notify.on).unwrap_or_else(|| DEFAULT_EVENTS.to_vec()),
+            channels: pj.notify.channels.as_ref().map(values).unwrap_or_default(),
         },
         runbook: Runbook {
-            url: s(&pj.runbook.url),
-            verify: s(&pj.runbook.verify),
-            notes: s(&pj.runbook.notes),
+            url: value(&pj.runbook.url),
+            verify: value(&pj.runbook.verify),
+            notes: value(&pj.runbook.notes),
         },
-        guideline: Guideline {
-            reads: pj.guideline.reads.as_ref().map(|r| r.v),
-            replica_dsn_env: s(&pj.guideline.replica_dsn_env),
-            max_replica_lag: pj.guideline.max_replica_lag.as_ref().map(|d| d.v),
-            expected_items: pj.guideline.expected_items.as_ref().map(|d| d.v),
-            write_impact: s(&pj.guideline.write_impact),
-            schema_change: pj.guideline.schema_change.as_ref().map(|d| d.v.clone()),
-            overlap_safe: s(&pj.guideline.overlap_safe),
-            clean: pj
-                .guideline
-                .clean
-                .as_ref()
-                .map(|l| l.v.iter().map(|x| x.v.clone()).collect()),
-            role_ok: s(&pj.guideline.role_ok),
-        },
+        guideline: build_guideline(&pj.guideline),
         distributed: Distributed {
-            enabled: pj.distributed.enabled.as_ref().is_some_and(|b| b.v),
-            batch: pj.distributed.batch.as_ref().map_or(100, |b| b.v),
-            lease: pj
-                .distributed
-                .lease
-                .as_ref()
-                .map_or(Duration::from_secs(60), |d| d.v),
+            enabled: value(&pj.distributed.enabled).unwrap_or(false),
+            batch: value(&pj.distributed.batch).unwrap_or(100),
+            lease: value(&pj.distributed.lease).unwrap_or(Duration::from_secs(60)),
         },
-    })
+    }
+}
+
+fn build_guideline(g: &PGuideline) -> Guideline {
+    Guideline {
+        reads: value(&g.reads),
+        replica_dsn_env: value(&g.replica_dsn_env),
+        max_replica_lag: value(&g.max_replica_lag),
+        expected_items: value(&g.expected_items),
+        write_impact: value(&g.write_impact),
+        schema_change: value(&g.schema_change),
+        overlap_safe: value(&g.overlap_safe),
+        clean: g.clean.as_ref().map(values),
+        role_ok: value(&g.role_ok),
+    }
 }
 
 /// Builds a job from command-line values (for `exec`).
