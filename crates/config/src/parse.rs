@@ -1069,71 +1069,18 @@ impl W {
         let mut declared = BTreeSet::new();
         for (k, v) in t.iter() {
             let key: &str = k.get_ref();
+            let set = |d: &mut Duration, new: Opt<Duration>| *d = new.map_or(*d, |n| n.v);
             match key {
-                "state" => {
-                    if let Some(s) = self.nonempty(v, key) {
-                        let ok =
-                            s.v.strip_prefix("sqlite:")
-                                .map(|p| !p.is_empty())
-                                .or_else(|| {
-                                    ["postgres://", "postgresql://"]
-                                        .iter()
-                                        .find_map(|p| s.v.strip_prefix(p))
-                                        .map(|r| !r.is_empty())
-                                })
-                                .unwrap_or(false);
-                        if ok {
-                            g.state = Some(s.v);
-                        } else {
-                            let msg = format!("`state` = \"{}\" is not a state store URL", s.v);
-                            self.err(v.span(), key, msg, Some("write \"sqlite:/var/lib/batchguard/state.db\" or \"postgres://user@host/db\"".into()));
-                        }
-                    }
-                }
-                "log_dir" | "artifact_dir" => {
-                    if let Some(s) = self.nonempty(v, key) {
-                        let p = normalize(Path::new(&s.v), dir);
-                        if under_personal_home(&p, home) {
-                            let msg = format!(
-                                "`{key}` = \"{}\" is under a personal home directory ({})",
-                                s.v,
-                                p.display()
-                            );
-                            self.err(v.span(), key, msg, Some(G10_HELP.into()));
-                        } else if key == "log_dir" {
-                            g.log_dir = p;
-                        } else {
-                            g.artifact_dir = Some(p);
-                        }
-                    }
-                }
+                "state" => g.state = self.state_url(v, key).or(g.state),
+                "log_dir" => g.log_dir = self.own_dir(v, key, dir, home).unwrap_or(g.log_dir),
+                "artifact_dir" => g.artifact_dir = self.own_dir(v, key, dir, home),
                 "host" => g.host = self.nonempty(v, key).map(|s| s.v),
                 "dashboard_url" => g.dashboard_url = self.http_url(v, key).map(|s| s.v),
-                "log_max" => {
-                    if let Some(n) = self.size(v, key) {
-                        g.log_max_bytes = n.v;
-                    }
-                }
-                "log_retention" => {
-                    if let Some(d) = self.duration(v, key, true) {
-                        g.log_retention = d.v;
-                    }
-                }
-                "lease" => {
-                    if let Some(d) = self.duration(v, key, true) {
-                        g.lease = d.v;
-                    }
-                }
-                "notify_digest" => {
-                    if let Some(d) = self.duration(v, key, true) {
-                        g.notify_digest = d.v;
-                    }
-                }
-                "missed_grace" => {
-                    if let Some(d) = self.duration(v, key, true) {
-                        g.missed_grace = d.v;
-                    }
-                }
+                "log_max" => g.log_max_bytes = self.size(v, key).map_or(g.log_max_bytes, |n| n.v),
+                "log_retention" => set(&mut g.log_retention, self.duration(v, key, true)),
+                "lease" => set(&mut g.lease, self.duration(v, key, true)),
+                "notify_digest" => set(&mut g.notify_digest, self.duration(v, key, true)),
+                "missed_grace" => set(&mut g.missed_grace, self.duration(v, key, true)),
                 "defaults" => {
                     if let Some(t) = self.table(v, key) {
                         let mut sub = W::new(&self.src, "defaults.");
@@ -1144,27 +1091,7 @@ impl W {
                 }
                 "channels" => {
                     if let Some(t) = self.table(v, key) {
-                        for (ck, cv) in t.iter() {
-                            let name: &str = ck.get_ref();
-                            declared.insert(name.to_string());
-                            let rel = format!("channels.{name}");
-                            if !template::is_valid_name(name) {
-                                let msg = format!("invalid channel name `{name}`");
-                                self.err(
-                                    ck.span(),
-                                    &rel,
-                                    msg,
-                                    Some("channel names are letters, digits, `_` and `-`".into()),
-                                );
-                                continue;
-                            }
-                            let Some(ct) = self.table(cv, &rel) else {
-                                continue;
-                            };
-                            if let Some(c) = self.channel(ct, &rel, ck.span()) {
-                                g.channels.insert(name.to_string(), c);
-                            }
-                        }
+                        self.channels(t, &mut declared, &mut g.channels);
                     }
                 }
                 _ => self.unknown(k.span(), key, key, GLOBAL_KEYS),
@@ -1179,6 +1106,72 @@ impl W {
         // Channels named in [defaults] must exist.
         check_channels(&g.defaults.0, &declared, None, &mut self.errs);
         (g, declared)
+    }
+
+    /// `state`: `sqlite:PATH` or `postgres://…`.
+    fn state_url(&mut self, v: &Val<'_>, key: &str) -> Option<String> {
+        let s = self.nonempty(v, key)?;
+        let rest = |p: &str| s.v.strip_prefix(p).map(|r| !r.is_empty());
+        let ok = rest("sqlite:")
+            .or_else(|| rest("postgres://"))
+            .or_else(|| rest("postgresql://"))
+            .unwrap_or(false);
+        if ok {
+            return Some(s.v);
+        }
+        let msg = format!("`state` = \"{}\" is not a state store URL", s.v);
+        let help = "write \"sqlite:/var/lib/batchguard/state.db\" or \"postgres://user@host/db\"";
+        self.err(v.span(), key, msg, Some(help.into()));
+        None
+    }
+
+    /// `log_dir`, `artifact_dir`: absolute against `dir`, never under a
+    /// personal home (G10).
+    fn own_dir(
+        &mut self,
+        v: &Val<'_>,
+        key: &str,
+        dir: &Path,
+        home: Option<&Path>,
+    ) -> Option<PathBuf> {
+        let s = self.nonempty(v, key)?;
+        let p = normalize(Path::new(&s.v), dir);
+        if !under_personal_home(&p, home) {
+            return Some(p);
+        }
+        let msg = format!(
+            "`{key}` = \"{}\" is under a personal home directory ({})",
+            s.v,
+            p.display()
+        );
+        self.err(v.span(), key, msg, Some(G10_HELP.into()));
+        None
+    }
+
+    /// `[channels.NAME]`: every name is `declared`, valid ones go to `out`.
+    fn channels(
+        &mut self,
+        t: &DeTable<'_>,
+        declared: &mut BTreeSet<String>,
+        out: &mut BTreeMap<String, Channel>,
+    ) {
+        for (ck, cv) in t.iter() {
+            let name: &str = ck.get_ref();
+            declared.insert(name.to_string());
+            let rel = format!("channels.{name}");
+            if !template::is_valid_name(name) {
+                let msg = format!("invalid channel name `{name}`");
+                let help = "channel names are letters, digits, `_` and `-`".into();
+                self.err(ck.span(), &rel, msg, Some(help));
+                continue;
+            }
+            let Some(ct) = self.table(cv, &rel) else {
+                continue;
+            };
+            if let Some(c) = self.channel(ct, &rel, ck.span()) {
+                out.insert(name.to_string(), c);
+            }
+        }
     }
 
     fn channel(&mut self, t: &DeTable<'_>, rel: &str, key_span: Range<usize>) -> Option<Channel> {
