@@ -293,6 +293,25 @@ pub(crate) fn under_personal_home(p: &Path, home: Option<&Path>) -> bool {
 // ---------------------------------------------------------------------------
 // the walker
 
+/// The entries of table `t` under `prefix`: (key, `prefix.key`, the key as
+/// written, the value).
+fn entries<'a, 'i>(
+    t: &'a DeTable<'i>,
+    prefix: &'a str,
+) -> impl Iterator<
+    Item = (
+        &'a str,
+        String,
+        &'a Spanned<std::borrow::Cow<'i, str>>,
+        &'a Val<'i>,
+    ),
+> {
+    t.iter().map(move |(k, v)| {
+        let name: &str = k.get_ref();
+        (name, format!("{prefix}.{name}"), k, v)
+    })
+}
+
 pub(crate) struct W {
     src: Arc<Source>,
     prefix: String,
@@ -839,9 +858,7 @@ impl W {
 
     fn runbook(&mut self, t: &DeTable<'_>) -> PRunbook {
         let mut r = PRunbook::default();
-        for (k, v) in t.iter() {
-            let name: &str = k.get_ref();
-            let rel = format!("runbook.{name}");
+        for (name, rel, k, v) in entries(t, "runbook") {
             match name {
                 "url" => r.url = self.nonempty(v, &rel),
                 "verify" => r.verify = self.nonempty(v, &rel),
@@ -854,9 +871,7 @@ impl W {
 
     fn distributed(&mut self, t: &DeTable<'_>) -> PDistributed {
         let mut d = PDistributed::default();
-        for (k, v) in t.iter() {
-            let name: &str = k.get_ref();
-            let rel = format!("distributed.{name}");
+        for (name, rel, k, v) in entries(t, "distributed") {
             match name {
                 "enabled" => d.enabled = self.boolean(v, &rel),
                 "batch" => d.batch = self.u32(v, &rel, 1, 100_000),
@@ -872,9 +887,7 @@ impl W {
             table: Some(self.at(key_span)),
             ..PItems::default()
         };
-        for (k, v) in t.iter() {
-            let name: &str = k.get_ref();
-            let rel = format!("items.{name}");
+        for (name, rel, k, v) in entries(t, "items") {
             match name {
                 "source" => {
                     it.source =
@@ -912,9 +925,7 @@ impl W {
 
     fn notify(&mut self, t: &DeTable<'_>) -> PNotify {
         let mut n = PNotify::default();
-        for (k, v) in t.iter() {
-            let name: &str = k.get_ref();
-            let rel = format!("notify.{name}");
+        for (name, rel, k, v) in entries(t, "notify") {
             match name {
                 "on" => {
                     let Some(list) = self.strings(v, &rel, false, "[\"failure\", \"timeout\"]")
@@ -965,9 +976,7 @@ impl W {
 
     fn guideline(&mut self, t: &DeTable<'_>) -> PGuideline {
         let mut g = PGuideline::default();
-        for (k, v) in t.iter() {
-            let name: &str = k.get_ref();
-            let rel = format!("guideline.{name}");
+        for (name, rel, k, v) in entries(t, "guideline") {
             match name {
                 "reads" => g.reads = self.choice(v, &rel, &Reads::names()),
                 "replica_dsn_env" => g.replica_dsn_env = self.env_name(v, &rel),
@@ -1473,8 +1482,15 @@ fn check_channels(
 // ---------------------------------------------------------------------------
 // merging and resolving
 
-fn or<T: Clone>(a: Option<T>, b: &Option<T>) -> Option<T> {
-    a.or_else(|| b.clone())
+/// `$ty { field: job's value or else the default's, ... }` for the listed
+/// fields, then any `rest` written out.
+macro_rules! job_over_defaults {
+    ($ty:ident, $j:expr, $d:expr; $($f:ident),* $(; $($rest:tt)*)?) => {
+        $ty {
+            $($f: $j.$f.or_else(|| $d.$f.clone()),)*
+            $($($rest)*)?
+        }
+    };
 }
 
 /// `job` over `defaults`: the job's value wins; tables merge key by key.
@@ -1485,65 +1501,24 @@ pub(crate) fn merge(d: &PJob, j: PJob) -> PJob {
     params.extend(j.params);
     let mut bad = d.bad.clone();
     bad.extend(j.bad);
-    PJob {
+    job_over_defaults!(PJob, j, d;
+        description, command, workdir, user, env_file, secrets, schedule, timezone, timeout,
+        kill_grace, expected_duration, memory_max, concurrency, lock, retries, retry_delay;
         any: d.any || j.any,
-        description: or(j.description, &d.description),
-        command: or(j.command, &d.command),
-        workdir: or(j.workdir, &d.workdir),
-        user: or(j.user, &d.user),
         env,
-        env_file: or(j.env_file, &d.env_file),
-        secrets: or(j.secrets, &d.secrets),
-        schedule: or(j.schedule, &d.schedule),
-        timezone: or(j.timezone, &d.timezone),
-        timeout: or(j.timeout, &d.timeout),
-        kill_grace: or(j.kill_grace, &d.kill_grace),
-        expected_duration: or(j.expected_duration, &d.expected_duration),
-        memory_max: or(j.memory_max, &d.memory_max),
-        concurrency: or(j.concurrency, &d.concurrency),
-        lock: or(j.lock, &d.lock),
-        retries: or(j.retries, &d.retries),
-        retry_delay: or(j.retry_delay, &d.retry_delay),
         params,
-        items: PItems {
-            table: or(j.items.table, &d.items.table),
-            source: or(j.items.source, &d.items.source),
-            source_file: or(j.items.source_file, &d.items.source_file),
-            run: or(j.items.run, &d.items.run),
-            mode: or(j.items.mode, &d.items.mode),
-            scope: or(j.items.scope, &d.items.scope),
-            parallelism: or(j.items.parallelism, &d.items.parallelism),
-            rate: or(j.items.rate, &d.items.rate),
-            max_attempts: or(j.items.max_attempts, &d.items.max_attempts),
-            item_timeout: or(j.items.item_timeout, &d.items.item_timeout),
-        },
-        notify: PNotify {
-            on: or(j.notify.on, &d.notify.on),
-            channels: or(j.notify.channels, &d.notify.channels),
-        },
-        runbook: PRunbook {
-            url: or(j.runbook.url, &d.runbook.url),
-            verify: or(j.runbook.verify, &d.runbook.verify),
-            notes: or(j.runbook.notes, &d.runbook.notes),
-        },
-        guideline: PGuideline {
-            reads: or(j.guideline.reads, &d.guideline.reads),
-            replica_dsn_env: or(j.guideline.replica_dsn_env, &d.guideline.replica_dsn_env),
-            max_replica_lag: or(j.guideline.max_replica_lag, &d.guideline.max_replica_lag),
-            expected_items: or(j.guideline.expected_items, &d.guideline.expected_items),
-            write_impact: or(j.guideline.write_impact, &d.guideline.write_impact),
-            schema_change: or(j.guideline.schema_change, &d.guideline.schema_change),
-            overlap_safe: or(j.guideline.overlap_safe, &d.guideline.overlap_safe),
-            clean: or(j.guideline.clean, &d.guideline.clean),
-            role_ok: or(j.guideline.role_ok, &d.guideline.role_ok),
-        },
-        distributed: PDistributed {
-            enabled: or(j.distributed.enabled, &d.distributed.enabled),
-            batch: or(j.distributed.batch, &d.distributed.batch),
-            lease: or(j.distributed.lease, &d.distributed.lease),
-        },
+        items: job_over_defaults!(PItems, j.items, d.items;
+            table, source, source_file, run, mode, scope, parallelism, rate, max_attempts,
+            item_timeout),
+        notify: job_over_defaults!(PNotify, j.notify, d.notify; on, channels),
+        runbook: job_over_defaults!(PRunbook, j.runbook, d.runbook; url, verify, notes),
+        guideline: job_over_defaults!(PGuideline, j.guideline, d.guideline;
+            reads, replica_dsn_env, max_replica_lag, expected_items, write_impact,
+            schema_change, overlap_safe, clean, role_ok),
+        distributed: job_over_defaults!(PDistributed, j.distributed, d.distributed;
+            enabled, batch, lease),
         bad,
-    }
+    )
 }
 
 /// What a job is resolved against.
