@@ -791,9 +791,7 @@ impl W {
         let Some(t) = self.table(v, key) else {
             return out;
         };
-        for (k, val) in t.iter() {
-            let name: &str = k.get_ref();
-            let rel = format!("{key}.{name}");
+        for (name, rel, k, val) in entries(t, key) {
             if !check_key(self, name, k.span(), &rel) {
                 continue;
             }

@@ -40,128 +40,46 @@ const ACCEPTED: &[&str] = &[
 ];
 
 /// (schedule, fragments its error must contain)
+#[rustfmt::skip]
 const REJECTED: &[(&str, &[&str])] = &[
-    (
-        "0 0 * MON *",
-        &[
-            "the month field (1-12 or jan-dec)",
-            "`MON` is a weekday name, which cron accepts only in the day-of-week field",
-            "the month field takes 1-12 or jan-dec",
-        ],
-    ),
-    (
-        "0 0 * * jan",
-        &[
-            "the day-of-week field (0-7 or sun-sat; 0 and 7 are Sunday)",
-            "`jan` is a month name",
-        ],
-    ),
+    ("0 0 * MON *", &["the month field (1-12 or jan-dec)", "`MON` is a weekday name, which cron accepts only in the day-of-week field", "the month field takes 1-12 or jan-dec"]),
+    ("0 0 * * jan", &["the day-of-week field (0-7 or sun-sat; 0 and 7 are Sunday)", "`jan` is a month name"]),
     ("MON * * * *", &["the minute field (0-59)", "weekday name"]),
-    (
-        "1,,2 * * * *",
-        &[
-            "the minute field (0-59): `1,,2` has an empty list element",
-            "remove the extra comma: `1,2`",
-        ],
-    ),
-    (
-        "0 1, * * *",
-        &["the hour field (0-23)", "empty list element"],
-    ),
-    (
-        "0 0 , * *",
-        &["the day-of-month field", "write a value in 1-31"],
-    ),
-    (
-        "0 0 * * FRI-SUN",
-        &[
-            "the day-of-week field",
-            "`FRI-SUN` is a reversed range (cron does not wrap around)",
-            "write 5-7 or 0,5,6",
-        ],
-    ),
+    ("1,,2 * * * *", &["the minute field (0-59): `1,,2` has an empty list element", "remove the extra comma: `1,2`"]),
+    ("0 1, * * *", &["the hour field (0-23)", "empty list element"]),
+    ("0 0 , * *", &["the day-of-month field", "write a value in 1-31"]),
+    ("0 0 * * FRI-SUN", &["the day-of-week field", "`FRI-SUN` is a reversed range (cron does not wrap around)", "write 5-7 or 0,5,6"]),
     ("0 0 * * 6-1", &["write 6-7,1 or 0,1,6"]),
     ("0 22-2 * * *", &["the hour field", "write 22-23,0-2"]),
     ("0 0 * nov-feb *", &["the month field", "write 11-12,1-2"]),
-    (
-        "61 * * * *",
-        &["the minute field (0-59): 61 is out of range"],
-    ),
+    ("61 * * * *", &["the minute field (0-59): 61 is out of range"]),
     ("0 24 * * *", &["the hour field (0-23): 24 is out of range"]),
-    (
-        "0 0 0 * *",
-        &["the day-of-month field (1-31): 0 is out of range"],
-    ),
-    (
-        "0 0 32 * *",
-        &["the day-of-month field (1-31): 32 is out of range"],
-    ),
-    (
-        "0 0 * 0 *",
-        &["the month field (1-12 or jan-dec): 0 is out of range"],
-    ),
-    (
-        "0 0 * 13 *",
-        &[
-            "13 is out of range",
-            "the month field takes 1-12 or jan-dec",
-        ],
-    ),
+    ("0 0 0 * *", &["the day-of-month field (1-31): 0 is out of range"]),
+    ("0 0 32 * *", &["the day-of-month field (1-31): 32 is out of range"]),
+    ("0 0 * 0 *", &["the month field (1-12 or jan-dec): 0 is out of range"]),
+    ("0 0 * 13 *", &["13 is out of range", "the month field takes 1-12 or jan-dec"]),
     ("0 0 * * 8", &["the day-of-week field", "8 is out of range"]),
     ("0 0 * * 1000", &["1000 is out of range"]),
-    (
-        "*/0 * * * *",
-        &["the minute field", "the step `/0` is outside 1-59"],
-    ),
+    ("*/0 * * * *", &["the minute field", "the step `/0` is outside 1-59"]),
     ("*/60 * * * *", &["the step `/60` is outside 1-59"]),
-    (
-        "0 */24 * * *",
-        &["the hour field", "the step `/24` is outside 1-23"],
-    ),
+    ("0 */24 * * *", &["the hour field", "the step `/24` is outside 1-23"]),
     ("0 0 * * */8", &["the step `/8` is outside 1-7"]),
     ("*/x * * * *", &["the step `/x` is not a number"]),
-    (
-        "0/10 * * * *",
-        &["`0/10`: a step needs a range", "write 0-59/10 or */10"],
-    ),
-    (
-        "0 0 L * *",
-        &["the day-of-month field", "`L` is not cron syntax"],
-    ),
-    (
-        "0 0 1W * *",
-        &["`1W` is not cron syntax", "no `L`, `W`, `#` or `?`"],
-    ),
+    ("0/10 * * * *", &["`0/10`: a step needs a range", "write 0-59/10 or */10"]),
+    ("0 0 L * *", &["the day-of-month field", "`L` is not cron syntax"]),
+    ("0 0 1W * *", &["`1W` is not cron syntax", "no `L`, `W`, `#` or `?`"]),
     ("0 0 ? * *", &["`?` is not cron syntax"]),
-    (
-        "0 0 * * 5#2",
-        &["the day-of-week field", "`5#2` is not cron syntax"],
-    ),
+    ("0 0 * * 5#2", &["the day-of-week field", "`5#2` is not cron syntax"]),
     ("0 0 * * FOO", &["`FOO` is not cron syntax"]),
     ("1-2-3 * * * *", &["`2-3` is not cron syntax"]),
     ("- * * * *", &["an empty value is not cron syntax"]),
-    (
-        "@reboot",
-        &[
-            "@reboot runs a command when cron starts, not at fire times",
-            "write 5 fields",
-        ],
-    ),
-    (
-        "@DAILY",
-        &[
-            "unknown nickname",
-            "write \"@daily\" (nicknames are lowercase)",
-        ],
-    ),
+    ("@reboot", &["@reboot runs a command when cron starts, not at fire times", "write 5 fields"]),
+    ("@DAILY", &["unknown nickname", "write \"@daily\" (nicknames are lowercase)"]),
     ("@dayly", &["did you mean \"@daily\"?"]),
     ("@every 5m", &["unknown nickname"]),
     ("", &["expected 5 fields", "found 0"]),
     ("* * * *", &["found 4"]),
-    (
-        "0 30 3 * * *",
-        &["found 6 (a seconds field is not supported"],
-    ),
+    ("0 30 3 * * *", &["found 6 (a seconds field is not supported"]),
     ("* * * * * * *", &["found 7"]),
 ];
 

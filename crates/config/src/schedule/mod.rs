@@ -381,20 +381,23 @@ mod tests {
         }
     }
 
+    /// The first `n` fires of `schedule` after `from`, in UTC.
+    fn utc_fires(schedule: &str, from: &str, n: usize) -> Vec<Zoned> {
+        Schedule::parse(schedule)
+            .unwrap()
+            .next_fires(&tz("UTC"), ts(from), n)
+    }
+
     #[test]
     fn star_step_counts_as_star_for_dom_dow() {
         // cronie: dom `*/2` starts with `*` → AND with Monday.
-        let s = Schedule::parse("0 0 */2 * 1").unwrap();
-        let fires = s.next_fires(&tz("UTC"), ts("2026-06-01T00:00:00Z"), 3);
-        for f in &fires {
+        for f in utc_fires("0 0 */2 * 1", "2026-06-01T00:00:00Z", 3) {
             assert_eq!(f.weekday(), jiff::civil::Weekday::Monday);
             assert_eq!(f.day() % 2, 1);
         }
         // Both restricted → OR.
-        let s = Schedule::parse("0 0 2 * 1").unwrap();
-        let fires = s.next_fires(&tz("UTC"), ts("2026-06-01T00:00:00Z"), 2);
         assert_eq!(
-            rfc(&fires),
+            rfc(&utc_fires("0 0 2 * 1", "2026-06-01T00:00:00Z", 2)),
             ["2026-06-02T00:00:00+00:00", "2026-06-08T00:00:00+00:00"]
         );
     }
@@ -412,10 +415,8 @@ mod tests {
         // Both day fields restricted: the weekday alone makes it fire.
         assert_eq!(Schedule::parse("0 0 30 2 1").unwrap().never_fires(), None);
         // Feb 29 only in leap years.
-        let s = Schedule::parse("0 0 29 2 *").unwrap();
-        let f = s.next_fires(&tz("UTC"), ts("2026-01-01T00:00:00Z"), 2);
         assert_eq!(
-            rfc(&f),
+            rfc(&utc_fires("0 0 29 2 *", "2026-01-01T00:00:00Z", 2)),
             ["2028-02-29T00:00:00+00:00", "2032-02-29T00:00:00+00:00"]
         );
     }
