@@ -30,8 +30,9 @@ fn next(schedule: &str, zone: &str, after: Timestamp, n: usize) -> Vec<String> {
         .collect()
 }
 
-/// Fires in `[from, to)`.
-fn fires_between(schedule: &str, zone: &str, from: Timestamp, to: Timestamp) -> Vec<String> {
+/// Fires from local time `from` (inclusive) to `to` (exclusive) in `zone`.
+fn between(schedule: &str, zone: &str, from: &str, to: &str) -> Vec<String> {
+    let (from, to) = (local(zone, from), local(zone, to));
     let before = from
         .checked_sub(jiff::SignedDuration::from_secs(1))
         .unwrap();
@@ -43,313 +44,143 @@ fn fires_between(schedule: &str, zone: &str, from: Timestamp, to: Timestamp) -> 
         .collect()
 }
 
-// ---- New York: spring forward 2026-03-08 02:00 → 03:00 ----
+// ---- DST: cronie's rule (SPEC §9) in zones with 1-hour and 30-minute shifts ----
+
+const NY: &str = "America/New_York"; // 2026-03-08 02:00 → 03:00, 2026-11-01 02:00 → 01:00
+const BERLIN: &str = "Europe/Berlin"; // 2026-03-29 02:00 → 03:00, 2026-10-25 03:00 → 02:00
+const TOKYO: &str = "Asia/Tokyo";
+const LORD_HOWE: &str = "Australia/Lord_Howe"; // 2026-10-04 02:00 → 02:30, 2026-04-05 02:00 → 01:30
+
+/// (what, schedule, zone, local day, from (inclusive) and to (exclusive,
+/// `24:00` = the day's end) as local times that day, the fires that day as
+/// local time and offset)
+type Window = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+);
+
+#[rustfmt::skip]
+const DST_WINDOWS: &[Window] = &[
+    ("NY spring: fixed 02:30 fires once, at the end of the gap",
+        "30 2 * * *", NY, "2026-03-08", "00:00", "24:00", "03:00-04:00"),
+    ("NY spring: a list without `*` is fixed-time; 02:00 and 02:30 collapse at the gap's end",
+        "0,30 2 * * *", NY, "2026-03-08", "00:00", "24:00", "03:00-04:00"),
+    ("NY spring: */30 skips the gap",
+        "*/30 * * * *", NY, "2026-03-08", "00:00", "04:00", "00:00-05:00 00:30-05:00 01:00-05:00 01:30-05:00 03:00-04:00 03:30-04:00"),
+    ("NY fall: fixed 02:30 is unaffected",
+        "30 2 * * *", NY, "2026-11-01", "00:00", "24:00", "02:30-05:00"),
+    ("NY fall: */30 fires in both passes of the repeated hour",
+        "*/30 * * * *", NY, "2026-11-01", "00:00", "03:00", "00:00-04:00 00:30-04:00 01:00-04:00 01:30-04:00 01:00-05:00 01:30-05:00 02:00-05:00 02:30-05:00"),
+    ("Berlin spring: fixed 02:30 fires at 03:00 CEST",
+        "30 2 * * *", BERLIN, "2026-03-29", "00:00", "24:00", "03:00+02:00"),
+    ("Berlin fall: fixed 02:30 fires once, in CEST",
+        "30 2 * * *", BERLIN, "2026-10-25", "00:00", "24:00", "02:30+02:00"),
+    ("Berlin spring: */30 skips the gap",
+        "*/30 * * * *", BERLIN, "2026-03-29", "01:00", "04:00", "01:00+01:00 01:30+01:00 03:00+02:00 03:30+02:00"),
+    ("Berlin fall: */30 fires in both passes",
+        "*/30 * * * *", BERLIN, "2026-10-25", "01:00", "04:00", "01:00+02:00 01:30+02:00 02:00+02:00 02:30+02:00 02:00+01:00 02:30+01:00 03:00+01:00 03:30+01:00"),
+    ("Lord Howe spring (30 minutes): fixed 02:15 fires once, at 02:30 when the gap ends",
+        "15 2 * * *", LORD_HOWE, "2026-10-04", "00:00", "24:00", "02:30+11:00"),
+    ("Lord Howe spring: 02:00 (in the gap) and 02:30 (its end) are one fire",
+        "0,30 2 * * *", LORD_HOWE, "2026-10-04", "00:00", "24:00", "02:30+11:00"),
+    ("Lord Howe spring: fixed 02:45 is unaffected",
+        "45 2 * * *", LORD_HOWE, "2026-10-04", "00:00", "24:00", "02:45+11:00"),
+    ("Lord Howe spring: */15 skips 02:00 and 02:15",
+        "*/15 * * * *", LORD_HOWE, "2026-10-04", "01:30", "03:00", "01:30+10:30 01:45+10:30 02:30+11:00 02:45+11:00"),
+    ("Lord Howe fall (30 minutes): fixed 01:45 fires once, at the first occurrence",
+        "45 1 * * *", LORD_HOWE, "2026-04-05", "00:00", "24:00", "01:45+11:00"),
+    ("Lord Howe fall: fixed 01:15 (before the repeated half hour) is unaffected",
+        "15 1 * * *", LORD_HOWE, "2026-04-05", "00:00", "24:00", "01:15+11:00"),
+    ("Lord Howe fall: */15 fires in both passes of 01:30-02:00",
+        "*/15 * * * *", LORD_HOWE, "2026-04-05", "01:00", "02:30", "01:00+11:00 01:15+11:00 01:30+11:00 01:45+11:00 01:30+10:30 01:45+10:30 02:00+10:30 02:15+10:30"),
+];
 
 #[test]
-fn new_york_spring_fixed_0230_fires_once_at_end_of_gap() {
-    let from = local("America/New_York", "2026-03-07T00:00");
-    assert_eq!(
-        next("30 2 * * *", "America/New_York", from, 3),
-        [
-            "2026-03-07T02:30:00-05:00",
-            "2026-03-08T03:00:00-04:00",
-            "2026-03-09T02:30:00-04:00",
-        ]
-    );
-    // Exactly one fire on the transition day.
-    let day = fires_between(
-        "30 2 * * *",
-        "America/New_York",
-        local("America/New_York", "2026-03-08T00:00"),
-        local("America/New_York", "2026-03-09T00:00"),
-    );
-    assert_eq!(day, ["2026-03-08T03:00:00-04:00"]);
+fn dst_windows_follow_cronie() {
+    let wrong: Vec<String> = DST_WINDOWS
+        .iter()
+        .filter_map(|(what, schedule, zone, day, from, to, want)| {
+            let date: jiff::civil::Date = day.parse().unwrap();
+            let to = match *to {
+                "24:00" => format!("{}T00:00", date.tomorrow().unwrap()),
+                t => format!("{day}T{t}"),
+            };
+            let got: Vec<String> = between(schedule, zone, &format!("{day}T{from}"), &to)
+                .iter()
+                // `2026-03-08T03:00:00-04:00` → `03:00-04:00` (whole if another day)
+                .map(|f| match f.starts_with(day) {
+                    true => format!("{}{}", &f[11..16], &f[19..]),
+                    false => f.clone(),
+                })
+                .collect();
+            (got.join(" ") != *want).then(|| format!("{what}: {schedule} in {zone}: got {got:?}"))
+        })
+        .collect();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
-#[test]
-fn new_york_spring_every_30_minutes_skips_the_gap() {
-    let fires = fires_between(
-        "*/30 * * * *",
-        "America/New_York",
-        local("America/New_York", "2026-03-08T00:00"),
-        local("America/New_York", "2026-03-08T04:00"),
-    );
-    assert_eq!(
-        fires,
-        [
-            "2026-03-08T00:00:00-05:00",
-            "2026-03-08T00:30:00-05:00",
-            "2026-03-08T01:00:00-05:00",
-            "2026-03-08T01:30:00-05:00",
-            "2026-03-08T03:00:00-04:00",
-            "2026-03-08T03:30:00-04:00",
-        ]
-    );
-}
+/// (schedule, zone, after (RFC 3339), the next fires), across DST and not.
+#[rustfmt::skip]
+const NEXT_FIRES: &[(&str, &str, &str, &[&str])] = &[
+    ("30 2 * * *", NY, "2026-03-07T00:00:00-05:00",
+        &["2026-03-07T02:30:00-05:00", "2026-03-08T03:00:00-04:00", "2026-03-09T02:30:00-04:00"]),
+    ("30 1 * * *", NY, "2026-10-31T12:00:00-04:00",
+        &["2026-11-01T01:30:00-04:00", "2026-11-02T01:30:00-05:00"]),
+    // From inside the repeated hour, after the first 01:30: the second 01:30 is no fire.
+    ("30 1 * * *", NY, "2026-11-01T01:10:00-05:00", &["2026-11-02T01:30:00-05:00"]),
+    ("30 2 * * *", BERLIN, "2026-03-28T12:00:00+01:00",
+        &["2026-03-29T03:00:00+02:00", "2026-03-30T02:30:00+02:00", "2026-03-31T02:30:00+02:00"]),
+    // The first 02:30 (CEST, 00:30 UTC), not the second.
+    ("30 2 * * *", BERLIN, "2026-10-25T00:00:00+02:00", &["2026-10-25T02:30:00+02:00"]),
+    ("15 2 * * *", LORD_HOWE, "2026-10-03T12:00:00+10:30",
+        &["2026-10-04T02:30:00+11:00", "2026-10-05T02:15:00+11:00"]),
+    // From inside the repeated half hour, after the first 01:45: the next day's.
+    ("45 1 * * *", LORD_HOWE, "2026-04-05T01:35:00+10:30", &["2026-04-06T01:45:00+10:30"]),
+    // Tokyo has no DST: nothing moves while New York changes its clocks.
+    ("0 9 * * 1-5", TOKYO, "2026-03-06T10:00:00+09:00", &[ // a Friday
+        "2026-03-09T09:00:00+09:00", "2026-03-10T09:00:00+09:00",
+        "2026-03-11T09:00:00+09:00", "2026-03-12T09:00:00+09:00"]),
+    ("0 9 * * MON-FRI", TOKYO, "2026-03-08T00:00:00+09:00", &["2026-03-09T09:00:00+09:00"]),
+    // Nicknames.
+    ("@daily", NY, "2026-03-07T12:00:00-05:00", &["2026-03-08T00:00:00-05:00", "2026-03-09T00:00:00-04:00"]),
+    ("@midnight", NY, "2026-03-07T12:00:00-05:00", &["2026-03-08T00:00:00-05:00", "2026-03-09T00:00:00-04:00"]),
+    ("0 0 * * *", NY, "2026-03-07T12:00:00-05:00", &["2026-03-08T00:00:00-05:00", "2026-03-09T00:00:00-04:00"]),
+    ("@hourly", TOKYO, "2026-03-07T12:00:00+09:00", &["2026-03-07T13:00:00+09:00", "2026-03-07T14:00:00+09:00"]),
+    ("@weekly", TOKYO, "2026-03-07T12:00:00+09:00", &["2026-03-08T00:00:00+09:00"]),
+    ("@monthly", TOKYO, "2026-03-07T12:00:00+09:00", &["2026-04-01T00:00:00+09:00"]),
+    ("@yearly", TOKYO, "2026-03-07T12:00:00+09:00", &["2027-01-01T00:00:00+09:00"]),
+    ("@annually", TOKYO, "2026-03-07T12:00:00+09:00", &["2027-01-01T00:00:00+09:00"]),
+    // Day of month OR day of week when both are restricted: the 13th and every Friday.
+    ("0 0 13 * 5", TOKYO, "2026-04-01T00:00:00+09:00", &[
+        "2026-04-03T00:00:00+09:00", "2026-04-10T00:00:00+09:00", "2026-04-13T00:00:00+09:00",
+        "2026-04-17T00:00:00+09:00", "2026-04-24T00:00:00+09:00", "2026-05-01T00:00:00+09:00",
+        "2026-05-08T00:00:00+09:00"]),
+    // A `*` day of month means "only the weekday", and vice versa.
+    ("0 0 * * 5", TOKYO, "2026-04-01T00:00:00+09:00", &["2026-04-03T00:00:00+09:00"]),
+    ("0 0 13 * *", TOKYO, "2026-04-01T00:00:00+09:00", &["2026-04-13T00:00:00+09:00"]),
+    // Sunday is 0, 7 and SUN.
+    ("0 12 * * 0", TOKYO, "2026-04-01T00:00:00+09:00", &["2026-04-05T12:00:00+09:00", "2026-04-12T12:00:00+09:00"]),
+    ("0 12 * * 7", TOKYO, "2026-04-01T00:00:00+09:00", &["2026-04-05T12:00:00+09:00", "2026-04-12T12:00:00+09:00"]),
+    ("0 12 * * SUN", TOKYO, "2026-04-01T00:00:00+09:00", &["2026-04-05T12:00:00+09:00", "2026-04-12T12:00:00+09:00"]),
+    ("0 12 * * 5-7", TOKYO, "2026-04-01T00:00:00+09:00", &[
+        "2026-04-03T12:00:00+09:00", "2026-04-04T12:00:00+09:00", "2026-04-05T12:00:00+09:00"]),
+];
 
 #[test]
-fn new_york_spring_lists_are_fixed_time_and_collapse_at_gap_end() {
-    // cronie treats a list without `*` as fixed-time: both 02:00 and 02:30
-    // run at 03:00, which is one fire time.
-    let day = fires_between(
-        "0,30 2 * * *",
-        "America/New_York",
-        local("America/New_York", "2026-03-08T00:00"),
-        local("America/New_York", "2026-03-09T00:00"),
-    );
-    assert_eq!(day, ["2026-03-08T03:00:00-04:00"]);
-    // A wildcard hour with a fixed minute is a wildcard job: skipped.
-    let day = fires_between(
-        "30 * * * *",
-        "America/New_York",
-        local("America/New_York", "2026-03-08T01:00"),
-        local("America/New_York", "2026-03-08T04:00"),
-    );
-    assert_eq!(
-        day,
-        ["2026-03-08T01:30:00-05:00", "2026-03-08T03:30:00-04:00"]
-    );
-}
-
-// ---- New York: fall back 2026-11-01 02:00 → 01:00 ----
-
-#[test]
-fn new_york_fall_fixed_0130_fires_once_at_first_occurrence() {
-    let from = local("America/New_York", "2026-10-31T12:00");
-    assert_eq!(
-        next("30 1 * * *", "America/New_York", from, 2),
-        ["2026-11-01T01:30:00-04:00", "2026-11-02T01:30:00-05:00"]
-    );
-    // Asked from inside the repeated hour, after the first 01:30: the second
-    // 01:30 (EST) is not a fire.
-    let inside = "2026-11-01T06:10:00Z".parse().unwrap(); // 01:10 EST
-    assert_eq!(
-        next("30 1 * * *", "America/New_York", inside, 1),
-        ["2026-11-02T01:30:00-05:00"]
-    );
-}
-
-#[test]
-fn new_york_fall_fixed_0230_is_unaffected() {
-    let day = fires_between(
-        "30 2 * * *",
-        "America/New_York",
-        local("America/New_York", "2026-11-01T00:00"),
-        local("America/New_York", "2026-11-02T00:00"),
-    );
-    assert_eq!(day, ["2026-11-01T02:30:00-05:00"]);
-}
-
-#[test]
-fn new_york_fall_every_30_minutes_fires_in_both_passes() {
-    let fires = fires_between(
-        "*/30 * * * *",
-        "America/New_York",
-        local("America/New_York", "2026-11-01T00:00"),
-        local("America/New_York", "2026-11-01T03:00"),
-    );
-    assert_eq!(
-        fires,
-        [
-            "2026-11-01T00:00:00-04:00",
-            "2026-11-01T00:30:00-04:00",
-            "2026-11-01T01:00:00-04:00",
-            "2026-11-01T01:30:00-04:00",
-            "2026-11-01T01:00:00-05:00",
-            "2026-11-01T01:30:00-05:00",
-            "2026-11-01T02:00:00-05:00",
-            "2026-11-01T02:30:00-05:00",
-        ]
-    );
-    let in_repeated_hour = fires.iter().filter(|f| f.contains("T01:")).count();
-    assert_eq!(in_repeated_hour, 4);
-}
-
-// ---- Berlin: spring 2026-03-29 02:00 → 03:00, fall 2026-10-25 03:00 → 02:00 ----
-
-#[test]
-fn berlin_spring_fixed_0230_fires_at_0300_cest() {
-    let day = fires_between(
-        "30 2 * * *",
-        "Europe/Berlin",
-        local("Europe/Berlin", "2026-03-29T00:00"),
-        local("Europe/Berlin", "2026-03-30T00:00"),
-    );
-    assert_eq!(day, ["2026-03-29T03:00:00+02:00"]);
-    assert_eq!(
-        next(
-            "30 2 * * *",
-            "Europe/Berlin",
-            local("Europe/Berlin", "2026-03-28T12:00"),
-            3
-        ),
-        [
-            "2026-03-29T03:00:00+02:00",
-            "2026-03-30T02:30:00+02:00",
-            "2026-03-31T02:30:00+02:00",
-        ]
-    );
-}
-
-#[test]
-fn berlin_fall_fixed_0230_fires_once_at_cest() {
-    let day = fires_between(
-        "30 2 * * *",
-        "Europe/Berlin",
-        local("Europe/Berlin", "2026-10-25T00:00"),
-        local("Europe/Berlin", "2026-10-26T00:00"),
-    );
-    assert_eq!(day, ["2026-10-25T02:30:00+02:00"]);
-    // The instant: 00:30 UTC (not 01:30 UTC, the second 02:30).
-    let first = cron::next_fires(
-        "30 2 * * *",
-        &tz("Europe/Berlin"),
-        local("Europe/Berlin", "2026-10-25T00:00"),
-        1,
-    )
-    .unwrap();
-    assert_eq!(
-        first[0].timestamp(),
-        "2026-10-25T00:30:00Z".parse::<Timestamp>().unwrap()
-    );
-}
-
-#[test]
-fn berlin_every_30_minutes_across_both_transitions() {
-    let spring = fires_between(
-        "*/30 * * * *",
-        "Europe/Berlin",
-        local("Europe/Berlin", "2026-03-29T01:00"),
-        local("Europe/Berlin", "2026-03-29T04:00"),
-    );
-    assert_eq!(
-        spring,
-        [
-            "2026-03-29T01:00:00+01:00",
-            "2026-03-29T01:30:00+01:00",
-            "2026-03-29T03:00:00+02:00",
-            "2026-03-29T03:30:00+02:00",
-        ]
-    );
-    assert!(!spring.iter().any(|f| f.contains("T02:")));
-    let fall = fires_between(
-        "*/30 * * * *",
-        "Europe/Berlin",
-        local("Europe/Berlin", "2026-10-25T01:00"),
-        local("Europe/Berlin", "2026-10-25T04:00"),
-    );
-    assert_eq!(
-        fall,
-        [
-            "2026-10-25T01:00:00+02:00",
-            "2026-10-25T01:30:00+02:00",
-            "2026-10-25T02:00:00+02:00",
-            "2026-10-25T02:30:00+02:00",
-            "2026-10-25T02:00:00+01:00",
-            "2026-10-25T02:30:00+01:00",
-            "2026-10-25T03:00:00+01:00",
-            "2026-10-25T03:30:00+01:00",
-        ]
-    );
-    assert_eq!(fall.iter().filter(|f| f.contains("T02:")).count(), 4);
-}
-
-// ---- Tokyo, nicknames, day-of-month / day-of-week ----
-
-#[test]
-fn tokyo_weekdays_at_nine() {
-    // 2026-03-06 is a Friday.
-    let from = local("Asia/Tokyo", "2026-03-06T10:00");
-    assert_eq!(
-        next("0 9 * * 1-5", "Asia/Tokyo", from, 4),
-        [
-            "2026-03-09T09:00:00+09:00",
-            "2026-03-10T09:00:00+09:00",
-            "2026-03-11T09:00:00+09:00",
-            "2026-03-12T09:00:00+09:00",
-        ]
-    );
-    // Same with names, and across New York's DST change nothing moves in Tokyo.
-    let from = local("Asia/Tokyo", "2026-03-08T00:00");
-    assert_eq!(
-        next("0 9 * * MON-FRI", "Asia/Tokyo", from, 1),
-        ["2026-03-09T09:00:00+09:00"]
-    );
-}
-
-#[test]
-fn daily_and_other_nicknames() {
-    let from = local("America/New_York", "2026-03-07T12:00");
-    for s in ["@daily", "@midnight", "0 0 * * *"] {
+fn next_fires_as_cron_fires_them() {
+    for (schedule, zone, after, want) in NEXT_FIRES {
+        let after: Timestamp = after.parse().unwrap();
         assert_eq!(
-            next(s, "America/New_York", from, 2),
-            ["2026-03-08T00:00:00-05:00", "2026-03-09T00:00:00-04:00"],
-            "{s}"
+            next(schedule, zone, after, want.len()),
+            *want,
+            "{schedule} in {zone} after {after}"
         );
     }
-    let from = local("Asia/Tokyo", "2026-03-07T12:00");
-    assert_eq!(
-        next("@hourly", "Asia/Tokyo", from, 2),
-        ["2026-03-07T13:00:00+09:00", "2026-03-07T14:00:00+09:00"]
-    );
-    assert_eq!(
-        next("@weekly", "Asia/Tokyo", from, 1),
-        ["2026-03-08T00:00:00+09:00"]
-    );
-    assert_eq!(
-        next("@monthly", "Asia/Tokyo", from, 1),
-        ["2026-04-01T00:00:00+09:00"]
-    );
-    for s in ["@yearly", "@annually"] {
-        assert_eq!(
-            next(s, "Asia/Tokyo", from, 1),
-            ["2027-01-01T00:00:00+09:00"]
-        );
-    }
-}
-
-#[test]
-fn day_of_month_or_day_of_week() {
-    // Every 13th and every Friday.
-    let from = local("Asia/Tokyo", "2026-04-01T00:00");
-    assert_eq!(
-        next("0 0 13 * 5", "Asia/Tokyo", from, 7),
-        [
-            "2026-04-03T00:00:00+09:00", // Fri
-            "2026-04-10T00:00:00+09:00", // Fri
-            "2026-04-13T00:00:00+09:00", // Mon the 13th
-            "2026-04-17T00:00:00+09:00",
-            "2026-04-24T00:00:00+09:00",
-            "2026-05-01T00:00:00+09:00",
-            "2026-05-08T00:00:00+09:00",
-        ]
-    );
-    // A `*` day-of-month means "only the weekday", and vice versa.
-    assert_eq!(
-        next("0 0 * * 5", "Asia/Tokyo", from, 1),
-        ["2026-04-03T00:00:00+09:00"]
-    );
-    assert_eq!(
-        next("0 0 13 * *", "Asia/Tokyo", from, 1),
-        ["2026-04-13T00:00:00+09:00"]
-    );
-}
-
-#[test]
-fn sunday_is_zero_and_seven() {
-    let from = local("Asia/Tokyo", "2026-04-01T00:00");
-    let a = next("0 12 * * 0", "Asia/Tokyo", from, 3);
-    assert_eq!(a, next("0 12 * * 7", "Asia/Tokyo", from, 3));
-    assert_eq!(a, next("0 12 * * SUN", "Asia/Tokyo", from, 3));
-    assert_eq!(a[0], "2026-04-05T12:00:00+09:00");
-    assert_eq!(
-        next("0 12 * * 5-7", "Asia/Tokyo", from, 3),
-        [
-            "2026-04-03T12:00:00+09:00",
-            "2026-04-04T12:00:00+09:00",
-            "2026-04-05T12:00:00+09:00",
-        ]
-    );
 }
 
 #[test]
@@ -367,38 +198,33 @@ fn next_after_keeps_the_zone_and_is_strict() {
 
 #[test]
 fn last_fire_at_or_before_follows_the_same_rule() {
-    let ny = tz("America/New_York");
-    let last = |s: &str, at: &str| {
-        cron::last_fire_at_or_before(s, &ny, at.parse().unwrap())
-            .unwrap()
-            .map(|z| fmt(&z))
-    };
-    // At 03:30 EDT on the spring day: the gap-end fire at 03:00.
-    assert_eq!(
-        last("30 2 * * *", "2026-03-08T07:30:00Z").as_deref(),
-        Some("2026-03-08T03:00:00-04:00")
-    );
-    // At exactly a fire time: that fire.
-    assert_eq!(
-        last("30 2 * * *", "2026-03-08T07:00:00Z").as_deref(),
-        Some("2026-03-08T03:00:00-04:00")
-    );
-    // One second earlier: the previous day's.
-    assert_eq!(
-        last("30 2 * * *", "2026-03-08T06:59:59Z").as_deref(),
-        Some("2026-03-07T02:30:00-05:00")
-    );
-    // 01:45 EST on the fall day: the 01:30 job fired at 01:30 EDT only.
-    assert_eq!(
-        last("30 1 * * *", "2026-11-01T06:45:00Z").as_deref(),
-        Some("2026-11-01T01:30:00-04:00")
-    );
-    // ...while a wildcard job fired again at 01:30 EST.
-    assert_eq!(
-        last("*/30 * * * *", "2026-11-01T06:45:00Z").as_deref(),
-        Some("2026-11-01T01:30:00-05:00")
-    );
-    assert_eq!(last("0 0 30 2 *", "2026-11-01T06:45:00Z"), None);
+    #[rustfmt::skip]
+    let cases: &[(&str, &str, &str, Option<&str>)] = &[
+        // At 03:30 EDT on the spring day: the gap-end fire at 03:00.
+        ("30 2 * * *", NY, "2026-03-08T07:30:00Z", Some("2026-03-08T03:00:00-04:00")),
+        // At exactly a fire time: that fire; one second earlier: the previous day's.
+        ("30 2 * * *", NY, "2026-03-08T07:00:00Z", Some("2026-03-08T03:00:00-04:00")),
+        ("30 2 * * *", NY, "2026-03-08T06:59:59Z", Some("2026-03-07T02:30:00-05:00")),
+        // 01:45 EST on the fall day: the 01:30 job fired at 01:30 EDT only...
+        ("30 1 * * *", NY, "2026-11-01T06:45:00Z", Some("2026-11-01T01:30:00-04:00")),
+        // ...while a wildcard job fired again at 01:30 EST.
+        ("*/30 * * * *", NY, "2026-11-01T06:45:00Z", Some("2026-11-01T01:30:00-05:00")),
+        ("0 0 30 2 *", NY, "2026-11-01T06:45:00Z", None),
+        // Lord Howe at 02:40 (+11) on the spring day: 02:15 fired at 02:30.
+        ("15 2 * * *", LORD_HOWE, "2026-10-03T15:40:00Z", Some("2026-10-04T02:30:00+11:00")),
+        // At 01:50 (+10:30) on the fall day: 01:45 fired in the first pass only.
+        ("45 1 * * *", LORD_HOWE, "2026-04-04T15:20:00Z", Some("2026-04-05T01:45:00+11:00")),
+        ("*/15 * * * *", LORD_HOWE, "2026-04-04T15:20:00Z", Some("2026-04-05T01:45:00+10:30")),
+    ];
+    for (schedule, zone, at, want) in cases {
+        let got = cron::last_fire_at_or_before(schedule, &tz(zone), at.parse().unwrap()).unwrap();
+        assert_eq!(
+            got.as_ref().map(fmt).as_deref(),
+            *want,
+            "{schedule} in {zone} at {at}"
+        );
+    }
+    let ny = tz(NY);
     assert!(matches!(
         cron::last_fire_at_or_before("61 * * * *", &ny, Timestamp::UNIX_EPOCH),
         Err(CronError::Schedule { .. })
@@ -425,7 +251,7 @@ fn schedule_errors_name_the_schedule() {
     let e = cron::next_fires("0 0 * *", &tz("UTC"), Timestamp::UNIX_EPOCH, 1).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "invalid schedule \"0 0 * *\": expected 5 fields (minute hour day-of-month month day-of-week), found 4"
+        "invalid schedule \"0 0 * *\": expected 5 fields (minute hour day-of-month month day-of-week), found 4; write 5 fields, e.g. \"30 3 * * *\", or @hourly, @daily, @weekly, @monthly, @yearly"
     );
     let e = cron::next_fires("@fortnightly", &tz("UTC"), Timestamp::UNIX_EPOCH, 1).unwrap_err();
     assert!(
@@ -586,29 +412,23 @@ fn install_writes_skips_identical_and_removes_stale_marked_files() {
     }
 
     // Second run: nothing rewritten (same inode, same mtime).
-    let before: Vec<(u64, i64, i64)> =
-        ["batchguard-alpha", "batchguard-beta", "batchguard-watchdog"]
-            .iter()
+    let ours = ["batchguard-alpha", "batchguard-beta", "batchguard-watchdog"];
+    let stamps = || -> Vec<(u64, i64, i64)> {
+        ours.iter()
             .map(|n| {
                 let m = fs::metadata(d.join(n)).unwrap();
                 (m.ino(), m.mtime(), m.mtime_nsec())
             })
-            .collect();
+            .collect()
+    };
+    let before = stamps();
     let r = install(&[a.clone(), b.clone()], d);
     assert!(r.written.is_empty() && r.removed.is_empty());
     assert_eq!(
         names(&r.unchanged),
         ["batchguard-alpha", "batchguard-beta", "batchguard-watchdog"]
     );
-    let after: Vec<(u64, i64, i64)> =
-        ["batchguard-alpha", "batchguard-beta", "batchguard-watchdog"]
-            .iter()
-            .map(|n| {
-                let m = fs::metadata(d.join(n)).unwrap();
-                (m.ino(), m.mtime(), m.mtime_nsec())
-            })
-            .collect();
-    assert_eq!(before, after);
+    assert_eq!(before, stamps());
 
     // beta is gone and alpha's schedule changed: beta removed, alpha rewritten.
     let a2 = entry("alpha", "45 3 * * *", Some("Asia/Tokyo"), "batch");

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use batchguard_config::{Job, Reads};
+use batchguard_config::{Job, Reads, dotenv};
 
 use crate::store::RunRecord;
 
@@ -397,13 +397,12 @@ pub fn gather_job(job: &Job, history: Vec<RunRecord>) -> JobFacts {
     }
 
     // The job's own variables, with the runner's precedence: env over env_file.
+    // The same reader as the runner's, so G14 audits what the job receives.
     let mut env_file_vars = Vec::new();
     if let Some(path) = &job.env_file {
-        match std::fs::read_to_string(path) {
-            Ok(text) => env_file_vars = parse_dotenv(&text),
-            Err(e) => f
-                .aws_notes
-                .push(format!("env_file {} not readable: {e}", path.display())),
+        match dotenv::read(path) {
+            Ok(vars) => env_file_vars = vars,
+            Err(e) => f.aws_notes.push(format!("env_file {e}")),
         }
     }
     let lookup = |name: &str| -> Option<String> {
@@ -411,11 +410,8 @@ pub fn gather_job(job: &Job, history: Vec<RunRecord>) -> JobFacts {
             .get(name)
             .cloned()
             .or_else(|| {
-                env_file_vars
-                    .iter()
-                    .rev()
-                    .find(|(_, k, _)| k == name)
-                    .map(|(_, _, v)| v.clone())
+                let var = env_file_vars.iter().rev().find(|v| v.name == name);
+                var.map(|v| v.value.clone())
             })
             .or_else(|| std::env::var(name).ok())
     };
@@ -443,10 +439,10 @@ pub fn gather_job(job: &Job, history: Vec<RunRecord>) -> JobFacts {
         }
     }
     if let Some(path) = &job.env_file {
-        for (line, k, v) in &env_file_vars {
-            for (key, long_term) in find_access_keys(v) {
+        for dotenv::Var { line, name, value } in &env_file_vars {
+            for (key, long_term) in find_access_keys(value) {
                 f.aws_keys.push(KeyFinding {
-                    place: format!("env_file {}:{line} ({k})", path.display()),
+                    place: format!("env_file {}:{line} ({name})", path.display()),
                     masked: mask_key(&key),
                     long_term,
                 });
@@ -542,31 +538,6 @@ pub fn probe_replica(dsn: &str) -> ReplicaProbe {
         }
         Err(e) => ReplicaProbe::Failed(format!("replay lag query failed: {e}")),
     }
-}
-
-/// Parses dotenv text into (line, name, value): `NAME=value`, optional
-/// `export `, single or double quotes, `#` comments.
-pub fn parse_dotenv(text: &str) -> Vec<(usize, String, String)> {
-    let mut out = Vec::new();
-    for (i, l) in text.lines().enumerate() {
-        let t = l.trim();
-        if t.is_empty() || t.starts_with('#') {
-            continue;
-        }
-        let t = t.strip_prefix("export ").unwrap_or(t).trim_start();
-        let Some((k, v)) = t.split_once('=') else {
-            continue;
-        };
-        let v = v.trim();
-        let v = if let Some(q) = v.chars().next().filter(|c| *c == '"' || *c == '\'') {
-            let inner = &v[1..];
-            inner.find(q).map_or(inner, |end| &inner[..end])
-        } else {
-            v.split(" #").next().unwrap_or(v).trim_end()
-        };
-        out.push((i + 1, k.trim().to_string(), v.to_string()));
-    }
-    out
 }
 
 /// AWS access key ids in `text`: `AKIA` (long-term, `true`) or `ASIA`

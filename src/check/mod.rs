@@ -36,8 +36,8 @@ use crate::store::Store;
 pub use facts::{
     CrontabLine, HostFacts, InterpreterInfo, JobFacts, KeyFinding, Listener, ProgramKind,
     ReplicaProbe, UserInfo, crontab_command_lines, find_access_keys, gather_host, gather_job,
-    inspect_program, interpreter_family, isolation_by_path, mask_key, parse_dotenv,
-    parse_meminfo_total, parse_proc_net_tcp, probe_replica, scan_aws_file,
+    inspect_program, interpreter_family, isolation_by_path, mask_key, parse_meminfo_total,
+    parse_proc_net_tcp, probe_replica, scan_aws_file,
 };
 pub use stats::{LinearFit, percentile};
 

@@ -838,6 +838,13 @@ pub(super) fn crontab_line_runs(job: &Job, line: &str) -> bool {
     command_signature(job).is_some_and(|sig| line.contains(&sig))
 }
 
+/// Why `schedule` never fires (`0 0 30 2 *`), if it does not.
+fn never_fires(schedule: &str) -> Option<String> {
+    batchguard_config::schedule::Schedule::parse(schedule)
+        .ok()?
+        .never_fires()
+}
+
 /// G13: cron schedules live as files under /etc/cron.d.
 fn g13(job: &Job, host: &HostFacts, f: &JobFacts) -> RuleResult {
     let mut fs = Findings::new("G13");
@@ -871,6 +878,9 @@ fn g13(job: &Job, host: &HostFacts, f: &JobFacts) -> RuleResult {
             Status::Unknown,
             format!("schedule \"{s}\": cannot tell whether {file} is current; run `batchguard cron install`"),
         ),
+    }
+    if let Some(w) = job.schedule.as_deref().and_then(never_fires) {
+        fs.add(Status::Warn, w);
     }
     if !host.crontab_unreadable.is_empty() {
         fs.add(

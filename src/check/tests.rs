@@ -879,16 +879,6 @@ fn access_key_finding_and_masking() {
     assert_eq!(f[0].place, "/home/u/.aws/credentials:2 [default]");
     assert_eq!(f[0].masked, "****************MPLE");
     assert!(f[0].long_term && !f[1].long_term);
-    let env = parse_dotenv("# c\nexport A=1\nB = \"two words\" \nC='x#y'\nD=v # comment\n\nbad\n");
-    assert_eq!(
-        env,
-        vec![
-            (2, "A".into(), "1".into()),
-            (3, "B".into(), "two words".into()),
-            (4, "C".into(), "x#y".into()),
-            (5, "D".into(), "v".into()),
-        ]
-    );
 }
 
 #[test]

@@ -7,11 +7,9 @@ use crate::error::{Error, Result};
 use crate::exec::{Context, Request};
 use crate::runner;
 use crate::{exit, host, publish, store};
-use batchguard_config::{self as config, Concurrency, Global, Job};
+use batchguard_config::{self as config, Concurrency, DEFAULT_STATE, Global, Job};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
-
-const DEFAULT_STATE: &str = "sqlite:/var/lib/batchguard/state.db";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -430,6 +428,9 @@ fn worker(cli: &Cli, name: &str, opts: &crate::items::distributed::WorkerOpts) -
 /// `batchguard validate`.
 fn validate(dir: &Path) -> Result<i32> {
     let cfg = config::load(dir)?;
+    for w in config::warnings(&cfg) {
+        eprintln!("warning: {w}");
+    }
     println!(
         "{}: configuration valid ({} job{})",
         dir.display(),

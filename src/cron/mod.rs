@@ -2,18 +2,19 @@
 //! way cron (cronie) fires it, and the `/etc/cron.d` files that make cron
 //! run it.
 //!
-//! - [`schedule`]: parsing, fire times and cronie's rule for local clock
-//!   changes (see that module for the DST decisions);
+//! - [`schedule`] (the config crate's, re-exported: config validation and
+//!   cron share one parser): parsing, fire times and cronie's rule for
+//!   local clock changes (see that module for the DST decisions);
 //! - [`install`]: rendering and atomic installation of `batchguard-JOB` files.
 
 pub mod install;
-pub mod schedule;
+pub use batchguard_config::schedule;
 
 pub use install::{
     CronEntry, FILE_PREFIX, InstallReport, MARKER, WATCHDOG_FILE, file_name, install,
     installed_current, render, render_watchdog, watchdog_installed_current,
 };
-pub use schedule::Schedule;
+pub use schedule::{Schedule, ScheduleError};
 
 use jiff::tz::TimeZone;
 use jiff::{Timestamp, Zoned};
@@ -23,8 +24,8 @@ use std::path::PathBuf;
 #[derive(thiserror::Error, Debug)]
 pub enum CronError {
     /// A schedule cron would not accept.
-    #[error("invalid schedule \"{schedule}\": {reason}")]
-    Schedule { schedule: String, reason: String },
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
     /// An entry that cannot be written as a cron.d line.
     #[error("cannot write a cron entry for job `{job}`: {reason}")]
     Entry { job: String, reason: String },

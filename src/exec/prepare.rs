@@ -147,19 +147,14 @@ fn environment(job: &Job) -> Result<Environment> {
         .collect();
     let mut secrets = Vec::new();
     if let Some(path) = &job.env_file {
-        let iter = dotenvy::from_path_iter(path).map_err(|e| Error::EnvFile {
+        let vars = batchguard_config::dotenv::read(path).map_err(|e| Error::EnvFile {
             job: job.name.clone(),
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        for item in iter {
-            let (k, v) = item.map_err(|e| Error::EnvFile {
-                job: job.name.clone(),
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-            secrets.push(v.clone());
-            env.insert(k.into(), v.into());
+        for v in vars {
+            secrets.push(v.value.clone());
+            env.insert(v.name.into(), v.value.into());
         }
     }
     for (k, v) in &job.env {

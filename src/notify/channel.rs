@@ -5,6 +5,7 @@
 //! environment. Every call is bounded in time.
 
 use super::Payload;
+use crate::redact::redact_url;
 use batchguard_config::{Channel, Global, UrlSource};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
@@ -115,17 +116,6 @@ pub fn deliver(
             id,
             &p,
         ),
-    }
-}
-
-/// Never print a webhook URL's path: for Slack it is the secret.
-fn redact_url(url: &str) -> String {
-    match url
-        .find("://")
-        .and_then(|i| url[i + 3..].find('/').map(|j| i + 3 + j))
-    {
-        Some(cut) => format!("{}/…", &url[..cut]),
-        None => url.to_string(),
     }
 }
 

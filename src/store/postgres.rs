@@ -219,6 +219,7 @@ fn is_retryable(e: &postgres::Error) -> bool {
 }
 
 /// The URL with any password replaced by `***`, for messages and logs.
+// TODO(main): use crate::redact::redact_url
 pub fn redact_url(url: &str) -> String {
     let (base, query) = match url.split_once('?') {
         Some((b, q)) => (b, Some(q)),

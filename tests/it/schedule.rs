@@ -131,3 +131,34 @@ fn watchdog_raises_missed_exactly_once() {
     let status = env.run(&["status", "--format", "json"]).json();
     assert_eq!(status["jobs"][0]["missed"], false);
 }
+
+#[test]
+fn schedules_that_never_fire_are_warnings_and_wider_syntax_is_refused() {
+    let env = Env::new();
+    env.job("feb30", "command = [\"true\"]\nschedule = \"0 0 30 2 *\"\n");
+    let d = env.run(&["validate"]);
+    d.code(0)
+        .stderr_has("warning: ")
+        .stderr_has("feb30.toml: schedule \"0 0 30 2 *\" never fires");
+    let report = env.run(&["check", "feb30", "--format", "json"]).json();
+    let g13 = report["jobs"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "G13")
+        .cloned()
+        .unwrap();
+    assert_ne!(g13["status"], "pass", "{g13}");
+    assert!(
+        g13["message"].as_str().unwrap().contains("never fires"),
+        "{g13}"
+    );
+    env.job(
+        "weekend",
+        "command = [\"true\"]\nschedule = \"0 0 * * FRI-SUN\"\n",
+    );
+    env.run(&["validate"])
+        .code(78)
+        .stderr_has("the day-of-week field")
+        .stderr_has("write 5-7 or 0,5,6");
+}

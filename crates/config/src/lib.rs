@@ -16,14 +16,18 @@
 //!   directory; relative `items.source_file` against `workdir`; relative
 //!   `log_dir`/`artifact_dir` against the config directory.
 //! - Sizes: `KB` is rejected as ambiguous (write `kB` or `KiB`).
-//! - Schedules accept only what cron does: 5 fields of digits, `* , - /` and
-//!   month/day names, or the nicknames; no seconds field, no `L W # ?`.
+//! - Schedules accept only what cron does ([`schedule`]: 5 fields of digits,
+//!   `* , - /`, month names in the month field and weekday names in the
+//!   day-of-week field, or the nicknames; no seconds field, no `L W # ?`).
+//!   One that can never fire is valid but warned about ([`warnings`]).
 //! - `exec` commands are literal: [`adhoc_job`] escapes braces so that
 //!   rendering the command as a template gives it back unchanged.
 
 mod diag;
+pub mod dotenv;
 mod model;
 mod parse;
+pub mod schedule;
 pub mod template;
 mod units;
 pub mod zone;
@@ -190,6 +194,18 @@ fn job_inner(
         home: parse::current_home(),
     };
     parse::resolve(merged, &cx, errs)
+}
+
+/// Warnings about a configuration that loads: today, schedules that can
+/// never fire (`0 0 30 2 *`). Each names the job file.
+pub fn warnings(cfg: &Config) -> Vec<String> {
+    cfg.jobs
+        .values()
+        .filter_map(|j| {
+            let s = schedule::Schedule::parse(j.schedule.as_deref()?).ok()?;
+            Some(format!("{}: {}", j.file.display(), s.never_fires()?))
+        })
+        .collect()
 }
 
 /// Loads one job file from anywhere (`run --file PATH`); the name is the file stem.

@@ -293,6 +293,25 @@ pub(crate) fn under_personal_home(p: &Path, home: Option<&Path>) -> bool {
 // ---------------------------------------------------------------------------
 // the walker
 
+/// The entries of table `t` under `prefix`: (key, `prefix.key`, the key as
+/// written, the value).
+fn entries<'a, 'i>(
+    t: &'a DeTable<'i>,
+    prefix: &'a str,
+) -> impl Iterator<
+    Item = (
+        &'a str,
+        String,
+        &'a Spanned<std::borrow::Cow<'i, str>>,
+        &'a Val<'i>,
+    ),
+> {
+    t.iter().map(move |(k, v)| {
+        let name: &str = k.get_ref();
+        (name, format!("{prefix}.{name}"), k, v)
+    })
+}
+
 pub(crate) struct W {
     src: Arc<Source>,
     prefix: String,
@@ -671,149 +690,23 @@ impl W {
             let key: &str = k.get_ref();
             match key {
                 "description" => j.description = self.string(v, key),
-                "command" => {
-                    j.command = self.strings(v, key, true, "[\"/path/to/program\", \"arg\"]");
-                    if let Some(c) = &j.command
-                        && c.v[0].v.trim().is_empty()
-                    {
-                        self.err(
-                            c.v[0].at.span.clone().unwrap_or_default(),
-                            key,
-                            "the program (`command[0]`) must not be empty".into(),
-                            None,
-                        );
-                        j.command = None;
-                    }
-                }
+                "command" => j.command = self.command(v, key),
                 "workdir" => j.workdir = self.nonempty(v, key),
-                "user" => {
-                    j.user = self.nonempty(v, key);
-                    if let Some(u) = &j.user
-                        && !is_user_name(&u.v)
-                    {
-                        let msg = format!("`user` = \"{}\" is not a valid user name", u.v);
-                        self.err(
-                            v.span(),
-                            key,
-                            msg,
-                            Some("name a service user, e.g. \"batch\"".into()),
-                        );
-                        j.user = None;
-                    }
-                }
-                "env" => {
-                    if let Some(t) = self.table(v, key) {
-                        for (ek, ev) in t.iter() {
-                            let name: &str = ek.get_ref();
-                            let rel = format!("env.{name}");
-                            if !is_env_name(name) {
-                                let msg =
-                                    format!("`{name}` is not a valid environment variable name");
-                                self.err(
-                                    ek.span(),
-                                    &rel,
-                                    msg,
-                                    Some(
-                                        "use letters, digits and `_`, not starting with a digit"
-                                            .into(),
-                                    ),
-                                );
-                                continue;
-                            }
-                            if name.starts_with("BATCHGUARD_") {
-                                let msg = format!(
-                                    "`{name}` is reserved: batchguard sets the BATCHGUARD_* variables itself"
-                                );
-                                self.err(ek.span(), &rel, msg, Some("rename the variable".into()));
-                                continue;
-                            }
-                            if let Some(s) = self.string(ev, &rel) {
-                                j.env.insert(name.to_string(), s);
-                            }
-                        }
-                    }
-                }
+                "user" => j.user = self.user(v, key),
+                "env" => j.env = self.named_strings(v, key, Self::env_key),
                 "env_file" => j.env_file = self.nonempty(v, key),
-                "secrets" => {
-                    j.secrets = self.strings(v, key, false, "[\"DB_PASSWORD\"]");
-                    if let Some(s) = &j.secrets {
-                        let bad: Vec<_> =
-                            s.v.iter().filter(|e| !is_env_name(&e.v)).cloned().collect();
-                        for e in bad {
-                            let msg = format!(
-                                "`secrets` entry \"{}\" is not an environment variable name",
-                                e.v
-                            );
-                            self.errs.push(e.at.diag(
-                                Some(&self.full(key)),
-                                msg,
-                                Some("list variable names, e.g. [\"DB_PASSWORD\"]".into()),
-                            ));
-                            self.bad.insert(key.into());
-                        }
-                    }
-                }
-                "schedule" => {
-                    if let Some(s) = self.string(v, key) {
-                        match check_schedule(&s.v) {
-                            Ok(()) => j.schedule = Some(s),
-                            Err((msg, help)) => self.err(v.span(), key, msg, Some(help)),
-                        }
-                    }
-                }
-                "timezone" => {
-                    if let Some(s) = self.string(v, key) {
-                        match check_timezone(&s.v) {
-                            Ok(()) => j.timezone = Some(s),
-                            Err((msg, help)) => self.err(v.span(), key, msg, Some(help)),
-                        }
-                    }
-                }
+                "secrets" => j.secrets = self.secrets(v, key),
+                "schedule" => j.schedule = self.checked(v, key, check_schedule),
+                "timezone" => j.timezone = self.checked(v, key, check_timezone),
                 "timeout" => j.timeout = self.duration(v, key, true),
                 "kill_grace" => j.kill_grace = self.duration(v, key, false),
                 "expected_duration" => j.expected_duration = self.duration(v, key, true),
                 "memory_max" => j.memory_max = self.size(v, key),
                 "concurrency" => j.concurrency = self.choice(v, key, &Concurrency::names()),
-                "lock" => {
-                    if let Some(s) = self.string(v, key) {
-                        if crate::is_valid_job_name(&s.v) {
-                            j.lock = Some(s);
-                        } else {
-                            let msg = format!("invalid lock name \"{}\"", s.v);
-                            self.err(v.span(), key, msg, Some("lock names follow the job name rule: ^[a-z0-9][a-z0-9_-]{0,62}$".into()));
-                        }
-                    }
-                }
+                "lock" => j.lock = self.checked(v, key, check_lock),
                 "retries" => j.retries = self.u32(v, key, 0, 100),
                 "retry_delay" => j.retry_delay = self.duration(v, key, false),
-                "params" => {
-                    if let Some(t) = self.table(v, key) {
-                        for (pk, pv) in t.iter() {
-                            let name: &str = pk.get_ref();
-                            let rel = format!("params.{name}");
-                            if !template::is_valid_name(name) {
-                                let msg = format!("invalid param name `{name}`");
-                                self.err(
-                                    pk.span(),
-                                    &rel,
-                                    msg,
-                                    Some("param names are letters, digits, `_` and `-`".into()),
-                                );
-                                continue;
-                            }
-                            if template::BUILTINS.contains(&name) || name == template::ITEM {
-                                let msg = format!(
-                                    "param `{name}` would shadow the built-in template `{{{name}}}`"
-                                );
-                                self.err(pk.span(), &rel, msg, Some("rename the param".into()));
-                                continue;
-                            }
-                            if let Some(s) = self.string(pv, &rel) {
-                                j.params.insert(name.to_string(), s);
-                            }
-                        }
-                    }
-                }
+                "params" => j.params = self.named_strings(v, key, Self::param_key),
                 "items" => {
                     if let Some(t) = self.table(v, key) {
                         j.items = self.items(t, k.span());
@@ -826,16 +719,7 @@ impl W {
                 }
                 "runbook" => {
                     if let Some(t) = self.table(v, key) {
-                        for (k2, v2) in t.iter() {
-                            let name: &str = k2.get_ref();
-                            let rel = format!("runbook.{name}");
-                            match name {
-                                "url" => j.runbook.url = self.nonempty(v2, &rel),
-                                "verify" => j.runbook.verify = self.nonempty(v2, &rel),
-                                "notes" => j.runbook.notes = self.nonempty(v2, &rel),
-                                _ => self.unknown(k2.span(), &rel, name, RUNBOOK_KEYS),
-                            }
-                        }
+                        j.runbook = self.runbook(t);
                     }
                 }
                 "guideline" => {
@@ -845,16 +729,7 @@ impl W {
                 }
                 "distributed" => {
                     if let Some(t) = self.table(v, key) {
-                        for (k2, v2) in t.iter() {
-                            let name: &str = k2.get_ref();
-                            let rel = format!("distributed.{name}");
-                            match name {
-                                "enabled" => j.distributed.enabled = self.boolean(v2, &rel),
-                                "batch" => j.distributed.batch = self.u32(v2, &rel, 1, 100_000),
-                                "lease" => j.distributed.lease = self.duration(v2, &rel, true),
-                                _ => self.unknown(k2.span(), &rel, name, DISTRIBUTED_KEYS),
-                            }
-                        }
+                        j.distributed = self.distributed(t);
                     }
                 }
                 _ => self.unknown(k.span(), key, key, JOB_KEYS),
@@ -864,14 +739,153 @@ impl W {
         j
     }
 
+    /// `command`: a non-empty argv whose program is not blank.
+    fn command(&mut self, v: &Val<'_>, key: &str) -> Option<Strings> {
+        let c = self.strings(v, key, true, "[\"/path/to/program\", \"arg\"]")?;
+        if c.v[0].v.trim().is_empty() {
+            let span = c.v[0].at.span.clone().unwrap_or_default();
+            let msg = "the program (`command[0]`) must not be empty".into();
+            self.err(span, key, msg, None);
+            return None;
+        }
+        Some(c)
+    }
+
+    fn user(&mut self, v: &Val<'_>, key: &str) -> Opt<String> {
+        let u = self.nonempty(v, key)?;
+        if is_user_name(&u.v) {
+            return Some(u);
+        }
+        let msg = format!("`user` = \"{}\" is not a valid user name", u.v);
+        let help = "name a service user, e.g. \"batch\"".into();
+        self.err(v.span(), key, msg, Some(help));
+        None
+    }
+
+    /// A string checked by `check`, which gives the message and help.
+    fn checked(
+        &mut self,
+        v: &Val<'_>,
+        key: &str,
+        check: fn(&str) -> Result<(), (String, String)>,
+    ) -> Opt<String> {
+        let s = self.string(v, key)?;
+        match check(&s.v) {
+            Ok(()) => Some(s),
+            Err((msg, help)) => {
+                self.err(v.span(), key, msg, Some(help));
+                None
+            }
+        }
+    }
+
+    /// A table of string values (`env`, `params`) whose keys `check_key`
+    /// accepts (it reports the ones it refuses).
+    fn named_strings(
+        &mut self,
+        v: &Val<'_>,
+        key: &str,
+        check_key: fn(&mut W, &str, Range<usize>, &str) -> bool,
+    ) -> BTreeMap<String, Sp<String>> {
+        let mut out = BTreeMap::new();
+        let Some(t) = self.table(v, key) else {
+            return out;
+        };
+        for (name, rel, k, val) in entries(t, key) {
+            if !check_key(self, name, k.span(), &rel) {
+                continue;
+            }
+            if let Some(s) = self.string(val, &rel) {
+                out.insert(name.to_string(), s);
+            }
+        }
+        out
+    }
+
+    fn env_key(&mut self, name: &str, span: Range<usize>, rel: &str) -> bool {
+        let (msg, help) = if !is_env_name(name) {
+            (
+                format!("`{name}` is not a valid environment variable name"),
+                "use letters, digits and `_`, not starting with a digit",
+            )
+        } else if name.starts_with("BATCHGUARD_") {
+            (
+                format!("`{name}` is reserved: batchguard sets the BATCHGUARD_* variables itself"),
+                "rename the variable",
+            )
+        } else {
+            return true;
+        };
+        self.err(span, rel, msg, Some(help.into()));
+        false
+    }
+
+    fn param_key(&mut self, name: &str, span: Range<usize>, rel: &str) -> bool {
+        let (msg, help) = if !template::is_valid_name(name) {
+            (
+                format!("invalid param name `{name}`"),
+                "param names are letters, digits, `_` and `-`",
+            )
+        } else if template::BUILTINS.contains(&name) || name == template::ITEM {
+            (
+                format!("param `{name}` would shadow the built-in template `{{{name}}}`"),
+                "rename the param",
+            )
+        } else {
+            return true;
+        };
+        self.err(span, rel, msg, Some(help.into()));
+        false
+    }
+
+    /// `secrets`: a list of environment variable names.
+    fn secrets(&mut self, v: &Val<'_>, key: &str) -> Option<Strings> {
+        let s = self.strings(v, key, false, "[\"DB_PASSWORD\"]")?;
+        for e in s.v.iter().filter(|e| !is_env_name(&e.v)) {
+            let msg = format!(
+                "`secrets` entry \"{}\" is not an environment variable name",
+                e.v
+            );
+            let help = "list variable names, e.g. [\"DB_PASSWORD\"]".into();
+            self.errs
+                .push(e.at.diag(Some(&self.full(key)), msg, Some(help)));
+            self.bad.insert(key.into());
+        }
+        Some(s)
+    }
+
+    fn runbook(&mut self, t: &DeTable<'_>) -> PRunbook {
+        let mut r = PRunbook::default();
+        for (name, rel, k, v) in entries(t, "runbook") {
+            match name {
+                "url" => r.url = self.nonempty(v, &rel),
+                "verify" => r.verify = self.nonempty(v, &rel),
+                "notes" => r.notes = self.nonempty(v, &rel),
+                _ => self.unknown(k.span(), &rel, name, RUNBOOK_KEYS),
+            }
+        }
+        r
+    }
+
+    fn distributed(&mut self, t: &DeTable<'_>) -> PDistributed {
+        let mut d = PDistributed::default();
+        for (name, rel, k, v) in entries(t, "distributed") {
+            match name {
+                "enabled" => d.enabled = self.boolean(v, &rel),
+                "batch" => d.batch = self.u32(v, &rel, 1, 100_000),
+                "lease" => d.lease = self.duration(v, &rel, true),
+                _ => self.unknown(k.span(), &rel, name, DISTRIBUTED_KEYS),
+            }
+        }
+        d
+    }
+
     fn items(&mut self, t: &DeTable<'_>, key_span: Range<usize>) -> PItems {
         let mut it = PItems {
             table: Some(self.at(key_span)),
             ..PItems::default()
         };
-        for (k, v) in t.iter() {
-            let name: &str = k.get_ref();
-            let rel = format!("items.{name}");
+        for (name, rel, k, v) in entries(t, "items") {
             match name {
                 "source" => {
                     it.source =
@@ -909,9 +923,7 @@ impl W {
 
     fn notify(&mut self, t: &DeTable<'_>) -> PNotify {
         let mut n = PNotify::default();
-        for (k, v) in t.iter() {
-            let name: &str = k.get_ref();
-            let rel = format!("notify.{name}");
+        for (name, rel, k, v) in entries(t, "notify") {
             match name {
                 "on" => {
                     let Some(list) = self.strings(v, &rel, false, "[\"failure\", \"timeout\"]")
@@ -962,9 +974,7 @@ impl W {
 
     fn guideline(&mut self, t: &DeTable<'_>) -> PGuideline {
         let mut g = PGuideline::default();
-        for (k, v) in t.iter() {
-            let name: &str = k.get_ref();
-            let rel = format!("guideline.{name}");
+        for (name, rel, k, v) in entries(t, "guideline") {
             match name {
                 "reads" => g.reads = self.choice(v, &rel, &Reads::names()),
                 "replica_dsn_env" => g.replica_dsn_env = self.env_name(v, &rel),
@@ -1066,71 +1076,18 @@ impl W {
         let mut declared = BTreeSet::new();
         for (k, v) in t.iter() {
             let key: &str = k.get_ref();
+            let set = |d: &mut Duration, new: Opt<Duration>| *d = new.map_or(*d, |n| n.v);
             match key {
-                "state" => {
-                    if let Some(s) = self.nonempty(v, key) {
-                        let ok =
-                            s.v.strip_prefix("sqlite:")
-                                .map(|p| !p.is_empty())
-                                .or_else(|| {
-                                    ["postgres://", "postgresql://"]
-                                        .iter()
-                                        .find_map(|p| s.v.strip_prefix(p))
-                                        .map(|r| !r.is_empty())
-                                })
-                                .unwrap_or(false);
-                        if ok {
-                            g.state = Some(s.v);
-                        } else {
-                            let msg = format!("`state` = \"{}\" is not a state store URL", s.v);
-                            self.err(v.span(), key, msg, Some("write \"sqlite:/var/lib/batchguard/state.db\" or \"postgres://user@host/db\"".into()));
-                        }
-                    }
-                }
-                "log_dir" | "artifact_dir" => {
-                    if let Some(s) = self.nonempty(v, key) {
-                        let p = normalize(Path::new(&s.v), dir);
-                        if under_personal_home(&p, home) {
-                            let msg = format!(
-                                "`{key}` = \"{}\" is under a personal home directory ({})",
-                                s.v,
-                                p.display()
-                            );
-                            self.err(v.span(), key, msg, Some(G10_HELP.into()));
-                        } else if key == "log_dir" {
-                            g.log_dir = p;
-                        } else {
-                            g.artifact_dir = Some(p);
-                        }
-                    }
-                }
+                "state" => g.state = self.state_url(v, key).or(g.state),
+                "log_dir" => g.log_dir = self.own_dir(v, key, dir, home).unwrap_or(g.log_dir),
+                "artifact_dir" => g.artifact_dir = self.own_dir(v, key, dir, home),
                 "host" => g.host = self.nonempty(v, key).map(|s| s.v),
                 "dashboard_url" => g.dashboard_url = self.http_url(v, key).map(|s| s.v),
-                "log_max" => {
-                    if let Some(n) = self.size(v, key) {
-                        g.log_max_bytes = n.v;
-                    }
-                }
-                "log_retention" => {
-                    if let Some(d) = self.duration(v, key, true) {
-                        g.log_retention = d.v;
-                    }
-                }
-                "lease" => {
-                    if let Some(d) = self.duration(v, key, true) {
-                        g.lease = d.v;
-                    }
-                }
-                "notify_digest" => {
-                    if let Some(d) = self.duration(v, key, true) {
-                        g.notify_digest = d.v;
-                    }
-                }
-                "missed_grace" => {
-                    if let Some(d) = self.duration(v, key, true) {
-                        g.missed_grace = d.v;
-                    }
-                }
+                "log_max" => g.log_max_bytes = self.size(v, key).map_or(g.log_max_bytes, |n| n.v),
+                "log_retention" => set(&mut g.log_retention, self.duration(v, key, true)),
+                "lease" => set(&mut g.lease, self.duration(v, key, true)),
+                "notify_digest" => set(&mut g.notify_digest, self.duration(v, key, true)),
+                "missed_grace" => set(&mut g.missed_grace, self.duration(v, key, true)),
                 "defaults" => {
                     if let Some(t) = self.table(v, key) {
                         let mut sub = W::new(&self.src, "defaults.");
@@ -1141,27 +1098,7 @@ impl W {
                 }
                 "channels" => {
                     if let Some(t) = self.table(v, key) {
-                        for (ck, cv) in t.iter() {
-                            let name: &str = ck.get_ref();
-                            declared.insert(name.to_string());
-                            let rel = format!("channels.{name}");
-                            if !template::is_valid_name(name) {
-                                let msg = format!("invalid channel name `{name}`");
-                                self.err(
-                                    ck.span(),
-                                    &rel,
-                                    msg,
-                                    Some("channel names are letters, digits, `_` and `-`".into()),
-                                );
-                                continue;
-                            }
-                            let Some(ct) = self.table(cv, &rel) else {
-                                continue;
-                            };
-                            if let Some(c) = self.channel(ct, &rel, ck.span()) {
-                                g.channels.insert(name.to_string(), c);
-                            }
-                        }
+                        self.channels(t, &mut declared, &mut g.channels);
                     }
                 }
                 _ => self.unknown(k.span(), key, key, GLOBAL_KEYS),
@@ -1178,61 +1115,150 @@ impl W {
         (g, declared)
     }
 
+    /// `state`: `sqlite:PATH` or `postgres://…`.
+    fn state_url(&mut self, v: &Val<'_>, key: &str) -> Option<String> {
+        let s = self.nonempty(v, key)?;
+        let rest = |p: &str| s.v.strip_prefix(p).map(|r| !r.is_empty());
+        let ok = rest("sqlite:")
+            .or_else(|| rest("postgres://"))
+            .or_else(|| rest("postgresql://"))
+            .unwrap_or(false);
+        if ok {
+            return Some(s.v);
+        }
+        let msg = format!("`state` = \"{}\" is not a state store URL", s.v);
+        let help = "write \"sqlite:/var/lib/batchguard/state.db\" or \"postgres://user@host/db\"";
+        self.err(v.span(), key, msg, Some(help.into()));
+        None
+    }
+
+    /// `log_dir`, `artifact_dir`: absolute against `dir`, never under a
+    /// personal home (G10).
+    fn own_dir(
+        &mut self,
+        v: &Val<'_>,
+        key: &str,
+        dir: &Path,
+        home: Option<&Path>,
+    ) -> Option<PathBuf> {
+        let s = self.nonempty(v, key)?;
+        let p = normalize(Path::new(&s.v), dir);
+        if !under_personal_home(&p, home) {
+            return Some(p);
+        }
+        let msg = format!(
+            "`{key}` = \"{}\" is under a personal home directory ({})",
+            s.v,
+            p.display()
+        );
+        self.err(v.span(), key, msg, Some(G10_HELP.into()));
+        None
+    }
+
+    /// `[channels.NAME]`: every name is `declared`, valid ones go to `out`.
+    fn channels(
+        &mut self,
+        t: &DeTable<'_>,
+        declared: &mut BTreeSet<String>,
+        out: &mut BTreeMap<String, Channel>,
+    ) {
+        for (ck, cv) in t.iter() {
+            let name: &str = ck.get_ref();
+            declared.insert(name.to_string());
+            let rel = format!("channels.{name}");
+            if !template::is_valid_name(name) {
+                let msg = format!("invalid channel name `{name}`");
+                let help = "channel names are letters, digits, `_` and `-`".into();
+                self.err(ck.span(), &rel, msg, Some(help));
+                continue;
+            }
+            let Some(ct) = self.table(cv, &rel) else {
+                continue;
+            };
+            if let Some(c) = self.channel(ct, &rel, ck.span()) {
+                out.insert(name.to_string(), c);
+            }
+        }
+    }
+
     fn channel(&mut self, t: &DeTable<'_>, rel: &str, key_span: Range<usize>) -> Option<Channel> {
+        let kind = self.channel_kind(t, rel, key_span.clone())?;
+        let errs_before = self.errs.len();
+        let f = self.channel_fields(t, rel, channel_keys(kind));
+        if self.errs.len() > errs_before {
+            return None;
+        }
+        let cx = ChannelCx {
+            kind,
+            rel,
+            key_span,
+        };
+        match kind {
+            "slack" => Some(Channel::Slack {
+                url: self.url_source(&cx, f.url, f.url_env)?,
+            }),
+            "ping" => Some(Channel::Ping {
+                url: self.url_source(&cx, f.url, f.url_env)?,
+            }),
+            "webhook" => Some(Channel::Webhook {
+                url: self.url_source(&cx, f.url, f.url_env)?,
+                secret_env: f.secret_env.map(|s| s.v),
+            }),
+            "email" => self.email_channel(&cx, f),
+            _ => match f.command {
+                Some(c) => Some(Channel::Command {
+                    command: c.v.into_iter().map(|s| s.v).collect(),
+                }),
+                None => {
+                    let help = "add command = [\"/usr/local/bin/page-oncall\"]";
+                    self.channel_missing(&cx, "command", help);
+                    None
+                }
+            },
+        }
+    }
+
+    /// The channel's `type`, one of [`CHANNEL_TYPES`].
+    fn channel_kind<'t>(
+        &mut self,
+        t: &'t DeTable<'_>,
+        rel: &str,
+        key_span: Range<usize>,
+    ) -> Option<&'t str> {
         let full = self.full(rel);
+        let rel_type = format!("{rel}.type");
         let Some((_, tv)) = t.iter().find(|(k, _)| k.get_ref() == "type") else {
             let msg = format!("channel `{full}` has no `type`");
-            self.err(
-                key_span,
-                rel,
-                msg,
-                Some(format!(
-                    "add type = \"slack\" (one of {})",
-                    quote_list(CHANNEL_TYPES)
-                )),
+            let help = format!(
+                "add type = \"slack\" (one of {})",
+                quote_list(CHANNEL_TYPES)
             );
+            self.err(key_span, rel, msg, Some(help));
             return None;
         };
-        let kind: &str = match tv.get_ref() {
-            DeValue::String(s) if CHANNEL_TYPES.contains(&s.as_ref()) => s,
+        match tv.get_ref() {
+            DeValue::String(s) if CHANNEL_TYPES.contains(&s.as_ref()) => Some(s),
             DeValue::String(s) => {
+                let types = quote_list(CHANNEL_TYPES);
                 let help = match closest(s, CHANNEL_TYPES) {
-                    Some(c) => format!(
-                        "did you mean \"{c}\"? (types: {})",
-                        quote_list(CHANNEL_TYPES)
-                    ),
-                    None => format!("types: {}", quote_list(CHANNEL_TYPES)),
+                    Some(c) => format!("did you mean \"{c}\"? (types: {types})"),
+                    None => format!("types: {types}"),
                 };
                 let msg = format!("unknown channel type \"{s}\" for `{full}.type`");
-                self.err(tv.span(), &format!("{rel}.type"), msg, Some(help));
-                return None;
+                self.err(tv.span(), &rel_type, msg, Some(help));
+                None
             }
             _ => {
-                self.wrong_type(
-                    tv,
-                    &format!("{rel}.type"),
-                    &format!("one of {}", quote_list(CHANNEL_TYPES)),
-                    None,
-                );
-                return None;
+                let expected = format!("one of {}", quote_list(CHANNEL_TYPES));
+                self.wrong_type(tv, &rel_type, &expected, None);
+                None
             }
-        };
-        let allowed: &[&str] = match kind {
-            "slack" | "ping" => &["type", "url", "url_env"],
-            "webhook" => &["type", "url", "url_env", "secret_env"],
-            "email" => &["type", "smtp", "from", "to", "username_env", "password_env"],
-            _ => &["type", "command"],
-        };
-        let errs_before = self.errs.len();
-        let mut url = None;
-        let mut url_env = None;
-        let mut secret_env = None;
-        let mut smtp = None;
-        let mut from = None;
-        let mut to = None;
-        let mut username_env = None;
-        let mut password_env = None;
-        let mut command = None;
+        }
+    }
+
+    /// The channel's keys, each checked; keys not in `allowed` are errors.
+    fn channel_fields(&mut self, t: &DeTable<'_>, rel: &str, allowed: &[&str]) -> ChannelFields {
+        let mut f = ChannelFields::default();
         for (k, v) in t.iter() {
             let name: &str = k.get_ref();
             let r2 = format!("{rel}.{name}");
@@ -1241,227 +1267,160 @@ impl W {
                 continue;
             }
             match name {
-                "url" => url = self.http_url(v, &r2),
-                "url_env" => url_env = self.env_name(v, &r2),
-                "secret_env" => secret_env = self.env_name(v, &r2),
-                "username_env" => username_env = self.env_name(v, &r2),
-                "password_env" => password_env = self.env_name(v, &r2),
-                "smtp" => {
-                    if let Some(s) = self.nonempty(v, &r2) {
-                        let host =
-                            s.v.strip_prefix("smtp://")
-                                .or_else(|| s.v.strip_prefix("smtps://"));
-                        if host.is_some_and(|h| {
-                            !h.is_empty() && !h.starts_with('/') && !h.contains(char::is_whitespace)
-                        }) {
-                            smtp = Some(s);
-                        } else {
-                            let msg =
-                                format!("`{}` = \"{}\" is not an SMTP URL", self.full(&r2), s.v);
-                            self.err(
-                                v.span(),
-                                &r2,
-                                msg,
-                                Some("write \"smtp://host:25\" or \"smtps://host:465\"".into()),
-                            );
-                        }
-                    }
-                }
-                "from" => {
-                    if let Some(s) = self.nonempty(v, &r2) {
-                        if s.v.contains('@') {
-                            from = Some(s);
-                        } else {
-                            let msg = format!(
-                                "`{}` = \"{}\" is not an email address",
-                                self.full(&r2),
-                                s.v
-                            );
-                            self.err(v.span(), &r2, msg, None);
-                        }
-                    }
-                }
-                "to" => {
-                    if let Some(list) = self.strings(v, &r2, true, "[\"oncall@example.com\"]") {
-                        let bad: Vec<_> = list
-                            .v
-                            .iter()
-                            .filter(|a| !a.v.contains('@'))
-                            .cloned()
-                            .collect();
-                        if bad.is_empty() {
-                            to = Some(list);
-                        }
-                        for a in bad {
-                            let msg = format!(
-                                "`{}` entry \"{}\" is not an email address",
-                                self.full(&r2),
-                                a.v
-                            );
-                            self.errs.push(a.at.diag(Some(&self.full(&r2)), msg, None));
-                        }
-                    }
-                }
+                "url" => f.url = self.http_url(v, &r2),
+                "url_env" => f.url_env = self.env_name(v, &r2),
+                "secret_env" => f.secret_env = self.env_name(v, &r2),
+                "username_env" => f.username_env = self.env_name(v, &r2),
+                "password_env" => f.password_env = self.env_name(v, &r2),
+                "smtp" => f.smtp = self.smtp_url(v, &r2),
+                "from" => f.from = self.email_address(v, &r2),
+                "to" => f.to = self.email_addresses(v, &r2),
                 "command" => {
-                    command = self.strings(v, &r2, true, "[\"/usr/local/bin/page-oncall\"]")
+                    f.command = self.strings(v, &r2, true, "[\"/usr/local/bin/page-oncall\"]")
                 }
                 _ => {} // "type"
             }
         }
-        if self.errs.len() > errs_before {
-            return None;
+        f
+    }
+
+    fn smtp_url(&mut self, v: &Val<'_>, rel: &str) -> Opt<String> {
+        let s = self.nonempty(v, rel)?;
+        let host =
+            s.v.strip_prefix("smtp://")
+                .or_else(|| s.v.strip_prefix("smtps://"));
+        if host.is_some_and(|h| {
+            !h.is_empty() && !h.starts_with('/') && !h.contains(char::is_whitespace)
+        }) {
+            return Some(s);
         }
-        let mut missing = |w: &mut W, what: &str, help: String| {
-            let msg = format!("channel `{full}` (type \"{kind}\") needs `{what}`");
-            w.err(key_span.clone(), rel, msg, Some(help));
-        };
-        let url_source = |w: &mut W,
-                          url: Opt<String>,
-                          url_env: Opt<String>,
-                          missing: &mut dyn FnMut(&mut W, &str, String)|
-         -> Option<UrlSource> {
-            match (url, url_env) {
-                (Some(u), None) => Some(UrlSource::Literal(u.v)),
-                (None, Some(e)) => Some(UrlSource::Env(e.v)),
-                (Some(_), Some(e)) => {
-                    let msg = format!("channel `{full}` sets both `url` and `url_env`");
-                    w.errs.push(e.at.diag(
-                        Some(&format!("{full}.url_env")),
-                        msg,
-                        Some("keep exactly one of them".into()),
-                    ));
-                    None
-                }
-                (None, None) => {
-                    missing(
-                        w,
-                        "url` or `url_env",
-                        "add url_env = \"VAR_NAME\" (the variable holds the URL)".into(),
-                    );
-                    None
-                }
-            }
-        };
-        match kind {
-            "slack" => Some(Channel::Slack {
-                url: url_source(self, url, url_env, &mut missing)?,
-            }),
-            "ping" => Some(Channel::Ping {
-                url: url_source(self, url, url_env, &mut missing)?,
-            }),
-            "webhook" => Some(Channel::Webhook {
-                url: url_source(self, url, url_env, &mut missing)?,
-                secret_env: secret_env.map(|s| s.v),
-            }),
-            "email" => {
-                if smtp.is_none() {
-                    missing(self, "smtp", "add smtp = \"smtp://host:25\"".into());
-                }
-                if from.is_none() {
-                    missing(self, "from", "add from = \"batch@example.com\"".into());
-                }
-                if to.is_none() {
-                    missing(self, "to", "add to = [\"oncall@example.com\"]".into());
-                }
-                Some(Channel::Email {
-                    smtp: smtp?.v,
-                    from: from?.v,
-                    to: to?.v.into_iter().map(|s| s.v).collect(),
-                    username_env: username_env.map(|s| s.v),
-                    password_env: password_env.map(|s| s.v),
-                })
-            }
-            _ => match command {
-                Some(c) => Some(Channel::Command {
-                    command: c.v.into_iter().map(|s| s.v).collect(),
-                }),
-                None => {
-                    missing(
-                        self,
-                        "command",
-                        "add command = [\"/usr/local/bin/page-oncall\"]".into(),
-                    );
-                    None
-                }
-            },
+        let msg = format!("`{}` = \"{}\" is not an SMTP URL", self.full(rel), s.v);
+        let help = "write \"smtp://host:25\" or \"smtps://host:465\"".into();
+        self.err(v.span(), rel, msg, Some(help));
+        None
+    }
+
+    fn email_address(&mut self, v: &Val<'_>, rel: &str) -> Opt<String> {
+        let s = self.nonempty(v, rel)?;
+        if s.v.contains('@') {
+            return Some(s);
         }
+        let msg = format!("`{}` = \"{}\" is not an email address", self.full(rel), s.v);
+        self.err(v.span(), rel, msg, None);
+        None
+    }
+
+    fn email_addresses(&mut self, v: &Val<'_>, rel: &str) -> Option<Strings> {
+        let list = self.strings(v, rel, true, "[\"oncall@example.com\"]")?;
+        let full = self.full(rel);
+        let before = self.errs.len();
+        for a in list.v.iter().filter(|a| !a.v.contains('@')) {
+            let msg = format!("`{full}` entry \"{}\" is not an email address", a.v);
+            self.errs.push(a.at.diag(Some(&full), msg, None));
+        }
+        (self.errs.len() == before).then_some(list)
+    }
+
+    fn channel_missing(&mut self, cx: &ChannelCx<'_>, what: &str, help: &str) {
+        let msg = format!(
+            "channel `{}` (type \"{}\") needs `{what}`",
+            self.full(cx.rel),
+            cx.kind
+        );
+        self.err(cx.key_span.clone(), cx.rel, msg, Some(help.into()));
+    }
+
+    /// Exactly one of `url` and `url_env`.
+    fn url_source(
+        &mut self,
+        cx: &ChannelCx<'_>,
+        url: Opt<String>,
+        url_env: Opt<String>,
+    ) -> Option<UrlSource> {
+        match (url, url_env) {
+            (Some(u), None) => Some(UrlSource::Literal(u.v)),
+            (None, Some(e)) => Some(UrlSource::Env(e.v)),
+            (Some(_), Some(e)) => {
+                let full = self.full(cx.rel);
+                let msg = format!("channel `{full}` sets both `url` and `url_env`");
+                let help = "keep exactly one of them".into();
+                self.errs
+                    .push(e.at.diag(Some(&format!("{full}.url_env")), msg, Some(help)));
+                None
+            }
+            (None, None) => {
+                let help = "add url_env = \"VAR_NAME\" (the variable holds the URL)";
+                self.channel_missing(cx, "url` or `url_env", help);
+                None
+            }
+        }
+    }
+
+    fn email_channel(&mut self, cx: &ChannelCx<'_>, f: ChannelFields) -> Option<Channel> {
+        if f.smtp.is_none() {
+            self.channel_missing(cx, "smtp", "add smtp = \"smtp://host:25\"");
+        }
+        if f.from.is_none() {
+            self.channel_missing(cx, "from", "add from = \"batch@example.com\"");
+        }
+        if f.to.is_none() {
+            self.channel_missing(cx, "to", "add to = [\"oncall@example.com\"]");
+        }
+        Some(Channel::Email {
+            smtp: f.smtp?.v,
+            from: f.from?.v,
+            to: f.to?.v.into_iter().map(|s| s.v).collect(),
+            username_env: f.username_env.map(|s| s.v),
+            password_env: f.password_env.map(|s| s.v),
+        })
     }
 }
 
+/// The keys a channel of type `kind` takes.
+fn channel_keys(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "slack" | "ping" => &["type", "url", "url_env"],
+        "webhook" => &["type", "url", "url_env", "secret_env"],
+        "email" => &["type", "smtp", "from", "to", "username_env", "password_env"],
+        _ => &["type", "command"],
+    }
+}
+
+/// A channel's keys as written (each checked, all optional).
+#[derive(Default)]
+struct ChannelFields {
+    url: Opt<String>,
+    url_env: Opt<String>,
+    secret_env: Opt<String>,
+    smtp: Opt<String>,
+    from: Opt<String>,
+    to: Option<Strings>,
+    username_env: Opt<String>,
+    password_env: Opt<String>,
+    command: Option<Strings>,
+}
+
+/// Which channel is being built, for "needs `KEY`" errors.
+struct ChannelCx<'a> {
+    kind: &'a str,
+    rel: &'a str,
+    key_span: Range<usize>,
+}
+
 fn check_schedule(s: &str) -> Result<(), (String, String)> {
-    const NICK: &[&str] = &[
-        "@hourly",
-        "@daily",
-        "@weekly",
-        "@monthly",
-        "@yearly",
-        "@annually",
-        "@midnight",
-    ];
-    let help = "use 5 fields \"minute hour day-of-month month day-of-week\" (e.g. \"30 3 * * *\") or @hourly, @daily, @weekly, @monthly, @yearly".to_string();
-    let t = s.trim();
-    if t.starts_with('@') {
-        if NICK.contains(&t) {
-            return Ok(());
-        }
-        let nick_help = match closest(t, NICK) {
-            Some(c) => format!("did you mean \"{c}\"?"),
-            None => help,
-        };
-        return Err((
-            format!("invalid schedule \"{s}\": unknown nickname"),
-            nick_help,
-        ));
+    crate::schedule::Schedule::parse(s)
+        .map(drop)
+        .map_err(|e| (e.message().to_string(), e.fix().to_string()))
+}
+
+fn check_lock(s: &str) -> Result<(), (String, String)> {
+    if crate::is_valid_job_name(s) {
+        return Ok(());
     }
-    let fields: Vec<&str> = t.split_whitespace().collect();
-    if fields.len() != 5 {
-        let extra = if fields.len() == 6 {
-            " (a seconds field is not supported: cron fires at minute granularity)"
-        } else {
-            ""
-        };
-        return Err((
-            format!(
-                "invalid schedule \"{s}\": expected 5 fields, found {}{extra}",
-                fields.len()
-            ),
-            help,
-        ));
-    }
-    // Only what cron itself understands: no `L`, `W`, `#`, `?`.
-    let names_ok = |f: &str| {
-        f.split(|c: char| !c.is_ascii_alphabetic())
-            .filter(|w| !w.is_empty())
-            .all(|w| {
-                let w = w.to_ascii_uppercase();
-                w.len() == 3
-                    && [
-                        "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT",
-                        "NOV", "DEC", "SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT",
-                    ]
-                    .contains(&w.as_str())
-            })
-    };
-    for f in &fields {
-        if !f
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '*' | ',' | '-' | '/'))
-            || !names_ok(f)
-        {
-            return Err((
-                format!("invalid schedule \"{s}\": unsupported field `{f}`"),
-                help,
-            ));
-        }
-    }
-    let parser = croner::parser::CronParser::builder()
-        .seconds(croner::parser::Seconds::Disallowed)
-        .year(croner::parser::Year::Disallowed)
-        .build();
-    parser
-        .parse(t)
-        .map(|_| ())
-        .map_err(|e| (format!("invalid schedule \"{s}\": {e}"), help))
+    Err((
+        format!("invalid lock name \"{s}\""),
+        "lock names follow the job name rule: ^[a-z0-9][a-z0-9_-]{0,62}$".into(),
+    ))
 }
 
 fn check_timezone(s: &str) -> Result<(), (String, String)> {
@@ -1521,8 +1480,15 @@ fn check_channels(
 // ---------------------------------------------------------------------------
 // merging and resolving
 
-fn or<T: Clone>(a: Option<T>, b: &Option<T>) -> Option<T> {
-    a.or_else(|| b.clone())
+/// `$ty { field: job's value or else the default's, ... }` for the listed
+/// fields, then any `rest` written out.
+macro_rules! job_over_defaults {
+    ($ty:ident, $j:expr, $d:expr; $($f:ident),* $(; $($rest:tt)*)?) => {
+        $ty {
+            $($f: $j.$f.or_else(|| $d.$f.clone()),)*
+            $($($rest)*)?
+        }
+    };
 }
 
 /// `job` over `defaults`: the job's value wins; tables merge key by key.
@@ -1533,65 +1499,24 @@ pub(crate) fn merge(d: &PJob, j: PJob) -> PJob {
     params.extend(j.params);
     let mut bad = d.bad.clone();
     bad.extend(j.bad);
-    PJob {
+    job_over_defaults!(PJob, j, d;
+        description, command, workdir, user, env_file, secrets, schedule, timezone, timeout,
+        kill_grace, expected_duration, memory_max, concurrency, lock, retries, retry_delay;
         any: d.any || j.any,
-        description: or(j.description, &d.description),
-        command: or(j.command, &d.command),
-        workdir: or(j.workdir, &d.workdir),
-        user: or(j.user, &d.user),
         env,
-        env_file: or(j.env_file, &d.env_file),
-        secrets: or(j.secrets, &d.secrets),
-        schedule: or(j.schedule, &d.schedule),
-        timezone: or(j.timezone, &d.timezone),
-        timeout: or(j.timeout, &d.timeout),
-        kill_grace: or(j.kill_grace, &d.kill_grace),
-        expected_duration: or(j.expected_duration, &d.expected_duration),
-        memory_max: or(j.memory_max, &d.memory_max),
-        concurrency: or(j.concurrency, &d.concurrency),
-        lock: or(j.lock, &d.lock),
-        retries: or(j.retries, &d.retries),
-        retry_delay: or(j.retry_delay, &d.retry_delay),
         params,
-        items: PItems {
-            table: or(j.items.table, &d.items.table),
-            source: or(j.items.source, &d.items.source),
-            source_file: or(j.items.source_file, &d.items.source_file),
-            run: or(j.items.run, &d.items.run),
-            mode: or(j.items.mode, &d.items.mode),
-            scope: or(j.items.scope, &d.items.scope),
-            parallelism: or(j.items.parallelism, &d.items.parallelism),
-            rate: or(j.items.rate, &d.items.rate),
-            max_attempts: or(j.items.max_attempts, &d.items.max_attempts),
-            item_timeout: or(j.items.item_timeout, &d.items.item_timeout),
-        },
-        notify: PNotify {
-            on: or(j.notify.on, &d.notify.on),
-            channels: or(j.notify.channels, &d.notify.channels),
-        },
-        runbook: PRunbook {
-            url: or(j.runbook.url, &d.runbook.url),
-            verify: or(j.runbook.verify, &d.runbook.verify),
-            notes: or(j.runbook.notes, &d.runbook.notes),
-        },
-        guideline: PGuideline {
-            reads: or(j.guideline.reads, &d.guideline.reads),
-            replica_dsn_env: or(j.guideline.replica_dsn_env, &d.guideline.replica_dsn_env),
-            max_replica_lag: or(j.guideline.max_replica_lag, &d.guideline.max_replica_lag),
-            expected_items: or(j.guideline.expected_items, &d.guideline.expected_items),
-            write_impact: or(j.guideline.write_impact, &d.guideline.write_impact),
-            schema_change: or(j.guideline.schema_change, &d.guideline.schema_change),
-            overlap_safe: or(j.guideline.overlap_safe, &d.guideline.overlap_safe),
-            clean: or(j.guideline.clean, &d.guideline.clean),
-            role_ok: or(j.guideline.role_ok, &d.guideline.role_ok),
-        },
-        distributed: PDistributed {
-            enabled: or(j.distributed.enabled, &d.distributed.enabled),
-            batch: or(j.distributed.batch, &d.distributed.batch),
-            lease: or(j.distributed.lease, &d.distributed.lease),
-        },
+        items: job_over_defaults!(PItems, j.items, d.items;
+            table, source, source_file, run, mode, scope, parallelism, rate, max_attempts,
+            item_timeout),
+        notify: job_over_defaults!(PNotify, j.notify, d.notify; on, channels),
+        runbook: job_over_defaults!(PRunbook, j.runbook, d.runbook; url, verify, notes),
+        guideline: job_over_defaults!(PGuideline, j.guideline, d.guideline;
+            reads, replica_dsn_env, max_replica_lag, expected_items, write_impact,
+            schema_change, overlap_safe, clean, role_ok),
+        distributed: job_over_defaults!(PDistributed, j.distributed, d.distributed;
+            enabled, batch, lease),
         bad,
-    }
+    )
 }
 
 /// What a job is resolved against.
@@ -1693,53 +1618,12 @@ fn g10(
     Some(abs)
 }
 
+/// Validates a merged job (templates, paths, items, channels) and builds
+/// it; `None` when that added errors.
 pub(crate) fn resolve(pj: PJob, cx: &Ctx<'_>, errs: &mut Vec<Diagnostic>) -> Option<Job> {
     let before = errs.len();
-    let missing = |key: &str, help: &str| {
-        At::file(cx.src).diag(
-            Some(key),
-            format!("missing required key `{key}` in job `{}`", cx.name),
-            Some(help.to_string()),
-        )
-    };
-    let home = cx.home.as_deref();
-
-    // Templates
-    let params_allowed: Vec<&str> = template::BUILTINS.to_vec();
-    for (k, v) in &pj.params {
-        check_template(
-            v,
-            &format!("params.{k}"),
-            cx.src,
-            &params_allowed,
-            false,
-            errs,
-        );
-    }
-    let mut allowed: Vec<&str> = template::BUILTINS.to_vec();
-    allowed.extend(pj.params.keys().map(String::as_str));
-    let mut with_item = allowed.clone();
-    with_item.push(template::ITEM);
-
-    let command = match &pj.command {
-        Some(c) => {
-            for a in &c.v {
-                check_template(a, "command", cx.src, &allowed, false, errs);
-            }
-            Some(c.v.iter().map(|s| s.v.clone()).collect::<Vec<_>>())
-        }
-        // Per-item mode runs `items.run` once per key: `command` is optional.
-        None if pj.items.run.is_some() => Some(Vec::new()),
-        None => {
-            if !pj.bad.contains("command") {
-                errs.push(missing(
-                    "command",
-                    "add command = [\"/path/to/program\", \"arg\"] (an argv; no shell)",
-                ));
-            }
-            None
-        }
-    };
+    let (allowed, with_item) = template_names(&pj, cx, errs);
+    let command = resolve_command(&pj, cx, &allowed, errs);
     for (s, key) in [
         (&pj.runbook.url, "runbook.url"),
         (&pj.runbook.verify, "runbook.verify"),
@@ -1749,187 +1633,229 @@ pub(crate) fn resolve(pj: PJob, cx: &Ctx<'_>, errs: &mut Vec<Diagnostic>) -> Opt
             check_template(s, key, cx.src, &allowed, false, errs);
         }
     }
-
-    // Paths
     let workdir = match &pj.workdir {
-        Some(w) => g10(
-            w,
-            "workdir",
-            !Arc::ptr_eq(&w.at.src, cx.src),
-            &cx.base,
-            home,
-            errs,
-        ),
+        Some(w) => {
+            let from_defaults = !Arc::ptr_eq(&w.at.src, cx.src);
+            g10(
+                w,
+                "workdir",
+                from_defaults,
+                &cx.base,
+                cx.home.as_deref(),
+                errs,
+            )
+        }
         None => Some(PathBuf::from("/")),
     };
-    let env_file = pj
-        .env_file
-        .as_ref()
-        .map(|p| normalize(Path::new(&p.v), &cx.base));
-
-    // Items
-    let items = if pj.items.table.is_some() {
-        let it = &pj.items;
-        let mode = it.mode.as_ref().map_or(ItemsMode::PerItem, |m| m.v);
-        let table_at = it.table.clone().unwrap_or_else(|| At::file(cx.src));
-        match (&it.source, &it.source_file) {
-            (Some(_), Some(f)) => errs.push(f.at.diag(
-                Some("items.source_file"),
-                "`items.source` and `items.source_file` are mutually exclusive",
-                Some("keep exactly one: a command that prints the keys, or a file that lists them".into()),
-            )),
-            (None, None) if !pj.bad.contains("items.source") && !pj.bad.contains("items.source_file") => errs.push(table_at.diag(
-                Some("items"),
-                "`[items]` needs `source` or `source_file`",
-                Some("add source = [\"./list-keys\"] (prints one key per line) or source_file = \"keys.txt\"".into()),
-            )),
-            _ => {}
-        }
-        if let Some(src) = &it.source {
-            for a in &src.v {
-                check_template(a, "items.source", cx.src, &allowed, false, errs);
-            }
-        }
-        if let Some(s) = &it.scope {
-            check_template(s, "items.scope", cx.src, &allowed, false, errs);
-        }
-        match (mode, &it.run) {
-            (ItemsMode::Stream, Some(r)) => errs.push(r.at.diag(
-                Some("items.run"),
-                "`items.run` is not allowed with `items.mode = \"stream\"`",
-                Some("in stream mode the job's `command` receives the keys on stdin; remove `items.run` or the mode".into()),
-            )),
-            (ItemsMode::PerItem, None) if !pj.bad.contains("items.run") && !pj.bad.contains("items.mode") => {
-                let at = it.mode.as_ref().map_or(table_at.clone(), |m| m.at.clone());
-                errs.push(at.diag(
-                    Some("items.run"),
-                    "per-item mode needs `items.run`",
-                    Some("add run = [\"./process\", \"{item}\"], or set mode = \"stream\"".into()),
-                ))
-            }
-            (_, Some(r)) => {
-                for a in &r.v {
-                    check_template(a, "items.run", cx.src, &with_item, true, errs);
-                }
-            }
-            _ => {}
-        }
-        let source_file = it.source_file.as_ref().map(|f| {
-            normalize(
-                Path::new(&f.v),
-                workdir.as_deref().unwrap_or(Path::new("/")),
-            )
-        });
-        Some(Items {
-            source: it
-                .source
-                .as_ref()
-                .map(|s| s.v.iter().map(|x| x.v.clone()).collect()),
-            source_file,
-            run: it
-                .run
-                .as_ref()
-                .map(|s| s.v.iter().map(|x| x.v.clone()).collect()),
-            mode,
-            scope: it.scope.as_ref().map(|s| s.v.clone()),
-            parallelism: it.parallelism.as_ref().map_or(1, |p| p.v),
-            rate: it.rate.as_ref().map(|r| r.v),
-            max_attempts: it.max_attempts.as_ref().map_or(3, |p| p.v),
-            item_timeout: it.item_timeout.as_ref().map(|d| d.v),
-        })
-    } else {
-        None
-    };
-
+    let items = pj.items.table.is_some().then(|| {
+        check_items(&pj, cx, &allowed, &with_item, errs);
+        build_items(&pj.items, workdir.as_deref().unwrap_or(Path::new("/")))
+    });
     check_channels(&pj, cx.channels, Some(cx.src), errs);
-
     if errs.len() > before {
         return None;
     }
-    let s = |o: &Opt<String>| o.as_ref().map(|s| s.v.clone());
-    Some(Job {
+    Some(build_job(pj, cx, command?, workdir?, items))
+}
+
+/// Checks the params' templates; returns the template names allowed
+/// elsewhere, without and with `{item}`.
+fn template_names<'p>(
+    pj: &'p PJob,
+    cx: &Ctx<'_>,
+    errs: &mut Vec<Diagnostic>,
+) -> (Vec<&'p str>, Vec<&'p str>) {
+    for (k, v) in &pj.params {
+        let key = format!("params.{k}");
+        check_template(v, &key, cx.src, template::BUILTINS, false, errs);
+    }
+    let mut allowed: Vec<&str> = template::BUILTINS.to_vec();
+    allowed.extend(pj.params.keys().map(String::as_str));
+    let mut with_item = allowed.clone();
+    with_item.push(template::ITEM);
+    (allowed, with_item)
+}
+
+/// `command` (its templates checked); optional in per-item mode, where
+/// `items.run` runs once per key.
+fn resolve_command(
+    pj: &PJob,
+    cx: &Ctx<'_>,
+    allowed: &[&str],
+    errs: &mut Vec<Diagnostic>,
+) -> Option<Vec<String>> {
+    match &pj.command {
+        Some(c) => {
+            for a in &c.v {
+                check_template(a, "command", cx.src, allowed, false, errs);
+            }
+            Some(values(c))
+        }
+        None if pj.items.run.is_some() => Some(Vec::new()),
+        None => {
+            if !pj.bad.contains("command") {
+                errs.push(At::file(cx.src).diag(
+                    Some("command"),
+                    format!("missing required key `command` in job `{}`", cx.name),
+                    Some(
+                        "add command = [\"/path/to/program\", \"arg\"] (an argv; no shell)".into(),
+                    ),
+                ));
+            }
+            None
+        }
+    }
+}
+
+/// `[items]`: a key source, the mode's requirements, templates.
+fn check_items(
+    pj: &PJob,
+    cx: &Ctx<'_>,
+    allowed: &[&str],
+    with_item: &[&str],
+    errs: &mut Vec<Diagnostic>,
+) {
+    let it = &pj.items;
+    let table_at = it.table.clone().unwrap_or_else(|| At::file(cx.src));
+    match (&it.source, &it.source_file) {
+        (Some(_), Some(f)) => errs.push(f.at.diag(
+            Some("items.source_file"),
+            "`items.source` and `items.source_file` are mutually exclusive",
+            Some("keep exactly one: a command that prints the keys, or a file that lists them".into()),
+        )),
+        (None, None) if !pj.bad.contains("items.source") && !pj.bad.contains("items.source_file") => errs.push(table_at.diag(
+            Some("items"),
+            "`[items]` needs `source` or `source_file`",
+            Some("add source = [\"./list-keys\"] (prints one key per line) or source_file = \"keys.txt\"".into()),
+        )),
+        _ => {}
+    }
+    for a in it.source.iter().flat_map(|s| &s.v) {
+        check_template(a, "items.source", cx.src, allowed, false, errs);
+    }
+    if let Some(s) = &it.scope {
+        check_template(s, "items.scope", cx.src, allowed, false, errs);
+    }
+    match (items_mode(it), &it.run) {
+        (ItemsMode::Stream, Some(r)) => errs.push(r.at.diag(
+            Some("items.run"),
+            "`items.run` is not allowed with `items.mode = \"stream\"`",
+            Some("in stream mode the job's `command` receives the keys on stdin; remove `items.run` or the mode".into()),
+        )),
+        (ItemsMode::PerItem, None) if !pj.bad.contains("items.run") && !pj.bad.contains("items.mode") => {
+            let at = it.mode.as_ref().map_or(table_at, |m| m.at.clone());
+            errs.push(at.diag(
+                Some("items.run"),
+                "per-item mode needs `items.run`",
+                Some("add run = [\"./process\", \"{item}\"], or set mode = \"stream\"".into()),
+            ))
+        }
+        (_, Some(r)) => {
+            for a in &r.v {
+                check_template(a, "items.run", cx.src, with_item, true, errs);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn items_mode(it: &PItems) -> ItemsMode {
+    it.mode.as_ref().map_or(ItemsMode::PerItem, |m| m.v)
+}
+
+/// The values of a list as written.
+fn values(l: &Strings) -> Vec<String> {
+    l.v.iter().map(|x| x.v.clone()).collect()
+}
+
+fn value<T: Clone>(o: &Opt<T>) -> Option<T> {
+    o.as_ref().map(|s| s.v.clone())
+}
+
+/// `[items]` with its defaults; `source_file` resolves against `workdir`.
+fn build_items(it: &PItems, workdir: &Path) -> Items {
+    Items {
+        source: it.source.as_ref().map(values),
+        source_file: it
+            .source_file
+            .as_ref()
+            .map(|f| normalize(Path::new(&f.v), workdir)),
+        run: it.run.as_ref().map(values),
+        mode: items_mode(it),
+        scope: value(&it.scope),
+        parallelism: value(&it.parallelism).unwrap_or(1),
+        rate: value(&it.rate),
+        max_attempts: value(&it.max_attempts).unwrap_or(3),
+        item_timeout: value(&it.item_timeout),
+    }
+}
+
+/// The job with its defaults, from a merged job that validated.
+fn build_job(
+    pj: PJob,
+    cx: &Ctx<'_>,
+    command: Vec<String>,
+    workdir: PathBuf,
+    items: Option<Items>,
+) -> Job {
+    let vars = |m: &BTreeMap<String, Sp<String>>| {
+        m.iter().map(|(k, v)| (k.clone(), v.v.clone())).collect()
+    };
+    Job {
         name: cx.name.to_string(),
         file: cx.file.to_path_buf(),
-        description: s(&pj.description),
-        command: command?,
-        workdir: workdir?,
-        user: s(&pj.user),
-        env: pj
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.v.clone()))
-            .collect(),
-        env_file,
-        secrets: pj
-            .secrets
+        description: value(&pj.description),
+        command,
+        workdir,
+        user: value(&pj.user),
+        env: vars(&pj.env),
+        env_file: pj
+            .env_file
             .as_ref()
-            .map(|l| l.v.iter().map(|x| x.v.clone()).collect())
-            .unwrap_or_default(),
-        schedule: s(&pj.schedule),
-        timezone: s(&pj.timezone),
-        timeout: pj.timeout.as_ref().map(|d| d.v),
-        kill_grace: pj
-            .kill_grace
-            .as_ref()
-            .map_or(Duration::from_secs(10), |d| d.v),
-        expected_duration: pj.expected_duration.as_ref().map(|d| d.v),
-        memory_max: pj.memory_max.as_ref().map(|d| d.v),
-        concurrency: pj.concurrency.as_ref().map_or(Concurrency::Forbid, |c| c.v),
-        lock: s(&pj.lock).unwrap_or_else(|| cx.name.to_string()),
-        retries: pj.retries.as_ref().map_or(0, |r| r.v),
-        retry_delay: pj
-            .retry_delay
-            .as_ref()
-            .map_or(Duration::from_secs(30), |d| d.v),
-        params: pj
-            .params
-            .iter()
-            .map(|(k, v)| (k.clone(), v.v.clone()))
-            .collect(),
+            .map(|p| normalize(Path::new(&p.v), &cx.base)),
+        secrets: pj.secrets.as_ref().map(values).unwrap_or_default(),
+        schedule: value(&pj.schedule),
+        timezone: value(&pj.timezone),
+        timeout: value(&pj.timeout),
+        kill_grace: value(&pj.kill_grace).unwrap_or(Duration::from_secs(10)),
+        expected_duration: value(&pj.expected_duration),
+        memory_max: value(&pj.memory_max),
+        concurrency: value(&pj.concurrency).unwrap_or(Concurrency::Forbid),
+        lock: value(&pj.lock).unwrap_or_else(|| cx.name.to_string()),
+        retries: value(&pj.retries).unwrap_or(0),
+        retry_delay: value(&pj.retry_delay).unwrap_or(Duration::from_secs(30)),
+        params: vars(&pj.params),
         items,
         notify: Notify {
-            on: pj
-                .notify
-                .on
-                .as_ref()
-                .map_or_else(|| DEFAULT_EVENTS.to_vec(), |o| o.v.clone()),
-            channels: pj
-                .notify
-                .channels
-                .as_ref()
-                .map(|l| l.v.iter().map(|x| x.v.clone()).collect())
-                .unwrap_or_default(),
+            on: value(&pj.notify.on).unwrap_or_else(|| DEFAULT_EVENTS.to_vec()),
+            channels: pj.notify.channels.as_ref().map(values).unwrap_or_default(),
         },
         runbook: Runbook {
-            url: s(&pj.runbook.url),
-            verify: s(&pj.runbook.verify),
-            notes: s(&pj.runbook.notes),
+            url: value(&pj.runbook.url),
+            verify: value(&pj.runbook.verify),
+            notes: value(&pj.runbook.notes),
         },
-        guideline: Guideline {
-            reads: pj.guideline.reads.as_ref().map(|r| r.v),
-            replica_dsn_env: s(&pj.guideline.replica_dsn_env),
-            max_replica_lag: pj.guideline.max_replica_lag.as_ref().map(|d| d.v),
-            expected_items: pj.guideline.expected_items.as_ref().map(|d| d.v),
-            write_impact: s(&pj.guideline.write_impact),
-            schema_change: pj.guideline.schema_change.as_ref().map(|d| d.v.clone()),
-            overlap_safe: s(&pj.guideline.overlap_safe),
-            clean: pj
-                .guideline
-                .clean
-                .as_ref()
-                .map(|l| l.v.iter().map(|x| x.v.clone()).collect()),
-            role_ok: s(&pj.guideline.role_ok),
-        },
+        guideline: build_guideline(&pj.guideline),
         distributed: Distributed {
-            enabled: pj.distributed.enabled.as_ref().is_some_and(|b| b.v),
-            batch: pj.distributed.batch.as_ref().map_or(100, |b| b.v),
-            lease: pj
-                .distributed
-                .lease
-                .as_ref()
-                .map_or(Duration::from_secs(60), |d| d.v),
+            enabled: value(&pj.distributed.enabled).unwrap_or(false),
+            batch: value(&pj.distributed.batch).unwrap_or(100),
+            lease: value(&pj.distributed.lease).unwrap_or(Duration::from_secs(60)),
         },
-    })
+    }
+}
+
+fn build_guideline(g: &PGuideline) -> Guideline {
+    Guideline {
+        reads: value(&g.reads),
+        replica_dsn_env: value(&g.replica_dsn_env),
+        max_replica_lag: value(&g.max_replica_lag),
+        expected_items: value(&g.expected_items),
+        write_impact: value(&g.write_impact),
+        schema_change: value(&g.schema_change),
+        overlap_safe: value(&g.overlap_safe),
+        clean: g.clean.as_ref().map(values),
+        role_ok: value(&g.role_ok),
+    }
 }
 
 /// Builds a job from command-line values (for `exec`).

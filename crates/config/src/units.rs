@@ -260,6 +260,16 @@ pub fn parse_rate(s: &str) -> Result<Rate, String> {
 mod tests {
     use super::*;
 
+    fn rejects<T: std::fmt::Debug>(parse: fn(&str) -> Result<T, String>, inputs: &[&str]) {
+        for s in inputs {
+            assert!(
+                parse(s).is_err(),
+                "{s:?} should be rejected: {:?}",
+                parse(s)
+            );
+        }
+    }
+
     #[test]
     fn durations_ok() {
         let cases = [
@@ -281,36 +291,37 @@ mod tests {
 
     #[test]
     fn durations_bad() {
-        for s in [
-            "",
-            "30",
-            "1 h",
-            " 1h",
-            "1h ",
-            "1.5h",
-            "1w",
-            "1y",
-            "h",
-            "1H",
-            "30sec",
-            "1m1h",
-            "1h1h",
-            "1s500ms500ms",
-            "-1s",
-            "+1s",
-            "1h-30m",
-            "ms",
-            "1µs",
-            "1ns",
-            "1_000s",
-            "１s",
-            "18446744073709551615d",
-            "99999999999999999999999s",
-            "1h30",
-            "PT1H",
-        ] {
-            assert!(parse_duration(s).is_err(), "{s:?} should be rejected");
-        }
+        rejects(
+            parse_duration,
+            &[
+                "",
+                "30",
+                "1 h",
+                " 1h",
+                "1h ",
+                "1.5h",
+                "1w",
+                "1y",
+                "h",
+                "1H",
+                "30sec",
+                "1m1h",
+                "1h1h",
+                "1s500ms500ms",
+                "-1s",
+                "+1s",
+                "1h-30m",
+                "ms",
+                "1µs",
+                "1ns",
+                "1_000s",
+                "１s",
+                "18446744073709551615d",
+                "99999999999999999999999s",
+                "1h30",
+                "PT1H",
+            ],
+        );
         assert!(parse_duration("30").unwrap_err().contains("\"30s\""));
     }
 
@@ -357,28 +368,29 @@ mod tests {
 
     #[test]
     fn sizes_bad() {
-        for s in [
-            "",
-            "GiB",
-            "1.5GiB",
-            "1 GiB",
-            "1gib",
-            "1G",
-            "1g",
-            "1KB",
-            "1kiB",
-            "1Gb",
-            "-1",
-            "1e9",
-            "99999999999PiB",
-            "18446744073709551616",
-            " 1",
-            "1_000",
-            "1EiB",
-            "0x10",
-        ] {
-            assert!(parse_size(s).is_err(), "{s:?} should be rejected");
-        }
+        rejects(
+            parse_size,
+            &[
+                "",
+                "GiB",
+                "1.5GiB",
+                "1 GiB",
+                "1gib",
+                "1G",
+                "1g",
+                "1KB",
+                "1kiB",
+                "1Gb",
+                "-1",
+                "1e9",
+                "99999999999PiB",
+                "18446744073709551616",
+                " 1",
+                "1_000",
+                "1EiB",
+                "0x10",
+            ],
+        );
         assert!(parse_size("1gib").unwrap_err().contains("1GiB"));
         assert!(parse_size("1KB").unwrap_err().contains("ambiguous"));
     }
@@ -400,12 +412,13 @@ mod tests {
         assert_eq!(parse_rate("10/m").unwrap().per_second, 10.0 / 60.0);
         assert_eq!(parse_rate("100/h").unwrap().per_second, 100.0 / 3600.0);
         assert_eq!(parse_rate("0.5/s").unwrap().per_second, 0.5);
-        for s in [
-            "", "50", "0/s", "0.0/s", "-1/s", "50/d", "50/sec", "/s", "50/", "1e3/s", ".5/s",
-            "5./s", "inf/s", "NaN/s", "50 /s", "1.2.3/s", "50/s/s",
-        ] {
-            assert!(parse_rate(s).is_err(), "{s:?} should be rejected");
-        }
+        rejects(
+            parse_rate,
+            &[
+                "", "50", "0/s", "0.0/s", "-1/s", "50/d", "50/sec", "/s", "50/", "1e3/s", ".5/s",
+                "5./s", "inf/s", "NaN/s", "50 /s", "1.2.3/s", "50/s/s",
+            ],
+        );
         let huge = "9".repeat(400) + "/s";
         assert!(parse_rate(&huge).is_err());
         let tiny = parse_rate("0.0000000000000000000000001/h").unwrap();

@@ -142,14 +142,18 @@ fn exercise(text: &str, global: &Global) {
     }
 }
 
-#[test]
-fn seeds_are_valid() {
-    let g = parse_global_str(
+fn seed_global() -> Global {
+    parse_global_str(
         Path::new("/etc/batchguard"),
         Path::new("/etc/batchguard/batchguard.toml"),
         SEED_GLOBAL,
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn seeds_are_valid() {
+    let g = seed_global();
     parse_job_str(
         "nightly-report",
         Path::new("/etc/batchguard/jobs/nightly-report.toml"),
@@ -161,12 +165,7 @@ fn seeds_are_valid() {
 
 #[test]
 fn mutated_inputs_never_panic() {
-    let g = parse_global_str(
-        Path::new("/etc/batchguard"),
-        Path::new("/etc/batchguard/batchguard.toml"),
-        SEED_GLOBAL,
-    )
-    .unwrap();
+    let g = seed_global();
     let empty = Global::default();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let seeds = [SEED_JOB, SEED_GLOBAL];

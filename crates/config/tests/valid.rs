@@ -386,6 +386,13 @@ fn job_file_from_anywhere() {
 
 #[test]
 fn valid_schedules() {
+    // The grammar itself is tabled in tests/schedule.rs; this checks that a
+    // job file's `schedule` goes through it.
+    let load = |s: &str| {
+        let text = format!("command = [\"/bin/true\"]\nschedule = \"{s}\"\n");
+        let path = Path::new("/etc/batchguard/jobs/s.toml");
+        parse_job_str("s", path, &text, &Global::default())
+    };
     for s in [
         "* * * * *",
         "*/5 * * * *",
@@ -393,48 +400,26 @@ fn valid_schedules() {
         "30 3 * * mon-fri",
         "0 9-17/2 * JAN,JUL SUN",
         "@hourly",
-        "@daily",
-        "@weekly",
-        "@monthly",
-        "@yearly",
         "@annually",
-        "@midnight",
         "0 0 29 2 *",
+        "0 0 30 2 *",
         "59 23 31 12 6",
     ] {
-        let text = format!("command = [\"/bin/true\"]\nschedule = \"{s}\"\n");
-        let r = parse_job_str(
-            "s",
-            Path::new("/etc/batchguard/jobs/s.toml"),
-            &text,
-            &Global::default(),
-        );
-        assert!(r.is_ok(), "{s}: {}", r.unwrap_err());
+        assert!(load(s).is_ok(), "{s}: {}", load(s).unwrap_err());
     }
     for s in [
         "",
-        "* * * *",
         "* * * * * *",
-        "* * * * * * *",
         "60 * * * *",
-        "* 24 * * *",
-        "0 0 0 * *",
         "0 0 * 13 *",
-        "@every 5m",
         "@HOURLY",
-        "0 0 ? * *",
         "0 0 * * 1#2",
-        "0 0 1W * *",
+        "0 0 * MON *",
+        "1,,2 * * * *",
+        "0 0 * * FRI-SUN",
         "a b c d e",
     ] {
-        let text = format!("command = [\"/bin/true\"]\nschedule = \"{s}\"\n");
-        let r = parse_job_str(
-            "s",
-            Path::new("/etc/batchguard/jobs/s.toml"),
-            &text,
-            &Global::default(),
-        );
-        assert!(r.is_err(), "{s:?} should be rejected");
+        assert!(load(s).is_err(), "{s:?} should be rejected");
     }
 }
 

@@ -1,15 +1,13 @@
-//! Schedules: parsing and the fire times cron (cronie) produces, including
-//! its rule for local clock changes.
+//! Schedules, the one parser and evaluator for config validation, `cron
+//! next`, the watchdog and `check`: cron's grammar exactly (see [`grammar`])
+//! and the fire times cron (cronie) produces, including its rule for local
+//! clock changes, computed on civil wall-clock times with jiff:
 //!
-//! croner parses the fields (names, ranges, steps, `7` = Sunday); the rest
-//! is done here on civil wall-clock times with jiff, because cron's
-//! behaviour around DST transitions is not croner's:
-//!
-//! - Day of month / day of week: cronie's rule, which differs from croner's
-//!   in one corner. When either field *starts with* `*` (so `*/2` counts as
-//!   a star, as in cronie's `DOM_STAR`/`DOW_STAR`), a day must match both
-//!   fields; otherwise (both restricted) it matches either (`0 0 13 * 5` =
-//!   every 13th and every Friday). croner only treats a bare `*` that way.
+//! - Day of month / day of week: cronie's rule. When either field *starts
+//!   with* `*` (so `*/2` counts as a star, as in cronie's
+//!   `DOM_STAR`/`DOW_STAR`), a day must match both fields; otherwise (both
+//!   restricted) it matches either (`0 0 13 * 5` = every 13th and every
+//!   Friday).
 //! - Fixed-time vs wildcard jobs: as cronie decides it (`MIN_STAR`/`HR_STAR`):
 //!   a job is a *wildcard* job when its minute or hour field starts with `*`
 //!   (`*`, `*/15`) or it is `@hourly`; every other job (`30 2 * * *`,
@@ -39,28 +37,13 @@
 //! the host's zone has no transition then (e.g. a UTC host). `next_fires`
 //! predicts the documented rule (SPEC §9) for the zone it is given.
 
-use super::CronError;
+mod grammar;
+
 use jiff::civil::Date;
 use jiff::tz::{AmbiguousOffset, Offset, TimeZone};
 use jiff::{Timestamp, Zoned};
 use std::collections::BTreeSet;
 use std::time::Duration;
-
-/// The 5-field forms of the nicknames (cronie's meanings).
-const NICKNAMES: &[(&str, &str)] = &[
-    ("@yearly", "0 0 1 1 *"),
-    ("@annually", "0 0 1 1 *"),
-    ("@monthly", "0 0 1 * *"),
-    ("@weekly", "0 0 * * 0"),
-    ("@daily", "0 0 * * *"),
-    ("@midnight", "0 0 * * *"),
-    ("@hourly", "0 * * * *"),
-];
-
-const NAMES: &[&str] = &[
-    "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC", "SUN",
-    "MON", "TUE", "WED", "THU", "FRI", "SAT",
-];
 
 /// cronie's limit on a "small" clock change, in local minutes (`3 * MINUTE_COUNT`).
 const CRONIE_LARGE_JUMP_MIN: i32 = 180;
@@ -69,6 +52,35 @@ const CRONIE_SMALL_JUMP_MIN: i32 = 5;
 /// A schedule that can fire does so at least once in 40 years (Feb 29 on a
 /// given weekday, across a non-leap century year); search a bit further.
 const MAX_IDLE_DAYS: u32 = 366 * 50;
+
+/// A schedule cron would not accept: the message names the field, its
+/// allowed values and the problem; [`ScheduleError::fix`] says what to write.
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+#[error("{message}; {fix}")]
+pub struct ScheduleError {
+    /// `invalid schedule "TEXT": PROBLEM`.
+    message: String,
+    fix: String,
+}
+
+impl ScheduleError {
+    fn new(schedule: &str, problem: &str, fix: impl Into<String>) -> ScheduleError {
+        ScheduleError {
+            message: format!("invalid schedule \"{schedule}\": {problem}"),
+            fix: fix.into(),
+        }
+    }
+
+    /// What is wrong, naming the schedule (and the field).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// How to fix it.
+    pub fn fix(&self) -> &str {
+        &self.fix
+    }
+}
 
 /// A parsed 5-field cron schedule (or nickname), with cronie's semantics.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,72 +102,21 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// Parses a 5-field schedule (`MIN HOUR DOM MON DOW`, names allowed in
-    /// the last two) or one of @hourly @daily @midnight @weekly @monthly
-    /// @yearly @annually. Only what cron itself understands: no seconds, no
-    /// `L`, `W`, `#` or `?`.
-    pub fn parse(schedule: &str) -> Result<Schedule, CronError> {
-        let err = |reason: String| CronError::Schedule {
-            schedule: schedule.to_string(),
-            reason,
-        };
+    /// Parses a 5-field schedule (`MIN HOUR DOM MON DOW`) or a nickname,
+    /// exactly as cron reads it (see [`grammar`]).
+    pub fn parse(schedule: &str) -> Result<Schedule, ScheduleError> {
         let t = schedule.trim();
-        let expanded = if t.starts_with('@') {
-            NICKNAMES
-                .iter()
-                .find(|(n, _)| *n == t)
-                .map(|(_, e)| *e)
-                .ok_or_else(|| {
-                    err("unknown nickname (expected @hourly, @daily, @midnight, @weekly, @monthly, @yearly or @annually)".into())
-                })?
-        } else {
-            t
-        };
-        let fields: Vec<&str> = expanded.split_whitespace().collect();
-        if fields.len() != 5 {
-            return Err(err(format!(
-                "expected 5 fields (minute hour day-of-month month day-of-week), found {}",
-                fields.len()
-            )));
-        }
-        for f in &fields {
-            let chars_ok = f
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '*' | ',' | '-' | '/'));
-            let names_ok = f
-                .split(|c: char| !c.is_ascii_alphabetic())
-                .filter(|w| !w.is_empty())
-                .all(|w| NAMES.contains(&w.to_ascii_uppercase().as_str()));
-            if !chars_ok || !names_ok {
-                return Err(err(format!(
-                    "unsupported field `{f}` (cron understands numbers, month and weekday names, `*`, `,`, `-` and `/`)"
-                )));
-            }
-        }
-        let cron = croner::parser::CronParser::builder()
-            .seconds(croner::parser::Seconds::Disallowed)
-            .year(croner::parser::Year::Disallowed)
-            .build()
-            .parse(&fields.join(" "))
-            .map_err(|e| err(e.to_string()))?;
-        let p = &cron.pattern;
-        if p.days.has_modifiers() || p.days_of_week.has_modifiers() {
-            return Err(err("`L`, `W` and `#` are not cron syntax".into()));
-        }
-        let bits = |values: Vec<u16>| values.into_iter().fold(0u64, |acc, v| acc | (1u64 << v));
-        let weekdays = p
-            .days_of_week
-            .values()
-            .into_iter()
-            .fold(0u8, |acc, v| acc | (1u8 << (v % 7)));
-        let star = |i: usize| fields[i].starts_with('*');
+        let expanded = grammar::nickname(schedule, t)?.unwrap_or(t);
+        let f = grammar::fields(schedule, expanded)?;
+        let bits = |i: usize| grammar::FIELDS[i].parse(schedule, f[i]);
+        let star = |i: usize| f[i].starts_with('*');
         Ok(Schedule {
             text: schedule.to_string(),
-            minutes: bits(p.minutes.values()),
-            hours: bits(p.hours.values()) as u32,
-            days: bits(p.days.values()) as u32,
-            months: bits(p.months.values()) as u16,
-            weekdays,
+            minutes: bits(0)?,
+            hours: bits(1)? as u32,
+            days: bits(2)? as u32,
+            months: bits(3)? as u16,
+            weekdays: bits(4)? as u8,
             dom_star: star(2),
             dow_star: star(4),
             wildcard: star(0) || star(1),
@@ -183,6 +144,18 @@ impl Schedule {
             } else {
                 dom || dow
             }
+    }
+
+    /// Why cron accepts this schedule but never runs it (`0 0 30 2 *`,
+    /// `0 0 31 4 *`: no month named has that day), for `validate` and
+    /// `check` to warn about; `None` when it fires.
+    pub fn never_fires(&self) -> Option<String> {
+        (!self.can_fire()).then(|| {
+            format!(
+                "schedule \"{}\" never fires: none of the months in its month field has a day its day-of-month field names, so cron accepts the line but never runs the job; fix the day-of-month or month field",
+                self.text
+            )
+        })
     }
 
     /// Whether some calendar day matches at all (`0 0 30 2 *` never does).
@@ -351,7 +324,7 @@ mod tests {
     use super::*;
 
     fn tz(name: &str) -> TimeZone {
-        batchguard_config::zone::zone(name).unwrap()
+        crate::zone::zone(name).unwrap()
     }
 
     fn ts(s: &str) -> Timestamp {
@@ -408,44 +381,42 @@ mod tests {
         }
     }
 
+    /// The first `n` fires of `schedule` after `from`, in UTC.
+    fn utc_fires(schedule: &str, from: &str, n: usize) -> Vec<Zoned> {
+        Schedule::parse(schedule)
+            .unwrap()
+            .next_fires(&tz("UTC"), ts(from), n)
+    }
+
     #[test]
     fn star_step_counts_as_star_for_dom_dow() {
         // cronie: dom `*/2` starts with `*` → AND with Monday.
-        let s = Schedule::parse("0 0 */2 * 1").unwrap();
-        let fires = s.next_fires(&tz("UTC"), ts("2026-06-01T00:00:00Z"), 3);
-        for f in &fires {
+        for f in utc_fires("0 0 */2 * 1", "2026-06-01T00:00:00Z", 3) {
             assert_eq!(f.weekday(), jiff::civil::Weekday::Monday);
             assert_eq!(f.day() % 2, 1);
         }
         // Both restricted → OR.
-        let s = Schedule::parse("0 0 2 * 1").unwrap();
-        let fires = s.next_fires(&tz("UTC"), ts("2026-06-01T00:00:00Z"), 2);
         assert_eq!(
-            rfc(&fires),
+            rfc(&utc_fires("0 0 2 * 1", "2026-06-01T00:00:00Z", 2)),
             ["2026-06-02T00:00:00+00:00", "2026-06-08T00:00:00+00:00"]
         );
     }
 
     #[test]
     fn never_firing_schedules_end_quickly() {
-        let s = Schedule::parse("0 0 30 2 *").unwrap();
-        assert!(
-            s.next_fires(&tz("UTC"), ts("2026-01-01T00:00:00Z"), 1)
-                .is_empty()
-        );
-        assert!(
-            s.last_fire_at_or_before(&tz("UTC"), ts("2026-01-01T00:00:00Z"))
-                .is_none()
-        );
-        assert!(
-            s.interval_from(&tz("UTC"), ts("2026-01-01T00:00:00Z"))
-                .is_none()
-        );
+        let (utc, jan1) = (tz("UTC"), ts("2026-01-01T00:00:00Z"));
+        for text in ["0 0 30 2 *", "0 0 31 4 *", "0 0 31 2,4,6 */2"] {
+            let s = Schedule::parse(text).unwrap();
+            assert!(s.next_fires(&utc, jan1, 1).is_empty(), "{text}");
+            assert!(s.last_fire_at_or_before(&utc, jan1).is_none(), "{text}");
+            assert!(s.interval_from(&utc, jan1).is_none(), "{text}");
+            assert!(s.never_fires().unwrap().contains(text), "{text}");
+        }
+        // Both day fields restricted: the weekday alone makes it fire.
+        assert_eq!(Schedule::parse("0 0 30 2 1").unwrap().never_fires(), None);
         // Feb 29 only in leap years.
-        let s = Schedule::parse("0 0 29 2 *").unwrap();
-        let f = s.next_fires(&tz("UTC"), ts("2026-01-01T00:00:00Z"), 2);
         assert_eq!(
-            rfc(&f),
+            rfc(&utc_fires("0 0 29 2 *", "2026-01-01T00:00:00Z", 2)),
             ["2028-02-29T00:00:00+00:00", "2032-02-29T00:00:00+00:00"]
         );
     }
@@ -453,7 +424,7 @@ mod tests {
     #[test]
     fn gap_spanning_midnight_fires_fixed_jobs_at_its_end() {
         // America/Havana springs forward at 00:00 → 01:00 (2026-03-08).
-        let Some(havana) = batchguard_config::zone::zone("America/Havana") else {
+        let Some(havana) = crate::zone::zone("America/Havana") else {
             return;
         };
         let s = Schedule::parse("30 0 * * *").unwrap();
