@@ -466,7 +466,7 @@ fn concurrent_acquirers_serialise() {
 fn kill_backends() -> u64 {
     let rows = admin()
         .query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'test' \
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() \
              AND pid <> pg_backend_pid() AND application_name = 'batchguard'",
             &[],
         )

@@ -24,7 +24,7 @@ use super::{FAILED_LISTED, FailedList, Keys, Plan};
 use crate::error::{Error, Result};
 use crate::outcome::Outcome;
 use crate::runner::{self, Attempt, AttemptResult, Context, Control, Request, Stop, log_line};
-use crate::store::{Committer, ItemState, LedgerUpdate, QueueCounts, RunEnd};
+use crate::store::{Committer, ItemState, LedgerUpdate, QueueCounts, RunEnd, no_queue};
 use batchguard_config::{Concurrency, Items, ItemsMode, Job};
 use batchguard_supervise::{self as supervise, CgroupPlacement, End, Group, Limits, StdinMode};
 use std::collections::{HashMap, HashSet};
@@ -56,10 +56,6 @@ pub fn in_shard(key: &str, (i, n): (u32, u32)) -> bool {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn is_postgres(url: &str) -> bool {
-    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 /// What one work session (one worker, one coordinator run) did.
@@ -126,7 +122,9 @@ impl Work<'_> {
         if let Some(argv) = &self.stream {
             return self.run_stream(argv, more);
         }
-        let store = self.a.ctx.store.as_ref();
+        let Some(store) = self.a.ctx.store.queue() else {
+            return self.fail_store(no_queue().to_string());
+        };
         let lease_ms = self.lease.as_millis() as i64;
         while !self.over() {
             let now = crate::clock::now_ms();
@@ -151,7 +149,9 @@ impl Work<'_> {
     /// Process one claimed batch; keys left unfinished go back to the queue.
     fn process(&self, keys: &[String]) {
         let a = self.a;
-        let store = a.ctx.store.as_ref();
+        let Some(store) = a.ctx.store.queue() else {
+            return self.fail_store(no_queue().to_string());
+        };
         // Keys still ours and not finished, with their process when running.
         let held: Mutex<HashMap<&str, Option<u64>>> =
             Mutex::new(keys.iter().map(|k| (k.as_str(), None)).collect());
@@ -252,7 +252,9 @@ impl Work<'_> {
     /// Stream mode: `concurrency` loops, each claiming a batch and running
     /// the job's command on it, all sharing one group committer.
     fn run_stream(&self, argv: &[String], more: &(dyn Fn(&QueueCounts) -> bool + Sync)) {
-        let store = self.a.ctx.store.as_ref();
+        let Some(store) = self.a.ctx.store.queue() else {
+            return self.fail_store(no_queue().to_string());
+        };
         let lease_ms = self.lease.as_millis() as i64;
         let (tx, rx) = mpsc::sync_channel::<Done>(MAX_BATCH);
         // The batch commands running now, by control id.
@@ -323,7 +325,10 @@ impl Work<'_> {
         running: &Mutex<HashSet<u64>>,
     ) -> bool {
         let a = self.a;
-        let store = a.ctx.store.as_ref();
+        let Some(store) = a.ctx.store.queue() else {
+            self.fail_store(no_queue().to_string());
+            return false;
+        };
         // Keys handed out and not reported yet (still ours).
         let held: Mutex<HashSet<&str>> = Mutex::new(keys.iter().map(String::as_str).collect());
         let release = |why: &str| {
@@ -491,7 +496,9 @@ impl Work<'_> {
     }
 
     fn commit(&self, batch: &[Done], stop_all: &dyn Fn()) {
-        let store = self.a.ctx.store.as_ref();
+        let Some(store) = self.a.ctx.store.queue() else {
+            return self.fail_store(no_queue().to_string());
+        };
         let updates: Vec<LedgerUpdate<'_>> = batch
             .iter()
             .map(|(k, state, e)| LedgerUpdate {
@@ -622,8 +629,8 @@ pub(super) fn coordinate(
     stats: &Stats,
     failed: &FailedList,
 ) -> Result<AttemptResult> {
-    if !is_postgres(&a.ctx.state_url) {
-        return Ok(refuse(a, crate::store::no_queue().to_string()));
+    if a.ctx.store.queue().is_none() {
+        return Ok(refuse(a, no_queue().to_string()));
     }
     let stream = match items.mode {
         ItemsMode::Stream => {
@@ -637,8 +644,9 @@ pub(super) fn coordinate(
     };
     let store = a.ctx.store.as_ref();
     let pending: Vec<&str> = plan.pending.iter().map(|&i| keys.get(i as usize)).collect();
-    store.queue_enqueue(scope_id, &pending)?;
-    let c0 = store.queue_counts(scope_id)?;
+    let queue = store.queue().ok_or_else(no_queue)?;
+    queue.queue_enqueue(scope_id, &pending)?;
+    let c0 = queue.queue_counts(scope_id)?;
     a.note(&format!(
         "distributed: {} keys enqueued (queue: {} queued, {} claimed, {} done, {} dead){}",
         pending.len(),
@@ -698,7 +706,7 @@ pub(super) fn coordinate(
     };
     if a.p.no_work {
         while a.control.stopping().is_none() {
-            let c = store.queue_counts(scope_id)?;
+            let c = queue.queue_counts(scope_id)?;
             if !more(&c) {
                 break;
             }
@@ -707,7 +715,7 @@ pub(super) fn coordinate(
     } else {
         work.run(&more);
     }
-    let c1 = store.queue_counts(scope_id)?;
+    let c1 = queue.queue_counts(scope_id)?;
     stats
         .done
         .store(c1.done.saturating_sub(c0.done), Ordering::SeqCst);
@@ -787,8 +795,8 @@ pub fn worker(ctx: &Context, job: &Job, opts: &WorkerOpts) -> Result<i32> {
             job.name
         )));
     }
-    if !is_postgres(&ctx.state_url) {
-        return Err(crate::store::no_queue().into());
+    if ctx.store.queue().is_none() {
+        return Err(no_queue().into());
     }
     let control = Control::default();
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])

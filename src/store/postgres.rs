@@ -32,10 +32,12 @@
 //!   connector): `sslmode=require` fails to connect.
 //! - Passwords never appear in errors or logs: the URL kept is redacted.
 
+use super::policy::{self, Decision};
+use super::rows::{self, Columns, RUN_COLUMNS, Value};
 use super::{
-    AcquireMode, Committer, Holder, ItemCounts, ItemState, LedgerEntry, LedgerUpdate, Liveness,
-    LockAttempt, LockRequest, NotifyState, OutboxRow, QueueCounts, Result, RunEnd, RunRecord,
-    RunnerIdentity, ScopeCounts, Store, StoreError,
+    Committer, Holder, ItemState, LedgerEntry, LedgerStore, LedgerUpdate, Liveness, LockAttempt,
+    LockRequest, NotifyState, OutboxRow, OutboxStore, QueueCounts, QueueStore, Result, RunEnd,
+    RunRecord, RunStore, ScopeCounts, Store, StoreError, WatchStore,
 };
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
@@ -164,11 +166,6 @@ CREATE TABLE queue (
 CREATE INDEX queue_claimable ON queue (scope_id, state, lease_until_ms) WHERE state IN (0, 1);
 "#,
 ];
-
-const RUN_COLUMNS: &str = "id, job, lock_name, host, boot_id, pid, pid_start, fence, attempt, \
-     scope, params, started_at, started_ms, ended_at, duration_ms, outcome, exit_code, signal, \
-     peak_memory_bytes, memory_max_bytes, memory_enforcement, items, log_path, cgroup, pgid, \
-     heartbeat_ms, error, items_failed";
 
 const DEFAULT_POOL_SIZE: usize = 8;
 const RETRY_FOR: Duration = Duration::from_secs(30);
@@ -557,58 +554,9 @@ impl PostgresStore {
     fn runs_where(&self, clause: &str, args: &Params<'_>) -> Result<Vec<RunRecord>> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs {clause}");
         let rows = self.with("read runs", |c, _| Ok(c.query(sql.as_str(), args)?))?;
-        rows.iter().map(|r| self.row_to_run(r)).collect()
-    }
-
-    fn row_to_run(&self, r: &Row) -> Result<RunRecord> {
-        let get = |e: postgres::Error| self.err(e);
-        let params: String = r.try_get("params").map_err(get)?;
-        let items: Option<String> = r.try_get("items").map_err(get)?;
-        let items_failed: Option<String> = r.try_get("items_failed").map_err(get)?;
-        let host: String = r.try_get("host").map_err(get)?;
-        let pid: i32 = r.try_get("pid").map_err(get)?;
-        Ok(RunRecord {
-            id: r.try_get("id").map_err(get)?,
-            job: r.try_get("job").map_err(get)?,
-            lock: r.try_get("lock_name").map_err(get)?,
-            host: host.clone(),
-            pid,
-            fence: r.try_get("fence").map_err(get)?,
-            attempt: r.try_get::<_, i64>("attempt").map_err(get)?.max(0) as u32,
-            scope: r.try_get("scope").map_err(get)?,
-            params: serde_json::from_str(&params).unwrap_or_default(),
-            started_at: r.try_get("started_at").map_err(get)?,
-            started_ms: r.try_get("started_ms").map_err(get)?,
-            ended_at: r.try_get("ended_at").map_err(get)?,
-            duration_ms: r.try_get("duration_ms").map_err(get)?,
-            outcome: r.try_get("outcome").map_err(get)?,
-            exit_code: r.try_get("exit_code").map_err(get)?,
-            signal: r.try_get("signal").map_err(get)?,
-            peak_memory_bytes: r
-                .try_get::<_, Option<i64>>("peak_memory_bytes")
-                .map_err(get)?
-                .map(|b| b as u64),
-            memory_max_bytes: r
-                .try_get::<_, Option<i64>>("memory_max_bytes")
-                .map_err(get)?
-                .map(|b| b as u64),
-            memory_enforcement: r.try_get("memory_enforcement").map_err(get)?,
-            items: items.and_then(|s| serde_json::from_str::<ItemCounts>(&s).ok()),
-            log_path: r.try_get("log_path").map_err(get)?,
-            error: r.try_get("error").map_err(get)?,
-            items_failed: items_failed
-                .and_then(|s| serde_json::from_str(&s).ok())
-                .unwrap_or_default(),
-            runner: RunnerIdentity {
-                host,
-                boot_id: r.try_get("boot_id").map_err(get)?,
-                pid,
-                pid_start: r.try_get::<_, i64>("pid_start").map_err(get)? as u64,
-            },
-            cgroup: r.try_get("cgroup").map_err(get)?,
-            pgid: r.try_get("pgid").map_err(get)?,
-            heartbeat_ms: r.try_get("heartbeat_ms").map_err(get)?,
-        })
+        rows.iter()
+            .map(|r| rows::run_from(r).map_err(|e| self.err(e)))
+            .collect()
     }
 
     /// One statement, retried like everything else; returns rows affected.
@@ -630,34 +578,9 @@ fn schema_version(c: &mut impl GenericClient) -> std::result::Result<Option<i64>
     Ok(Some(version.unwrap_or(0)))
 }
 
-fn failed_json(keys: &[String]) -> Option<String> {
-    (!keys.is_empty()).then(|| serde_json::to_string(keys).unwrap_or_default())
-}
-
 fn holder(c: &mut impl GenericClient, lock: &str) -> std::result::Result<Option<Holder>, Fail> {
-    let Some(r) = c.query_opt(
-        "SELECT l.lock_name, l.fence, l.run_id, l.lease_until_ms, r.host, r.boot_id, r.pid, \
-         r.pid_start, r.cgroup, r.pgid \
-         FROM locks l LEFT JOIN runs r ON r.id = l.run_id WHERE l.lock_name = $1",
-        &[&lock],
-    )?
-    else {
-        return Ok(None);
-    };
-    Ok(Some(Holder {
-        lock: r.try_get(0)?,
-        fence: r.try_get(1)?,
-        run_id: r.try_get(2)?,
-        lease_until_ms: r.try_get(3)?,
-        runner: RunnerIdentity {
-            host: r.try_get::<_, Option<String>>(4)?.unwrap_or_default(),
-            boot_id: r.try_get::<_, Option<String>>(5)?.unwrap_or_default(),
-            pid: r.try_get::<_, Option<i32>>(6)?.unwrap_or(0),
-            pid_start: r.try_get::<_, Option<i64>>(7)?.unwrap_or(0) as u64,
-        },
-        cgroup: r.try_get(8)?,
-        pgid: r.try_get(9)?,
-    }))
+    let row = c.query_opt(rows::holder_sql("$1").as_str(), &[&lock])?;
+    Ok(row.as_ref().map(rows::holder_from).transpose()?)
 }
 
 fn insert_run_in(
@@ -665,55 +588,48 @@ fn insert_run_in(
     run: &RunRecord,
     fence: i64,
 ) -> std::result::Result<(), postgres::Error> {
-    let params_json = serde_json::to_string(&run.params).unwrap_or_else(|_| "{}".into());
-    let items = run
-        .items
-        .as_ref()
-        .and_then(|i| serde_json::to_string(i).ok());
-    let ended_ms: Option<i64> = run
-        .ended_at
-        .as_ref()
-        .map(|_| run.started_ms + run.duration_ms.unwrap_or(0));
-    c.execute(
-        format!(
-            "INSERT INTO runs ({RUN_COLUMNS}, ended_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
-             $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, \
-             $25, $26, $27, $28, $29)"
-        )
-        .as_str(),
-        &[
-            &run.id,
-            &run.job,
-            &run.lock,
-            &run.host,
-            &run.runner.boot_id,
-            &run.runner.pid,
-            &(run.runner.pid_start as i64),
-            &fence,
-            &i64::from(run.attempt),
-            &run.scope,
-            &params_json,
-            &run.started_at,
-            &run.started_ms,
-            &run.ended_at,
-            &run.duration_ms,
-            &run.outcome,
-            &run.exit_code,
-            &run.signal,
-            &run.peak_memory_bytes.map(|b| b as i64),
-            &run.memory_max_bytes.map(|b| b as i64),
-            &run.memory_enforcement,
-            &items,
-            &run.log_path,
-            &run.cgroup,
-            &run.pgid,
-            &run.heartbeat_ms,
-            &run.error,
-            &failed_json(&run.items_failed),
-            &ended_ms,
-        ],
-    )?;
+    let values: Vec<Box<dyn ToSql + Sync>> = rows::run_values(run, fence)
+        .into_iter()
+        .map(to_sql)
+        .collect();
+    let args: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v.as_ref()).collect();
+    c.execute(rows::insert_run_sql('$').as_str(), &args)?;
     Ok(())
+}
+
+/// A shared row value as the driver's, typed like its column.
+fn to_sql(v: Value) -> Box<dyn ToSql + Sync> {
+    match v {
+        Value::I32(v) => Box::new(v),
+        Value::I64(v) => Box::new(v),
+        Value::Text(v) => Box::new(v),
+    }
+}
+
+impl Columns for Row {
+    type Error = postgres::Error;
+    fn opt_i64(&self, i: usize) -> std::result::Result<Option<i64>, postgres::Error> {
+        use postgres::types::Type;
+        match *self.columns()[i].type_() {
+            Type::INT2 => Ok(self.try_get::<_, Option<i16>>(i)?.map(i64::from)),
+            Type::INT4 => Ok(self.try_get::<_, Option<i32>>(i)?.map(i64::from)),
+            _ => self.try_get(i),
+        }
+    }
+    fn opt_str(&self, i: usize) -> std::result::Result<Option<String>, postgres::Error> {
+        self.try_get(i)
+    }
+    fn i64(&self, i: usize) -> std::result::Result<i64, postgres::Error> {
+        use postgres::types::Type;
+        match *self.columns()[i].type_() {
+            Type::INT2 => Ok(self.try_get::<_, i16>(i)?.into()),
+            Type::INT4 => Ok(self.try_get::<_, i32>(i)?.into()),
+            _ => self.try_get(i),
+        }
+    }
+    fn str(&self, i: usize) -> std::result::Result<String, postgres::Error> {
+        self.try_get(i)
+    }
 }
 
 fn fence_for_share(
@@ -836,6 +752,13 @@ fn apply_ledger(
 }
 
 impl Store for PostgresStore {
+    /// The queue lives here: every host shares this store.
+    fn queue(&self) -> Option<&dyn QueueStore> {
+        Some(self)
+    }
+}
+
+impl RunStore for PostgresStore {
     fn acquire(
         &self,
         req: &LockRequest<'_>,
@@ -873,21 +796,15 @@ impl Store for PostgresStore {
                     &[&req.lock],
                 )?;
             }
-            let mut replaced = None;
-            if req.mode != AcquireMode::TokenOnly {
-                if let Some(h) = holder(&mut tx, req.lock)? {
-                    let cleaned = req.cleaned_fence == Some(h.fence);
-                    if !cleaned {
-                        if !alive(&h, req.now_ms) {
-                            return Ok(LockAttempt::Stale(h));
-                        }
-                        if req.mode == AcquireMode::IfFree {
-                            return Ok(LockAttempt::Held(h));
-                        }
-                        replaced = Some(h);
-                    }
-                }
-            }
+            let holder = if req.mode.holds_lock() {
+                holder(&mut tx, req.lock)?
+            } else {
+                None
+            };
+            let replaced = match policy::decide(holder, req, alive) {
+                Decision::Take { replaced } => replaced,
+                Decision::Refuse(attempt) => return Ok(attempt),
+            };
             let fence: i64 = if fresh {
                 1
             } else {
@@ -898,7 +815,7 @@ impl Store for PostgresStore {
                 )?
                 .try_get(0)?
             };
-            if req.mode != AcquireMode::TokenOnly {
+            if req.mode.holds_lock() {
                 tx.execute(
                     "INSERT INTO locks (lock_name, fence, run_id, lease_until_ms) \
                      VALUES ($1, $2, $3, $4) ON CONFLICT (lock_name) DO UPDATE \
@@ -1005,10 +922,7 @@ impl Store for PostgresStore {
     }
 
     fn finish_run(&self, run_id: &str, release: Option<(&str, i64)>, end: &RunEnd) -> Result<()> {
-        let items = end
-            .items
-            .as_ref()
-            .and_then(|i| serde_json::to_string(i).ok());
+        let items = rows::items_json(end.items.as_ref());
         let peak = end.peak_memory_bytes.map(|b| b as i64);
         self.with("finish_run", |c, _| {
             let mut tx = c.transaction()?;
@@ -1149,11 +1063,13 @@ impl Store for PostgresStore {
         self.exec(
             "set_run_failed_items",
             "UPDATE runs SET items_failed = $2 WHERE id = $1",
-            &[&run_id, &failed_json(keys)],
+            &[&run_id, &rows::failed_json(keys)],
         )?;
         Ok(())
     }
+}
 
+impl LedgerStore for PostgresStore {
     fn ledger_scope(&self, job: &str, scope: &str, create: bool) -> Result<Option<i64>> {
         self.with("ledger_scope", |c, _| {
             let find = |c: &mut Client| {
@@ -1293,7 +1209,9 @@ impl Store for PostgresStore {
             Ok(n)
         })
     }
+}
 
+impl OutboxStore for PostgresStore {
     fn outbox_add(&self, rows: &[OutboxRow]) -> Result<()> {
         self.with("outbox_add", |c, _| {
             let mut tx = c.transaction()?;
@@ -1439,6 +1357,9 @@ impl Store for PostgresStore {
         )?;
         Ok(())
     }
+}
+
+impl QueueStore for PostgresStore {
     fn queue_enqueue(&self, scope_id: i64, keys: &[&str]) -> Result<u64> {
         let mut added = 0;
         // Chunks keep each statement (and its parameter) a sensible size.
@@ -1568,7 +1489,9 @@ impl Store for PostgresStore {
             dead: get(3)?,
         })
     }
+}
 
+impl WatchStore for PostgresStore {
     fn watch_state(&self, job: &str, now_ms: i64) -> Result<(i64, Option<i64>)> {
         self.with("watch_state", |c, _| {
             c.execute(

@@ -8,10 +8,12 @@
 //! commits (see docs/locking.md). Migrations are numbered and recorded in
 //! `PRAGMA user_version`.
 
+use super::policy::{self, Decision};
+use super::rows::{self, Columns, RUN_COLUMNS, Value};
 use super::{
-    AcquireMode, Committer, Holder, ItemCounts, ItemState, LedgerEntry, LedgerUpdate, Liveness,
-    LockAttempt, LockRequest, NotifyState, OutboxRow, Result, RunEnd, RunRecord, RunnerIdentity,
-    ScopeCounts, Store, StoreError,
+    Committer, Holder, ItemState, LedgerEntry, LedgerStore, LedgerUpdate, Liveness, LockAttempt,
+    LockRequest, NotifyState, OutboxRow, OutboxStore, QueueStore, Result, RunEnd, RunRecord,
+    RunStore, ScopeCounts, Store, StoreError, WatchStore,
 };
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use std::path::Path;
@@ -121,8 +123,8 @@ CREATE TABLE watchdog (
     last_missed_fire_ms INTEGER
 );
 "#,
-    // The distributed queue (SPEC §6). Created here too so that both
-    // backends share one numbering; only PostgreSQL serves it.
+    // The distributed queue (SPEC §6), created here once so that both
+    // backends shared one numbering; SQLite never served it (see 6).
     r#"
 CREATE TABLE queue (
     scope_id INTEGER NOT NULL REFERENCES ledger_scopes (id) ON DELETE CASCADE,
@@ -135,12 +137,12 @@ CREATE TABLE queue (
     PRIMARY KEY (scope_id, key)
 ) WITHOUT ROWID;
 "#,
+    // The queue table of migration 5 was never used: the queue is a
+    // capability of the shared backend only (`Store::queue` is `None`).
+    r#"
+DROP TABLE IF EXISTS queue;
+"#,
 ];
-
-const RUN_COLUMNS: &str = "id, job, lock_name, host, boot_id, pid, pid_start, fence, attempt, \
-     scope, params, started_at, started_ms, ended_at, duration_ms, outcome, exit_code, signal, \
-     peak_memory_bytes, memory_max_bytes, memory_enforcement, items, log_path, cgroup, pgid, \
-     heartbeat_ms, error, items_failed";
 
 pub struct SqliteStore {
     url: String,
@@ -256,81 +258,16 @@ impl SqliteStore {
     }
 
     fn holder(&self, tx: &Connection, lock: &str) -> Result<Option<Holder>> {
-        tx.query_row(
-            "SELECT l.lock_name, l.fence, l.run_id, l.lease_until_ms, r.host, r.boot_id, r.pid, \
-             r.pid_start, r.cgroup, r.pgid \
-             FROM locks l LEFT JOIN runs r ON r.id = l.run_id WHERE l.lock_name = ?1",
-            [lock],
-            |r| {
-                Ok(Holder {
-                    lock: r.get(0)?,
-                    fence: r.get(1)?,
-                    run_id: r.get(2)?,
-                    lease_until_ms: r.get(3)?,
-                    runner: RunnerIdentity {
-                        host: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
-                        boot_id: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
-                        pid: r.get::<_, Option<i32>>(6)?.unwrap_or(0),
-                        pid_start: r.get::<_, Option<i64>>(7)?.unwrap_or(0) as u64,
-                    },
-                    cgroup: r.get(8)?,
-                    pgid: r.get(9)?,
-                })
-            },
-        )
-        .optional()
-        .map_err(|e| self.err(e))
+        tx.prepare_cached(&rows::holder_sql("?1"))
+            .and_then(|mut st| st.query_row([lock], |r| rows::holder_from(r)).optional())
+            .map_err(|e| self.err(e))
     }
 
     fn insert_run_in(&self, conn: &Connection, run: &RunRecord, fence: i64) -> Result<()> {
-        let params_json = serde_json::to_string(&run.params).unwrap_or_else(|_| "{}".into());
-        let items = run
-            .items
-            .as_ref()
-            .and_then(|i| serde_json::to_string(i).ok());
-        let ended_ms: Option<i64> = run
-            .ended_at
-            .as_ref()
-            .map(|_| run.started_ms + run.duration_ms.unwrap_or(0));
-        conn.execute(
-            &format!(
-                "INSERT INTO runs ({RUN_COLUMNS}, ended_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, \
-                 ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, \
-                 ?25, ?26, ?27, ?28, ?29)"
-            ),
-            params![
-                run.id,
-                run.job,
-                run.lock,
-                run.host,
-                run.runner.boot_id,
-                run.runner.pid,
-                run.runner.pid_start as i64,
-                fence,
-                run.attempt,
-                run.scope,
-                params_json,
-                run.started_at,
-                run.started_ms,
-                run.ended_at,
-                run.duration_ms,
-                run.outcome,
-                run.exit_code,
-                run.signal,
-                run.peak_memory_bytes.map(|b| b as i64),
-                run.memory_max_bytes.map(|b| b as i64),
-                run.memory_enforcement,
-                items,
-                run.log_path,
-                run.cgroup,
-                run.pgid,
-                run.heartbeat_ms,
-                run.error,
-                failed_json(&run.items_failed),
-                ended_ms,
-            ],
-        )
-        .map_err(|e| self.err(e))?;
+        let values = rows::run_values(run, fence).into_iter().map(to_sql);
+        conn.prepare_cached(&rows::insert_run_sql('?'))
+            .and_then(|mut st| st.execute(rusqlite::params_from_iter(values)))
+            .map_err(|e| self.err(e))?;
         Ok(())
     }
 
@@ -340,7 +277,7 @@ impl SqliteStore {
             .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs {clause}"))
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(args, row_to_run)
+            .query_map(args, |r| rows::run_from(r))
             .map_err(|e| self.err(e))?
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| self.err(e))?;
@@ -353,10 +290,6 @@ fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
 }
 
-fn failed_json(keys: &[String]) -> Option<String> {
-    (!keys.is_empty()).then(|| serde_json::to_string(keys).unwrap_or_default())
-}
-
 fn bump_fence(conn: &Connection, lock: &str) -> rusqlite::Result<i64> {
     conn.query_row(
         "INSERT INTO fences (lock_name, last_fence) VALUES (?1, 1) \
@@ -367,53 +300,40 @@ fn bump_fence(conn: &Connection, lock: &str) -> rusqlite::Result<i64> {
     )
 }
 
-fn row_to_run(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
-    let params: String = r.get("params")?;
-    let items: Option<String> = r.get("items")?;
-    Ok(RunRecord {
-        id: r.get("id")?,
-        job: r.get("job")?,
-        lock: r.get("lock_name")?,
-        host: r.get("host")?,
-        pid: r.get("pid")?,
-        fence: r.get("fence")?,
-        attempt: r.get("attempt")?,
-        scope: r.get("scope")?,
-        params: serde_json::from_str(&params).unwrap_or_default(),
-        started_at: r.get("started_at")?,
-        started_ms: r.get("started_ms")?,
-        ended_at: r.get("ended_at")?,
-        duration_ms: r.get("duration_ms")?,
-        outcome: r.get("outcome")?,
-        exit_code: r.get("exit_code")?,
-        signal: r.get("signal")?,
-        peak_memory_bytes: r
-            .get::<_, Option<i64>>("peak_memory_bytes")?
-            .map(|b| b as u64),
-        memory_max_bytes: r
-            .get::<_, Option<i64>>("memory_max_bytes")?
-            .map(|b| b as u64),
-        memory_enforcement: r.get("memory_enforcement")?,
-        items: items.and_then(|s| serde_json::from_str::<ItemCounts>(&s).ok()),
-        log_path: r.get("log_path")?,
-        error: r.get("error")?,
-        items_failed: r
-            .get::<_, Option<String>>("items_failed")?
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or_default(),
-        runner: RunnerIdentity {
-            host: r.get("host")?,
-            boot_id: r.get("boot_id")?,
-            pid: r.get("pid")?,
-            pid_start: r.get::<_, i64>("pid_start")? as u64,
-        },
-        cgroup: r.get("cgroup")?,
-        pgid: r.get("pgid")?,
-        heartbeat_ms: r.get("heartbeat_ms")?,
-    })
+/// A shared row value as SQLite's.
+fn to_sql(v: Value) -> rusqlite::types::Value {
+    use rusqlite::types::Value as Sql;
+    match v {
+        Value::I32(v) => v.map_or(Sql::Null, |v| Sql::Integer(v.into())),
+        Value::I64(v) => v.map_or(Sql::Null, Sql::Integer),
+        Value::Text(v) => v.map_or(Sql::Null, Sql::Text),
+    }
+}
+
+impl Columns for Row<'_> {
+    type Error = rusqlite::Error;
+    fn opt_i64(&self, i: usize) -> rusqlite::Result<Option<i64>> {
+        self.get(i)
+    }
+    fn opt_str(&self, i: usize) -> rusqlite::Result<Option<String>> {
+        self.get(i)
+    }
+    fn i64(&self, i: usize) -> rusqlite::Result<i64> {
+        self.get(i)
+    }
+    fn str(&self, i: usize) -> rusqlite::Result<String> {
+        self.get(i)
+    }
 }
 
 impl Store for SqliteStore {
+    /// The queue needs a store shared by the hosts: not this one.
+    fn queue(&self) -> Option<&dyn QueueStore> {
+        None
+    }
+}
+
+impl RunStore for SqliteStore {
     fn acquire(
         &self,
         req: &LockRequest<'_>,
@@ -424,23 +344,17 @@ impl Store for SqliteStore {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.err(e))?;
-        let mut replaced = None;
-        if req.mode != AcquireMode::TokenOnly {
-            if let Some(h) = self.holder(&tx, req.lock)? {
-                let cleaned = req.cleaned_fence == Some(h.fence);
-                if !cleaned {
-                    if !alive(&h, req.now_ms) {
-                        return Ok(LockAttempt::Stale(h));
-                    }
-                    if req.mode == AcquireMode::IfFree {
-                        return Ok(LockAttempt::Held(h));
-                    }
-                    replaced = Some(h);
-                }
-            }
-        }
+        let holder = if req.mode.holds_lock() {
+            self.holder(&tx, req.lock)?
+        } else {
+            None
+        };
+        let replaced = match policy::decide(holder, req, alive) {
+            Decision::Take { replaced } => replaced,
+            Decision::Refuse(attempt) => return Ok(attempt),
+        };
         let fence = bump_fence(&tx, req.lock).map_err(|e| self.err(e))?;
-        if req.mode != AcquireMode::TokenOnly {
+        if req.mode.holds_lock() {
             tx.execute(
                 "INSERT INTO locks (lock_name, fence, run_id, lease_until_ms) VALUES (?1, ?2, ?3, ?4) \
                  ON CONFLICT (lock_name) DO UPDATE SET fence = ?2, run_id = ?3, lease_until_ms = ?4",
@@ -530,10 +444,7 @@ impl Store for SqliteStore {
     }
 
     fn finish_run(&self, run_id: &str, release: Option<(&str, i64)>, end: &RunEnd) -> Result<()> {
-        let items = end
-            .items
-            .as_ref()
-            .and_then(|i| serde_json::to_string(i).ok());
+        let items = rows::items_json(end.items.as_ref());
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -656,12 +567,14 @@ impl Store for SqliteStore {
         self.conn()
             .execute(
                 "UPDATE runs SET items_failed = ?2 WHERE id = ?1",
-                params![run_id, failed_json(keys)],
+                params![run_id, rows::failed_json(keys)],
             )
             .map_err(|e| self.err(e))?;
         Ok(())
     }
+}
 
+impl LedgerStore for SqliteStore {
     fn ledger_scope(&self, job: &str, scope: &str, create: bool) -> Result<Option<i64>> {
         let conn = self.conn();
         let find = |conn: &Connection| {
@@ -866,7 +779,9 @@ impl Store for SqliteStore {
         tx.commit().map_err(|e| self.err(e))?;
         Ok(n as u64)
     }
+}
 
+impl OutboxStore for SqliteStore {
     fn outbox_add(&self, rows: &[OutboxRow]) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn
@@ -1028,7 +943,9 @@ impl Store for SqliteStore {
             .map_err(|e| self.err(e))?;
         Ok(())
     }
+}
 
+impl WatchStore for SqliteStore {
     fn watch_state(&self, job: &str, now_ms: i64) -> Result<(i64, Option<i64>)> {
         let conn = self.conn();
         conn.execute(
