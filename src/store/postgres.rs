@@ -2,10 +2,12 @@
 //! store for many hosts (SPEC §6).
 //!
 //! Same tables, constraints and semantics as [`super::sqlite`], which is the
-//! reference: where SQLite serialises every writer on its one write lock,
-//! this backend takes row locks on the `fences` row of the lock concerned, so
-//! that drawing a fencing token, committing ledger batches and publishing
-//! under a token exclude each other exactly where they must and nowhere else.
+//! reference, plus the distributed queue ([`QueueStore`]), which only a
+//! store shared by the hosts can serve. Where SQLite serialises every
+//! writer on its one write lock, this backend takes row locks on the
+//! `fences` row of the lock concerned, so that drawing a fencing token,
+//! committing ledger batches and publishing under a token exclude each
+//! other exactly where they must and nowhere else.
 //!
 //! - **Migrations** are numbered, recorded in `batchguard_schema_version`
 //!   and applied in one transaction under `pg_advisory_xact_lock`, so hosts
@@ -46,8 +48,9 @@ use std::str::FromStr;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// Numbered migrations; index + 1 is the schema version they lead to. The
-/// numbering follows the SQLite backend's, one step per feature.
+/// Numbered migrations; index + 1 is the schema version they lead to. Up
+/// to 5 (the queue) the numbering is the SQLite backend's, one step per
+/// feature; each backend numbers its own steps from there.
 const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE runs (

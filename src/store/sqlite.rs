@@ -6,7 +6,8 @@
 //! failing. `synchronous = NORMAL`: a committed transaction survives the
 //! crash or SIGKILL of any process; only a power loss can take back the last
 //! commits (see docs/locking.md). Migrations are numbered and recorded in
-//! `PRAGMA user_version`.
+//! `PRAGMA user_version`. There is no distributed queue here (it needs a
+//! store shared by the hosts): [`Store::queue`] is `None`.
 
 use super::policy::{self, Decision};
 use super::rows::{self, Columns, RUN_COLUMNS, Value};
@@ -971,5 +972,44 @@ impl WatchStore for SqliteStore {
             )
             .map_err(|e| self.err(e))?;
         Ok(n == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MIGRATIONS, SqliteStore};
+    use rusqlite::Connection;
+
+    fn tables(conn: &Connection) -> Vec<String> {
+        let mut st = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_store_of_schema_5_migrates_and_loses_the_unused_queue_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v5.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..5] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 5).unwrap();
+            assert!(tables(&conn).contains(&"queue".to_string()));
+        }
+        let url = format!("sqlite:{}", path.display());
+        drop(SqliteStore::open(&url, &path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        assert!(!tables(&conn).contains(&"queue".to_string()));
+        assert!(tables(&conn).contains(&"ledger".to_string()));
     }
 }
