@@ -25,6 +25,7 @@ pub(crate) mod rows;
 pub mod sqlite;
 pub mod traits;
 
+pub use rows::RunQuery;
 pub use traits::{LedgerStore, OutboxStore, QueueStore, RunStore, Store, WatchStore, prelude};
 
 use serde::Serialize;

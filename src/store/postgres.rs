@@ -35,11 +35,11 @@
 //! - Passwords never appear in errors or logs: the URL kept is redacted.
 
 use super::policy::{self, Decision};
-use super::rows::{self, Columns, RUN_COLUMNS, Value};
+use super::rows::{self, Columns, Value};
 use super::{
     Committer, Holder, ItemState, LedgerEntry, LedgerStore, LedgerUpdate, Liveness, LockAttempt,
     LockRequest, NotifyState, OutboxRow, OutboxStore, QueueCounts, QueueStore, Result, RunEnd,
-    RunRecord, RunStore, ScopeCounts, Store, StoreError, WatchStore,
+    RunQuery, RunRecord, RunStore, ScopeCounts, Store, StoreError, WatchStore,
 };
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
@@ -359,6 +359,12 @@ impl Drop for Conn<'_> {
     }
 }
 
+/// How this backend spells the shared SQL.
+const DIALECT: rows::Dialect = rows::Dialect {
+    mark: '$',
+    logs_kept: "NOT log_pruned",
+};
+
 pub struct PostgresStore {
     /// The URL with its password redacted.
     url: String,
@@ -554,9 +560,10 @@ impl PostgresStore {
         })
     }
 
-    fn runs_where(&self, clause: &str, args: &Params<'_>) -> Result<Vec<RunRecord>> {
-        let sql = format!("SELECT {RUN_COLUMNS} FROM runs {clause}");
-        let rows = self.with("read runs", |c, _| Ok(c.query(sql.as_str(), args)?))?;
+    /// The runs `sql` (reading `RUN_COLUMNS`) selects.
+    fn runs_where(&self, sql: &str, args: Vec<Value>) -> Result<Vec<RunRecord>> {
+        let values: Vec<Box<dyn ToSql + Sync>> = args.into_iter().map(to_sql).collect();
+        let rows = self.with("read runs", |c, _| Ok(c.query(sql, &refs(&values))?))?;
         rows.iter()
             .map(|r| rows::run_from(r).map_err(|e| self.err(e)))
             .collect()
@@ -595,9 +602,13 @@ fn insert_run_in(
         .into_iter()
         .map(to_sql)
         .collect();
-    let args: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v.as_ref()).collect();
-    c.execute(rows::insert_run_sql('$').as_str(), &args)?;
+    c.execute(rows::insert_run_sql('$').as_str(), &refs(&values))?;
     Ok(())
+}
+
+/// Boxed arguments as the driver takes them.
+fn refs(values: &[Box<dyn ToSql + Sync>]) -> Vec<&(dyn ToSql + Sync)> {
+    values.iter().map(|v| v.as_ref()).collect()
 }
 
 /// A shared row value as the driver's, typed like its column.
@@ -1002,55 +1013,9 @@ impl RunStore for PostgresStore {
         })
     }
 
-    fn get_run(&self, id: &str) -> Result<Option<RunRecord>> {
-        Ok(self.runs_where("WHERE id = $1", &[&id])?.into_iter().next())
-    }
-
-    fn list_runs(&self, job: Option<&str>, limit: usize) -> Result<Vec<RunRecord>> {
-        let limit = limit.min(i64::MAX as usize) as i64;
-        match job {
-            Some(job) => {
-                self.runs_where("WHERE job = $1 ORDER BY seq DESC LIMIT $2", &[&job, &limit])
-            }
-            None => self.runs_where("ORDER BY seq DESC LIMIT $1", &[&limit]),
-        }
-    }
-
-    fn last_runs(&self) -> Result<Vec<RunRecord>> {
-        self.runs_where(
-            "WHERE seq IN (SELECT COALESCE(MAX(CASE WHEN outcome <> 'skipped' THEN seq END), \
-             MAX(seq)) FROM runs GROUP BY job) ORDER BY job",
-            &[],
-        )
-    }
-
-    fn last_finished_run(&self, job: &str) -> Result<Option<RunRecord>> {
-        Ok(self
-            .runs_where(
-                "WHERE job = $1 AND outcome NOT IN ('running', 'skipped') \
-                 ORDER BY seq DESC LIMIT 1",
-                &[&job],
-            )?
-            .into_iter()
-            .next())
-    }
-
-    fn running_runs(&self) -> Result<Vec<RunRecord>> {
-        self.runs_where("WHERE outcome = 'running' ORDER BY seq", &[])
-    }
-
-    fn runs_with_logs_before(
-        &self,
-        job: &str,
-        before_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<RunRecord>> {
-        let limit = limit.min(i64::MAX as usize) as i64;
-        self.runs_where(
-            "WHERE job = $1 AND started_ms < $2 AND NOT log_pruned AND log_path IS NOT NULL \
-             AND outcome <> 'running' ORDER BY seq LIMIT $3",
-            &[&job, &before_ms, &limit],
-        )
+    fn runs_matching(&self, query: &RunQuery<'_>) -> Result<Vec<RunRecord>> {
+        let (sql, args) = query.sql(&DIALECT);
+        self.runs_where(&sql, args)
     }
 
     fn mark_log_pruned(&self, run_id: &str) -> Result<()> {

@@ -1,7 +1,8 @@
 //! Run and holder rows, mapped once for every backend: one column list, one
 //! reader from a result row to a [`RunRecord`] or [`Holder`] (over the small
-//! [`Columns`] trait each driver's row implements), and one list of values
-//! to bind when inserting a run. Only the placeholder syntax is the
+//! [`Columns`] trait each driver's row implements), one list of values to
+//! bind when inserting a run, and the SQL of every selection of runs
+//! ([`RunQuery`]). Only the [`Dialect`] (placeholders, booleans) is the
 //! backend's.
 
 use super::{Holder, ItemCounts, RunRecord, RunnerIdentity};
@@ -206,6 +207,90 @@ pub(crate) fn run_values(run: &RunRecord, fence: i64) -> Vec<Value> {
     ]
 }
 
+/// What a backend spells its own way in the shared SQL.
+pub(crate) struct Dialect {
+    /// The placeholder prefix: `?` (SQLite) or `$` (PostgreSQL).
+    pub mark: char,
+    /// The condition "the run's log was not pruned yet".
+    pub logs_kept: &'static str,
+}
+
+/// A selection of runs, as [`RunStore`](super::RunStore)'s reads ask them
+/// of a backend. What each one means is decided here, once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunQuery<'a> {
+    /// The run with this id.
+    ById(&'a str),
+    /// The newest runs (of one job, or of all), at most `limit`.
+    Newest { job: Option<&'a str>, limit: usize },
+    /// The newest run of each job that was not skipped (a skipped run when
+    /// that is all there is).
+    LastPerJob,
+    /// The newest finished (not running, not skipped) run of a job.
+    LastFinished(&'a str),
+    /// Runs still `running`, oldest first.
+    Running,
+    /// Finished runs of `job` started before `before_ms` whose logs are
+    /// kept, oldest first, at most `limit`.
+    LogsBefore {
+        job: &'a str,
+        before_ms: i64,
+        limit: usize,
+    },
+}
+
+impl RunQuery<'_> {
+    /// The query in `d`'s SQL, reading [`RUN_COLUMNS`], and its arguments.
+    pub(crate) fn sql(&self, d: &Dialect) -> (String, Vec<Value>) {
+        let (clause, args) = self.clause(d);
+        let clause = clause.replace('$', &d.mark.to_string());
+        (format!("SELECT {RUN_COLUMNS} FROM runs {clause}"), args)
+    }
+
+    fn clause(&self, d: &Dialect) -> (String, Vec<Value>) {
+        let text = |s: &str| Value::Text(Some(s.to_string()));
+        let count = |n: usize| Value::I64(Some(n.min(i64::MAX as usize) as i64));
+        match *self {
+            RunQuery::ById(id) => ("WHERE id = $1".into(), vec![text(id)]),
+            RunQuery::Newest {
+                job: Some(job),
+                limit,
+            } => (
+                "WHERE job = $1 ORDER BY seq DESC LIMIT $2".into(),
+                vec![text(job), count(limit)],
+            ),
+            RunQuery::Newest { job: None, limit } => {
+                ("ORDER BY seq DESC LIMIT $1".into(), vec![count(limit)])
+            }
+            RunQuery::LastPerJob => (
+                "WHERE seq IN (SELECT COALESCE(MAX(CASE WHEN outcome <> 'skipped' THEN seq END), \
+                 MAX(seq)) FROM runs GROUP BY job) ORDER BY job"
+                    .into(),
+                Vec::new(),
+            ),
+            RunQuery::LastFinished(job) => (
+                "WHERE job = $1 AND outcome NOT IN ('running', 'skipped') \
+                 ORDER BY seq DESC LIMIT 1"
+                    .into(),
+                vec![text(job)],
+            ),
+            RunQuery::Running => ("WHERE outcome = 'running' ORDER BY seq".into(), Vec::new()),
+            RunQuery::LogsBefore {
+                job,
+                before_ms,
+                limit,
+            } => (
+                format!(
+                    "WHERE job = $1 AND started_ms < $2 AND {} AND log_path IS NOT NULL \
+                     AND outcome <> 'running' ORDER BY seq LIMIT $3",
+                    d.logs_kept
+                ),
+                vec![text(job), Value::I64(Some(before_ms)), count(limit)],
+            ),
+        }
+    }
+}
+
 /// Item counts as stored (JSON), `None` for none.
 pub(crate) fn items_json(items: Option<&ItemCounts>) -> Option<String> {
     items.and_then(|i| serde_json::to_string(i).ok())
@@ -232,5 +317,25 @@ mod tests {
         let sql = insert_run_sql('$');
         assert!(sql.ends_with("$29)"), "{sql}");
         assert_eq!(run_values(&run, 1).len(), 29);
+    }
+
+    #[test]
+    fn run_queries_use_the_dialect() {
+        let d = Dialect {
+            mark: '?',
+            logs_kept: "log_pruned = 0",
+        };
+        let q = RunQuery::LogsBefore {
+            job: "j",
+            before_ms: 5,
+            limit: 2,
+        };
+        let (sql, args) = q.sql(&d);
+        assert!(
+            sql.contains("job = ?1 AND started_ms < ?2 AND log_pruned = 0"),
+            "{sql}"
+        );
+        assert_eq!(args.len(), 3);
+        assert!(!sql.contains('$'));
     }
 }

@@ -10,11 +10,11 @@
 //! store shared by the hosts): [`Store::queue`] is `None`.
 
 use super::policy::{self, Decision};
-use super::rows::{self, Columns, RUN_COLUMNS, Value};
+use super::rows::{self, Columns, Value};
 use super::{
     Committer, Holder, ItemState, LedgerEntry, LedgerStore, LedgerUpdate, Liveness, LockAttempt,
-    LockRequest, NotifyState, OutboxRow, OutboxStore, QueueStore, Result, RunEnd, RunRecord,
-    RunStore, ScopeCounts, Store, StoreError, WatchStore,
+    LockRequest, NotifyState, OutboxRow, OutboxStore, QueueStore, Result, RunEnd, RunQuery,
+    RunRecord, RunStore, ScopeCounts, Store, StoreError, WatchStore,
 };
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use std::path::Path;
@@ -145,6 +145,12 @@ DROP TABLE IF EXISTS queue;
 "#,
 ];
 
+/// How this backend spells the shared SQL.
+const DIALECT: rows::Dialect = rows::Dialect {
+    mark: '?',
+    logs_kept: "log_pruned = 0",
+};
+
 pub struct SqliteStore {
     url: String,
     conn: Mutex<Connection>,
@@ -272,15 +278,14 @@ impl SqliteStore {
         Ok(())
     }
 
-    fn runs_where(&self, clause: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<RunRecord>> {
+    /// The runs `sql` (reading `RUN_COLUMNS`) selects.
+    fn runs_where(&self, sql: &str, args: Vec<Value>) -> Result<Vec<RunRecord>> {
         let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs {clause}"))
-            .map_err(|e| self.err(e))?;
+        let mut stmt = conn.prepare_cached(sql).map_err(|e| self.err(e))?;
+        let args = rusqlite::params_from_iter(args.into_iter().map(to_sql));
         let rows = stmt
             .query_map(args, |r| rows::run_from(r))
-            .map_err(|e| self.err(e))?
-            .collect::<std::result::Result<Vec<_>, _>>()
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
             .map_err(|e| self.err(e))?;
         Ok(rows)
     }
@@ -507,54 +512,9 @@ impl RunStore for SqliteStore {
         Ok(n == 1)
     }
 
-    fn get_run(&self, id: &str) -> Result<Option<RunRecord>> {
-        Ok(self.runs_where("WHERE id = ?1", &[&id])?.into_iter().next())
-    }
-
-    fn list_runs(&self, job: Option<&str>, limit: usize) -> Result<Vec<RunRecord>> {
-        let limit = limit.min(i64::MAX as usize) as i64;
-        match job {
-            Some(job) => {
-                self.runs_where("WHERE job = ?1 ORDER BY seq DESC LIMIT ?2", &[&job, &limit])
-            }
-            None => self.runs_where("ORDER BY seq DESC LIMIT ?1", &[&limit]),
-        }
-    }
-
-    fn last_runs(&self) -> Result<Vec<RunRecord>> {
-        self.runs_where(
-            "WHERE seq IN (SELECT COALESCE(MAX(CASE WHEN outcome <> 'skipped' THEN seq END), \
-             MAX(seq)) FROM runs GROUP BY job) ORDER BY job",
-            &[],
-        )
-    }
-
-    fn last_finished_run(&self, job: &str) -> Result<Option<RunRecord>> {
-        Ok(self
-            .runs_where(
-                "WHERE job = ?1 AND outcome NOT IN ('running', 'skipped') ORDER BY seq DESC LIMIT 1",
-                &[&job],
-            )?
-            .into_iter()
-            .next())
-    }
-
-    fn running_runs(&self) -> Result<Vec<RunRecord>> {
-        self.runs_where("WHERE outcome = 'running' ORDER BY seq", &[])
-    }
-
-    fn runs_with_logs_before(
-        &self,
-        job: &str,
-        before_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<RunRecord>> {
-        let limit = limit as i64;
-        self.runs_where(
-            "WHERE job = ?1 AND started_ms < ?2 AND log_pruned = 0 AND log_path IS NOT NULL \
-             AND outcome <> 'running' ORDER BY seq LIMIT ?3",
-            &[&job, &before_ms, &limit],
-        )
+    fn runs_matching(&self, query: &RunQuery<'_>) -> Result<Vec<RunRecord>> {
+        let (sql, args) = query.sql(&DIALECT);
+        self.runs_where(&sql, args)
     }
 
     fn mark_log_pruned(&self, run_id: &str) -> Result<()> {

@@ -7,7 +7,7 @@
 
 use super::{
     Committer, ItemState, LedgerEntry, LedgerUpdate, Liveness, LockAttempt, LockRequest,
-    NotifyState, OutboxRow, QueueCounts, Result, RunEnd, RunRecord, ScopeCounts,
+    NotifyState, OutboxRow, QueueCounts, Result, RunEnd, RunQuery, RunRecord, ScopeCounts,
 };
 
 /// Everything callers need to call store methods on a `dyn Store`.
@@ -57,16 +57,29 @@ pub trait RunStore: Send + Sync {
     /// Mark a running run as lost (its runner died). `false` if it had
     /// already ended.
     fn mark_lost(&self, run_id: &str, ended_at: &str, ended_ms: i64) -> Result<bool>;
-    fn get_run(&self, id: &str) -> Result<Option<RunRecord>>;
+    /// The runs a query selects: the one read each backend implements
+    /// (with [`RunQuery`]'s SQL); the reads below are written on it.
+    fn runs_matching(&self, query: &RunQuery<'_>) -> Result<Vec<RunRecord>>;
+    fn get_run(&self, id: &str) -> Result<Option<RunRecord>> {
+        first(self.runs_matching(&RunQuery::ById(id)))
+    }
     /// Runs, newest first; all jobs when `job` is `None`.
-    fn list_runs(&self, job: Option<&str>, limit: usize) -> Result<Vec<RunRecord>>;
+    fn list_runs(&self, job: Option<&str>, limit: usize) -> Result<Vec<RunRecord>> {
+        self.runs_matching(&RunQuery::Newest { job, limit })
+    }
     /// The newest run of each job that was not skipped (a skipped run when
     /// that is all there is), so a skip never hides a failure in `status`.
-    fn last_runs(&self) -> Result<Vec<RunRecord>>;
+    fn last_runs(&self) -> Result<Vec<RunRecord>> {
+        self.runs_matching(&RunQuery::LastPerJob)
+    }
     /// The newest finished (not running, not skipped) run of a job.
-    fn last_finished_run(&self, job: &str) -> Result<Option<RunRecord>>;
+    fn last_finished_run(&self, job: &str) -> Result<Option<RunRecord>> {
+        first(self.runs_matching(&RunQuery::LastFinished(job)))
+    }
     /// Runs whose outcome is still `running`.
-    fn running_runs(&self) -> Result<Vec<RunRecord>>;
+    fn running_runs(&self) -> Result<Vec<RunRecord>> {
+        self.runs_matching(&RunQuery::Running)
+    }
     /// Runs of `job` that started before `before_ms` and whose logs were not
     /// pruned yet (at most `limit`), for log retention.
     fn runs_with_logs_before(
@@ -74,10 +87,21 @@ pub trait RunStore: Send + Sync {
         job: &str,
         before_ms: i64,
         limit: usize,
-    ) -> Result<Vec<RunRecord>>;
+    ) -> Result<Vec<RunRecord>> {
+        self.runs_matching(&RunQuery::LogsBefore {
+            job,
+            before_ms,
+            limit,
+        })
+    }
     fn mark_log_pruned(&self, run_id: &str) -> Result<()>;
     /// Store the first failed item keys of a run (for reports).
     fn set_run_failed_items(&self, run_id: &str, keys: &[String]) -> Result<()>;
+}
+
+/// The first of a selection, if any.
+fn first(runs: Result<Vec<RunRecord>>) -> Result<Option<RunRecord>> {
+    Ok(runs?.into_iter().next())
 }
 
 /// The item ledger (G06), per job and scope.
