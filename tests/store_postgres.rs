@@ -7,7 +7,7 @@
 
 use batchguard::store::{
     self, AcquireMode, Committer, Holder, ItemState, LedgerUpdate, LockAttempt, LockRequest,
-    NotifyState, OutboxRow, RunEnd, RunRecord, RunnerIdentity, Store, StoreError,
+    NotifyState, RunEnd, RunRecord, RunnerIdentity, Store, StoreError,
 };
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -255,17 +255,7 @@ fn scenario(s: &dyn Store) -> Vec<String> {
     );
 
     // Outbox: idempotent add, claims that lease, delivery and failure.
-    let row = |id: &str, channel: &str, created_ms| OutboxRow {
-        id: id.into(),
-        channel: channel.into(),
-        job: "job-a".into(),
-        event: "failure".into(),
-        payload: r#"{"job":"job-a"}"#.into(),
-        created_ms,
-        attempts: 0,
-        next_attempt_ms: created_ms,
-        last_error: None,
-    };
+    let row = store::conformance::outbox_row;
     let rows = [
         row("n1", "mail", 100),
         row("n1", "hook", 101),
@@ -304,13 +294,7 @@ fn scenario(s: &dyn Store) -> Vec<String> {
         "notify-none",
         format!("{:?}", s.notify_state("job-a").unwrap()),
     );
-    let st = NotifyState {
-        failing_since_ms: Some(5),
-        failures: 3,
-        suppressed: 2,
-        last_sent_ms: None,
-        overrun_run: Some("run-a".into()),
-    };
+    let st = store::conformance::failing_state();
     s.set_notify_state("job-a", &st).unwrap();
     s.set_notify_state("job-a", &NotifyState { failures: 4, ..st })
         .unwrap();

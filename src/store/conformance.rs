@@ -88,18 +88,23 @@ pub enum Queue {
 
 /// Run every check; `fresh` makes a new empty store each time.
 pub fn run_all(fresh: &dyn Fn() -> Box<dyn Store>, queue: Queue) {
-    forbid_holds_and_fences_increase(fresh().as_ref());
-    dead_holder_is_stale_until_cleaned(fresh().as_ref());
-    replace_moves_the_lock_and_fences_the_old_run(fresh().as_ref());
-    allow_draws_tokens_without_a_lock(fresh().as_ref());
-    finish_records_and_releases(fresh().as_ref());
-    lost_is_recorded_once(fresh().as_ref());
-    ledger_records_only_for_the_newest_fence(fresh().as_ref());
-    ledger_scopes_stay_apart(fresh().as_ref());
-    outbox_claims_lease_rows_until_delivered(fresh().as_ref());
-    outbox_failures_wait_for_their_next_attempt(fresh().as_ref());
-    notify_state_round_trips(fresh().as_ref());
-    watchdog_remembers_first_sight_and_each_miss_once(fresh().as_ref());
+    let checks: [fn(&dyn Store); 12] = [
+        forbid_holds_and_fences_increase,
+        dead_holder_is_stale_until_cleaned,
+        replace_moves_the_lock_and_fences_the_old_run,
+        allow_draws_tokens_without_a_lock,
+        finish_records_and_releases,
+        lost_is_recorded_once,
+        ledger_records_only_for_the_newest_fence,
+        ledger_scopes_stay_apart,
+        outbox_claims_lease_rows_until_delivered,
+        outbox_failures_wait_for_their_next_attempt,
+        notify_state_round_trips,
+        watchdog_remembers_first_sight_and_each_miss_once,
+    ];
+    for check in checks {
+        check(fresh().as_ref());
+    }
     let store = fresh();
     assert_eq!(store.queue().is_some(), queue == Queue::Served);
     if let Some(q) = store.queue() {
@@ -347,7 +352,8 @@ fn lost_is_recorded_once(s: &dyn Store) {
     assert_eq!(s.get_run("run-a").unwrap().unwrap().outcome, "lost");
 }
 
-fn outbox_row(id: &str, channel: &str, created_ms: i64) -> OutboxRow {
+/// An undelivered notification for tests of a backend.
+pub fn outbox_row(id: &str, channel: &str, created_ms: i64) -> OutboxRow {
     OutboxRow {
         id: id.into(),
         channel: channel.into(),
@@ -412,15 +418,20 @@ fn outbox_failures_wait_for_their_next_attempt(s: &dyn Store) {
     assert_eq!(s.outbox_pending().unwrap(), 0);
 }
 
-fn notify_state_round_trips(s: &dyn Store) {
-    assert_eq!(s.notify_state("job").unwrap(), NotifyState::default());
-    let st = NotifyState {
+/// The noise state of a job in a failure streak, for tests of a backend.
+pub fn failing_state() -> NotifyState {
+    NotifyState {
         failing_since_ms: Some(5),
         failures: 3,
         suppressed: 2,
         last_sent_ms: None,
         overrun_run: Some("run-a".into()),
-    };
+    }
+}
+
+fn notify_state_round_trips(s: &dyn Store) {
+    assert_eq!(s.notify_state("job").unwrap(), NotifyState::default());
+    let st = failing_state();
     s.set_notify_state("job", &st).unwrap();
     assert_eq!(s.notify_state("job").unwrap(), st);
     let next = NotifyState {

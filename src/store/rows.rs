@@ -35,25 +35,22 @@ struct Cursor<'r, R> {
 }
 
 impl<R: Columns> Cursor<'_, R> {
-    fn at(&mut self) -> usize {
+    /// The next column, read with `get`.
+    fn take<T>(&mut self, get: fn(&R, usize) -> Result<T, R::Error>) -> Result<T, R::Error> {
         self.next += 1;
-        self.next - 1
+        get(self.row, self.next - 1)
     }
     fn i64(&mut self) -> Result<i64, R::Error> {
-        let i = self.at();
-        self.row.i64(i)
+        self.take(R::i64)
     }
     fn opt_i64(&mut self) -> Result<Option<i64>, R::Error> {
-        let i = self.at();
-        self.row.opt_i64(i)
+        self.take(R::opt_i64)
     }
     fn str(&mut self) -> Result<String, R::Error> {
-        let i = self.at();
-        self.row.str(i)
+        self.take(R::str)
     }
     fn opt_str(&mut self) -> Result<Option<String>, R::Error> {
-        let i = self.at();
-        self.row.opt_str(i)
+        self.take(R::opt_str)
     }
     fn i32(&mut self) -> Result<i32, R::Error> {
         Ok(narrow(self.i64()?))

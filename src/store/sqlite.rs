@@ -242,9 +242,7 @@ impl SqliteStore {
         if version == known {
             return Ok(());
         }
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
+        let tx = self.begin(&mut conn)?;
         // Re-read under the write lock: another process may have migrated.
         let version: i64 = tx
             .pragma_query_value(None, "user_version", |r| r.get(0))
@@ -279,6 +277,12 @@ impl SqliteStore {
     }
 
     /// The runs `sql` (reading `RUN_COLUMNS`) selects.
+    /// A transaction that writes: it takes SQLite's write lock now.
+    fn begin<'c>(&self, conn: &'c mut Connection) -> Result<rusqlite::Transaction<'c>> {
+        conn.transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))
+    }
+
     fn runs_where(&self, sql: &str, args: Vec<Value>) -> Result<Vec<RunRecord>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(sql).map_err(|e| self.err(e))?;
@@ -294,6 +298,13 @@ impl SqliteStore {
 /// A batch as one JSON parameter (for `json_each`).
 fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
+}
+
+/// The newest fence drawn for `lock`.
+fn last_fence(conn: &Connection, lock: &str) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT last_fence FROM fences WHERE lock_name = ?1")?
+        .query_row([lock], |r| r.get(0))
+        .optional()
 }
 
 fn bump_fence(conn: &Connection, lock: &str) -> rusqlite::Result<i64> {
@@ -347,9 +358,7 @@ impl RunStore for SqliteStore {
         run: &RunRecord,
     ) -> Result<LockAttempt> {
         let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
+        let tx = self.begin(&mut conn)?;
         let holder = if req.mode.holds_lock() {
             self.holder(&tx, req.lock)?
         } else {
@@ -382,9 +391,7 @@ impl RunStore for SqliteStore {
         lease_ms: i64,
     ) -> Result<bool> {
         let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
+        let tx = self.begin(&mut conn)?;
         tx.execute(
             "UPDATE runs SET heartbeat_ms = ?2 WHERE id = ?1",
             params![run_id, now_ms],
@@ -401,14 +408,7 @@ impl RunStore for SqliteStore {
     }
 
     fn current_fence(&self, lock: &str) -> Result<Option<i64>> {
-        self.conn()
-            .query_row(
-                "SELECT last_fence FROM fences WHERE lock_name = ?1",
-                [lock],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| self.err(e))
+        last_fence(&self.conn(), lock).map_err(|e| self.err(e))
     }
 
     fn while_fence_current(
@@ -418,18 +418,8 @@ impl RunStore for SqliteStore {
         action: &mut dyn FnMut() -> std::io::Result<()>,
     ) -> Result<std::result::Result<bool, std::io::Error>> {
         let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
-        let current: Option<i64> = tx
-            .query_row(
-                "SELECT last_fence FROM fences WHERE lock_name = ?1",
-                [lock],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| self.err(e))?;
-        if current != Some(fence) {
+        let tx = self.begin(&mut conn)?;
+        if last_fence(&tx, lock).map_err(|e| self.err(e))? != Some(fence) {
             return Ok(Ok(false));
         }
         // The write lock is held until the transaction ends: no other run
@@ -452,9 +442,7 @@ impl RunStore for SqliteStore {
     fn finish_run(&self, run_id: &str, release: Option<(&str, i64)>, end: &RunEnd) -> Result<()> {
         let items = rows::items_json(end.items.as_ref());
         let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
+        let tx = self.begin(&mut conn)?;
         tx.execute(
             "UPDATE runs SET ended_at = ?2, ended_ms = ?3, duration_ms = ?3 - started_ms, \
              outcome = ?4, exit_code = ?5, signal = ?6, peak_memory_bytes = ?7, \
@@ -590,20 +578,10 @@ impl LedgerStore for SqliteStore {
         updates: &[LedgerUpdate<'_>],
     ) -> Result<bool> {
         let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
+        let tx = self.begin(&mut conn)?;
         let fence = match who.fence {
             Some(fence) => {
-                let current: Option<i64> = tx
-                    .query_row(
-                        "SELECT last_fence FROM fences WHERE lock_name = ?1",
-                        [who.lock],
-                        |r| r.get(0),
-                    )
-                    .optional()
-                    .map_err(|e| self.err(e))?;
-                if current != Some(fence) {
+                if last_fence(&tx, who.lock).map_err(|e| self.err(e))? != Some(fence) {
                     return Ok(false);
                 }
                 fence
@@ -718,9 +696,7 @@ impl LedgerStore for SqliteStore {
 
     fn ledger_reset(&self, job: &str, scope: &str) -> Result<u64> {
         let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
+        let tx = self.begin(&mut conn)?;
         let id: Option<i64> = tx
             .query_row(
                 "SELECT id FROM ledger_scopes WHERE job = ?1 AND scope = ?2",
@@ -745,9 +721,7 @@ impl LedgerStore for SqliteStore {
 impl OutboxStore for SqliteStore {
     fn outbox_add(&self, rows: &[OutboxRow]) -> Result<()> {
         let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
+        let tx = self.begin(&mut conn)?;
         {
             let mut st = tx
                 .prepare_cached(
@@ -780,9 +754,7 @@ impl OutboxStore for SqliteStore {
         limit: usize,
     ) -> Result<Vec<OutboxRow>> {
         let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
+        let tx = self.begin(&mut conn)?;
         let rows = {
             let mut st = tx
                 .prepare_cached(
