@@ -289,7 +289,7 @@ fn scenario(s: &dyn Store) -> Vec<String> {
         format!("{:?}", s.outbox_claim(9_000, 9_000, 1, 10).unwrap()),
     );
 
-    // Notification state and the watchdog.
+    // Notification state (the watchdog is the conformance suite's).
     log(
         "notify-none",
         format!("{:?}", s.notify_state("job-a").unwrap()),
@@ -299,30 +299,6 @@ fn scenario(s: &dyn Store) -> Vec<String> {
     s.set_notify_state("job-a", &NotifyState { failures: 4, ..st })
         .unwrap();
     log("notify", format!("{:?}", s.notify_state("job-a").unwrap()));
-    log(
-        "watch",
-        format!("{:?}", s.watch_state("job-a", 100).unwrap()),
-    );
-    log(
-        "watch-again",
-        format!("{:?}", s.watch_state("job-a", 200).unwrap()),
-    );
-    log(
-        "missed",
-        format!("{:?}", s.record_missed("job-a", 150).unwrap()),
-    );
-    log(
-        "missed-dup",
-        format!("{:?}", s.record_missed("job-a", 150).unwrap()),
-    );
-    log(
-        "missed-old",
-        format!("{:?}", s.record_missed("job-a", 120).unwrap()),
-    );
-    log(
-        "watch-after",
-        format!("{:?}", s.watch_state("job-a", 300).unwrap()),
-    );
     log(
         "reset",
         format!("{:?}", s.ledger_reset("job-a", "day").unwrap()),

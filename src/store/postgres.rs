@@ -35,7 +35,7 @@
 //! - Passwords never appear in errors or logs: the URL kept is redacted.
 
 use super::policy::{self, Decision};
-use super::rows::{self, Columns, Value};
+use super::rows::{self, Columns, NOTIFY_COLUMNS, OUTBOX_COLUMNS, Value};
 use super::{
     Committer, Holder, ItemState, LedgerEntry, LedgerStore, LedgerUpdate, Liveness, LockAttempt,
     LockRequest, NotifyState, OutboxRow, OutboxStore, QueueCounts, QueueStore, Result, RunEnd,
@@ -564,8 +564,17 @@ impl PostgresStore {
     fn runs_where(&self, sql: &str, args: Vec<Value>) -> Result<Vec<RunRecord>> {
         let values: Vec<Box<dyn ToSql + Sync>> = args.into_iter().map(to_sql).collect();
         let rows = self.with("read runs", |c, _| Ok(c.query(sql, &refs(&values))?))?;
+        self.map_rows(&rows, rows::run_from)
+    }
+
+    /// Rows read with one of the shared readers.
+    fn map_rows<T>(
+        &self,
+        rows: &[Row],
+        read: fn(&Row) -> std::result::Result<T, postgres::Error>,
+    ) -> Result<Vec<T>> {
         rows.iter()
-            .map(|r| rows::run_from(r).map_err(|e| self.err(e)))
+            .map(|r| read(r).map_err(|e| self.err(e)))
             .collect()
     }
 
@@ -1126,16 +1135,7 @@ impl LedgerStore for PostgresStore {
                 &[&job, &scope],
             )?)
         })?;
-        rows.iter()
-            .map(|r| {
-                Ok(ScopeCounts {
-                    scope: r.try_get(0).map_err(|e| self.err(e))?,
-                    done: r.try_get::<_, i64>(1).map_err(|e| self.err(e))? as u64,
-                    failed: r.try_get::<_, i64>(2).map_err(|e| self.err(e))? as u64,
-                    in_flight: r.try_get::<_, i64>(3).map_err(|e| self.err(e))? as u64,
-                })
-            })
-            .collect()
+        self.map_rows(&rows, rows::scope_counts_from)
     }
 
     fn ledger_failed(&self, scope_id: i64, limit: usize) -> Result<Vec<LedgerEntry>> {
@@ -1147,17 +1147,7 @@ impl LedgerStore for PostgresStore {
                 &[&scope_id, &limit],
             )?)
         })?;
-        rows.iter()
-            .map(|r| {
-                Ok(LedgerEntry {
-                    key: r.try_get(0).map_err(|e| self.err(e))?,
-                    state: ItemState::Failed,
-                    attempts: r.try_get::<_, i32>(1).map_err(|e| self.err(e))?.max(0) as u32,
-                    last_error: r.try_get(2).map_err(|e| self.err(e))?,
-                    run_id: r.try_get(3).map_err(|e| self.err(e))?,
-                })
-            })
-            .collect()
+        self.map_rows(&rows, rows::failed_from)
     }
 
     fn ledger_reset(&self, job: &str, scope: &str) -> Result<u64> {
@@ -1217,34 +1207,18 @@ impl OutboxStore for PostgresStore {
         let limit = limit.min(i64::MAX as usize) as i64;
         // Rows another flusher is claiming right now are skipped, not
         // waited for; the rows returned show their state before the claim.
+        let sql = format!(
+            "WITH c AS (SELECT {OUTBOX_COLUMNS} FROM outbox \
+             WHERE delivered_ms IS NULL AND next_attempt_ms <= $1 \
+             ORDER BY created_ms LIMIT $2 FOR UPDATE SKIP LOCKED), \
+             u AS (UPDATE outbox o SET next_attempt_ms = $3 FROM c \
+             WHERE o.id = c.id AND o.channel = c.channel) \
+             SELECT * FROM c ORDER BY created_ms"
+        );
         let rows = self.with("outbox_claim", |c, _| {
-            Ok(c.query(
-                "WITH c AS (SELECT id, channel, job, event, payload, created_ms, attempts, \
-                 next_attempt_ms, last_error FROM outbox \
-                 WHERE delivered_ms IS NULL AND next_attempt_ms <= $1 \
-                 ORDER BY created_ms LIMIT $2 FOR UPDATE SKIP LOCKED), \
-                 u AS (UPDATE outbox o SET next_attempt_ms = $3 FROM c \
-                 WHERE o.id = c.id AND o.channel = c.channel) \
-                 SELECT * FROM c ORDER BY created_ms",
-                &[&due_ms, &limit, &(now_ms + lease_ms)],
-            )?)
+            Ok(c.query(sql.as_str(), &[&due_ms, &limit, &(now_ms + lease_ms)])?)
         })?;
-        let get = |e: postgres::Error| self.err(e);
-        rows.iter()
-            .map(|r| {
-                Ok(OutboxRow {
-                    id: r.try_get(0).map_err(get)?,
-                    channel: r.try_get(1).map_err(get)?,
-                    job: r.try_get(2).map_err(get)?,
-                    event: r.try_get(3).map_err(get)?,
-                    payload: r.try_get(4).map_err(get)?,
-                    created_ms: r.try_get(5).map_err(get)?,
-                    attempts: r.try_get::<_, i64>(6).map_err(get)?.max(0) as u32,
-                    next_attempt_ms: r.try_get(7).map_err(get)?,
-                    last_error: r.try_get(8).map_err(get)?,
-                })
-            })
-            .collect()
+        self.map_rows(&rows, rows::outbox_from)
     }
 
     fn outbox_delivered(&self, id: &str, channel: &str, now_ms: i64) -> Result<()> {
@@ -1286,24 +1260,10 @@ impl OutboxStore for PostgresStore {
     }
 
     fn notify_state(&self, job: &str) -> Result<NotifyState> {
-        let row = self.with("notify_state", |c, _| {
-            Ok(c.query_opt(
-                "SELECT failing_since_ms, failures, suppressed, last_sent_ms, overrun_run \
-                 FROM notify_state WHERE job = $1",
-                &[&job],
-            )?)
-        })?;
-        let Some(r) = row else {
-            return Ok(NotifyState::default());
-        };
-        let get = |e: postgres::Error| self.err(e);
-        Ok(NotifyState {
-            failing_since_ms: r.try_get(0).map_err(get)?,
-            failures: r.try_get::<_, i64>(1).map_err(get)?.max(0) as u32,
-            suppressed: r.try_get::<_, i64>(2).map_err(get)?.max(0) as u32,
-            last_sent_ms: r.try_get(3).map_err(get)?,
-            overrun_run: r.try_get(4).map_err(get)?,
-        })
+        let sql = format!("SELECT {NOTIFY_COLUMNS} FROM notify_state WHERE job = $1");
+        let rows = self.with("notify_state", |c, _| Ok(c.query(sql.as_str(), &[&job])?))?;
+        let state = self.map_rows(&rows, rows::notify_from)?.into_iter().next();
+        Ok(state.unwrap_or_default())
     }
 
     fn set_notify_state(&self, job: &str, st: &NotifyState) -> Result<()> {

@@ -1,11 +1,15 @@
 //! Run and holder rows, mapped once for every backend: one column list, one
 //! reader from a result row to a [`RunRecord`] or [`Holder`] (over the small
 //! [`Columns`] trait each driver's row implements), one list of values to
-//! bind when inserting a run, and the SQL of every selection of runs
+//! bind when inserting a run, readers for the other rows (outbox, noise
+//! state, ledger counts and failures), and the SQL of every selection of runs
 //! ([`RunQuery`]). Only the [`Dialect`] (placeholders, booleans) is the
 //! backend's.
 
-use super::{Holder, ItemCounts, RunRecord, RunnerIdentity};
+use super::{
+    Holder, ItemCounts, ItemState, LedgerEntry, NotifyState, OutboxRow, RunRecord, RunnerIdentity,
+    ScopeCounts,
+};
 
 /// The columns of a run, in the order [`run_from`] reads them.
 pub(crate) const RUN_COLUMNS: &str = "id, job, lock_name, host, boot_id, pid, pid_start, fence, \
@@ -54,6 +58,12 @@ impl<R: Columns> Cursor<'_, R> {
     }
     fn i32(&mut self) -> Result<i32, R::Error> {
         Ok(narrow(self.i64()?))
+    }
+    fn count(&mut self) -> Result<u32, R::Error> {
+        Ok(self.i64()?.clamp(0, u32::MAX.into()) as u32)
+    }
+    fn total(&mut self) -> Result<u64, R::Error> {
+        Ok(self.i64()?.max(0) as u64)
     }
     fn opt_i32(&mut self) -> Result<Option<i32>, R::Error> {
         Ok(self.opt_i64()?.map(narrow))
@@ -131,6 +141,63 @@ pub(crate) fn holder_from<R: Columns>(row: &R) -> Result<Holder, R::Error> {
         },
         cgroup: c.opt_str()?,
         pgid: c.opt_i32()?,
+    })
+}
+
+/// The columns of an outbox row, in the order [`outbox_from`] reads them.
+pub(crate) const OUTBOX_COLUMNS: &str =
+    "id, channel, job, event, payload, created_ms, attempts, next_attempt_ms, last_error";
+
+pub(crate) fn outbox_from<R: Columns>(row: &R) -> Result<OutboxRow, R::Error> {
+    let mut c = Cursor { row, next: 0 };
+    Ok(OutboxRow {
+        id: c.str()?,
+        channel: c.str()?,
+        job: c.str()?,
+        event: c.str()?,
+        payload: c.str()?,
+        created_ms: c.i64()?,
+        attempts: c.count()?,
+        next_attempt_ms: c.i64()?,
+        last_error: c.opt_str()?,
+    })
+}
+
+/// The columns of a job's noise state, in the order [`notify_from`] reads.
+pub(crate) const NOTIFY_COLUMNS: &str =
+    "failing_since_ms, failures, suppressed, last_sent_ms, overrun_run";
+
+pub(crate) fn notify_from<R: Columns>(row: &R) -> Result<NotifyState, R::Error> {
+    let mut c = Cursor { row, next: 0 };
+    Ok(NotifyState {
+        failing_since_ms: c.opt_i64()?,
+        failures: c.count()?,
+        suppressed: c.count()?,
+        last_sent_ms: c.opt_i64()?,
+        overrun_run: c.opt_str()?,
+    })
+}
+
+/// A failed ledger key from `key, attempts, last_error, run_id`.
+pub(crate) fn failed_from<R: Columns>(row: &R) -> Result<LedgerEntry, R::Error> {
+    let mut c = Cursor { row, next: 0 };
+    Ok(LedgerEntry {
+        key: c.str()?,
+        state: ItemState::Failed,
+        attempts: c.count()?,
+        last_error: c.opt_str()?,
+        run_id: c.opt_str()?,
+    })
+}
+
+/// A scope's counts from `scope, done, failed, in_flight`.
+pub(crate) fn scope_counts_from<R: Columns>(row: &R) -> Result<ScopeCounts, R::Error> {
+    let mut c = Cursor { row, next: 0 };
+    Ok(ScopeCounts {
+        scope: c.str()?,
+        done: c.total()?,
+        failed: c.total()?,
+        in_flight: c.total()?,
     })
 }
 

@@ -10,7 +10,7 @@
 //! store shared by the hosts): [`Store::queue`] is `None`.
 
 use super::policy::{self, Decision};
-use super::rows::{self, Columns, Value};
+use super::rows::{self, Columns, NOTIFY_COLUMNS, OUTBOX_COLUMNS, Value};
 use super::{
     Committer, Holder, ItemState, LedgerEntry, LedgerStore, LedgerUpdate, Liveness, LockAttempt,
     LockRequest, NotifyState, OutboxRow, OutboxStore, QueueStore, Result, RunEnd, RunQuery,
@@ -656,14 +656,7 @@ impl LedgerStore for SqliteStore {
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(params![job, scope], |r| {
-                Ok(ScopeCounts {
-                    scope: r.get(0)?,
-                    done: r.get::<_, i64>(1)? as u64,
-                    failed: r.get::<_, i64>(2)? as u64,
-                    in_flight: r.get::<_, i64>(3)? as u64,
-                })
-            })
+            .query_map(params![job, scope], |r| rows::scope_counts_from(r))
             .map_err(|e| self.err(e))?
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| self.err(e))?;
@@ -679,15 +672,7 @@ impl LedgerStore for SqliteStore {
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(params![scope_id, limit as i64], |r| {
-                Ok(LedgerEntry {
-                    key: r.get(0)?,
-                    state: ItemState::Failed,
-                    attempts: r.get::<_, i64>(1)?.max(0) as u32,
-                    last_error: r.get(2)?,
-                    run_id: r.get(3)?,
-                })
-            })
+            .query_map(params![scope_id, limit as i64], |r| rows::failed_from(r))
             .map_err(|e| self.err(e))?
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| self.err(e))?;
@@ -757,29 +742,16 @@ impl OutboxStore for SqliteStore {
         let tx = self.begin(&mut conn)?;
         let rows = {
             let mut st = tx
-                .prepare_cached(
-                    "SELECT id, channel, job, event, payload, created_ms, attempts, \
-                     next_attempt_ms, last_error FROM outbox \
+                .prepare_cached(&format!(
+                    "SELECT {OUTBOX_COLUMNS} FROM outbox \
                      WHERE delivered_ms IS NULL AND next_attempt_ms <= ?1 \
-                     ORDER BY created_ms LIMIT ?2",
-                )
+                     ORDER BY created_ms LIMIT ?2"
+                ))
                 .map_err(|e| self.err(e))?;
-            st.query_map(params![due_ms, limit as i64], |r| {
-                Ok(OutboxRow {
-                    id: r.get(0)?,
-                    channel: r.get(1)?,
-                    job: r.get(2)?,
-                    event: r.get(3)?,
-                    payload: r.get(4)?,
-                    created_ms: r.get(5)?,
-                    attempts: r.get::<_, i64>(6)?.max(0) as u32,
-                    next_attempt_ms: r.get(7)?,
-                    last_error: r.get(8)?,
-                })
-            })
-            .map_err(|e| self.err(e))?
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| self.err(e))?
+            st.query_map(params![due_ms, limit as i64], |r| rows::outbox_from(r))
+                .map_err(|e| self.err(e))?
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| self.err(e))?
         };
         {
             let mut st = tx
@@ -839,18 +811,9 @@ impl OutboxStore for SqliteStore {
         Ok(self
             .conn()
             .query_row(
-                "SELECT failing_since_ms, failures, suppressed, last_sent_ms, overrun_run \
-                 FROM notify_state WHERE job = ?1",
+                &format!("SELECT {NOTIFY_COLUMNS} FROM notify_state WHERE job = ?1"),
                 [job],
-                |r| {
-                    Ok(NotifyState {
-                        failing_since_ms: r.get(0)?,
-                        failures: r.get::<_, i64>(1)?.max(0) as u32,
-                        suppressed: r.get::<_, i64>(2)?.max(0) as u32,
-                        last_sent_ms: r.get(3)?,
-                        overrun_run: r.get(4)?,
-                    })
-                },
+                |r| rows::notify_from(r),
             )
             .optional()
             .map_err(|e| self.err(e))?
