@@ -8,9 +8,10 @@
 //! whether the backend serves the queue. Backends ([`sqlite`], embedded, the
 //! default; [`postgres`], shared by many hosts) implement them with their
 //! own SQL and numbered migrations; what is decided the same way for both
-//! lives above them: the lock policy ([`policy`]) and the mapping of run
-//! rows ([`rows`]). Every call is one short, synchronous transaction: the
-//! runner is a small multi-threaded program, not an async service.
+//! lives above them: the lock policy ([`policy`]), and the mapping of rows
+//! and the SQL of the run reads (`rows`). Every call is one short,
+//! synchronous transaction: the runner is a small multi-threaded program,
+//! not an async service.
 //!
 //! Locking model (see docs/locking.md): a lock row names the run holding it,
 //! the host identity of its runner (hostname, boot id, pid and pid start
