@@ -643,11 +643,9 @@ impl Columns for Row {
         self.try_get(i)
     }
     fn i64(&self, i: usize) -> std::result::Result<i64, postgres::Error> {
-        use postgres::types::Type;
-        match *self.columns()[i].type_() {
-            Type::INT2 => Ok(self.try_get::<_, i16>(i)?.into()),
-            Type::INT4 => Ok(self.try_get::<_, i32>(i)?.into()),
-            _ => self.try_get(i),
+        match self.opt_i64(i)? {
+            Some(v) => Ok(v),
+            None => self.try_get(i), // NULL: the driver's error says so
         }
     }
     fn str(&self, i: usize) -> std::result::Result<String, postgres::Error> {
