@@ -35,7 +35,7 @@
 //! - Passwords never appear in errors or logs: the URL kept is redacted.
 
 use super::policy::{self, Decision};
-use super::rows::{self, Columns, NOTIFY_COLUMNS, OUTBOX_COLUMNS, Value};
+use super::rows::{self, Columns, NOTIFY_COLUMNS, OUTBOX_COLUMNS, Split, Value};
 use super::{
     Committer, Holder, ItemState, LedgerEntry, LedgerStore, LedgerUpdate, Liveness, LockAttempt,
     LockRequest, NotifyState, OutboxRow, OutboxStore, QueueCounts, QueueStore, Result, RunEnd,
@@ -662,36 +662,6 @@ fn fence_for_share(
         &[&lock],
     )?
     .map(|r| r.get(0)))
-}
-
-/// A batch of ledger updates split by kind, for one statement per kind.
-struct Split<'a> {
-    in_flight: Vec<&'a str>,
-    done: Vec<&'a str>,
-    failed: Vec<&'a str>,
-    errors: Vec<&'a str>,
-}
-
-impl<'a> Split<'a> {
-    fn new(updates: &[LedgerUpdate<'a>]) -> Split<'a> {
-        let mut s = Split {
-            in_flight: Vec::new(),
-            done: Vec::new(),
-            failed: Vec::new(),
-            errors: Vec::new(),
-        };
-        for u in updates {
-            match u.state {
-                ItemState::InFlight => s.in_flight.push(u.key),
-                ItemState::Done => s.done.push(u.key),
-                ItemState::Failed => {
-                    s.failed.push(u.key);
-                    s.errors.push(u.error.unwrap_or(""));
-                }
-            }
-        }
-        s
-    }
 }
 
 /// Apply a batch to the ledger inside `tx`, only while the committer's

@@ -2,13 +2,14 @@
 //! reader from a result row to a [`RunRecord`] or [`Holder`] (over the small
 //! [`Columns`] trait each driver's row implements), one list of values to
 //! bind when inserting a run, readers for the other rows (outbox, noise
-//! state, ledger counts and failures), and the SQL of every selection of runs
+//! state, ledger counts and failures), ledger batches split by kind, and
+//! the SQL of every selection of runs
 //! ([`RunQuery`]). Only the [`Dialect`] (placeholders, booleans) is the
 //! backend's.
 
 use super::{
-    Holder, ItemCounts, ItemState, LedgerEntry, NotifyState, OutboxRow, RunRecord, RunnerIdentity,
-    ScopeCounts,
+    Holder, ItemCounts, ItemState, LedgerEntry, LedgerUpdate, NotifyState, OutboxRow, RunRecord,
+    RunnerIdentity, ScopeCounts,
 };
 
 /// The columns of a run, in the order [`run_from`] reads them.
@@ -269,6 +270,37 @@ pub(crate) fn run_values(run: &RunRecord, fence: i64) -> Vec<Value> {
         Text(failed_json(&run.items_failed)),
         I64(ended_ms),
     ]
+}
+
+/// A batch of ledger updates split by kind, for one statement per kind.
+pub(crate) struct Split<'a> {
+    pub in_flight: Vec<&'a str>,
+    pub done: Vec<&'a str>,
+    pub failed: Vec<&'a str>,
+    /// The error of each failed key, in the same order.
+    pub errors: Vec<&'a str>,
+}
+
+impl<'a> Split<'a> {
+    pub fn new(updates: &[LedgerUpdate<'a>]) -> Split<'a> {
+        let mut s = Split {
+            in_flight: Vec::new(),
+            done: Vec::new(),
+            failed: Vec::new(),
+            errors: Vec::new(),
+        };
+        for u in updates {
+            match u.state {
+                ItemState::InFlight => s.in_flight.push(u.key),
+                ItemState::Done => s.done.push(u.key),
+                ItemState::Failed => {
+                    s.failed.push(u.key);
+                    s.errors.push(u.error.unwrap_or(""));
+                }
+            }
+        }
+        s
+    }
 }
 
 /// What a backend spells its own way in the shared SQL.

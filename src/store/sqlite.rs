@@ -10,7 +10,7 @@
 //! store shared by the hosts): [`Store::queue`] is `None`.
 
 use super::policy::{self, Decision};
-use super::rows::{self, Columns, NOTIFY_COLUMNS, OUTBOX_COLUMNS, Value};
+use super::rows::{self, Columns, NOTIFY_COLUMNS, OUTBOX_COLUMNS, Split, Value};
 use super::{
     Committer, Holder, ItemState, LedgerEntry, LedgerStore, LedgerUpdate, Liveness, LockAttempt,
     LockRequest, NotifyState, OutboxRow, OutboxStore, QueueStore, Result, RunEnd, RunQuery,
@@ -295,10 +295,29 @@ impl SqliteStore {
     }
 }
 
-/// A batch as one JSON parameter (for `json_each`).
-fn json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
+/// A non-empty batch as one JSON parameter (for `json_each`).
+fn json_batch<T: serde::Serialize>(items: &[T]) -> Option<String> {
+    (!items.is_empty()).then(|| serde_json::to_string(items).unwrap_or_else(|_| "[]".into()))
 }
+
+// The ledger statements of a batch, one per kind of update, the keys given
+// as one JSON array (?2), in this order: a batch of thousands of rows costs three
+// statements, not thousands (json_each is SQLite's own, in C). In-flight
+// markers go first, so a key started and finished in one batch ends done.
+const LEDGER_IN_FLIGHT: &str = "INSERT INTO ledger (scope_id, key, state, attempts, last_error, \
+     run_id, fence, updated_ms) SELECT ?1, value, 0, 0, NULL, ?3, ?4, ?5 FROM json_each(?2) \
+     WHERE true ON CONFLICT (scope_id, key) DO UPDATE SET state = 0, run_id = ?3, \
+     fence = ?4, updated_ms = ?5 WHERE state <> 1";
+const LEDGER_DONE: &str = "INSERT INTO ledger (scope_id, key, state, attempts, last_error, \
+     run_id, fence, updated_ms) SELECT ?1, value, 1, 1, NULL, ?3, ?4, ?5 FROM json_each(?2) \
+     WHERE true ON CONFLICT (scope_id, key) DO UPDATE SET state = 1, \
+     attempts = attempts + 1, last_error = NULL, run_id = ?3, fence = ?4, updated_ms = ?5";
+/// Failed keys come as `[key, error]` pairs.
+const LEDGER_FAILED: &str = "INSERT INTO ledger (scope_id, key, state, attempts, last_error, \
+     run_id, fence, updated_ms) SELECT ?1, value ->> 0, 2, 1, value ->> 1, ?3, ?4, ?5 \
+     FROM json_each(?2) WHERE true ON CONFLICT (scope_id, key) DO UPDATE SET state = 2, \
+     attempts = attempts + 1, last_error = excluded.last_error, run_id = ?3, fence = ?4, \
+     updated_ms = ?5";
 
 /// The newest fence drawn for `lock`.
 fn last_fence(conn: &Connection, lock: &str) -> rusqlite::Result<Option<i64>> {
@@ -588,56 +607,19 @@ impl LedgerStore for SqliteStore {
             }
             None => 0,
         };
-        // One statement per kind of update, the keys passed as one JSON
-        // array: a batch of thousands of rows costs three statements, not
-        // thousands (json_each is SQLite's own, in C). In-flight markers go
-        // first, so a key started and finished in one batch ends done.
-        let mut in_flight = Vec::new();
-        let mut done = Vec::new();
-        let mut failed = Vec::new();
-        for u in updates {
-            match u.state {
-                ItemState::InFlight => in_flight.push(u.key),
-                ItemState::Done => done.push(u.key),
-                ItemState::Failed => failed.push((u.key, u.error.unwrap_or(""))),
-            }
-        }
-        if !in_flight.is_empty() {
-            tx.prepare_cached(
-                "INSERT INTO ledger (scope_id, key, state, attempts, last_error, run_id, fence, \
-                 updated_ms) SELECT ?1, value, 0, 0, NULL, ?3, ?4, ?5 FROM json_each(?2) WHERE true \
-                 ON CONFLICT (scope_id, key) DO UPDATE SET state = 0, run_id = ?3, \
-                 fence = ?4, updated_ms = ?5 WHERE state <> 1",
-            )
-            .and_then(|mut st| {
-                st.execute(params![scope_id, json(&in_flight), who.run_id, fence, now_ms])
-            })
-            .map_err(|e| self.err(e))?;
-        }
-        if !done.is_empty() {
-            tx.prepare_cached(
-                "INSERT INTO ledger (scope_id, key, state, attempts, last_error, run_id, fence, \
-                 updated_ms) SELECT ?1, value, 1, 1, NULL, ?3, ?4, ?5 FROM json_each(?2) WHERE true \
-                 ON CONFLICT (scope_id, key) DO UPDATE SET state = 1, \
-                 attempts = attempts + 1, last_error = NULL, run_id = ?3, fence = ?4, \
-                 updated_ms = ?5",
-            )
-            .and_then(|mut st| st.execute(params![scope_id, json(&done), who.run_id, fence, now_ms]))
-            .map_err(|e| self.err(e))?;
-        }
-        if !failed.is_empty() {
-            tx.prepare_cached(
-                "INSERT INTO ledger (scope_id, key, state, attempts, last_error, run_id, fence, \
-                 updated_ms) SELECT ?1, value ->> 0, 2, 1, value ->> 1, ?3, ?4, ?5 \
-                 FROM json_each(?2) WHERE true \
-                 ON CONFLICT (scope_id, key) DO UPDATE SET state = 2, \
-                 attempts = attempts + 1, last_error = excluded.last_error, run_id = ?3, \
-                 fence = ?4, updated_ms = ?5",
-            )
-            .and_then(|mut st| {
-                st.execute(params![scope_id, json(&failed), who.run_id, fence, now_ms])
-            })
-            .map_err(|e| self.err(e))?;
+        // One statement per kind of update, in-flight first (see LEDGER_*).
+        let split = Split::new(updates);
+        let failed: Vec<(&str, &str)> = split.failed.iter().copied().zip(split.errors).collect();
+        let batches = [
+            (LEDGER_IN_FLIGHT, json_batch(&split.in_flight)),
+            (LEDGER_DONE, json_batch(&split.done)),
+            (LEDGER_FAILED, json_batch(&failed)),
+        ];
+        for (sql, batch) in batches {
+            let Some(batch) = batch else { continue };
+            tx.prepare_cached(sql)
+                .and_then(|mut st| st.execute(params![scope_id, batch, who.run_id, fence, now_ms]))
+                .map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))?;
         Ok(true)
