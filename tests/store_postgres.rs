@@ -7,7 +7,7 @@
 
 use batchguard::store::{
     self, AcquireMode, Committer, Holder, ItemState, LedgerUpdate, LockAttempt, LockRequest,
-    NotifyState, OutboxRow, RunEnd, RunRecord, RunnerIdentity, Store, StoreError,
+    NotifyState, RunEnd, RunRecord, RunnerIdentity, Store, StoreError,
 };
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -87,7 +87,8 @@ fn fence_of(a: &LockAttempt) -> i64 {
 fn postgres_passes_the_conformance_suite() {
     let _serial = serial();
     let schemas = Schemas::default();
-    store::conformance::run_all(&|| store::open(&schemas.url("bg_conf")).unwrap());
+    let fresh = || store::open(&schemas.url("bg_conf")).unwrap();
+    store::conformance::run_all(&fresh, store::conformance::Queue::Served);
     // postgresql:// is the same backend.
     let url = schemas
         .url("bg_conf")
@@ -254,17 +255,7 @@ fn scenario(s: &dyn Store) -> Vec<String> {
     );
 
     // Outbox: idempotent add, claims that lease, delivery and failure.
-    let row = |id: &str, channel: &str, created_ms| OutboxRow {
-        id: id.into(),
-        channel: channel.into(),
-        job: "job-a".into(),
-        event: "failure".into(),
-        payload: r#"{"job":"job-a"}"#.into(),
-        created_ms,
-        attempts: 0,
-        next_attempt_ms: created_ms,
-        last_error: None,
-    };
+    let row = store::conformance::outbox_row;
     let rows = [
         row("n1", "mail", 100),
         row("n1", "hook", 101),
@@ -298,46 +289,16 @@ fn scenario(s: &dyn Store) -> Vec<String> {
         format!("{:?}", s.outbox_claim(9_000, 9_000, 1, 10).unwrap()),
     );
 
-    // Notification state and the watchdog.
+    // Notification state (the watchdog is the conformance suite's).
     log(
         "notify-none",
         format!("{:?}", s.notify_state("job-a").unwrap()),
     );
-    let st = NotifyState {
-        failing_since_ms: Some(5),
-        failures: 3,
-        suppressed: 2,
-        last_sent_ms: None,
-        overrun_run: Some("run-a".into()),
-    };
+    let st = store::conformance::failing_state();
     s.set_notify_state("job-a", &st).unwrap();
     s.set_notify_state("job-a", &NotifyState { failures: 4, ..st })
         .unwrap();
     log("notify", format!("{:?}", s.notify_state("job-a").unwrap()));
-    log(
-        "watch",
-        format!("{:?}", s.watch_state("job-a", 100).unwrap()),
-    );
-    log(
-        "watch-again",
-        format!("{:?}", s.watch_state("job-a", 200).unwrap()),
-    );
-    log(
-        "missed",
-        format!("{:?}", s.record_missed("job-a", 150).unwrap()),
-    );
-    log(
-        "missed-dup",
-        format!("{:?}", s.record_missed("job-a", 150).unwrap()),
-    );
-    log(
-        "missed-old",
-        format!("{:?}", s.record_missed("job-a", 120).unwrap()),
-    );
-    log(
-        "watch-after",
-        format!("{:?}", s.watch_state("job-a", 300).unwrap()),
-    );
     log(
         "reset",
         format!("{:?}", s.ledger_reset("job-a", "day").unwrap()),
@@ -466,7 +427,7 @@ fn concurrent_acquirers_serialise() {
 fn kill_backends() -> u64 {
     let rows = admin()
         .query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'test' \
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() \
              AND pid <> pg_backend_pid() AND application_name = 'batchguard'",
             &[],
         )

@@ -29,7 +29,7 @@ use super::{FAILED_LISTED, Tally, engine_result, record_group, run_group};
 use crate::error::{Error, Result};
 use crate::exec::{self, Attempt, AttemptResult, Context, Control, Request, Stop};
 use crate::outcome::Outcome;
-use crate::store::{Committer, QueueCounts, RunEnd, RunRecord, Store};
+use crate::store::{Committer, QueueCounts, QueueStore, RunEnd, RunRecord};
 use batchguard_config::{Concurrency, Items, ItemsMode, Job};
 use batchguard_supervise::{self as supervise, Group};
 use std::collections::HashSet;
@@ -140,7 +140,7 @@ pub(super) fn coordinate(
 /// Queue the plan's pending keys (idempotently); the counts before work.
 fn enqueue(
     a: &Attempt<'_>,
-    queue: &dyn Store,
+    queue: &dyn QueueStore,
     keys: &Keys,
     plan: &Plan,
     scope_id: i64,
@@ -179,7 +179,7 @@ fn note_progress(a: &Attempt<'_>, last: &Mutex<Instant>, c: &QueueCounts) {
 /// timeout).
 fn wait_for_workers(
     a: &Attempt<'_>,
-    queue: &dyn Store,
+    queue: &dyn QueueStore,
     scope_id: i64,
     more: &More<'_>,
 ) -> Result<()> {
@@ -321,7 +321,7 @@ struct Worker<'a> {
     ctx: &'a Context,
     job: &'a Job,
     items: &'a Items,
-    queue: &'a dyn Store,
+    queue: &'a dyn QueueStore,
     opts: &'a WorkerOpts,
     control: &'a Control,
     me: &'a str,

@@ -3,7 +3,7 @@
 //! still to do; and the static shards of `run --shard I/N`.
 
 use super::keys::Keys;
-use crate::store::{self, ItemState, Store};
+use crate::store::{self, ItemState, LedgerStore};
 
 /// The ledger's view of a run's keys.
 pub(crate) struct Plan {
@@ -18,7 +18,7 @@ pub(crate) struct Plan {
 impl Plan {
     pub fn new(
         keys: &Keys,
-        ledger: &dyn Store,
+        ledger: &dyn LedgerStore,
         scope_id: i64,
         max_attempts: u32,
         shard: Option<(u32, u32)>,

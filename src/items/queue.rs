@@ -6,7 +6,7 @@
 
 use super::engine::{Batch, Claim, KeySet, Sink, Source};
 use super::keys::Keys;
-use crate::store::{self, Committer, LedgerUpdate, QueueCounts, Store};
+use crate::store::{self, Committer, LedgerUpdate, QueueCounts, QueueStore};
 use std::time::Duration;
 
 /// Whether to keep waiting when the queue has nothing to claim.
@@ -14,7 +14,7 @@ pub(crate) type More<'a> = dyn Fn(&QueueCounts) -> bool + Sync + 'a;
 
 /// Claims from one scope's queue for one worker.
 pub(crate) struct QueueSource<'a> {
-    pub queue: &'a dyn Store,
+    pub queue: &'a dyn QueueStore,
     pub scope_id: i64,
     pub worker: &'a str,
     pub lease: Duration,
@@ -84,7 +84,7 @@ impl<'k> Source<'k> for QueueSource<'_> {
 
 /// Ledger update and queue acknowledgement in one transaction.
 pub(crate) struct QueueSink<'a> {
-    pub queue: &'a dyn Store,
+    pub queue: &'a dyn QueueStore,
     pub scope_id: i64,
     pub who: Committer<'a>,
     pub worker: &'a str,

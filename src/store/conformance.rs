@@ -1,6 +1,8 @@
-//! The conformance suite every state-store backend must pass: the same
-//! assertions run against SQLite here and against PostgreSQL when that
-//! backend lands. Each check takes a fresh, empty store.
+//! The conformance suite every state-store backend must pass, one part per
+//! capability (runs, locks and fences; the ledger; the outbox and noise
+//! state; the watchdog; the distributed queue where [`Store::queue`] offers
+//! it). The same assertions run against SQLite here and against PostgreSQL
+//! in `tests/store_postgres.rs`. Each check takes a fresh, empty store.
 
 use super::*;
 
@@ -75,16 +77,54 @@ fn fence_of(a: &LockAttempt) -> i64 {
     }
 }
 
+/// Which backends must serve the distributed queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Queue {
+    /// `Store::queue` must be `Some`, and its checks run.
+    Served,
+    /// `Store::queue` must be `None`.
+    Absent,
+}
+
 /// Run every check; `fresh` makes a new empty store each time.
-pub fn run_all(fresh: &dyn Fn() -> Box<dyn Store>) {
-    forbid_holds_and_fences_increase(fresh().as_ref());
-    dead_holder_is_stale_until_cleaned(fresh().as_ref());
-    replace_moves_the_lock_and_fences_the_old_run(fresh().as_ref());
-    allow_draws_tokens_without_a_lock(fresh().as_ref());
-    finish_records_and_releases(fresh().as_ref());
-    lost_is_recorded_once(fresh().as_ref());
-    ledger_records_only_for_the_newest_fence(fresh().as_ref());
-    ledger_scopes_stay_apart(fresh().as_ref());
+pub fn run_all(fresh: &dyn Fn() -> Box<dyn Store>, queue: Queue) {
+    let checks: [fn(&dyn Store); 12] = [
+        forbid_holds_and_fences_increase,
+        dead_holder_is_stale_until_cleaned,
+        replace_moves_the_lock_and_fences_the_old_run,
+        allow_draws_tokens_without_a_lock,
+        finish_records_and_releases,
+        lost_is_recorded_once,
+        ledger_records_only_for_the_newest_fence,
+        ledger_scopes_stay_apart,
+        outbox_claims_lease_rows_until_delivered,
+        outbox_failures_wait_for_their_next_attempt,
+        notify_state_round_trips,
+        watchdog_remembers_first_sight_and_each_miss_once,
+    ];
+    for check in checks {
+        check(fresh().as_ref());
+    }
+    let store = fresh();
+    assert_eq!(store.queue().is_some(), queue == Queue::Served);
+    if let Some(q) = store.queue() {
+        queue_checks(fresh, store.as_ref(), q);
+    }
+}
+
+/// The queue checks, each on a fresh store (the first on `store`).
+fn queue_checks(fresh: &dyn Fn() -> Box<dyn Store>, store: &dyn Store, q: &dyn QueueStore) {
+    queue_enqueue_is_idempotent(store, q);
+    let each: [fn(&dyn Store, &dyn QueueStore); 4] = [
+        queue_claims_skip_keys_held_by_others,
+        queue_renew_keeps_only_held_keys,
+        queue_release_gives_keys_back,
+        queue_finish_retries_until_max_attempts,
+    ];
+    for check in each {
+        let s = fresh();
+        check(s.as_ref(), s.queue().expect("the queue"));
+    }
 }
 
 fn upd<'a>(key: &'a str, state: ItemState, error: Option<&'a str>) -> LedgerUpdate<'a> {
@@ -312,6 +352,231 @@ fn lost_is_recorded_once(s: &dyn Store) {
     assert_eq!(s.get_run("run-a").unwrap().unwrap().outcome, "lost");
 }
 
+/// An undelivered notification for tests of a backend.
+pub fn outbox_row(id: &str, channel: &str, created_ms: i64) -> OutboxRow {
+    OutboxRow {
+        id: id.into(),
+        channel: channel.into(),
+        job: "job".into(),
+        event: "failure".into(),
+        payload: r#"{"job":"job"}"#.into(),
+        created_ms,
+        attempts: 0,
+        next_attempt_ms: created_ms,
+        last_error: None,
+    }
+}
+
+fn ids(rows: &[OutboxRow]) -> Vec<(String, String)> {
+    rows.iter()
+        .map(|r| (r.id.clone(), r.channel.clone()))
+        .collect()
+}
+
+fn pair(id: &str, channel: &str) -> (String, String) {
+    (id.into(), channel.into())
+}
+
+fn outbox_claims_lease_rows_until_delivered(s: &dyn Store) {
+    let rows = [outbox_row("n1", "mail", 100), outbox_row("n2", "mail", 50)];
+    s.outbox_add(&rows).unwrap();
+    s.outbox_add(&rows[..1]).unwrap(); // idempotent
+    assert_eq!(s.outbox_pending().unwrap(), 2);
+    // Oldest first, at most `limit`, and only rows due.
+    assert_eq!(
+        ids(&s.outbox_claim(100, 200, 1_000, 1).unwrap()),
+        [pair("n2", "mail")]
+    );
+    // The claimed row is leased until 1_200: a second flusher gets the other.
+    assert_eq!(
+        ids(&s.outbox_claim(100, 200, 1_000, 10).unwrap()),
+        [pair("n1", "mail")]
+    );
+    assert!(s.outbox_claim(1_000, 1_000, 1_000, 10).unwrap().is_empty());
+    s.outbox_delivered("n2", "mail", 300).unwrap();
+    assert_eq!(s.outbox_pending().unwrap(), 1);
+    // After the lease, the undelivered row is due again; the delivered never.
+    let again = s.outbox_claim(1_200, 1_200, 1_000, 10).unwrap();
+    assert_eq!(ids(&again), [pair("n1", "mail")]);
+    assert_eq!(
+        again[0].next_attempt_ms, 1_200,
+        "rows show their state before the claim"
+    );
+}
+
+fn outbox_failures_wait_for_their_next_attempt(s: &dyn Store) {
+    s.outbox_add(&[outbox_row("n1", "hook", 100)]).unwrap();
+    s.outbox_failed("n1", "hook", "HTTP 500", 5_000).unwrap();
+    assert!(s.outbox_claim(4_999, 4_999, 10, 10).unwrap().is_empty());
+    let due = s.outbox_claim(5_000, 5_000, 10, 10).unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].attempts, 1);
+    assert_eq!(due[0].last_error.as_deref(), Some("HTTP 500"));
+    s.outbox_delivered("n1", "hook", 5_001).unwrap();
+    // A late failure report does not undo the delivery.
+    s.outbox_failed("n1", "hook", "late", 6_000).unwrap();
+    assert_eq!(s.outbox_pending().unwrap(), 0);
+}
+
+/// The noise state of a job in a failure streak, for tests of a backend.
+pub fn failing_state() -> NotifyState {
+    NotifyState {
+        failing_since_ms: Some(5),
+        failures: 3,
+        suppressed: 2,
+        last_sent_ms: None,
+        overrun_run: Some("run-a".into()),
+    }
+}
+
+fn notify_state_round_trips(s: &dyn Store) {
+    assert_eq!(s.notify_state("job").unwrap(), NotifyState::default());
+    let st = failing_state();
+    s.set_notify_state("job", &st).unwrap();
+    assert_eq!(s.notify_state("job").unwrap(), st);
+    let next = NotifyState {
+        failing_since_ms: None,
+        last_sent_ms: Some(9),
+        overrun_run: None,
+        ..st
+    };
+    s.set_notify_state("job", &next).unwrap();
+    assert_eq!(s.notify_state("job").unwrap(), next);
+    assert_eq!(s.notify_state("other").unwrap(), NotifyState::default());
+}
+
+fn watchdog_remembers_first_sight_and_each_miss_once(s: &dyn Store) {
+    assert_eq!(s.watch_state("job", 100).unwrap(), (100, None));
+    assert_eq!(s.watch_state("job", 200).unwrap(), (100, None));
+    assert!(s.record_missed("job", 150).unwrap());
+    assert!(!s.record_missed("job", 150).unwrap(), "once per fire");
+    assert!(!s.record_missed("job", 120).unwrap(), "never an older fire");
+    assert!(s.record_missed("job", 180).unwrap());
+    assert_eq!(s.watch_state("job", 300).unwrap(), (100, Some(180)));
+    assert_eq!(s.watch_state("other", 300).unwrap(), (300, None));
+}
+
+fn counts(q: &dyn QueueStore, scope: i64) -> [u64; 4] {
+    let c = q.queue_counts(scope).unwrap();
+    [c.queued, c.claimed, c.done, c.dead]
+}
+
+fn sorted(mut keys: Vec<String>) -> Vec<String> {
+    keys.sort();
+    keys
+}
+
+fn queue_enqueue_is_idempotent(s: &dyn Store, q: &dyn QueueStore) {
+    let scope = s.ledger_scope("job", "day", true).unwrap().unwrap();
+    assert_eq!(q.queue_enqueue(scope, &["a", "b", "c"]).unwrap(), 3);
+    assert_eq!(q.queue_enqueue(scope, &["a", "b", "d"]).unwrap(), 1);
+    assert_eq!(counts(q, scope), [4, 0, 0, 0]);
+    // Claimed keys stay claimed when enqueued again.
+    let claimed = q.queue_claim(scope, "w1", 10, 1_000, 500).unwrap();
+    assert_eq!(claimed.len(), 4);
+    assert_eq!(q.queue_enqueue(scope, &["a"]).unwrap(), 0);
+    assert_eq!(counts(q, scope), [0, 4, 0, 0]);
+    let other = s.ledger_scope("job", "day-2", true).unwrap().unwrap();
+    assert_eq!(counts(q, other), [0, 0, 0, 0]);
+}
+
+fn queue_claims_skip_keys_held_by_others(s: &dyn Store, q: &dyn QueueStore) {
+    let scope = s.ledger_scope("job", "day", true).unwrap().unwrap();
+    q.queue_enqueue(scope, &["a", "b", "c"]).unwrap();
+    let w1 = q.queue_claim(scope, "w1", 2, 1_000, 500).unwrap();
+    assert_eq!(w1.len(), 2);
+    // A second worker gets only what is left, never a key held by w1.
+    let w2 = q.queue_claim(scope, "w2", 10, 1_100, 500).unwrap();
+    assert_eq!(w2.len(), 1);
+    assert!(!w1.contains(&w2[0]));
+    assert!(
+        q.queue_claim(scope, "w3", 10, 1_200, 500)
+            .unwrap()
+            .is_empty()
+    );
+    // Once w1's lease (until 1_500) expires, its keys can be claimed.
+    let w3 = q.queue_claim(scope, "w3", 10, 1_501, 500).unwrap();
+    assert_eq!(sorted(w3), sorted(w1));
+    assert_eq!(counts(q, scope), [0, 3, 0, 0]);
+}
+
+fn queue_renew_keeps_only_held_keys(s: &dyn Store, q: &dyn QueueStore) {
+    let scope = s.ledger_scope("job", "day", true).unwrap().unwrap();
+    q.queue_enqueue(scope, &["a", "b"]).unwrap();
+    let mine = q.queue_claim(scope, "w1", 2, 1_000, 500).unwrap();
+    let refs: Vec<&str> = mine.iter().map(String::as_str).collect();
+    // Renewed until 3_000: nobody can claim them at 2_000.
+    assert_eq!(
+        sorted(q.queue_renew(scope, "w1", &refs, 3_000).unwrap()),
+        sorted(mine.clone())
+    );
+    assert!(
+        q.queue_claim(scope, "w2", 10, 2_000, 500)
+            .unwrap()
+            .is_empty()
+    );
+    // Lost after the lease: w2 claims one, w1's renewal no longer holds it.
+    let taken = q.queue_claim(scope, "w2", 1, 3_001, 500).unwrap();
+    let kept = q.queue_renew(scope, "w1", &refs, 5_000).unwrap();
+    assert_eq!(kept.len(), 1);
+    assert!(!kept.contains(&taken[0]));
+    assert!(q.queue_renew(scope, "w3", &refs, 5_000).unwrap().is_empty());
+}
+
+fn queue_release_gives_keys_back(s: &dyn Store, q: &dyn QueueStore) {
+    let scope = s.ledger_scope("job", "day", true).unwrap().unwrap();
+    q.queue_enqueue(scope, &["a", "b"]).unwrap();
+    let mine = q.queue_claim(scope, "w1", 2, 1_000, 60_000).unwrap();
+    let refs: Vec<&str> = mine.iter().map(String::as_str).collect();
+    assert_eq!(q.queue_release(scope, "w2", &refs).unwrap(), 0, "not w2's");
+    assert_eq!(q.queue_release(scope, "w1", &refs[..1]).unwrap(), 1);
+    assert_eq!(counts(q, scope), [1, 1, 0, 0]);
+    // Released keys are claimable at once, lease or not.
+    assert_eq!(
+        q.queue_claim(scope, "w2", 10, 1_001, 500).unwrap(),
+        [mine[0].clone()]
+    );
+}
+
+fn queue_finish_retries_until_max_attempts(s: &dyn Store, q: &dyn QueueStore) {
+    take(s, "run-a", AcquireMode::IfFree, true, None);
+    let scope = s.ledger_scope("job", "day", true).unwrap().unwrap();
+    let who = Committer {
+        lock: "job",
+        fence: Some(1),
+        run_id: "run-a",
+    };
+    q.queue_enqueue(scope, &["ok", "bad"]).unwrap();
+    let finish = |now: i64, updates: &[LedgerUpdate<'_>]| {
+        q.queue_finish(scope, who, "w1", now, 2, updates).unwrap()
+    };
+    assert_eq!(q.queue_claim(scope, "w1", 10, 1_000, 500).unwrap().len(), 2);
+    let first = [
+        upd("ok", ItemState::Done, None),
+        upd("bad", ItemState::Failed, Some("exit 1")),
+    ];
+    assert!(finish(1_100, &first));
+    // The failed key is queued again (1 attempt of 2), the done key done.
+    assert_eq!(counts(q, scope), [1, 0, 1, 0]);
+    assert_eq!(q.queue_claim(scope, "w1", 10, 1_200, 500).unwrap(), ["bad"]);
+    assert!(finish(
+        1_300,
+        &[upd("bad", ItemState::Failed, Some("exit 2"))]
+    ));
+    // The second failure reaches max_attempts: dead, and in the ledger.
+    assert_eq!(counts(q, scope), [0, 0, 1, 1]);
+    let failed = s.ledger_failed(scope, 10).unwrap();
+    assert_eq!((failed[0].key.as_str(), failed[0].attempts), ("bad", 2));
+    assert_eq!(scan(s, scope)[1], ("ok".to_string(), ItemState::Done, 1));
+    // Enqueueing revives a dead key.
+    assert_eq!(q.queue_enqueue(scope, &["ok", "bad"]).unwrap(), 1);
+    // A newer run takes the lock: the old token's batch is refused whole.
+    take(s, "run-b", AcquireMode::Replace, true, None);
+    q.queue_claim(scope, "w1", 10, 2_000, 500).unwrap();
+    assert!(!finish(2_100, &[upd("bad", ItemState::Done, None)]));
+    assert_eq!(counts(q, scope), [0, 1, 1, 0]);
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -323,7 +588,7 @@ mod tests {
             let path = dir.path().join(format!("state-{i}.db"));
             super::open(&format!("sqlite:{}", path.display())).unwrap()
         };
-        super::run_all(&fresh);
+        super::run_all(&fresh, super::Queue::Absent);
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! store for many hosts (SPEC §6).
 //!
 //! Same tables, constraints and semantics as [`super::sqlite`], which is the
-//! reference: where SQLite serialises every writer on its one write lock,
-//! this backend takes row locks on the `fences` row of the lock concerned, so
-//! that drawing a fencing token, committing ledger batches and publishing
-//! under a token exclude each other exactly where they must and nowhere else.
+//! reference, plus the distributed queue ([`QueueStore`]), which only a
+//! store shared by the hosts can serve. Where SQLite serialises every
+//! writer on its one write lock, this backend takes row locks on the
+//! `fences` row of the lock concerned, so that drawing a fencing token,
+//! committing ledger batches and publishing under a token exclude each
+//! other exactly where they must and nowhere else.
 //!
 //! - **Migrations** are numbered, recorded in `batchguard_schema_version`
 //!   and applied in one transaction under `pg_advisory_xact_lock`, so hosts
@@ -32,10 +34,12 @@
 //!   connector): `sslmode=require` fails to connect.
 //! - Passwords never appear in errors or logs: the URL kept is redacted.
 
+use super::policy::{self, Decision};
+use super::rows::{self, Columns, NOTIFY_COLUMNS, OUTBOX_COLUMNS, Split, Value};
 use super::{
-    AcquireMode, Committer, Holder, ItemCounts, ItemState, LedgerEntry, LedgerUpdate, Liveness,
-    LockAttempt, LockRequest, NotifyState, OutboxRow, QueueCounts, Result, RunEnd, RunRecord,
-    RunnerIdentity, ScopeCounts, Store, StoreError,
+    Committer, Holder, ItemState, LedgerEntry, LedgerStore, LedgerUpdate, Liveness, LockAttempt,
+    LockRequest, NotifyState, OutboxRow, OutboxStore, QueueCounts, QueueStore, Result, RunEnd,
+    RunQuery, RunRecord, RunStore, ScopeCounts, Store, StoreError, WatchStore,
 };
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
@@ -44,8 +48,9 @@ use std::str::FromStr;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// Numbered migrations; index + 1 is the schema version they lead to. The
-/// numbering follows the SQLite backend's, one step per feature.
+/// Numbered migrations; index + 1 is the schema version they lead to. Up
+/// to 5 (the queue) the numbering is the SQLite backend's, one step per
+/// feature; each backend numbers its own steps from there.
 const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE runs (
@@ -165,11 +170,6 @@ CREATE INDEX queue_claimable ON queue (scope_id, state, lease_until_ms) WHERE st
 "#,
 ];
 
-const RUN_COLUMNS: &str = "id, job, lock_name, host, boot_id, pid, pid_start, fence, attempt, \
-     scope, params, started_at, started_ms, ended_at, duration_ms, outcome, exit_code, signal, \
-     peak_memory_bytes, memory_max_bytes, memory_enforcement, items, log_path, cgroup, pgid, \
-     heartbeat_ms, error, items_failed";
-
 const DEFAULT_POOL_SIZE: usize = 8;
 const RETRY_FOR: Duration = Duration::from_secs(30);
 const FIRST_DELAY: Duration = Duration::from_millis(100);
@@ -218,42 +218,8 @@ fn is_retryable(e: &postgres::Error) -> bool {
             .is_some_and(|db| matches!(db.code().code(), "40001" | "40P01"))
 }
 
-/// The URL with any password replaced by `***`, for messages and logs.
-// TODO(main): use crate::redact::redact_url
-pub fn redact_url(url: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let mut out = String::with_capacity(url.len());
-    match (base.find("://"), base.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &base[scheme_end + 3..at];
-            out.push_str(&base[..scheme_end + 3]);
-            match userinfo.split_once(':') {
-                Some((user, _)) => {
-                    out.push_str(user);
-                    out.push_str(":***");
-                }
-                None => out.push_str(userinfo),
-            }
-            out.push_str(&base[at..]);
-        }
-        _ => out.push_str(base),
-    }
-    if let Some(query) = query {
-        out.push('?');
-        let parts: Vec<String> = query
-            .split('&')
-            .map(|p| match p.split_once('=') {
-                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                _ => p.to_string(),
-            })
-            .collect();
-        out.push_str(&parts.join("&"));
-    }
-    out
-}
+/// The URL with any password replaced by `***` (the one redactor).
+pub use crate::redact::redact_url;
 
 /// A schema name as an SQL identifier (validated to `[A-Za-z0-9_]`).
 fn quote_ident(name: &str) -> String {
@@ -359,6 +325,12 @@ impl Drop for Conn<'_> {
         }
     }
 }
+
+/// How this backend spells the shared SQL.
+const DIALECT: rows::Dialect = rows::Dialect {
+    mark: '$',
+    logs_kept: "NOT log_pruned",
+};
 
 pub struct PostgresStore {
     /// The URL with its password redacted.
@@ -555,61 +527,22 @@ impl PostgresStore {
         })
     }
 
-    fn runs_where(&self, clause: &str, args: &Params<'_>) -> Result<Vec<RunRecord>> {
-        let sql = format!("SELECT {RUN_COLUMNS} FROM runs {clause}");
-        let rows = self.with("read runs", |c, _| Ok(c.query(sql.as_str(), args)?))?;
-        rows.iter().map(|r| self.row_to_run(r)).collect()
+    /// The runs `sql` (reading `RUN_COLUMNS`) selects.
+    fn runs_where(&self, sql: &str, args: Vec<Value>) -> Result<Vec<RunRecord>> {
+        let values: Vec<Box<dyn ToSql + Sync>> = args.into_iter().map(to_sql).collect();
+        let rows = self.with("read runs", |c, _| Ok(c.query(sql, &refs(&values))?))?;
+        self.map_rows(&rows, rows::run_from)
     }
 
-    fn row_to_run(&self, r: &Row) -> Result<RunRecord> {
-        let get = |e: postgres::Error| self.err(e);
-        let params: String = r.try_get("params").map_err(get)?;
-        let items: Option<String> = r.try_get("items").map_err(get)?;
-        let items_failed: Option<String> = r.try_get("items_failed").map_err(get)?;
-        let host: String = r.try_get("host").map_err(get)?;
-        let pid: i32 = r.try_get("pid").map_err(get)?;
-        Ok(RunRecord {
-            id: r.try_get("id").map_err(get)?,
-            job: r.try_get("job").map_err(get)?,
-            lock: r.try_get("lock_name").map_err(get)?,
-            host: host.clone(),
-            pid,
-            fence: r.try_get("fence").map_err(get)?,
-            attempt: r.try_get::<_, i64>("attempt").map_err(get)?.max(0) as u32,
-            scope: r.try_get("scope").map_err(get)?,
-            params: serde_json::from_str(&params).unwrap_or_default(),
-            started_at: r.try_get("started_at").map_err(get)?,
-            started_ms: r.try_get("started_ms").map_err(get)?,
-            ended_at: r.try_get("ended_at").map_err(get)?,
-            duration_ms: r.try_get("duration_ms").map_err(get)?,
-            outcome: r.try_get("outcome").map_err(get)?,
-            exit_code: r.try_get("exit_code").map_err(get)?,
-            signal: r.try_get("signal").map_err(get)?,
-            peak_memory_bytes: r
-                .try_get::<_, Option<i64>>("peak_memory_bytes")
-                .map_err(get)?
-                .map(|b| b as u64),
-            memory_max_bytes: r
-                .try_get::<_, Option<i64>>("memory_max_bytes")
-                .map_err(get)?
-                .map(|b| b as u64),
-            memory_enforcement: r.try_get("memory_enforcement").map_err(get)?,
-            items: items.and_then(|s| serde_json::from_str::<ItemCounts>(&s).ok()),
-            log_path: r.try_get("log_path").map_err(get)?,
-            error: r.try_get("error").map_err(get)?,
-            items_failed: items_failed
-                .and_then(|s| serde_json::from_str(&s).ok())
-                .unwrap_or_default(),
-            runner: RunnerIdentity {
-                host,
-                boot_id: r.try_get("boot_id").map_err(get)?,
-                pid,
-                pid_start: r.try_get::<_, i64>("pid_start").map_err(get)? as u64,
-            },
-            cgroup: r.try_get("cgroup").map_err(get)?,
-            pgid: r.try_get("pgid").map_err(get)?,
-            heartbeat_ms: r.try_get("heartbeat_ms").map_err(get)?,
-        })
+    /// Rows read with one of the shared readers.
+    fn map_rows<T>(
+        &self,
+        rows: &[Row],
+        read: fn(&Row) -> std::result::Result<T, postgres::Error>,
+    ) -> Result<Vec<T>> {
+        rows.iter()
+            .map(|r| read(r).map_err(|e| self.err(e)))
+            .collect()
     }
 
     /// One statement, retried like everything else; returns rows affected.
@@ -631,34 +564,9 @@ fn schema_version(c: &mut impl GenericClient) -> std::result::Result<Option<i64>
     Ok(Some(version.unwrap_or(0)))
 }
 
-fn failed_json(keys: &[String]) -> Option<String> {
-    (!keys.is_empty()).then(|| serde_json::to_string(keys).unwrap_or_default())
-}
-
 fn holder(c: &mut impl GenericClient, lock: &str) -> std::result::Result<Option<Holder>, Fail> {
-    let Some(r) = c.query_opt(
-        "SELECT l.lock_name, l.fence, l.run_id, l.lease_until_ms, r.host, r.boot_id, r.pid, \
-         r.pid_start, r.cgroup, r.pgid \
-         FROM locks l LEFT JOIN runs r ON r.id = l.run_id WHERE l.lock_name = $1",
-        &[&lock],
-    )?
-    else {
-        return Ok(None);
-    };
-    Ok(Some(Holder {
-        lock: r.try_get(0)?,
-        fence: r.try_get(1)?,
-        run_id: r.try_get(2)?,
-        lease_until_ms: r.try_get(3)?,
-        runner: RunnerIdentity {
-            host: r.try_get::<_, Option<String>>(4)?.unwrap_or_default(),
-            boot_id: r.try_get::<_, Option<String>>(5)?.unwrap_or_default(),
-            pid: r.try_get::<_, Option<i32>>(6)?.unwrap_or(0),
-            pid_start: r.try_get::<_, Option<i64>>(7)?.unwrap_or(0) as u64,
-        },
-        cgroup: r.try_get(8)?,
-        pgid: r.try_get(9)?,
-    }))
+    let row = c.query_opt(rows::holder_sql("$1").as_str(), &[&lock])?;
+    Ok(row.as_ref().map(rows::holder_from).transpose()?)
 }
 
 fn insert_run_in(
@@ -666,55 +574,50 @@ fn insert_run_in(
     run: &RunRecord,
     fence: i64,
 ) -> std::result::Result<(), postgres::Error> {
-    let params_json = serde_json::to_string(&run.params).unwrap_or_else(|_| "{}".into());
-    let items = run
-        .items
-        .as_ref()
-        .and_then(|i| serde_json::to_string(i).ok());
-    let ended_ms: Option<i64> = run
-        .ended_at
-        .as_ref()
-        .map(|_| run.started_ms + run.duration_ms.unwrap_or(0));
-    c.execute(
-        format!(
-            "INSERT INTO runs ({RUN_COLUMNS}, ended_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
-             $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, \
-             $25, $26, $27, $28, $29)"
-        )
-        .as_str(),
-        &[
-            &run.id,
-            &run.job,
-            &run.lock,
-            &run.host,
-            &run.runner.boot_id,
-            &run.runner.pid,
-            &(run.runner.pid_start as i64),
-            &fence,
-            &i64::from(run.attempt),
-            &run.scope,
-            &params_json,
-            &run.started_at,
-            &run.started_ms,
-            &run.ended_at,
-            &run.duration_ms,
-            &run.outcome,
-            &run.exit_code,
-            &run.signal,
-            &run.peak_memory_bytes.map(|b| b as i64),
-            &run.memory_max_bytes.map(|b| b as i64),
-            &run.memory_enforcement,
-            &items,
-            &run.log_path,
-            &run.cgroup,
-            &run.pgid,
-            &run.heartbeat_ms,
-            &run.error,
-            &failed_json(&run.items_failed),
-            &ended_ms,
-        ],
-    )?;
+    let values: Vec<Box<dyn ToSql + Sync>> = rows::run_values(run, fence)
+        .into_iter()
+        .map(to_sql)
+        .collect();
+    c.execute(rows::insert_run_sql('$').as_str(), &refs(&values))?;
     Ok(())
+}
+
+/// Boxed arguments as the driver takes them.
+fn refs(values: &[Box<dyn ToSql + Sync>]) -> Vec<&(dyn ToSql + Sync)> {
+    values.iter().map(|v| v.as_ref()).collect()
+}
+
+/// A shared row value as the driver's, typed like its column.
+fn to_sql(v: Value) -> Box<dyn ToSql + Sync> {
+    match v {
+        Value::I32(v) => Box::new(v),
+        Value::I64(v) => Box::new(v),
+        Value::Text(v) => Box::new(v),
+    }
+}
+
+impl Columns for Row {
+    type Error = postgres::Error;
+    fn opt_i64(&self, i: usize) -> std::result::Result<Option<i64>, postgres::Error> {
+        use postgres::types::Type;
+        match *self.columns()[i].type_() {
+            Type::INT2 => Ok(self.try_get::<_, Option<i16>>(i)?.map(i64::from)),
+            Type::INT4 => Ok(self.try_get::<_, Option<i32>>(i)?.map(i64::from)),
+            _ => self.try_get(i),
+        }
+    }
+    fn opt_str(&self, i: usize) -> std::result::Result<Option<String>, postgres::Error> {
+        self.try_get(i)
+    }
+    fn i64(&self, i: usize) -> std::result::Result<i64, postgres::Error> {
+        match self.opt_i64(i)? {
+            Some(v) => Ok(v),
+            None => self.try_get(i), // NULL: the driver's error says so
+        }
+    }
+    fn str(&self, i: usize) -> std::result::Result<String, postgres::Error> {
+        self.try_get(i)
+    }
 }
 
 fn fence_for_share(
@@ -726,36 +629,6 @@ fn fence_for_share(
         &[&lock],
     )?
     .map(|r| r.get(0)))
-}
-
-/// A batch of ledger updates split by kind, for one statement per kind.
-struct Split<'a> {
-    in_flight: Vec<&'a str>,
-    done: Vec<&'a str>,
-    failed: Vec<&'a str>,
-    errors: Vec<&'a str>,
-}
-
-impl<'a> Split<'a> {
-    fn new(updates: &[LedgerUpdate<'a>]) -> Split<'a> {
-        let mut s = Split {
-            in_flight: Vec::new(),
-            done: Vec::new(),
-            failed: Vec::new(),
-            errors: Vec::new(),
-        };
-        for u in updates {
-            match u.state {
-                ItemState::InFlight => s.in_flight.push(u.key),
-                ItemState::Done => s.done.push(u.key),
-                ItemState::Failed => {
-                    s.failed.push(u.key);
-                    s.errors.push(u.error.unwrap_or(""));
-                }
-            }
-        }
-        s
-    }
 }
 
 /// Apply a batch to the ledger inside `tx`, only while the committer's
@@ -837,10 +710,13 @@ fn apply_ledger(
 }
 
 impl Store for PostgresStore {
-    fn queue(&self) -> Option<&dyn Store> {
+    /// The queue lives here: every host shares this store.
+    fn queue(&self) -> Option<&dyn QueueStore> {
         Some(self)
     }
+}
 
+impl RunStore for PostgresStore {
     fn acquire(
         &self,
         req: &LockRequest<'_>,
@@ -878,21 +754,15 @@ impl Store for PostgresStore {
                     &[&req.lock],
                 )?;
             }
-            let mut replaced = None;
-            if req.mode != AcquireMode::TokenOnly {
-                if let Some(h) = holder(&mut tx, req.lock)? {
-                    let cleaned = req.cleaned_fence == Some(h.fence);
-                    if !cleaned {
-                        if !alive(&h, req.now_ms) {
-                            return Ok(LockAttempt::Stale(h));
-                        }
-                        if req.mode == AcquireMode::IfFree {
-                            return Ok(LockAttempt::Held(h));
-                        }
-                        replaced = Some(h);
-                    }
-                }
-            }
+            let holder = if req.mode.holds_lock() {
+                holder(&mut tx, req.lock)?
+            } else {
+                None
+            };
+            let replaced = match policy::decide(holder, req, alive) {
+                Decision::Take { replaced } => replaced,
+                Decision::Refuse(attempt) => return Ok(attempt),
+            };
             let fence: i64 = if fresh {
                 1
             } else {
@@ -903,7 +773,7 @@ impl Store for PostgresStore {
                 )?
                 .try_get(0)?
             };
-            if req.mode != AcquireMode::TokenOnly {
+            if req.mode.holds_lock() {
                 tx.execute(
                     "INSERT INTO locks (lock_name, fence, run_id, lease_until_ms) \
                      VALUES ($1, $2, $3, $4) ON CONFLICT (lock_name) DO UPDATE \
@@ -1010,10 +880,7 @@ impl Store for PostgresStore {
     }
 
     fn finish_run(&self, run_id: &str, release: Option<(&str, i64)>, end: &RunEnd) -> Result<()> {
-        let items = end
-            .items
-            .as_ref()
-            .and_then(|i| serde_json::to_string(i).ok());
+        let items = rows::items_json(end.items.as_ref());
         let peak = end.peak_memory_bytes.map(|b| b as i64);
         self.with("finish_run", |c, _| {
             let mut tx = c.transaction()?;
@@ -1090,55 +957,9 @@ impl Store for PostgresStore {
         })
     }
 
-    fn get_run(&self, id: &str) -> Result<Option<RunRecord>> {
-        Ok(self.runs_where("WHERE id = $1", &[&id])?.into_iter().next())
-    }
-
-    fn list_runs(&self, job: Option<&str>, limit: usize) -> Result<Vec<RunRecord>> {
-        let limit = limit.min(i64::MAX as usize) as i64;
-        match job {
-            Some(job) => {
-                self.runs_where("WHERE job = $1 ORDER BY seq DESC LIMIT $2", &[&job, &limit])
-            }
-            None => self.runs_where("ORDER BY seq DESC LIMIT $1", &[&limit]),
-        }
-    }
-
-    fn last_runs(&self) -> Result<Vec<RunRecord>> {
-        self.runs_where(
-            "WHERE seq IN (SELECT COALESCE(MAX(CASE WHEN outcome <> 'skipped' THEN seq END), \
-             MAX(seq)) FROM runs GROUP BY job) ORDER BY job",
-            &[],
-        )
-    }
-
-    fn last_finished_run(&self, job: &str) -> Result<Option<RunRecord>> {
-        Ok(self
-            .runs_where(
-                "WHERE job = $1 AND outcome NOT IN ('running', 'skipped') \
-                 ORDER BY seq DESC LIMIT 1",
-                &[&job],
-            )?
-            .into_iter()
-            .next())
-    }
-
-    fn running_runs(&self) -> Result<Vec<RunRecord>> {
-        self.runs_where("WHERE outcome = 'running' ORDER BY seq", &[])
-    }
-
-    fn runs_with_logs_before(
-        &self,
-        job: &str,
-        before_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<RunRecord>> {
-        let limit = limit.min(i64::MAX as usize) as i64;
-        self.runs_where(
-            "WHERE job = $1 AND started_ms < $2 AND NOT log_pruned AND log_path IS NOT NULL \
-             AND outcome <> 'running' ORDER BY seq LIMIT $3",
-            &[&job, &before_ms, &limit],
-        )
+    fn runs_matching(&self, query: &RunQuery<'_>) -> Result<Vec<RunRecord>> {
+        let (sql, args) = query.sql(&DIALECT);
+        self.runs_where(&sql, args)
     }
 
     fn mark_log_pruned(&self, run_id: &str) -> Result<()> {
@@ -1154,11 +975,13 @@ impl Store for PostgresStore {
         self.exec(
             "set_run_failed_items",
             "UPDATE runs SET items_failed = $2 WHERE id = $1",
-            &[&run_id, &failed_json(keys)],
+            &[&run_id, &rows::failed_json(keys)],
         )?;
         Ok(())
     }
+}
 
+impl LedgerStore for PostgresStore {
     fn ledger_scope(&self, job: &str, scope: &str, create: bool) -> Result<Option<i64>> {
         self.with("ledger_scope", |c, _| {
             let find = |c: &mut Client| {
@@ -1247,16 +1070,7 @@ impl Store for PostgresStore {
                 &[&job, &scope],
             )?)
         })?;
-        rows.iter()
-            .map(|r| {
-                Ok(ScopeCounts {
-                    scope: r.try_get(0).map_err(|e| self.err(e))?,
-                    done: r.try_get::<_, i64>(1).map_err(|e| self.err(e))? as u64,
-                    failed: r.try_get::<_, i64>(2).map_err(|e| self.err(e))? as u64,
-                    in_flight: r.try_get::<_, i64>(3).map_err(|e| self.err(e))? as u64,
-                })
-            })
-            .collect()
+        self.map_rows(&rows, rows::scope_counts_from)
     }
 
     fn ledger_failed(&self, scope_id: i64, limit: usize) -> Result<Vec<LedgerEntry>> {
@@ -1268,17 +1082,7 @@ impl Store for PostgresStore {
                 &[&scope_id, &limit],
             )?)
         })?;
-        rows.iter()
-            .map(|r| {
-                Ok(LedgerEntry {
-                    key: r.try_get(0).map_err(|e| self.err(e))?,
-                    state: ItemState::Failed,
-                    attempts: r.try_get::<_, i32>(1).map_err(|e| self.err(e))?.max(0) as u32,
-                    last_error: r.try_get(2).map_err(|e| self.err(e))?,
-                    run_id: r.try_get(3).map_err(|e| self.err(e))?,
-                })
-            })
-            .collect()
+        self.map_rows(&rows, rows::failed_from)
     }
 
     fn ledger_reset(&self, job: &str, scope: &str) -> Result<u64> {
@@ -1298,7 +1102,9 @@ impl Store for PostgresStore {
             Ok(n)
         })
     }
+}
 
+impl OutboxStore for PostgresStore {
     fn outbox_add(&self, rows: &[OutboxRow]) -> Result<()> {
         self.with("outbox_add", |c, _| {
             let mut tx = c.transaction()?;
@@ -1336,34 +1142,18 @@ impl Store for PostgresStore {
         let limit = limit.min(i64::MAX as usize) as i64;
         // Rows another flusher is claiming right now are skipped, not
         // waited for; the rows returned show their state before the claim.
+        let sql = format!(
+            "WITH c AS (SELECT {OUTBOX_COLUMNS} FROM outbox \
+             WHERE delivered_ms IS NULL AND next_attempt_ms <= $1 \
+             ORDER BY created_ms LIMIT $2 FOR UPDATE SKIP LOCKED), \
+             u AS (UPDATE outbox o SET next_attempt_ms = $3 FROM c \
+             WHERE o.id = c.id AND o.channel = c.channel) \
+             SELECT * FROM c ORDER BY created_ms"
+        );
         let rows = self.with("outbox_claim", |c, _| {
-            Ok(c.query(
-                "WITH c AS (SELECT id, channel, job, event, payload, created_ms, attempts, \
-                 next_attempt_ms, last_error FROM outbox \
-                 WHERE delivered_ms IS NULL AND next_attempt_ms <= $1 \
-                 ORDER BY created_ms LIMIT $2 FOR UPDATE SKIP LOCKED), \
-                 u AS (UPDATE outbox o SET next_attempt_ms = $3 FROM c \
-                 WHERE o.id = c.id AND o.channel = c.channel) \
-                 SELECT * FROM c ORDER BY created_ms",
-                &[&due_ms, &limit, &(now_ms + lease_ms)],
-            )?)
+            Ok(c.query(sql.as_str(), &[&due_ms, &limit, &(now_ms + lease_ms)])?)
         })?;
-        let get = |e: postgres::Error| self.err(e);
-        rows.iter()
-            .map(|r| {
-                Ok(OutboxRow {
-                    id: r.try_get(0).map_err(get)?,
-                    channel: r.try_get(1).map_err(get)?,
-                    job: r.try_get(2).map_err(get)?,
-                    event: r.try_get(3).map_err(get)?,
-                    payload: r.try_get(4).map_err(get)?,
-                    created_ms: r.try_get(5).map_err(get)?,
-                    attempts: r.try_get::<_, i64>(6).map_err(get)?.max(0) as u32,
-                    next_attempt_ms: r.try_get(7).map_err(get)?,
-                    last_error: r.try_get(8).map_err(get)?,
-                })
-            })
-            .collect()
+        self.map_rows(&rows, rows::outbox_from)
     }
 
     fn outbox_delivered(&self, id: &str, channel: &str, now_ms: i64) -> Result<()> {
@@ -1405,24 +1195,10 @@ impl Store for PostgresStore {
     }
 
     fn notify_state(&self, job: &str) -> Result<NotifyState> {
-        let row = self.with("notify_state", |c, _| {
-            Ok(c.query_opt(
-                "SELECT failing_since_ms, failures, suppressed, last_sent_ms, overrun_run \
-                 FROM notify_state WHERE job = $1",
-                &[&job],
-            )?)
-        })?;
-        let Some(r) = row else {
-            return Ok(NotifyState::default());
-        };
-        let get = |e: postgres::Error| self.err(e);
-        Ok(NotifyState {
-            failing_since_ms: r.try_get(0).map_err(get)?,
-            failures: r.try_get::<_, i64>(1).map_err(get)?.max(0) as u32,
-            suppressed: r.try_get::<_, i64>(2).map_err(get)?.max(0) as u32,
-            last_sent_ms: r.try_get(3).map_err(get)?,
-            overrun_run: r.try_get(4).map_err(get)?,
-        })
+        let sql = format!("SELECT {NOTIFY_COLUMNS} FROM notify_state WHERE job = $1");
+        let rows = self.with("notify_state", |c, _| Ok(c.query(sql.as_str(), &[&job])?))?;
+        let state = self.map_rows(&rows, rows::notify_from)?.into_iter().next();
+        Ok(state.unwrap_or_default())
     }
 
     fn set_notify_state(&self, job: &str, st: &NotifyState) -> Result<()> {
@@ -1444,6 +1220,9 @@ impl Store for PostgresStore {
         )?;
         Ok(())
     }
+}
+
+impl QueueStore for PostgresStore {
     fn queue_enqueue(&self, scope_id: i64, keys: &[&str]) -> Result<u64> {
         let mut added = 0;
         // Chunks keep each statement (and its parameter) a sensible size.
@@ -1573,7 +1352,9 @@ impl Store for PostgresStore {
             dead: get(3)?,
         })
     }
+}
 
+impl WatchStore for PostgresStore {
     fn watch_state(&self, job: &str, now_ms: i64) -> Result<(i64, Option<i64>)> {
         self.with("watch_state", |c, _| {
             c.execute(

@@ -6,12 +6,15 @@
 //! failing. `synchronous = NORMAL`: a committed transaction survives the
 //! crash or SIGKILL of any process; only a power loss can take back the last
 //! commits (see docs/locking.md). Migrations are numbered and recorded in
-//! `PRAGMA user_version`.
+//! `PRAGMA user_version`. There is no distributed queue here (it needs a
+//! store shared by the hosts): [`Store::queue`] is `None`.
 
+use super::policy::{self, Decision};
+use super::rows::{self, Columns, NOTIFY_COLUMNS, OUTBOX_COLUMNS, Split, Value};
 use super::{
-    AcquireMode, Committer, Holder, ItemCounts, ItemState, LedgerEntry, LedgerUpdate, Liveness,
-    LockAttempt, LockRequest, NotifyState, OutboxRow, Result, RunEnd, RunRecord, RunnerIdentity,
-    ScopeCounts, Store, StoreError,
+    Committer, Holder, ItemState, LedgerEntry, LedgerStore, LedgerUpdate, Liveness, LockAttempt,
+    LockRequest, NotifyState, OutboxRow, OutboxStore, QueueStore, Result, RunEnd, RunQuery,
+    RunRecord, RunStore, ScopeCounts, Store, StoreError, WatchStore,
 };
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use std::path::Path;
@@ -121,8 +124,8 @@ CREATE TABLE watchdog (
     last_missed_fire_ms INTEGER
 );
 "#,
-    // The distributed queue (SPEC §6). Created here too so that both
-    // backends share one numbering; only PostgreSQL serves it.
+    // The distributed queue (SPEC §6), created here once so that both
+    // backends shared one numbering; SQLite never served it (see 6).
     r#"
 CREATE TABLE queue (
     scope_id INTEGER NOT NULL REFERENCES ledger_scopes (id) ON DELETE CASCADE,
@@ -135,12 +138,18 @@ CREATE TABLE queue (
     PRIMARY KEY (scope_id, key)
 ) WITHOUT ROWID;
 "#,
+    // The queue table of migration 5 was never used: the queue is a
+    // capability of the shared backend only (`Store::queue` is `None`).
+    r#"
+DROP TABLE IF EXISTS queue;
+"#,
 ];
 
-const RUN_COLUMNS: &str = "id, job, lock_name, host, boot_id, pid, pid_start, fence, attempt, \
-     scope, params, started_at, started_ms, ended_at, duration_ms, outcome, exit_code, signal, \
-     peak_memory_bytes, memory_max_bytes, memory_enforcement, items, log_path, cgroup, pgid, \
-     heartbeat_ms, error, items_failed";
+/// How this backend spells the shared SQL.
+const DIALECT: rows::Dialect = rows::Dialect {
+    mark: '?',
+    logs_kept: "log_pruned = 0",
+};
 
 pub struct SqliteStore {
     url: String,
@@ -233,9 +242,7 @@ impl SqliteStore {
         if version == known {
             return Ok(());
         }
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
+        let tx = self.begin(&mut conn)?;
         // Re-read under the write lock: another process may have migrated.
         let version: i64 = tx
             .pragma_query_value(None, "user_version", |r| r.get(0))
@@ -256,105 +263,67 @@ impl SqliteStore {
     }
 
     fn holder(&self, tx: &Connection, lock: &str) -> Result<Option<Holder>> {
-        tx.query_row(
-            "SELECT l.lock_name, l.fence, l.run_id, l.lease_until_ms, r.host, r.boot_id, r.pid, \
-             r.pid_start, r.cgroup, r.pgid \
-             FROM locks l LEFT JOIN runs r ON r.id = l.run_id WHERE l.lock_name = ?1",
-            [lock],
-            |r| {
-                Ok(Holder {
-                    lock: r.get(0)?,
-                    fence: r.get(1)?,
-                    run_id: r.get(2)?,
-                    lease_until_ms: r.get(3)?,
-                    runner: RunnerIdentity {
-                        host: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
-                        boot_id: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
-                        pid: r.get::<_, Option<i32>>(6)?.unwrap_or(0),
-                        pid_start: r.get::<_, Option<i64>>(7)?.unwrap_or(0) as u64,
-                    },
-                    cgroup: r.get(8)?,
-                    pgid: r.get(9)?,
-                })
-            },
-        )
-        .optional()
-        .map_err(|e| self.err(e))
+        tx.prepare_cached(&rows::holder_sql("?1"))
+            .and_then(|mut st| st.query_row([lock], |r| rows::holder_from(r)).optional())
+            .map_err(|e| self.err(e))
     }
 
     fn insert_run_in(&self, conn: &Connection, run: &RunRecord, fence: i64) -> Result<()> {
-        let params_json = serde_json::to_string(&run.params).unwrap_or_else(|_| "{}".into());
-        let items = run
-            .items
-            .as_ref()
-            .and_then(|i| serde_json::to_string(i).ok());
-        let ended_ms: Option<i64> = run
-            .ended_at
-            .as_ref()
-            .map(|_| run.started_ms + run.duration_ms.unwrap_or(0));
-        conn.execute(
-            &format!(
-                "INSERT INTO runs ({RUN_COLUMNS}, ended_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, \
-                 ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, \
-                 ?25, ?26, ?27, ?28, ?29)"
-            ),
-            params![
-                run.id,
-                run.job,
-                run.lock,
-                run.host,
-                run.runner.boot_id,
-                run.runner.pid,
-                run.runner.pid_start as i64,
-                fence,
-                run.attempt,
-                run.scope,
-                params_json,
-                run.started_at,
-                run.started_ms,
-                run.ended_at,
-                run.duration_ms,
-                run.outcome,
-                run.exit_code,
-                run.signal,
-                run.peak_memory_bytes.map(|b| b as i64),
-                run.memory_max_bytes.map(|b| b as i64),
-                run.memory_enforcement,
-                items,
-                run.log_path,
-                run.cgroup,
-                run.pgid,
-                run.heartbeat_ms,
-                run.error,
-                failed_json(&run.items_failed),
-                ended_ms,
-            ],
-        )
-        .map_err(|e| self.err(e))?;
+        let values = rows::run_values(run, fence).into_iter().map(to_sql);
+        conn.prepare_cached(&rows::insert_run_sql('?'))
+            .and_then(|mut st| st.execute(rusqlite::params_from_iter(values)))
+            .map_err(|e| self.err(e))?;
         Ok(())
     }
 
-    fn runs_where(&self, clause: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<RunRecord>> {
+    /// The runs `sql` (reading `RUN_COLUMNS`) selects.
+    /// A transaction that writes: it takes SQLite's write lock now.
+    fn begin<'c>(&self, conn: &'c mut Connection) -> Result<rusqlite::Transaction<'c>> {
+        conn.transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))
+    }
+
+    fn runs_where(&self, sql: &str, args: Vec<Value>) -> Result<Vec<RunRecord>> {
         let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs {clause}"))
-            .map_err(|e| self.err(e))?;
+        let mut stmt = conn.prepare_cached(sql).map_err(|e| self.err(e))?;
+        let args = rusqlite::params_from_iter(args.into_iter().map(to_sql));
         let rows = stmt
-            .query_map(args, row_to_run)
-            .map_err(|e| self.err(e))?
-            .collect::<std::result::Result<Vec<_>, _>>()
+            .query_map(args, |r| rows::run_from(r))
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
             .map_err(|e| self.err(e))?;
         Ok(rows)
     }
 }
 
-/// A batch as one JSON parameter (for `json_each`).
-fn json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
+/// A non-empty batch as one JSON parameter (for `json_each`).
+fn json_batch<T: serde::Serialize>(items: &[T]) -> Option<String> {
+    (!items.is_empty()).then(|| serde_json::to_string(items).unwrap_or_else(|_| "[]".into()))
 }
 
-fn failed_json(keys: &[String]) -> Option<String> {
-    (!keys.is_empty()).then(|| serde_json::to_string(keys).unwrap_or_default())
+// The ledger statements of a batch, one per kind of update, the keys given
+// as one JSON array (?2), in this order: a batch of thousands of rows costs three
+// statements, not thousands (json_each is SQLite's own, in C). In-flight
+// markers go first, so a key started and finished in one batch ends done.
+const LEDGER_IN_FLIGHT: &str = "INSERT INTO ledger (scope_id, key, state, attempts, last_error, \
+     run_id, fence, updated_ms) SELECT ?1, value, 0, 0, NULL, ?3, ?4, ?5 FROM json_each(?2) \
+     WHERE true ON CONFLICT (scope_id, key) DO UPDATE SET state = 0, run_id = ?3, \
+     fence = ?4, updated_ms = ?5 WHERE state <> 1";
+const LEDGER_DONE: &str = "INSERT INTO ledger (scope_id, key, state, attempts, last_error, \
+     run_id, fence, updated_ms) SELECT ?1, value, 1, 1, NULL, ?3, ?4, ?5 FROM json_each(?2) \
+     WHERE true ON CONFLICT (scope_id, key) DO UPDATE SET state = 1, \
+     attempts = attempts + 1, last_error = NULL, run_id = ?3, fence = ?4, updated_ms = ?5";
+/// Failed keys come as `[key, error]` pairs.
+const LEDGER_FAILED: &str = "INSERT INTO ledger (scope_id, key, state, attempts, last_error, \
+     run_id, fence, updated_ms) SELECT ?1, value ->> 0, 2, 1, value ->> 1, ?3, ?4, ?5 \
+     FROM json_each(?2) WHERE true ON CONFLICT (scope_id, key) DO UPDATE SET state = 2, \
+     attempts = attempts + 1, last_error = excluded.last_error, run_id = ?3, fence = ?4, \
+     updated_ms = ?5";
+
+/// The newest fence drawn for `lock`.
+fn last_fence(conn: &Connection, lock: &str) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT last_fence FROM fences WHERE lock_name = ?1")?
+        .query_row([lock], |r| r.get(0))
+        .optional()
 }
 
 fn bump_fence(conn: &Connection, lock: &str) -> rusqlite::Result<i64> {
@@ -367,53 +336,40 @@ fn bump_fence(conn: &Connection, lock: &str) -> rusqlite::Result<i64> {
     )
 }
 
-fn row_to_run(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
-    let params: String = r.get("params")?;
-    let items: Option<String> = r.get("items")?;
-    Ok(RunRecord {
-        id: r.get("id")?,
-        job: r.get("job")?,
-        lock: r.get("lock_name")?,
-        host: r.get("host")?,
-        pid: r.get("pid")?,
-        fence: r.get("fence")?,
-        attempt: r.get("attempt")?,
-        scope: r.get("scope")?,
-        params: serde_json::from_str(&params).unwrap_or_default(),
-        started_at: r.get("started_at")?,
-        started_ms: r.get("started_ms")?,
-        ended_at: r.get("ended_at")?,
-        duration_ms: r.get("duration_ms")?,
-        outcome: r.get("outcome")?,
-        exit_code: r.get("exit_code")?,
-        signal: r.get("signal")?,
-        peak_memory_bytes: r
-            .get::<_, Option<i64>>("peak_memory_bytes")?
-            .map(|b| b as u64),
-        memory_max_bytes: r
-            .get::<_, Option<i64>>("memory_max_bytes")?
-            .map(|b| b as u64),
-        memory_enforcement: r.get("memory_enforcement")?,
-        items: items.and_then(|s| serde_json::from_str::<ItemCounts>(&s).ok()),
-        log_path: r.get("log_path")?,
-        error: r.get("error")?,
-        items_failed: r
-            .get::<_, Option<String>>("items_failed")?
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or_default(),
-        runner: RunnerIdentity {
-            host: r.get("host")?,
-            boot_id: r.get("boot_id")?,
-            pid: r.get("pid")?,
-            pid_start: r.get::<_, i64>("pid_start")? as u64,
-        },
-        cgroup: r.get("cgroup")?,
-        pgid: r.get("pgid")?,
-        heartbeat_ms: r.get("heartbeat_ms")?,
-    })
+/// A shared row value as SQLite's.
+fn to_sql(v: Value) -> rusqlite::types::Value {
+    use rusqlite::types::Value as Sql;
+    match v {
+        Value::I32(v) => v.map_or(Sql::Null, |v| Sql::Integer(v.into())),
+        Value::I64(v) => v.map_or(Sql::Null, Sql::Integer),
+        Value::Text(v) => v.map_or(Sql::Null, Sql::Text),
+    }
+}
+
+impl Columns for Row<'_> {
+    type Error = rusqlite::Error;
+    fn opt_i64(&self, i: usize) -> rusqlite::Result<Option<i64>> {
+        self.get(i)
+    }
+    fn opt_str(&self, i: usize) -> rusqlite::Result<Option<String>> {
+        self.get(i)
+    }
+    fn i64(&self, i: usize) -> rusqlite::Result<i64> {
+        self.get(i)
+    }
+    fn str(&self, i: usize) -> rusqlite::Result<String> {
+        self.get(i)
+    }
 }
 
 impl Store for SqliteStore {
+    /// The queue needs a store shared by the hosts: not this one.
+    fn queue(&self) -> Option<&dyn QueueStore> {
+        None
+    }
+}
+
+impl RunStore for SqliteStore {
     fn acquire(
         &self,
         req: &LockRequest<'_>,
@@ -421,26 +377,18 @@ impl Store for SqliteStore {
         run: &RunRecord,
     ) -> Result<LockAttempt> {
         let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
-        let mut replaced = None;
-        if req.mode != AcquireMode::TokenOnly {
-            if let Some(h) = self.holder(&tx, req.lock)? {
-                let cleaned = req.cleaned_fence == Some(h.fence);
-                if !cleaned {
-                    if !alive(&h, req.now_ms) {
-                        return Ok(LockAttempt::Stale(h));
-                    }
-                    if req.mode == AcquireMode::IfFree {
-                        return Ok(LockAttempt::Held(h));
-                    }
-                    replaced = Some(h);
-                }
-            }
-        }
+        let tx = self.begin(&mut conn)?;
+        let holder = if req.mode.holds_lock() {
+            self.holder(&tx, req.lock)?
+        } else {
+            None
+        };
+        let replaced = match policy::decide(holder, req, alive) {
+            Decision::Take { replaced } => replaced,
+            Decision::Refuse(attempt) => return Ok(attempt),
+        };
         let fence = bump_fence(&tx, req.lock).map_err(|e| self.err(e))?;
-        if req.mode != AcquireMode::TokenOnly {
+        if req.mode.holds_lock() {
             tx.execute(
                 "INSERT INTO locks (lock_name, fence, run_id, lease_until_ms) VALUES (?1, ?2, ?3, ?4) \
                  ON CONFLICT (lock_name) DO UPDATE SET fence = ?2, run_id = ?3, lease_until_ms = ?4",
@@ -462,9 +410,7 @@ impl Store for SqliteStore {
         lease_ms: i64,
     ) -> Result<bool> {
         let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
+        let tx = self.begin(&mut conn)?;
         tx.execute(
             "UPDATE runs SET heartbeat_ms = ?2 WHERE id = ?1",
             params![run_id, now_ms],
@@ -481,14 +427,7 @@ impl Store for SqliteStore {
     }
 
     fn current_fence(&self, lock: &str) -> Result<Option<i64>> {
-        self.conn()
-            .query_row(
-                "SELECT last_fence FROM fences WHERE lock_name = ?1",
-                [lock],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| self.err(e))
+        last_fence(&self.conn(), lock).map_err(|e| self.err(e))
     }
 
     fn while_fence_current(
@@ -498,18 +437,8 @@ impl Store for SqliteStore {
         action: &mut dyn FnMut() -> std::io::Result<()>,
     ) -> Result<std::result::Result<bool, std::io::Error>> {
         let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
-        let current: Option<i64> = tx
-            .query_row(
-                "SELECT last_fence FROM fences WHERE lock_name = ?1",
-                [lock],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| self.err(e))?;
-        if current != Some(fence) {
+        let tx = self.begin(&mut conn)?;
+        if last_fence(&tx, lock).map_err(|e| self.err(e))? != Some(fence) {
             return Ok(Ok(false));
         }
         // The write lock is held until the transaction ends: no other run
@@ -530,14 +459,9 @@ impl Store for SqliteStore {
     }
 
     fn finish_run(&self, run_id: &str, release: Option<(&str, i64)>, end: &RunEnd) -> Result<()> {
-        let items = end
-            .items
-            .as_ref()
-            .and_then(|i| serde_json::to_string(i).ok());
+        let items = rows::items_json(end.items.as_ref());
         let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
+        let tx = self.begin(&mut conn)?;
         tx.execute(
             "UPDATE runs SET ended_at = ?2, ended_ms = ?3, duration_ms = ?3 - started_ms, \
              outcome = ?4, exit_code = ?5, signal = ?6, peak_memory_bytes = ?7, \
@@ -595,54 +519,9 @@ impl Store for SqliteStore {
         Ok(n == 1)
     }
 
-    fn get_run(&self, id: &str) -> Result<Option<RunRecord>> {
-        Ok(self.runs_where("WHERE id = ?1", &[&id])?.into_iter().next())
-    }
-
-    fn list_runs(&self, job: Option<&str>, limit: usize) -> Result<Vec<RunRecord>> {
-        let limit = limit.min(i64::MAX as usize) as i64;
-        match job {
-            Some(job) => {
-                self.runs_where("WHERE job = ?1 ORDER BY seq DESC LIMIT ?2", &[&job, &limit])
-            }
-            None => self.runs_where("ORDER BY seq DESC LIMIT ?1", &[&limit]),
-        }
-    }
-
-    fn last_runs(&self) -> Result<Vec<RunRecord>> {
-        self.runs_where(
-            "WHERE seq IN (SELECT COALESCE(MAX(CASE WHEN outcome <> 'skipped' THEN seq END), \
-             MAX(seq)) FROM runs GROUP BY job) ORDER BY job",
-            &[],
-        )
-    }
-
-    fn last_finished_run(&self, job: &str) -> Result<Option<RunRecord>> {
-        Ok(self
-            .runs_where(
-                "WHERE job = ?1 AND outcome NOT IN ('running', 'skipped') ORDER BY seq DESC LIMIT 1",
-                &[&job],
-            )?
-            .into_iter()
-            .next())
-    }
-
-    fn running_runs(&self) -> Result<Vec<RunRecord>> {
-        self.runs_where("WHERE outcome = 'running' ORDER BY seq", &[])
-    }
-
-    fn runs_with_logs_before(
-        &self,
-        job: &str,
-        before_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<RunRecord>> {
-        let limit = limit as i64;
-        self.runs_where(
-            "WHERE job = ?1 AND started_ms < ?2 AND log_pruned = 0 AND log_path IS NOT NULL \
-             AND outcome <> 'running' ORDER BY seq LIMIT ?3",
-            &[&job, &before_ms, &limit],
-        )
+    fn runs_matching(&self, query: &RunQuery<'_>) -> Result<Vec<RunRecord>> {
+        let (sql, args) = query.sql(&DIALECT);
+        self.runs_where(&sql, args)
     }
 
     fn mark_log_pruned(&self, run_id: &str) -> Result<()> {
@@ -656,12 +535,14 @@ impl Store for SqliteStore {
         self.conn()
             .execute(
                 "UPDATE runs SET items_failed = ?2 WHERE id = ?1",
-                params![run_id, failed_json(keys)],
+                params![run_id, rows::failed_json(keys)],
             )
             .map_err(|e| self.err(e))?;
         Ok(())
     }
+}
 
+impl LedgerStore for SqliteStore {
     fn ledger_scope(&self, job: &str, scope: &str, create: bool) -> Result<Option<i64>> {
         let conn = self.conn();
         let find = |conn: &Connection| {
@@ -716,76 +597,29 @@ impl Store for SqliteStore {
         updates: &[LedgerUpdate<'_>],
     ) -> Result<bool> {
         let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
+        let tx = self.begin(&mut conn)?;
         let fence = match who.fence {
             Some(fence) => {
-                let current: Option<i64> = tx
-                    .query_row(
-                        "SELECT last_fence FROM fences WHERE lock_name = ?1",
-                        [who.lock],
-                        |r| r.get(0),
-                    )
-                    .optional()
-                    .map_err(|e| self.err(e))?;
-                if current != Some(fence) {
+                if last_fence(&tx, who.lock).map_err(|e| self.err(e))? != Some(fence) {
                     return Ok(false);
                 }
                 fence
             }
             None => 0,
         };
-        // One statement per kind of update, the keys passed as one JSON
-        // array: a batch of thousands of rows costs three statements, not
-        // thousands (json_each is SQLite's own, in C). In-flight markers go
-        // first, so a key started and finished in one batch ends done.
-        let mut in_flight = Vec::new();
-        let mut done = Vec::new();
-        let mut failed = Vec::new();
-        for u in updates {
-            match u.state {
-                ItemState::InFlight => in_flight.push(u.key),
-                ItemState::Done => done.push(u.key),
-                ItemState::Failed => failed.push((u.key, u.error.unwrap_or(""))),
-            }
-        }
-        if !in_flight.is_empty() {
-            tx.prepare_cached(
-                "INSERT INTO ledger (scope_id, key, state, attempts, last_error, run_id, fence, \
-                 updated_ms) SELECT ?1, value, 0, 0, NULL, ?3, ?4, ?5 FROM json_each(?2) WHERE true \
-                 ON CONFLICT (scope_id, key) DO UPDATE SET state = 0, run_id = ?3, \
-                 fence = ?4, updated_ms = ?5 WHERE state <> 1",
-            )
-            .and_then(|mut st| {
-                st.execute(params![scope_id, json(&in_flight), who.run_id, fence, now_ms])
-            })
-            .map_err(|e| self.err(e))?;
-        }
-        if !done.is_empty() {
-            tx.prepare_cached(
-                "INSERT INTO ledger (scope_id, key, state, attempts, last_error, run_id, fence, \
-                 updated_ms) SELECT ?1, value, 1, 1, NULL, ?3, ?4, ?5 FROM json_each(?2) WHERE true \
-                 ON CONFLICT (scope_id, key) DO UPDATE SET state = 1, \
-                 attempts = attempts + 1, last_error = NULL, run_id = ?3, fence = ?4, \
-                 updated_ms = ?5",
-            )
-            .and_then(|mut st| st.execute(params![scope_id, json(&done), who.run_id, fence, now_ms]))
-            .map_err(|e| self.err(e))?;
-        }
-        if !failed.is_empty() {
-            tx.prepare_cached(
-                "INSERT INTO ledger (scope_id, key, state, attempts, last_error, run_id, fence, \
-                 updated_ms) SELECT ?1, value ->> 0, 2, 1, value ->> 1, ?3, ?4, ?5 \
-                 FROM json_each(?2) WHERE true \
-                 ON CONFLICT (scope_id, key) DO UPDATE SET state = 2, \
-                 attempts = attempts + 1, last_error = excluded.last_error, run_id = ?3, \
-                 fence = ?4, updated_ms = ?5",
-            )
-            .and_then(|mut st| {
-                st.execute(params![scope_id, json(&failed), who.run_id, fence, now_ms])
-            })
-            .map_err(|e| self.err(e))?;
+        // One statement per kind of update, in-flight first (see LEDGER_*).
+        let split = Split::new(updates);
+        let failed: Vec<(&str, &str)> = split.failed.iter().copied().zip(split.errors).collect();
+        let batches = [
+            (LEDGER_IN_FLIGHT, json_batch(&split.in_flight)),
+            (LEDGER_DONE, json_batch(&split.done)),
+            (LEDGER_FAILED, json_batch(&failed)),
+        ];
+        for (sql, batch) in batches {
+            let Some(batch) = batch else { continue };
+            tx.prepare_cached(sql)
+                .and_then(|mut st| st.execute(params![scope_id, batch, who.run_id, fence, now_ms]))
+                .map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))?;
         Ok(true)
@@ -804,14 +638,7 @@ impl Store for SqliteStore {
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(params![job, scope], |r| {
-                Ok(ScopeCounts {
-                    scope: r.get(0)?,
-                    done: r.get::<_, i64>(1)? as u64,
-                    failed: r.get::<_, i64>(2)? as u64,
-                    in_flight: r.get::<_, i64>(3)? as u64,
-                })
-            })
+            .query_map(params![job, scope], |r| rows::scope_counts_from(r))
             .map_err(|e| self.err(e))?
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| self.err(e))?;
@@ -827,15 +654,7 @@ impl Store for SqliteStore {
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(params![scope_id, limit as i64], |r| {
-                Ok(LedgerEntry {
-                    key: r.get(0)?,
-                    state: ItemState::Failed,
-                    attempts: r.get::<_, i64>(1)?.max(0) as u32,
-                    last_error: r.get(2)?,
-                    run_id: r.get(3)?,
-                })
-            })
+            .query_map(params![scope_id, limit as i64], |r| rows::failed_from(r))
             .map_err(|e| self.err(e))?
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| self.err(e))?;
@@ -844,9 +663,7 @@ impl Store for SqliteStore {
 
     fn ledger_reset(&self, job: &str, scope: &str) -> Result<u64> {
         let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
+        let tx = self.begin(&mut conn)?;
         let id: Option<i64> = tx
             .query_row(
                 "SELECT id FROM ledger_scopes WHERE job = ?1 AND scope = ?2",
@@ -866,12 +683,12 @@ impl Store for SqliteStore {
         tx.commit().map_err(|e| self.err(e))?;
         Ok(n as u64)
     }
+}
 
+impl OutboxStore for SqliteStore {
     fn outbox_add(&self, rows: &[OutboxRow]) -> Result<()> {
         let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
+        let tx = self.begin(&mut conn)?;
         {
             let mut st = tx
                 .prepare_cached(
@@ -904,34 +721,19 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<OutboxRow>> {
         let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
+        let tx = self.begin(&mut conn)?;
         let rows = {
             let mut st = tx
-                .prepare_cached(
-                    "SELECT id, channel, job, event, payload, created_ms, attempts, \
-                     next_attempt_ms, last_error FROM outbox \
+                .prepare_cached(&format!(
+                    "SELECT {OUTBOX_COLUMNS} FROM outbox \
                      WHERE delivered_ms IS NULL AND next_attempt_ms <= ?1 \
-                     ORDER BY created_ms LIMIT ?2",
-                )
+                     ORDER BY created_ms LIMIT ?2"
+                ))
                 .map_err(|e| self.err(e))?;
-            st.query_map(params![due_ms, limit as i64], |r| {
-                Ok(OutboxRow {
-                    id: r.get(0)?,
-                    channel: r.get(1)?,
-                    job: r.get(2)?,
-                    event: r.get(3)?,
-                    payload: r.get(4)?,
-                    created_ms: r.get(5)?,
-                    attempts: r.get::<_, i64>(6)?.max(0) as u32,
-                    next_attempt_ms: r.get(7)?,
-                    last_error: r.get(8)?,
-                })
-            })
-            .map_err(|e| self.err(e))?
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| self.err(e))?
+            st.query_map(params![due_ms, limit as i64], |r| rows::outbox_from(r))
+                .map_err(|e| self.err(e))?
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| self.err(e))?
         };
         {
             let mut st = tx
@@ -991,18 +793,9 @@ impl Store for SqliteStore {
         Ok(self
             .conn()
             .query_row(
-                "SELECT failing_since_ms, failures, suppressed, last_sent_ms, overrun_run \
-                 FROM notify_state WHERE job = ?1",
+                &format!("SELECT {NOTIFY_COLUMNS} FROM notify_state WHERE job = ?1"),
                 [job],
-                |r| {
-                    Ok(NotifyState {
-                        failing_since_ms: r.get(0)?,
-                        failures: r.get::<_, i64>(1)?.max(0) as u32,
-                        suppressed: r.get::<_, i64>(2)?.max(0) as u32,
-                        last_sent_ms: r.get(3)?,
-                        overrun_run: r.get(4)?,
-                    })
-                },
+                |r| rows::notify_from(r),
             )
             .optional()
             .map_err(|e| self.err(e))?
@@ -1028,7 +821,9 @@ impl Store for SqliteStore {
             .map_err(|e| self.err(e))?;
         Ok(())
     }
+}
 
+impl WatchStore for SqliteStore {
     fn watch_state(&self, job: &str, now_ms: i64) -> Result<(i64, Option<i64>)> {
         let conn = self.conn();
         conn.execute(
@@ -1054,5 +849,44 @@ impl Store for SqliteStore {
             )
             .map_err(|e| self.err(e))?;
         Ok(n == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MIGRATIONS, SqliteStore};
+    use rusqlite::Connection;
+
+    fn tables(conn: &Connection) -> Vec<String> {
+        let mut st = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_store_of_schema_5_migrates_and_loses_the_unused_queue_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v5.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..5] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 5).unwrap();
+            assert!(tables(&conn).contains(&"queue".to_string()));
+        }
+        let url = format!("sqlite:{}", path.display());
+        drop(SqliteStore::open(&url, &path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        assert!(!tables(&conn).contains(&"queue".to_string()));
+        assert!(tables(&conn).contains(&"ledger".to_string()));
     }
 }

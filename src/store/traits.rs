@@ -1,0 +1,224 @@
+//! The state store split by capability: what every backend keeps (runs
+//! and locks, the item ledger, the notification outbox, the watchdog's
+//! memory) and what only some offer (the distributed queue). [`Store`] is
+//! the sum a backend implements; [`Store::queue`] says whether it serves the
+//! queue. Callers import the traits (or [`prelude`]) to call their methods
+//! on a `dyn Store`.
+
+use super::{
+    Committer, ItemState, LedgerEntry, LedgerUpdate, Liveness, LockAttempt, LockRequest,
+    NotifyState, OutboxRow, QueueCounts, Result, RunEnd, RunQuery, RunRecord, ScopeCounts,
+};
+
+/// Everything callers need to call store methods on a `dyn Store`.
+pub mod prelude {
+    pub use super::{LedgerStore, OutboxStore, QueueStore, RunStore, Store, WatchStore};
+}
+
+/// Runs, locks and fencing tokens. Every method is one transaction.
+pub trait RunStore: Send + Sync {
+    /// Take (or fail to take) a lock and, in the same transaction, insert
+    /// the run record with the fence it got.
+    fn acquire(
+        &self,
+        req: &LockRequest<'_>,
+        alive: Liveness<'_>,
+        run: &RunRecord,
+    ) -> Result<LockAttempt>;
+    /// Renew the lease; `false` means the lock moved on (the run is fenced).
+    fn heartbeat(
+        &self,
+        lock: &str,
+        fence: i64,
+        run_id: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<bool>;
+    /// The newest fence drawn for a lock.
+    fn current_fence(&self, lock: &str) -> Result<Option<i64>>;
+    /// Run `action` only while `fence` is the newest token of `lock`; the
+    /// check and the action happen under the store's write lock, so no newer
+    /// run can take the lock in between. Returns `false` if refused.
+    fn while_fence_current(
+        &self,
+        lock: &str,
+        fence: i64,
+        action: &mut dyn FnMut() -> std::io::Result<()>,
+    ) -> Result<std::result::Result<bool, std::io::Error>>;
+    /// Record where the run's process tree lives.
+    fn set_run_process(&self, run_id: &str, pgid: Option<i32>, cgroup: Option<&str>) -> Result<()>;
+    /// Record how a run ended and, with `release = Some((lock, fence))`,
+    /// release that lock if the run still holds it (one transaction).
+    fn finish_run(&self, run_id: &str, release: Option<(&str, i64)>, end: &RunEnd) -> Result<()>;
+    /// Release a lock if `fence` still holds it.
+    fn release_lock(&self, lock: &str, fence: i64) -> Result<()>;
+    /// Insert a run that never started (skipped).
+    fn insert_run(&self, run: &RunRecord) -> Result<()>;
+    /// Mark a running run as lost (its runner died). `false` if it had
+    /// already ended.
+    fn mark_lost(&self, run_id: &str, ended_at: &str, ended_ms: i64) -> Result<bool>;
+    /// The runs a query selects: the one read each backend implements
+    /// (with [`RunQuery`]'s SQL); the reads below are written on it.
+    fn runs_matching(&self, query: &RunQuery<'_>) -> Result<Vec<RunRecord>>;
+    fn get_run(&self, id: &str) -> Result<Option<RunRecord>> {
+        first(self.runs_matching(&RunQuery::ById(id)))
+    }
+    /// Runs, newest first; all jobs when `job` is `None`.
+    fn list_runs(&self, job: Option<&str>, limit: usize) -> Result<Vec<RunRecord>> {
+        self.runs_matching(&RunQuery::Newest { job, limit })
+    }
+    /// The newest run of each job that was not skipped (a skipped run when
+    /// that is all there is), so a skip never hides a failure in `status`.
+    fn last_runs(&self) -> Result<Vec<RunRecord>> {
+        self.runs_matching(&RunQuery::LastPerJob)
+    }
+    /// The newest finished (not running, not skipped) run of a job.
+    fn last_finished_run(&self, job: &str) -> Result<Option<RunRecord>> {
+        first(self.runs_matching(&RunQuery::LastFinished(job)))
+    }
+    /// Runs whose outcome is still `running`.
+    fn running_runs(&self) -> Result<Vec<RunRecord>> {
+        self.runs_matching(&RunQuery::Running)
+    }
+    /// Runs of `job` that started before `before_ms` and whose logs were not
+    /// pruned yet (at most `limit`), for log retention.
+    fn runs_with_logs_before(
+        &self,
+        job: &str,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>> {
+        self.runs_matching(&RunQuery::LogsBefore {
+            job,
+            before_ms,
+            limit,
+        })
+    }
+    fn mark_log_pruned(&self, run_id: &str) -> Result<()>;
+    /// Store the first failed item keys of a run (for reports).
+    fn set_run_failed_items(&self, run_id: &str, keys: &[String]) -> Result<()>;
+}
+
+/// The first of a selection, if any.
+fn first(runs: Result<Vec<RunRecord>>) -> Result<Option<RunRecord>> {
+    Ok(runs?.into_iter().next())
+}
+
+/// The item ledger (G06), per job and scope.
+pub trait LedgerStore: Send + Sync {
+    /// The id of a job's scope; created when `create` is set.
+    fn ledger_scope(&self, job: &str, scope: &str, create: bool) -> Result<Option<i64>>;
+    /// Every entry of a scope, in no particular order.
+    fn ledger_scan(&self, scope_id: i64, f: &mut dyn FnMut(&str, ItemState, u32)) -> Result<()>;
+    /// Apply a batch of updates in one transaction, only while the
+    /// committer's fence is still the newest of its lock. `false` means the
+    /// whole batch was refused (the run is fenced).
+    fn ledger_commit(
+        &self,
+        scope_id: i64,
+        who: Committer<'_>,
+        now_ms: i64,
+        updates: &[LedgerUpdate<'_>],
+    ) -> Result<bool>;
+    /// Counts per scope of a job (one scope when given).
+    fn ledger_counts(&self, job: &str, scope: Option<&str>) -> Result<Vec<ScopeCounts>>;
+    /// Failed keys of a scope, most attempts first.
+    fn ledger_failed(&self, scope_id: i64, limit: usize) -> Result<Vec<LedgerEntry>>;
+    /// Forget a scope entirely (the explicit clean-and-redo). Returns the
+    /// number of keys removed.
+    fn ledger_reset(&self, job: &str, scope: &str) -> Result<u64>;
+}
+
+/// The notification outbox (G08) and the noise control's memory.
+pub trait OutboxStore: Send + Sync {
+    /// Store notifications before any delivery is tried.
+    fn outbox_add(&self, rows: &[OutboxRow]) -> Result<()>;
+    /// Claim up to `limit` undelivered rows due by `due_ms`, pushing their
+    /// next attempt to `now_ms + lease_ms` so that concurrent flushers never
+    /// deliver the same row at once.
+    fn outbox_claim(
+        &self,
+        due_ms: i64,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboxRow>>;
+    fn outbox_delivered(&self, id: &str, channel: &str, now_ms: i64) -> Result<()>;
+    fn outbox_failed(
+        &self,
+        id: &str,
+        channel: &str,
+        error: &str,
+        next_attempt_ms: i64,
+    ) -> Result<()>;
+    /// Undelivered rows (for `notify flush` reports and tests).
+    fn outbox_pending(&self) -> Result<u64>;
+    fn notify_state(&self, job: &str) -> Result<NotifyState>;
+    fn set_notify_state(&self, job: &str, state: &NotifyState) -> Result<()>;
+}
+
+/// The watchdog's memory per scheduled job.
+pub trait WatchStore: Send + Sync {
+    /// Since when the watchdog watches `job` (recorded as `now_ms` on first
+    /// sight), and the fire time of the last `missed` it raised.
+    fn watch_state(&self, job: &str, now_ms: i64) -> Result<(i64, Option<i64>)>;
+    /// Record that the fire at `fire_ms` was missed; `false` if that fire
+    /// (or a later one) was already recorded, so each miss is raised once.
+    fn record_missed(&self, job: &str, fire_ms: i64) -> Result<bool>;
+}
+
+/// The distributed queue (SPEC §6, docs/distributed.md), per ledger scope.
+/// Only backends shared by many hosts (PostgreSQL) serve it.
+pub trait QueueStore: Send + Sync {
+    /// Queue keys (idempotent: keys already queued, claimed or done stay
+    /// as they are; dead keys are queued again). Returns how many were new
+    /// or revived.
+    fn queue_enqueue(&self, scope_id: i64, keys: &[&str]) -> Result<u64>;
+    /// Claim up to `n` keys for `worker` until `now_ms + lease_ms`: queued
+    /// keys, and claimed keys whose lease expired. Keys other claimers are
+    /// locking are skipped, never waited for.
+    fn queue_claim(
+        &self,
+        scope_id: i64,
+        worker: &str,
+        n: usize,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<String>>;
+    /// Record finished keys: the ledger update (fenced like
+    /// [`LedgerStore::ledger_commit`]) and the queue acknowledgement in one
+    /// transaction. Done keys become done; a failed key goes back to the
+    /// queue, or is dead once its ledger attempts reach `max_attempts`.
+    /// `false` means the whole batch was refused (the coordinator's token
+    /// moved on).
+    fn queue_finish(
+        &self,
+        scope_id: i64,
+        who: Committer<'_>,
+        worker: &str,
+        now_ms: i64,
+        max_attempts: u32,
+        updates: &[LedgerUpdate<'_>],
+    ) -> Result<bool>;
+    /// Give keys claimed by `worker` back to the queue (shutdown).
+    fn queue_release(&self, scope_id: i64, worker: &str, keys: &[&str]) -> Result<u64>;
+    /// Extend the lease of keys `worker` still holds; returns the keys it
+    /// still holds (the others were lost: their lease expired and another
+    /// worker claimed them, or they were finished elsewhere).
+    fn queue_renew(
+        &self,
+        scope_id: i64,
+        worker: &str,
+        keys: &[&str],
+        lease_until_ms: i64,
+    ) -> Result<Vec<String>>;
+    /// (queued, claimed, done, dead) keys of a scope.
+    fn queue_counts(&self, scope_id: i64) -> Result<QueueCounts>;
+}
+
+/// A whole state store: every capability all backends share, and the
+/// distributed queue where the backend has one.
+pub trait Store: RunStore + LedgerStore + OutboxStore + WatchStore + Send + Sync {
+    /// The distributed queue, or `None` (see [`super::no_queue`]).
+    fn queue(&self) -> Option<&dyn QueueStore>;
+}
