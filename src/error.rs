@@ -57,11 +57,12 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("env_file {path} of job `{job}`: {reason}")]
+    /// The job's env_file cannot be read (the message names the file and
+    /// line, never the line's text: it may hold a secret).
+    #[error("env_file of job `{job}`: {source}")]
     EnvFile {
         job: String,
-        path: PathBuf,
-        reason: String,
+        source: batchguard_config::dotenv::DotenvError,
     },
     /// `publish` was refused because a newer run holds the lock.
     #[error(

@@ -147,10 +147,9 @@ fn environment(job: &Job) -> Result<Environment> {
         .collect();
     let mut secrets = Vec::new();
     if let Some(path) = &job.env_file {
-        let vars = batchguard_config::dotenv::read(path).map_err(|e| Error::EnvFile {
+        let vars = batchguard_config::dotenv::read(path).map_err(|source| Error::EnvFile {
             job: job.name.clone(),
-            path: path.clone(),
-            reason: e.to_string(),
+            source,
         })?;
         for v in vars {
             secrets.push(v.value.clone());

@@ -25,7 +25,7 @@ use super::engine::{Engine, StreamCommand, lock};
 use super::keys::Keys;
 use super::plan::Plan;
 use super::queue::{More, QueueSink, QueueSource};
-use super::{FAILED_LISTED, Tally, engine_result, record_group, run_group};
+use super::{FAILED_LISTED, Tally, Work, engine_result, record_group, run_group};
 use crate::error::{Error, Result};
 use crate::exec::{self, Attempt, AttemptResult, Context, Control, Request, Stop};
 use crate::outcome::Outcome;
@@ -74,12 +74,10 @@ fn refuse(a: &Attempt<'_>, msg: String) -> AttemptResult {
 /// The coordinator: enqueue, work (unless `--no-work`), wait for the end.
 pub(super) fn coordinate(
     mut engine: Engine<'_>,
-    keys: &Keys,
-    plan: &Plan,
-    scope_id: i64,
-    who: Committer<'_>,
+    work: &Work<'_>,
 ) -> Result<(AttemptResult, Tally)> {
     let a = engine.a;
+    let (keys, plan, scope_id, who) = (work.keys, work.plan, work.scope_id, work.who);
     let Some(queue) = a.store.queue() else {
         let none = Tally { done: 0, failed: 0 };
         return Ok((refuse(a, crate::store::no_queue().to_string()), none));

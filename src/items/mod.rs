@@ -54,6 +54,15 @@ impl FailedList {
     }
 }
 
+/// The work of an attempt: its keys, the ledger's plan for them, the
+/// ledger scope and whose commits it accepts.
+struct Work<'w> {
+    keys: &'w Keys,
+    plan: &'w Plan,
+    scope_id: i64,
+    who: Committer<'w>,
+}
+
 /// What an items attempt did, before it becomes the attempt's result.
 struct Tally {
     done: u64,
@@ -80,10 +89,16 @@ pub(crate) fn run(a: &Attempt<'_>, items: &Items) -> Result<AttemptResult> {
         run_id: &a.record.id,
     };
     let engine = Engine::new(a, items);
+    let work = Work {
+        keys: &keys,
+        plan: &plan,
+        scope_id,
+        who,
+    };
     let (result, tally) = if a.job.distributed.enabled {
-        distributed::coordinate(engine, &keys, &plan, scope_id, who)?
+        distributed::coordinate(engine, &work)?
     } else {
-        run_local(engine, &keys, &plan, scope_id, who)?
+        run_local(engine, &work)?
     };
     Ok(finish(a, items, &keys, &plan, result, tally))
 }
@@ -128,14 +143,9 @@ fn record_group(a: &Attempt<'_>, group: &Group) -> Result<()> {
 
 /// Per-item or stream mode on this host: the plan's pending keys, the
 /// ledger as the sink.
-fn run_local(
-    mut engine: Engine<'_>,
-    keys: &Keys,
-    plan: &Plan,
-    scope_id: i64,
-    who: Committer<'_>,
-) -> Result<(AttemptResult, Tally)> {
+fn run_local(mut engine: Engine<'_>, work: &Work<'_>) -> Result<(AttemptResult, Tally)> {
     let a = engine.a;
+    let (keys, plan) = (work.keys, work.plan);
     let group = match engine.items.mode {
         ItemsMode::Stream => {
             let argv = a.render("command", &a.job.command, None)?;
@@ -157,8 +167,8 @@ fn run_local(
     let source = local::PlanSource::new(keys, plan.pending.clone());
     let sink = local::LedgerSink {
         store: a.store,
-        scope_id,
-        who,
+        scope_id: work.scope_id,
+        who: work.who,
     };
     let finished = AtomicBool::new(false);
     std::thread::scope(|s| {

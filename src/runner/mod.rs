@@ -16,6 +16,8 @@
 mod lock;
 mod notice;
 
+pub use notice::{notify_missed, notify_test};
+
 use crate::clock;
 use crate::error::{Error, Result};
 use crate::exec::{
@@ -617,101 +619,4 @@ pub fn reap_lost(ctx: &Context, find_job: &dyn Fn(&str) -> Option<Job>) -> Resul
         }
     }
     Ok(n)
-}
-
-/// `batchguard notify test JOB`: one test notification through each of the
-/// job's channels, delivered directly (not through the outbox), each result
-/// printed. Exit 1 if any channel failed or the job has none.
-pub fn notify_test(ctx: &Context, job: &Job) -> i32 {
-    if job.notify.channels.is_empty() {
-        println!(
-            "job `{}` has no notification channels: add [notify] channels = [\"...\"] (G08)",
-            job.name
-        );
-        return crate::exit::FAILURE;
-    }
-    let p = match prepare(job, &Request::default()) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("batchguard: {e}");
-            return e.exit_code();
-        }
-    };
-    let record = base_record(ctx, job, &p, "test", 1);
-    let end = RunEnd::default();
-    let mut payload = notice::payload(
-        ctx,
-        job,
-        &p,
-        &record,
-        "test",
-        Outcome::failure(crate::exit::FAILURE),
-        &end,
-        &[],
-        &[],
-    );
-    payload.run_id = None;
-    payload.message = format!(
-        "Test notification for job {} from {} (batchguard notify test): this is what a failure report will carry.",
-        job.name, ctx.me.host
-    );
-    let json = serde_json::to_string(&payload).unwrap_or_default();
-    let mut code = crate::exit::OK;
-    for name in &job.notify.channels {
-        let kind = ctx
-            .global
-            .channels
-            .get(name)
-            .map(|c| c.kind())
-            .unwrap_or("?");
-        match crate::notify::channel::deliver(&ctx.global, name, &payload.id, "test", &json) {
-            Ok(()) => println!("{name} ({kind}): ok"),
-            Err(e) => {
-                println!("{name} ({kind}): FAILED: {e}");
-                code = crate::exit::FAILURE;
-            }
-        }
-    }
-    code
-}
-
-/// The watchdog found that the fire at `fire` started no run: notify
-/// `missed` (the job's channels, if it asked for the event).
-pub fn notify_missed(ctx: &Context, job: &Job, fire: &jiff::Zoned) {
-    if !crate::notify::wanted(job, "missed") {
-        return;
-    }
-    let p = match prepare(job, &Request::default()) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot prepare the missed notification of {}", job.name);
-            return;
-        }
-    };
-    let mut record = base_record(ctx, job, &p, "-", 1);
-    record.started_at = clock::format_zoned(fire);
-    record.log_path = None;
-    let end = RunEnd::default();
-    let mut payload = notice::payload(
-        ctx,
-        job,
-        &p,
-        &record,
-        "missed",
-        Outcome::failure(crate::exit::FAILURE),
-        &end,
-        &[],
-        &[],
-    );
-    payload.run_id = None;
-    payload.outcome = None;
-    payload.message = format!(
-        "Job {} was scheduled at {} ({}) on {} but no run started within {}.",
-        job.name,
-        clock::format_zoned(fire),
-        job.schedule.as_deref().unwrap_or("?"),
-        ctx.me.host,
-        batchguard_config::format_duration(ctx.global.missed_grace)
-    );
-    let _ = crate::notify::enqueue(ctx.store.as_ref(), &ctx.global, job, &payload, true);
 }
