@@ -2,8 +2,10 @@
 //! prefixed with an RFC 3339 timestamp and the stream (`stdout`, `stderr`,
 //! or `batchguard` for the runner's own notes). Secrets are redacted before
 //! anything is written, the file is capped in size per run (the tail stays
-//! available in memory for the failure report), and old runs' logs are
-//! removed after `log_retention`.
+//! available in memory for the failure report), a log stops growing before
+//! it fills its filesystem (a free-space floor: the run goes on, the cut is
+//! noted in the log and the run's record), and old runs' logs are removed
+//! after `log_retention`.
 
 use crate::clock;
 use crate::error::{Error, Result};
@@ -19,6 +21,27 @@ use std::path::{Path, PathBuf};
 /// How many of the last lines are kept for the failure report.
 pub const TAIL_LINES: usize = 20;
 
+/// How often (in bytes written) the free space of the log's filesystem is
+/// looked at.
+const FREE_CHECK_EVERY: u64 = 64 * 1024;
+
+/// The free space a log never eats into: 5 % of its filesystem, at least
+/// 64 KiB and at most 256 MiB, so the state store, the spool and other
+/// jobs' logs on the same disk still have room.
+pub fn free_floor(fs_bytes: u64) -> u64 {
+    (fs_bytes / 20).clamp(64 * 1024, 256 * 1024 * 1024)
+}
+
+/// (available, total) bytes of the filesystem holding `path`.
+fn fs_space(path: &Path) -> Option<(u64, u64)> {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    let frag = st.fragment_size() as u64;
+    Some((
+        st.blocks_available() as u64 * frag,
+        st.blocks() as u64 * frag,
+    ))
+}
+
 pub struct RunLog {
     path: PathBuf,
     file: File,
@@ -31,6 +54,10 @@ pub struct RunLog {
     tz: TimeZone,
     echo: bool,
     buf: Vec<u8>,
+    /// Written bytes at which the free space is checked next.
+    next_free_check: u64,
+    /// Why the log stopped growing before its cap (the floor was reached).
+    cut: Option<String>,
 }
 
 pub fn log_path(log_dir: &Path, job: &str, run_id: &str) -> PathBuf {
@@ -69,6 +96,8 @@ impl RunLog {
             tz,
             echo: std::io::stderr().is_terminal(),
             buf: Vec::with_capacity(256),
+            next_free_check: 0,
+            cut: None,
         })
     }
 
@@ -98,7 +127,7 @@ impl RunLog {
             let _ = writeln!(std::io::stderr(), "{text}");
         }
         let len = (text.len() + 40) as u64;
-        if self.written + len > self.cap {
+        if self.written + len > self.cap || self.out_of_room(len) {
             self.dropped_lines += 1;
             self.dropped_bytes += text.len() as u64;
             return;
@@ -111,15 +140,58 @@ impl RunLog {
         }
     }
 
+    /// Has the log's filesystem reached the free-space floor? Checked
+    /// every [`FREE_CHECK_EVERY`] bytes; once cut, the log stays cut (one
+    /// note says so).
+    fn out_of_room(&mut self, len: u64) -> bool {
+        if self.cut.is_some() {
+            return true;
+        }
+        if self.written < self.next_free_check {
+            return false;
+        }
+        self.next_free_check = self.written + FREE_CHECK_EVERY;
+        let Some((avail, total)) = fs_space(&self.path) else {
+            return false;
+        };
+        let floor = free_floor(total);
+        if avail >= floor + FREE_CHECK_EVERY + len {
+            return false;
+        }
+        let why = format!(
+            "log cut at {} bytes: only {} free on its filesystem (floor {}); the run goes on",
+            self.written,
+            batchguard_config::format_size(avail),
+            batchguard_config::format_size(floor)
+        );
+        tracing::warn!(log = %self.path.display(), "{why}");
+        self.buf.clear();
+        let ts = clock::rfc3339(clock::now_ms(), &self.tz);
+        let _ = writeln!(self.buf, "{ts} batchguard {why}");
+        let _ = self.file.write_all(&self.buf);
+        self.cut = Some(why);
+        true
+    }
+
+    /// Why the log stopped growing early, if it did.
+    pub fn cut(&self) -> Option<&str> {
+        self.cut.as_deref()
+    }
+
     /// Close the log (noting anything dropped by the cap) and return the
     /// last lines of output.
     pub fn finish(mut self) -> Vec<String> {
         if self.dropped_lines > 0 {
             let ts = clock::rfc3339(clock::now_ms(), &self.tz);
+            let why = if self.cut.is_some() {
+                "free-space floor".to_string()
+            } else {
+                format!("log cap of {} bytes", self.cap)
+            };
             let _ = writeln!(
                 self.file,
-                "{ts} batchguard log cap of {} bytes reached: {} lines ({} bytes) not written",
-                self.cap, self.dropped_lines, self.dropped_bytes
+                "{ts} batchguard {why} reached: {} lines ({} bytes) not written",
+                self.dropped_lines, self.dropped_bytes
             );
         }
         let _ = self.file.flush();

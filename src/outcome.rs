@@ -81,6 +81,25 @@ impl Outcome {
         )
     }
 
+    /// The outcome recorded as `name` with its exit code and signal (the
+    /// inverse of [`Outcome::as_str`]); an unknown name reads as a failure.
+    pub fn parse(name: &str, exit_code: Option<i32>, signal: Option<i32>) -> Outcome {
+        match name {
+            "success" => Outcome::Success,
+            "timeout" => Outcome::Timeout,
+            "oom" => Outcome::Oom,
+            "killed" => Outcome::Killed {
+                signal: signal.unwrap_or(libc::SIGTERM),
+            },
+            "fenced" => Outcome::Fenced,
+            "skipped" => Outcome::Skipped,
+            "lost" => Outcome::Lost,
+            _ => Outcome::Failure {
+                code: exit_code.filter(|c| *c != 0).unwrap_or(exit::FAILURE),
+            },
+        }
+    }
+
     /// The outcome of a finished process tree, and the job's own exit code
     /// when it exited.
     pub fn from_end(end: &End) -> (Outcome, Option<i32>) {

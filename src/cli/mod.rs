@@ -414,6 +414,7 @@ fn run_job(cli: &Cli, name: Option<&str>, file: Option<&Path>, req: Request) -> 
         // The shards of one job run at once: each has its own lock.
         job.lock = format!("{}#shard-{i}-of-{n}", job.lock);
     }
+    runner::replay_spool(&ctx, &|n| load_job(dir, n, &ctx.global).ok());
     Ok(runner::run(&ctx, &job, &req)?.exit_code())
 }
 

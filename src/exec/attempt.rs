@@ -113,6 +113,11 @@ impl<'a> Attempt<'a> {
         self.log.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Why the log stopped growing before its end (the free-space floor).
+    pub fn log_cut(&self) -> Option<String> {
+        self.lock_log().cut().map(str::to_string)
+    }
+
     /// A line of batchguard's own in the run's log.
     pub fn note(&self, text: &str) {
         self.lock_log().note(text);

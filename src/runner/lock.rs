@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::host;
 use crate::store::{AcquireMode, Holder, LockAttempt, LockRequest, RunRecord};
 use batchguard_supervise as supervise;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub enum Taken {
@@ -69,8 +69,8 @@ pub fn take(
 /// its processes survive, in which case the lock stays held.
 fn clean_stale(ctx: &Context, h: &Holder, grace: Duration, on_lost: &dyn Fn(&str)) -> Result<bool> {
     if host::same_machine(&ctx.me, &h.runner) {
-        let cgroup = h.cgroup.as_deref().map(Path::new);
-        let pgid = tree_group(h);
+        let (cgroup, pgid) = verified_tree(&h.run_id, h.cgroup.as_deref(), h.pgid);
+        let cgroup = cgroup.as_deref();
         if supervise::tree_alive(cgroup, pgid) {
             tracing::warn!(
                 run = %h.run_id, lock = %h.lock,
@@ -102,8 +102,8 @@ fn clean_stale(ctx: &Context, h: &Holder, grace: Duration, on_lost: &dyn Fn(&str
 fn stop_replaced(ctx: &Context, old: &Holder, grace: Duration) {
     let local = host::same_machine(&ctx.me, &old.runner);
     if local {
-        let cgroup = old.cgroup.as_deref().map(Path::new);
-        supervise::kill_leftovers(cgroup, tree_group(old), grace);
+        let (cgroup, pgid) = verified_tree(&old.run_id, old.cgroup.as_deref(), old.pgid);
+        supervise::kill_leftovers(cgroup.as_deref(), pgid, grace);
     }
     let bound = if local {
         grace + Duration::from_secs(5)
@@ -129,8 +129,52 @@ fn stop_replaced(ctx: &Context, old: &Holder, grace: Duration) {
     tracing::warn!(run = %old.run_id, "the replaced run did not record its end in time");
 }
 
-/// The holder's process group, when it is a real one (never 0 or 1, which
-/// `kill` would take as "my own group" or "everything").
-fn tree_group(h: &Holder) -> Option<i32> {
-    h.pgid.filter(|g| *g > 1)
+/// The process tree of run `run_id` as recorded (`cgroup`, `pgid`), only
+/// as far as it checks out on this host, since anything in the store may
+/// have been written by a job (SPEC §4): the cgroup must be the one
+/// batchguard plans for that run (named after it, under batchguard's own
+/// cgroup base, no links); the process group must be a real group (never 0
+/// or 1) whose leader carries `BATCHGUARD_RUN_ID=<run_id>` in its
+/// environment, which only the runner of that run sets.
+pub(crate) fn verified_tree(
+    run_id: &str,
+    cgroup: Option<&str>,
+    pgid: Option<i32>,
+) -> (Option<PathBuf>, Option<i32>) {
+    let cgroup = cgroup
+        .map(PathBuf::from)
+        .filter(|p| cgroup_of_run(run_id, p));
+    let pgid = pgid.filter(|&g| g > 1 && leader_is_of_run(run_id, g));
+    (cgroup, pgid)
+}
+
+fn cgroup_of_run(run_id: &str, path: &Path) -> bool {
+    let named = path.file_name().is_some_and(|n| n == run_id);
+    let planned = supervise::planned_cgroup(run_id, supervise::detect());
+    let placed = match &planned {
+        Some(planned) => planned.parent() == path.parent(),
+        None => path.starts_with("/sys/fs/cgroup"),
+    };
+    let no_links = std::fs::canonicalize(path).map_or(true, |c| c == path);
+    let ok = named && placed && no_links;
+    if !ok {
+        tracing::warn!(run = run_id, cgroup = %path.display(), "recorded cgroup is not this run's: left alone");
+    }
+    ok
+}
+
+fn leader_is_of_run(run_id: &str, pgid: i32) -> bool {
+    let Ok(environ) = std::fs::read(format!("/proc/{pgid}/environ")) else {
+        return false;
+    };
+    let want = format!("BATCHGUARD_RUN_ID={run_id}");
+    let ok = environ.split(|&b| b == 0).any(|kv| kv == want.as_bytes());
+    if !ok {
+        tracing::warn!(
+            run = run_id,
+            pgid,
+            "recorded process group is not this run's: left alone"
+        );
+    }
+    ok
 }

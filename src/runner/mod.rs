@@ -15,6 +15,7 @@
 
 mod lock;
 mod notice;
+mod spool;
 
 pub use notice::{notify_missed, notify_test};
 
@@ -160,6 +161,12 @@ fn replica_gate(job: &Job, p: &Prepared) -> Option<String> {
             "cannot check the replica lag ({e}); max_replica_lag is {limit} (G04)"
         )),
     }
+}
+
+/// Record the outcomes kept in the local spool (see [`spool`]); `run`
+/// calls it before taking its lock.
+pub fn replay_spool(ctx: &Context, find_job: &dyn Fn(&str) -> Option<Job>) -> usize {
+    spool::replay(ctx, find_job)
 }
 
 /// Run `job` under full supervision and record what happened.
@@ -312,31 +319,63 @@ impl Run<'_> {
         tail: Vec<String>,
         record_now: bool,
     ) -> Result<Report> {
-        let recorded = if record_now {
-            self.record_end(&record, &result, true)
-        } else {
-            true
-        };
-        if !record_now || !recorded {
+        let mut spooled = None;
+        if record_now && !self.record_end(&record, &result, true) {
+            spooled = self.spool(&record, &result, &tail);
+        } else if !record_now {
             self.release();
         }
-        if !result.outcome.is_success() {
+        if !result.outcome.is_success() || spooled.is_some() {
             report_failure(self.ctx, self.job, self.p, &record, &result, &tail);
         }
-        notice::run_ended(
-            self.ctx,
-            self.job,
-            self.p,
-            &record,
-            result.outcome,
-            &result.end,
-            &tail,
-            &result.items_failed,
-        );
+        match &spooled {
+            // The replay of the entry notifies, once the store works again.
+            Some(path) => eprintln!(
+                "batchguard: the end of run {} could not be recorded (the state store failed);                  kept in {} for the next batchguard invocation to record and notify",
+                record.id,
+                path.display()
+            ),
+            None => notice::run_ended(
+                self.ctx,
+                self.job,
+                self.p,
+                &record,
+                result.outcome,
+                &result.end,
+                &tail,
+                &result.items_failed,
+            ),
+        }
         Ok(Report {
             outcome: result.outcome,
             run_id: record.id,
         })
+    }
+
+    /// The store would not take the run's end: keep it in the local spool
+    /// (with the lock to release), so it is recorded and notified later.
+    fn spool(
+        &self,
+        record: &RunRecord,
+        result: &AttemptResult,
+        tail: &[String],
+    ) -> Option<std::path::PathBuf> {
+        let release =
+            (self.mode != AcquireMode::TokenOnly).then_some((self.job.lock.as_str(), self.fence));
+        let entry = spool::Entry::from_end(
+            &self.ctx.state_url,
+            &self.job.name,
+            &record.id,
+            release,
+            &result.end,
+            &result.items_failed,
+            tail,
+        );
+        let path = spool::write(&self.ctx.state_url, &entry);
+        if path.is_none() {
+            tracing::error!(run = %record.id, "the run's end could be neither recorded nor spooled");
+        }
+        path
     }
 
     /// A run that could not even attempt: record why and end it.
@@ -408,19 +447,26 @@ impl Run<'_> {
             self.ctx.me.host,
             self.ctx.me.pid
         ));
-        let mut result = self.body(&a).unwrap_or_else(|e| {
+        let result = self.body(&a).unwrap_or_else(|e| {
             a.note(&format!("batchguard failed inside the attempt: {e}"));
             internal_failure(self.p, &e)
         });
+        // The end is the job's: stamped before anything waits for the store.
+        let mut result = self.ended(result);
         // A run whose token moved on before it ended was fenced, whatever
         // its process tree did when it was stopped: its commits were
         // refused from that moment.
         match a.fence_moved() {
-            Ok(true) if result.outcome != Outcome::Fenced => result.outcome = Outcome::Fenced,
+            Ok(true) if result.outcome != Outcome::Fenced => {
+                result.outcome = Outcome::Fenced;
+                result.end.outcome = result.outcome.as_str().to_string();
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot check the fence at the end"),
         }
-        let result = self.ended(result);
+        if let Some(cut) = a.log_cut() {
+            result.end.error.get_or_insert(cut);
+        }
         a.note(&format!(
             "run {} ended: {} (exit code {}) after {}{}",
             record.id,
@@ -594,23 +640,35 @@ fn report_failure(
     eprint!("{}", p.redactor.redact(&msg));
 }
 
-/// Record as lost every running run whose runner is gone (same machine: its
-/// pid; elsewhere: its heartbeat is older than two leases), and notify it
-/// when its job's configuration is known (`find_job`). Locks are left alone:
-/// the next run that wants one cleans up leftovers first.
+/// Record as lost every running run whose runner is gone (same machine:
+/// its pid; elsewhere: its heartbeat is older than two leases), and notify
+/// it when its job's configuration is known (`find_job`). A lost run whose
+/// process tree still runs on this machine stays `running` until its
+/// job's `timeout` has passed; then its leftovers are stopped and it is
+/// recorded lost (SPEC §9). Locks are left alone: the next run that wants
+/// one cleans up first.
 pub fn reap_lost(ctx: &Context, find_job: &dyn Fn(&str) -> Option<Job>) -> Result<usize> {
+    // Outcomes kept in the spool are real ends, not losses: record them
+    // first.
+    spool::replay(ctx, find_job);
     let now = clock::now_ms();
     let lease_ms = ctx.global.lease.as_millis() as i64;
     let mut n = 0;
     for run in ctx.store.running_runs()? {
         let alive = host::runner_alive(&ctx.me, &run.runner, run.heartbeat_ms + 2 * lease_ms, now);
-        if !alive
-            && ctx
-                .store
-                .mark_lost(&run.id, &clock::rfc3339(now, &clock::zone(None)), now)?
+        if alive {
+            continue;
+        }
+        let job = find_job(&run.job);
+        if host::same_machine(&ctx.me, &run.runner) && !stop_orphans(&run, job.as_ref(), now) {
+            continue;
+        }
+        if ctx
+            .store
+            .mark_lost(&run.id, &clock::rfc3339(now, &clock::zone(None)), now)?
         {
             n += 1;
-            if let Some(job) = find_job(&run.job) {
+            if let Some(job) = job {
                 match prepare(&job, &Request::default()) {
                     Ok(p) => notice::lost(ctx, &job, &p, &run),
                     Err(e) => tracing::warn!(error = %e, "cannot notify lost run {}", run.id),
@@ -619,4 +677,24 @@ pub fn reap_lost(ctx: &Context, find_job: &dyn Fn(&str) -> Option<Job>) -> Resul
         }
     }
     Ok(n)
+}
+
+/// The orphaned tree of a lost run on this machine: `true` when it is gone
+/// (or was stopped now because the job's `timeout` has passed), `false`
+/// while it may still run.
+fn stop_orphans(run: &RunRecord, job: Option<&Job>, now_ms: i64) -> bool {
+    let (cgroup, pgid) = lock::verified_tree(&run.id, run.cgroup.as_deref(), run.pgid);
+    if !supervise::tree_alive(cgroup.as_deref(), pgid) {
+        return true;
+    }
+    let Some(timeout) = job.and_then(|j| j.timeout) else {
+        return false;
+    };
+    if now_ms < run.started_ms + timeout.as_millis() as i64 {
+        return false;
+    }
+    let grace = job.map_or(Duration::from_secs(10), |j| j.kill_grace);
+    tracing::warn!(run = %run.id, "the runner of run {} died and its timeout has passed: stopping what it left", run.id);
+    supervise::kill_leftovers(cgroup.as_deref(), pgid, grace);
+    !supervise::tree_alive(cgroup.as_deref(), pgid)
 }

@@ -98,7 +98,38 @@ fn publish_outside_a_run_is_a_usage_error() {
         .code(2);
 }
 
+/// Issue #12: a runner SIGKILLed under a `timeout = "3s"` job left the job
+/// running long past its timeout, while `status` and `watchdog` called it
+/// lost. Now the watchdog leaves it running until the timeout has passed,
+/// then stops the whole orphaned tree and records the run lost.
+#[test]
+fn watchdog_stops_a_lost_runs_leftovers_once_its_timeout_passed() {
+    let env = Env::new();
+    let (pidfile, _fast) =
+        killed_runner_setup_with(&env, "timeout = \"3s\"\nkill_grace = \"1s\"\n");
+    let t0 = std::time::Instant::now();
+    let job_pid = start_and_kill_runner(&env, &pidfile);
+    let setsid_pid = read_pid(&pidfile.with_extension("pid.setsid")).unwrap();
+    if t0.elapsed() < Duration::from_millis(2500) {
+        env.run(&["watchdog"]).code(0);
+        assert_eq!(env.last_run("orphaned")["outcome"], "running");
+        assert!(pid_alive(job_pid), "not stopped before its timeout");
+    }
+    wait_for("the timeout to pass", Duration::from_secs(10), || {
+        t0.elapsed() > Duration::from_millis(3500)
+    });
+    env.run(&["watchdog"]).code(0);
+    assert_eq!(env.last_run("orphaned")["outcome"], "lost");
+    wait_for("the orphans to go", Duration::from_secs(10), || {
+        !pid_alive(job_pid) && !pid_alive(setsid_pid)
+    });
+}
+
 fn killed_runner_setup(env: &Env) -> (std::path::PathBuf, std::path::PathBuf) {
+    killed_runner_setup_with(env, "")
+}
+
+fn killed_runner_setup_with(env: &Env, extra: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     let pidfile = env.path("job.pid");
     let fast = env.path("fast");
     let script = env.write(
@@ -124,7 +155,7 @@ sleep 300
     );
     env.job(
         "orphaned",
-        &format!("command = [\"sh\", \"{}\"]", script.display()),
+        &format!("command = [\"sh\", \"{}\"]\n{extra}", script.display()),
     );
     (pidfile, fast)
 }
@@ -161,24 +192,28 @@ fn sigkilled_runner_is_recorded_lost_and_never_overlaps() {
     assert!(env.log_of(&runs[0]).contains("clean start"));
 }
 
-#[test]
-fn status_records_lost_and_next_run_still_cleans_up() {
-    let env = Env::new();
-    let (pidfile, fast) = killed_runner_setup(&env);
-    let job_pid = start_and_kill_runner(&env, &pidfile);
-    // `status` notices the dead runner first.
+fn status_outcome(env: &Env, job: &str) -> serde_json::Value {
     let st = env.run(&["status", "--format", "json"]);
     st.code(0);
     let jobs = st.json();
-    let entry = jobs["jobs"]
+    jobs["jobs"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|j| j["job"] == "orphaned")
-        .unwrap()
-        .clone();
-    assert_eq!(entry["outcome"], "lost");
-    // The orphan is still there until a run needs the lock.
+        .find(|j| j["job"] == job)
+        .unwrap()["outcome"]
+        .clone()
+}
+
+/// A dead runner whose job (without a timeout) still runs: `status` says
+/// it is running (it is), and the next run that needs the lock stops the
+/// orphan and records the run lost.
+#[test]
+fn status_shows_an_orphan_running_and_next_run_cleans_up() {
+    let env = Env::new();
+    let (pidfile, fast) = killed_runner_setup(&env);
+    let job_pid = start_and_kill_runner(&env, &pidfile);
+    assert_eq!(status_outcome(&env, "orphaned"), "running");
     assert!(pid_alive(job_pid));
     std::fs::write(&fast, "").unwrap();
     env.run(&["run", "orphaned"]).code(0);
