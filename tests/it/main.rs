@@ -9,6 +9,7 @@ mod receiver;
 
 mod config_errors;
 mod failure_paths;
+mod faults;
 mod items;
 mod locking;
 mod notify;
