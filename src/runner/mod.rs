@@ -325,16 +325,9 @@ impl Run<'_> {
         } else if !record_now {
             self.release();
         }
-        if !result.outcome.is_success() || spooled.is_some() {
-            report_failure(self.ctx, self.job, self.p, &record, &result, &tail);
-        }
-        match &spooled {
+        let told = match &spooled {
             // The replay of the entry notifies, once the store works again.
-            Some(path) => eprintln!(
-                "batchguard: the end of run {} could not be recorded (the state store failed);                  kept in {} for the next batchguard invocation to record and notify",
-                record.id,
-                path.display()
-            ),
+            Some(_) => notice::Told::NotStored,
             None => notice::run_ended(
                 self.ctx,
                 self.job,
@@ -345,6 +338,18 @@ impl Run<'_> {
                 &tail,
                 &result.items_failed,
             ),
+        };
+        // Cron mails stderr: it follows the noise policy (SPEC §7).
+        if (!result.outcome.is_success() && told != notice::Told::Suppressed) || spooled.is_some() {
+            report_failure(self.ctx, self.job, self.p, &record, &result, &tail);
+        }
+        if let Some(path) = &spooled {
+            eprintln!(
+                "batchguard: the end of run {} could not be recorded (the state store failed); \
+                 kept in {} for the next batchguard invocation to record and notify",
+                record.id,
+                path.display()
+            );
         }
         Ok(Report {
             outcome: result.outcome,

@@ -129,7 +129,8 @@ pub(crate) fn payload(
 
 /// After a run's end is recorded: decide, store and deliver its
 /// notifications. Errors are logged, never returned: the job's result
-/// stands whatever the channels do.
+/// stands whatever the channels do. Says whether the noise policy told
+/// this run (so cron mail follows the same policy, SPEC §7).
 #[expect(clippy::too_many_arguments, reason = "a plain entry point")]
 pub(crate) fn run_ended(
     ctx: &Context,
@@ -140,7 +141,7 @@ pub(crate) fn run_ended(
     end: &RunEnd,
     tail: &[String],
     items_failed: &[String],
-) {
+) -> Told {
     let (event, bad) = event_of(outcome);
     let mut payload = payload(ctx, job, p, record, event, outcome, end, tail, items_failed);
     let now = clock::now_ms();
@@ -191,10 +192,17 @@ pub(crate) fn run_ended(
         Decision::Quiet => false,
     };
     stored += notify::enqueue(ctx.store.as_ref(), &ctx.global, job, &payload, wanted);
+    let told = match decision {
+        // Without a channel that carries messages, stderr is the report.
+        _ if !has_message_channel(ctx, job) => Told::Sent,
+        Decision::Suppress => Told::Suppressed,
+        _ if wanted && stored == 0 && has_message_channel(ctx, job) => Told::NotStored,
+        _ => Told::Sent,
+    };
     // Nothing new and nothing waiting (one cheap read): no flush at all, so
     // a quiet success costs no write transaction here.
     if stored == 0 && ctx.store.outbox_pending().unwrap_or(1) == 0 {
-        return;
+        return told;
     }
     let report = notify::flush(ctx.store.as_ref(), &ctx.global, notify::FLUSH_BUDGET, false);
     if report.failed > 0 {
@@ -204,6 +212,26 @@ pub(crate) fn run_ended(
             report.pending
         );
     }
+    told
+}
+
+/// What the noise policy did with a run's end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Told {
+    /// Sent (or nothing to send): the report on stderr says the same.
+    Sent,
+    /// Summarised into a later digest: stderr stays quiet too.
+    Suppressed,
+    /// The notification could not even be stored: stderr is all there is.
+    NotStored,
+}
+
+/// Does the job have a channel that carries messages (not only pings)?
+fn has_message_channel(ctx: &Context, job: &Job) -> bool {
+    job.notify
+        .channels
+        .iter()
+        .any(|name| !notify::is_ping(&ctx.global, name))
 }
 
 /// A run found lost (its runner died): counted as a bad run and notified
@@ -224,7 +252,7 @@ pub(crate) fn lost(ctx: &Context, job: &Job, p: &Prepared, run: &RunRecord) {
 /// The run is still going but has passed `expected_duration` (sent once
 /// per run, while it runs).
 pub(crate) fn overrun(ctx: &Context, job: &Job, p: &Prepared, run: &RunRecord, elapsed_ms: i64) {
-    if !notify::wanted(job, "overrun") {
+    if !notify::wanted(job, "overrun") || !overrun_news(ctx, job, run) {
         return;
     }
     let end = RunEnd::default();
@@ -252,6 +280,41 @@ pub(crate) fn overrun(ctx: &Context, job: &Job, p: &Prepared, run: &RunRecord, e
     );
     let _ = notify::enqueue(ctx.store.as_ref(), &ctx.global, job, &payload, true);
     notify::flush(ctx.store.as_ref(), &ctx.global, notify::FLUSH_BUDGET, false);
+}
+
+/// Repeated overruns are summarised like repeated failures (SPEC §7): an
+/// overrun is news when the job's previous run did not overrun, or when the
+/// last overrun told is older than `notify_digest`. The run told is kept in
+/// the job's noise state.
+fn overrun_news(ctx: &Context, job: &Job, run: &RunRecord) -> bool {
+    let store = ctx.store.as_ref();
+    let Ok(mut st) = store.notify_state(&job.name) else {
+        return true;
+    };
+    let expected = job
+        .expected_duration
+        .map_or(i64::MAX, |d| d.as_millis() as i64);
+    let previous_overran = store
+        .last_finished_run(&job.name)
+        .ok()
+        .flatten()
+        .is_some_and(|r| r.duration_ms.is_some_and(|d| d > expected));
+    let last_told_ms = st
+        .overrun_run
+        .as_deref()
+        .and_then(|id| store.get_run(id).ok().flatten())
+        .map(|r| r.started_ms);
+    let digest_ms = ctx.global.notify_digest.as_millis() as i64;
+    let news = !previous_overran || last_told_ms.is_none_or(|t| run.started_ms - t >= digest_ms);
+    if news {
+        st.overrun_run = Some(run.id.clone());
+        if let Err(e) = store.set_notify_state(&job.name, &st) {
+            tracing::warn!(error = %e, "cannot record the overrun in the noise state");
+        }
+    } else {
+        tracing::info!(job = %job.name, "overrun summarised: the previous run overran too");
+    }
+    news
 }
 
 /// Healthchecks-style `start` pings for the job's ping channels, sent

@@ -12,6 +12,7 @@ mod failure_paths;
 mod faults;
 mod items;
 mod locking;
+mod noise;
 mod notify;
 mod records;
 mod schedule;
