@@ -371,12 +371,22 @@ impl Cgroup {
         out
     }
 
+    /// v2 `cgroup.kill` (Linux 5.14+): the kernel SIGKILLs every process of the
+    /// cgroup and its sub-cgroups at once, including one forking right now.
+    /// False when the file does not exist (older kernel, v1) or cannot be written.
+    pub(crate) fn kill(&self) -> bool {
+        if self.kind != Kind::V2 {
+            return false;
+        }
+        let kill = self.path.join("cgroup.kill");
+        kill.exists() && write_file(&kill, "1").is_ok()
+    }
+
+    /// Send `sig` to every member; KILL goes through [`Cgroup::kill`] where
+    /// the kernel offers it (fallback: every pid in cgroup.procs, one by one).
     pub(crate) fn signal_all(&self, sig: Signal) {
-        if sig == Signal::SIGKILL && self.kind == Kind::V2 {
-            let kill = self.path.join("cgroup.kill");
-            if kill.exists() && write_file(&kill, "1").is_ok() {
-                return;
-            }
+        if sig == Signal::SIGKILL && self.kill() {
+            return;
         }
         for pid in self.live_pids() {
             sys::kill(pid, sig);

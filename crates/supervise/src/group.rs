@@ -148,15 +148,12 @@ impl GroupInner {
         match &self.cgroup {
             Some((c, _)) => c.signal_all(sig),
             None => {
-                for pid in self.member_trees() {
-                    sys::kill(pid, sig);
-                }
-                // Under the lock: a member leaves the list before its zombie (which
-                // keeps the process group id reserved) is reaped.
-                let m = self.members();
-                for &pgid in &m.pids {
-                    sys::killpg(pgid, sig);
-                }
+                // Each process once (see `tree::signal_once`): the member groups,
+                // then the rest of their trees. `killpg` under the lock: a member
+                // leaves the list before its zombie (which keeps the process
+                // group id reserved) is reaped, so no group id is recycled yet.
+                let reached = tree::killpg_each(&self.members().pids, sig);
+                tree::signal_outside(&reached, self.member_trees(), sig);
             }
         }
     }

@@ -346,6 +346,22 @@ pub enum StopReason {
     Requested,
 }
 
+impl StopReason {
+    /// The signal that starts a graceful stop: the runner's own TERM, INT, HUP
+    /// or QUIT is forwarded as itself (INT stays INT), anything else is TERM.
+    pub fn first_signal(self) -> Signal {
+        match self {
+            StopReason::Signal(s) => match Signal::try_from(s) {
+                Ok(sig @ (Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP | Signal::SIGQUIT)) => {
+                    sig
+                }
+                _ => Signal::SIGTERM,
+            },
+            StopReason::Fenced | StopReason::Requested => Signal::SIGTERM,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum End {
     Exited(i32),
@@ -1055,16 +1071,17 @@ impl Child {
         }
     }
 
+    /// Send `sig` once to every process of the tree (see [`tree::signal_once`]):
+    /// the process group first, then members outside it. KILL of an own v2
+    /// cgroup is one write to `cgroup.kill`. The main child's zombie keeps the
+    /// group id reserved until the reap, so `killpg` never hits a stranger.
     fn signal_tree(&mut self, sig: Signal, deep: bool) {
-        if let Some(c) = &self.cgroup {
-            c.signal_all(sig);
-        } else {
-            for pid in self.tree(deep) {
-                sys::kill(pid, sig);
-            }
+        if sig == Signal::SIGKILL && self.cgroup.as_ref().is_some_and(Cgroup::kill) {
+            sys::killpg(self.pid, sig);
+            return;
         }
-        // The main child's zombie keeps the group id reserved, so this is safe.
-        sys::killpg(self.pid, sig);
+        let pgid = self.pid;
+        tree::signal_once(&[pgid], || self.tree(deep), sig);
     }
 
     /// Periodic work: memory sampling, orphan reaping. Returns true if the poll-mode
@@ -1149,7 +1166,7 @@ impl Child {
             if running && cause.is_none() {
                 if let Some(r) = self.stop.reason() {
                     cause = Some(Cause::Stop(r));
-                    phase = self.begin_term(phase, now, grace);
+                    phase = self.begin_term(phase, now, grace, r.first_signal());
                 }
             }
             if self.stop.0.kill_now.load(Ordering::SeqCst) {
@@ -1158,7 +1175,7 @@ impl Child {
             // Deadline.
             if running && cause.is_none() && deadline.is_some_and(|d| now >= d) {
                 cause = Some(Cause::Timeout);
-                phase = self.begin_term(phase, now, grace);
+                phase = self.begin_term(phase, now, grace, Signal::SIGTERM);
             }
             // Sampling / housekeeping.
             if now >= next_tick {
@@ -1217,7 +1234,8 @@ impl Child {
                             leftovers = alive.len(),
                             "main process exited; terminating leftovers"
                         );
-                        phase = self.begin_term(phase, now, grace.min(LEFTOVER_GRACE));
+                        phase =
+                            self.begin_term(phase, now, grace.min(LEFTOVER_GRACE), Signal::SIGTERM);
                     }
                     if let Phase::Killing { since, .. } = phase {
                         if now.duration_since(since) > KILL_GIVE_UP {
@@ -1337,10 +1355,12 @@ impl Child {
         }
     }
 
-    fn begin_term(&mut self, phase: Phase, now: Instant, grace: Duration) -> Phase {
+    /// Start the graceful stop with `sig` (TERM, or the runner's own signal):
+    /// sent exactly once, never repeated during the grace.
+    fn begin_term(&mut self, phase: Phase, now: Instant, grace: Duration, sig: Signal) -> Phase {
         match phase {
             Phase::Running => {
-                self.signal_tree(Signal::SIGTERM, false);
+                self.signal_tree(sig, false);
                 // SIGCONT so that stopped members can act on TERM.
                 self.signal_tree(Signal::SIGCONT, false);
                 Phase::Terminating {
@@ -1437,18 +1457,14 @@ pub fn tree_alive(cgroup: Option<&Path>, pgid: Option<i32>) -> bool {
     !leftover_pids(cgroup, pgid).is_empty()
 }
 
+/// Send `sig` once to every process of a leftover tree (KILL: also `cgroup.kill`).
 fn signal_leftovers(cgroup: Option<&Path>, pgid: Option<i32>, sig: Signal) {
-    if let Some(path) = cgroup {
-        if path.is_dir() {
-            Cgroup::open(path).signal_all(sig);
+    if sig == Signal::SIGKILL {
+        if let Some(path) = cgroup.filter(|p| p.is_dir()) {
+            Cgroup::open(path).kill();
         }
     }
-    for pid in leftover_pids(cgroup, pgid) {
-        sys::kill(pid, sig);
-    }
-    if let Some(g) = pgid {
-        sys::killpg(g, sig);
-    }
+    tree::signal_once(pgid.as_slice(), || leftover_pids(cgroup, pgid), sig);
 }
 
 /// Kill a tree left by a previous runner: TERM, wait up to `grace`, KILL, wait until

@@ -588,3 +588,75 @@ fn handles_are_thread_safe() {
     send_sync::<sv::StopHandle>();
     send::<SpawnError>();
 }
+
+/// Lines of a trap log written by a test script (empty when it does not exist).
+fn trap_log(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// One `stop(Signal(sig))` reaches every process of the tree exactly once, as
+/// `sig` itself: the main shell (in the job's process group) and a setsid
+/// grandchild (in a process group of its own) each run their trap once.
+fn forwarded_once(sig: i32, mode: Enforcement) -> (Vec<String>, Vec<String>) {
+    let dir = tmpdir("fwd");
+    let (main_log, gc_log, ready) = (dir.join("main"), dir.join("gc"), dir.join("ready"));
+    let script = format!(
+        "setsid sh -c 'trap \"echo TERM >> {gc}\" TERM; trap \"echo INT >> {gc}\" INT; \
+           echo $$ > {gc}.pid; while :; do sleep 0.05; done' &
+         trap 'echo TERM >> {main}' TERM; trap 'echo INT >> {main}' INT
+         echo ready > {ready}
+         while :; do sleep 0.05; done",
+        gc = gc_log.display(),
+        main = main_log.display(),
+        ready = ready.display(),
+    );
+    let limits = Limits {
+        kill_grace: Duration::from_millis(1500),
+        ..Limits::default()
+    };
+    sv::become_subreaper();
+    let child = sv::spawn_with(with_cgroup(sh(&script), "fwd"), limits, mode).expect("spawn");
+    let gc = read_pid(&dir.join("gc.pid"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ready.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let handle = child.stop_handle();
+    handle.stop(StopReason::Signal(sig));
+    // A repeated stop (the runner stops every tree again) changes nothing.
+    handle.stop(StopReason::Signal(sig));
+    let out = child.wait(|_, _| {});
+    assert_eq!(
+        out.end,
+        End::Stopped(StopReason::Signal(sig)),
+        "mode {mode}"
+    );
+    assert!(
+        gone(gc),
+        "grandchild survived the KILL after the grace ({mode})"
+    );
+    let logs = (trap_log(&main_log), trap_log(&gc_log));
+    let _ = std::fs::remove_dir_all(&dir);
+    logs
+}
+
+#[test]
+fn stop_signal_reaches_the_tree_exactly_once() {
+    for mode in modes() {
+        let (main, gc) = forwarded_once(libc::SIGTERM, mode);
+        assert_eq!(main, ["TERM"], "main shell's TERM trap ({mode})");
+        assert_eq!(gc, ["TERM"], "setsid grandchild's TERM trap ({mode})");
+        // INT stays INT. (The grandchild was started with `&`, so a
+        // non-interactive shell ignores INT there; it only must not see TERM.)
+        let (main, gc) = forwarded_once(libc::SIGINT, mode);
+        assert_eq!(main, ["INT"], "main shell's INT trap ({mode})");
+        assert!(
+            !gc.contains(&"TERM".to_string()),
+            "grandchild got TERM ({mode})"
+        );
+    }
+}
