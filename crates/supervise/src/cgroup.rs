@@ -7,12 +7,30 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::{procfs, sys};
+use crate::{Enforcement, procfs, sys};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
     V2,
     V1,
+}
+
+impl Kind {
+    /// The cgroup kind a memory enforcement mode asks for.
+    pub(crate) fn of(mode: Enforcement) -> Option<Kind> {
+        match mode {
+            Enforcement::Cgroup2 => Some(Kind::V2),
+            Enforcement::Cgroup1 => Some(Kind::V1),
+            Enforcement::Poll | Enforcement::None => None,
+        }
+    }
+
+    pub(crate) fn enforcement(self) -> Enforcement {
+        match self {
+            Kind::V2 => Enforcement::Cgroup2,
+            Kind::V1 => Enforcement::Cgroup1,
+        }
+    }
 }
 
 /// A leaf cgroup owned by one run.

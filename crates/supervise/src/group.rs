@@ -314,11 +314,7 @@ impl Group {
         mode: Enforcement,
     ) -> Result<Group, SpawnError> {
         cgroup::check_name(name)?;
-        let kind = match mode {
-            Enforcement::Cgroup2 => Some(Kind::V2),
-            Enforcement::Cgroup1 => Some(Kind::V1),
-            _ => None,
-        };
+        let kind = Kind::of(mode);
         let mut cg = None;
         if let Some(kind) = kind {
             // No memory.oom.group: an OOM kills the largest process (as on v1), not
@@ -333,10 +329,7 @@ impl Group {
             }
         }
         let effective = match (&cg, mode) {
-            (Some((c, _)), _) => match c.kind {
-                Kind::V2 => Enforcement::Cgroup2,
-                Kind::V1 => Enforcement::Cgroup1,
-            },
+            (Some((c, _)), _) => c.kind.enforcement(),
             (None, Enforcement::None) => Enforcement::None,
             (None, _) => Enforcement::Poll,
         };

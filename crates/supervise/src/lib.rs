@@ -53,16 +53,13 @@
 //!   Short children stay cheap: no /proc scan unless they outlive the first tick or
 //!   an orphan was re-parented to us (`tree::only_main_children`).
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CString, OsString};
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, Command, Stdio};
+use std::process::ChildStdin;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -74,6 +71,7 @@ mod cgroup;
 mod group;
 mod output;
 pub mod procfs;
+mod spawn;
 mod sys;
 mod tree;
 
@@ -424,117 +422,6 @@ impl StopHandle {
 // ---------------------------------------------------------------------------
 // Spawning
 
-/// Look `program` up like execvp does, in the child's PATH.
-fn resolve(program: &OsStr, env: &[(OsString, OsString)]) -> Result<PathBuf, SpawnError> {
-    let name = program.to_string_lossy().into_owned();
-    if program.is_empty() {
-        return Err(SpawnError::NotFound { program: name });
-    }
-    if program.as_bytes().contains(&b'/') {
-        return Ok(PathBuf::from(program));
-    }
-    let path = env
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
-    let mut not_exec = false;
-    for dir in path.as_bytes().split(|&b| b == b':') {
-        let dir = if dir.is_empty() {
-            Path::new(".")
-        } else {
-            Path::new(OsStr::from_bytes(dir))
-        };
-        let candidate = dir.join(program);
-        if let Ok(meta) = std::fs::metadata(&candidate) {
-            if meta.is_file() {
-                if meta.permissions().mode() & 0o111 != 0 {
-                    return Ok(candidate);
-                }
-                not_exec = true;
-            }
-        }
-    }
-    if not_exec {
-        Err(SpawnError::NotExecutable { program: name })
-    } else {
-        Err(SpawnError::NotFound { program: name })
-    }
-}
-
-/// Steps of the child's setup between fork and exec, reported through a private pipe.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-enum Stage {
-    Cgroup = 1,
-    User = 2,
-    Workdir = 3,
-    DoneFd = 4,
-}
-
-/// Everything the child needs between fork and exec, prepared beforehand
-/// (no allocation is allowed after fork in a multi-threaded process).
-struct PreExec {
-    report_fd: RawFd,
-    cgroup_procs: Option<RawFd>,
-    user: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
-    cwd: Option<CString>,
-    done: Option<(RawFd, RawFd)>,
-}
-
-impl PreExec {
-    /// Runs in the child after fork. Only async-signal-safe calls.
-    fn run(&self) -> io::Result<()> {
-        let fail = |stage: Stage| -> io::Error {
-            let err = io::Error::last_os_error();
-            let byte = stage as u8;
-            // SAFETY: writes one byte from a live local to a descriptor kept open by the
-            // parent for the duration of the spawn; write(2) is async-signal-safe.
-            let _ = unsafe { libc::write(self.report_fd, (&byte as *const u8).cast(), 1) };
-            err
-        };
-        if let Some(fd) = self.cgroup_procs {
-            // SAFETY: writes a static one-byte buffer to an open descriptor.
-            if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
-                return Err(fail(Stage::Cgroup));
-            }
-        }
-        if let Some((uid, gid, groups)) = &self.user {
-            // SAFETY: `groups` is a live Vec of gid_t; its pointer and length match.
-            if unsafe { libc::setgroups(groups.len(), groups.as_ptr()) } != 0 {
-                return Err(fail(Stage::User));
-            }
-            // SAFETY: integer argument only.
-            if unsafe { libc::setgid(*gid) } != 0 {
-                return Err(fail(Stage::User));
-            }
-            // SAFETY: integer argument only.
-            if unsafe { libc::setuid(*uid) } != 0 {
-                return Err(fail(Stage::User));
-            }
-        }
-        if let Some(dir) = &self.cwd {
-            // SAFETY: `dir` is a live NUL-terminated C string.
-            if unsafe { libc::chdir(dir.as_ptr()) } != 0 {
-                return Err(fail(Stage::Workdir));
-            }
-        }
-        if let Some((write_end, target)) = self.done {
-            if write_end == target {
-                // SAFETY: clears FD_CLOEXEC on a descriptor we own; no pointers.
-                if unsafe { libc::fcntl(target, libc::F_SETFD, 0) } != 0 {
-                    return Err(fail(Stage::DoneFd));
-                }
-            // SAFETY: dup2 between two descriptors; the new one has no FD_CLOEXEC.
-            } else if unsafe { libc::dup2(write_end, target) } != target {
-                return Err(fail(Stage::DoneFd));
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Start `spec` under `limits`, with the enforcement [`detect`] reports.
 pub fn spawn(spec: Spec, limits: Limits) -> Result<Child, SpawnError> {
     spawn_with(spec, limits, detect())
@@ -552,106 +439,41 @@ pub fn spawn_with(spec: Spec, limits: Limits, mode: Enforcement) -> Result<Child
         )));
     };
     let program_name = argv0.to_string_lossy().into_owned();
-    let program = resolve(argv0, &spec.env)?;
-
-    let cwd = match &spec.cwd {
-        Some(dir) => {
-            match std::fs::metadata(dir) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => {
-                    return Err(SpawnError::Workdir {
-                        path: dir.clone(),
-                        source: io::Error::from_raw_os_error(libc::ENOTDIR),
-                    });
-                }
-                Err(e) => {
-                    return Err(SpawnError::Workdir {
-                        path: dir.clone(),
-                        source: e,
-                    });
-                }
-            }
-            Some(
-                CString::new(dir.as_os_str().as_bytes()).map_err(|_| SpawnError::Workdir {
-                    path: dir.clone(),
-                    source: io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"),
-                })?,
-            )
-        }
-        None => None,
-    };
-
-    if let Some(n) = spec.done_fd {
-        if !(3..=65535).contains(&n) {
-            return Err(SpawnError::Io(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("done_fd {n} must be between 3 and 65535"),
-            )));
-        }
-    }
-
-    // The cgroup, with fallback to polling.
-    let mut cg: Option<(Cgroup, File)> = None;
-    let kind = match mode {
-        Enforcement::Cgroup2 => Some(Kind::V2),
-        Enforcement::Cgroup1 => Some(Kind::V1),
-        _ => None,
-    };
-    let joined = match &spec.cgroup {
-        CgroupPlacement::Join(h) => {
-            if h.0.is_closed() {
-                return Err(group::closed_error(&h.0));
-            }
-            Some(h.0.clone())
-        }
-        _ => None,
-    };
+    let program = spawn::resolve(argv0, &spec.env)?;
+    let cwd = spawn::check_workdir(spec.cwd.as_deref())?;
+    spawn::check_done_fd(spec.done_fd)?;
+    let joined = joined_group(&spec.cgroup)?;
     let mut limits = limits;
     if joined.is_some() {
         // The group's limit bounds the child; it has none of its own.
         limits.memory_max = None;
     }
-    if let (Some(kind), CgroupPlacement::Create { name }) = (kind, &spec.cgroup) {
-        match Cgroup::create(kind, name, limits.memory_max, true) {
-            Ok(pair) => cg = Some(pair),
-            Err(e) => tracing::warn!(
-                path = %e.path.display(),
-                error = %e.source,
-                "cannot create a {mode} cgroup; tracking the process tree by polling instead"
-            ),
-        }
-    }
-    let effective = match (&cg, mode, &joined) {
-        (_, _, Some(g)) => g.mode(),
-        (Some((c, _)), _, _) => match c.kind {
-            Kind::V2 => Enforcement::Cgroup2,
-            Kind::V1 => Enforcement::Cgroup1,
-        },
-        (None, Enforcement::None, _) => Enforcement::None,
-        (None, _, _) => Enforcement::Poll,
+    let cg = own_cgroup(&spec.cgroup, limits.memory_max, mode);
+    let effective = match (&cg, &joined) {
+        (_, Some(g)) => g.mode(),
+        (Some((c, _)), None) => c.kind.enforcement(),
+        (None, None) if mode == Enforcement::None => Enforcement::None,
+        (None, None) => Enforcement::Poll,
     };
-    // Joined children: the group's OOM counters before this child started.
-    let oom_before = joined.as_ref().map_or(0, |g| g.oom_kills());
-    let breaches_before = joined.as_ref().map_or(0, |g| g.breaches());
     if limits.memory_max.is_some() && effective == Enforcement::None {
         tracing::warn!("memory_max set but memory enforcement is 'none': not enforced");
     }
-
+    // Joined children: the group's OOM counters before this child started.
+    let oom_before = joined.as_ref().map_or(0, |g| g.oom_kills());
+    let breaches_before = joined.as_ref().map_or(0, |g| g.breaches());
     let target = match &joined {
         Some(g) => g.join_target(),
         None => cg.as_ref().map(|(c, f)| (c, f)),
     };
-    // A joined child with nothing to do between fork and exec besides
-    // setpgid and chdir (no user, no done fd) is spawned without a pre-exec
-    // hook, so the C library can use vfork-style posix_spawn: no copy of the
-    // runner's page tables and no copy-on-write faults afterwards, which in
-    // per-item mode (thousands of short children) is most of the cost. The
-    // parent then moves the child into the group's cgroup right away, and
-    // then whatever it forked meanwhile (see `spawn_without_hook`).
-    let fast = joined.is_some() && spec.user.is_none() && spec.done_fd.is_none();
-    let result = spawn_process(&spec, &program, &program_name, cwd, target, fast);
-    let (mut std_child, done_reader) = match result {
-        Ok(v) => v,
+    let proc = match spawn::start(
+        &spec,
+        &program,
+        &program_name,
+        cwd,
+        target,
+        joined.is_some(),
+    ) {
+        Ok(p) => p,
         Err(e) => {
             if let Some((c, _)) = &cg {
                 let _ = c.remove();
@@ -659,78 +481,127 @@ pub fn spawn_with(spec: Spec, limits: Limits, mode: Enforcement) -> Result<Child
             return Err(e);
         }
     };
-    let cgroup = cg.map(|(c, _procs)| c);
-    let pid = std_child.id() as i32;
-    if let Some(g) = &joined {
-        g.add_member(pid);
-    }
-    let abort = |e: io::Error| abort_spawn(pid, cgroup.as_ref(), joined.as_deref(), e);
-
-    // From here on the child runs: build the supervision state without failing.
-    let wake = Arc::new(EventFd::new().map_err(abort)?);
-    let pidfd = match sys::pidfd_open(pid) {
-        Ok(fd) => Some(fd),
-        Err(e) => {
-            tracing::warn!(pid, error = %e, "pidfd_open failed; falling back to a 10 ms exit check");
-            None
-        }
-    };
-    let pipes: Vec<(Stream, OwnedFd)> = [
-        (Stream::Stdout, std_child.stdout.take().map(OwnedFd::from)),
-        (Stream::Stderr, std_child.stderr.take().map(OwnedFd::from)),
-    ]
-    .into_iter()
-    .filter_map(|(stream, fd)| Some((stream, fd?)))
-    .collect();
-    // Only the no-cgroup tracker looks for holders of the pipes.
-    let pipe_inodes: Vec<u64> = if cgroup.is_none() {
-        pipes
-            .iter()
-            .filter_map(|(_, fd)| sys::inode(fd.as_raw_fd()).ok())
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let output = Output::new(pipes).map_err(abort)?;
-
-    let stdin = std_child.stdin.take();
-    drop(std_child); // does not wait or kill; we own the pid from now on.
-
     let memory_enforcement = match &joined {
         Some(g) => g.enforcement(),
         None if limits.memory_max.is_some() => effective,
         None => Enforcement::None,
     };
-    let tracker = cgroup
-        .is_none()
-        .then(|| Tracker::new(pid, pid, pipe_inodes));
-    let stop = StopHandle(Arc::new(StopShared {
-        reason: Mutex::new(None),
-        kill_now: AtomicBool::new(false),
-        wake: wake.clone(),
-    }));
-    Ok(Child {
-        pid,
+    let plan = Supervision {
         started,
         limits,
         mode: effective,
         memory_enforcement,
-        cgroup,
-        stdin,
-        done_reader,
-        pidfd,
-        wake,
-        stop,
-        output,
-        tracker,
+        cgroup: cg.map(|(c, _procs)| c),
         group: joined,
         oom_before,
         breaches_before,
-        main_exited: false,
-        no_orphans_seen: false,
-        peak: None,
-        finished: false,
-    })
+    };
+    plan.attach(proc)
+}
+
+/// The group a [`CgroupPlacement::Join`] child joins (an error once it is closed).
+fn joined_group(placement: &CgroupPlacement) -> Result<Option<Arc<group::GroupInner>>, SpawnError> {
+    match placement {
+        CgroupPlacement::Join(h) if h.0.is_closed() => Err(group::closed_error(&h.0)),
+        CgroupPlacement::Join(h) => Ok(Some(h.0.clone())),
+        _ => Ok(None),
+    }
+}
+
+/// The child's own cgroup for [`CgroupPlacement::Create`] in a cgroup `mode`,
+/// with its `cgroup.procs` open; None (poll) when it cannot be created.
+fn own_cgroup(
+    placement: &CgroupPlacement,
+    memory_max: Option<u64>,
+    mode: Enforcement,
+) -> Option<(Cgroup, File)> {
+    let (Some(kind), CgroupPlacement::Create { name }) = (Kind::of(mode), placement) else {
+        return None;
+    };
+    match Cgroup::create(kind, name, memory_max, true) {
+        Ok(pair) => Some(pair),
+        Err(e) => {
+            tracing::warn!(
+                path = %e.path.display(),
+                error = %e.source,
+                "cannot create a {mode} cgroup; tracking the process tree by polling instead"
+            );
+            None
+        }
+    }
+}
+
+/// How a started child will be supervised: what [`spawn_with`] decided.
+struct Supervision {
+    started: Instant,
+    limits: Limits,
+    mode: Enforcement,
+    memory_enforcement: Enforcement,
+    cgroup: Option<Cgroup>,
+    group: Option<Arc<group::GroupInner>>,
+    oom_before: u64,
+    breaches_before: u64,
+}
+
+impl Supervision {
+    /// Build the [`Child`] around the running process `proc`. On failure the
+    /// child (already running) is killed and reaped, its cgroup removed.
+    fn attach(self, proc: spawn::Started) -> Result<Child, SpawnError> {
+        let pid = proc.pid;
+        if let Some(g) = &self.group {
+            g.add_member(pid);
+        }
+        let abort = |e: io::Error| abort_spawn(pid, self.cgroup.as_ref(), self.group.as_deref(), e);
+        let wake = Arc::new(EventFd::new().map_err(abort)?);
+        let pidfd = match sys::pidfd_open(pid) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                tracing::warn!(pid, error = %e, "pidfd_open failed; falling back to a 10 ms exit check");
+                None
+            }
+        };
+        let pipes: Vec<(Stream, OwnedFd)> =
+            [(Stream::Stdout, proc.stdout), (Stream::Stderr, proc.stderr)]
+                .into_iter()
+                .filter_map(|(stream, fd)| Some((stream, fd?)))
+                .collect();
+        // Only the no-cgroup tracker looks for holders of the pipes.
+        let tracker = self.cgroup.is_none().then(|| {
+            let inodes = pipes
+                .iter()
+                .filter_map(|(_, fd)| sys::inode(fd.as_raw_fd()).ok())
+                .collect();
+            Tracker::new(pid, pid, inodes)
+        });
+        let output = Output::new(pipes).map_err(abort)?;
+        let stop = StopHandle(Arc::new(StopShared {
+            reason: Mutex::new(None),
+            kill_now: AtomicBool::new(false),
+            wake: wake.clone(),
+        }));
+        Ok(Child {
+            pid,
+            started: self.started,
+            limits: self.limits,
+            mode: self.mode,
+            memory_enforcement: self.memory_enforcement,
+            cgroup: self.cgroup,
+            stdin: proc.stdin,
+            done_reader: proc.done_reader,
+            pidfd,
+            wake,
+            stop,
+            output,
+            tracker,
+            group: self.group,
+            oom_before: self.oom_before,
+            breaches_before: self.breaches_before,
+            main_exited: false,
+            no_orphans_seen: false,
+            peak: None,
+            finished: false,
+        })
+    }
 }
 
 /// Cleanup when the child is running but its supervision could not be set up.
@@ -755,215 +626,6 @@ fn abort_spawn(
         let _ = c.remove();
     }
     SpawnError::Io(e)
-}
-
-fn spawn_process(
-    spec: &Spec,
-    program: &Path,
-    program_name: &str,
-    cwd: Option<CString>,
-    cg: Option<(&Cgroup, &File)>,
-    fast: bool,
-) -> Result<(std::process::Child, Option<File>), SpawnError> {
-    if fast {
-        return spawn_without_hook(spec, program, program_name, cg);
-    }
-    let (report_r, report_w) = sys::pipe_cloexec()?;
-    let done_pipe = match spec.done_fd {
-        Some(_) => Some(sys::pipe_cloexec()?),
-        None => None,
-    };
-    let pre = PreExec {
-        report_fd: report_w.as_raw_fd(),
-        cgroup_procs: cg.map(|(_, f)| f.as_raw_fd()),
-        user: spec.user.as_ref().map(|u| (u.uid, u.gid, u.groups.clone())),
-        cwd,
-        done: match (&done_pipe, spec.done_fd) {
-            (Some((_, w)), Some(n)) => Some((w.as_raw_fd(), n)),
-            _ => None,
-        },
-    };
-
-    let mut cmd = base_command(spec, program);
-    // SAFETY: `PreExec::run` only performs async-signal-safe syscalls (write, setgroups,
-    // setgid, setuid, chdir, fcntl, dup2) on data prepared before the fork, and
-    // allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || pre.run());
-    }
-
-    let spawned = {
-        // Hold the registry while forking: the orphan reaper must not reap the new
-        // child (if it dies instantly) before it is registered, nor race std's own
-        // reaping of a child whose exec failed.
-        let mut reg = tree::registry();
-        // Occupy fd number `done_fd` during the fork so std's internal exec-error pipe
-        // cannot land on it (the child's dup2 would clobber it).
-        let _placeholder = match spec.done_fd {
-            Some(n) => sys::reserve_fd(n)?,
-            None => None,
-        };
-        let r = cmd.spawn();
-        if let Ok(child) = &r {
-            reg.insert(child.id() as i32);
-        }
-        r
-    };
-    drop(report_w);
-    match spawned {
-        Ok(child) => {
-            let reader = done_pipe.map(|(r, w)| {
-                drop(w);
-                File::from(r)
-            });
-            Ok((child, reader))
-        }
-        Err(e) => {
-            let mut stage = [0u8; 1];
-            let mut report = File::from(report_r);
-            let got = io::Read::read(&mut report, &mut stage).unwrap_or(0);
-            Err(classify(
-                e,
-                if got == 1 { Some(stage[0]) } else { None },
-                spec,
-                program_name,
-                cg.map(|(c, _)| c),
-            ))
-        }
-    }
-}
-
-/// `spawn_process` for a joined child that needs no pre-exec hook. The
-/// child is written into the group's `cgroup.procs` by the parent as soon as
-/// the spawn returns (after its exec). Processes it forked before that move
-/// completed (a cgroup v1 migration can take a while) are still outside: they
-/// are moved next, parents before their children, by following
-/// `/proc/PID/task/*/children` links (see `sweep_into_cgroup`). What remains
-/// is a descendant that was forked, exited and was reaped within those
-/// microseconds while its own children were re-parented to us: those stay
-/// outside the group's cgroup (still tracked as part of the child's tree by
-/// process group and ppid links).
-fn spawn_without_hook(
-    spec: &Spec,
-    program: &Path,
-    program_name: &str,
-    cg: Option<(&Cgroup, &File)>,
-) -> Result<(std::process::Child, Option<File>), SpawnError> {
-    let mut cmd = base_command(spec, program);
-    if let Some(dir) = &spec.cwd {
-        cmd.current_dir(dir);
-    }
-    let spawned = {
-        let mut reg = tree::registry();
-        let r = cmd.spawn();
-        if let Ok(child) = &r {
-            reg.insert(child.id() as i32);
-        }
-        r
-    };
-    match spawned {
-        Ok(child) => {
-            if let Some((c, mut procs)) = cg {
-                let pid = child.id().to_string();
-                match io::Write::write_all(&mut procs, pid.as_bytes()) {
-                    Ok(()) => sweep_into_cgroup(procs, child.id() as i32),
-                    Err(e) => tracing::warn!(
-                        path = %c.path.display(), pid = %pid, error = %e,
-                        "cannot move the child into the run's cgroup"
-                    ),
-                }
-            }
-            Ok((child, None))
-        }
-        Err(e) => Err(classify(e, None, spec, program_name, cg.map(|(c, _)| c))),
-    }
-}
-
-/// Move the descendants of `root` (already moved) into the cgroup of `procs`.
-/// Each process is moved before its children are listed, so whatever it forks
-/// later is born inside; a usual child has not forked yet and this costs one
-/// look at its (empty) children lists.
-fn sweep_into_cgroup(mut procs: &File, root: i32) {
-    let mut todo = vec![root];
-    let mut moved = 0usize;
-    while let Some(pid) = todo.pop() {
-        for kid in procfs::children_of(pid) {
-            // Bounded: a fork bomb is the cgroup's (pids / memory) problem.
-            if moved >= 4096 {
-                return;
-            }
-            moved += 1;
-            if io::Write::write_all(&mut procs, kid.to_string().as_bytes()).is_ok() {
-                todo.push(kid);
-            }
-        }
-    }
-}
-
-/// The command both spawn paths start from: argv exactly as given, the
-/// complete environment, piped output, its own process group.
-fn base_command(spec: &Spec, program: &Path) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.arg0(&spec.argv[0])
-        .args(&spec.argv[1..])
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(match spec.stdin {
-            StdinMode::Null => Stdio::null(),
-            StdinMode::Pipe => Stdio::piped(),
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    cmd
-}
-
-fn classify(
-    e: io::Error,
-    stage: Option<u8>,
-    spec: &Spec,
-    program: &str,
-    cg: Option<&Cgroup>,
-) -> SpawnError {
-    match stage {
-        Some(s) if s == Stage::Cgroup as u8 => SpawnError::Cgroup {
-            path: cg.map(|c| c.path.join("cgroup.procs")).unwrap_or_default(),
-            source: e,
-        },
-        Some(s) if s == Stage::User as u8 => SpawnError::User {
-            name: spec
-                .user
-                .as_ref()
-                .map(|u| u.name.clone())
-                .unwrap_or_default(),
-            reason: format!("cannot switch to it: {e}"),
-        },
-        Some(s) if s == Stage::Workdir as u8 => SpawnError::Workdir {
-            path: spec.cwd.clone().unwrap_or_default(),
-            source: e,
-        },
-        Some(_) => SpawnError::Io(io::Error::new(
-            e.kind(),
-            format!("cannot install done fd: {e}"),
-        )),
-        None => match e.raw_os_error() {
-            Some(libc::ENOENT) => SpawnError::NotFound {
-                program: program.to_string(),
-            },
-            Some(
-                libc::EACCES
-                | libc::ENOEXEC
-                | libc::EPERM
-                | libc::EISDIR
-                | libc::ETXTBSY
-                | libc::ELOOP
-                | libc::ENOTDIR,
-            ) => SpawnError::NotExecutable {
-                program: program.to_string(),
-            },
-            _ => SpawnError::Io(io::Error::new(e.kind(), format!("{program}: {e}"))),
-        },
-    }
 }
 
 // ---------------------------------------------------------------------------

@@ -263,3 +263,86 @@ pub(crate) fn set_child_subreaper() -> io::Result<()> {
     }
     Ok(())
 }
+
+/// `struct clone_args` of clone3(2), up to `cgroup` (CLONE_ARGS_SIZE_VER2).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `clone3(CLONE_INTO_CGROUP)`: fork into the cgroup v2 directory `cgroup_dir`.
+/// Returns the child's pid in the parent and 0 in the child.
+///
+/// # Safety
+/// Like `fork` in a multi-threaded process: the child has only the calling
+/// thread, and the C library does not know it was forked (no atfork handlers,
+/// stale thread list). The child must only make async-signal-safe raw calls,
+/// must not allocate or unwind, and must end in `execve` or `_exit`.
+pub(crate) unsafe fn clone3_into_cgroup(cgroup_dir: RawFd) -> io::Result<i32> {
+    let mut args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        ..CloneArgs::default()
+    };
+    args.cgroup = cgroup_dir as u64;
+    // SAFETY: `args` is a live, initialised clone_args of the size we pass; the
+    // caller upholds the fork-like contract for the child.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc as i32)
+}
+
+/// Whether a clone3 error means "not offered here" (old kernel: ENOSYS, no
+/// CLONE_INTO_CGROUP: EINVAL / E2BIG, a seccomp filter: EPERM / ENOSYS)
+/// rather than a real failure to start a process.
+pub(crate) fn clone3_unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSYS | libc::EINVAL | libc::E2BIG | libc::EPERM)
+    )
+}
+
+/// A duplicate of `fd` numbered at least `floor` (close-on-exec); `fd` is closed.
+pub(crate) fn dup_above(fd: OwnedFd, floor: RawFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() >= floor {
+        return Ok(fd);
+    }
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own; no pointers.
+    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fcntl just created this descriptor for us.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// An empty signal set (for the child's signal mask).
+pub(crate) fn empty_sigset() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain old data; sigemptyset initialises the live local.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        set
+    }
+}
