@@ -81,7 +81,7 @@ t0=$(date +%s)
 set +e
 timeout "$VM_TIMEOUT" qemu-system-x86_64 -accel tcg -m 1024 -smp 1 -nographic -no-reboot \
   -kernel "$kernel" -initrd "$work/initrd.gz" \
-  -append "console=ttyS0 panic=-1 quiet" </dev/null >"$console" 2>&1
+  -append "console=ttyS0 panic=-1 quiet loglevel=1" </dev/null >"$console" 2>&1
 qrc=$?
 set -e
 t1=$(date +%s)
@@ -91,7 +91,8 @@ tr -d '\r' < "$console" > "$console.txt"
 grep -E '^VMTEST (INFO|PASS|FAIL|TIME)' "$console.txt" || true
 expected=(oom-exit oom-outcome oom-cgroup2 oom-peak timeout-exit timeout-outcome
   timeout-grandchild-gone timeout-nothing-left forbid-one-runs forbid-recorded
-  nobody-oom nobody-cgroup2 no-cgroups-left)
+  nobody-oom nobody-cgroup2 no-cgroups-left delegated-oom delegated-cgroup2
+  delegated-below-own)
 for t in "${tests[@]}"; do expected+=("crate-tests-$(basename "$t" | sed 's/-[0-9a-f]*$//')"); done
 bad=0
 [ $qrc -eq 124 ] && { log "TIMEOUT after ${VM_TIMEOUT}s"; bad=1; }

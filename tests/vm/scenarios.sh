@@ -27,8 +27,8 @@ echo "VMTEST INFO kernel $(uname -r)"
 echo "VMTEST INFO controllers $(cat $CG/cgroup.controllers)"
 echo "VMTEST INFO features $(cat /sys/kernel/cgroup/features 2>/dev/null | tr '\n' ' ')"
 
-# A shell that grows a 200 MB string: far above a 64 MiB limit.
-HOG='["sh", "-c", "x=$(head -c 200000000 /dev/zero | tr \"\\000\" a); echo survived"]'
+# dd filling a 200 MB buffer: far above a 64 MiB limit.
+HOG='["sh", "-c", "dd if=/dev/zero of=/dev/null bs=200000000 count=1; echo survived"]'
 
 # 1. memory_max on cgroup v2: oom, enforcement cgroup2, a peak.
 job hog "command = $HOG
@@ -99,6 +99,23 @@ check nobody-cgroup2 "[ \"$(echo "$r" | field memory_enforcement)\" = cgroup2 ]"
 # 5. no run cgroup is left behind.
 left=$(find $CG/batchguard -mindepth 1 -type d 2>/dev/null)
 check no-cgroups-left "[ -d $CG/batchguard ] && [ -z \"$left\" ]" "left: ${left:-no $CG/batchguard at all}"
+
+# 6. a delegated subtree (systemd Delegate=yes, here by hand): a runner that
+# may not touch the root's cgroup.subtree_control (not root) creates its run
+# cgroups below its own cgroup, after moving the unit's processes into a leaf.
+mkdir -p $CG/unit /etc/bgd/jobs /srv/deleg/log
+chown -R nobody:nogroup $CG/unit /srv/deleg
+printf 'log_dir = "/srv/deleg/log"\n' > /etc/bgd/batchguard.toml
+cp /etc/bg/jobs/hog.toml /etc/bgd/jobs/hog.toml
+sh -c "echo \$\$ > $CG/unit/cgroup.procs; exec su -p -s /bin/sh nobody -c \
+  '/bin/batchguard --config-dir /etc/bgd --state sqlite:/srv/deleg/state.db run hog'" > /tmp/deleg.out 2>&1
+rc=$?
+r=$(su -p -s /bin/sh nobody -c '/bin/batchguard --config-dir /etc/bgd --state sqlite:/srv/deleg/state.db runs hog --limit 1 --format json' | tr -d '\n')
+echo "VMTEST INFO delegated rc=$rc $r"
+check delegated-oom "[ $rc = 137 ] && [ \"$(echo "$r" | field outcome)\" = oom ]" "exit $rc, outcome $(echo "$r" | field outcome): $(tail -n 5 /tmp/deleg.out)"
+check delegated-cgroup2 "[ \"$(echo "$r" | field memory_enforcement)\" = cgroup2 ]" "memory_enforcement $(echo "$r" | field memory_enforcement)"
+left=$(find $CG/unit/batchguard -mindepth 1 -type d 2>/dev/null)
+check delegated-below-own "[ -d $CG/unit/batchguard ] && [ -d $CG/unit/supervisor ] && [ -z \"$left\" ] && [ ! -d $CG/batchguard/hog ]" "unit: $(ls $CG/unit | tr '\n' ' '), left: $left"
 
 # 6. the supervise crate's test binaries, on cgroup v2.
 for t in /tests/*; do

@@ -3,6 +3,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -123,6 +124,115 @@ pub(crate) fn v2_root() -> Option<PathBuf> {
         .filter(|m| m.fstype == "cgroup2" && m.root == "/")
         .map(|m| m.point)
         .find(|p| has_word(&p.join("cgroup.controllers"), "memory"))
+}
+
+/// The base of the run cgroups on cgroup v2, once it was set up.
+static V2_BASE: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Where run cgroups are created on cgroup v2, set up on first use (then
+/// remembered for the life of the process):
+///
+/// 1. `ROOT/batchguard`, with `memory` (and `pids`) enabled in the root's
+///    and its own `cgroup.subtree_control`: a host without systemd, or root
+///    on a host whose manager tolerates a top-level cgroup.
+/// 2. Else (not writable, read-only, or the root is a cgroup namespace's
+///    root holding processes) below our own cgroup, `OWN/batchguard`, which
+///    only works where that subtree was delegated to us (systemd
+///    `Delegate=yes`, the memory controller listed in `OWN/cgroup.controllers`).
+///    cgroup v2 hands controllers down only from a cgroup without processes,
+///    so the processes of `OWN` (the runner itself and whatever else the
+///    unit runs) are moved into the leaf `OWN/supervisor` first.
+///
+/// An error means neither works; the caller falls back to polling.
+pub(crate) fn v2_base(root: &Path) -> Result<PathBuf, CgError> {
+    let mut cached = V2_BASE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(base) = cached.as_ref() {
+        return Ok(base.clone());
+    }
+    let base = match top_level_base(root) {
+        Ok(base) => base,
+        Err(top) => {
+            tracing::debug!(path = %top.path.display(), error = %top.source, "no top-level batchguard cgroup; trying our own (delegated) cgroup");
+            delegated_base(root).map_err(|own| {
+                tracing::debug!(path = %own.path.display(), error = %own.source, "no delegated cgroup subtree either");
+                top
+            })?
+        }
+    };
+    tracing::debug!(base = %base.display(), "run cgroups go here");
+    *cached = Some(base.clone());
+    Ok(base)
+}
+
+/// The planned base for `planned_cgroup`: the one set up, else set it up now.
+pub(crate) fn v2_base_planned() -> Option<PathBuf> {
+    v2_base(&v2_root()?).ok()
+}
+
+fn top_level_base(root: &Path) -> Result<PathBuf, CgError> {
+    enable_v2(root, "memory", &["pids"])?;
+    let base = root.join("batchguard");
+    mkdir_if_missing(&base)?;
+    enable_v2(&base, "memory", &["pids"])?;
+    // Made by root earlier: only usable if we may create run cgroups in it.
+    nix::unistd::access(&base, nix::unistd::AccessFlags::W_OK)
+        .map_err(|e| err(&base, io::Error::from_raw_os_error(e as i32)))?;
+    Ok(base)
+}
+
+/// Our own cgroup v2 directory (the `0::PATH` line of /proc/self/cgroup).
+fn own_v2(root: &Path) -> Option<PathBuf> {
+    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(root.join(rel.trim().trim_start_matches('/')))
+}
+
+fn delegated_base(root: &Path) -> Result<PathBuf, CgError> {
+    let own = own_v2(root).ok_or_else(|| {
+        err(
+            Path::new("/proc/self/cgroup"),
+            io::Error::other("no cgroup v2 entry"),
+        )
+    })?;
+    // Already moved into our leaf by an earlier call: the unit's cgroup is above it.
+    let own = match own.file_name() {
+        Some(n) if n == "supervisor" => own.parent().map(Path::to_path_buf).unwrap_or(own),
+        _ => own,
+    };
+    if own == root {
+        return Err(err(&own, io::Error::other("our own cgroup is the root")));
+    }
+    if !has_word(&own.join("cgroup.controllers"), "memory") {
+        return Err(err(
+            &own,
+            io::Error::other(
+                "the memory controller is not delegated to our cgroup (systemd: Delegate=yes)",
+            ),
+        ));
+    }
+    if let Err(e) = enable_v2(&own, "memory", &["pids"]) {
+        if e.source.raw_os_error() != Some(libc::EBUSY) {
+            return Err(e);
+        }
+        // "No internal processes": move the unit's processes into a leaf.
+        let leaf = own.join("supervisor");
+        mkdir_if_missing(&leaf)?;
+        for _ in 0..3 {
+            let pids = fs::read_to_string(own.join("cgroup.procs")).map_err(|e| err(&own, e))?;
+            for pid in pids.split_whitespace() {
+                // A process that exited meanwhile (ESRCH) is fine.
+                let _ = write_file(&leaf.join("cgroup.procs"), pid);
+            }
+            if enable_v2(&own, "memory", &["pids"]).is_ok() {
+                break;
+            }
+        }
+        enable_v2(&own, "memory", &["pids"])?;
+    }
+    let base = own.join("batchguard");
+    mkdir_if_missing(&base)?;
+    enable_v2(&base, "memory", &["pids"])?;
+    Ok(base)
 }
 
 /// Our own cgroup directory in the v1 memory hierarchy.
@@ -277,11 +387,7 @@ impl Cgroup {
                     )
                 })?;
                 check_name(name).map_err(|e| err(&root, e))?;
-                enable_v2(&root, "memory", &["pids"])?;
-                let base = root.join("batchguard");
-                mkdir_if_missing(&base)?;
-                enable_v2(&base, "memory", &["pids"])?;
-                let leaf = base.join(name);
+                let leaf = v2_base(&root)?.join(name);
                 mkdir_fresh(&leaf)?;
                 Cgroup { kind, path: leaf }
             }

@@ -241,12 +241,14 @@ impl FromStr for Enforcement {
 }
 
 /// Where a cgroup named `name` (`CgroupPlacement::Create` or
-/// [`Group::create`]) is placed in `mode`, computed without creating
-/// anything. A runner records it before spawning, so that whoever cleans up
-/// after a runner killed right after the spawn still finds the whole tree.
+/// [`Group::create`]) is placed in `mode`, without creating it (on cgroup v2
+/// the base below which it goes is set up on first use, see
+/// docs/supervision.md). A runner records it before spawning, so that whoever
+/// cleans up after a runner killed right after the spawn still finds the
+/// whole tree. None where no cgroup can be created (poll).
 pub fn planned_cgroup(name: &str, mode: Enforcement) -> Option<PathBuf> {
     match mode {
-        Enforcement::Cgroup2 => cgroup::v2_root().map(|r| r.join("batchguard").join(name)),
+        Enforcement::Cgroup2 => cgroup::v2_base_planned().map(|b| b.join(name)),
         Enforcement::Cgroup1 => cgroup::v1_own().map(|o| o.join("batchguard").join(name)),
         Enforcement::Poll | Enforcement::None => None,
     }
@@ -639,6 +641,49 @@ enum Cause {
     Stop(StopReason),
 }
 
+/// The state of one [`Child::wait`] loop.
+struct WaitState {
+    grace: Duration,
+    deadline: Option<Instant>,
+    /// The main child's exit status, once it exited (not reaped yet).
+    status: Option<RawStatus>,
+    cause: Option<Cause>,
+    phase: Phase,
+    next_tick: Instant,
+    drain_deadline: Option<Instant>,
+    /// Set once the known tree was gone but the pipes were still open: from then on
+    /// also look for processes holding our pipes (no-cgroup mode only).
+    deep: bool,
+    deep_at: Option<Instant>,
+}
+
+impl WaitState {
+    fn new(limits: &Limits, started: Instant) -> WaitState {
+        WaitState {
+            grace: limits.kill_grace,
+            deadline: limits.timeout.map(|t| started + t),
+            status: None,
+            cause: None,
+            phase: Phase::Running,
+            // The first sample after FIRST_TICK: a short job never pays for a
+            // scan of the process table.
+            next_tick: Instant::now() + FIRST_TICK,
+            drain_deadline: None,
+            deep: false,
+            deep_at: None,
+        }
+    }
+}
+
+/// What `Child::after_exit` found.
+enum AfterExit {
+    /// Tree gone and output drained (or given up): conclude.
+    Done,
+    /// Look again at once (the deep search was just switched on).
+    LookAgain,
+    Wait,
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Phase {
     Running,
@@ -792,182 +837,184 @@ impl Child {
     /// output pipes reached EOF (or the tree was killed). `on_line` is called on this
     /// thread for every line of output, in arrival order.
     pub fn wait(mut self, mut on_line: impl FnMut(Stream, &[u8])) -> Outcome {
-        let grace = self.limits.kill_grace;
-        let deadline = self.limits.timeout.map(|t| self.started + t);
-        let mut status: Option<RawStatus> = None;
-        let mut cause: Option<Cause> = None;
-        let mut phase = Phase::Running;
-        // The first sample after FIRST_TICK: a short job never pays for a
-        // scan of the process table.
-        let mut next_tick = Instant::now() + FIRST_TICK;
-        let mut drain_deadline: Option<Instant> = None;
-        // Set once the known tree was gone but the pipes were still open: from then on
-        // also look for processes holding our pipes (no-cgroup mode only).
-        let mut deep = false;
-        let mut deep_at: Option<Instant> = None;
-
+        let mut w = WaitState::new(&self.limits, self.started);
         loop {
             self.wake.drain();
-            if status.is_none() {
-                match sys::peek_exit(self.pid) {
-                    Ok(s) => status = s,
-                    Err(e) => {
-                        tracing::error!(pid = self.pid, error = %e, "waitid failed");
-                        status = Some(RawStatus::Signaled(0));
-                    }
-                }
-            }
+            self.check_exit(&mut w);
             // After the exit check: a main child that exited has closed its end of
             // the pipes, so a lone child's EOF is seen in this very pass.
             self.output.pump(&mut on_line);
             let now = Instant::now();
-            let running = status.is_none();
-            self.main_exited = !running;
+            self.main_exited = w.status.is_some();
+            self.act(&mut w, now);
+            if w.status.is_some() {
+                match self.after_exit(&mut w, now) {
+                    AfterExit::Done => break,
+                    AfterExit::LookAgain => continue,
+                    AfterExit::Wait => {}
+                }
+            }
+            self.sleep(&w, now);
+        }
+        self.conclude(w, &mut on_line)
+    }
 
-            // Requests from outside.
-            if running && cause.is_none() {
-                if let Some(r) = self.stop.reason() {
-                    cause = Some(Cause::Stop(r));
-                    phase = self.begin_term(phase, now, grace, r.first_signal());
+    /// Has the main child exited? (`waitid(WNOWAIT)`: its zombie stays.)
+    fn check_exit(&mut self, w: &mut WaitState) {
+        if w.status.is_none() {
+            match sys::peek_exit(self.pid) {
+                Ok(s) => w.status = s,
+                Err(e) => {
+                    tracing::error!(pid = self.pid, error = %e, "waitid failed");
+                    w.status = Some(RawStatus::Signaled(0));
                 }
-            }
-            if self.stop.0.kill_now.load(Ordering::SeqCst) {
-                phase = self.begin_kill(phase, now);
-            }
-            // Deadline.
-            if running && cause.is_none() && deadline.is_some_and(|d| now >= d) {
-                cause = Some(Cause::Timeout);
-                phase = self.begin_term(phase, now, grace, Signal::SIGTERM);
-            }
-            // Sampling / housekeeping.
-            if now >= next_tick {
-                let over = self.tick();
-                if over && running && cause.is_none() {
-                    tracing::info!(pid = self.pid, "memory limit exceeded; killing the tree");
-                    cause = Some(Cause::Memory);
-                    phase = self.begin_kill(phase, now);
-                }
-                next_tick = now + self.tick_period();
-            }
-            // Escalation.
-            match phase {
-                Phase::Terminating { kill_at } if now >= kill_at => {
-                    phase = self.begin_kill(phase, now)
-                }
-                Phase::Killing { since, next } if now >= next => {
-                    self.signal_tree(Signal::SIGKILL, deep);
-                    phase = Phase::Killing {
-                        since,
-                        next: now + TEARDOWN_TICK,
-                    };
-                }
-                _ => {}
-            }
-
-            // After the main child exited: make sure the rest of the tree goes too.
-            if status.is_some() {
-                let alive = self.tree(deep && !self.output.all_closed());
-                if alive.is_empty() {
-                    if self.output.all_closed() {
-                        break;
-                    }
-                    if !deep && self.cgroup.is_none() {
-                        // Usually EOF is only microseconds behind the exit: give it a
-                        // moment before the expensive search for pipe holders.
-                        let at = *deep_at.get_or_insert(now + EOF_LAG);
-                        if now >= at {
-                            deep = true;
-                            continue;
-                        }
-                    }
-                    let d = *drain_deadline.get_or_insert(now + DRAIN_GRACE);
-                    if now >= d {
-                        tracing::warn!(
-                            pid = self.pid,
-                            "output pipes still open after the tree ended; not waiting for EOF"
-                        );
-                        break;
-                    }
-                } else {
-                    drain_deadline = None;
-                    if matches!(phase, Phase::Running) {
-                        tracing::debug!(
-                            pid = self.pid,
-                            leftovers = alive.len(),
-                            "main process exited; terminating leftovers"
-                        );
-                        phase =
-                            self.begin_term(phase, now, grace.min(LEFTOVER_GRACE), Signal::SIGTERM);
-                    }
-                    if let Phase::Killing { since, .. } = phase {
-                        if now.duration_since(since) > KILL_GIVE_UP {
-                            tracing::warn!(pid = self.pid, leftovers = ?alive, "processes survive SIGKILL; giving up");
-                            break;
-                        }
-                    }
-                }
-            }
-
-            // Sleep until something happens or the next deadline.
-            let mut wake_at = next_tick;
-            let mut consider = |t: Instant| {
-                if t < wake_at {
-                    wake_at = t;
-                }
-            };
-            if running && cause.is_none() {
-                if let Some(d) = deadline {
-                    consider(d);
-                }
-            }
-            match phase {
-                Phase::Running => {}
-                Phase::Terminating { kill_at } => {
-                    consider(kill_at);
-                    consider(now + TEARDOWN_TICK);
-                }
-                Phase::Killing { next, .. } => consider(next),
-            }
-            if !running {
-                consider(now + TEARDOWN_TICK);
-            }
-            if let Some(d) = drain_deadline {
-                consider(d);
-            }
-            if let (Some(d), false) = (deep_at, deep) {
-                consider(d);
-            }
-            if running && self.pidfd.is_none() {
-                consider(now + Duration::from_millis(10));
-            }
-            // The wake-up eventfd, the pidfd, the open output pipes (-1: unused).
-            let mut set = [sys::pollfd(-1); 4];
-            set[0] = sys::pollfd(self.wake.raw());
-            if running {
-                if let Some(fd) = &self.pidfd {
-                    set[1] = sys::pollfd(fd.as_raw_fd());
-                }
-            }
-            for (slot, fd) in set[2..].iter_mut().zip(self.output.pollfds()) {
-                *slot = fd;
-            }
-            if let Err(e) = sys::poll(
-                &mut set,
-                Some(wake_at.saturating_duration_since(Instant::now())),
-            ) {
-                tracing::error!(error = %e, "poll failed");
-                std::thread::sleep(Duration::from_millis(10));
             }
         }
+    }
 
-        // The tree is gone: collect the verdict, reap, clean up.
+    /// Requests from outside, the deadline, sampling and escalation.
+    fn act(&mut self, w: &mut WaitState, now: Instant) {
+        let running = w.status.is_none();
+        if running && w.cause.is_none() {
+            if let Some(r) = self.stop.reason() {
+                w.cause = Some(Cause::Stop(r));
+                w.phase = self.begin_term(w.phase, now, w.grace, r.first_signal());
+            }
+        }
+        if self.stop.0.kill_now.load(Ordering::SeqCst) {
+            w.phase = self.begin_kill(w.phase, now);
+        }
+        if running && w.cause.is_none() && w.deadline.is_some_and(|d| now >= d) {
+            w.cause = Some(Cause::Timeout);
+            w.phase = self.begin_term(w.phase, now, w.grace, Signal::SIGTERM);
+        }
+        if now >= w.next_tick {
+            let over = self.tick();
+            if over && running && w.cause.is_none() {
+                tracing::info!(pid = self.pid, "memory limit exceeded; killing the tree");
+                w.cause = Some(Cause::Memory);
+                w.phase = self.begin_kill(w.phase, now);
+            }
+            w.next_tick = now + self.tick_period();
+        }
+        match w.phase {
+            Phase::Terminating { kill_at } if now >= kill_at => {
+                w.phase = self.begin_kill(w.phase, now)
+            }
+            Phase::Killing { since, next } if now >= next => {
+                self.signal_tree(Signal::SIGKILL, w.deep);
+                w.phase = Phase::Killing {
+                    since,
+                    next: now + TEARDOWN_TICK,
+                };
+            }
+            _ => {}
+        }
+    }
+
+    /// After the main child exited: make sure the rest of the tree goes too,
+    /// and decide when the output is drained.
+    fn after_exit(&mut self, w: &mut WaitState, now: Instant) -> AfterExit {
+        let alive = self.tree(w.deep && !self.output.all_closed());
+        if !alive.is_empty() {
+            w.drain_deadline = None;
+            if matches!(w.phase, Phase::Running) {
+                tracing::debug!(
+                    pid = self.pid,
+                    leftovers = alive.len(),
+                    "main process exited; terminating leftovers"
+                );
+                let grace = w.grace.min(LEFTOVER_GRACE);
+                w.phase = self.begin_term(w.phase, now, grace, Signal::SIGTERM);
+            }
+            if let Phase::Killing { since, .. } = w.phase {
+                if now.duration_since(since) > KILL_GIVE_UP {
+                    tracing::warn!(pid = self.pid, leftovers = ?alive, "processes survive SIGKILL; giving up");
+                    return AfterExit::Done;
+                }
+            }
+            return AfterExit::Wait;
+        }
+        if self.output.all_closed() {
+            return AfterExit::Done;
+        }
+        if !w.deep && self.cgroup.is_none() {
+            // Usually EOF is only microseconds behind the exit: give it a
+            // moment before the expensive search for pipe holders.
+            let at = *w.deep_at.get_or_insert(now + EOF_LAG);
+            if now >= at {
+                w.deep = true;
+                return AfterExit::LookAgain;
+            }
+        }
+        let d = *w.drain_deadline.get_or_insert(now + DRAIN_GRACE);
+        if now >= d {
+            tracing::warn!(
+                pid = self.pid,
+                "output pipes still open after the tree ended; not waiting for EOF"
+            );
+            return AfterExit::Done;
+        }
+        AfterExit::Wait
+    }
+
+    /// Sleep until something happens (exit, output, a stop request) or the next deadline.
+    fn sleep(&self, w: &WaitState, now: Instant) {
+        let running = w.status.is_none();
+        let mut wake_at = w.next_tick;
+        let mut consider = |t: Instant| wake_at = wake_at.min(t);
+        if running && w.cause.is_none() {
+            if let Some(d) = w.deadline {
+                consider(d);
+            }
+        }
+        match w.phase {
+            Phase::Running => {}
+            Phase::Terminating { kill_at } => {
+                consider(kill_at);
+                consider(now + TEARDOWN_TICK);
+            }
+            Phase::Killing { next, .. } => consider(next),
+        }
+        if !running {
+            consider(now + TEARDOWN_TICK);
+        }
+        if let Some(d) = w.drain_deadline {
+            consider(d);
+        }
+        if let (Some(d), false) = (w.deep_at, w.deep) {
+            consider(d);
+        }
+        if running && self.pidfd.is_none() {
+            consider(now + Duration::from_millis(10));
+        }
+        // The wake-up eventfd, the pidfd, the open output pipes (-1: unused).
+        let mut set = [sys::pollfd(-1); 4];
+        set[0] = sys::pollfd(self.wake.raw());
+        if let (true, Some(fd)) = (running, &self.pidfd) {
+            set[1] = sys::pollfd(fd.as_raw_fd());
+        }
+        for (slot, fd) in set[2..].iter_mut().zip(self.output.pollfds()) {
+            *slot = fd;
+        }
+        if let Err(e) = sys::poll(
+            &mut set,
+            Some(wake_at.saturating_duration_since(Instant::now())),
+        ) {
+            tracing::error!(error = %e, "poll failed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The tree is gone: collect the verdict, reap, clean up.
+    fn conclude(mut self, w: WaitState, on_line: &mut impl FnMut(Stream, &[u8])) -> Outcome {
         if let Some(g) = &self.group {
             // Before the reap: the zombie still reserves the process group id.
             g.remove_member(self.pid);
         }
         let final_status = match sys::reap_blocking(self.pid) {
             Ok(Some(s)) => Some(s),
-            _ => status,
+            _ => w.status,
         };
         tree::registry().remove(&self.pid);
         let mut oom_kills = 0;
@@ -977,7 +1024,7 @@ impl Child {
                 self.peak = Some(self.peak.unwrap_or(0).max(p));
             }
         }
-        self.output.finish(&mut on_line);
+        self.output.finish(on_line);
         if let Some(c) = &self.cgroup {
             if let Err(e) = c.remove() {
                 tracing::warn!(path = %c.path.display(), error = %e, "cannot remove cgroup");
@@ -987,12 +1034,11 @@ impl Child {
             tree::reap_orphans();
         }
         self.finished = true;
-
         let group_oom = self
             .group
             .as_ref()
             .is_some_and(|g| joined_oom(g, self.oom_before, self.breaches_before, final_status));
-        let end = match cause {
+        let end = match w.cause {
             Some(Cause::Timeout) => End::TimedOut,
             Some(Cause::Memory) => End::OutOfMemory,
             Some(Cause::Stop(r)) => End::Stopped(r),
@@ -1004,14 +1050,9 @@ impl Child {
                 None => End::Signaled(0),
             },
         };
-        let peak_memory_bytes = if self.mode == Enforcement::None {
-            None
-        } else {
-            self.peak
-        };
         Outcome {
             end,
-            peak_memory_bytes,
+            peak_memory_bytes: self.peak.filter(|_| self.mode != Enforcement::None),
             enforcement: self.memory_enforcement,
             duration: self.started.elapsed(),
         }

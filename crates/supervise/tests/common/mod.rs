@@ -89,12 +89,15 @@ pub fn read_pid(path: &Path) -> i32 {
 }
 
 /// python3 allocating 300 MiB, then sleeping; where there is no python3 (the
-/// cgroup v2 test VM: busybox only) a shell growing a 300 MiB string.
+/// cgroup v2 test VM: busybox only) dd holding a 300 MiB buffer.
 pub fn python_hog() -> Spec {
     let has_python = std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("python3").is_file()));
     if !has_python {
-        return sh("x=$(head -c 314572800 /dev/zero | tr '\\000' a); echo allocated; sleep 30");
+        // dd (the main process, as python3 is) fills a 300 MiB buffer, then
+        // blocks writing it to a fifo nobody reads.
+        return sh("f=/tmp/hog.$$; mkfifo $f; (sleep 30 < $f; rm -f $f) & \
+                   exec dd if=/dev/zero bs=314572800 count=1 of=$f 2>/dev/null");
     }
     spec(&[
         "python3",
