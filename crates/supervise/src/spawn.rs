@@ -635,3 +635,38 @@ fn spawn_clone3(
         s => classify(e, Some(s), spec, program_name, Some(cg)),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CgroupPlacement, Enforcement, Limits};
+
+    /// On a cgroup v2 host (the test VM) the child is started with
+    /// clone3(CLONE_INTO_CGROUP) and its very first look finds it in its leaf.
+    #[test]
+    fn cgroup2_child_is_born_in_its_cgroup() {
+        if crate::detect_host() != Enforcement::Cgroup2 {
+            eprintln!("not a cgroup v2 host; skipped");
+            return;
+        }
+        let name = format!("clone3-{}", std::process::id());
+        let spec = Spec {
+            argv: ["cat", "/proc/self/cgroup"].map(OsString::from).to_vec(),
+            env: std::env::vars_os().collect(),
+            cgroup: CgroupPlacement::Create { name: name.clone() },
+            ..Spec::default()
+        };
+        let child =
+            crate::spawn_with(spec, Limits::default(), Enforcement::Cgroup2).expect("spawn");
+        let mut out = Vec::new();
+        child.wait(|_, l| out.push(String::from_utf8_lossy(l).into_owned()));
+        assert!(
+            !NO_CLONE3.load(Ordering::Relaxed),
+            "clone3(CLONE_INTO_CGROUP) was not used"
+        );
+        assert!(
+            out.iter().any(|l| l.ends_with(&format!("/{name}"))),
+            "{out:?}"
+        );
+    }
+}
