@@ -560,22 +560,7 @@ fn spawn_clone3(
             _ => None,
         },
     };
-    let argv_c = spec
-        .argv
-        .iter()
-        .map(|a| cstring(a.as_bytes()))
-        .collect::<io::Result<Vec<_>>>()?;
-    let envp_c = spec
-        .env
-        .iter()
-        .map(|(k, v)| cstring(&[k.as_bytes(), b"=", v.as_bytes()].concat()))
-        .collect::<io::Result<Vec<_>>>()?;
-    let nul_terminated = |v: &[CString]| {
-        v.iter()
-            .map(|c| c.as_ptr())
-            .chain([std::ptr::null()])
-            .collect()
-    };
+    let (argv_c, envp_c) = exec_strings(spec)?;
     let child = Clone3Child {
         program: cstring(program.as_os_str().as_bytes())?,
         argv: nul_terminated(&argv_c),
@@ -619,21 +604,49 @@ fn spawn_clone3(
             done_reader: done_pipe.map(|(r, _w)| File::from(r)),
         }));
     }
+    Err(exec_failure(pid, &msg, spec, program_name, cg))
+}
+
+/// argv and `K=V` environment strings for execve.
+fn exec_strings(spec: &Spec) -> io::Result<(Vec<CString>, Vec<CString>)> {
+    let argv = spec
+        .argv
+        .iter()
+        .map(|a| cstring(a.as_bytes()))
+        .collect::<io::Result<_>>()?;
+    let envp = spec
+        .env
+        .iter()
+        .map(|(k, v)| cstring(&[k.as_bytes(), b"=", v.as_bytes()].concat()))
+        .collect::<io::Result<_>>()?;
+    Ok((argv, envp))
+}
+
+/// A NULL-terminated array of pointers to `v`'s strings.
+fn nul_terminated(v: &[CString]) -> Vec<*const libc::c_char> {
+    v.iter()
+        .map(|c| c.as_ptr())
+        .chain([std::ptr::null()])
+        .collect()
+}
+
+/// The clone3 child reported `msg` (stage byte, errno) and exited: reap it
+/// and name the failure.
+fn exec_failure(pid: i32, msg: &[u8], spec: &Spec, program_name: &str, cg: &Cgroup) -> SpawnError {
     let _ = sys::reap_blocking(pid);
     tree::registry().remove(&pid);
     let errno = msg
         .get(1..5)
         .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
     let e = io::Error::from_raw_os_error(errno);
-    let stage = msg[0];
-    Err(match stage {
+    match msg.first().copied().unwrap_or(0) {
         s if s == Stage::Exec as u8 => classify(e, None, spec, program_name, Some(cg)),
         s if s == Stage::Setup as u8 => SpawnError::Io(io::Error::new(
             e.kind(),
             format!("cannot set up the child: {e}"),
         )),
         s => classify(e, Some(s), spec, program_name, Some(cg)),
-    })
+    }
 }
 
 #[cfg(test)]
