@@ -12,7 +12,7 @@ echo "+memory +pids" > /sys/fs/cgroup/cgroup.subtree_control
 hostname vm
 echo "VMTEST BOOTED $(cut -d' ' -f1 /proc/uptime)"
 start=$(cut -d' ' -f1 /proc/uptime)
-HOME=/root sh /scenarios.sh 2>&1
+HOME=/root BATCHGUARD_TEST_SLOWDOWN=4 sh /scenarios.sh 2>&1
 echo "VMTEST TIME boot=${start}s end=$(cut -d' ' -f1 /proc/uptime)s"
 sync
 poweroff -f

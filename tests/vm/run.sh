@@ -92,7 +92,7 @@ grep -E '^VMTEST (INFO|PASS|FAIL|TIME)' "$console.txt" || true
 expected=(oom-exit oom-outcome oom-cgroup2 oom-peak timeout-exit timeout-outcome
   timeout-grandchild-gone timeout-nothing-left forbid-one-runs forbid-recorded
   nobody-oom nobody-cgroup2 no-cgroups-left delegated-oom delegated-cgroup2
-  delegated-below-own)
+  delegated-below-own nodelegation-poll)
 for t in "${tests[@]}"; do expected+=("crate-tests-$(basename "$t" | sed 's/-[0-9a-f]*$//')"); done
 bad=0
 [ $qrc -eq 124 ] && { log "TIMEOUT after ${VM_TIMEOUT}s"; bad=1; }

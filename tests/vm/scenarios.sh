@@ -117,6 +117,20 @@ check delegated-cgroup2 "[ \"$(echo "$r" | field memory_enforcement)\" = cgroup2
 left=$(find $CG/unit/batchguard -mindepth 1 -type d 2>/dev/null)
 check delegated-below-own "[ -d $CG/unit/batchguard ] && [ -d $CG/unit/supervisor ] && [ -z \"$left\" ] && [ ! -d $CG/batchguard/hog ]" "unit: $(ls $CG/unit | tr '\n' ' '), left: $left"
 
+# 7. no delegation: a non-root runner in the root cgroup may create no
+# cgroup at all; memory is enforced by polling and recorded as such.
+mkdir -p /srv/nodeleg/log
+chown nobody:nogroup /srv/nodeleg /srv/nodeleg/log
+mkdir -p /etc/bgp/jobs
+printf 'log_dir = "/srv/nodeleg/log"\n' > /etc/bgp/batchguard.toml
+cp /etc/bg/jobs/hog.toml /etc/bgp/jobs/hog.toml
+BGP='/bin/batchguard --config-dir /etc/bgp --state sqlite:/srv/nodeleg/state.db'
+su -p -s /bin/sh nobody -c "$BGP run hog" > /tmp/nodeleg.out 2>&1
+rc=$?
+r=$(su -p -s /bin/sh nobody -c "$BGP runs hog --limit 1 --format json" | tr -d '\n')
+echo "VMTEST INFO nodelegation rc=$rc $r"
+check nodelegation-poll "[ \"$(echo "$r" | field memory_enforcement)\" = poll ] && [ \"$(echo "$r" | field outcome)\" = oom ]" "exit $rc, $(echo "$r" | field memory_enforcement) $(echo "$r" | field outcome): $(tail -n 3 /tmp/nodeleg.out)"
+
 # 6. the supervise crate's test binaries, on cgroup v2.
 for t in /tests/*; do
   [ -x "$t" ] || continue
@@ -128,5 +142,9 @@ for t in /tests/*; do
     fail "crate-tests-$name" "exit $rc"
     sed -n '/^failures:/,$p' "/tmp/$name.test.log" | head -n 60 | sed "s/^/VMTEST LOG $name: /"
   fi
+done
+# What a per-item child costs here (clone3 into the group vs. no cgroup).
+for t in /tests/group-*; do
+  [ -x "$t" ] && (cd /tmp && "$t" spawn_cost --nocapture 2>&1 | grep 'spawn+wait' | sed 's/^/VMTEST INFO /')
 done
 echo "VMTEST DONE"

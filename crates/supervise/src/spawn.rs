@@ -472,10 +472,12 @@ impl Clone3Child<'_> {
             }
         };
         let errno = || io::Error::last_os_error().raw_os_error().unwrap_or(0);
-        // SAFETY: sigprocmask/signal/setpgid/dup2 with integer arguments or a
-        // pointer to the live, initialised `empty_mask`; all async-signal-safe.
+        // Signals are blocked (see `spawn_clone3`): drop the runner's handlers
+        // before any can run here, then unblock.
+        sys::default_signal_handlers();
+        sys::set_sigmask(&self.empty_mask);
+        // SAFETY: signal/setpgid/dup2 with integer arguments; all async-signal-safe.
         unsafe {
-            libc::sigprocmask(libc::SIG_SETMASK, &self.empty_mask, std::ptr::null_mut());
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             if libc::setpgid(0, 0) != 0 {
                 report(Some(Stage::Setup), errno());
@@ -576,9 +578,14 @@ fn spawn_clone3(
     let pid = {
         // Hold the registry across the clone, as `spawn_process` does.
         let mut reg = tree::registry();
+        let mask = sys::block_all_signals();
         // SAFETY: in the child (return value 0) only `Clone3Child::exec` runs,
         // which is async-signal-safe, allocates nothing and never returns.
-        match unsafe { sys::clone3_into_cgroup(dir.as_raw_fd()) } {
+        let cloned = unsafe { sys::clone3_into_cgroup(dir.as_raw_fd()) };
+        if !matches!(cloned, Ok(0)) {
+            sys::set_sigmask(&mask);
+        }
+        match cloned {
             Ok(0) => child.exec(),
             Ok(pid) => {
                 reg.insert(pid);

@@ -346,3 +346,50 @@ pub(crate) fn empty_sigset() -> libc::sigset_t {
         set
     }
 }
+
+/// Block every signal on the calling thread; returns the previous mask for
+/// [`set_sigmask`]. Around clone3: until the child has reset the runner's
+/// signal handlers, a signal to it (a TERM sent to its new process group)
+/// must not run one of them there (it would, e.g., count as a signal to the
+/// runner).
+pub(crate) fn block_all_signals() -> libc::sigset_t {
+    // SAFETY: both sets are live locals; sigfillset initialises `all`, and
+    // pthread_sigmask writes the old mask into `old`.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        old
+    }
+}
+
+/// Set the calling thread's signal mask (async-signal-safe).
+pub(crate) fn set_sigmask(mask: &libc::sigset_t) {
+    // SAFETY: `mask` is a live, initialised sigset_t; the old mask is not wanted.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut()) };
+}
+
+/// In a freshly cloned child: every signal with a handler goes back to its
+/// default action (ignored ones stay ignored, as across exec).
+/// Async-signal-safe: sigaction only.
+pub(crate) fn default_signal_handlers() {
+    for sig in 1..libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: sigaction_t is plain old data; sigaction reads into the live
+        // local `cur` and reads the live local `dfl`.
+        unsafe {
+            let mut cur: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut cur) != 0 {
+                continue;
+            }
+            if cur.sa_sigaction != libc::SIG_DFL && cur.sa_sigaction != libc::SIG_IGN {
+                let mut dfl: libc::sigaction = std::mem::zeroed();
+                dfl.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
+        }
+    }
+}

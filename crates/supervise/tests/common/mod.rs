@@ -59,6 +59,18 @@ pub fn modes() -> Vec<Enforcement> {
     m
 }
 
+/// `secs` as an upper bound for how long something may take, multiplied by
+/// `BATCHGUARD_TEST_SLOWDOWN` (an integer, default 1; the cgroup v2 test VM
+/// emulates its CPU and sets it).
+pub fn bound(secs: u64) -> Duration {
+    let factor = std::env::var("BATCHGUARD_TEST_SLOWDOWN")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(1)
+        .max(1);
+    Duration::from_secs(secs * factor)
+}
+
 /// A process is gone when /proc has no live (non-zombie) entry for it.
 pub fn gone(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
