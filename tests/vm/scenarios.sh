@@ -20,6 +20,15 @@ field() { sed -n "s/.*\"$1\": *\"\{0,1\}\([^\",}]*\)\"\{0,1\}.*/\1/p"; }
 job() { # name, toml body
   printf '%s\n' "$2" > "/etc/bg/jobs/$1.toml"
 }
+# Run JOB; sets $rc, $r (its run record) and $outcome, $enforcement.
+run_job() {
+  $BG run "$1" > "/tmp/$1.out" 2>&1
+  rc=$?
+  r=$(last_run "$1")
+  outcome=$(echo "$r" | field outcome)
+  enforcement=$(echo "$r" | field memory_enforcement)
+  echo "VMTEST INFO $1 rc=$rc $r"
+}
 
 mkdir -p /etc/bg/jobs /var/log/bg /srv
 printf 'log_dir = "/var/log/bg"\n' > /etc/bg/batchguard.toml
@@ -34,13 +43,10 @@ HOG='["sh", "-c", "dd if=/dev/zero of=/dev/null bs=200000000 count=1; echo survi
 job hog "command = $HOG
 memory_max = \"64MiB\"
 timeout = \"120s\""
-$BG run hog > /tmp/hog.out 2>&1
-rc=$?
-r=$(last_run hog)
-echo "VMTEST INFO hog rc=$rc $r"
+run_job hog
 check oom-exit "[ $rc = 137 ]" "exit $rc, want 137"
-check oom-outcome "[ \"$(echo "$r" | field outcome)\" = oom ]" "outcome $(echo "$r" | field outcome)"
-check oom-cgroup2 "[ \"$(echo "$r" | field memory_enforcement)\" = cgroup2 ]" "memory_enforcement $(echo "$r" | field memory_enforcement)"
+check oom-outcome "[ x$outcome = xoom ]" "outcome $outcome"
+check oom-cgroup2 "[ x$enforcement = xcgroup2 ]" "memory_enforcement $enforcement"
 peak=$(echo "$r" | field peak_memory_bytes)
 check oom-peak "[ -n \"$peak\" ] && [ \"$peak\" != null ] && [ \"$peak\" -gt 33554432 ] && [ \"$peak\" -le 71303168 ]" "peak_memory_bytes $peak"
 
@@ -50,12 +56,9 @@ timeout = "2s"
 kill_grace = "1s"
 memory_max = "256MiB"'
 rm -f /tmp/gc.pid
-$BG run sleeper > /tmp/sleeper.out 2>&1
-rc=$?
-r=$(last_run sleeper)
-echo "VMTEST INFO sleeper rc=$rc $r"
+run_job sleeper
 check timeout-exit "[ $rc = 124 ]" "exit $rc, want 124"
-check timeout-outcome "[ \"$(echo "$r" | field outcome)\" = timeout ]" "outcome $(echo "$r" | field outcome)"
+check timeout-outcome "[ x$outcome = xtimeout ]" "outcome $outcome"
 gc=$(cat /tmp/gc.pid 2>/dev/null)
 check timeout-grandchild-gone "[ -n \"$gc\" ] && ! kill -0 $gc 2>/dev/null" "grandchild ${gc:-?} alive or never started"
 check timeout-nothing-left "! ps -o pid,args | grep -q '[s]leep 30[12]'" "left: $(ps -o pid,args | grep '[s]leep 30[12]')"
@@ -89,12 +92,9 @@ user = \"nobody\"
 workdir = \"/srv\"
 memory_max = \"64MiB\"
 timeout = \"120s\""
-$BG run hognobody > /tmp/hognobody.out 2>&1
-rc=$?
-r=$(last_run hognobody)
-echo "VMTEST INFO hognobody rc=$rc $r"
-check nobody-oom "[ $rc = 137 ] && [ \"$(echo "$r" | field outcome)\" = oom ]" "exit $rc, outcome $(echo "$r" | field outcome): $(tail -n 3 /tmp/hognobody.out)"
-check nobody-cgroup2 "[ \"$(echo "$r" | field memory_enforcement)\" = cgroup2 ]" "memory_enforcement $(echo "$r" | field memory_enforcement)"
+run_job hognobody
+check nobody-oom "[ $rc = 137 ] && [ x$outcome = xoom ]" "exit $rc, outcome $outcome: $(tail -n 3 /tmp/hognobody.out)"
+check nobody-cgroup2 "[ x$enforcement = xcgroup2 ]" "memory_enforcement $enforcement"
 
 # 5. no run cgroup is left behind.
 left=$(find $CG/batchguard -mindepth 1 -type d 2>/dev/null)

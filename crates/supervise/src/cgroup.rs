@@ -55,6 +55,11 @@ fn err(path: &Path, source: io::Error) -> CgError {
     }
 }
 
+/// A hierarchy that is not there.
+fn unavailable(path: &str, why: &str) -> CgError {
+    err(Path::new(path), io::Error::other(why.to_string()))
+}
+
 struct Mount {
     root: String,
     point: PathBuf,
@@ -381,9 +386,9 @@ impl Cgroup {
         let cg = match kind {
             Kind::V2 => {
                 let root = v2_root().ok_or_else(|| {
-                    err(
-                        Path::new("/sys/fs/cgroup"),
-                        io::Error::other("no cgroup2 hierarchy with the memory controller"),
+                    unavailable(
+                        "/sys/fs/cgroup",
+                        "no cgroup2 hierarchy with the memory controller",
                     )
                 })?;
                 check_name(name).map_err(|e| err(&root, e))?;
@@ -393,10 +398,7 @@ impl Cgroup {
             }
             Kind::V1 => {
                 let own = v1_own().ok_or_else(|| {
-                    err(
-                        Path::new("/sys/fs/cgroup/memory"),
-                        io::Error::other("no cgroup v1 memory hierarchy"),
-                    )
+                    unavailable("/sys/fs/cgroup/memory", "no cgroup v1 memory hierarchy")
                 })?;
                 check_name(name).map_err(|e| err(&own, e))?;
                 let base = own.join("batchguard");

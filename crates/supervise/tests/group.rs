@@ -116,8 +116,7 @@ fn hog_limits() -> Limits {
 
 #[test]
 fn group_memory_limit_cgroup_host_mode() {
-    let Some(mode) = host_cgroup() else {
-        eprintln!("host has no usable cgroup memory controller; skipped");
+    let Some(mode) = host_cgroup_or_skip() else {
         return;
     };
     sv::become_subreaper();
@@ -274,8 +273,7 @@ fn kill_all_reaches_every_member_and_setsid_grandchild() {
 
 #[test]
 fn leftovers_of_a_dead_runner_in_a_group_are_killed() {
-    let Some(mode) = host_cgroup() else {
-        eprintln!("host has no usable cgroup memory controller; skipped");
+    let Some(mode) = host_cgroup_or_skip() else {
         return;
     };
     sv::become_subreaper();

@@ -166,11 +166,7 @@ fn timeout_reaches_setsid_grandchild() {
             "setsid sleep 300 & echo $! > {}; sleep 300",
             pidfile.display()
         );
-        let limits = Limits {
-            timeout: Some(Duration::from_millis(400)),
-            kill_grace: Duration::from_secs(30),
-            memory_max: None,
-        };
+        let limits = deadline(400, 30000);
         sv::become_subreaper();
         let child =
             sv::spawn_with(with_cgroup(sh(&script), "setsid"), limits, mode).expect("spawn");
@@ -205,11 +201,7 @@ fn term_ignoring_child_is_killed_after_grace() {
             "trap '' TERM; sleep 300 & echo $! > {}; while :; do sleep 0.05; done",
             pidfile.display()
         );
-        let limits = Limits {
-            timeout: Some(Duration::from_millis(300)),
-            kill_grace: Duration::from_millis(600),
-            memory_max: None,
-        };
+        let limits = deadline(300, 600);
         let start = Instant::now();
         let (out, _) = run_with(with_cgroup(sh(&script), "trap"), limits, mode);
         let took = start.elapsed();
@@ -229,8 +221,7 @@ fn term_ignoring_child_is_killed_after_grace() {
 
 #[test]
 fn memory_limit_cgroup_host_mode() {
-    let Some(mode) = host_cgroup() else {
-        eprintln!("host has no usable cgroup memory controller; skipped");
+    let Some(mode) = host_cgroup_or_skip() else {
         return;
     };
     let limits = Limits {

@@ -48,6 +48,24 @@ pub fn host_cgroup() -> Option<Enforcement> {
     }
 }
 
+/// The host's cgroup mode; None (and a note that the test is skipped) without one.
+pub fn host_cgroup_or_skip() -> Option<Enforcement> {
+    let mode = host_cgroup();
+    if mode.is_none() {
+        eprintln!("host has no usable cgroup memory controller; skipped");
+    }
+    mode
+}
+
+/// Limits with a `timeout` and a `kill_grace` (in milliseconds), no memory limit.
+pub fn deadline(timeout_ms: u64, grace_ms: u64) -> sv::Limits {
+    sv::Limits {
+        timeout: Some(Duration::from_millis(timeout_ms)),
+        kill_grace: Duration::from_millis(grace_ms),
+        memory_max: None,
+    }
+}
+
 pub fn host_mode() -> Enforcement {
     host_cgroup().unwrap_or(Enforcement::Poll)
 }
