@@ -451,8 +451,33 @@ impl Cgroup {
             .map_err(|e| err(&procs, e))
     }
 
+    /// A cgroup path read back from elsewhere (the state store: a dead
+    /// runner's leftovers), verified before use: an existing directory on a
+    /// cgroup filesystem, directly below a `batchguard` base, the path free of
+    /// `..`. Anything else is refused (and logged), so a bad path never makes
+    /// us signal the pids some file lists or remove some directory.
+    pub(crate) fn open_verified(path: &Path) -> Option<Cgroup> {
+        use nix::sys::statfs::{CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, statfs};
+        let below_base = path.parent().and_then(Path::file_name) == Some("batchguard".as_ref());
+        let plain = path
+            .components()
+            .all(|c| !matches!(c, std::path::Component::ParentDir));
+        let on_cgroupfs = statfs(path).is_ok_and(|f| {
+            let t = f.filesystem_type();
+            t == CGROUP2_SUPER_MAGIC || t == CGROUP_SUPER_MAGIC
+        });
+        if below_base && plain && on_cgroupfs && path.is_dir() {
+            Some(Cgroup::open(path))
+        } else {
+            if path.exists() {
+                tracing::warn!(path = %path.display(), "not a batchguard run cgroup; left alone");
+            }
+            None
+        }
+    }
+
     /// Open an existing cgroup directory (leftover cleanup).
-    pub(crate) fn open(path: &Path) -> Cgroup {
+    fn open(path: &Path) -> Cgroup {
         let kind = if path.join("cgroup.controllers").exists() {
             Kind::V2
         } else {

@@ -1139,10 +1139,8 @@ fn joined_oom(
 
 fn leftover_pids(cgroup: Option<&Path>, pgid: Option<i32>) -> Vec<i32> {
     let mut out = Vec::new();
-    if let Some(path) = cgroup {
-        if path.is_dir() {
-            out.extend(Cgroup::open(path).live_pids());
-        }
+    if let Some(c) = cgroup.and_then(Cgroup::open_verified) {
+        out.extend(c.live_pids());
     }
     if let Some(g) = pgid {
         if g != nix::unistd::getpgrp().as_raw() {
@@ -1156,6 +1154,9 @@ fn leftover_pids(cgroup: Option<&Path>, pgid: Option<i32>) -> Vec<i32> {
 
 /// Whether any process of a tree left by a previous runner is still alive
 /// (every pid in `cgroup`'s cgroup.procs, and every member of process group `pgid`).
+/// `cgroup` comes from the state store and is only used when it is a run
+/// cgroup: a directory on a cgroup filesystem directly below a `batchguard`
+/// base (else it is ignored with a warning).
 pub fn tree_alive(cgroup: Option<&Path>, pgid: Option<i32>) -> bool {
     !leftover_pids(cgroup, pgid).is_empty()
 }
@@ -1163,8 +1164,8 @@ pub fn tree_alive(cgroup: Option<&Path>, pgid: Option<i32>) -> bool {
 /// Send `sig` once to every process of a leftover tree (KILL: also `cgroup.kill`).
 fn signal_leftovers(cgroup: Option<&Path>, pgid: Option<i32>, sig: Signal) {
     if sig == Signal::SIGKILL {
-        if let Some(path) = cgroup.filter(|p| p.is_dir()) {
-            Cgroup::open(path).kill();
+        if let Some(c) = cgroup.and_then(Cgroup::open_verified) {
+            c.kill();
         }
     }
     tree::signal_once(pgid.as_slice(), || leftover_pids(cgroup, pgid), sig);
@@ -1194,11 +1195,9 @@ pub fn kill_leftovers(cgroup: Option<&Path>, pgid: Option<i32>, grace: Duration)
         }
     }
     tree::reap_orphans();
-    if let Some(path) = cgroup {
-        if path.is_dir() {
-            if let Err(e) = Cgroup::open(path).remove() {
-                tracing::warn!(path = %path.display(), error = %e, "cannot remove leftover cgroup");
-            }
+    if let Some(c) = cgroup.and_then(Cgroup::open_verified) {
+        if let Err(e) = c.remove() {
+            tracing::warn!(path = %c.path.display(), error = %e, "cannot remove leftover cgroup");
         }
     }
     was_alive

@@ -651,3 +651,31 @@ fn stop_signal_reaches_the_tree_exactly_once() {
         );
     }
 }
+
+/// A cgroup path read back from the store is verified: a plain directory
+/// whose `cgroup.procs` lists some process is not a run cgroup, and nothing
+/// it lists is signalled or removed.
+#[test]
+fn leftover_cleanup_ignores_a_fake_cgroup() {
+    let fake = tmpdir("fakecg").join("batchguard").join("run");
+    std::fs::create_dir_all(&fake).expect("mkdir");
+    let mut victim = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("sleep");
+    std::fs::write(fake.join("cgroup.procs"), format!("{}\n", victim.id())).expect("write");
+    assert!(!sv::tree_alive(Some(&fake), None));
+    assert!(!sv::kill_leftovers(
+        Some(&fake),
+        None,
+        Duration::from_millis(100)
+    ));
+    assert!(
+        !gone(victim.id() as i32),
+        "a process listed by a fake cgroup was killed"
+    );
+    assert!(fake.is_dir(), "a non-cgroup directory was removed");
+    let _ = victim.kill();
+    let _ = victim.wait();
+    let _ = std::fs::remove_dir_all(fake.parent().and_then(Path::parent).expect("tmpdir"));
+}
