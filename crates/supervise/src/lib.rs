@@ -8,14 +8,18 @@
 //! # Theory of operation
 //!
 //! * [`spawn`] resolves `argv[0]` in the child's `PATH`, optionally creates a fresh
-//!   leaf cgroup (v2: `/sys/fs/cgroup/batchguard/<name>`; v1:
-//!   `<own memory cgroup>/batchguard/<name>`) with the memory limit, and forks with
-//!   `std::process::Command`. Between fork and exec the child puts itself in a new
-//!   process group, writes `0` to the cgroup's `cgroup.procs` (opened before the
-//!   fork, so even its first fork is inside), drops privileges (setgroups, setgid,
-//!   setuid), changes directory and installs the optional "done" descriptor. Each
-//!   of those steps reports a failure through a private close-on-exec pipe, so the
-//!   parent can tell a bad workdir from a missing program.
+//!   leaf cgroup (v2: `BASE/<name>`, BASE being `/sys/fs/cgroup/batchguard` or,
+//!   where that is not writable, `<own delegated cgroup>/batchguard`; v1:
+//!   `<own memory cgroup>/batchguard/<name>`) with the memory limit, and starts the
+//!   child (module `spawn`). On cgroup v2 that is `clone3(CLONE_INTO_CGROUP)`: the
+//!   child is born inside its cgroup. Otherwise (v1, poll, or a kernel without it)
+//!   `std::process::Command` forks and the child writes `0` to the cgroup's
+//!   `cgroup.procs` (opened before the fork, so even its first fork is inside).
+//!   Between fork and exec the child puts itself in a new process group, drops
+//!   privileges (setgroups, setgid, setuid), changes directory and installs the
+//!   optional "done" descriptor. Each of those steps reports a failure through a
+//!   private close-on-exec pipe, so the parent can tell a bad workdir from a
+//!   missing program.
 //! * Main children are recorded in a process-wide registry. The runner is expected
 //!   to be a child subreaper ([`become_subreaper`]); orphaned descendants then
 //!   reparent to it and are reaped here, but never a registered main child, whose
@@ -32,9 +36,12 @@
 //! * "The tree" is every live process of the cgroup, or without a cgroup: the
 //!   process group, all descendants by ppid links, every process seen earlier in
 //!   the tree (pid + start time), and, once the main child has exited, any process
-//!   still holding our output pipes. Stopping is TERM, then KILL after the grace,
-//!   repeated until the tree is empty (bounded). After the main child exits on its
-//!   own, leftovers get TERM and at most 1 s (or the grace if shorter) before KILL.
+//!   still holding our output pipes. Stopping is TERM (or the runner's own INT /
+//!   HUP / QUIT, [`StopReason::first_signal`]), sent exactly once to each process
+//!   (the process group with one `killpg`, then only members outside it), then
+//!   KILL after the grace (v2: `cgroup.kill`), repeated until the tree is empty
+//!   (bounded). After the main child exits on its own, leftovers get TERM and at
+//!   most 1 s (or the grace if shorter) before KILL.
 //! * Memory: with a cgroup the kernel enforces the limit and the outcome is
 //!   [`End::OutOfMemory`] when the group's `oom_kill` counter moved; peak comes from
 //!   `memory.peak` / `memory.max_usage_in_bytes` (or sampling `memory.current`).

@@ -1,5 +1,6 @@
 //! Thin, audited wrappers around the few raw syscalls the crate needs.
-//! Every `unsafe` block of the crate outside `pre_exec` lives here.
+//! Every `unsafe` block of the crate outside the child's code between fork and
+//! exec (`spawn::PreExec`, `spawn::Clone3Child`) lives here.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};

@@ -68,9 +68,12 @@ fn signal_death_is_signaled() {
 
 #[test]
 fn output_lines_tagged_in_order_with_tail() {
-    let (out, lines) = run(sh(
-        "echo out1; echo err1 >&2; sleep 0.05; echo out2; echo err2 >&2; printf tail",
-    ));
+    // The pause must let the supervisor read a pass in between (longer on the
+    // emulated CPU of the test VM).
+    let pause = 0.05 * slowdown() as f64;
+    let (out, lines) = run(sh(&format!(
+        "echo out1; echo err1 >&2; sleep {pause}; echo out2; echo err2 >&2; printf tail"
+    )));
     assert_eq!(out.end, End::Exited(0));
     assert_eq!(text(&lines, Stream::Stdout), ["out1", "out2", "tail"]);
     assert_eq!(text(&lines, Stream::Stderr), ["err1", "err2"]);

@@ -81,12 +81,16 @@ pub fn modes() -> Vec<Enforcement> {
 /// `BATCHGUARD_TEST_SLOWDOWN` (an integer, default 1; the cgroup v2 test VM
 /// emulates its CPU and sets it).
 pub fn bound(secs: u64) -> Duration {
-    let factor = std::env::var("BATCHGUARD_TEST_SLOWDOWN")
+    Duration::from_secs(secs * slowdown())
+}
+
+/// `BATCHGUARD_TEST_SLOWDOWN`, at least 1.
+pub fn slowdown() -> u64 {
+    std::env::var("BATCHGUARD_TEST_SLOWDOWN")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(1)
-        .max(1);
-    Duration::from_secs(secs * factor)
+        .max(1)
 }
 
 /// A process is gone when /proc has no live (non-zombie) entry for it.
