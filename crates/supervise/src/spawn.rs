@@ -512,6 +512,59 @@ fn cstring(bytes: &[u8]) -> io::Result<CString> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "argument contains NUL"))
 }
 
+/// The pipes of a clone3 spawn, both ends (close-on-exec).
+struct Clone3Fds {
+    report_r: OwnedFd,
+    report_w: OwnedFd,
+    out_r: OwnedFd,
+    out_w: OwnedFd,
+    err_r: OwnedFd,
+    err_w: OwnedFd,
+    stdin_parent: Option<OwnedFd>,
+    stdin_child: OwnedFd,
+    done_pipe: Option<(OwnedFd, OwnedFd)>,
+}
+
+impl Clone3Fds {
+    fn new(spec: &Spec) -> io::Result<Clone3Fds> {
+        // Every descriptor the child uses sits above 2 and above the done fd's
+        // number, so installing those never overwrites another one.
+        let floor = spec.done_fd.map_or(3, |n| n + 1).max(3);
+        let pair = || -> io::Result<(OwnedFd, OwnedFd)> {
+            let (r, w) = sys::pipe_cloexec()?;
+            Ok((sys::dup_above(r, floor)?, sys::dup_above(w, floor)?))
+        };
+        let (report_r, report_w) = pair()?;
+        let (out_r, out_w) = pair()?;
+        let (err_r, err_w) = pair()?;
+        let (stdin_parent, stdin_child) = match spec.stdin {
+            StdinMode::Pipe => {
+                let (r, w) = pair()?;
+                (Some(w), r)
+            }
+            StdinMode::Null => (
+                None,
+                sys::dup_above(OwnedFd::from(File::open("/dev/null")?), floor)?,
+            ),
+        };
+        let done_pipe = match spec.done_fd {
+            Some(_) => Some(pair()?),
+            None => None,
+        };
+        Ok(Clone3Fds {
+            report_r,
+            report_w,
+            out_r,
+            out_w,
+            err_r,
+            err_w,
+            stdin_parent,
+            stdin_child,
+            done_pipe,
+        })
+    }
+}
+
 /// Start the child with clone3(CLONE_INTO_CGROUP) into the v2 cgroup `cg`:
 /// it is in the cgroup from its first instruction (its memory is charged
 /// there, its own forks are born there, nothing is migrated). `Ok(None)`
@@ -528,30 +581,17 @@ fn spawn_clone3(
         path: cg.path.clone(),
         source: e,
     })?;
-    // Every descriptor the child uses sits above 2 and above the done fd's
-    // number, so installing those never overwrites another one.
-    let floor = spec.done_fd.map_or(3, |n| n + 1).max(3);
-    let pair = || -> io::Result<(OwnedFd, OwnedFd)> {
-        let (r, w) = sys::pipe_cloexec()?;
-        Ok((sys::dup_above(r, floor)?, sys::dup_above(w, floor)?))
-    };
-    let (report_r, report_w) = pair()?;
-    let (out_r, out_w) = pair()?;
-    let (err_r, err_w) = pair()?;
-    let (stdin_parent, stdin_child) = match spec.stdin {
-        StdinMode::Pipe => {
-            let (r, w) = pair()?;
-            (Some(w), r)
-        }
-        StdinMode::Null => (
-            None,
-            sys::dup_above(OwnedFd::from(File::open("/dev/null")?), floor)?,
-        ),
-    };
-    let done_pipe = match spec.done_fd {
-        Some(_) => Some(pair()?),
-        None => None,
-    };
+    let Clone3Fds {
+        report_r,
+        report_w,
+        out_r,
+        out_w,
+        err_r,
+        err_w,
+        stdin_parent,
+        stdin_child,
+        done_pipe,
+    } = Clone3Fds::new(spec)?;
     let pre = PreExec {
         report_fd: report_w.as_raw_fd(),
         cgroup_procs: None,
