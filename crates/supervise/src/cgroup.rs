@@ -616,6 +616,33 @@ mod tests {
         assert_eq!(unescape(r"/plain"), "/plain");
     }
 
+    /// A v2 cgroup without `memory.peak` (kernels before 5.19): no kernel
+    /// peak, so the supervisor samples `memory.current` instead.
+    #[test]
+    fn v2_without_memory_peak_falls_back_to_current() {
+        let dir = std::env::temp_dir().join(format!("cg-nopeak-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("mkdir");
+        fs::write(dir.join("memory.current"), "12345\n").expect("write");
+        fs::write(
+            dir.join("memory.events"),
+            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n",
+        )
+        .expect("write");
+        let c = Cgroup {
+            kind: Kind::V2,
+            path: dir.clone(),
+        };
+        assert!(!c.has_kernel_peak());
+        assert_eq!(c.peak(), None);
+        assert_eq!(c.current(), Some(12345));
+        assert_eq!(c.oom_kills(), 2);
+        assert!(
+            !c.kill(),
+            "no cgroup.kill file: fall back to signalling every pid"
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn rejects_bad_names() {
         assert!(check_name("").is_err());

@@ -581,23 +581,13 @@ fn spawn_clone3(
         path: cg.path.clone(),
         source: e,
     })?;
-    let Clone3Fds {
-        report_r,
-        report_w,
-        out_r,
-        out_w,
-        err_r,
-        err_w,
-        stdin_parent,
-        stdin_child,
-        done_pipe,
-    } = Clone3Fds::new(spec)?;
+    let fds = Clone3Fds::new(spec)?;
     let pre = PreExec {
-        report_fd: report_w.as_raw_fd(),
+        report_fd: fds.report_w.as_raw_fd(),
         cgroup_procs: None,
         user: spec.user.as_ref().map(|u| (u.uid, u.gid, u.groups.clone())),
         cwd,
-        done: match (&done_pipe, spec.done_fd) {
+        done: match (&fds.done_pipe, spec.done_fd) {
             (Some((_, w)), Some(n)) => Some((w.as_raw_fd(), n)),
             _ => None,
         },
@@ -608,9 +598,9 @@ fn spawn_clone3(
         argv: nul_terminated(&argv_c),
         envp: nul_terminated(&envp_c),
         stdio: [
-            stdin_child.as_raw_fd(),
-            out_w.as_raw_fd(),
-            err_w.as_raw_fd(),
+            fds.stdin_child.as_raw_fd(),
+            fds.out_w.as_raw_fd(),
+            fds.err_w.as_raw_fd(),
         ],
         pre: &pre,
         empty_mask: sys::empty_sigset(),
@@ -638,17 +628,17 @@ fn spawn_clone3(
             Err(e) => return Err(SpawnError::Io(e)),
         }
     };
-    drop((report_w, out_w, err_w, stdin_child, pre));
+    drop((fds.report_w, fds.out_w, fds.err_w, fds.stdin_child, pre));
     let mut msg = Vec::new();
-    let _ = io::Read::read_to_end(&mut File::from(report_r), &mut msg);
+    let _ = io::Read::read_to_end(&mut File::from(fds.report_r), &mut msg);
     if msg.is_empty() {
         // EOF without a word: the exec succeeded (the pipe was close-on-exec).
         return Ok(Some(Started {
             pid,
-            stdin: stdin_parent.map(ChildStdin::from),
-            stdout: Some(out_r),
-            stderr: Some(err_r),
-            done_reader: done_pipe.map(|(r, _w)| File::from(r)),
+            stdin: fds.stdin_parent.map(ChildStdin::from),
+            stdout: Some(fds.out_r),
+            stderr: Some(fds.err_r),
+            done_reader: fds.done_pipe.map(|(r, _w)| File::from(r)),
         }));
     }
     Err(exec_failure(pid, &msg, spec, program_name, cg))

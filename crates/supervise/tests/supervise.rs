@@ -163,12 +163,8 @@ fn missing_cwd_is_workdir_error() {
 #[test]
 fn timeout_reaches_setsid_grandchild() {
     for mode in modes() {
-        let dir = tmpdir("setsid");
-        let pidfile = dir.join("pid");
-        let script = format!(
-            "setsid sleep 300 & echo $! > {}; sleep 300",
-            pidfile.display()
-        );
+        let (dir, pidfile, script) =
+            pid_script("setsid", "setsid sleep 300 & echo $! > PIDFILE; sleep 300");
         let limits = deadline(400, 30000);
         sv::become_subreaper();
         let child =
@@ -198,11 +194,9 @@ fn timeout_reaches_setsid_grandchild() {
 #[test]
 fn term_ignoring_child_is_killed_after_grace() {
     for mode in modes() {
-        let dir = tmpdir("trap");
-        let pidfile = dir.join("pid");
-        let script = format!(
-            "trap '' TERM; sleep 300 & echo $! > {}; while :; do sleep 0.05; done",
-            pidfile.display()
+        let (dir, pidfile, script) = pid_script(
+            "trap",
+            "trap '' TERM; sleep 300 & echo $! > PIDFILE; while :; do sleep 0.05; done",
         );
         let limits = deadline(300, 600);
         let start = Instant::now();

@@ -104,6 +104,14 @@ pub fn gone(pid: i32) -> bool {
     }
 }
 
+/// A temp dir, its `pid` file, and `script` with `PIDFILE` replaced by that path.
+pub fn pid_script(tag: &str, script: &str) -> (PathBuf, PathBuf, String) {
+    let dir = tmpdir(tag);
+    let pidfile = dir.join("pid");
+    let script = script.replace("PIDFILE", &pidfile.display().to_string());
+    (dir, pidfile, script)
+}
+
 /// Wait (up to 5 s) for a pid file written by a test script.
 pub fn read_pid(path: &Path) -> i32 {
     let deadline = Instant::now() + Duration::from_secs(5);
