@@ -3,16 +3,35 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::{procfs, sys};
+use crate::{Enforcement, procfs, sys};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
     V2,
     V1,
+}
+
+impl Kind {
+    /// The cgroup kind a memory enforcement mode asks for.
+    pub(crate) fn of(mode: Enforcement) -> Option<Kind> {
+        match mode {
+            Enforcement::Cgroup2 => Some(Kind::V2),
+            Enforcement::Cgroup1 => Some(Kind::V1),
+            Enforcement::Poll | Enforcement::None => None,
+        }
+    }
+
+    pub(crate) fn enforcement(self) -> Enforcement {
+        match self {
+            Kind::V2 => Enforcement::Cgroup2,
+            Kind::V1 => Enforcement::Cgroup1,
+        }
+    }
 }
 
 /// A leaf cgroup owned by one run.
@@ -34,6 +53,11 @@ fn err(path: &Path, source: io::Error) -> CgError {
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// A hierarchy that is not there.
+fn unavailable(path: &str, why: &str) -> CgError {
+    err(Path::new(path), io::Error::other(why.to_string()))
 }
 
 struct Mount {
@@ -105,6 +129,115 @@ pub(crate) fn v2_root() -> Option<PathBuf> {
         .filter(|m| m.fstype == "cgroup2" && m.root == "/")
         .map(|m| m.point)
         .find(|p| has_word(&p.join("cgroup.controllers"), "memory"))
+}
+
+/// The base of the run cgroups on cgroup v2, once it was set up.
+static V2_BASE: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Where run cgroups are created on cgroup v2, set up on first use (then
+/// remembered for the life of the process):
+///
+/// 1. `ROOT/batchguard`, with `memory` (and `pids`) enabled in the root's
+///    and its own `cgroup.subtree_control`: a host without systemd, or root
+///    on a host whose manager tolerates a top-level cgroup.
+/// 2. Else (not writable, read-only, or the root is a cgroup namespace's
+///    root holding processes) below our own cgroup, `OWN/batchguard`, which
+///    only works where that subtree was delegated to us (systemd
+///    `Delegate=yes`, the memory controller listed in `OWN/cgroup.controllers`).
+///    cgroup v2 hands controllers down only from a cgroup without processes,
+///    so the processes of `OWN` (the runner itself and whatever else the
+///    unit runs) are moved into the leaf `OWN/supervisor` first.
+///
+/// An error means neither works; the caller falls back to polling.
+pub(crate) fn v2_base(root: &Path) -> Result<PathBuf, CgError> {
+    let mut cached = V2_BASE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(base) = cached.as_ref() {
+        return Ok(base.clone());
+    }
+    let base = match top_level_base(root) {
+        Ok(base) => base,
+        Err(top) => {
+            tracing::debug!(path = %top.path.display(), error = %top.source, "no top-level batchguard cgroup; trying our own (delegated) cgroup");
+            delegated_base(root).map_err(|own| {
+                tracing::debug!(path = %own.path.display(), error = %own.source, "no delegated cgroup subtree either");
+                top
+            })?
+        }
+    };
+    tracing::debug!(base = %base.display(), "run cgroups go here");
+    *cached = Some(base.clone());
+    Ok(base)
+}
+
+/// The planned base for `planned_cgroup`: the one set up, else set it up now.
+pub(crate) fn v2_base_planned() -> Option<PathBuf> {
+    v2_base(&v2_root()?).ok()
+}
+
+fn top_level_base(root: &Path) -> Result<PathBuf, CgError> {
+    enable_v2(root, "memory", &["pids"])?;
+    let base = root.join("batchguard");
+    mkdir_if_missing(&base)?;
+    enable_v2(&base, "memory", &["pids"])?;
+    // Made by root earlier: only usable if we may create run cgroups in it.
+    nix::unistd::access(&base, nix::unistd::AccessFlags::W_OK)
+        .map_err(|e| err(&base, io::Error::from_raw_os_error(e as i32)))?;
+    Ok(base)
+}
+
+/// Our own cgroup v2 directory (the `0::PATH` line of /proc/self/cgroup).
+fn own_v2(root: &Path) -> Option<PathBuf> {
+    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(root.join(rel.trim().trim_start_matches('/')))
+}
+
+fn delegated_base(root: &Path) -> Result<PathBuf, CgError> {
+    let own = own_v2(root).ok_or_else(|| {
+        err(
+            Path::new("/proc/self/cgroup"),
+            io::Error::other("no cgroup v2 entry"),
+        )
+    })?;
+    // Already moved into our leaf by an earlier call: the unit's cgroup is above it.
+    let own = match own.file_name() {
+        Some(n) if n == "supervisor" => own.parent().map(Path::to_path_buf).unwrap_or(own),
+        _ => own,
+    };
+    if own == root {
+        return Err(err(&own, io::Error::other("our own cgroup is the root")));
+    }
+    if !has_word(&own.join("cgroup.controllers"), "memory") {
+        return Err(err(
+            &own,
+            io::Error::other(
+                "the memory controller is not delegated to our cgroup (systemd: Delegate=yes)",
+            ),
+        ));
+    }
+    if let Err(e) = enable_v2(&own, "memory", &["pids"]) {
+        if e.source.raw_os_error() != Some(libc::EBUSY) {
+            return Err(e);
+        }
+        // "No internal processes": move the unit's processes into a leaf.
+        let leaf = own.join("supervisor");
+        mkdir_if_missing(&leaf)?;
+        for _ in 0..3 {
+            let pids = fs::read_to_string(own.join("cgroup.procs")).map_err(|e| err(&own, e))?;
+            for pid in pids.split_whitespace() {
+                // A process that exited meanwhile (ESRCH) is fine.
+                let _ = write_file(&leaf.join("cgroup.procs"), pid);
+            }
+            if enable_v2(&own, "memory", &["pids"]).is_ok() {
+                break;
+            }
+        }
+        enable_v2(&own, "memory", &["pids"])?;
+    }
+    let base = own.join("batchguard");
+    mkdir_if_missing(&base)?;
+    enable_v2(&base, "memory", &["pids"])?;
+    Ok(base)
 }
 
 /// Our own cgroup directory in the v1 memory hierarchy.
@@ -253,26 +386,19 @@ impl Cgroup {
         let cg = match kind {
             Kind::V2 => {
                 let root = v2_root().ok_or_else(|| {
-                    err(
-                        Path::new("/sys/fs/cgroup"),
-                        io::Error::other("no cgroup2 hierarchy with the memory controller"),
+                    unavailable(
+                        "/sys/fs/cgroup",
+                        "no cgroup2 hierarchy with the memory controller",
                     )
                 })?;
                 check_name(name).map_err(|e| err(&root, e))?;
-                enable_v2(&root, "memory", &["pids"])?;
-                let base = root.join("batchguard");
-                mkdir_if_missing(&base)?;
-                enable_v2(&base, "memory", &["pids"])?;
-                let leaf = base.join(name);
+                let leaf = v2_base(&root)?.join(name);
                 mkdir_fresh(&leaf)?;
                 Cgroup { kind, path: leaf }
             }
             Kind::V1 => {
                 let own = v1_own().ok_or_else(|| {
-                    err(
-                        Path::new("/sys/fs/cgroup/memory"),
-                        io::Error::other("no cgroup v1 memory hierarchy"),
-                    )
+                    unavailable("/sys/fs/cgroup/memory", "no cgroup v1 memory hierarchy")
                 })?;
                 check_name(name).map_err(|e| err(&own, e))?;
                 let base = own.join("batchguard");
@@ -325,8 +451,33 @@ impl Cgroup {
             .map_err(|e| err(&procs, e))
     }
 
+    /// A cgroup path read back from elsewhere (the state store: a dead
+    /// runner's leftovers), verified before use: an existing directory on a
+    /// cgroup filesystem, directly below a `batchguard` base, the path free of
+    /// `..`. Anything else is refused (and logged), so a bad path never makes
+    /// us signal the pids some file lists or remove some directory.
+    pub(crate) fn open_verified(path: &Path) -> Option<Cgroup> {
+        use nix::sys::statfs::{CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, statfs};
+        let below_base = path.parent().and_then(Path::file_name) == Some("batchguard".as_ref());
+        let plain = path
+            .components()
+            .all(|c| !matches!(c, std::path::Component::ParentDir));
+        let on_cgroupfs = statfs(path).is_ok_and(|f| {
+            let t = f.filesystem_type();
+            t == CGROUP2_SUPER_MAGIC || t == CGROUP_SUPER_MAGIC
+        });
+        if below_base && plain && on_cgroupfs && path.is_dir() {
+            Some(Cgroup::open(path))
+        } else {
+            if path.exists() {
+                tracing::warn!(path = %path.display(), "not a batchguard run cgroup; left alone");
+            }
+            None
+        }
+    }
+
     /// Open an existing cgroup directory (leftover cleanup).
-    pub(crate) fn open(path: &Path) -> Cgroup {
+    fn open(path: &Path) -> Cgroup {
         let kind = if path.join("cgroup.controllers").exists() {
             Kind::V2
         } else {
@@ -371,12 +522,22 @@ impl Cgroup {
         out
     }
 
+    /// v2 `cgroup.kill` (Linux 5.14+): the kernel SIGKILLs every process of the
+    /// cgroup and its sub-cgroups at once, including one forking right now.
+    /// False when the file does not exist (older kernel, v1) or cannot be written.
+    pub(crate) fn kill(&self) -> bool {
+        if self.kind != Kind::V2 {
+            return false;
+        }
+        let kill = self.path.join("cgroup.kill");
+        kill.exists() && write_file(&kill, "1").is_ok()
+    }
+
+    /// Send `sig` to every member; KILL goes through [`Cgroup::kill`] where
+    /// the kernel offers it (fallback: every pid in cgroup.procs, one by one).
     pub(crate) fn signal_all(&self, sig: Signal) {
-        if sig == Signal::SIGKILL && self.kind == Kind::V2 {
-            let kill = self.path.join("cgroup.kill");
-            if kill.exists() && write_file(&kill, "1").is_ok() {
-                return;
-            }
+        if sig == Signal::SIGKILL && self.kill() {
+            return;
         }
         for pid in self.live_pids() {
             sys::kill(pid, sig);
@@ -453,6 +614,33 @@ mod tests {
     fn unescapes_mountinfo() {
         assert_eq!(unescape(r"/a\040b"), "/a b");
         assert_eq!(unescape(r"/plain"), "/plain");
+    }
+
+    /// A v2 cgroup without `memory.peak` (kernels before 5.19): no kernel
+    /// peak, so the supervisor samples `memory.current` instead.
+    #[test]
+    fn v2_without_memory_peak_falls_back_to_current() {
+        let dir = std::env::temp_dir().join(format!("cg-nopeak-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("mkdir");
+        fs::write(dir.join("memory.current"), "12345\n").expect("write");
+        fs::write(
+            dir.join("memory.events"),
+            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n",
+        )
+        .expect("write");
+        let c = Cgroup {
+            kind: Kind::V2,
+            path: dir.clone(),
+        };
+        assert!(!c.has_kernel_peak());
+        assert_eq!(c.peak(), None);
+        assert_eq!(c.current(), Some(12345));
+        assert_eq!(c.oom_kills(), 2);
+        assert!(
+            !c.kill(),
+            "no cgroup.kill file: fall back to signalling every pid"
+        );
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

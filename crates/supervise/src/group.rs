@@ -148,15 +148,12 @@ impl GroupInner {
         match &self.cgroup {
             Some((c, _)) => c.signal_all(sig),
             None => {
-                for pid in self.member_trees() {
-                    sys::kill(pid, sig);
-                }
-                // Under the lock: a member leaves the list before its zombie (which
-                // keeps the process group id reserved) is reaped.
-                let m = self.members();
-                for &pgid in &m.pids {
-                    sys::killpg(pgid, sig);
-                }
+                // Each process once (see `tree::signal_once`): the member groups,
+                // then the rest of their trees. `killpg` under the lock: a member
+                // leaves the list before its zombie (which keeps the process
+                // group id reserved) is reaped, so no group id is recycled yet.
+                let reached = tree::killpg_each(&self.members().pids, sig);
+                tree::signal_outside(&reached, self.member_trees(), sig);
             }
         }
     }
@@ -317,11 +314,7 @@ impl Group {
         mode: Enforcement,
     ) -> Result<Group, SpawnError> {
         cgroup::check_name(name)?;
-        let kind = match mode {
-            Enforcement::Cgroup2 => Some(Kind::V2),
-            Enforcement::Cgroup1 => Some(Kind::V1),
-            _ => None,
-        };
+        let kind = Kind::of(mode);
         let mut cg = None;
         if let Some(kind) = kind {
             // No memory.oom.group: an OOM kills the largest process (as on v1), not
@@ -336,10 +329,7 @@ impl Group {
             }
         }
         let effective = match (&cg, mode) {
-            (Some((c, _)), _) => match c.kind {
-                Kind::V2 => Enforcement::Cgroup2,
-                Kind::V1 => Enforcement::Cgroup1,
-            },
+            (Some((c, _)), _) => c.kind.enforcement(),
             (None, Enforcement::None) => Enforcement::None,
             (None, _) => Enforcement::Poll,
         };

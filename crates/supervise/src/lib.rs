@@ -8,14 +8,18 @@
 //! # Theory of operation
 //!
 //! * [`spawn`] resolves `argv[0]` in the child's `PATH`, optionally creates a fresh
-//!   leaf cgroup (v2: `/sys/fs/cgroup/batchguard/<name>`; v1:
-//!   `<own memory cgroup>/batchguard/<name>`) with the memory limit, and forks with
-//!   `std::process::Command`. Between fork and exec the child puts itself in a new
-//!   process group, writes `0` to the cgroup's `cgroup.procs` (opened before the
-//!   fork, so even its first fork is inside), drops privileges (setgroups, setgid,
-//!   setuid), changes directory and installs the optional "done" descriptor. Each
-//!   of those steps reports a failure through a private close-on-exec pipe, so the
-//!   parent can tell a bad workdir from a missing program.
+//!   leaf cgroup (v2: `BASE/<name>`, BASE being `/sys/fs/cgroup/batchguard` or,
+//!   where that is not writable, `<own delegated cgroup>/batchguard`; v1:
+//!   `<own memory cgroup>/batchguard/<name>`) with the memory limit, and starts the
+//!   child (module `spawn`). On cgroup v2 that is `clone3(CLONE_INTO_CGROUP)`: the
+//!   child is born inside its cgroup. Otherwise (v1, poll, or a kernel without it)
+//!   `std::process::Command` forks and the child writes `0` to the cgroup's
+//!   `cgroup.procs` (opened before the fork, so even its first fork is inside).
+//!   Between fork and exec the child puts itself in a new process group, drops
+//!   privileges (setgroups, setgid, setuid), changes directory and installs the
+//!   optional "done" descriptor. Each of those steps reports a failure through a
+//!   private close-on-exec pipe, so the parent can tell a bad workdir from a
+//!   missing program.
 //! * Main children are recorded in a process-wide registry. The runner is expected
 //!   to be a child subreaper ([`become_subreaper`]); orphaned descendants then
 //!   reparent to it and are reaped here, but never a registered main child, whose
@@ -32,9 +36,12 @@
 //! * "The tree" is every live process of the cgroup, or without a cgroup: the
 //!   process group, all descendants by ppid links, every process seen earlier in
 //!   the tree (pid + start time), and, once the main child has exited, any process
-//!   still holding our output pipes. Stopping is TERM, then KILL after the grace,
-//!   repeated until the tree is empty (bounded). After the main child exits on its
-//!   own, leftovers get TERM and at most 1 s (or the grace if shorter) before KILL.
+//!   still holding our output pipes. Stopping is TERM (or the runner's own INT /
+//!   HUP / QUIT, [`StopReason::first_signal`]), sent exactly once to each process
+//!   (the process group with one `killpg`, then only members outside it), then
+//!   KILL after the grace (v2: `cgroup.kill`), repeated until the tree is empty
+//!   (bounded). After the main child exits on its own, leftovers get TERM and at
+//!   most 1 s (or the grace if shorter) before KILL.
 //! * Memory: with a cgroup the kernel enforces the limit and the outcome is
 //!   [`End::OutOfMemory`] when the group's `oom_kill` counter moved; peak comes from
 //!   `memory.peak` / `memory.max_usage_in_bytes` (or sampling `memory.current`).
@@ -53,16 +60,13 @@
 //!   Short children stay cheap: no /proc scan unless they outlive the first tick or
 //!   an orphan was re-parented to us (`tree::only_main_children`).
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CString, OsString};
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, Command, Stdio};
+use std::process::ChildStdin;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -74,6 +78,7 @@ mod cgroup;
 mod group;
 mod output;
 pub mod procfs;
+mod spawn;
 mod sys;
 mod tree;
 
@@ -243,12 +248,14 @@ impl FromStr for Enforcement {
 }
 
 /// Where a cgroup named `name` (`CgroupPlacement::Create` or
-/// [`Group::create`]) is placed in `mode`, computed without creating
-/// anything. A runner records it before spawning, so that whoever cleans up
-/// after a runner killed right after the spawn still finds the whole tree.
+/// [`Group::create`]) is placed in `mode`, without creating it (on cgroup v2
+/// the base below which it goes is set up on first use, see
+/// docs/supervision.md). A runner records it before spawning, so that whoever
+/// cleans up after a runner killed right after the spawn still finds the
+/// whole tree. None where no cgroup can be created (poll).
 pub fn planned_cgroup(name: &str, mode: Enforcement) -> Option<PathBuf> {
     match mode {
-        Enforcement::Cgroup2 => cgroup::v2_root().map(|r| r.join("batchguard").join(name)),
+        Enforcement::Cgroup2 => cgroup::v2_base_planned().map(|b| b.join(name)),
         Enforcement::Cgroup1 => cgroup::v1_own().map(|o| o.join("batchguard").join(name)),
         Enforcement::Poll | Enforcement::None => None,
     }
@@ -346,6 +353,22 @@ pub enum StopReason {
     Requested,
 }
 
+impl StopReason {
+    /// The signal that starts a graceful stop: the runner's own TERM, INT, HUP
+    /// or QUIT is forwarded as itself (INT stays INT), anything else is TERM.
+    pub fn first_signal(self) -> Signal {
+        match self {
+            StopReason::Signal(s) => match Signal::try_from(s) {
+                Ok(sig @ (Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP | Signal::SIGQUIT)) => {
+                    sig
+                }
+                _ => Signal::SIGTERM,
+            },
+            StopReason::Fenced | StopReason::Requested => Signal::SIGTERM,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum End {
     Exited(i32),
@@ -408,117 +431,6 @@ impl StopHandle {
 // ---------------------------------------------------------------------------
 // Spawning
 
-/// Look `program` up like execvp does, in the child's PATH.
-fn resolve(program: &OsStr, env: &[(OsString, OsString)]) -> Result<PathBuf, SpawnError> {
-    let name = program.to_string_lossy().into_owned();
-    if program.is_empty() {
-        return Err(SpawnError::NotFound { program: name });
-    }
-    if program.as_bytes().contains(&b'/') {
-        return Ok(PathBuf::from(program));
-    }
-    let path = env
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
-    let mut not_exec = false;
-    for dir in path.as_bytes().split(|&b| b == b':') {
-        let dir = if dir.is_empty() {
-            Path::new(".")
-        } else {
-            Path::new(OsStr::from_bytes(dir))
-        };
-        let candidate = dir.join(program);
-        if let Ok(meta) = std::fs::metadata(&candidate) {
-            if meta.is_file() {
-                if meta.permissions().mode() & 0o111 != 0 {
-                    return Ok(candidate);
-                }
-                not_exec = true;
-            }
-        }
-    }
-    if not_exec {
-        Err(SpawnError::NotExecutable { program: name })
-    } else {
-        Err(SpawnError::NotFound { program: name })
-    }
-}
-
-/// Steps of the child's setup between fork and exec, reported through a private pipe.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-enum Stage {
-    Cgroup = 1,
-    User = 2,
-    Workdir = 3,
-    DoneFd = 4,
-}
-
-/// Everything the child needs between fork and exec, prepared beforehand
-/// (no allocation is allowed after fork in a multi-threaded process).
-struct PreExec {
-    report_fd: RawFd,
-    cgroup_procs: Option<RawFd>,
-    user: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
-    cwd: Option<CString>,
-    done: Option<(RawFd, RawFd)>,
-}
-
-impl PreExec {
-    /// Runs in the child after fork. Only async-signal-safe calls.
-    fn run(&self) -> io::Result<()> {
-        let fail = |stage: Stage| -> io::Error {
-            let err = io::Error::last_os_error();
-            let byte = stage as u8;
-            // SAFETY: writes one byte from a live local to a descriptor kept open by the
-            // parent for the duration of the spawn; write(2) is async-signal-safe.
-            let _ = unsafe { libc::write(self.report_fd, (&byte as *const u8).cast(), 1) };
-            err
-        };
-        if let Some(fd) = self.cgroup_procs {
-            // SAFETY: writes a static one-byte buffer to an open descriptor.
-            if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
-                return Err(fail(Stage::Cgroup));
-            }
-        }
-        if let Some((uid, gid, groups)) = &self.user {
-            // SAFETY: `groups` is a live Vec of gid_t; its pointer and length match.
-            if unsafe { libc::setgroups(groups.len(), groups.as_ptr()) } != 0 {
-                return Err(fail(Stage::User));
-            }
-            // SAFETY: integer argument only.
-            if unsafe { libc::setgid(*gid) } != 0 {
-                return Err(fail(Stage::User));
-            }
-            // SAFETY: integer argument only.
-            if unsafe { libc::setuid(*uid) } != 0 {
-                return Err(fail(Stage::User));
-            }
-        }
-        if let Some(dir) = &self.cwd {
-            // SAFETY: `dir` is a live NUL-terminated C string.
-            if unsafe { libc::chdir(dir.as_ptr()) } != 0 {
-                return Err(fail(Stage::Workdir));
-            }
-        }
-        if let Some((write_end, target)) = self.done {
-            if write_end == target {
-                // SAFETY: clears FD_CLOEXEC on a descriptor we own; no pointers.
-                if unsafe { libc::fcntl(target, libc::F_SETFD, 0) } != 0 {
-                    return Err(fail(Stage::DoneFd));
-                }
-            // SAFETY: dup2 between two descriptors; the new one has no FD_CLOEXEC.
-            } else if unsafe { libc::dup2(write_end, target) } != target {
-                return Err(fail(Stage::DoneFd));
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Start `spec` under `limits`, with the enforcement [`detect`] reports.
 pub fn spawn(spec: Spec, limits: Limits) -> Result<Child, SpawnError> {
     spawn_with(spec, limits, detect())
@@ -536,106 +448,41 @@ pub fn spawn_with(spec: Spec, limits: Limits, mode: Enforcement) -> Result<Child
         )));
     };
     let program_name = argv0.to_string_lossy().into_owned();
-    let program = resolve(argv0, &spec.env)?;
-
-    let cwd = match &spec.cwd {
-        Some(dir) => {
-            match std::fs::metadata(dir) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => {
-                    return Err(SpawnError::Workdir {
-                        path: dir.clone(),
-                        source: io::Error::from_raw_os_error(libc::ENOTDIR),
-                    });
-                }
-                Err(e) => {
-                    return Err(SpawnError::Workdir {
-                        path: dir.clone(),
-                        source: e,
-                    });
-                }
-            }
-            Some(
-                CString::new(dir.as_os_str().as_bytes()).map_err(|_| SpawnError::Workdir {
-                    path: dir.clone(),
-                    source: io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"),
-                })?,
-            )
-        }
-        None => None,
-    };
-
-    if let Some(n) = spec.done_fd {
-        if !(3..=65535).contains(&n) {
-            return Err(SpawnError::Io(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("done_fd {n} must be between 3 and 65535"),
-            )));
-        }
-    }
-
-    // The cgroup, with fallback to polling.
-    let mut cg: Option<(Cgroup, File)> = None;
-    let kind = match mode {
-        Enforcement::Cgroup2 => Some(Kind::V2),
-        Enforcement::Cgroup1 => Some(Kind::V1),
-        _ => None,
-    };
-    let joined = match &spec.cgroup {
-        CgroupPlacement::Join(h) => {
-            if h.0.is_closed() {
-                return Err(group::closed_error(&h.0));
-            }
-            Some(h.0.clone())
-        }
-        _ => None,
-    };
+    let program = spawn::resolve(argv0, &spec.env)?;
+    let cwd = spawn::check_workdir(spec.cwd.as_deref())?;
+    spawn::check_done_fd(spec.done_fd)?;
+    let joined = joined_group(&spec.cgroup)?;
     let mut limits = limits;
     if joined.is_some() {
         // The group's limit bounds the child; it has none of its own.
         limits.memory_max = None;
     }
-    if let (Some(kind), CgroupPlacement::Create { name }) = (kind, &spec.cgroup) {
-        match Cgroup::create(kind, name, limits.memory_max, true) {
-            Ok(pair) => cg = Some(pair),
-            Err(e) => tracing::warn!(
-                path = %e.path.display(),
-                error = %e.source,
-                "cannot create a {mode} cgroup; tracking the process tree by polling instead"
-            ),
-        }
-    }
-    let effective = match (&cg, mode, &joined) {
-        (_, _, Some(g)) => g.mode(),
-        (Some((c, _)), _, _) => match c.kind {
-            Kind::V2 => Enforcement::Cgroup2,
-            Kind::V1 => Enforcement::Cgroup1,
-        },
-        (None, Enforcement::None, _) => Enforcement::None,
-        (None, _, _) => Enforcement::Poll,
+    let cg = own_cgroup(&spec.cgroup, limits.memory_max, mode);
+    let effective = match (&cg, &joined) {
+        (_, Some(g)) => g.mode(),
+        (Some((c, _)), None) => c.kind.enforcement(),
+        (None, None) if mode == Enforcement::None => Enforcement::None,
+        (None, None) => Enforcement::Poll,
     };
-    // Joined children: the group's OOM counters before this child started.
-    let oom_before = joined.as_ref().map_or(0, |g| g.oom_kills());
-    let breaches_before = joined.as_ref().map_or(0, |g| g.breaches());
     if limits.memory_max.is_some() && effective == Enforcement::None {
         tracing::warn!("memory_max set but memory enforcement is 'none': not enforced");
     }
-
+    // Joined children: the group's OOM counters before this child started.
+    let oom_before = joined.as_ref().map_or(0, |g| g.oom_kills());
+    let breaches_before = joined.as_ref().map_or(0, |g| g.breaches());
     let target = match &joined {
         Some(g) => g.join_target(),
         None => cg.as_ref().map(|(c, f)| (c, f)),
     };
-    // A joined child with nothing to do between fork and exec besides
-    // setpgid and chdir (no user, no done fd) is spawned without a pre-exec
-    // hook, so the C library can use vfork-style posix_spawn: no copy of the
-    // runner's page tables and no copy-on-write faults afterwards, which in
-    // per-item mode (thousands of short children) is most of the cost. The
-    // parent then moves the child into the group's cgroup right away, and
-    // then whatever it forked meanwhile (see `spawn_without_hook`).
-    let fast = joined.is_some() && spec.user.is_none() && spec.done_fd.is_none();
-    let result = spawn_process(&spec, &program, &program_name, cwd, target, fast);
-    let (mut std_child, done_reader) = match result {
-        Ok(v) => v,
+    let proc = match spawn::start(
+        &spec,
+        &program,
+        &program_name,
+        cwd,
+        target,
+        joined.is_some(),
+    ) {
+        Ok(p) => p,
         Err(e) => {
             if let Some((c, _)) = &cg {
                 let _ = c.remove();
@@ -643,78 +490,127 @@ pub fn spawn_with(spec: Spec, limits: Limits, mode: Enforcement) -> Result<Child
             return Err(e);
         }
     };
-    let cgroup = cg.map(|(c, _procs)| c);
-    let pid = std_child.id() as i32;
-    if let Some(g) = &joined {
-        g.add_member(pid);
-    }
-    let abort = |e: io::Error| abort_spawn(pid, cgroup.as_ref(), joined.as_deref(), e);
-
-    // From here on the child runs: build the supervision state without failing.
-    let wake = Arc::new(EventFd::new().map_err(abort)?);
-    let pidfd = match sys::pidfd_open(pid) {
-        Ok(fd) => Some(fd),
-        Err(e) => {
-            tracing::warn!(pid, error = %e, "pidfd_open failed; falling back to a 10 ms exit check");
-            None
-        }
-    };
-    let pipes: Vec<(Stream, OwnedFd)> = [
-        (Stream::Stdout, std_child.stdout.take().map(OwnedFd::from)),
-        (Stream::Stderr, std_child.stderr.take().map(OwnedFd::from)),
-    ]
-    .into_iter()
-    .filter_map(|(stream, fd)| Some((stream, fd?)))
-    .collect();
-    // Only the no-cgroup tracker looks for holders of the pipes.
-    let pipe_inodes: Vec<u64> = if cgroup.is_none() {
-        pipes
-            .iter()
-            .filter_map(|(_, fd)| sys::inode(fd.as_raw_fd()).ok())
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let output = Output::new(pipes).map_err(abort)?;
-
-    let stdin = std_child.stdin.take();
-    drop(std_child); // does not wait or kill; we own the pid from now on.
-
     let memory_enforcement = match &joined {
         Some(g) => g.enforcement(),
         None if limits.memory_max.is_some() => effective,
         None => Enforcement::None,
     };
-    let tracker = cgroup
-        .is_none()
-        .then(|| Tracker::new(pid, pid, pipe_inodes));
-    let stop = StopHandle(Arc::new(StopShared {
-        reason: Mutex::new(None),
-        kill_now: AtomicBool::new(false),
-        wake: wake.clone(),
-    }));
-    Ok(Child {
-        pid,
+    let plan = Supervision {
         started,
         limits,
         mode: effective,
         memory_enforcement,
-        cgroup,
-        stdin,
-        done_reader,
-        pidfd,
-        wake,
-        stop,
-        output,
-        tracker,
+        cgroup: cg.map(|(c, _procs)| c),
         group: joined,
         oom_before,
         breaches_before,
-        main_exited: false,
-        no_orphans_seen: false,
-        peak: None,
-        finished: false,
-    })
+    };
+    plan.attach(proc)
+}
+
+/// The group a [`CgroupPlacement::Join`] child joins (an error once it is closed).
+fn joined_group(placement: &CgroupPlacement) -> Result<Option<Arc<group::GroupInner>>, SpawnError> {
+    match placement {
+        CgroupPlacement::Join(h) if h.0.is_closed() => Err(group::closed_error(&h.0)),
+        CgroupPlacement::Join(h) => Ok(Some(h.0.clone())),
+        _ => Ok(None),
+    }
+}
+
+/// The child's own cgroup for [`CgroupPlacement::Create`] in a cgroup `mode`,
+/// with its `cgroup.procs` open; None (poll) when it cannot be created.
+fn own_cgroup(
+    placement: &CgroupPlacement,
+    memory_max: Option<u64>,
+    mode: Enforcement,
+) -> Option<(Cgroup, File)> {
+    let (Some(kind), CgroupPlacement::Create { name }) = (Kind::of(mode), placement) else {
+        return None;
+    };
+    match Cgroup::create(kind, name, memory_max, true) {
+        Ok(pair) => Some(pair),
+        Err(e) => {
+            tracing::warn!(
+                path = %e.path.display(),
+                error = %e.source,
+                "cannot create a {mode} cgroup; tracking the process tree by polling instead"
+            );
+            None
+        }
+    }
+}
+
+/// How a started child will be supervised: what [`spawn_with`] decided.
+struct Supervision {
+    started: Instant,
+    limits: Limits,
+    mode: Enforcement,
+    memory_enforcement: Enforcement,
+    cgroup: Option<Cgroup>,
+    group: Option<Arc<group::GroupInner>>,
+    oom_before: u64,
+    breaches_before: u64,
+}
+
+impl Supervision {
+    /// Build the [`Child`] around the running process `proc`. On failure the
+    /// child (already running) is killed and reaped, its cgroup removed.
+    fn attach(self, proc: spawn::Started) -> Result<Child, SpawnError> {
+        let pid = proc.pid;
+        if let Some(g) = &self.group {
+            g.add_member(pid);
+        }
+        let abort = |e: io::Error| abort_spawn(pid, self.cgroup.as_ref(), self.group.as_deref(), e);
+        let wake = Arc::new(EventFd::new().map_err(abort)?);
+        let pidfd = match sys::pidfd_open(pid) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                tracing::warn!(pid, error = %e, "pidfd_open failed; falling back to a 10 ms exit check");
+                None
+            }
+        };
+        let pipes: Vec<(Stream, OwnedFd)> =
+            [(Stream::Stdout, proc.stdout), (Stream::Stderr, proc.stderr)]
+                .into_iter()
+                .filter_map(|(stream, fd)| Some((stream, fd?)))
+                .collect();
+        // Only the no-cgroup tracker looks for holders of the pipes.
+        let tracker = self.cgroup.is_none().then(|| {
+            let inodes = pipes
+                .iter()
+                .filter_map(|(_, fd)| sys::inode(fd.as_raw_fd()).ok())
+                .collect();
+            Tracker::new(pid, pid, inodes)
+        });
+        let output = Output::new(pipes).map_err(abort)?;
+        let stop = StopHandle(Arc::new(StopShared {
+            reason: Mutex::new(None),
+            kill_now: AtomicBool::new(false),
+            wake: wake.clone(),
+        }));
+        Ok(Child {
+            pid,
+            started: self.started,
+            limits: self.limits,
+            mode: self.mode,
+            memory_enforcement: self.memory_enforcement,
+            cgroup: self.cgroup,
+            stdin: proc.stdin,
+            done_reader: proc.done_reader,
+            pidfd,
+            wake,
+            stop,
+            output,
+            tracker,
+            group: self.group,
+            oom_before: self.oom_before,
+            breaches_before: self.breaches_before,
+            main_exited: false,
+            no_orphans_seen: false,
+            peak: None,
+            finished: false,
+        })
+    }
 }
 
 /// Cleanup when the child is running but its supervision could not be set up.
@@ -741,215 +637,6 @@ fn abort_spawn(
     SpawnError::Io(e)
 }
 
-fn spawn_process(
-    spec: &Spec,
-    program: &Path,
-    program_name: &str,
-    cwd: Option<CString>,
-    cg: Option<(&Cgroup, &File)>,
-    fast: bool,
-) -> Result<(std::process::Child, Option<File>), SpawnError> {
-    if fast {
-        return spawn_without_hook(spec, program, program_name, cg);
-    }
-    let (report_r, report_w) = sys::pipe_cloexec()?;
-    let done_pipe = match spec.done_fd {
-        Some(_) => Some(sys::pipe_cloexec()?),
-        None => None,
-    };
-    let pre = PreExec {
-        report_fd: report_w.as_raw_fd(),
-        cgroup_procs: cg.map(|(_, f)| f.as_raw_fd()),
-        user: spec.user.as_ref().map(|u| (u.uid, u.gid, u.groups.clone())),
-        cwd,
-        done: match (&done_pipe, spec.done_fd) {
-            (Some((_, w)), Some(n)) => Some((w.as_raw_fd(), n)),
-            _ => None,
-        },
-    };
-
-    let mut cmd = base_command(spec, program);
-    // SAFETY: `PreExec::run` only performs async-signal-safe syscalls (write, setgroups,
-    // setgid, setuid, chdir, fcntl, dup2) on data prepared before the fork, and
-    // allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || pre.run());
-    }
-
-    let spawned = {
-        // Hold the registry while forking: the orphan reaper must not reap the new
-        // child (if it dies instantly) before it is registered, nor race std's own
-        // reaping of a child whose exec failed.
-        let mut reg = tree::registry();
-        // Occupy fd number `done_fd` during the fork so std's internal exec-error pipe
-        // cannot land on it (the child's dup2 would clobber it).
-        let _placeholder = match spec.done_fd {
-            Some(n) => sys::reserve_fd(n)?,
-            None => None,
-        };
-        let r = cmd.spawn();
-        if let Ok(child) = &r {
-            reg.insert(child.id() as i32);
-        }
-        r
-    };
-    drop(report_w);
-    match spawned {
-        Ok(child) => {
-            let reader = done_pipe.map(|(r, w)| {
-                drop(w);
-                File::from(r)
-            });
-            Ok((child, reader))
-        }
-        Err(e) => {
-            let mut stage = [0u8; 1];
-            let mut report = File::from(report_r);
-            let got = io::Read::read(&mut report, &mut stage).unwrap_or(0);
-            Err(classify(
-                e,
-                if got == 1 { Some(stage[0]) } else { None },
-                spec,
-                program_name,
-                cg.map(|(c, _)| c),
-            ))
-        }
-    }
-}
-
-/// `spawn_process` for a joined child that needs no pre-exec hook. The
-/// child is written into the group's `cgroup.procs` by the parent as soon as
-/// the spawn returns (after its exec). Processes it forked before that move
-/// completed (a cgroup v1 migration can take a while) are still outside: they
-/// are moved next, parents before their children, by following
-/// `/proc/PID/task/*/children` links (see `sweep_into_cgroup`). What remains
-/// is a descendant that was forked, exited and was reaped within those
-/// microseconds while its own children were re-parented to us: those stay
-/// outside the group's cgroup (still tracked as part of the child's tree by
-/// process group and ppid links).
-fn spawn_without_hook(
-    spec: &Spec,
-    program: &Path,
-    program_name: &str,
-    cg: Option<(&Cgroup, &File)>,
-) -> Result<(std::process::Child, Option<File>), SpawnError> {
-    let mut cmd = base_command(spec, program);
-    if let Some(dir) = &spec.cwd {
-        cmd.current_dir(dir);
-    }
-    let spawned = {
-        let mut reg = tree::registry();
-        let r = cmd.spawn();
-        if let Ok(child) = &r {
-            reg.insert(child.id() as i32);
-        }
-        r
-    };
-    match spawned {
-        Ok(child) => {
-            if let Some((c, mut procs)) = cg {
-                let pid = child.id().to_string();
-                match io::Write::write_all(&mut procs, pid.as_bytes()) {
-                    Ok(()) => sweep_into_cgroup(procs, child.id() as i32),
-                    Err(e) => tracing::warn!(
-                        path = %c.path.display(), pid = %pid, error = %e,
-                        "cannot move the child into the run's cgroup"
-                    ),
-                }
-            }
-            Ok((child, None))
-        }
-        Err(e) => Err(classify(e, None, spec, program_name, cg.map(|(c, _)| c))),
-    }
-}
-
-/// Move the descendants of `root` (already moved) into the cgroup of `procs`.
-/// Each process is moved before its children are listed, so whatever it forks
-/// later is born inside; a usual child has not forked yet and this costs one
-/// look at its (empty) children lists.
-fn sweep_into_cgroup(mut procs: &File, root: i32) {
-    let mut todo = vec![root];
-    let mut moved = 0usize;
-    while let Some(pid) = todo.pop() {
-        for kid in procfs::children_of(pid) {
-            // Bounded: a fork bomb is the cgroup's (pids / memory) problem.
-            if moved >= 4096 {
-                return;
-            }
-            moved += 1;
-            if io::Write::write_all(&mut procs, kid.to_string().as_bytes()).is_ok() {
-                todo.push(kid);
-            }
-        }
-    }
-}
-
-/// The command both spawn paths start from: argv exactly as given, the
-/// complete environment, piped output, its own process group.
-fn base_command(spec: &Spec, program: &Path) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.arg0(&spec.argv[0])
-        .args(&spec.argv[1..])
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(match spec.stdin {
-            StdinMode::Null => Stdio::null(),
-            StdinMode::Pipe => Stdio::piped(),
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    cmd
-}
-
-fn classify(
-    e: io::Error,
-    stage: Option<u8>,
-    spec: &Spec,
-    program: &str,
-    cg: Option<&Cgroup>,
-) -> SpawnError {
-    match stage {
-        Some(s) if s == Stage::Cgroup as u8 => SpawnError::Cgroup {
-            path: cg.map(|c| c.path.join("cgroup.procs")).unwrap_or_default(),
-            source: e,
-        },
-        Some(s) if s == Stage::User as u8 => SpawnError::User {
-            name: spec
-                .user
-                .as_ref()
-                .map(|u| u.name.clone())
-                .unwrap_or_default(),
-            reason: format!("cannot switch to it: {e}"),
-        },
-        Some(s) if s == Stage::Workdir as u8 => SpawnError::Workdir {
-            path: spec.cwd.clone().unwrap_or_default(),
-            source: e,
-        },
-        Some(_) => SpawnError::Io(io::Error::new(
-            e.kind(),
-            format!("cannot install done fd: {e}"),
-        )),
-        None => match e.raw_os_error() {
-            Some(libc::ENOENT) => SpawnError::NotFound {
-                program: program.to_string(),
-            },
-            Some(
-                libc::EACCES
-                | libc::ENOEXEC
-                | libc::EPERM
-                | libc::EISDIR
-                | libc::ETXTBSY
-                | libc::ELOOP
-                | libc::ENOTDIR,
-            ) => SpawnError::NotExecutable {
-                program: program.to_string(),
-            },
-            _ => SpawnError::Io(io::Error::new(e.kind(), format!("{program}: {e}"))),
-        },
-    }
-}
-
 // ---------------------------------------------------------------------------
 // The running child
 
@@ -959,6 +646,49 @@ enum Cause {
     Timeout,
     Memory,
     Stop(StopReason),
+}
+
+/// The state of one [`Child::wait`] loop.
+struct WaitState {
+    grace: Duration,
+    deadline: Option<Instant>,
+    /// The main child's exit status, once it exited (not reaped yet).
+    status: Option<RawStatus>,
+    cause: Option<Cause>,
+    phase: Phase,
+    next_tick: Instant,
+    drain_deadline: Option<Instant>,
+    /// Set once the known tree was gone but the pipes were still open: from then on
+    /// also look for processes holding our pipes (no-cgroup mode only).
+    deep: bool,
+    deep_at: Option<Instant>,
+}
+
+impl WaitState {
+    fn new(limits: &Limits, started: Instant) -> WaitState {
+        WaitState {
+            grace: limits.kill_grace,
+            deadline: limits.timeout.map(|t| started + t),
+            status: None,
+            cause: None,
+            phase: Phase::Running,
+            // The first sample after FIRST_TICK: a short job never pays for a
+            // scan of the process table.
+            next_tick: Instant::now() + FIRST_TICK,
+            drain_deadline: None,
+            deep: false,
+            deep_at: None,
+        }
+    }
+}
+
+/// What `Child::after_exit` found.
+enum AfterExit {
+    /// Tree gone and output drained (or given up): conclude.
+    Done,
+    /// Look again at once (the deep search was just switched on).
+    LookAgain,
+    Wait,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -1055,16 +785,17 @@ impl Child {
         }
     }
 
+    /// Send `sig` once to every process of the tree (see [`tree::signal_once`]):
+    /// the process group first, then members outside it. KILL of an own v2
+    /// cgroup is one write to `cgroup.kill`. The main child's zombie keeps the
+    /// group id reserved until the reap, so `killpg` never hits a stranger.
     fn signal_tree(&mut self, sig: Signal, deep: bool) {
-        if let Some(c) = &self.cgroup {
-            c.signal_all(sig);
-        } else {
-            for pid in self.tree(deep) {
-                sys::kill(pid, sig);
-            }
+        if sig == Signal::SIGKILL && self.cgroup.as_ref().is_some_and(Cgroup::kill) {
+            sys::killpg(self.pid, sig);
+            return;
         }
-        // The main child's zombie keeps the group id reserved, so this is safe.
-        sys::killpg(self.pid, sig);
+        let pgid = self.pid;
+        tree::signal_once(&[pgid], || self.tree(deep), sig);
     }
 
     /// Periodic work: memory sampling, orphan reaping. Returns true if the poll-mode
@@ -1113,181 +844,184 @@ impl Child {
     /// output pipes reached EOF (or the tree was killed). `on_line` is called on this
     /// thread for every line of output, in arrival order.
     pub fn wait(mut self, mut on_line: impl FnMut(Stream, &[u8])) -> Outcome {
-        let grace = self.limits.kill_grace;
-        let deadline = self.limits.timeout.map(|t| self.started + t);
-        let mut status: Option<RawStatus> = None;
-        let mut cause: Option<Cause> = None;
-        let mut phase = Phase::Running;
-        // The first sample after FIRST_TICK: a short job never pays for a
-        // scan of the process table.
-        let mut next_tick = Instant::now() + FIRST_TICK;
-        let mut drain_deadline: Option<Instant> = None;
-        // Set once the known tree was gone but the pipes were still open: from then on
-        // also look for processes holding our pipes (no-cgroup mode only).
-        let mut deep = false;
-        let mut deep_at: Option<Instant> = None;
-
+        let mut w = WaitState::new(&self.limits, self.started);
         loop {
             self.wake.drain();
-            if status.is_none() {
-                match sys::peek_exit(self.pid) {
-                    Ok(s) => status = s,
-                    Err(e) => {
-                        tracing::error!(pid = self.pid, error = %e, "waitid failed");
-                        status = Some(RawStatus::Signaled(0));
-                    }
-                }
-            }
+            self.check_exit(&mut w);
             // After the exit check: a main child that exited has closed its end of
             // the pipes, so a lone child's EOF is seen in this very pass.
             self.output.pump(&mut on_line);
             let now = Instant::now();
-            let running = status.is_none();
-            self.main_exited = !running;
+            self.main_exited = w.status.is_some();
+            self.act(&mut w, now);
+            if w.status.is_some() {
+                match self.after_exit(&mut w, now) {
+                    AfterExit::Done => break,
+                    AfterExit::LookAgain => continue,
+                    AfterExit::Wait => {}
+                }
+            }
+            self.sleep(&w, now);
+        }
+        self.conclude(w, &mut on_line)
+    }
 
-            // Requests from outside.
-            if running && cause.is_none() {
-                if let Some(r) = self.stop.reason() {
-                    cause = Some(Cause::Stop(r));
-                    phase = self.begin_term(phase, now, grace);
+    /// Has the main child exited? (`waitid(WNOWAIT)`: its zombie stays.)
+    fn check_exit(&mut self, w: &mut WaitState) {
+        if w.status.is_none() {
+            match sys::peek_exit(self.pid) {
+                Ok(s) => w.status = s,
+                Err(e) => {
+                    tracing::error!(pid = self.pid, error = %e, "waitid failed");
+                    w.status = Some(RawStatus::Signaled(0));
                 }
-            }
-            if self.stop.0.kill_now.load(Ordering::SeqCst) {
-                phase = self.begin_kill(phase, now);
-            }
-            // Deadline.
-            if running && cause.is_none() && deadline.is_some_and(|d| now >= d) {
-                cause = Some(Cause::Timeout);
-                phase = self.begin_term(phase, now, grace);
-            }
-            // Sampling / housekeeping.
-            if now >= next_tick {
-                let over = self.tick();
-                if over && running && cause.is_none() {
-                    tracing::info!(pid = self.pid, "memory limit exceeded; killing the tree");
-                    cause = Some(Cause::Memory);
-                    phase = self.begin_kill(phase, now);
-                }
-                next_tick = now + self.tick_period();
-            }
-            // Escalation.
-            match phase {
-                Phase::Terminating { kill_at } if now >= kill_at => {
-                    phase = self.begin_kill(phase, now)
-                }
-                Phase::Killing { since, next } if now >= next => {
-                    self.signal_tree(Signal::SIGKILL, deep);
-                    phase = Phase::Killing {
-                        since,
-                        next: now + TEARDOWN_TICK,
-                    };
-                }
-                _ => {}
-            }
-
-            // After the main child exited: make sure the rest of the tree goes too.
-            if status.is_some() {
-                let alive = self.tree(deep && !self.output.all_closed());
-                if alive.is_empty() {
-                    if self.output.all_closed() {
-                        break;
-                    }
-                    if !deep && self.cgroup.is_none() {
-                        // Usually EOF is only microseconds behind the exit: give it a
-                        // moment before the expensive search for pipe holders.
-                        let at = *deep_at.get_or_insert(now + EOF_LAG);
-                        if now >= at {
-                            deep = true;
-                            continue;
-                        }
-                    }
-                    let d = *drain_deadline.get_or_insert(now + DRAIN_GRACE);
-                    if now >= d {
-                        tracing::warn!(
-                            pid = self.pid,
-                            "output pipes still open after the tree ended; not waiting for EOF"
-                        );
-                        break;
-                    }
-                } else {
-                    drain_deadline = None;
-                    if matches!(phase, Phase::Running) {
-                        tracing::debug!(
-                            pid = self.pid,
-                            leftovers = alive.len(),
-                            "main process exited; terminating leftovers"
-                        );
-                        phase = self.begin_term(phase, now, grace.min(LEFTOVER_GRACE));
-                    }
-                    if let Phase::Killing { since, .. } = phase {
-                        if now.duration_since(since) > KILL_GIVE_UP {
-                            tracing::warn!(pid = self.pid, leftovers = ?alive, "processes survive SIGKILL; giving up");
-                            break;
-                        }
-                    }
-                }
-            }
-
-            // Sleep until something happens or the next deadline.
-            let mut wake_at = next_tick;
-            let mut consider = |t: Instant| {
-                if t < wake_at {
-                    wake_at = t;
-                }
-            };
-            if running && cause.is_none() {
-                if let Some(d) = deadline {
-                    consider(d);
-                }
-            }
-            match phase {
-                Phase::Running => {}
-                Phase::Terminating { kill_at } => {
-                    consider(kill_at);
-                    consider(now + TEARDOWN_TICK);
-                }
-                Phase::Killing { next, .. } => consider(next),
-            }
-            if !running {
-                consider(now + TEARDOWN_TICK);
-            }
-            if let Some(d) = drain_deadline {
-                consider(d);
-            }
-            if let (Some(d), false) = (deep_at, deep) {
-                consider(d);
-            }
-            if running && self.pidfd.is_none() {
-                consider(now + Duration::from_millis(10));
-            }
-            // The wake-up eventfd, the pidfd, the open output pipes (-1: unused).
-            let mut set = [sys::pollfd(-1); 4];
-            set[0] = sys::pollfd(self.wake.raw());
-            if running {
-                if let Some(fd) = &self.pidfd {
-                    set[1] = sys::pollfd(fd.as_raw_fd());
-                }
-            }
-            for (slot, fd) in set[2..].iter_mut().zip(self.output.pollfds()) {
-                *slot = fd;
-            }
-            if let Err(e) = sys::poll(
-                &mut set,
-                Some(wake_at.saturating_duration_since(Instant::now())),
-            ) {
-                tracing::error!(error = %e, "poll failed");
-                std::thread::sleep(Duration::from_millis(10));
             }
         }
+    }
 
-        // The tree is gone: collect the verdict, reap, clean up.
+    /// Requests from outside, the deadline, sampling and escalation.
+    fn act(&mut self, w: &mut WaitState, now: Instant) {
+        let running = w.status.is_none();
+        if running && w.cause.is_none() {
+            if let Some(r) = self.stop.reason() {
+                w.cause = Some(Cause::Stop(r));
+                w.phase = self.begin_term(w.phase, now, w.grace, r.first_signal());
+            }
+        }
+        if self.stop.0.kill_now.load(Ordering::SeqCst) {
+            w.phase = self.begin_kill(w.phase, now);
+        }
+        if running && w.cause.is_none() && w.deadline.is_some_and(|d| now >= d) {
+            w.cause = Some(Cause::Timeout);
+            w.phase = self.begin_term(w.phase, now, w.grace, Signal::SIGTERM);
+        }
+        if now >= w.next_tick {
+            let over = self.tick();
+            if over && running && w.cause.is_none() {
+                tracing::info!(pid = self.pid, "memory limit exceeded; killing the tree");
+                w.cause = Some(Cause::Memory);
+                w.phase = self.begin_kill(w.phase, now);
+            }
+            w.next_tick = now + self.tick_period();
+        }
+        match w.phase {
+            Phase::Terminating { kill_at } if now >= kill_at => {
+                w.phase = self.begin_kill(w.phase, now)
+            }
+            Phase::Killing { since, next } if now >= next => {
+                self.signal_tree(Signal::SIGKILL, w.deep);
+                w.phase = Phase::Killing {
+                    since,
+                    next: now + TEARDOWN_TICK,
+                };
+            }
+            _ => {}
+        }
+    }
+
+    /// After the main child exited: make sure the rest of the tree goes too,
+    /// and decide when the output is drained.
+    fn after_exit(&mut self, w: &mut WaitState, now: Instant) -> AfterExit {
+        let alive = self.tree(w.deep && !self.output.all_closed());
+        if !alive.is_empty() {
+            w.drain_deadline = None;
+            if matches!(w.phase, Phase::Running) {
+                tracing::debug!(
+                    pid = self.pid,
+                    leftovers = alive.len(),
+                    "main process exited; terminating leftovers"
+                );
+                let grace = w.grace.min(LEFTOVER_GRACE);
+                w.phase = self.begin_term(w.phase, now, grace, Signal::SIGTERM);
+            }
+            if let Phase::Killing { since, .. } = w.phase {
+                if now.duration_since(since) > KILL_GIVE_UP {
+                    tracing::warn!(pid = self.pid, leftovers = ?alive, "processes survive SIGKILL; giving up");
+                    return AfterExit::Done;
+                }
+            }
+            return AfterExit::Wait;
+        }
+        if self.output.all_closed() {
+            return AfterExit::Done;
+        }
+        if !w.deep && self.cgroup.is_none() {
+            // Usually EOF is only microseconds behind the exit: give it a
+            // moment before the expensive search for pipe holders.
+            let at = *w.deep_at.get_or_insert(now + EOF_LAG);
+            if now >= at {
+                w.deep = true;
+                return AfterExit::LookAgain;
+            }
+        }
+        let d = *w.drain_deadline.get_or_insert(now + DRAIN_GRACE);
+        if now >= d {
+            tracing::warn!(
+                pid = self.pid,
+                "output pipes still open after the tree ended; not waiting for EOF"
+            );
+            return AfterExit::Done;
+        }
+        AfterExit::Wait
+    }
+
+    /// Sleep until something happens (exit, output, a stop request) or the next deadline.
+    fn sleep(&self, w: &WaitState, now: Instant) {
+        let running = w.status.is_none();
+        let mut wake_at = w.next_tick;
+        let mut consider = |t: Instant| wake_at = wake_at.min(t);
+        if running && w.cause.is_none() {
+            if let Some(d) = w.deadline {
+                consider(d);
+            }
+        }
+        match w.phase {
+            Phase::Running => {}
+            Phase::Terminating { kill_at } => {
+                consider(kill_at);
+                consider(now + TEARDOWN_TICK);
+            }
+            Phase::Killing { next, .. } => consider(next),
+        }
+        if !running {
+            consider(now + TEARDOWN_TICK);
+        }
+        if let Some(d) = w.drain_deadline {
+            consider(d);
+        }
+        if let (Some(d), false) = (w.deep_at, w.deep) {
+            consider(d);
+        }
+        if running && self.pidfd.is_none() {
+            consider(now + Duration::from_millis(10));
+        }
+        // The wake-up eventfd, the pidfd, the open output pipes (-1: unused).
+        let mut set = [sys::pollfd(-1); 4];
+        set[0] = sys::pollfd(self.wake.raw());
+        if let (true, Some(fd)) = (running, &self.pidfd) {
+            set[1] = sys::pollfd(fd.as_raw_fd());
+        }
+        for (slot, fd) in set[2..].iter_mut().zip(self.output.pollfds()) {
+            *slot = fd;
+        }
+        if let Err(e) = sys::poll(
+            &mut set,
+            Some(wake_at.saturating_duration_since(Instant::now())),
+        ) {
+            tracing::error!(error = %e, "poll failed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The tree is gone: collect the verdict, reap, clean up.
+    fn conclude(mut self, w: WaitState, on_line: &mut impl FnMut(Stream, &[u8])) -> Outcome {
         if let Some(g) = &self.group {
             // Before the reap: the zombie still reserves the process group id.
             g.remove_member(self.pid);
         }
         let final_status = match sys::reap_blocking(self.pid) {
             Ok(Some(s)) => Some(s),
-            _ => status,
+            _ => w.status,
         };
         tree::registry().remove(&self.pid);
         let mut oom_kills = 0;
@@ -1297,7 +1031,7 @@ impl Child {
                 self.peak = Some(self.peak.unwrap_or(0).max(p));
             }
         }
-        self.output.finish(&mut on_line);
+        self.output.finish(on_line);
         if let Some(c) = &self.cgroup {
             if let Err(e) = c.remove() {
                 tracing::warn!(path = %c.path.display(), error = %e, "cannot remove cgroup");
@@ -1307,12 +1041,11 @@ impl Child {
             tree::reap_orphans();
         }
         self.finished = true;
-
         let group_oom = self
             .group
             .as_ref()
             .is_some_and(|g| joined_oom(g, self.oom_before, self.breaches_before, final_status));
-        let end = match cause {
+        let end = match w.cause {
             Some(Cause::Timeout) => End::TimedOut,
             Some(Cause::Memory) => End::OutOfMemory,
             Some(Cause::Stop(r)) => End::Stopped(r),
@@ -1324,23 +1057,20 @@ impl Child {
                 None => End::Signaled(0),
             },
         };
-        let peak_memory_bytes = if self.mode == Enforcement::None {
-            None
-        } else {
-            self.peak
-        };
         Outcome {
             end,
-            peak_memory_bytes,
+            peak_memory_bytes: self.peak.filter(|_| self.mode != Enforcement::None),
             enforcement: self.memory_enforcement,
             duration: self.started.elapsed(),
         }
     }
 
-    fn begin_term(&mut self, phase: Phase, now: Instant, grace: Duration) -> Phase {
+    /// Start the graceful stop with `sig` (TERM, or the runner's own signal):
+    /// sent exactly once, never repeated during the grace.
+    fn begin_term(&mut self, phase: Phase, now: Instant, grace: Duration, sig: Signal) -> Phase {
         match phase {
             Phase::Running => {
-                self.signal_tree(Signal::SIGTERM, false);
+                self.signal_tree(sig, false);
                 // SIGCONT so that stopped members can act on TERM.
                 self.signal_tree(Signal::SIGCONT, false);
                 Phase::Terminating {
@@ -1416,10 +1146,8 @@ fn joined_oom(
 
 fn leftover_pids(cgroup: Option<&Path>, pgid: Option<i32>) -> Vec<i32> {
     let mut out = Vec::new();
-    if let Some(path) = cgroup {
-        if path.is_dir() {
-            out.extend(Cgroup::open(path).live_pids());
-        }
+    if let Some(c) = cgroup.and_then(Cgroup::open_verified) {
+        out.extend(c.live_pids());
     }
     if let Some(g) = pgid {
         if g != nix::unistd::getpgrp().as_raw() {
@@ -1433,22 +1161,21 @@ fn leftover_pids(cgroup: Option<&Path>, pgid: Option<i32>) -> Vec<i32> {
 
 /// Whether any process of a tree left by a previous runner is still alive
 /// (every pid in `cgroup`'s cgroup.procs, and every member of process group `pgid`).
+/// `cgroup` comes from the state store and is only used when it is a run
+/// cgroup: a directory on a cgroup filesystem directly below a `batchguard`
+/// base (else it is ignored with a warning).
 pub fn tree_alive(cgroup: Option<&Path>, pgid: Option<i32>) -> bool {
     !leftover_pids(cgroup, pgid).is_empty()
 }
 
+/// Send `sig` once to every process of a leftover tree (KILL: also `cgroup.kill`).
 fn signal_leftovers(cgroup: Option<&Path>, pgid: Option<i32>, sig: Signal) {
-    if let Some(path) = cgroup {
-        if path.is_dir() {
-            Cgroup::open(path).signal_all(sig);
+    if sig == Signal::SIGKILL {
+        if let Some(c) = cgroup.and_then(Cgroup::open_verified) {
+            c.kill();
         }
     }
-    for pid in leftover_pids(cgroup, pgid) {
-        sys::kill(pid, sig);
-    }
-    if let Some(g) = pgid {
-        sys::killpg(g, sig);
-    }
+    tree::signal_once(pgid.as_slice(), || leftover_pids(cgroup, pgid), sig);
 }
 
 /// Kill a tree left by a previous runner: TERM, wait up to `grace`, KILL, wait until
@@ -1475,11 +1202,9 @@ pub fn kill_leftovers(cgroup: Option<&Path>, pgid: Option<i32>, grace: Duration)
         }
     }
     tree::reap_orphans();
-    if let Some(path) = cgroup {
-        if path.is_dir() {
-            if let Err(e) = Cgroup::open(path).remove() {
-                tracing::warn!(path = %path.display(), error = %e, "cannot remove leftover cgroup");
-            }
+    if let Some(c) = cgroup.and_then(Cgroup::open_verified) {
+        if let Err(e) = c.remove() {
+            tracing::warn!(path = %c.path.display(), error = %e, "cannot remove leftover cgroup");
         }
     }
     was_alive

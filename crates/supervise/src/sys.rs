@@ -1,5 +1,6 @@
 //! Thin, audited wrappers around the few raw syscalls the crate needs.
-//! Every `unsafe` block of the crate outside `pre_exec` lives here.
+//! Every `unsafe` block of the crate outside the child's code between fork and
+//! exec (`spawn::PreExec`, `spawn::Clone3Child`) lives here.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -262,4 +263,134 @@ pub(crate) fn set_child_subreaper() -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// `struct clone_args` of clone3(2), up to `cgroup` (CLONE_ARGS_SIZE_VER2).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `clone3(CLONE_INTO_CGROUP)`: fork into the cgroup v2 directory `cgroup_dir`.
+/// Returns the child's pid in the parent and 0 in the child.
+///
+/// # Safety
+/// Like `fork` in a multi-threaded process: the child has only the calling
+/// thread, and the C library does not know it was forked (no atfork handlers,
+/// stale thread list). The child must only make async-signal-safe raw calls,
+/// must not allocate or unwind, and must end in `execve` or `_exit`.
+pub(crate) unsafe fn clone3_into_cgroup(cgroup_dir: RawFd) -> io::Result<i32> {
+    let mut args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        ..CloneArgs::default()
+    };
+    args.cgroup = cgroup_dir as u64;
+    // SAFETY: `args` is a live, initialised clone_args of the size we pass; the
+    // caller upholds the fork-like contract for the child.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc as i32)
+}
+
+/// Whether a clone3 error means "not offered here" (old kernel: ENOSYS, no
+/// CLONE_INTO_CGROUP: EINVAL / E2BIG, a seccomp filter: EPERM / ENOSYS)
+/// rather than a real failure to start a process.
+pub(crate) fn clone3_unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSYS | libc::EINVAL | libc::E2BIG | libc::EPERM)
+    )
+}
+
+/// A duplicate of `fd` numbered at least `floor` (close-on-exec); `fd` is closed.
+pub(crate) fn dup_above(fd: OwnedFd, floor: RawFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() >= floor {
+        return Ok(fd);
+    }
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own; no pointers.
+    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fcntl just created this descriptor for us.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// An empty signal set (for the child's signal mask).
+pub(crate) fn empty_sigset() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain old data; sigemptyset initialises the live local.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        set
+    }
+}
+
+/// Block every signal on the calling thread; returns the previous mask for
+/// [`set_sigmask`]. Around clone3: until the child has reset the runner's
+/// signal handlers, a signal to it (a TERM sent to its new process group)
+/// must not run one of them there (it would, e.g., count as a signal to the
+/// runner).
+pub(crate) fn block_all_signals() -> libc::sigset_t {
+    // SAFETY: both sets are live locals; sigfillset initialises `all`, and
+    // pthread_sigmask writes the old mask into `old`.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        old
+    }
+}
+
+/// Set the calling thread's signal mask (async-signal-safe).
+pub(crate) fn set_sigmask(mask: &libc::sigset_t) {
+    // SAFETY: `mask` is a live, initialised sigset_t; the old mask is not wanted.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut()) };
+}
+
+/// In a freshly cloned child: every signal with a handler goes back to its
+/// default action (ignored ones stay ignored, as across exec).
+/// Async-signal-safe: sigaction only.
+pub(crate) fn default_signal_handlers() {
+    for sig in 1..libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: sigaction_t is plain old data; sigaction reads into the live
+        // local `cur` and reads the live local `dfl`.
+        unsafe {
+            let mut cur: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut cur) != 0 {
+                continue;
+            }
+            if cur.sa_sigaction != libc::SIG_DFL && cur.sa_sigaction != libc::SIG_IGN {
+                let mut dfl: libc::sigaction = std::mem::zeroed();
+                dfl.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
+        }
+    }
 }

@@ -4,6 +4,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
+use nix::sys::signal::Signal;
+
 use crate::procfs::{self, Stat};
 use crate::sys;
 
@@ -135,6 +137,41 @@ pub(crate) fn scan_trees(
         .into_iter()
         .filter(|p| by_pid.get(p).is_some_and(|s| s.is_live()))
         .collect()
+}
+
+/// Send `sig` exactly once to every process of a tree: first `killpg` for
+/// each of the process groups `pgids` (one atomic call that also reaches a
+/// member forked a moment ago), then `kill` for each process `pids()` lists
+/// (listed after the `killpg`) that is not in one of those groups. Signalling
+/// the group and then every member, as before, delivered TERM twice to each
+/// group member (a shell's TERM trap ran two or three times).
+///
+/// `killpg` refuses our own group (never a job's); its members then get the
+/// signal one by one. A process that left one of the groups between the two
+/// steps gets the signal twice; one that joined a group in that window (only
+/// possible for a group listed) got it from `killpg`.
+pub(crate) fn signal_once(pgids: &[i32], pids: impl FnOnce() -> Vec<i32>, sig: Signal) {
+    let reached = killpg_each(pgids, sig);
+    signal_outside(&reached, pids(), sig);
+}
+
+/// `killpg` each group; returns the groups it reached.
+pub(crate) fn killpg_each(pgids: &[i32], sig: Signal) -> Vec<i32> {
+    pgids
+        .iter()
+        .copied()
+        .filter(|&g| sys::killpg(g, sig))
+        .collect()
+}
+
+/// `kill` each of `pids` that is not (now) a member of one of the `reached` groups.
+pub(crate) fn signal_outside(reached: &[i32], pids: Vec<i32>, sig: Signal) {
+    for pid in pids {
+        let in_reached_group = procfs::stat(pid).is_some_and(|s| reached.contains(&s.pgrp));
+        if !in_reached_group {
+            sys::kill(pid, sig);
+        }
+    }
 }
 
 /// Live processes of a group (leftover cleanup, no tracker state available).

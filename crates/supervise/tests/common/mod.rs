@@ -48,6 +48,24 @@ pub fn host_cgroup() -> Option<Enforcement> {
     }
 }
 
+/// The host's cgroup mode; None (and a note that the test is skipped) without one.
+pub fn host_cgroup_or_skip() -> Option<Enforcement> {
+    let mode = host_cgroup();
+    if mode.is_none() {
+        eprintln!("host has no usable cgroup memory controller; skipped");
+    }
+    mode
+}
+
+/// Limits with a `timeout` and a `kill_grace` (in milliseconds), no memory limit.
+pub fn deadline(timeout_ms: u64, grace_ms: u64) -> sv::Limits {
+    sv::Limits {
+        timeout: Some(Duration::from_millis(timeout_ms)),
+        kill_grace: Duration::from_millis(grace_ms),
+        memory_max: None,
+    }
+}
+
 pub fn host_mode() -> Enforcement {
     host_cgroup().unwrap_or(Enforcement::Poll)
 }
@@ -59,6 +77,22 @@ pub fn modes() -> Vec<Enforcement> {
     m
 }
 
+/// `secs` as an upper bound for how long something may take, multiplied by
+/// `BATCHGUARD_TEST_SLOWDOWN` (an integer, default 1; the cgroup v2 test VM
+/// emulates its CPU and sets it).
+pub fn bound(secs: u64) -> Duration {
+    Duration::from_secs(secs * slowdown())
+}
+
+/// `BATCHGUARD_TEST_SLOWDOWN`, at least 1.
+pub fn slowdown() -> u64 {
+    std::env::var("BATCHGUARD_TEST_SLOWDOWN")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
 /// A process is gone when /proc has no live (non-zombie) entry for it.
 pub fn gone(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -68,6 +102,14 @@ pub fn gone(pid: i32) -> bool {
             rest.starts_with('Z') || rest.starts_with('X')
         }
     }
+}
+
+/// A temp dir, its `pid` file, and `script` with `PIDFILE` replaced by that path.
+pub fn pid_script(tag: &str, script: &str) -> (PathBuf, PathBuf, String) {
+    let dir = tmpdir(tag);
+    let pidfile = dir.join("pid");
+    let script = script.replace("PIDFILE", &pidfile.display().to_string());
+    (dir, pidfile, script)
 }
 
 /// Wait (up to 5 s) for a pid file written by a test script.
@@ -88,8 +130,17 @@ pub fn read_pid(path: &Path) -> i32 {
     }
 }
 
-/// python3 allocating 300 MiB, then sleeping.
+/// python3 allocating 300 MiB, then sleeping; where there is no python3 (the
+/// cgroup v2 test VM: busybox only) dd holding a 300 MiB buffer.
 pub fn python_hog() -> Spec {
+    let has_python = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("python3").is_file()));
+    if !has_python {
+        // dd (the main process, as python3 is) fills a 300 MiB buffer, then
+        // blocks writing it to a fifo nobody reads.
+        return sh("f=/tmp/hog.$$; mkfifo $f; (sleep 30 < $f; rm -f $f) & \
+                   exec dd if=/dev/zero bs=314572800 count=1 of=$f 2>/dev/null");
+    }
     spec(&[
         "python3",
         "-c",

@@ -1,0 +1,722 @@
+//! Starting the child process: `argv[0]` looked up in the child's PATH, the
+//! setup between fork and exec (process group, cgroup, user, workdir, done
+//! fd) with each step's failure reported to the parent, and on cgroup v2
+//! `clone3(CLONE_INTO_CGROUP)` so that the child is born inside its cgroup.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, Command, Stdio};
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::cgroup::{Cgroup, Kind};
+use crate::{SpawnError, Spec, StdinMode, procfs, sys, tree};
+
+/// The working directory as a C string, after checking it is a directory.
+pub(crate) fn check_workdir(dir: Option<&Path>) -> Result<Option<CString>, SpawnError> {
+    let Some(dir) = dir else {
+        return Ok(None);
+    };
+    let bad = |source: io::Error| SpawnError::Workdir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(bad(io::Error::from_raw_os_error(libc::ENOTDIR))),
+        Err(e) => return Err(bad(e)),
+    }
+    CString::new(dir.as_os_str().as_bytes())
+        .map(Some)
+        .map_err(|_| {
+            bad(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "path contains NUL",
+            ))
+        })
+}
+
+/// The done descriptor's number must be between 3 and 65535.
+pub(crate) fn check_done_fd(done_fd: Option<i32>) -> Result<(), SpawnError> {
+    match done_fd {
+        Some(n) if !(3..=65535).contains(&n) => Err(SpawnError::Io(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("done_fd {n} must be between 3 and 65535"),
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Look `program` up like execvp does, in the child's PATH.
+pub(crate) fn resolve(
+    program: &OsStr,
+    env: &[(OsString, OsString)],
+) -> Result<PathBuf, SpawnError> {
+    let name = program.to_string_lossy().into_owned();
+    if program.is_empty() {
+        return Err(SpawnError::NotFound { program: name });
+    }
+    if program.as_bytes().contains(&b'/') {
+        return Ok(PathBuf::from(program));
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
+    let mut not_exec = false;
+    for dir in path.as_bytes().split(|&b| b == b':') {
+        let dir = if dir.is_empty() {
+            Path::new(".")
+        } else {
+            Path::new(OsStr::from_bytes(dir))
+        };
+        let candidate = dir.join(program);
+        if let Ok(meta) = std::fs::metadata(&candidate) {
+            if meta.is_file() {
+                if meta.permissions().mode() & 0o111 != 0 {
+                    return Ok(candidate);
+                }
+                not_exec = true;
+            }
+        }
+    }
+    if not_exec {
+        Err(SpawnError::NotExecutable { program: name })
+    } else {
+        Err(SpawnError::NotFound { program: name })
+    }
+}
+
+/// Steps of the child's setup between fork and exec, reported through a private pipe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Stage {
+    Cgroup = 1,
+    User = 2,
+    Workdir = 3,
+    DoneFd = 4,
+    /// clone3 path: setpgid or installing stdin/stdout/stderr.
+    Setup = 5,
+    /// clone3 path: execve itself (errno follows).
+    Exec = 6,
+}
+
+/// Everything the child needs between fork and exec, prepared beforehand
+/// (no allocation is allowed after fork in a multi-threaded process).
+struct PreExec {
+    report_fd: RawFd,
+    cgroup_procs: Option<RawFd>,
+    user: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
+    cwd: Option<CString>,
+    done: Option<(RawFd, RawFd)>,
+}
+
+impl PreExec {
+    /// Runs in the child after fork. Only async-signal-safe calls.
+    fn run(&self) -> io::Result<()> {
+        let fail = |stage: Stage| -> io::Error {
+            let err = io::Error::last_os_error();
+            let byte = stage as u8;
+            // SAFETY: writes one byte from a live local to a descriptor kept open by the
+            // parent for the duration of the spawn; write(2) is async-signal-safe.
+            let _ = unsafe { libc::write(self.report_fd, (&byte as *const u8).cast(), 1) };
+            err
+        };
+        if let Some(fd) = self.cgroup_procs {
+            // SAFETY: writes a static one-byte buffer to an open descriptor.
+            if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
+                return Err(fail(Stage::Cgroup));
+            }
+        }
+        if let Some((uid, gid, groups)) = &self.user {
+            // Raw syscalls, not the C library's wrappers: after a raw clone3 the
+            // library still believes the parent's other threads exist and would
+            // try to broadcast the credential change to them.
+            // SAFETY: `groups` is a live Vec of gid_t; its pointer and length match.
+            if unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) } != 0 {
+                return Err(fail(Stage::User));
+            }
+            // SAFETY: integer argument only.
+            if unsafe { libc::syscall(libc::SYS_setgid, *gid) } != 0 {
+                return Err(fail(Stage::User));
+            }
+            // SAFETY: integer argument only.
+            if unsafe { libc::syscall(libc::SYS_setuid, *uid) } != 0 {
+                return Err(fail(Stage::User));
+            }
+        }
+        if let Some(dir) = &self.cwd {
+            // SAFETY: `dir` is a live NUL-terminated C string.
+            if unsafe { libc::chdir(dir.as_ptr()) } != 0 {
+                return Err(fail(Stage::Workdir));
+            }
+        }
+        if let Some((write_end, target)) = self.done {
+            if write_end == target {
+                // SAFETY: clears FD_CLOEXEC on a descriptor we own; no pointers.
+                if unsafe { libc::fcntl(target, libc::F_SETFD, 0) } != 0 {
+                    return Err(fail(Stage::DoneFd));
+                }
+            // SAFETY: dup2 between two descriptors; the new one has no FD_CLOEXEC.
+            } else if unsafe { libc::dup2(write_end, target) } != target {
+                return Err(fail(Stage::DoneFd));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A started child: its pid and the parent's ends of its pipes.
+pub(crate) struct Started {
+    pub pid: i32,
+    pub stdin: Option<ChildStdin>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+    pub done_reader: Option<File>,
+}
+
+impl Started {
+    fn from_std(mut child: std::process::Child, done_reader: Option<File>) -> Started {
+        let started = Started {
+            pid: child.id() as i32,
+            stdin: child.stdin.take(),
+            stdout: child.stdout.take().map(OwnedFd::from),
+            stderr: child.stderr.take().map(OwnedFd::from),
+            done_reader,
+        };
+        drop(child); // does not wait or kill; the caller owns the pid from now on.
+        started
+    }
+}
+
+/// Whether clone3(CLONE_INTO_CGROUP) failed as unsupported once (then never tried again).
+static NO_CLONE3: AtomicBool = AtomicBool::new(false);
+
+/// Start the child: into a cgroup v2 `cg` with clone3(CLONE_INTO_CGROUP)
+/// where the kernel has it (Linux 5.7+; born inside, no migration), else
+/// fork + exec with the child writing itself into `cg`'s cgroup.procs
+/// before exec. `joined`: a per-item child of a [`crate::Group`].
+pub(crate) fn start(
+    spec: &Spec,
+    program: &Path,
+    program_name: &str,
+    cwd: Option<CString>,
+    cg: Option<(&Cgroup, &File)>,
+    joined: bool,
+) -> Result<Started, SpawnError> {
+    if let Some((c, _)) = cg.filter(|(c, _)| c.kind == Kind::V2) {
+        if !NO_CLONE3.load(Ordering::Relaxed) {
+            match spawn_clone3(spec, program, program_name, cwd.clone(), c)? {
+                Some(started) => return Ok(started),
+                None => NO_CLONE3.store(true, Ordering::Relaxed),
+            }
+        }
+    }
+    // A joined child with nothing to do between fork and exec besides
+    // setpgid and chdir (no user, no done fd) is spawned without a pre-exec
+    // hook, so the C library can use vfork-style posix_spawn: no copy of the
+    // runner's page tables and no copy-on-write faults afterwards, which in
+    // per-item mode (thousands of short children) is most of the cost. The
+    // parent then moves the child into the group's cgroup right away, and
+    // then whatever it forked meanwhile (see `spawn_without_hook`).
+    if joined && spec.user.is_none() && spec.done_fd.is_none() {
+        return spawn_without_hook(spec, program, program_name, cg);
+    }
+    spawn_process(spec, program, program_name, cwd, cg)
+}
+
+fn spawn_process(
+    spec: &Spec,
+    program: &Path,
+    program_name: &str,
+    cwd: Option<CString>,
+    cg: Option<(&Cgroup, &File)>,
+) -> Result<Started, SpawnError> {
+    let (report_r, report_w) = sys::pipe_cloexec()?;
+    let done_pipe = match spec.done_fd {
+        Some(_) => Some(sys::pipe_cloexec()?),
+        None => None,
+    };
+    let pre = PreExec {
+        report_fd: report_w.as_raw_fd(),
+        cgroup_procs: cg.map(|(_, f)| f.as_raw_fd()),
+        user: spec.user.as_ref().map(|u| (u.uid, u.gid, u.groups.clone())),
+        cwd,
+        done: match (&done_pipe, spec.done_fd) {
+            (Some((_, w)), Some(n)) => Some((w.as_raw_fd(), n)),
+            _ => None,
+        },
+    };
+
+    let mut cmd = base_command(spec, program);
+    // SAFETY: `PreExec::run` only performs async-signal-safe syscalls (write, setgroups,
+    // setgid, setuid, chdir, fcntl, dup2) on data prepared before the fork, and
+    // allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || pre.run());
+    }
+
+    let spawned = {
+        // Hold the registry while forking: the orphan reaper must not reap the new
+        // child (if it dies instantly) before it is registered, nor race std's own
+        // reaping of a child whose exec failed.
+        let mut reg = tree::registry();
+        // Occupy fd number `done_fd` during the fork so std's internal exec-error pipe
+        // cannot land on it (the child's dup2 would clobber it).
+        let _placeholder = match spec.done_fd {
+            Some(n) => sys::reserve_fd(n)?,
+            None => None,
+        };
+        let r = cmd.spawn();
+        if let Ok(child) = &r {
+            reg.insert(child.id() as i32);
+        }
+        r
+    };
+    drop(report_w);
+    match spawned {
+        Ok(child) => {
+            let reader = done_pipe.map(|(r, w)| {
+                drop(w);
+                File::from(r)
+            });
+            Ok(Started::from_std(child, reader))
+        }
+        Err(e) => {
+            let mut stage = [0u8; 1];
+            let mut report = File::from(report_r);
+            let got = io::Read::read(&mut report, &mut stage).unwrap_or(0);
+            Err(classify(
+                e,
+                if got == 1 { Some(stage[0]) } else { None },
+                spec,
+                program_name,
+                cg.map(|(c, _)| c),
+            ))
+        }
+    }
+}
+
+/// `spawn_process` for a joined child that needs no pre-exec hook. The
+/// child is written into the group's `cgroup.procs` by the parent as soon as
+/// the spawn returns (after its exec). Processes it forked before that move
+/// completed (a cgroup v1 migration can take a while) are still outside: they
+/// are moved next, parents before their children, by following
+/// `/proc/PID/task/*/children` links (see `sweep_into_cgroup`). What remains
+/// is a descendant that was forked, exited and was reaped within those
+/// microseconds while its own children were re-parented to us: those stay
+/// outside the group's cgroup (still tracked as part of the child's tree by
+/// process group and ppid links).
+fn spawn_without_hook(
+    spec: &Spec,
+    program: &Path,
+    program_name: &str,
+    cg: Option<(&Cgroup, &File)>,
+) -> Result<Started, SpawnError> {
+    let mut cmd = base_command(spec, program);
+    if let Some(dir) = &spec.cwd {
+        cmd.current_dir(dir);
+    }
+    let spawned = {
+        let mut reg = tree::registry();
+        let r = cmd.spawn();
+        if let Ok(child) = &r {
+            reg.insert(child.id() as i32);
+        }
+        r
+    };
+    match spawned {
+        Ok(child) => {
+            if let Some((c, mut procs)) = cg {
+                let pid = child.id().to_string();
+                match io::Write::write_all(&mut procs, pid.as_bytes()) {
+                    Ok(()) => sweep_into_cgroup(procs, child.id() as i32),
+                    Err(e) => tracing::warn!(
+                        path = %c.path.display(), pid = %pid, error = %e,
+                        "cannot move the child into the run's cgroup"
+                    ),
+                }
+            }
+            Ok(Started::from_std(child, None))
+        }
+        Err(e) => Err(classify(e, None, spec, program_name, cg.map(|(c, _)| c))),
+    }
+}
+
+/// Move the descendants of `root` (already moved) into the cgroup of `procs`.
+/// Each process is moved before its children are listed, so whatever it forks
+/// later is born inside; a usual child has not forked yet and this costs one
+/// look at its (empty) children lists.
+fn sweep_into_cgroup(mut procs: &File, root: i32) {
+    let mut todo = vec![root];
+    let mut moved = 0usize;
+    while let Some(pid) = todo.pop() {
+        for kid in procfs::children_of(pid) {
+            // Bounded: a fork bomb is the cgroup's (pids / memory) problem.
+            if moved >= 4096 {
+                return;
+            }
+            moved += 1;
+            if io::Write::write_all(&mut procs, kid.to_string().as_bytes()).is_ok() {
+                todo.push(kid);
+            }
+        }
+    }
+}
+
+/// The command both spawn paths start from: argv exactly as given, the
+/// complete environment, piped output, its own process group.
+fn base_command(spec: &Spec, program: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.arg0(&spec.argv[0])
+        .args(&spec.argv[1..])
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(match spec.stdin {
+            StdinMode::Null => Stdio::null(),
+            StdinMode::Pipe => Stdio::piped(),
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    cmd
+}
+
+fn classify(
+    e: io::Error,
+    stage: Option<u8>,
+    spec: &Spec,
+    program: &str,
+    cg: Option<&Cgroup>,
+) -> SpawnError {
+    match stage {
+        Some(s) if s == Stage::Cgroup as u8 => SpawnError::Cgroup {
+            path: cg.map(|c| c.path.join("cgroup.procs")).unwrap_or_default(),
+            source: e,
+        },
+        Some(s) if s == Stage::User as u8 => SpawnError::User {
+            name: spec
+                .user
+                .as_ref()
+                .map(|u| u.name.clone())
+                .unwrap_or_default(),
+            reason: format!("cannot switch to it: {e}"),
+        },
+        Some(s) if s == Stage::Workdir as u8 => SpawnError::Workdir {
+            path: spec.cwd.clone().unwrap_or_default(),
+            source: e,
+        },
+        Some(_) => SpawnError::Io(io::Error::new(
+            e.kind(),
+            format!("cannot install done fd: {e}"),
+        )),
+        None => match e.raw_os_error() {
+            Some(libc::ENOENT) => SpawnError::NotFound {
+                program: program.to_string(),
+            },
+            Some(
+                libc::EACCES
+                | libc::ENOEXEC
+                | libc::EPERM
+                | libc::EISDIR
+                | libc::ETXTBSY
+                | libc::ELOOP
+                | libc::ENOTDIR,
+            ) => SpawnError::NotExecutable {
+                program: program.to_string(),
+            },
+            _ => SpawnError::Io(io::Error::new(e.kind(), format!("{program}: {e}"))),
+        },
+    }
+}
+
+// ---------------------------------------------------------------------------
+// clone3(CLONE_INTO_CGROUP)
+
+/// The child's side of a clone3 spawn, all prepared before the clone (the
+/// child may not allocate): exec arguments, its three standard descriptors
+/// and the setup steps of [`PreExec`].
+struct Clone3Child<'a> {
+    program: CString,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+    stdio: [RawFd; 3],
+    pre: &'a PreExec,
+    empty_mask: libc::sigset_t,
+}
+
+impl Clone3Child<'_> {
+    /// Runs in the child after clone3: only async-signal-safe calls, no
+    /// allocation, never returns. A failure is reported as its stage byte
+    /// plus errno on the report pipe, then `_exit(127)`.
+    fn exec(&self) -> ! {
+        let report = |stage: Option<Stage>, errno: i32| -> ! {
+            let mut msg = [0u8; 5];
+            msg[0] = stage.map_or(0, |s| s as u8);
+            msg[1..].copy_from_slice(&errno.to_ne_bytes());
+            // With no stage the byte was already written by `PreExec::run`.
+            let (from, len) = if stage.is_some() { (0, 5) } else { (1, 4) };
+            // SAFETY: writes from a live local buffer (`from + len <= 5`) to the
+            // report pipe, then ends the child without running any destructor.
+            unsafe {
+                let _ = libc::write(self.pre.report_fd, msg[from..].as_ptr().cast(), len);
+                libc::_exit(127)
+            }
+        };
+        let errno = || io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        // Signals are blocked (see `spawn_clone3`): drop the runner's handlers
+        // before any can run here, then unblock.
+        sys::default_signal_handlers();
+        sys::set_sigmask(&self.empty_mask);
+        // SAFETY: signal/setpgid/dup2 with integer arguments; all async-signal-safe.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            if libc::setpgid(0, 0) != 0 {
+                report(Some(Stage::Setup), errno());
+            }
+            for (target, &fd) in self.stdio.iter().enumerate() {
+                // The descriptors are >= 3 (see `spawn_clone3`): dup2 never
+                // clobbers one still to be installed, and clears close-on-exec.
+                if libc::dup2(fd, target as RawFd) < 0 {
+                    report(Some(Stage::Setup), errno());
+                }
+            }
+        }
+        if let Err(e) = self.pre.run() {
+            report(None, e.raw_os_error().unwrap_or(0));
+        }
+        // SAFETY: `program` is a live C string, `argv`/`envp` NULL-terminated
+        // arrays of pointers to live C strings owned by the parent's frame,
+        // which the child's copy of the address space keeps intact.
+        unsafe {
+            libc::execve(
+                self.program.as_ptr(),
+                self.argv.as_ptr(),
+                self.envp.as_ptr(),
+            )
+        };
+        report(Some(Stage::Exec), errno())
+    }
+}
+
+fn cstring(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "argument contains NUL"))
+}
+
+/// The pipes of a clone3 spawn, both ends (close-on-exec).
+struct Clone3Fds {
+    report_r: OwnedFd,
+    report_w: OwnedFd,
+    out_r: OwnedFd,
+    out_w: OwnedFd,
+    err_r: OwnedFd,
+    err_w: OwnedFd,
+    stdin_parent: Option<OwnedFd>,
+    stdin_child: OwnedFd,
+    done_pipe: Option<(OwnedFd, OwnedFd)>,
+}
+
+impl Clone3Fds {
+    fn new(spec: &Spec) -> io::Result<Clone3Fds> {
+        // Every descriptor the child uses sits above 2 and above the done fd's
+        // number, so installing those never overwrites another one.
+        let floor = spec.done_fd.map_or(3, |n| n + 1).max(3);
+        let pair = || -> io::Result<(OwnedFd, OwnedFd)> {
+            let (r, w) = sys::pipe_cloexec()?;
+            Ok((sys::dup_above(r, floor)?, sys::dup_above(w, floor)?))
+        };
+        let (report_r, report_w) = pair()?;
+        let (out_r, out_w) = pair()?;
+        let (err_r, err_w) = pair()?;
+        let (stdin_parent, stdin_child) = match spec.stdin {
+            StdinMode::Pipe => {
+                let (r, w) = pair()?;
+                (Some(w), r)
+            }
+            StdinMode::Null => (
+                None,
+                sys::dup_above(OwnedFd::from(File::open("/dev/null")?), floor)?,
+            ),
+        };
+        let done_pipe = match spec.done_fd {
+            Some(_) => Some(pair()?),
+            None => None,
+        };
+        Ok(Clone3Fds {
+            report_r,
+            report_w,
+            out_r,
+            out_w,
+            err_r,
+            err_w,
+            stdin_parent,
+            stdin_child,
+            done_pipe,
+        })
+    }
+}
+
+/// Start the child with clone3(CLONE_INTO_CGROUP) into the v2 cgroup `cg`:
+/// it is in the cgroup from its first instruction (its memory is charged
+/// there, its own forks are born there, nothing is migrated). `Ok(None)`
+/// when the kernel (or a seccomp filter) does not offer it: then the caller
+/// falls back to fork + writing cgroup.procs.
+fn spawn_clone3(
+    spec: &Spec,
+    program: &Path,
+    program_name: &str,
+    cwd: Option<CString>,
+    cg: &Cgroup,
+) -> Result<Option<Started>, SpawnError> {
+    let dir = File::open(&cg.path).map_err(|e| SpawnError::Cgroup {
+        path: cg.path.clone(),
+        source: e,
+    })?;
+    let fds = Clone3Fds::new(spec)?;
+    let pre = PreExec {
+        report_fd: fds.report_w.as_raw_fd(),
+        cgroup_procs: None,
+        user: spec.user.as_ref().map(|u| (u.uid, u.gid, u.groups.clone())),
+        cwd,
+        done: match (&fds.done_pipe, spec.done_fd) {
+            (Some((_, w)), Some(n)) => Some((w.as_raw_fd(), n)),
+            _ => None,
+        },
+    };
+    let (argv_c, envp_c) = exec_strings(spec)?;
+    let child = Clone3Child {
+        program: cstring(program.as_os_str().as_bytes())?,
+        argv: nul_terminated(&argv_c),
+        envp: nul_terminated(&envp_c),
+        stdio: [
+            fds.stdin_child.as_raw_fd(),
+            fds.out_w.as_raw_fd(),
+            fds.err_w.as_raw_fd(),
+        ],
+        pre: &pre,
+        empty_mask: sys::empty_sigset(),
+    };
+    let pid = {
+        // Hold the registry across the clone, as `spawn_process` does.
+        let mut reg = tree::registry();
+        let mask = sys::block_all_signals();
+        // SAFETY: in the child (return value 0) only `Clone3Child::exec` runs,
+        // which is async-signal-safe, allocates nothing and never returns.
+        let cloned = unsafe { sys::clone3_into_cgroup(dir.as_raw_fd()) };
+        if !matches!(cloned, Ok(0)) {
+            sys::set_sigmask(&mask);
+        }
+        match cloned {
+            Ok(0) => child.exec(),
+            Ok(pid) => {
+                reg.insert(pid);
+                pid
+            }
+            Err(e) if sys::clone3_unsupported(&e) => {
+                tracing::debug!(error = %e, "clone3(CLONE_INTO_CGROUP) unavailable; the child will write cgroup.procs");
+                return Ok(None);
+            }
+            Err(e) => return Err(SpawnError::Io(e)),
+        }
+    };
+    drop((fds.report_w, fds.out_w, fds.err_w, fds.stdin_child, pre));
+    let mut msg = Vec::new();
+    let _ = io::Read::read_to_end(&mut File::from(fds.report_r), &mut msg);
+    if msg.is_empty() {
+        // EOF without a word: the exec succeeded (the pipe was close-on-exec).
+        return Ok(Some(Started {
+            pid,
+            stdin: fds.stdin_parent.map(ChildStdin::from),
+            stdout: Some(fds.out_r),
+            stderr: Some(fds.err_r),
+            done_reader: fds.done_pipe.map(|(r, _w)| File::from(r)),
+        }));
+    }
+    Err(exec_failure(pid, &msg, spec, program_name, cg))
+}
+
+/// argv and `K=V` environment strings for execve.
+fn exec_strings(spec: &Spec) -> io::Result<(Vec<CString>, Vec<CString>)> {
+    let argv = spec
+        .argv
+        .iter()
+        .map(|a| cstring(a.as_bytes()))
+        .collect::<io::Result<_>>()?;
+    let envp = spec
+        .env
+        .iter()
+        .map(|(k, v)| cstring(&[k.as_bytes(), b"=", v.as_bytes()].concat()))
+        .collect::<io::Result<_>>()?;
+    Ok((argv, envp))
+}
+
+/// A NULL-terminated array of pointers to `v`'s strings.
+fn nul_terminated(v: &[CString]) -> Vec<*const libc::c_char> {
+    v.iter()
+        .map(|c| c.as_ptr())
+        .chain([std::ptr::null()])
+        .collect()
+}
+
+/// The clone3 child reported `msg` (stage byte, errno) and exited: reap it
+/// and name the failure.
+fn exec_failure(pid: i32, msg: &[u8], spec: &Spec, program_name: &str, cg: &Cgroup) -> SpawnError {
+    let _ = sys::reap_blocking(pid);
+    tree::registry().remove(&pid);
+    let errno = msg
+        .get(1..5)
+        .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+    let e = io::Error::from_raw_os_error(errno);
+    match msg.first().copied().unwrap_or(0) {
+        s if s == Stage::Exec as u8 => classify(e, None, spec, program_name, Some(cg)),
+        s if s == Stage::Setup as u8 => SpawnError::Io(io::Error::new(
+            e.kind(),
+            format!("cannot set up the child: {e}"),
+        )),
+        s => classify(e, Some(s), spec, program_name, Some(cg)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CgroupPlacement, Enforcement, Limits};
+
+    /// On a cgroup v2 host (the test VM) the child is started with
+    /// clone3(CLONE_INTO_CGROUP) and its very first look finds it in its leaf.
+    #[test]
+    fn cgroup2_child_is_born_in_its_cgroup() {
+        if crate::detect_host() != Enforcement::Cgroup2 {
+            eprintln!("not a cgroup v2 host; skipped");
+            return;
+        }
+        let name = format!("clone3-{}", std::process::id());
+        let spec = Spec {
+            argv: ["cat", "/proc/self/cgroup"].map(OsString::from).to_vec(),
+            env: std::env::vars_os().collect(),
+            cgroup: CgroupPlacement::Create { name: name.clone() },
+            ..Spec::default()
+        };
+        let child =
+            crate::spawn_with(spec, Limits::default(), Enforcement::Cgroup2).expect("spawn");
+        let mut out = Vec::new();
+        child.wait(|_, l| out.push(String::from_utf8_lossy(l).into_owned()));
+        assert!(
+            !NO_CLONE3.load(Ordering::Relaxed),
+            "clone3(CLONE_INTO_CGROUP) was not used"
+        );
+        assert!(
+            out.iter().any(|l| l.ends_with(&format!("/{name}"))),
+            "{out:?}"
+        );
+    }
+}
