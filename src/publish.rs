@@ -1,45 +1,237 @@
-//! `batchguard publish SRC DEST`: the fenced commit of a run's result. Inside
-//! a run, rename SRC over DEST atomically only while the run's fencing token
-//! is still the newest of its lock, so an older, slower run can never
-//! overwrite the result of a newer one (G07).
+//! `batchguard publish SRC DEST`: rename a result into place only while the
+//! run still holds the newest fencing token of its lock (SPEC §4).
+//!
+//! The job is untrusted and holds no store credentials, so it does not
+//! touch the store: its `publish` asks the run's runner over a Unix socket
+//! the runner made for this run (`BATCHGUARD_PUBLISH`, the socket owned by
+//! the job's user, mode 0600). The runner checks the token and performs
+//! the rename inside the store's fence check ([`crate::store::RunStore::
+//! while_fence_current`]), so the token cannot move on in between, and it
+//! renames with the job's own uid, gid and groups (a child process), so a
+//! job can never make the root runner rename anything it could not itself.
+//! The same holds across hosts with PostgreSQL: the fence is checked in the
+//! shared store.
 
 use crate::error::{Error, Result};
-use crate::store;
-use std::path::Path;
+use crate::store::Store;
+use batchguard_supervise::RunAs;
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
+/// The variable naming the run's publish socket.
+pub const SOCKET_VAR: &str = "BATCHGUARD_PUBLISH";
+
+#[derive(Serialize, Deserialize, Debug)]
+struct Request {
+    src: PathBuf,
+    dest: PathBuf,
+}
+
+#[derive(Serialize, Deserialize, Debug, Default)]
+struct Reply {
+    ok: bool,
+    /// The token moved on: `(lock, fence, newest)`.
+    refused: Option<(String, i64, Option<i64>)>,
+    error: Option<String>,
+}
+
+/// The job's side: ask the runner to publish.
 pub fn publish(src: &Path, dest: &Path) -> Result<()> {
-    let var = |name: &str| {
-        std::env::var(name).map_err(|_| {
-            Error::Usage(format!(
-                "publish must be called from inside a batchguard run ({name} is not set)"
-            ))
-        })
+    let socket = std::env::var_os(SOCKET_VAR).ok_or_else(|| {
+        Error::Usage(format!(
+            "publish must be called from inside a batchguard run ({SOCKET_VAR} is not set)"
+        ))
+    })?;
+    let abs = |p: &Path| std::path::absolute(p).map_err(|e| Error::io("resolve", p, e));
+    let req = Request {
+        src: abs(src)?,
+        dest: abs(dest)?,
     };
-    let lock = var("BATCHGUARD_LOCK")?;
-    let fence: i64 = var("BATCHGUARD_FENCE")?
-        .parse()
-        .map_err(|_| Error::Usage("BATCHGUARD_FENCE is not a number".into()))?;
-    let url = var("BATCHGUARD_STATE")?;
-    if !src.exists() {
-        return Err(Error::io(
-            "publish",
-            src,
-            std::io::Error::from(std::io::ErrorKind::NotFound),
-        ));
-    }
-    let store = store::open(&url)?;
-    let mut rename = || std::fs::rename(src, dest);
-    match store.while_fence_current(&lock, fence, &mut rename)? {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(Error::Fenced {
-            current: store
-                .current_fence(&lock)?
+    let reply =
+        ask(Path::new(&socket), &req).map_err(|e| Error::io("ask the runner at", &socket, e))?;
+    match reply {
+        Reply { ok: true, .. } => Ok(()),
+        Reply {
+            refused: Some((lock, fence, newest)),
+            ..
+        } => Err(Error::Fenced {
+            current: newest
                 .map(|f| format!("newest is {f}"))
                 .unwrap_or_else(|| "no token".into()),
             lock,
             fence,
-            dest: dest.to_path_buf(),
+            dest: req.dest,
         }),
-        Err(e) => Err(Error::io("rename onto", dest, e)),
+        Reply { error, .. } => Err(Error::io(
+            "rename onto",
+            &req.dest,
+            std::io::Error::other(error.unwrap_or_else(|| "refused".into())),
+        )),
+    }
+}
+
+fn ask(socket: &Path, req: &Request) -> std::io::Result<Reply> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer)?;
+    serde_json::from_str(&answer).map_err(std::io::Error::other)
+}
+
+/// The runner's side: one socket per run, served until the run ends.
+pub struct Service {
+    path: PathBuf,
+    listener: UnixListener,
+    stop: AtomicBool,
+}
+
+/// What the service checks a request against.
+pub struct Grant<'a> {
+    pub store: &'a dyn Store,
+    pub lock: &'a str,
+    pub fence: i64,
+    pub run_as: Option<&'a RunAs>,
+}
+
+/// The directories the sockets live in, most preferred first.
+fn socket_dirs() -> [PathBuf; 2] {
+    [
+        PathBuf::from("/run/batchguard/publish"),
+        std::env::temp_dir().join(format!(
+            "batchguard-publish-{}",
+            nix::unistd::geteuid().as_raw()
+        )),
+    ]
+}
+
+impl Service {
+    /// Bind the run's socket, owned by the job's user (mode 0600) in a
+    /// directory only its owner can list (0711).
+    pub fn bind(run_id: &str, run_as: Option<&RunAs>) -> std::io::Result<Service> {
+        let mut last = None;
+        for dir in socket_dirs() {
+            match Service::bind_in(&dir, run_id, run_as) {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("no socket directory")))
+    }
+
+    fn bind_in(dir: &Path, run_id: &str, run_as: Option<&RunAs>) -> std::io::Result<Service> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(dir)?;
+        let meta = std::fs::symlink_metadata(dir)?;
+        if !meta.is_dir()
+            || std::os::unix::fs::MetadataExt::uid(&meta) != nix::unistd::geteuid().as_raw()
+        {
+            return Err(std::io::Error::other("socket directory is not ours"));
+        }
+        let path = dir.join(format!("{run_id}.sock"));
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        if let Some(u) = run_as {
+            std::os::unix::fs::chown(&path, Some(u.uid), Some(u.gid))?;
+        }
+        listener.set_nonblocking(true)?;
+        Ok(Service {
+            path,
+            listener,
+            stop: AtomicBool::new(false),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Answer requests until [`Service::stop`].
+    pub fn serve(&self, grant: &Grant<'_>) {
+        while !self.stop.load(Ordering::SeqCst) {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nonblocking(false);
+                    if let Err(e) = self.answer(stream, grant) {
+                        tracing::warn!(error = %e, "publish request failed");
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "publish socket failed");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    fn answer(&self, stream: UnixStream, grant: &Grant<'_>) -> std::io::Result<()> {
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut line = Vec::new();
+        BufReader::new(std::io::Read::take(stream.try_clone()?, 64 * 1024))
+            .read_until(b'\n', &mut line)?;
+        let reply = match serde_json::from_slice::<Request>(&line) {
+            Ok(req) => fenced_rename(grant, &req),
+            Err(e) => Reply {
+                error: Some(format!("bad request: {e}")),
+                ..Reply::default()
+            },
+        };
+        let mut out = serde_json::to_vec(&reply)?;
+        out.push(b'\n');
+        (&stream).write_all(&out)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The rename, with the job's permissions, only while the token is the
+/// newest (checked and held by the store for the rename's duration).
+fn fenced_rename(grant: &Grant<'_>, req: &Request) -> Reply {
+    let mut rename = || batchguard_supervise::rename_as(grant.run_as, &req.src, &req.dest);
+    match grant
+        .store
+        .while_fence_current(grant.lock, grant.fence, &mut rename)
+    {
+        Ok(Ok(true)) => Reply {
+            ok: true,
+            ..Reply::default()
+        },
+        Ok(Ok(false)) => Reply {
+            refused: Some((
+                grant.lock.to_string(),
+                grant.fence,
+                grant.store.current_fence(grant.lock).ok().flatten(),
+            )),
+            ..Reply::default()
+        },
+        Ok(Err(e)) => Reply {
+            error: Some(e.to_string()),
+            ..Reply::default()
+        },
+        Err(e) => Reply {
+            error: Some(format!("the state store cannot check the token: {e}")),
+            ..Reply::default()
+        },
     }
 }

@@ -231,6 +231,8 @@ fn parse_concurrency(s: &str) -> std::result::Result<Concurrency, String> {
 
 /// Parse the command line, run it, and return the process exit code.
 pub fn main() -> i32 {
+    // Nothing this process inherited reaches a job (SPEC §4).
+    batchguard_supervise::seal_inherited_fds();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

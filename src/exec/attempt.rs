@@ -76,12 +76,12 @@ pub(crate) fn open_attempt_log(
 }
 
 impl<'a> Attempt<'a> {
-    /// An attempt of `record` writing to `log`; `state_url` is handed to
-    /// the job for `batchguard publish`.
+    /// An attempt of `record` writing to `log`; `publish` is the run's
+    /// publish socket, handed to the job.
     #[expect(clippy::too_many_arguments, reason = "the attempt's parts, named")]
     pub fn new(
         store: &'a dyn Store,
-        state_url: &str,
+        publish: Option<&std::path::Path>,
         job: &'a Job,
         p: &'a Prepared,
         record: &'a RunRecord,
@@ -97,7 +97,7 @@ impl<'a> Attempt<'a> {
             mode,
             control,
             log: Mutex::new(log),
-            env: attempt_env(state_url, job, p, record),
+            env: attempt_env(publish, job, p, record),
         }
     }
 
@@ -249,9 +249,10 @@ impl<'a> Attempt<'a> {
     }
 }
 
-/// The job's environment plus the BATCHGUARD_* variables of a run.
+/// The job's environment plus the BATCHGUARD_* variables of a run (never
+/// the state store's URL: the job asks the runner, SPEC §4).
 fn attempt_env(
-    state_url: &str,
+    publish: Option<&std::path::Path>,
     job: &Job,
     p: &Prepared,
     record: &RunRecord,
@@ -266,9 +267,11 @@ fn attempt_env(
         ("BATCHGUARD_ATTEMPT", attempt_no.as_str()),
         ("BATCHGUARD_SCOPE", p.scope.as_deref().unwrap_or("")),
         ("BATCHGUARD_LOCK", job.lock.as_str()),
-        ("BATCHGUARD_STATE", state_url),
     ] {
         env.push((k.into(), v.into()));
+    }
+    if let Some(path) = publish {
+        env.push((crate::publish::SOCKET_VAR.into(), path.into()));
     }
     env
 }

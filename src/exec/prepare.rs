@@ -5,7 +5,7 @@
 use crate::clock;
 use crate::error::{Error, Result};
 use crate::redact::Redactor;
-use batchguard_config::{Job, template};
+use batchguard_config::{Channel, Global, Job, UrlSource, template};
 use batchguard_supervise as supervise;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -66,7 +66,40 @@ pub(crate) fn template_error(
     }
 }
 
-pub(crate) fn prepare(job: &Job, req: &Request) -> Result<Prepared> {
+/// The names of the variables that hold the runner's own secrets (channel
+/// URLs, signing secrets, SMTP credentials): never passed to a job.
+fn runner_secret_vars(global: &Global) -> Vec<&str> {
+    fn url(u: &UrlSource) -> Option<&str> {
+        match u {
+            UrlSource::Env(name) => Some(name.as_str()),
+            UrlSource::Literal(_) => None,
+        }
+    }
+    let mut names = Vec::new();
+    for ch in global.channels.values() {
+        match ch {
+            Channel::Slack { url: u } | Channel::Ping { url: u } => names.extend(url(u)),
+            Channel::Webhook { url: u, secret_env } => {
+                names.extend(url(u));
+                names.extend(secret_env.as_deref());
+            }
+            Channel::Email {
+                username_env,
+                password_env,
+                ..
+            } => {
+                names.extend(username_env.as_deref());
+                names.extend(password_env.as_deref());
+            }
+            Channel::Command { .. } => {}
+        }
+    }
+    names
+}
+
+/// Prepare `job` for this request. `global` says which of the runner's
+/// variables are its own secrets (kept from the job).
+pub(crate) fn prepare(job: &Job, req: &Request, global: &Global) -> Result<Prepared> {
     let tz = clock::zone(job.timezone.as_deref());
     let (today, yesterday) = clock::today_yesterday(clock::now_ms(), &tz);
     let mut p = Prepared {
@@ -83,7 +116,7 @@ pub(crate) fn prepare(job: &Job, req: &Request) -> Result<Prepared> {
     };
     p.params = params(job, req, &p)?;
     p.scope = scope(job, req, &p)?;
-    let (env, secrets, run_as) = environment(job)?;
+    let (env, secrets, run_as) = environment(job, &runner_secret_vars(global))?;
     p.env = env;
     p.redactor = Redactor::new(secrets);
     p.run_as = run_as;
@@ -141,9 +174,14 @@ type Environment = (
 /// The job's environment (the runner's, then env_file, then env), the
 /// secret values (env_file's, and those named by `secrets`), and the user
 /// it runs as.
-fn environment(job: &Job) -> Result<Environment> {
+fn environment(job: &Job, withheld: &[&str]) -> Result<Environment> {
+    // The runner's environment minus its own variables (the state store's
+    // URL among them) and its channel secrets: a job is untrusted (SPEC §4).
     let mut env: BTreeMap<OsString, OsString> = std::env::vars_os()
-        .filter(|(k, _)| !k.to_string_lossy().starts_with("BATCHGUARD_"))
+        .filter(|(k, _)| {
+            let k = k.to_string_lossy();
+            !k.starts_with("BATCHGUARD_") && !withheld.contains(&k.as_ref())
+        })
         .collect();
     let mut secrets = Vec::new();
     if let Some(path) = &job.env_file {

@@ -390,14 +390,23 @@ impl Worker<'_> {
             shard: None,
             no_work: false,
         };
-        let p = exec::prepare(job, &req)?;
+        let p = exec::prepare(job, &req, &ctx.global)?;
         let mut record = coord.clone();
         record.id = exec::new_run_id();
         let log = exec::open_attempt_log(&ctx.global, job, &p, &record)?;
         let mode = exec::acquire_mode(job.concurrency);
+        let publish = crate::publish::Service::bind(&record.id, p.run_as.as_ref())
+            .inspect_err(|e| tracing::warn!(error = %e, "no publish socket for this worker"))
+            .ok();
+        let grant = crate::publish::Grant {
+            store: ctx.store.as_ref(),
+            lock: &job.lock,
+            fence: coord.fence,
+            run_as: p.run_as.as_ref(),
+        };
         let a = Attempt::new(
             ctx.store.as_ref(),
-            &ctx.state_url,
+            publish.as_ref().map(|s| s.path()),
             job,
             &p,
             &record,
@@ -412,7 +421,16 @@ impl Worker<'_> {
             coord.fence,
             coord.scope.as_deref().unwrap_or("")
         ));
-        let outcome = self.work(&a, coord, scope_id);
+        let outcome = std::thread::scope(|s| {
+            if let Some(service) = &publish {
+                s.spawn(|| service.serve(&grant));
+            }
+            let outcome = self.work(&a, coord, scope_id);
+            if let Some(service) = &publish {
+                service.stop();
+            }
+            outcome
+        });
         a.finish();
         outcome
     }

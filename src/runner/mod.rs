@@ -171,7 +171,7 @@ pub fn replay_spool(ctx: &Context, find_job: &dyn Fn(&str) -> Option<Job>) -> us
 
 /// Run `job` under full supervision and record what happened.
 pub fn run(ctx: &Context, job: &Job, req: &Request) -> Result<Report> {
-    let p = prepare(job, req)?;
+    let p = prepare(job, req, &ctx.global)?;
     tracing::debug!(job = %job.name, "prepared");
     let mode = acquire_mode(job.concurrency);
     let first = base_record(ctx, job, &p, &new_run_id(), 1);
@@ -248,6 +248,15 @@ impl Run<'_> {
             }
         };
         let signals_handle = signals.handle();
+        let publish = crate::publish::Service::bind(&first.id, self.p.run_as.as_ref())
+            .inspect_err(|e| tracing::warn!(error = %e, "no publish socket for this run"))
+            .ok();
+        let grant = crate::publish::Grant {
+            store: self.ctx.store.as_ref(),
+            lock: &self.job.lock,
+            fence: self.fence,
+            run_as: self.p.run_as.as_ref(),
+        };
         std::thread::scope(|s| {
             s.spawn(|| {
                 for sig in signals.forever() {
@@ -256,25 +265,37 @@ impl Run<'_> {
                 }
             });
             s.spawn(|| heartbeat_loop(self, hb_stop_rx));
+            if let Some(service) = &publish {
+                s.spawn(|| service.serve(&grant));
+            }
             // Only jobs with a ping channel pay for the thread.
             if notice::has_ping_channel(self.ctx, self.job) {
                 s.spawn(|| notice::ping_start(self.ctx, self.job, &first.id));
             }
-            let report = self.attempts(first.clone(), &sig_rx);
+            let socket = publish.as_ref().map(|s| s.path());
+            let report = self.attempts(first.clone(), &sig_rx, socket);
             let _ = hb_stop_tx.send(());
             signals_handle.close();
+            if let Some(service) = &publish {
+                service.stop();
+            }
             report
         })
     }
 
     /// Attempt, and retry while the outcome is retryable, `retries` allows
     /// and no signal came. Every path ends in [`Run::conclude`].
-    fn attempts(&self, first: RunRecord, sig_rx: &mpsc::Receiver<i32>) -> Result<Report> {
+    fn attempts(
+        &self,
+        first: RunRecord,
+        sig_rx: &mpsc::Receiver<i32>,
+        publish: Option<&std::path::Path>,
+    ) -> Result<Report> {
         let mut record = first;
         let mut attempt = 1u32;
         loop {
             record.fence = self.fence;
-            let (result, tail) = self.one_attempt(&record);
+            let (result, tail) = self.one_attempt(&record, publish);
             let outcome = result.outcome;
             let retry =
                 outcome.retryable() && attempt <= self.job.retries && !self.control.signalled();
@@ -428,14 +449,18 @@ impl Run<'_> {
     /// One attempt, start to end. Never fails: a failure inside batchguard
     /// becomes the attempt's `failure` outcome with the error as its
     /// message (SPEC §11).
-    fn one_attempt(&self, record: &RunRecord) -> (AttemptResult, Vec<String>) {
+    fn one_attempt(
+        &self,
+        record: &RunRecord,
+        publish: Option<&std::path::Path>,
+    ) -> (AttemptResult, Vec<String>) {
         let log = match exec::open_attempt_log(&self.ctx.global, self.job, self.p, record) {
             Ok(log) => log,
             Err(e) => return (self.ended(internal_failure(self.p, &e)), Vec::new()),
         };
         let a = Attempt::new(
             self.ctx.store.as_ref(),
-            &self.ctx.state_url,
+            publish,
             self.job,
             self.p,
             record,
@@ -674,7 +699,7 @@ pub fn reap_lost(ctx: &Context, find_job: &dyn Fn(&str) -> Option<Job>) -> Resul
         {
             n += 1;
             if let Some(job) = job {
-                match prepare(&job, &Request::default()) {
+                match prepare(&job, &Request::default(), &ctx.global) {
                     Ok(p) => notice::lost(ctx, &job, &p, &run),
                     Err(e) => tracing::warn!(error = %e, "cannot notify lost run {}", run.id),
                 }

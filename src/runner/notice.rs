@@ -399,7 +399,7 @@ pub fn notify_test(ctx: &Context, job: &Job) -> i32 {
         );
         return crate::exit::FAILURE;
     }
-    let p = match prepare(job, &Request::default()) {
+    let p = match prepare(job, &Request::default(), &ctx.global) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("batchguard: {e}");
@@ -438,7 +438,7 @@ pub fn notify_missed(ctx: &Context, job: &Job, fire: &jiff::Zoned) {
     if !crate::notify::wanted(job, "missed") {
         return;
     }
-    let p = match prepare(job, &Request::default()) {
+    let p = match prepare(job, &Request::default(), &ctx.global) {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(error = %e, "cannot prepare the missed notification of {}", job.name);

@@ -251,7 +251,7 @@ fn notify(ctx: &Context, entry: &Entry, find_job: &dyn Fn(&str) -> Option<Job>) 
         scope: record.scope.clone(),
         ..Request::default()
     };
-    match prepare(&job, &req) {
+    match prepare(&job, &req, &ctx.global) {
         Ok(p) => {
             let outcome = Outcome::parse(&entry.outcome, entry.exit_code, entry.signal);
             super::notice::run_ended(

@@ -394,3 +394,86 @@ pub(crate) fn default_signal_handlers() {
         }
     }
 }
+
+/// Mark every descriptor this process inherited above stderr close-on-exec,
+/// so no job ever receives one (a `nobody` job must not read a root-only
+/// file its runner's parent happened to hold open, SPEC §4). Descriptors
+/// batchguard opens itself are close-on-exec already; the done fd is
+/// passed on purpose (dup2 onto 3 in the child clears the flag there).
+pub fn seal_inherited_fds() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<RawFd> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_GETFD/F_SETFD only read and set the descriptor's flags;
+        // an fd that closed meanwhile (the read_dir's own) fails harmlessly.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
+/// `rename(src, dest)` with the permissions of `user` (uid, gid and
+/// groups), done by a short-lived child so that the runner, which may be
+/// root, never renames anything the job itself could not. With `None`, or
+/// when `user` is who we are, the rename happens here.
+pub fn rename_as(
+    user: Option<&crate::RunAs>,
+    src: &std::path::Path,
+    dest: &std::path::Path,
+) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(user) = user.filter(|u| u.uid != nix::unistd::geteuid().as_raw()) else {
+        return std::fs::rename(src, dest);
+    };
+    let c = |p: &std::path::Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    };
+    let (src, dest) = (c(src)?, c(dest)?);
+    let groups: Vec<libc::gid_t> = user.groups.clone();
+    // SAFETY: between fork and _exit the child only makes raw syscalls
+    // (setgroups, setgid, setuid, rename) on data prepared before the fork,
+    // all async-signal-safe; it never returns into Rust code.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: see above; the child ends with _exit.
+        unsafe {
+            let ok = libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) == 0
+                && libc::syscall(libc::SYS_setgid, user.gid) == 0
+                && libc::syscall(libc::SYS_setuid, user.uid) == 0;
+            if !ok {
+                libc::_exit(126);
+            }
+            if libc::rename(src.as_ptr(), dest.as_ptr()) == 0 {
+                libc::_exit(0);
+            }
+            let errno = *libc::__errno_location();
+            libc::_exit(if (1..126).contains(&errno) {
+                errno
+            } else {
+                125
+            });
+        }
+    }
+    match reap_blocking(pid)? {
+        Some(RawStatus::Exited(0)) => Ok(()),
+        Some(RawStatus::Exited(126)) => Err(io::Error::other(format!(
+            "cannot take the identity of user {}",
+            user.name
+        ))),
+        Some(RawStatus::Exited(errno)) if errno < 125 => Err(io::Error::from_raw_os_error(errno)),
+        _ => Err(io::Error::other("the rename helper failed")),
+    }
+}
