@@ -403,9 +403,8 @@ fn long_runs_write_progress_lines_to_the_log() {
             keys.display()
         ),
     );
-    let mut c = env.cmd(&["run", "slow"]);
-    c.env("BATCHGUARD_PROGRESS_EVERY", "500ms");
-    env.run_cmd(c).code(0);
+    env.run_with(&["run", "slow"], &[("BATCHGUARD_PROGRESS_EVERY", "500ms")])
+        .code(0);
     let log = env.log_of(&env.last_run("slow"));
     let line = log
         .lines()
