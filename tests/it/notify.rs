@@ -237,17 +237,24 @@ fn a_hanging_command_channel_is_killed_at_its_timeout() {
     );
 }
 
-#[test]
-fn fifty_failures_in_a_row_page_once_then_recover() {
+/// Job `flappy`, notifying `hook` (after `extra` global settings), fails
+/// `n` times in a row; only the first failure has been sent so far.
+fn failure_streak(extra: &str, n: usize) -> (Env, Http) {
     let env = Env::new();
-    let hook = webhook_receiver(&env, "");
+    let hook = webhook_receiver(&env, extra);
     env.hooked_job("flappy", "command = [\"false\"]");
-    for _ in 0..50 {
+    for _ in 0..n {
         env.run(&["run", "flappy"]).code(1);
     }
+    assert_eq!(hook.count(), 1);
+    (env, hook)
+}
+
+#[test]
+fn fifty_failures_in_a_row_page_once_then_recover() {
     // Policy: the first failure at once, then at most one digest per
     // notify_digest (1h): within seconds, exactly one message.
-    assert_eq!(hook.count(), 1);
+    let (env, hook) = failure_streak("", 50);
     env.hooked_job("flappy", "command = [\"true\"]");
     env.run(&["run", "flappy"]).code(0);
     let reqs = hook.take();
@@ -258,13 +265,7 @@ fn fifty_failures_in_a_row_page_once_then_recover() {
 
 #[test]
 fn a_digest_summarises_a_streak_once_per_interval() {
-    let env = Env::new();
-    let hook = webhook_receiver(&env, "notify_digest = \"1s\"\n");
-    env.hooked_job("flappy", "command = [\"false\"]");
-    for _ in 0..3 {
-        env.run(&["run", "flappy"]).code(1);
-    }
-    assert_eq!(hook.count(), 1);
+    let (env, hook) = failure_streak("notify_digest = \"1s\"\n", 3);
     std::thread::sleep(Duration::from_millis(1100));
     env.run(&["run", "flappy"]).code(1);
     let reqs = hook.take();
