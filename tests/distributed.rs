@@ -113,11 +113,17 @@ impl World {
         self.cmd(args).spawn().expect("spawn batchguard")
     }
 
-    fn count(&self, sql: &str) -> i64 {
+    /// An admin connection that sees this world's schema.
+    fn client(&self) -> postgres::Client {
         let mut c = admin();
         c.batch_execute(&format!("SET search_path TO \"{}\"", self.schema))
             .unwrap();
-        c.query_one(sql, &[])
+        c
+    }
+
+    fn count(&self, sql: &str) -> i64 {
+        self.client()
+            .query_one(sql, &[])
             .ok()
             .map(|r| r.get::<_, i64>(0))
             .unwrap_or(-1)
@@ -125,6 +131,33 @@ impl World {
 
     fn running(&self) -> i64 {
         self.count("SELECT count(*) FROM runs WHERE outcome = 'running'")
+    }
+
+    /// Start the coordinator of job `dist` and wait until its run is recorded.
+    fn start_coordinator(&self) -> Child {
+        let coord = self.spawn(&["run", "dist"]);
+        wait_for("the coordinator run", Duration::from_secs(20), || {
+            self.running() == 1
+        });
+        coord
+    }
+
+    /// Wait until `n` keys are queued.
+    fn wait_queued(&self, n: usize) {
+        wait_for("the queue", Duration::from_secs(20), || {
+            self.count("SELECT count(*) FROM queue") == n as i64
+        });
+    }
+
+    /// Create the schema before a race (`batchguard ledger JOB`), so that
+    /// racers race for the lock and not for the migration.
+    fn migrate(&self, job: &str) {
+        let (st, err) = finish(
+            "ledger",
+            self.spawn(&["ledger", job]),
+            Duration::from_secs(20),
+        );
+        assert!(st.success(), "{err}");
     }
 
     /// Keys and how often the handler processed each.
@@ -176,6 +209,18 @@ fn expect_code(what: &str, (st, err): &(ExitStatus, String), code: i32) {
     assert_eq!(st.code(), Some(code), "{what}: {st:?}; stderr:\n{err}");
 }
 
+/// [`finish`] `child` and expect it to exit with `code`.
+fn expect_exit(what: &str, child: Child, limit: Duration, code: i32) {
+    expect_code(what, &finish(what, child, limit), code);
+}
+
+/// Every one of the `n` keys was processed; how many times keys were redone.
+fn redone(w: &World, n: usize) -> usize {
+    let seen = w.processed();
+    assert_eq!(seen.len(), n, "every key processed");
+    seen.values().map(|c| c - 1).sum()
+}
+
 fn assert_every_key_done(w: &World, n: usize) {
     assert_eq!(
         w.count("SELECT count(*) FROM ledger WHERE state = 1"),
@@ -201,24 +246,18 @@ fn coordinator_and_two_workers_do_every_key_once() {
         "0",
         "parallelism = 4\n[distributed]\nenabled = true\nbatch = 200\nlease = \"30s\"\n",
     );
-    let coord = w.spawn(&["run", "dist"]);
-    wait_for("the coordinator run", Duration::from_secs(20), || {
-        w.running() == 1
-    });
+    let coord = w.start_coordinator();
     let workers: Vec<Child> = (0..2)
         .map(|_| w.spawn(&["worker", "dist", "--concurrency", "4"]))
         .collect();
-    let c = finish("coordinator", coord, Duration::from_secs(240));
-    expect_code("coordinator", &c, 0);
+    expect_exit("coordinator", coord, Duration::from_secs(240), 0);
     for (i, wk) in workers.into_iter().enumerate() {
-        let r = finish("worker", wk, Duration::from_secs(30));
-        expect_code(&format!("worker {i}"), &r, 0);
+        expect_exit(&format!("worker {i}"), wk, Duration::from_secs(30), 0);
     }
     assert_every_key_done(&w, n);
-    let seen = w.processed();
-    assert_eq!(seen.len(), n, "every key processed");
-    let twice: Vec<_> = seen.iter().filter(|(_, c)| **c > 1).collect();
-    assert!(twice.is_empty(), "keys processed twice: {twice:?}");
+    let extra = redone(&w, n);
+    let twice: Vec<_> = w.processed().into_iter().filter(|(_, c)| *c > 1).collect();
+    assert_eq!(extra, 0, "keys processed twice: {twice:?}");
     // The coordinator and both workers shared the work.
     assert_eq!(
         w.count("SELECT count(DISTINCT claimed_by) FROM queue WHERE state = 2"),
@@ -243,15 +282,10 @@ fn stream_mode_coordinator_and_a_worker_do_every_key_once() {
             keys.display()
         ),
     );
-    let coord = w.spawn(&["run", "dist"]);
-    wait_for("the coordinator run", Duration::from_secs(20), || {
-        w.running() == 1
-    });
+    let coord = w.start_coordinator();
     let worker = w.spawn(&["worker", "dist"]);
-    let c = finish("coordinator", coord, Duration::from_secs(120));
-    expect_code("coordinator", &c, 0);
-    let r = finish("worker", worker, Duration::from_secs(30));
-    expect_code("worker", &r, 0);
+    expect_exit("coordinator", coord, Duration::from_secs(120), 0);
+    expect_exit("worker", worker, Duration::from_secs(30), 0);
     assert_every_key_done(&w, n);
     // Each key reported done once: a redone key would count 2 attempts.
     assert_eq!(
@@ -283,12 +317,8 @@ fn stream_mode_keys_a_batch_command_does_not_report_fail_or_go_back() {
             keys.display()
         ),
     );
-    let c = finish(
-        "coordinator",
-        w.spawn(&["run", "lazy"]),
-        Duration::from_secs(60),
-    );
-    expect_code("lazy coordinator", &c, 1);
+    let lazy = w.spawn(&["run", "lazy"]);
+    expect_exit("lazy coordinator", lazy, Duration::from_secs(60), 1);
     assert_eq!(w.count("SELECT count(*) FROM queue WHERE state = 2"), 49);
     assert_eq!(
         w.count("SELECT count(*) FROM queue WHERE state = 3 AND key = 'key-000007'"),
@@ -305,12 +335,8 @@ fn stream_mode_keys_a_batch_command_does_not_report_fail_or_go_back() {
             keys.display()
         ),
     );
-    let c = finish(
-        "coordinator",
-        w.spawn(&["run", "broken"]),
-        Duration::from_secs(60),
-    );
-    expect_code("broken coordinator", &c, 3);
+    let broken = w.spawn(&["run", "broken"]);
+    expect_exit("broken coordinator", broken, Duration::from_secs(60), 3);
     let scope = "(SELECT id FROM ledger_scopes WHERE job = 'broken')";
     assert_eq!(
         w.count(&format!(
@@ -354,16 +380,12 @@ fn a_killed_workers_keys_are_reclaimed_after_the_lease() {
     victim.kill().unwrap(); // SIGKILL
     assert!(held > 0, "the victim held a batch when killed");
     let _ = victim.wait();
-    let c = finish("coordinator", coord, Duration::from_secs(120));
-    expect_code("coordinator", &c, 0);
-    let r = finish("survivor", survivor, Duration::from_secs(30));
-    expect_code("survivor", &r, 0);
+    expect_exit("coordinator", coord, Duration::from_secs(120), 0);
+    expect_exit("survivor", survivor, Duration::from_secs(30), 0);
     // Let any orphaned handler of the victim finish its line.
     std::thread::sleep(Duration::from_millis(300));
     assert_every_key_done(&w, n);
-    let seen = w.processed();
-    assert_eq!(seen.len(), n, "every key processed");
-    let extra: usize = seen.values().map(|c| c - 1).sum();
+    let extra = redone(&w, n);
     assert!(
         extra <= batch,
         "{extra} duplicates: more than the killed worker's batch of {batch}"
@@ -419,14 +441,7 @@ fn two_coordinators_at_once_one_runs_one_is_skipped() {
         "0.1",
         "parallelism = 2\n[distributed]\nenabled = true\nbatch = 5\nlease = \"10s\"\n",
     );
-    // Make sure the schema exists before the race, so both race for the
-    // lock and not for the migration.
-    let (st, err) = finish(
-        "ledger",
-        w.spawn(&["ledger", "dist"]),
-        Duration::from_secs(20),
-    );
-    assert!(st.success(), "{err}");
+    w.migrate("dist");
     let a = w.spawn(&["run", "dist"]);
     let b = w.spawn(&["run", "dist"]);
     let ra = finish("first", a, Duration::from_secs(60));
@@ -445,9 +460,7 @@ fn two_coordinators_at_once_one_runs_one_is_skipped() {
         1
     );
     assert_every_key_done(&w, 20);
-    let seen = w.processed();
-    assert_eq!(seen.len(), 20);
-    assert!(seen.values().all(|c| *c == 1));
+    assert_eq!(redone(&w, 20), 0, "no key processed twice");
     eprintln!("HA test: {:?}", t0.elapsed());
 }
 
@@ -458,31 +471,21 @@ fn three_shards_process_every_key_exactly_once() {
     let w = World::new("shard");
     let n = 3000;
     w.job("sharded", n, "0", "parallelism = 4\n");
-    let (st, err) = finish(
-        "ledger",
-        w.spawn(&["ledger", "sharded"]),
-        Duration::from_secs(20),
-    );
-    assert!(st.success(), "{err}");
+    w.migrate("sharded");
     let shards: Vec<Child> = (0..3)
         .map(|i| w.spawn(&["run", "sharded", "--shard", &format!("{i}/3")]))
         .collect();
     for (i, s) in shards.into_iter().enumerate() {
-        let r = finish("shard", s, Duration::from_secs(120));
-        expect_code(&format!("shard {i}/3"), &r, 0);
+        expect_exit(&format!("shard {i}/3"), s, Duration::from_secs(120), 0);
     }
-    let seen = w.processed();
-    assert_eq!(seen.len(), n, "every key processed");
-    assert!(seen.values().all(|c| *c == 1), "no key processed twice");
+    assert_eq!(redone(&w, n), 0, "no key processed twice");
     assert_eq!(
         w.count("SELECT count(*) FROM ledger WHERE state = 1"),
         n as i64
     );
     // Three runs, each with a share of the keys.
-    let mut c = admin();
-    c.batch_execute(&format!("SET search_path TO \"{}\"", w.schema))
-        .unwrap();
-    for r in c
+    for r in w
+        .client()
         .query("SELECT items FROM runs WHERE outcome = 'success'", &[])
         .unwrap()
     {
@@ -531,22 +534,16 @@ fn dead_keys_fail_the_coordinator_run() {
             h.display()
         ),
     );
-    let r = finish(
-        "coordinator",
-        w.spawn(&["run", "dist"]),
-        Duration::from_secs(60),
-    );
-    expect_code("coordinator", &r, 1);
+    let coord = w.spawn(&["run", "dist"]);
+    expect_exit("coordinator", coord, Duration::from_secs(60), 1);
     assert_eq!(w.count("SELECT count(*) FROM queue WHERE state = 3"), 1);
     assert_eq!(w.count("SELECT count(*) FROM queue WHERE state = 2"), 29);
     assert_eq!(
         w.count("SELECT attempts::bigint FROM ledger WHERE key = 'key-000007' AND state = 2"),
         2
     );
-    let mut c = admin();
-    c.batch_execute(&format!("SET search_path TO \"{}\"", w.schema))
-        .unwrap();
-    let failed: Option<String> = c
+    let failed: Option<String> = w
+        .client()
         .query_one("SELECT items_failed FROM runs WHERE job = 'dist'", &[])
         .unwrap()
         .get(0);
@@ -567,9 +564,7 @@ fn sigterm_gives_a_workers_keys_back_at_once() {
         "[distributed]\nenabled = true\nbatch = 50\nlease = \"60s\"\n",
     );
     let coord = w.spawn(&["run", "dist", "--no-work"]);
-    wait_for("the queue", Duration::from_secs(20), || {
-        w.count("SELECT count(*) FROM queue") == n as i64
-    });
+    w.wait_queued(n);
     let victim = w.spawn(&["worker", "dist", "--concurrency", "2"]);
     wait_for("the victim's first keys", Duration::from_secs(20), || {
         w.processed().len() >= 5
@@ -577,8 +572,7 @@ fn sigterm_gives_a_workers_keys_back_at_once() {
     let t = Instant::now();
     let rc = unsafe { libc::kill(victim.id() as i32, libc::SIGTERM) };
     assert_eq!(rc, 0);
-    let r = finish("victim", victim, Duration::from_secs(10));
-    expect_code("victim after SIGTERM", &r, 0);
+    expect_exit("victim after SIGTERM", victim, Duration::from_secs(10), 0);
     assert!(
         t.elapsed() < Duration::from_secs(5),
         "slow stop: {:?}",
@@ -590,13 +584,8 @@ fn sigterm_gives_a_workers_keys_back_at_once() {
         "nothing left claimed"
     );
     let other = w.spawn(&["worker", "dist", "--concurrency", "4"]);
-    let c = finish("coordinator", coord, Duration::from_secs(40));
-    expect_code("coordinator", &c, 0);
-    expect_code(
-        "worker",
-        &finish("worker", other, Duration::from_secs(20)),
-        0,
-    );
+    expect_exit("coordinator", coord, Duration::from_secs(40), 0);
+    expect_exit("worker", other, Duration::from_secs(20), 0);
     assert_every_key_done(&w, n);
     assert_eq!(w.processed().len(), n);
     eprintln!("SIGTERM test: {:?}", t0.elapsed());
@@ -628,9 +617,7 @@ fn postgres_restart_mid_run_loses_nothing() {
         "parallelism = 4\n[distributed]\nenabled = true\nbatch = 50\nlease = \"20s\"\n",
     );
     let coord = w.spawn(&["run", "dist"]);
-    wait_for("the queue", Duration::from_secs(20), || {
-        w.count("SELECT count(*) FROM queue") == n as i64
-    });
+    w.wait_queued(n);
     let worker = w.spawn(&["worker", "dist", "--concurrency", "4"]);
     wait_for("some progress", Duration::from_secs(30), || {
         w.processed().len() >= 300
@@ -641,14 +628,10 @@ fn postgres_restart_mid_run_loses_nothing() {
         .expect("pg_ctlcluster");
     assert!(st.success(), "restart failed: {st:?}");
     let restarted = Instant::now();
-    let c = finish("coordinator", coord, Duration::from_secs(180));
-    expect_code("coordinator", &c, 0);
-    let r = finish("worker", worker, Duration::from_secs(60));
-    expect_code("worker", &r, 0);
+    expect_exit("coordinator", coord, Duration::from_secs(180), 0);
+    expect_exit("worker", worker, Duration::from_secs(60), 0);
     assert_every_key_done(&w, n);
-    let seen = w.processed();
-    assert_eq!(seen.len(), n, "every key processed");
-    let extra: usize = seen.values().map(|c| c - 1).sum();
+    let extra = redone(&w, n);
     eprintln!(
         "restart test: {extra} keys redone, run ended {:?} after the restart, {:?} in all",
         restarted.elapsed(),
@@ -661,27 +644,21 @@ fn sqlite_refuses_distributed_items_clearly() {
     let w = World::new("sqlite");
     w.job("dist", 5, "0", "[distributed]\nenabled = true\n");
     let sqlite = format!("sqlite:{}", w.path("state.db").display());
-    let run = w
-        .cmd(&["run", "dist"])
-        .env("BATCHGUARD_STATE", &sqlite)
-        .output()
-        .unwrap();
+    let on_sqlite = |args: &[&str]| {
+        w.cmd(args)
+            .env("BATCHGUARD_STATE", &sqlite)
+            .output()
+            .unwrap()
+    };
+    let run = on_sqlite(&["run", "dist"]);
     assert_eq!(run.status.code(), Some(1));
-    let worker = w
-        .cmd(&["worker", "dist"])
-        .env("BATCHGUARD_STATE", &sqlite)
-        .output()
-        .unwrap();
+    let worker = on_sqlite(&["worker", "dist"]);
     let err = String::from_utf8_lossy(&worker.stderr);
     assert!(
         err.contains("distributed items need a postgres:// state store"),
         "{err}"
     );
-    let show = w
-        .cmd(&["runs", "dist", "--format", "json"])
-        .env("BATCHGUARD_STATE", &sqlite)
-        .output()
-        .unwrap();
+    let show = on_sqlite(&["runs", "dist", "--format", "json"]);
     let out = String::from_utf8_lossy(&show.stdout);
     assert!(
         out.contains("distributed items need a postgres:// state store"),

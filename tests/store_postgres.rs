@@ -5,9 +5,10 @@
 //! The tests run one at a time: the resilience test terminates every
 //! backend named `batchguard`, which would otherwise hit its neighbours.
 
+use batchguard::store::conformance::{beat, claim_outbox, commit, hook_failure};
 use batchguard::store::{
-    self, AcquireMode, Committer, Holder, ItemState, LedgerUpdate, LockAttempt, LockRequest,
-    NotifyState, RunEnd, RunRecord, RunnerIdentity, Store, StoreError,
+    self, AcquireMode, Committer, Heartbeat, Holder, ItemState, LedgerUpdate, LockAttempt,
+    LockRequest, NotifyState, OutboxFailure, RunEnd, RunRecord, RunnerIdentity, Store, StoreError,
 };
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -187,10 +188,12 @@ fn scenario(s: &dyn Store) -> Vec<String> {
         format!("{:?}", s.runs_with_logs_before("job-a", 10_000, 5).unwrap()),
     );
     log("running", format!("{:?}", s.running_runs().unwrap()));
-    log(
-        "hb-released",
-        format!("{:?}", s.heartbeat("job-a", 1, "run-a", 3_000, 1_000)),
-    );
+    let late_beat = Heartbeat {
+        now_ms: 3_000,
+        lease_ms: 1_000,
+        ..beat("job-a", 1, "run-a")
+    };
+    log("hb-released", format!("{:?}", s.heartbeat(&late_beat)));
 
     // Ledger: duplicates inside one batch, ordering of failures, counts.
     let scope = s.ledger_scope("job-a", "day", true).unwrap().unwrap();
@@ -210,10 +213,7 @@ fn scenario(s: &dyn Store) -> Vec<String> {
         u("d", ItemState::Failed, None),
         u("B", ItemState::Failed, Some("upper")),
     ];
-    log(
-        "commit",
-        format!("{:?}", s.ledger_commit(scope, who, 10, &batch)),
-    );
+    log("commit", format!("{:?}", commit(s, scope, who, 10, &batch)));
     let mut keys = Vec::new();
     s.ledger_scan(scope, &mut |k, st, n| keys.push(format!("{k}/{st:?}/{n}")))
         .unwrap();
@@ -241,7 +241,8 @@ fn scenario(s: &dyn Store) -> Vec<String> {
         "fenced-commit",
         format!(
             "{:?}",
-            s.ledger_commit(
+            commit(
+                s,
                 scope,
                 Committer {
                     lock: "never-taken",
@@ -266,27 +267,31 @@ fn scenario(s: &dyn Store) -> Vec<String> {
     log("pending", format!("{:?}", s.outbox_pending().unwrap()));
     log(
         "claim",
-        format!("{:?}", s.outbox_claim(100, 200, 1_000, 2).unwrap()),
+        format!("{:?}", claim_outbox(s, 100, 200, 1_000, 2).unwrap()),
     );
     log(
         "claim-again",
-        format!("{:?}", s.outbox_claim(100, 200, 1_000, 10).unwrap()),
+        format!("{:?}", claim_outbox(s, 100, 200, 1_000, 10).unwrap()),
     );
     log(
         "claim-late",
-        format!("{:?}", s.outbox_claim(1_200, 1_200, 1_000, 10).unwrap()),
+        format!("{:?}", claim_outbox(s, 1_200, 1_200, 1_000, 10).unwrap()),
     );
     s.outbox_delivered("n1", "mail", 1_300).unwrap();
-    s.outbox_failed("n1", "hook", "HTTP 500", 5_000).unwrap();
-    s.outbox_failed("n1", "mail", "late failure ignored", 5_000)
-        .unwrap();
+    s.outbox_failed(&hook_failure()).unwrap();
+    let late = OutboxFailure {
+        channel: "mail",
+        error: "late failure ignored",
+        ..hook_failure()
+    };
+    s.outbox_failed(&late).unwrap();
     log(
         "pending-after",
         format!("{:?}", s.outbox_pending().unwrap()),
     );
     log(
         "claim-final",
-        format!("{:?}", s.outbox_claim(9_000, 9_000, 1, 10).unwrap()),
+        format!("{:?}", claim_outbox(s, 9_000, 9_000, 1, 10).unwrap()),
     );
 
     // Notification state (the watchdog is the conformance suite's).
@@ -413,10 +418,7 @@ fn concurrent_acquirers_serialise() {
         .into_iter()
         .find(|r| r.fence == N as i64 + 1)
         .unwrap();
-    assert!(
-        s.heartbeat("job", N as i64 + 1, &holder.id, 2_000, 30_000)
-            .unwrap()
-    );
+    assert!(s.heartbeat(&beat("job", N as i64 + 1, &holder.id)).unwrap());
     // TokenOnly on a lock nobody ever took: first row created under race.
     let mut tokens: Vec<i64> = results.iter().map(|(_, _, t)| fence_of(t)).collect();
     tokens.sort();
@@ -447,7 +449,7 @@ fn killed_connections_are_replaced_transparently() {
         kill_backends() >= 1,
         "the store's idle connection was killed"
     );
-    assert!(s.heartbeat("job", fence, "run-a", 2_000, 30_000).unwrap());
+    assert!(s.heartbeat(&beat("job", fence, "run-a")).unwrap());
 
     let scope = s.ledger_scope("job", "day", true).unwrap().unwrap();
     let who = Committer {
@@ -461,7 +463,7 @@ fn killed_connections_are_replaced_transparently() {
         state: ItemState::Done,
         error: None,
     }];
-    assert!(s.ledger_commit(scope, who, 3_000, &done).unwrap());
+    assert!(commit(s.as_ref(), scope, who, 3_000, &done).unwrap());
     kill_backends();
     let mut n = 0;
     s.ledger_scan(scope, &mut |_, _, attempts| {
@@ -570,7 +572,7 @@ fn a_server_outage_is_waited_out() {
         down.store(false, Ordering::SeqCst);
     });
     // Heartbeats during the outage wait until the server is back.
-    assert!(s.heartbeat("job", fence, "run-a", 2_000, 30_000).unwrap());
+    assert!(s.heartbeat(&beat("job", fence, "run-a")).unwrap());
     let waited = t.elapsed();
     back.join().unwrap();
     eprintln!("heartbeat waited out a {waited:?} outage");
@@ -635,7 +637,7 @@ fn bulk(keys: usize) {
         .collect();
     let t = Instant::now();
     for chunk in updates.chunks(10_000) {
-        assert!(s.ledger_commit(scope, who, 5_000, chunk).unwrap());
+        assert!(commit(s.as_ref(), scope, who, 5_000, chunk).unwrap());
     }
     let commit = t.elapsed();
     let t = Instant::now();

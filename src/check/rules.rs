@@ -307,38 +307,45 @@ fn g02(job: &Job, host: &HostFacts, f: &JobFacts) -> RuleResult {
         );
     }
     if let Some(expected) = job.guideline.expected_items {
-        match fit_against_items(f, |r| r.peak_memory_bytes.map(|b| b as f64)) {
-            Ok(fit) => {
-                let pred = fit.predict(expected as f64).max(0.0);
-                let pred_s = format_size(pred.min(u64::MAX as f64) as u64);
-                let pct = percent(pred, max as f64);
-                let how = format!(
-                    "least-squares over {} runs: {} per item",
-                    fit.n,
-                    format_size(fit.slope.max(0.0).round() as u64)
-                );
-                let msg = format!(
-                    "at expected_items {} the predicted peak memory is {pred_s} ({how}), {pct}% of memory_max {max_s}",
-                    thousands(expected)
-                );
-                if pred > max as f64 {
-                    fs.add(
-                        Status::Fail,
-                        format!("{msg}: the job will be OOM-killed as its data grows; raise memory_max or make memory independent of the item count (stream the items)"),
-                    );
-                } else if pct >= WARN_PCT {
-                    fs.add(
-                        Status::Warn,
-                        format!("{msg}: little headroom left as the data grows"),
-                    );
-                } else {
-                    fs.add(Status::Pass, msg);
-                }
-            }
-            Err(why) => fs.add(Status::Pass, why),
-        }
+        g02_predicted_peak(&mut fs, f, expected, max);
     }
     fs.done()
+}
+
+/// G02, at the data volume expected: the peak memory predicted from the
+/// runs' item counts against `max`.
+fn g02_predicted_peak(fs: &mut Findings, f: &JobFacts, expected: u64, max: u64) {
+    let max_s = format_size(max);
+    match fit_against_items(f, |r| r.peak_memory_bytes.map(|b| b as f64)) {
+        Ok(fit) => {
+            let pred = fit.predict(expected as f64).max(0.0);
+            let pred_s = format_size(pred.min(u64::MAX as f64) as u64);
+            let pct = percent(pred, max as f64);
+            let how = format!(
+                "least-squares over {} runs: {} per item",
+                fit.n,
+                format_size(fit.slope.max(0.0).round() as u64)
+            );
+            let msg = format!(
+                "at expected_items {} the predicted peak memory is {pred_s} ({how}), {pct}% of memory_max {max_s}",
+                thousands(expected)
+            );
+            if pred > max as f64 {
+                fs.add(
+                    Status::Fail,
+                    format!("{msg}: the job will be OOM-killed as its data grows; raise memory_max or make memory independent of the item count (stream the items)"),
+                );
+            } else if pct >= WARN_PCT {
+                fs.add(
+                    Status::Warn,
+                    format!("{msg}: little headroom left as the data grows"),
+                );
+            } else {
+                fs.add(Status::Pass, msg);
+            }
+        }
+        Err(why) => fs.add(Status::Pass, why),
+    }
 }
 
 /// 1.5 × `peak`, rounded up to a multiple of 64 MiB.
@@ -377,6 +384,16 @@ fn g03(job: &Job, f: &JobFacts) -> RuleResult {
             ),
         );
     }
+    g03_recent_durations(&mut fs, job, f);
+    if let Some(expected) = job.guideline.expected_items {
+        g03_predicted_duration(&mut fs, job, f, expected);
+    }
+    fs.done()
+}
+
+/// G03 over the recent successful runs: their p95 duration against
+/// `expected_duration` and the schedule interval.
+fn g03_recent_durations(fs: &mut Findings, job: &Job, f: &JobFacts) {
     let durations: Vec<u64> = finished(f)
         .filter(|r| r.outcome == "success")
         .filter_map(|r| r.duration_ms.and_then(|d| u64::try_from(d).ok()))
@@ -430,43 +447,48 @@ fn g03(job: &Job, f: &JobFacts) -> RuleResult {
     } else {
         fs.add(Status::Pass, "no successful run recorded yet");
     }
-    if let Some(expected) = job.guideline.expected_items {
-        match fit_against_items(f, |r| r.duration_ms.map(|d| d as f64)) {
-            Ok(fit) => {
-                let pred = fit.predict(expected as f64).max(0.0);
-                let pred_s = dur_ms(pred.min(u64::MAX as f64) as u64);
-                let msg = format!(
-                    "at expected_items {} the predicted duration is {pred_s} (least-squares over {} runs)",
-                    thousands(expected),
-                    fit.n
-                );
-                match job.timeout {
-                    Some(t) => {
-                        let pct = percent(pred, t.as_millis() as f64);
-                        if pred > t.as_millis() as f64 {
-                            fs.add(
-                                Status::Fail,
-                                format!(
-                                    "{msg}, over timeout {}: the job will time out as its data grows; make it faster, spread it over workers (G16), or raise timeout",
-                                    dur(t)
-                                ),
-                            );
-                        } else if pct >= WARN_PCT {
-                            fs.add(
-                                Status::Warn,
-                                format!("{msg}, {pct}% of timeout {}: little headroom as the data grows", dur(t)),
-                            );
-                        } else {
-                            fs.add(Status::Pass, format!("{msg}, {pct}% of timeout {}", dur(t)));
-                        }
+}
+
+/// G03, at the data volume expected: the duration predicted from the
+/// runs' item counts against the timeout.
+fn g03_predicted_duration(fs: &mut Findings, job: &Job, f: &JobFacts, expected: u64) {
+    match fit_against_items(f, |r| r.duration_ms.map(|d| d as f64)) {
+        Ok(fit) => {
+            let pred = fit.predict(expected as f64).max(0.0);
+            let pred_s = dur_ms(pred.min(u64::MAX as f64) as u64);
+            let msg = format!(
+                "at expected_items {} the predicted duration is {pred_s} (least-squares over {} runs)",
+                thousands(expected),
+                fit.n
+            );
+            match job.timeout {
+                Some(t) => {
+                    let pct = percent(pred, t.as_millis() as f64);
+                    if pred > t.as_millis() as f64 {
+                        fs.add(
+                            Status::Fail,
+                            format!(
+                                "{msg}, over timeout {}: the job will time out as its data grows; make it faster, spread it over workers (G16), or raise timeout",
+                                dur(t)
+                            ),
+                        );
+                    } else if pct >= WARN_PCT {
+                        fs.add(
+                            Status::Warn,
+                            format!(
+                                "{msg}, {pct}% of timeout {}: little headroom as the data grows",
+                                dur(t)
+                            ),
+                        );
+                    } else {
+                        fs.add(Status::Pass, format!("{msg}, {pct}% of timeout {}", dur(t)));
                     }
-                    None => fs.add(Status::Pass, msg),
                 }
+                None => fs.add(Status::Pass, msg),
             }
-            Err(why) => fs.add(Status::Pass, why),
         }
+        Err(why) => fs.add(Status::Pass, why),
     }
-    fs.done()
 }
 
 // ------------------------------------------------------------ G04

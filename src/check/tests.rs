@@ -76,12 +76,27 @@ fn job_with(top: &str, tables: &str) -> Job {
     job_from(&format!("{head}{top}\n[notify]{rest}\n{tables}"))
 }
 
-fn service_user() -> UserInfo {
+fn user_info(name: &str, uid: u32, shell: &str, home: &str) -> UserInfo {
     UserInfo {
-        name: "batch".into(),
-        uid: 998,
-        shell: "/usr/sbin/nologin".into(),
-        home: "/var/lib/batch".into(),
+        name: name.into(),
+        uid,
+        shell: shell.into(),
+        home: home.into(),
+    }
+}
+
+fn service_user() -> UserInfo {
+    user_info("batch", 998, "/usr/sbin/nologin", "/var/lib/batch")
+}
+
+/// An interpreter found at `path`, neither isolated nor reached through a wrapper.
+fn interpreter_info(program: &str, path: &str, kind: ProgramKind) -> InterpreterInfo {
+    InterpreterInfo {
+        program: program.into(),
+        path: Some(path.into()),
+        kind,
+        isolation: None,
+        via: None,
     }
 }
 
@@ -97,13 +112,11 @@ fn good_facts() -> JobFacts {
         schedule_interval: Some(Duration::from_secs(600)),
         cron_file_current: Some(true),
         run_user: Some(service_user()),
-        interpreter: InterpreterInfo {
-            program: "/srv/good/bin/good".into(),
-            path: Some("/srv/good/bin/good".into()),
-            kind: ProgramKind::Binary,
-            isolation: None,
-            via: None,
-        },
+        interpreter: interpreter_info(
+            "/srv/good/bin/good",
+            "/srv/good/bin/good",
+            ProgramKind::Binary,
+        ),
         ..JobFacts::default()
     }
 }
@@ -164,6 +177,37 @@ fn assert_rule(r: &RuleResult, status: Status, fragment: &str) {
         r.id,
         r.message
     );
+}
+
+/// Check a table of cases: `result` computes the rule for each input, which
+/// must give the case's status with its fragment in the message.
+#[track_caller]
+fn expect_each<T>(cases: &[(T, Status, &str)], result: impl Fn(&T) -> RuleResult) {
+    for (input, status, fragment) in cases {
+        assert_rule(&result(input), *status, fragment);
+    }
+}
+
+/// Rule `id` on each job of `cases`, on the good host with the good facts.
+#[track_caller]
+fn expect_jobs(id: &str, cases: &[(Job, Status, &str)]) {
+    let (host, facts) = (good_host(), good_facts());
+    expect_each(cases, |job| rule(job, &host, &facts, id));
+}
+
+/// Rule `id` on `job` with each of the facts of `cases`, on the good host.
+#[track_caller]
+fn expect_facts(id: &str, job: &Job, cases: &[(JobFacts, Status, &str)]) {
+    let host = good_host();
+    expect_each(cases, |facts| rule(job, &host, facts, id));
+}
+
+/// The good facts with `history` (newest first) as the job's past runs.
+fn with_history(history: Vec<RunRecord>) -> JobFacts {
+    JobFacts {
+        history,
+        ..good_facts()
+    }
 }
 
 // ------------------------------------------------------------ whole report
@@ -313,10 +357,15 @@ fn proc_net_tcp_parsing() {
 #[test]
 fn g02_memory_max_and_peaks() {
     let host = good_host();
-    let mut facts = good_facts();
     let no_max = job_from(&GOOD.replace("memory_max = \"1GiB\"\n", ""));
-    facts.history = vec![run("success", Some(300 * MIB), 1000, None)];
-    let r = rule(&no_max, &host, &facts, "G02");
+    let peaks = |runs: &[(&str, u64)]| {
+        with_history(
+            runs.iter()
+                .map(|(outcome, peak)| run(outcome, Some(*peak), 1000, None))
+                .collect(),
+        )
+    };
+    let r = rule(&no_max, &host, &peaks(&[("success", 300 * MIB)]), "G02");
     assert_rule(&r, Status::Fail, "memory_max is not set");
     assert!(
         r.message.contains("memory_max = \"512MiB\""),
@@ -324,38 +373,30 @@ fn g02_memory_max_and_peaks() {
         r.message
     );
 
-    let job = good_job();
-    facts.history = vec![
-        run("success", Some(900 * MIB), 1000, None),
-        run("success", Some(400 * MIB), 1000, None),
+    let cases = [
+        (
+            peaks(&[("success", 900 * MIB), ("success", 400 * MIB)]),
+            Status::Warn,
+            "peak memory 900MiB over the last 2 runs is 87% of memory_max 1GiB",
+        ),
+        (
+            peaks(&[("success", 400 * MIB)]),
+            Status::Pass,
+            "400MiB over the last 1 runs is 39%",
+        ),
+        (
+            peaks(&[("success", 400 * MIB), ("oom", GIB)]),
+            Status::Fail,
+            "1 of the last 2 runs were killed at memory_max 1GiB",
+        ),
     ];
-    assert_rule(
-        &rule(&job, &host, &facts, "G02"),
-        Status::Warn,
-        "peak memory 900MiB over the last 2 runs is 87% of memory_max 1GiB",
-    );
-    facts.history = vec![run("success", Some(400 * MIB), 1000, None)];
-    assert_rule(
-        &rule(&job, &host, &facts, "G02"),
-        Status::Pass,
-        "400MiB over the last 1 runs is 39%",
-    );
-    facts.history = vec![
-        run("success", Some(400 * MIB), 1000, None),
-        run("oom", Some(GIB), 1000, None),
-    ];
-    assert_rule(
-        &rule(&job, &host, &facts, "G02"),
-        Status::Fail,
-        "1 of the last 2 runs were killed at memory_max 1GiB",
-    );
+    expect_facts("G02", &good_job(), &cases);
     let small = HostFacts {
         host_memory_bytes: Some(512 * MIB),
         ..HostFacts::default()
     };
-    facts.history.clear();
     assert_rule(
-        &rule(&job, &small, &facts, "G02"),
+        &rule(&good_job(), &small, &good_facts(), "G02"),
         Status::Warn,
         "more than this host's RAM 512MiB",
     );
@@ -371,31 +412,31 @@ fn item_runs(points: &[(u64, u64, i64)]) -> Vec<RunRecord> {
 #[test]
 fn g02_extrapolates_memory_to_expected_items() {
     let host = good_host();
-    let mut facts = good_facts();
     // 1 MiB per item, no base.
-    facts.history = item_runs(&[
+    let mut facts = with_history(item_runs(&[
         (300, 300 * MIB, 1),
         (200, 200 * MIB, 1),
         (100, 100 * MIB, 1),
-    ]);
-    let over = job_with("", "expected_items = 2048");
-    assert_rule(
-        &rule(&over, &host, &facts, "G02"),
-        Status::Fail,
-        "at expected_items 2,048 the predicted peak memory is 2GiB",
-    );
-    let near = job_with("", "expected_items = 900");
-    assert_rule(
-        &rule(&near, &host, &facts, "G02"),
-        Status::Warn,
-        "predicted peak memory is 900MiB",
-    );
+    ]));
     let fine = job_with("", "expected_items = 500");
-    assert_rule(
-        &rule(&fine, &host, &facts, "G02"),
-        Status::Pass,
-        "predicted peak memory is 500MiB",
-    );
+    let cases = [
+        (
+            job_with("", "expected_items = 2048"),
+            Status::Fail,
+            "at expected_items 2,048 the predicted peak memory is 2GiB",
+        ),
+        (
+            job_with("", "expected_items = 900"),
+            Status::Warn,
+            "predicted peak memory is 900MiB",
+        ),
+        (
+            fine.clone(),
+            Status::Pass,
+            "predicted peak memory is 500MiB",
+        ),
+    ];
+    expect_each(&cases, |job| rule(job, &host, &facts, "G02"));
     facts.history.truncate(2);
     assert_rule(
         &rule(&fine, &host, &facts, "G02"),
@@ -429,237 +470,181 @@ fn linear_fit_and_extrapolation() {
 
 #[test]
 fn g03_timeout_and_expected_duration() {
-    let host = good_host();
-    let facts = good_facts();
     let no_timeout = job_from(&GOOD.replace("timeout = \"8m\"\n", ""));
-    assert_rule(
-        &rule(&no_timeout, &host, &facts, "G03"),
-        Status::Fail,
-        "timeout is not set",
-    );
     let no_expected = job_from(&GOOD.replace("expected_duration = \"5m\"\n", ""));
-    assert_rule(
-        &rule(&no_expected, &host, &facts, "G03"),
-        Status::Warn,
-        "expected_duration is not set",
+    expect_jobs(
+        "G03",
+        &[
+            (no_timeout, Status::Fail, "timeout is not set"),
+            (no_expected, Status::Warn, "expected_duration is not set"),
+        ],
     );
 }
 
 #[test]
 fn g03_durations_vs_expected_and_interval() {
-    let host = good_host();
-    let job = good_job();
-    let mut facts = good_facts();
-    facts.history = (0..10)
-        .map(|_| run("success", None, 60_000, None))
-        .collect();
-    assert_rule(
-        &rule(&job, &host, &facts, "G03"),
-        Status::Pass,
-        "p95 duration 1m of the last 10 successful runs is within expected_duration 5m",
-    );
-    facts.history = (0..10)
-        .map(|_| run("success", None, 360_000, None))
-        .collect();
-    assert_rule(
-        &rule(&job, &host, &facts, "G03"),
-        Status::Warn,
-        "exceeds expected_duration 5m",
-    );
-    facts.history = (0..10)
-        .map(|_| run("success", None, 500_000, None))
-        .collect();
-    assert_rule(
-        &rule(&job, &host, &facts, "G03"),
-        Status::Warn,
-        "83% of the schedule interval 10m",
-    );
-    facts.history = (0..10)
-        .map(|_| run("success", None, 700_000, None))
-        .collect();
-    assert_rule(
-        &rule(&job, &host, &facts, "G03"),
-        Status::Fail,
-        "runs will overlap",
-    );
-    facts.history = vec![run("timeout", None, 480_000, None)];
-    assert_rule(
-        &rule(&job, &host, &facts, "G03"),
-        Status::Fail,
-        "1 of the last 1 runs hit the timeout",
-    );
+    let ten_successes =
+        |ms| with_history((0..10).map(|_| run("success", None, ms, None)).collect());
+    let cases = [
+        (
+            ten_successes(60_000),
+            Status::Pass,
+            "p95 duration 1m of the last 10 successful runs is within expected_duration 5m",
+        ),
+        (
+            ten_successes(360_000),
+            Status::Warn,
+            "exceeds expected_duration 5m",
+        ),
+        (
+            ten_successes(500_000),
+            Status::Warn,
+            "83% of the schedule interval 10m",
+        ),
+        (ten_successes(700_000), Status::Fail, "runs will overlap"),
+        (
+            with_history(vec![run("timeout", None, 480_000, None)]),
+            Status::Fail,
+            "1 of the last 1 runs hit the timeout",
+        ),
+    ];
+    expect_facts("G03", &good_job(), &cases);
 }
 
 #[test]
 fn g03_extrapolates_duration_to_expected_items() {
     let host = good_host();
-    let mut facts = good_facts();
-    facts.schedule_interval = Some(Duration::from_secs(86_400));
     // 100 ms per item.
-    facts.history = item_runs(&[
-        (3000, MIB, 300_000),
-        (2000, MIB, 200_000),
-        (1000, MIB, 100_000),
-    ]);
+    let facts = JobFacts {
+        schedule_interval: Some(Duration::from_secs(86_400)),
+        ..with_history(item_runs(&[
+            (3000, MIB, 300_000),
+            (2000, MIB, 200_000),
+            (1000, MIB, 100_000),
+        ]))
+    };
     let over = job_with("expected_duration = \"1h\"", "expected_items = 6000");
-    assert_rule(
-        &rule(&over, &host, &facts, "G03"),
-        Status::Fail,
-        "at expected_items 6,000 the predicted duration is 10m (least-squares over 3 runs), over timeout 8m",
-    );
     let fine = job_with("expected_duration = \"1h\"", "expected_items = 3600");
-    assert_rule(
-        &rule(&fine, &host, &facts, "G03"),
-        Status::Pass,
-        "predicted duration is 6m",
-    );
+    let cases = [
+        (
+            over,
+            Status::Fail,
+            "at expected_items 6,000 the predicted duration is 10m (least-squares over 3 runs), over timeout 8m",
+        ),
+        (fine, Status::Pass, "predicted duration is 6m"),
+    ];
+    expect_each(&cases, |job| rule(job, &host, &facts, "G03"));
 }
 
 // ------------------------------------------------------------ G04
 
 #[test]
 fn g04_declarations_and_probe() {
-    let host = good_host();
-    let mut facts = good_facts();
     let undeclared = job_from(&GOOD.replace("reads = \"none\"\n", ""));
-    assert_rule(
-        &rule(&undeclared, &host, &facts, "G04"),
-        Status::Warn,
-        "not declared",
-    );
-    assert_rule(
-        &rule(&good_job(), &host, &facts, "G04"),
-        Status::Pass,
-        "reads no database",
-    );
     let primary = job_from(&GOOD.replace("reads = \"none\"", "reads = \"primary\""));
-    assert_rule(
-        &rule(&primary, &host, &facts, "G04"),
-        Status::Warn,
-        "read replica",
+    expect_jobs(
+        "G04",
+        &[
+            (undeclared, Status::Warn, "not declared"),
+            (good_job(), Status::Pass, "reads no database"),
+            (primary, Status::Warn, "read replica"),
+        ],
     );
     let replica = job_from(&GOOD.replace(
         "reads = \"none\"",
         "reads = \"replica\"\nreplica_dsn_env = \"REPLICA_DSN\"\nmax_replica_lag = \"30s\"",
     ));
-    facts.replica = Some(ReplicaProbe::Primary);
-    assert_rule(
-        &rule(&replica, &host, &facts, "G04"),
-        Status::Fail,
-        "REPLICA_DSN is a primary",
-    );
-    facts.replica = Some(ReplicaProbe::Replica {
-        lag: Duration::from_secs(2),
-    });
-    assert_rule(
-        &rule(&replica, &host, &facts, "G04"),
-        Status::Pass,
-        "REPLICA_DSN is a replica (lag 2s",
-    );
-    facts.replica = Some(ReplicaProbe::Replica {
-        lag: Duration::from_secs(25),
-    });
-    assert_rule(
-        &rule(&replica, &host, &facts, "G04"),
-        Status::Warn,
-        "close to max_replica_lag 30s",
-    );
-    facts.replica = Some(ReplicaProbe::Replica {
-        lag: Duration::from_secs(95),
-    });
-    assert_rule(
-        &rule(&replica, &host, &facts, "G04"),
-        Status::Fail,
-        "lagging 1m35s, over max_replica_lag 30s",
-    );
-    facts.replica = Some(ReplicaProbe::Failed("cannot connect: refused".into()));
-    assert_rule(
-        &rule(&replica, &host, &facts, "G04"),
-        Status::Unknown,
-        "cannot connect: refused",
-    );
-    facts.replica = Some(ReplicaProbe::DsnUnset {
+    let probed = |probe| JobFacts {
+        replica: Some(probe),
+        ..good_facts()
+    };
+    let lag = |secs| {
+        probed(ReplicaProbe::Replica {
+            lag: Duration::from_secs(secs),
+        })
+    };
+    let failed = ReplicaProbe::Failed("cannot connect: refused".into());
+    let unset = ReplicaProbe::DsnUnset {
         var: "REPLICA_DSN".into(),
-    });
-    assert_rule(
-        &rule(&replica, &host, &facts, "G04"),
-        Status::Unknown,
-        "REPLICA_DSN is not set",
-    );
+    };
+    let cases = [
+        (
+            probed(ReplicaProbe::Primary),
+            Status::Fail,
+            "REPLICA_DSN is a primary",
+        ),
+        (lag(2), Status::Pass, "REPLICA_DSN is a replica (lag 2s"),
+        (lag(25), Status::Warn, "close to max_replica_lag 30s"),
+        (
+            lag(95),
+            Status::Fail,
+            "lagging 1m35s, over max_replica_lag 30s",
+        ),
+        (probed(failed), Status::Unknown, "cannot connect: refused"),
+        (probed(unset), Status::Unknown, "REPLICA_DSN is not set"),
+    ];
+    expect_facts("G04", &replica, &cases);
 }
 
 // ------------------------------------------------------------ G05 G06 G07
 
 #[test]
 fn g05_write_impact() {
-    let (host, facts) = (good_host(), good_facts());
-    assert_rule(
-        &rule(&good_job(), &host, &facts, "G05"),
-        Status::Pass,
-        "~1k rows per run",
+    let unrated = GOOD.replace("write_impact = \"~1k rows per run\"\n", "");
+    let rated = format!(
+        "{unrated}\n[items]\nsource = [\"./list\"]\nrun = [\"./one\", \"{{item}}\"]\nrate = \"50/s\"\n"
     );
-    let none = job_from(&GOOD.replace("write_impact = \"~1k rows per run\"\n", ""));
-    assert_rule(
-        &rule(&none, &host, &facts, "G05"),
-        Status::Warn,
-        "write_impact",
-    );
-    let rated = job_from(&format!(
-        "{}\n[items]\nsource = [\"./list\"]\nrun = [\"./one\", \"{{item}}\"]\nrate = \"50/s\"\n",
-        GOOD.replace("write_impact = \"~1k rows per run\"\n", "")
-    ));
-    assert_rule(
-        &rule(&rated, &host, &facts, "G05"),
-        Status::Pass,
-        "at most 50/s",
+    expect_jobs(
+        "G05",
+        &[
+            (good_job(), Status::Pass, "~1k rows per run"),
+            (job_from(&unrated), Status::Warn, "write_impact"),
+            (job_from(&rated), Status::Pass, "at most 50/s"),
+        ],
     );
 }
 
 #[test]
 fn g06_idempotence() {
-    let (host, facts) = (good_host(), good_facts());
-    assert_rule(
-        &rule(&good_job(), &host, &facts, "G06"),
-        Status::Pass,
-        "clean step declared: `/srv/good/bin/clean`",
+    let bare = GOOD.replace("clean = [\"/srv/good/bin/clean\"]\n", "");
+    let items =
+        format!("{bare}\n[items]\nsource = [\"./list\"]\nrun = [\"./one\", \"{{item}}\"]\n");
+    expect_jobs(
+        "G06",
+        &[
+            (
+                good_job(),
+                Status::Pass,
+                "clean step declared: `/srv/good/bin/clean`",
+            ),
+            (job_from(&bare), Status::Warn, "[items]"),
+            (job_from(&items), Status::Pass, "ledger"),
+        ],
     );
-    let bare = job_from(&GOOD.replace("clean = [\"/srv/good/bin/clean\"]\n", ""));
-    assert_rule(&rule(&bare, &host, &facts, "G06"), Status::Warn, "[items]");
-    let items = job_from(&format!(
-        "{}\n[items]\nsource = [\"./list\"]\nrun = [\"./one\", \"{{item}}\"]\n",
-        GOOD.replace("clean = [\"/srv/good/bin/clean\"]\n", "")
-    ));
-    assert_rule(&rule(&items, &host, &facts, "G06"), Status::Pass, "ledger");
 }
 
 #[test]
 fn g07_concurrency() {
-    let (host, facts) = (good_host(), good_facts());
-    assert_rule(
-        &rule(&good_job(), &host, &facts, "G07"),
-        Status::Pass,
-        "forbid",
-    );
-    let replace = job_with("concurrency = \"replace\"", "");
-    assert_rule(
-        &rule(&replace, &host, &facts, "G07"),
-        Status::Pass,
-        "fences",
-    );
-    let allow = job_with("concurrency = \"allow\"", "");
-    assert_rule(
-        &rule(&allow, &host, &facts, "G07"),
-        Status::Fail,
-        "overlap_safe",
-    );
     let safe = job_with(
         "concurrency = \"allow\"",
         "overlap_safe = \"each run writes its own dated file\"",
     );
-    assert_rule(
-        &rule(&safe, &host, &facts, "G07"),
-        Status::Pass,
-        "\"each run writes its own dated file\"",
+    expect_jobs(
+        "G07",
+        &[
+            (good_job(), Status::Pass, "forbid"),
+            (
+                job_with("concurrency = \"replace\"", ""),
+                Status::Pass,
+                "fences",
+            ),
+            (
+                job_with("concurrency = \"allow\"", ""),
+                Status::Fail,
+                "overlap_safe",
+            ),
+            (safe, Status::Pass, "\"each run writes its own dated file\""),
+        ],
     );
 }
 
@@ -667,54 +652,33 @@ fn g07_concurrency() {
 
 #[test]
 fn g08_notifications() {
-    let (host, facts) = (good_host(), good_facts());
-    assert_rule(
-        &rule(&good_job(), &host, &facts, "G08"),
-        Status::Pass,
-        "oncall (webhook)",
-    );
     let silent = job_from(&GOOD.replace("channels = [\"oncall\"]", "channels = []"));
-    assert_rule(
-        &rule(&silent, &host, &facts, "G08"),
-        Status::Fail,
-        "no notification channel",
-    );
     let no_failure = job_from(&GOOD.replace(
         "channels = [\"oncall\"]",
         "channels = [\"oncall\"]\non = [\"timeout\"]",
     ));
-    assert_rule(
-        &rule(&no_failure, &host, &facts, "G08"),
-        Status::Fail,
-        "lacks \"failure\"",
+    expect_jobs(
+        "G08",
+        &[
+            (good_job(), Status::Pass, "oncall (webhook)"),
+            (silent, Status::Fail, "no notification channel"),
+            (no_failure, Status::Fail, "lacks \"failure\""),
+        ],
     );
 }
 
 #[test]
 fn g09_runbook() {
-    let (host, facts) = (good_host(), good_facts());
-    assert_rule(
-        &rule(&good_job(), &host, &facts, "G09"),
-        Status::Pass,
-        "https://wiki.example.com/good",
-    );
-    let notes = job_from(&GOOD.replace(
-        "url = \"https://wiki.example.com/good\"\nverify = \"row exists\"",
-        "notes = \"just re-run\"",
-    ));
-    assert_rule(
-        &rule(&notes, &host, &facts, "G09"),
-        Status::Warn,
-        "notes only",
-    );
-    let none = job_from(&GOOD.replace(
-        "url = \"https://wiki.example.com/good\"\nverify = \"row exists\"",
-        "",
-    ));
-    assert_rule(
-        &rule(&none, &host, &facts, "G09"),
-        Status::Fail,
-        "no runbook",
+    let runbook = "url = \"https://wiki.example.com/good\"\nverify = \"row exists\"";
+    let notes = job_from(&GOOD.replace(runbook, "notes = \"just re-run\""));
+    let none = job_from(&GOOD.replace(runbook, ""));
+    expect_jobs(
+        "G09",
+        &[
+            (good_job(), Status::Pass, "https://wiki.example.com/good"),
+            (notes, Status::Warn, "notes only"),
+            (none, Status::Fail, "no runbook"),
+        ],
     );
 }
 
@@ -722,54 +686,36 @@ fn g09_runbook() {
 
 #[test]
 fn g10_run_user() {
-    let host = good_host();
-    let mut facts = good_facts();
     let job = good_job();
-    assert_rule(
-        &rule(&job, &host, &facts, "G10"),
-        Status::Pass,
-        "service account `batch` (uid 998",
-    );
     assert!(
-        rule(&job, &host, &facts, "G10")
+        rule(&job, &good_host(), &good_facts(), "G10")
             .message
             .contains("refused at config load")
     );
-    facts.run_user = Some(UserInfo {
-        name: "alice".into(),
-        uid: 1001,
-        shell: "/bin/bash".into(),
-        home: "/home/alice".into(),
-    });
-    assert_rule(
-        &rule(&job, &host, &facts, "G10"),
-        Status::Fail,
-        "login user `alice`",
-    );
-    facts.run_user = Some(UserInfo {
-        name: "svc".into(),
-        uid: 1500,
-        shell: "/usr/sbin/nologin".into(),
-        home: "/srv/svc".into(),
-    });
-    assert_rule(
-        &rule(&job, &host, &facts, "G10"),
-        Status::Pass,
-        "service account `svc`",
-    );
-    facts.run_user = None;
-    facts.run_user_error = Some("no user `batch` on this host".into());
-    assert_rule(
-        &rule(&job, &host, &facts, "G10"),
-        Status::Fail,
-        "no user `batch`",
-    );
+    let runs_as = |user| JobFacts {
+        run_user: Some(user),
+        ..good_facts()
+    };
+    let alice = user_info("alice", 1001, "/bin/bash", "/home/alice");
+    let svc = user_info("svc", 1500, "/usr/sbin/nologin", "/srv/svc");
+    let no_user = JobFacts {
+        run_user: None,
+        run_user_error: Some("no user `batch` on this host".into()),
+        ..good_facts()
+    };
+    let cases = [
+        (
+            good_facts(),
+            Status::Pass,
+            "service account `batch` (uid 998",
+        ),
+        (runs_as(alice), Status::Fail, "login user `alice`"),
+        (runs_as(svc), Status::Pass, "service account `svc`"),
+        (no_user, Status::Fail, "no user `batch`"),
+    ];
+    expect_facts("G10", &job, &cases);
     let unset = job_from(&GOOD.replace("user = \"batch\"\n", ""));
-    assert_rule(
-        &rule(&unset, &host, &good_facts(), "G10"),
-        Status::Warn,
-        "user is not set",
-    );
+    expect_jobs("G10", &[(unset, Status::Warn, "user is not set")]);
 }
 
 #[test]
@@ -783,26 +729,18 @@ fn g11_is_not_verifiable() {
 
 #[test]
 fn g12_schema_change() {
-    let (host, facts) = (good_host(), good_facts());
-    assert_rule(
-        &rule(&good_job(), &host, &facts, "G12"),
-        Status::Pass,
-        "changes no schema",
-    );
     let unreviewed = job_from(&GOOD.replace("schema_change = false", "schema_change = true"));
-    assert_rule(
-        &rule(&unreviewed, &host, &facts, "G12"),
-        Status::Fail,
-        "without a review",
-    );
     let reviewed = job_from(&GOOD.replace(
         "schema_change = false",
         "schema_change = { reviewed_by = [\"db-team\", \"bob\"], ref = \"PR-1234\" }",
     ));
-    assert_rule(
-        &rule(&reviewed, &host, &facts, "G12"),
-        Status::Pass,
-        "reviewed by db-team, bob (PR-1234)",
+    expect_jobs(
+        "G12",
+        &[
+            (good_job(), Status::Pass, "changes no schema"),
+            (unreviewed, Status::Fail, "without a review"),
+            (reviewed, Status::Pass, "reviewed by db-team, bob (PR-1234)"),
+        ],
     );
 }
 
@@ -812,26 +750,26 @@ fn g12_schema_change() {
 fn g13_cron_files_and_user_crontabs() {
     let job = good_job();
     let mut host = good_host();
-    let mut facts = good_facts();
-    assert_rule(
-        &rule(&job, &host, &facts, "G13"),
-        Status::Pass,
-        "/etc/cron.d/batchguard-good and current",
-    );
-    facts.cron_file_current = Some(false);
-    assert_rule(
-        &rule(&job, &host, &facts, "G13"),
-        Status::Fail,
-        "run `batchguard cron install`",
-    );
-    facts.cron_file_current = None;
-    assert_rule(
-        &rule(&job, &host, &facts, "G13"),
-        Status::Unknown,
-        "cannot tell",
-    );
+    let facts = good_facts();
+    let cron_file = |current| JobFacts {
+        cron_file_current: current,
+        ..good_facts()
+    };
+    let cases = [
+        (
+            cron_file(Some(true)),
+            Status::Pass,
+            "/etc/cron.d/batchguard-good and current",
+        ),
+        (
+            cron_file(Some(false)),
+            Status::Fail,
+            "run `batchguard cron install`",
+        ),
+        (cron_file(None), Status::Unknown, "cannot tell"),
+    ];
+    expect_facts("G13", &job, &cases);
 
-    facts.cron_file_current = Some(true);
     let tab = "SHELL=/bin/sh\n# m h dom mon dow command\n*/5 * * * * /usr/local/bin/batchguard run other\n0 3 * * * /usr/local/bin/batchguard run good\n30 1 * * * /srv/good/bin/good --all\n";
     host.crontab_lines = crontab_command_lines(Path::new("/var/spool/cron/crontabs/alice"), tab);
     assert_eq!(host.crontab_lines.len(), 3);
@@ -940,48 +878,43 @@ fn g14_gather_scans_env_and_env_file() {
 
 #[test]
 fn g15_interpreter_rule() {
-    let (job, host) = (good_job(), good_host());
-    let mut facts = good_facts();
-    assert_rule(
-        &rule(&job, &host, &facts, "G15"),
-        Status::Pass,
-        "self-contained",
-    );
-    facts.interpreter = InterpreterInfo {
-        program: "python3".into(),
-        path: Some("/usr/bin/python3".into()),
-        kind: ProgramKind::Interpreter("python".into()),
-        isolation: None,
-        via: None,
+    let job = good_job();
+    let runs = |interpreter| JobFacts {
+        interpreter,
+        ..good_facts()
     };
-    assert_rule(
-        &rule(&job, &host, &facts, "G15"),
-        Status::Warn,
-        "/usr/bin/python3 is the global python interpreter",
-    );
+    let python = ProgramKind::Interpreter("python".into());
+    let global = interpreter_info("python3", "/usr/bin/python3", python.clone());
+    let venv_python = "/srv/good/.venv/bin/python3";
+    let venv = InterpreterInfo {
+        isolation: isolation_by_path(Path::new(venv_python)),
+        ..interpreter_info("python3", venv_python, python)
+    };
+    let with_kind = |kind| InterpreterInfo {
+        kind,
+        ..venv.clone()
+    };
+    let unresolved = ProgramKind::Unresolved("`x` is not found in PATH".into());
+    let cases = [
+        (good_facts(), Status::Pass, "self-contained"),
+        (
+            runs(global.clone()),
+            Status::Warn,
+            "/usr/bin/python3 is the global python interpreter",
+        ),
+        (runs(venv.clone()), Status::Pass, "virtualenv"),
+        (
+            runs(with_kind(ProgramKind::Shell("bash".into()))),
+            Status::Pass,
+            "bash script",
+        ),
+        (runs(with_kind(unresolved)), Status::Unknown, "not found"),
+    ];
+    expect_facts("G15", &job, &cases);
     assert!(
-        rule(&job, &host, &facts, "G15")
+        rule(&job, &good_host(), &runs(global), "G15")
             .message
             .contains("python3 -m venv /srv/good/.venv")
-    );
-    facts.interpreter.path = Some("/srv/good/.venv/bin/python3".into());
-    facts.interpreter.isolation = isolation_by_path(Path::new("/srv/good/.venv/bin/python3"));
-    assert_rule(
-        &rule(&job, &host, &facts, "G15"),
-        Status::Pass,
-        "virtualenv",
-    );
-    facts.interpreter.kind = ProgramKind::Shell("bash".into());
-    assert_rule(
-        &rule(&job, &host, &facts, "G15"),
-        Status::Pass,
-        "bash script",
-    );
-    facts.interpreter.kind = ProgramKind::Unresolved("`x` is not found in PATH".into());
-    assert_rule(
-        &rule(&job, &host, &facts, "G15"),
-        Status::Unknown,
-        "not found",
     );
 }
 
@@ -1083,37 +1016,31 @@ fn items_job(distributed: bool) -> Job {
 
 #[test]
 fn g16_large_or_growing() {
-    let host = good_host();
-    let mut facts = good_facts();
-    assert_rule(
-        &rule(&good_job(), &host, &facts, "G16"),
-        Status::Pass,
-        "not an [items] job",
-    );
-    let job = items_job(false);
-    facts.history = item_runs(&[(150_000, MIB, 1), (140_000, MIB, 1)]);
-    assert_rule(
-        &rule(&job, &host, &facts, "G16"),
-        Status::Warn,
-        "up to 150,000 keys",
-    );
-    // Newest first: 30k, 20k, 12k: growing.
-    facts.history = item_runs(&[(30_000, MIB, 1), (20_000, MIB, 1), (12_000, MIB, 1)]);
-    assert_rule(&rule(&job, &host, &facts, "G16"), Status::Warn, "growing");
-    facts.history = item_runs(&[(12_000, MIB, 1), (20_000, MIB, 1), (30_000, MIB, 1)]);
-    assert_rule(
-        &rule(&job, &host, &facts, "G16"),
-        Status::Pass,
-        "12,000 keys in the latest run",
-    );
-    facts.history = item_runs(&[(3_000, MIB, 1), (2_000, MIB, 1), (1_000, MIB, 1)]);
-    assert_rule(&rule(&job, &host, &facts, "G16"), Status::Pass, "one host");
-    facts.history = item_runs(&[(150_000, MIB, 1)]);
-    assert_rule(
-        &rule(&items_job(true), &host, &facts, "G16"),
-        Status::Pass,
-        "[distributed] enabled",
-    );
+    expect_jobs("G16", &[(good_job(), Status::Pass, "not an [items] job")]);
+    // Keys of the runs, newest first.
+    let keys = |counts: &[u64]| {
+        with_history(item_runs(
+            &counts.iter().map(|n| (*n, MIB, 1)).collect::<Vec<_>>(),
+        ))
+    };
+    let cases = [
+        (
+            keys(&[150_000, 140_000]),
+            Status::Warn,
+            "up to 150,000 keys",
+        ),
+        // 30k, 20k, 12k: growing.
+        (keys(&[30_000, 20_000, 12_000]), Status::Warn, "growing"),
+        (
+            keys(&[12_000, 20_000, 30_000]),
+            Status::Pass,
+            "12,000 keys in the latest run",
+        ),
+        (keys(&[3_000, 2_000, 1_000]), Status::Pass, "one host"),
+    ];
+    expect_facts("G16", &items_job(false), &cases);
+    let distributed = [(keys(&[150_000]), Status::Pass, "[distributed] enabled")];
+    expect_facts("G16", &items_job(true), &distributed);
 }
 
 #[test]
@@ -1125,24 +1052,17 @@ fn crontab_lines_and_matching() {
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0].line, 4);
     let job = good_job();
-    assert!(rules::crontab_line_runs(
-        &job,
-        "* * * * * batchguard run good --param x=1"
-    ));
-    assert!(rules::crontab_line_runs(
-        &job,
-        "* * * * * batchguard run --file /etc/batchguard/jobs/good.toml"
-    ));
-    assert!(!rules::crontab_line_runs(
-        &job,
-        "* * * * * batchguard run goodness"
-    ));
-    assert!(!rules::crontab_line_runs(
-        &job,
-        "* * * * * /usr/bin/good-other"
-    ));
-    assert!(rules::crontab_line_runs(
-        &job,
-        "* * * * * /srv/good/bin/good"
-    ));
+    let cases = [
+        ("* * * * * batchguard run good --param x=1", true),
+        (
+            "* * * * * batchguard run --file /etc/batchguard/jobs/good.toml",
+            true,
+        ),
+        ("* * * * * batchguard run goodness", false),
+        ("* * * * * /usr/bin/good-other", false),
+        ("* * * * * /srv/good/bin/good", true),
+    ];
+    for (line, runs) in cases {
+        assert_eq!(rules::crontab_line_runs(&job, line), runs, "{line}");
+    }
 }

@@ -59,8 +59,12 @@ pub(crate) struct LedgerSink<'a> {
 
 impl Sink for LedgerSink<'_> {
     fn commit(&self, updates: &[LedgerUpdate<'_>]) -> store::Result<bool> {
-        self.store
-            .ledger_commit(self.scope_id, self.who, crate::clock::now_ms(), updates)
+        self.store.ledger_commit(&store::LedgerCommit {
+            scope_id: self.scope_id,
+            who: self.who,
+            now_ms: crate::clock::now_ms(),
+            updates,
+        })
     }
 
     fn records_in_flight(&self) -> bool {

@@ -28,7 +28,13 @@ impl<'k> Source<'k> for QueueSource<'_> {
         let lease_ms = self.lease.as_millis() as i64;
         let claimed = self
             .queue
-            .queue_claim(self.scope_id, self.worker, n, now, lease_ms)
+            .queue_claim(&store::QueueClaim {
+                scope_id: self.scope_id,
+                worker: self.worker,
+                n,
+                now_ms: now,
+                lease_ms,
+            })
             .map_err(|e| format!("cannot claim keys: {e}"))?;
         if !claimed.is_empty() {
             let keys = Keys::from_strings(&claimed);
@@ -55,10 +61,12 @@ impl<'k> Source<'k> for QueueSource<'_> {
 
     fn renew(&self, held: &[&str]) -> Vec<String> {
         let until = crate::clock::now_ms() + self.lease.as_millis() as i64;
-        match self
-            .queue
-            .queue_renew(self.scope_id, self.worker, held, until)
-        {
+        match self.queue.queue_renew(&store::QueueRenew {
+            scope_id: self.scope_id,
+            worker: self.worker,
+            keys: held,
+            lease_until_ms: until,
+        }) {
             Ok(kept) => held
                 .iter()
                 .filter(|k| !kept.iter().any(|c| c == *k))
@@ -93,14 +101,16 @@ pub(crate) struct QueueSink<'a> {
 
 impl Sink for QueueSink<'_> {
     fn commit(&self, updates: &[LedgerUpdate<'_>]) -> store::Result<bool> {
-        self.queue.queue_finish(
-            self.scope_id,
-            self.who,
-            self.worker,
-            crate::clock::now_ms(),
-            self.max_attempts,
-            updates,
-        )
+        self.queue.queue_finish(&store::QueueFinish {
+            commit: store::LedgerCommit {
+                scope_id: self.scope_id,
+                who: self.who,
+                now_ms: crate::clock::now_ms(),
+                updates,
+            },
+            worker: self.worker,
+            max_attempts: self.max_attempts,
+        })
     }
 
     fn records_in_flight(&self) -> bool {

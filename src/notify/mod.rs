@@ -18,7 +18,7 @@ pub mod channel;
 pub mod noise;
 
 use crate::clock;
-use crate::store::{OutboxRow, Store};
+use crate::store::{OutboxClaim, OutboxFailure, OutboxRow, Store};
 use batchguard_config::{Channel, Global, Job};
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -176,7 +176,12 @@ pub fn flush(
     while start.elapsed() < budget {
         let now = clock::now_ms();
         let due = if everything { i64::MAX } else { now };
-        let rows = match store.outbox_claim(due, now, CLAIM_LEASE_MS, 50) {
+        let rows = match store.outbox_claim(&OutboxClaim {
+            due_ms: due,
+            now_ms: now,
+            lease_ms: CLAIM_LEASE_MS,
+            limit: 50,
+        }) {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the notification outbox");
@@ -213,7 +218,12 @@ pub fn flush(
                         channel = %row.channel, id = %row.id,
                         "notification not delivered ({err}); retried later"
                     );
-                    if let Err(e) = store.outbox_failed(&row.id, &row.channel, &err, next) {
+                    if let Err(e) = store.outbox_failed(&OutboxFailure {
+                        id: &row.id,
+                        channel: &row.channel,
+                        error: &err,
+                        next_attempt_ms: next,
+                    }) {
                         tracing::warn!(error = %e, "cannot record a failed delivery");
                     }
                 }

@@ -587,10 +587,13 @@ fn heartbeat_loop(run: &Run<'_>, stop: mpsc::Receiver<()>) {
         }
         let run_id = control.current_run();
         let now = clock::now_ms();
-        match ctx
-            .store
-            .heartbeat(&job.lock, fence, &run_id, now, lease_ms)
-        {
+        match ctx.store.heartbeat(&crate::store::Heartbeat {
+            lock: &job.lock,
+            fence,
+            run_id: &run_id,
+            now_ms: now,
+            lease_ms,
+        }) {
             Ok(true) => {}
             Ok(false) if mode != AcquireMode::TokenOnly => {
                 if control.stopping().is_none() {

@@ -131,6 +131,34 @@ fn upd<'a>(key: &'a str, state: ItemState, error: Option<&'a str>) -> LedgerUpda
     LedgerUpdate { key, state, error }
 }
 
+/// The heartbeat of `run_id` under `fence` of `lock` at 2_000, for 30 s.
+pub fn beat<'a>(lock: &'a str, fence: i64, run_id: &'a str) -> Heartbeat<'a> {
+    Heartbeat {
+        lock,
+        fence,
+        run_id,
+        now_ms: 2_000,
+        lease_ms: 30_000,
+    }
+}
+
+/// Commit `updates` to a scope as `who` at `now_ms` (the checks' shorthand
+/// for [`LedgerStore::ledger_commit`]).
+pub fn commit(
+    s: &(impl LedgerStore + ?Sized),
+    scope_id: i64,
+    who: Committer<'_>,
+    now_ms: i64,
+    updates: &[LedgerUpdate<'_>],
+) -> Result<bool> {
+    s.ledger_commit(&LedgerCommit {
+        scope_id,
+        who,
+        now_ms,
+        updates,
+    })
+}
+
 fn scan(s: &dyn Store, scope: i64) -> Vec<(String, ItemState, u32)> {
     let mut out = Vec::new();
     s.ledger_scan(scope, &mut |k, st, a| out.push((k.to_string(), st, a)))
@@ -157,7 +185,7 @@ fn ledger_records_only_for_the_newest_fence(s: &dyn Store) {
         upd("k2", ItemState::Failed, Some("exit 3")),
         upd("k3", ItemState::InFlight, None),
     ];
-    assert!(s.ledger_commit(scope, a, 5_000, &batch).unwrap());
+    assert!(commit(s, scope, a, 5_000, &batch).unwrap());
     assert_eq!(
         scan(s, scope),
         [
@@ -171,7 +199,7 @@ fn ledger_records_only_for_the_newest_fence(s: &dyn Store) {
         upd("k2", ItemState::Failed, Some("exit 4")),
         upd("k1", ItemState::InFlight, None),
     ];
-    assert!(s.ledger_commit(scope, a, 6_000, &again).unwrap());
+    assert!(commit(s, scope, a, 6_000, &again).unwrap());
     let failed = s.ledger_failed(scope, 10).unwrap();
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].attempts, 2);
@@ -179,20 +207,14 @@ fn ledger_records_only_for_the_newest_fence(s: &dyn Store) {
     assert_eq!(scan(s, scope)[0].1, ItemState::Done);
     // A newer run takes the lock: the old run's late completions are refused whole.
     take(s, "run-b", AcquireMode::Replace, true, None);
-    assert!(
-        !s.ledger_commit(scope, a, 7_000, &[upd("k3", ItemState::Done, None)])
-            .unwrap()
-    );
+    assert!(!commit(s, scope, a, 7_000, &[upd("k3", ItemState::Done, None)]).unwrap());
     assert_eq!(scan(s, scope)[2].1, ItemState::InFlight);
     let b = Committer {
         lock: "job",
         fence: Some(2),
         run_id: "run-b",
     };
-    assert!(
-        s.ledger_commit(scope, b, 8_000, &[upd("k3", ItemState::Done, None)])
-            .unwrap()
-    );
+    assert!(commit(s, scope, b, 8_000, &[upd("k3", ItemState::Done, None)]).unwrap());
     let counts = s.ledger_counts("job", None).unwrap();
     assert_eq!(
         counts,
@@ -209,10 +231,7 @@ fn ledger_records_only_for_the_newest_fence(s: &dyn Store) {
         fence: None,
         run_id: "run-c",
     };
-    assert!(
-        s.ledger_commit(scope, any, 9_000, &[upd("k4", ItemState::Done, None)])
-            .unwrap()
-    );
+    assert!(commit(s, scope, any, 9_000, &[upd("k4", ItemState::Done, None)]).unwrap());
 }
 
 fn ledger_scopes_stay_apart(s: &dyn Store) {
@@ -226,8 +245,7 @@ fn ledger_scopes_stay_apart(s: &dyn Store) {
     let other = s.ledger_scope("other-job", "day-1", true).unwrap().unwrap();
     assert!(d1 != d2 && d1 != other);
     for id in [d1, d2, other] {
-        s.ledger_commit(id, who, 1, &[upd("k", ItemState::Done, None)])
-            .unwrap();
+        commit(s, id, who, 1, &[upd("k", ItemState::Done, None)]).unwrap();
     }
     assert_eq!(s.ledger_reset("job", "day-1").unwrap(), 1);
     assert_eq!(s.ledger_scope("job", "day-1", false).unwrap(), None);
@@ -275,8 +293,8 @@ fn replace_moves_the_lock_and_fences_the_old_run(s: &dyn Store) {
         other => panic!("expected Acquired, got {other:?}"),
     }
     // The old run's heartbeat learns it lost the lock; its commits are refused.
-    assert!(!s.heartbeat("job", 1, "run-a", 2_000, 30_000).unwrap());
-    assert!(s.heartbeat("job", 2, "run-b", 2_000, 30_000).unwrap());
+    assert!(!s.heartbeat(&beat("job", 1, "run-a")).unwrap());
+    assert!(s.heartbeat(&beat("job", 2, "run-b")).unwrap());
     let mut ran = false;
     let refused = s
         .while_fence_current("job", 1, &mut || {
@@ -377,6 +395,32 @@ fn pair(id: &str, channel: &str) -> (String, String) {
     (id.into(), channel.into())
 }
 
+/// Claim outbox rows (the checks' shorthand for [`OutboxStore::outbox_claim`]).
+pub fn claim_outbox(
+    s: &(impl OutboxStore + ?Sized),
+    due_ms: i64,
+    now_ms: i64,
+    lease_ms: i64,
+    limit: usize,
+) -> Result<Vec<OutboxRow>> {
+    s.outbox_claim(&OutboxClaim {
+        due_ms,
+        now_ms,
+        lease_ms,
+        limit,
+    })
+}
+
+/// Notification `n1` failed on `hook` with HTTP 500; next try at 5_000.
+pub fn hook_failure() -> OutboxFailure<'static> {
+    OutboxFailure {
+        id: "n1",
+        channel: "hook",
+        error: "HTTP 500",
+        next_attempt_ms: 5_000,
+    }
+}
+
 fn outbox_claims_lease_rows_until_delivered(s: &dyn Store) {
     let rows = [outbox_row("n1", "mail", 100), outbox_row("n2", "mail", 50)];
     s.outbox_add(&rows).unwrap();
@@ -384,19 +428,19 @@ fn outbox_claims_lease_rows_until_delivered(s: &dyn Store) {
     assert_eq!(s.outbox_pending().unwrap(), 2);
     // Oldest first, at most `limit`, and only rows due.
     assert_eq!(
-        ids(&s.outbox_claim(100, 200, 1_000, 1).unwrap()),
+        ids(&claim_outbox(s, 100, 200, 1_000, 1).unwrap()),
         [pair("n2", "mail")]
     );
     // The claimed row is leased until 1_200: a second flusher gets the other.
     assert_eq!(
-        ids(&s.outbox_claim(100, 200, 1_000, 10).unwrap()),
+        ids(&claim_outbox(s, 100, 200, 1_000, 10).unwrap()),
         [pair("n1", "mail")]
     );
-    assert!(s.outbox_claim(1_000, 1_000, 1_000, 10).unwrap().is_empty());
+    assert!(claim_outbox(s, 1_000, 1_000, 1_000, 10).unwrap().is_empty());
     s.outbox_delivered("n2", "mail", 300).unwrap();
     assert_eq!(s.outbox_pending().unwrap(), 1);
     // After the lease, the undelivered row is due again; the delivered never.
-    let again = s.outbox_claim(1_200, 1_200, 1_000, 10).unwrap();
+    let again = claim_outbox(s, 1_200, 1_200, 1_000, 10).unwrap();
     assert_eq!(ids(&again), [pair("n1", "mail")]);
     assert_eq!(
         again[0].next_attempt_ms, 1_200,
@@ -406,15 +450,20 @@ fn outbox_claims_lease_rows_until_delivered(s: &dyn Store) {
 
 fn outbox_failures_wait_for_their_next_attempt(s: &dyn Store) {
     s.outbox_add(&[outbox_row("n1", "hook", 100)]).unwrap();
-    s.outbox_failed("n1", "hook", "HTTP 500", 5_000).unwrap();
-    assert!(s.outbox_claim(4_999, 4_999, 10, 10).unwrap().is_empty());
-    let due = s.outbox_claim(5_000, 5_000, 10, 10).unwrap();
+    s.outbox_failed(&hook_failure()).unwrap();
+    assert!(claim_outbox(s, 4_999, 4_999, 10, 10).unwrap().is_empty());
+    let due = claim_outbox(s, 5_000, 5_000, 10, 10).unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].attempts, 1);
     assert_eq!(due[0].last_error.as_deref(), Some("HTTP 500"));
     s.outbox_delivered("n1", "hook", 5_001).unwrap();
     // A late failure report does not undo the delivery.
-    s.outbox_failed("n1", "hook", "late", 6_000).unwrap();
+    let late = OutboxFailure {
+        error: "late",
+        next_attempt_ms: 6_000,
+        ..hook_failure()
+    };
+    s.outbox_failed(&late).unwrap();
     assert_eq!(s.outbox_pending().unwrap(), 0);
 }
 
@@ -466,13 +515,42 @@ fn sorted(mut keys: Vec<String>) -> Vec<String> {
     keys
 }
 
+/// Claim up to `n` keys of a scope for `worker` at `now_ms`, for 500 ms.
+fn claim(q: &dyn QueueStore, scope: i64, worker: &str, n: usize, now_ms: i64) -> Vec<String> {
+    q.queue_claim(&QueueClaim {
+        scope_id: scope,
+        worker,
+        n,
+        now_ms,
+        lease_ms: 500,
+    })
+    .unwrap()
+}
+
+/// Renew the lease of `keys` `worker` holds in a scope until `until_ms`.
+fn renew(
+    q: &dyn QueueStore,
+    scope: i64,
+    worker: &str,
+    keys: &[&str],
+    until_ms: i64,
+) -> Vec<String> {
+    q.queue_renew(&QueueRenew {
+        scope_id: scope,
+        worker,
+        keys,
+        lease_until_ms: until_ms,
+    })
+    .unwrap()
+}
+
 fn queue_enqueue_is_idempotent(s: &dyn Store, q: &dyn QueueStore) {
     let scope = s.ledger_scope("job", "day", true).unwrap().unwrap();
     assert_eq!(q.queue_enqueue(scope, &["a", "b", "c"]).unwrap(), 3);
     assert_eq!(q.queue_enqueue(scope, &["a", "b", "d"]).unwrap(), 1);
     assert_eq!(counts(q, scope), [4, 0, 0, 0]);
     // Claimed keys stay claimed when enqueued again.
-    let claimed = q.queue_claim(scope, "w1", 10, 1_000, 500).unwrap();
+    let claimed = claim(q, scope, "w1", 10, 1_000);
     assert_eq!(claimed.len(), 4);
     assert_eq!(q.queue_enqueue(scope, &["a"]).unwrap(), 0);
     assert_eq!(counts(q, scope), [0, 4, 0, 0]);
@@ -483,19 +561,15 @@ fn queue_enqueue_is_idempotent(s: &dyn Store, q: &dyn QueueStore) {
 fn queue_claims_skip_keys_held_by_others(s: &dyn Store, q: &dyn QueueStore) {
     let scope = s.ledger_scope("job", "day", true).unwrap().unwrap();
     q.queue_enqueue(scope, &["a", "b", "c"]).unwrap();
-    let w1 = q.queue_claim(scope, "w1", 2, 1_000, 500).unwrap();
+    let w1 = claim(q, scope, "w1", 2, 1_000);
     assert_eq!(w1.len(), 2);
     // A second worker gets only what is left, never a key held by w1.
-    let w2 = q.queue_claim(scope, "w2", 10, 1_100, 500).unwrap();
+    let w2 = claim(q, scope, "w2", 10, 1_100);
     assert_eq!(w2.len(), 1);
     assert!(!w1.contains(&w2[0]));
-    assert!(
-        q.queue_claim(scope, "w3", 10, 1_200, 500)
-            .unwrap()
-            .is_empty()
-    );
+    assert!(claim(q, scope, "w3", 10, 1_200).is_empty());
     // Once w1's lease (until 1_500) expires, its keys can be claimed.
-    let w3 = q.queue_claim(scope, "w3", 10, 1_501, 500).unwrap();
+    let w3 = claim(q, scope, "w3", 10, 1_501);
     assert_eq!(sorted(w3), sorted(w1));
     assert_eq!(counts(q, scope), [0, 3, 0, 0]);
 }
@@ -503,39 +577,39 @@ fn queue_claims_skip_keys_held_by_others(s: &dyn Store, q: &dyn QueueStore) {
 fn queue_renew_keeps_only_held_keys(s: &dyn Store, q: &dyn QueueStore) {
     let scope = s.ledger_scope("job", "day", true).unwrap().unwrap();
     q.queue_enqueue(scope, &["a", "b"]).unwrap();
-    let mine = q.queue_claim(scope, "w1", 2, 1_000, 500).unwrap();
+    let mine = claim(q, scope, "w1", 2, 1_000);
     let refs: Vec<&str> = mine.iter().map(String::as_str).collect();
     // Renewed until 3_000: nobody can claim them at 2_000.
     assert_eq!(
-        sorted(q.queue_renew(scope, "w1", &refs, 3_000).unwrap()),
+        sorted(renew(q, scope, "w1", &refs, 3_000)),
         sorted(mine.clone())
     );
-    assert!(
-        q.queue_claim(scope, "w2", 10, 2_000, 500)
-            .unwrap()
-            .is_empty()
-    );
+    assert!(claim(q, scope, "w2", 10, 2_000).is_empty());
     // Lost after the lease: w2 claims one, w1's renewal no longer holds it.
-    let taken = q.queue_claim(scope, "w2", 1, 3_001, 500).unwrap();
-    let kept = q.queue_renew(scope, "w1", &refs, 5_000).unwrap();
+    let taken = claim(q, scope, "w2", 1, 3_001);
+    let kept = renew(q, scope, "w1", &refs, 5_000);
     assert_eq!(kept.len(), 1);
     assert!(!kept.contains(&taken[0]));
-    assert!(q.queue_renew(scope, "w3", &refs, 5_000).unwrap().is_empty());
+    assert!(renew(q, scope, "w3", &refs, 5_000).is_empty());
 }
 
 fn queue_release_gives_keys_back(s: &dyn Store, q: &dyn QueueStore) {
     let scope = s.ledger_scope("job", "day", true).unwrap().unwrap();
     q.queue_enqueue(scope, &["a", "b"]).unwrap();
-    let mine = q.queue_claim(scope, "w1", 2, 1_000, 60_000).unwrap();
+    let long = QueueClaim {
+        scope_id: scope,
+        worker: "w1",
+        n: 2,
+        now_ms: 1_000,
+        lease_ms: 60_000,
+    };
+    let mine = q.queue_claim(&long).unwrap();
     let refs: Vec<&str> = mine.iter().map(String::as_str).collect();
     assert_eq!(q.queue_release(scope, "w2", &refs).unwrap(), 0, "not w2's");
     assert_eq!(q.queue_release(scope, "w1", &refs[..1]).unwrap(), 1);
     assert_eq!(counts(q, scope), [1, 1, 0, 0]);
     // Released keys are claimable at once, lease or not.
-    assert_eq!(
-        q.queue_claim(scope, "w2", 10, 1_001, 500).unwrap(),
-        [mine[0].clone()]
-    );
+    assert_eq!(claim(q, scope, "w2", 10, 1_001), [mine[0].clone()]);
 }
 
 fn queue_finish_retries_until_max_attempts(s: &dyn Store, q: &dyn QueueStore) {
@@ -548,9 +622,20 @@ fn queue_finish_retries_until_max_attempts(s: &dyn Store, q: &dyn QueueStore) {
     };
     q.queue_enqueue(scope, &["ok", "bad"]).unwrap();
     let finish = |now: i64, updates: &[LedgerUpdate<'_>]| {
-        q.queue_finish(scope, who, "w1", now, 2, updates).unwrap()
+        let commit = LedgerCommit {
+            scope_id: scope,
+            who,
+            now_ms: now,
+            updates,
+        };
+        q.queue_finish(&QueueFinish {
+            commit,
+            worker: "w1",
+            max_attempts: 2,
+        })
+        .unwrap()
     };
-    assert_eq!(q.queue_claim(scope, "w1", 10, 1_000, 500).unwrap().len(), 2);
+    assert_eq!(claim(q, scope, "w1", 10, 1_000).len(), 2);
     let first = [
         upd("ok", ItemState::Done, None),
         upd("bad", ItemState::Failed, Some("exit 1")),
@@ -558,7 +643,7 @@ fn queue_finish_retries_until_max_attempts(s: &dyn Store, q: &dyn QueueStore) {
     assert!(finish(1_100, &first));
     // The failed key is queued again (1 attempt of 2), the done key done.
     assert_eq!(counts(q, scope), [1, 0, 1, 0]);
-    assert_eq!(q.queue_claim(scope, "w1", 10, 1_200, 500).unwrap(), ["bad"]);
+    assert_eq!(claim(q, scope, "w1", 10, 1_200), ["bad"]);
     assert!(finish(
         1_300,
         &[upd("bad", ItemState::Failed, Some("exit 2"))]
@@ -572,7 +657,7 @@ fn queue_finish_retries_until_max_attempts(s: &dyn Store, q: &dyn QueueStore) {
     assert_eq!(q.queue_enqueue(scope, &["ok", "bad"]).unwrap(), 1);
     // A newer run takes the lock: the old token's batch is refused whole.
     take(s, "run-b", AcquireMode::Replace, true, None);
-    q.queue_claim(scope, "w1", 10, 2_000, 500).unwrap();
+    claim(q, scope, "w1", 10, 2_000);
     assert!(!finish(2_100, &[upd("bad", ItemState::Done, None)]));
     assert_eq!(counts(q, scope), [0, 1, 1, 0]);
 }

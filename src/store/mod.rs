@@ -27,7 +27,11 @@ pub mod sqlite;
 pub mod traits;
 
 pub use rows::RunQuery;
-pub use traits::{LedgerStore, OutboxStore, QueueStore, RunStore, Store, WatchStore, prelude};
+pub use traits::{
+    Fenced, FencedAction, Heartbeat, LedgerCommit, LedgerStore, OutboxClaim, OutboxFailure,
+    OutboxStore, QueueClaim, QueueFinish, QueueRenew, QueueStore, RunStore, Store, WatchStore,
+    prelude,
+};
 
 use serde::Serialize;
 use std::path::PathBuf;

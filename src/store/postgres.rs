@@ -37,8 +37,9 @@
 use super::policy::{self, Decision};
 use super::rows::{self, Columns, NOTIFY_COLUMNS, OUTBOX_COLUMNS, Split, Value};
 use super::{
-    Committer, Holder, ItemState, LedgerEntry, LedgerStore, LedgerUpdate, Liveness, LockAttempt,
-    LockRequest, NotifyState, OutboxRow, OutboxStore, QueueCounts, QueueStore, Result, RunEnd,
+    Fenced, FencedAction, Heartbeat, Holder, ItemState, LedgerCommit, LedgerEntry, LedgerStore,
+    Liveness, LockAttempt, LockRequest, NotifyState, OutboxClaim, OutboxFailure, OutboxRow,
+    OutboxStore, QueueClaim, QueueCounts, QueueFinish, QueueRenew, QueueStore, Result, RunEnd,
     RunQuery, RunRecord, RunStore, ScopeCounts, Store, StoreError, WatchStore,
 };
 use postgres::fallible_iterator::FallibleIterator;
@@ -635,11 +636,15 @@ fn fence_for_share(
 /// fence is the newest of its lock (`false`: refused, nothing written).
 fn apply_ledger(
     tx: &mut postgres::Transaction<'_>,
-    scope_id: i64,
-    who: Committer<'_>,
-    now_ms: i64,
+    commit: &LedgerCommit<'_>,
     split: &Split<'_>,
 ) -> std::result::Result<bool, postgres::Error> {
+    let LedgerCommit {
+        scope_id,
+        who,
+        now_ms,
+        ..
+    } = *commit;
     let fence = match who.fence {
         Some(fence) => {
             // FOR SHARE: no newer token can be drawn until we commit.
@@ -788,24 +793,18 @@ impl RunStore for PostgresStore {
         })
     }
 
-    fn heartbeat(
-        &self,
-        lock: &str,
-        fence: i64,
-        run_id: &str,
-        now_ms: i64,
-        lease_ms: i64,
-    ) -> Result<bool> {
+    fn heartbeat(&self, beat: &Heartbeat<'_>) -> Result<bool> {
+        let until = beat.now_ms + beat.lease_ms;
         self.with("heartbeat", |c, _| {
             let mut tx = c.transaction()?;
             tx.execute(
                 "UPDATE runs SET heartbeat_ms = $2 WHERE id = $1",
-                &[&run_id, &now_ms],
+                &[&beat.run_id, &beat.now_ms],
             )?;
             let held = tx.execute(
                 "UPDATE locks SET lease_until_ms = $4 \
                  WHERE lock_name = $1 AND fence = $2 AND run_id = $3",
-                &[&lock, &fence, &run_id, &(now_ms + lease_ms)],
+                &[&beat.lock, &beat.fence, &beat.run_id, &until],
             )?;
             tx.commit()?;
             Ok(held == 1)
@@ -826,8 +825,8 @@ impl RunStore for PostgresStore {
         &self,
         lock: &str,
         fence: i64,
-        action: &mut dyn FnMut() -> std::io::Result<()>,
-    ) -> Result<std::result::Result<bool, std::io::Error>> {
+        action: FencedAction<'_>,
+    ) -> Result<Fenced> {
         let mut outcome: Option<std::io::Result<()>> = None;
         let url = self.url.clone();
         let accepted = self.with("while_fence_current", |c, _| {
@@ -1040,17 +1039,11 @@ impl LedgerStore for PostgresStore {
         })
     }
 
-    fn ledger_commit(
-        &self,
-        scope_id: i64,
-        who: Committer<'_>,
-        now_ms: i64,
-        updates: &[LedgerUpdate<'_>],
-    ) -> Result<bool> {
-        let split = Split::new(updates);
+    fn ledger_commit(&self, commit: &LedgerCommit<'_>) -> Result<bool> {
+        let split = Split::new(commit.updates);
         self.with("ledger_commit", |c, _| {
             let mut tx = c.transaction()?;
-            if !apply_ledger(&mut tx, scope_id, who, now_ms, &split)? {
+            if !apply_ledger(&mut tx, commit, &split)? {
                 return Ok(false);
             }
             tx.commit()?;
@@ -1132,14 +1125,9 @@ impl OutboxStore for PostgresStore {
         })
     }
 
-    fn outbox_claim(
-        &self,
-        due_ms: i64,
-        now_ms: i64,
-        lease_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<OutboxRow>> {
-        let limit = limit.min(i64::MAX as usize) as i64;
+    fn outbox_claim(&self, claim: &OutboxClaim) -> Result<Vec<OutboxRow>> {
+        let limit = claim.limit.min(i64::MAX as usize) as i64;
+        let until = claim.now_ms + claim.lease_ms;
         // Rows another flusher is claiming right now are skipped, not
         // waited for; the rows returned show their state before the claim.
         let sql = format!(
@@ -1151,7 +1139,7 @@ impl OutboxStore for PostgresStore {
              SELECT * FROM c ORDER BY created_ms"
         );
         let rows = self.with("outbox_claim", |c, _| {
-            Ok(c.query(sql.as_str(), &[&due_ms, &limit, &(now_ms + lease_ms)])?)
+            Ok(c.query(sql.as_str(), &[&claim.due_ms, &limit, &until])?)
         })?;
         self.map_rows(&rows, rows::outbox_from)
     }
@@ -1166,18 +1154,12 @@ impl OutboxStore for PostgresStore {
         Ok(())
     }
 
-    fn outbox_failed(
-        &self,
-        id: &str,
-        channel: &str,
-        error: &str,
-        next_attempt_ms: i64,
-    ) -> Result<()> {
+    fn outbox_failed(&self, f: &OutboxFailure<'_>) -> Result<()> {
         self.exec(
             "outbox_failed",
             "UPDATE outbox SET attempts = attempts + 1, last_error = $3, next_attempt_ms = $4 \
              WHERE id = $1 AND channel = $2 AND delivered_ms IS NULL",
-            &[&id, &channel, &error, &next_attempt_ms],
+            &[&f.id, &f.channel, &f.error, &f.next_attempt_ms],
         )?;
         Ok(())
     }
@@ -1240,14 +1222,14 @@ impl QueueStore for PostgresStore {
         Ok(added)
     }
 
-    fn queue_claim(
-        &self,
-        scope_id: i64,
-        worker: &str,
-        n: usize,
-        now_ms: i64,
-        lease_ms: i64,
-    ) -> Result<Vec<String>> {
+    fn queue_claim(&self, claim: &QueueClaim<'_>) -> Result<Vec<String>> {
+        let QueueClaim {
+            scope_id,
+            worker,
+            n,
+            now_ms,
+            lease_ms,
+        } = *claim;
         let n = n.min(i64::MAX as usize) as i64;
         let rows = self.with("queue_claim", |c, _| {
             Ok(c.query(
@@ -1264,20 +1246,18 @@ impl QueueStore for PostgresStore {
             .collect()
     }
 
-    fn queue_finish(
-        &self,
-        scope_id: i64,
-        who: Committer<'_>,
-        worker: &str,
-        now_ms: i64,
-        max_attempts: u32,
-        updates: &[LedgerUpdate<'_>],
-    ) -> Result<bool> {
-        let split = Split::new(updates);
+    fn queue_finish(&self, finish: &QueueFinish<'_>) -> Result<bool> {
+        let QueueFinish {
+            commit,
+            worker,
+            max_attempts,
+        } = *finish;
+        let scope_id = commit.scope_id;
+        let split = Split::new(commit.updates);
         let max_attempts = max_attempts.min(i32::MAX as u32) as i32;
         self.with("queue_finish", |c, _| {
             let mut tx = c.transaction()?;
-            if !apply_ledger(&mut tx, scope_id, who, now_ms, &split)? {
+            if !apply_ledger(&mut tx, &commit, &split)? {
                 return Ok(false);
             }
             if !split.done.is_empty() {
@@ -1314,18 +1294,12 @@ impl QueueStore for PostgresStore {
         )
     }
 
-    fn queue_renew(
-        &self,
-        scope_id: i64,
-        worker: &str,
-        keys: &[&str],
-        lease_until_ms: i64,
-    ) -> Result<Vec<String>> {
+    fn queue_renew(&self, r: &QueueRenew<'_>) -> Result<Vec<String>> {
         let rows = self.with("queue_renew", |c, _| {
             Ok(c.query(
                 "UPDATE queue SET lease_until_ms = $4 WHERE scope_id = $1 AND claimed_by = $2 \
                  AND state = 1 AND key = ANY($3::text[]) RETURNING key",
-                &[&scope_id, &worker, &keys, &lease_until_ms],
+                &[&r.scope_id, &r.worker, &r.keys, &r.lease_until_ms],
             )?)
         })?;
         rows.iter()

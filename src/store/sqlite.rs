@@ -12,9 +12,10 @@
 use super::policy::{self, Decision};
 use super::rows::{self, Columns, NOTIFY_COLUMNS, OUTBOX_COLUMNS, Split, Value};
 use super::{
-    Committer, Holder, ItemState, LedgerEntry, LedgerStore, LedgerUpdate, Liveness, LockAttempt,
-    LockRequest, NotifyState, OutboxRow, OutboxStore, QueueStore, Result, RunEnd, RunQuery,
-    RunRecord, RunStore, ScopeCounts, Store, StoreError, WatchStore,
+    Fenced, FencedAction, Heartbeat, Holder, ItemState, LedgerCommit, LedgerEntry, LedgerStore,
+    Liveness, LockAttempt, LockRequest, NotifyState, OutboxClaim, OutboxFailure, OutboxRow,
+    OutboxStore, QueueStore, Result, RunEnd, RunQuery, RunRecord, RunStore, ScopeCounts, Store,
+    StoreError, WatchStore,
 };
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use std::path::Path;
@@ -401,25 +402,18 @@ impl RunStore for SqliteStore {
         Ok(LockAttempt::Acquired { fence, replaced })
     }
 
-    fn heartbeat(
-        &self,
-        lock: &str,
-        fence: i64,
-        run_id: &str,
-        now_ms: i64,
-        lease_ms: i64,
-    ) -> Result<bool> {
+    fn heartbeat(&self, beat: &Heartbeat<'_>) -> Result<bool> {
         let mut conn = self.conn();
         let tx = self.begin(&mut conn)?;
         tx.execute(
             "UPDATE runs SET heartbeat_ms = ?2 WHERE id = ?1",
-            params![run_id, now_ms],
+            params![beat.run_id, beat.now_ms],
         )
         .map_err(|e| self.err(e))?;
         let held = tx
             .execute(
                 "UPDATE locks SET lease_until_ms = ?4 WHERE lock_name = ?1 AND fence = ?2 AND run_id = ?3",
-                params![lock, fence, run_id, now_ms + lease_ms],
+                params![beat.lock, beat.fence, beat.run_id, beat.now_ms + beat.lease_ms],
             )
             .map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
@@ -434,8 +428,8 @@ impl RunStore for SqliteStore {
         &self,
         lock: &str,
         fence: i64,
-        action: &mut dyn FnMut() -> std::io::Result<()>,
-    ) -> Result<std::result::Result<bool, std::io::Error>> {
+        action: FencedAction<'_>,
+    ) -> Result<Fenced> {
         let mut conn = self.conn();
         let tx = self.begin(&mut conn)?;
         if last_fence(&tx, lock).map_err(|e| self.err(e))? != Some(fence) {
@@ -589,13 +583,13 @@ impl LedgerStore for SqliteStore {
         Ok(())
     }
 
-    fn ledger_commit(
-        &self,
-        scope_id: i64,
-        who: Committer<'_>,
-        now_ms: i64,
-        updates: &[LedgerUpdate<'_>],
-    ) -> Result<bool> {
+    fn ledger_commit(&self, commit: &LedgerCommit<'_>) -> Result<bool> {
+        let LedgerCommit {
+            scope_id,
+            who,
+            now_ms,
+            updates,
+        } = *commit;
         let mut conn = self.conn();
         let tx = self.begin(&mut conn)?;
         let fence = match who.fence {
@@ -713,13 +707,7 @@ impl OutboxStore for SqliteStore {
         tx.commit().map_err(|e| self.err(e))
     }
 
-    fn outbox_claim(
-        &self,
-        due_ms: i64,
-        now_ms: i64,
-        lease_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<OutboxRow>> {
+    fn outbox_claim(&self, claim: &OutboxClaim) -> Result<Vec<OutboxRow>> {
         let mut conn = self.conn();
         let tx = self.begin(&mut conn)?;
         let rows = {
@@ -730,10 +718,12 @@ impl OutboxStore for SqliteStore {
                      ORDER BY created_ms LIMIT ?2"
                 ))
                 .map_err(|e| self.err(e))?;
-            st.query_map(params![due_ms, limit as i64], |r| rows::outbox_from(r))
-                .map_err(|e| self.err(e))?
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| self.err(e))?
+            st.query_map(params![claim.due_ms, claim.limit as i64], |r| {
+                rows::outbox_from(r)
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?
         };
         {
             let mut st = tx
@@ -742,7 +732,7 @@ impl OutboxStore for SqliteStore {
                 )
                 .map_err(|e| self.err(e))?;
             for r in &rows {
-                st.execute(params![r.id, r.channel, now_ms + lease_ms])
+                st.execute(params![r.id, r.channel, claim.now_ms + claim.lease_ms])
                     .map_err(|e| self.err(e))?;
             }
         }
@@ -761,18 +751,12 @@ impl OutboxStore for SqliteStore {
         Ok(())
     }
 
-    fn outbox_failed(
-        &self,
-        id: &str,
-        channel: &str,
-        error: &str,
-        next_attempt_ms: i64,
-    ) -> Result<()> {
+    fn outbox_failed(&self, f: &OutboxFailure<'_>) -> Result<()> {
         self.conn()
             .execute(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = ?3, next_attempt_ms = ?4 \
                  WHERE id = ?1 AND channel = ?2 AND delivered_ms IS NULL",
-                params![id, channel, error, next_attempt_ms],
+                params![f.id, f.channel, f.error, f.next_attempt_ms],
             )
             .map_err(|e| self.err(e))?;
         Ok(())

@@ -15,6 +15,84 @@ pub mod prelude {
     pub use super::{LedgerStore, OutboxStore, QueueStore, RunStore, Store, WatchStore};
 }
 
+/// What [`RunStore::while_fence_current`] runs under the fence.
+pub type FencedAction<'a> = &'a mut dyn FnMut() -> std::io::Result<()>;
+
+/// The answer of [`RunStore::while_fence_current`]: `Ok(false)` when the
+/// fence was not current (the action did not run), else the action's own.
+pub type Fenced = std::result::Result<bool, std::io::Error>;
+
+/// A lease renewal ([`RunStore::heartbeat`]): `run_id`, holding `lock`
+/// under `fence`, extends its lease to `now_ms + lease_ms`.
+#[derive(Debug, Clone, Copy)]
+pub struct Heartbeat<'a> {
+    pub lock: &'a str,
+    pub fence: i64,
+    pub run_id: &'a str,
+    pub now_ms: i64,
+    pub lease_ms: i64,
+}
+
+/// A batch of ledger updates ([`LedgerStore::ledger_commit`]) for one
+/// scope, by one committer, at one time.
+#[derive(Debug, Clone, Copy)]
+pub struct LedgerCommit<'a> {
+    pub scope_id: i64,
+    pub who: Committer<'a>,
+    pub now_ms: i64,
+    pub updates: &'a [LedgerUpdate<'a>],
+}
+
+/// An outbox claim ([`OutboxStore::outbox_claim`]): up to `limit` rows due
+/// by `due_ms`, leased until `now_ms + lease_ms`.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboxClaim {
+    pub due_ms: i64,
+    pub now_ms: i64,
+    pub lease_ms: i64,
+    pub limit: usize,
+}
+
+/// A failed delivery of notification `id` on `channel`
+/// ([`OutboxStore::outbox_failed`]).
+#[derive(Debug, Clone, Copy)]
+pub struct OutboxFailure<'a> {
+    pub id: &'a str,
+    pub channel: &'a str,
+    pub error: &'a str,
+    pub next_attempt_ms: i64,
+}
+
+/// A queue claim ([`QueueStore::queue_claim`]): up to `n` keys of a scope
+/// for `worker`, leased until `now_ms + lease_ms`.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueClaim<'a> {
+    pub scope_id: i64,
+    pub worker: &'a str,
+    pub n: usize,
+    pub now_ms: i64,
+    pub lease_ms: i64,
+}
+
+/// Finished keys of a worker ([`QueueStore::queue_finish`]): the ledger
+/// batch, and who acknowledges it in the queue.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueFinish<'a> {
+    pub commit: LedgerCommit<'a>,
+    pub worker: &'a str,
+    pub max_attempts: u32,
+}
+
+/// A lease extension ([`QueueStore::queue_renew`]) of the `keys` `worker`
+/// holds in a scope, to `lease_until_ms`.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueRenew<'a> {
+    pub scope_id: i64,
+    pub worker: &'a str,
+    pub keys: &'a [&'a str],
+    pub lease_until_ms: i64,
+}
+
 /// Runs, locks and fencing tokens. Every method is one transaction.
 pub trait RunStore: Send + Sync {
     /// Take (or fail to take) a lock and, in the same transaction, insert
@@ -26,14 +104,7 @@ pub trait RunStore: Send + Sync {
         run: &RunRecord,
     ) -> Result<LockAttempt>;
     /// Renew the lease; `false` means the lock moved on (the run is fenced).
-    fn heartbeat(
-        &self,
-        lock: &str,
-        fence: i64,
-        run_id: &str,
-        now_ms: i64,
-        lease_ms: i64,
-    ) -> Result<bool>;
+    fn heartbeat(&self, beat: &Heartbeat<'_>) -> Result<bool>;
     /// The newest fence drawn for a lock.
     fn current_fence(&self, lock: &str) -> Result<Option<i64>>;
     /// Run `action` only while `fence` is the newest token of `lock`; the
@@ -43,8 +114,8 @@ pub trait RunStore: Send + Sync {
         &self,
         lock: &str,
         fence: i64,
-        action: &mut dyn FnMut() -> std::io::Result<()>,
-    ) -> Result<std::result::Result<bool, std::io::Error>>;
+        action: FencedAction<'_>,
+    ) -> Result<Fenced>;
     /// Record where the run's process tree lives.
     fn set_run_process(&self, run_id: &str, pgid: Option<i32>, cgroup: Option<&str>) -> Result<()>;
     /// Record how a run ended and, with `release = Some((lock, fence))`,
@@ -113,13 +184,7 @@ pub trait LedgerStore: Send + Sync {
     /// Apply a batch of updates in one transaction, only while the
     /// committer's fence is still the newest of its lock. `false` means the
     /// whole batch was refused (the run is fenced).
-    fn ledger_commit(
-        &self,
-        scope_id: i64,
-        who: Committer<'_>,
-        now_ms: i64,
-        updates: &[LedgerUpdate<'_>],
-    ) -> Result<bool>;
+    fn ledger_commit(&self, commit: &LedgerCommit<'_>) -> Result<bool>;
     /// Counts per scope of a job (one scope when given).
     fn ledger_counts(&self, job: &str, scope: Option<&str>) -> Result<Vec<ScopeCounts>>;
     /// Failed keys of a scope, most attempts first.
@@ -136,21 +201,10 @@ pub trait OutboxStore: Send + Sync {
     /// Claim up to `limit` undelivered rows due by `due_ms`, pushing their
     /// next attempt to `now_ms + lease_ms` so that concurrent flushers never
     /// deliver the same row at once.
-    fn outbox_claim(
-        &self,
-        due_ms: i64,
-        now_ms: i64,
-        lease_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<OutboxRow>>;
+    fn outbox_claim(&self, claim: &OutboxClaim) -> Result<Vec<OutboxRow>>;
     fn outbox_delivered(&self, id: &str, channel: &str, now_ms: i64) -> Result<()>;
-    fn outbox_failed(
-        &self,
-        id: &str,
-        channel: &str,
-        error: &str,
-        next_attempt_ms: i64,
-    ) -> Result<()>;
+    /// Record a failed delivery, to be tried again at `next_attempt_ms`.
+    fn outbox_failed(&self, failure: &OutboxFailure<'_>) -> Result<()>;
     /// Undelivered rows (for `notify flush` reports and tests).
     fn outbox_pending(&self) -> Result<u64>;
     fn notify_state(&self, job: &str) -> Result<NotifyState>;
@@ -177,41 +231,20 @@ pub trait QueueStore: Send + Sync {
     /// Claim up to `n` keys for `worker` until `now_ms + lease_ms`: queued
     /// keys, and claimed keys whose lease expired. Keys other claimers are
     /// locking are skipped, never waited for.
-    fn queue_claim(
-        &self,
-        scope_id: i64,
-        worker: &str,
-        n: usize,
-        now_ms: i64,
-        lease_ms: i64,
-    ) -> Result<Vec<String>>;
+    fn queue_claim(&self, claim: &QueueClaim<'_>) -> Result<Vec<String>>;
     /// Record finished keys: the ledger update (fenced like
     /// [`LedgerStore::ledger_commit`]) and the queue acknowledgement in one
     /// transaction. Done keys become done; a failed key goes back to the
     /// queue, or is dead once its ledger attempts reach `max_attempts`.
     /// `false` means the whole batch was refused (the coordinator's token
     /// moved on).
-    fn queue_finish(
-        &self,
-        scope_id: i64,
-        who: Committer<'_>,
-        worker: &str,
-        now_ms: i64,
-        max_attempts: u32,
-        updates: &[LedgerUpdate<'_>],
-    ) -> Result<bool>;
+    fn queue_finish(&self, finish: &QueueFinish<'_>) -> Result<bool>;
     /// Give keys claimed by `worker` back to the queue (shutdown).
     fn queue_release(&self, scope_id: i64, worker: &str, keys: &[&str]) -> Result<u64>;
     /// Extend the lease of keys `worker` still holds; returns the keys it
     /// still holds (the others were lost: their lease expired and another
     /// worker claimed them, or they were finished elsewhere).
-    fn queue_renew(
-        &self,
-        scope_id: i64,
-        worker: &str,
-        keys: &[&str],
-        lease_until_ms: i64,
-    ) -> Result<Vec<String>>;
+    fn queue_renew(&self, renew: &QueueRenew<'_>) -> Result<Vec<String>>;
     /// (queued, claimed, done, dead) keys of a scope.
     fn queue_counts(&self, scope_id: i64) -> Result<QueueCounts>;
 }

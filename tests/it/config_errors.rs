@@ -37,19 +37,22 @@ fn log_dir_under_home_is_refused() {
     )
     .unwrap();
     env.job("j", "command = [\"true\"]\n");
-    env.run(&["run", "j"])
-        .code(78)
-        .stderr_has("log_dir")
-        .stderr_has("G10");
+    assert_g10_refusal(&env, "log_dir");
 }
 
 #[test]
 fn workdir_under_root_home_is_refused() {
     let env = Env::new();
     env.job("j", "command = [\"true\"]\nworkdir = \"/root/scripts\"\n");
+    assert_g10_refusal(&env, "workdir");
+}
+
+/// Running job `j` is refused at config load (exit 78), naming `what` and G10.
+#[track_caller]
+fn assert_g10_refusal(env: &Env, what: &str) {
     env.run(&["run", "j"])
         .code(78)
-        .stderr_has("workdir")
+        .stderr_has(what)
         .stderr_has("G10");
 }
 

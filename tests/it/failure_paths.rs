@@ -13,10 +13,7 @@ use std::time::Duration;
 fn an_internal_error_inside_an_attempt_is_recorded_released_and_notified() {
     let env = Env::new();
     let hook = webhook_receiver(&env, "");
-    env.job(
-        "broken",
-        "command = [\"true\"]\n[notify]\nchannels = [\"hook\"]\n",
-    );
+    env.hooked_job("broken", "command = [\"true\"]");
     std::fs::create_dir_all(&env.logs).unwrap();
     std::fs::write(
         env.logs.join("broken"),

@@ -78,6 +78,19 @@ impl Env {
         self.run_cmd(self.cmd(args))
     }
 
+    /// Run with extra environment variables.
+    pub fn run_with(&self, args: &[&str], vars: &[(&str, &str)]) -> Done {
+        let mut c = self.cmd(args);
+        c.envs(vars.iter().copied());
+        self.run_cmd(c)
+    }
+
+    /// Write job `name`: the top-level `body`, then a `[notify]` table
+    /// sending to the channel `hook` (see `receiver::webhook_receiver`).
+    pub fn hooked_job(&self, name: &str, body: &str) -> &Env {
+        self.job(name, &format!("{body}\n[notify]\nchannels = [\"hook\"]\n"))
+    }
+
     pub fn run_cmd(&self, mut c: Command) -> Done {
         let desc = format!("{c:?}");
         let out = c.output().expect("spawn batchguard");

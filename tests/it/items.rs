@@ -166,20 +166,19 @@ fn scopes_stay_apart_and_reset_redoes_exactly_one() {
         "only scope d1 was redone"
     );
     // --scope on the command line picks the ledger scope directly.
-    env.run(&["run", "daily", "--param", "day=d2", "--scope", "d2"])
-        .code(0);
-    assert_eq!(
-        processed(&env.path("processed")).len(),
-        10,
-        "scope d2 is complete"
-    );
-    env.run(&["run", "daily", "--param", "day=d2", "--scope", "fresh"])
-        .code(0);
-    assert_eq!(
-        processed(&env.path("processed")).len(),
-        20,
-        "a new scope starts empty"
-    );
+    let scopes = [
+        ("d2", 10, "scope d2 is complete"),
+        ("fresh", 20, "a new scope starts empty"),
+    ];
+    for (scope, processed_keys, what) in scopes {
+        env.run(&["run", "daily", "--param", "day=d2", "--scope", scope])
+            .code(0);
+        assert_eq!(
+            processed(&env.path("processed")).len(),
+            processed_keys,
+            "{what}"
+        );
+    }
     assert_eq!(env.last_run("daily")["scope"], "fresh");
 }
 
@@ -403,9 +402,8 @@ fn long_runs_write_progress_lines_to_the_log() {
             keys.display()
         ),
     );
-    let mut c = env.cmd(&["run", "slow"]);
-    c.env("BATCHGUARD_PROGRESS_EVERY", "500ms");
-    env.run_cmd(c).code(0);
+    env.run_with(&["run", "slow"], &[("BATCHGUARD_PROGRESS_EVERY", "500ms")])
+        .code(0);
     let log = env.log_of(&env.last_run("slow"));
     let line = log
         .lines()

@@ -3,7 +3,7 @@
 //! is down; noise control over a failure streak.
 
 use crate::harness::*;
-use crate::receiver::{Http, Smtp, free_port, webhook_receiver};
+use crate::receiver::{Http, Request, Smtp, free_port, webhook_receiver};
 use hmac::{Hmac, KeyInit, Mac};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -34,6 +34,19 @@ notes = "Safe to re-run."
     );
 }
 
+/// Every one of `needles` is in `text`.
+#[track_caller]
+fn assert_has_all(text: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(text.contains(needle), "{needle:?} is not in:\n{text}");
+    }
+}
+
+/// The `message` of a notification received.
+fn message(r: &Request) -> String {
+    r.json()["message"].as_str().unwrap().to_string()
+}
+
 fn hmac_hex(secret: &str, body: &[u8]) -> String {
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(body);
@@ -49,9 +62,8 @@ fn webhook_carries_the_runbook_signed_and_idempotent() {
         hook.url("/batch")
     ));
     failing_job(&env, "\"hook\"", "");
-    let mut c = env.cmd(&["run", "nightly"]);
-    c.env("HOOK_SECRET", "s3cr3t");
-    env.run_cmd(c).code(3);
+    env.run_with(&["run", "nightly"], &[("HOOK_SECRET", "s3cr3t")])
+        .code(3);
     let reqs = hook.take();
     assert_eq!(reqs.len(), 1, "one notification");
     let r = &reqs[0];
@@ -100,16 +112,10 @@ fn webhook_carries_the_runbook_signed_and_idempotent() {
         "secret leaked into the payload"
     );
     // A successful run after it: `recovered`, signed the same way.
-    env.job(
-        "nightly",
-        "command = [\"true\"]\n[notify]\nchannels = [\"hook\"]\n",
-    );
-    let mut c = env.cmd(&["run", "nightly"]);
-    c.env("HOOK_SECRET", "s3cr3t");
-    env.run_cmd(c).code(0);
-    let reqs = hook.take();
-    assert_eq!(reqs.len(), 1);
-    assert_eq!(reqs[0].json()["event"], "recovered");
+    env.hooked_job("nightly", "command = [\"true\"]");
+    env.run_with(&["run", "nightly"], &[("HOOK_SECRET", "s3cr3t")])
+        .code(0);
+    assert_eq!(hook.take_events(), ["recovered"]);
 }
 
 #[test]
@@ -136,10 +142,7 @@ fn receiver_down_then_flush_delivers_exactly_once() {
     assert_eq!(hook.count(), 1, "never delivered twice");
     // A receiver error (500) keeps it in the outbox too.
     hook.status.store(500, std::sync::atomic::Ordering::SeqCst);
-    env.job(
-        "nightly",
-        "command = [\"false\"]\n[notify]\nchannels = [\"hook\"]\n",
-    );
+    env.hooked_job("nightly", "command = [\"false\"]");
     env.run(&["run", "nightly"]).code(1);
 }
 
@@ -165,16 +168,16 @@ fn mail_says_job_host_and_outcome_without_secrets() {
         m.contains("Subject: [batchguard] nightly failure (exit 3) on batch-01"),
         "{m}"
     );
-    assert!(m.contains("To: oncall@example.com"), "{m}");
-    assert!(m.contains("text/plain") && m.contains("text/html"), "{m}");
-    assert!(
-        m.contains("batchguard run nightly --param date=2026-11-30"),
-        "{m}"
-    );
-    assert!(m.contains("ERROR: upstream refused"), "{m}");
-    assert!(
-        m.contains("https://wiki.example.com/runbooks/nightly"),
-        "{m}"
+    assert_has_all(
+        m,
+        &[
+            "To: oncall@example.com",
+            "text/plain",
+            "text/html",
+            "batchguard run nightly --param date=2026-11-30",
+            "ERROR: upstream refused",
+            "https://wiki.example.com/runbooks/nightly",
+        ],
     );
     assert!(!m.contains(SECRET_VALUE), "secret leaked into the mail");
     // A MIME parser (Python's) sees one multipart/alternative message with
@@ -234,48 +237,35 @@ fn a_hanging_command_channel_is_killed_at_its_timeout() {
     );
 }
 
-#[test]
-fn fifty_failures_in_a_row_page_once_then_recover() {
+/// Job `flappy`, notifying `hook` (after `extra` global settings), fails
+/// `n` times in a row; only the first failure has been sent so far.
+fn failure_streak(extra: &str, n: usize) -> (Env, Http) {
     let env = Env::new();
-    let hook = webhook_receiver(&env, "");
-    env.job(
-        "flappy",
-        "command = [\"false\"]\n[notify]\nchannels = [\"hook\"]\n",
-    );
-    for _ in 0..50 {
+    let hook = webhook_receiver(&env, extra);
+    env.hooked_job("flappy", "command = [\"false\"]");
+    for _ in 0..n {
         env.run(&["run", "flappy"]).code(1);
     }
+    assert_eq!(hook.count(), 1);
+    (env, hook)
+}
+
+#[test]
+fn fifty_failures_in_a_row_page_once_then_recover() {
     // Policy: the first failure at once, then at most one digest per
     // notify_digest (1h): within seconds, exactly one message.
-    assert_eq!(hook.count(), 1);
-    env.job(
-        "flappy",
-        "command = [\"true\"]\n[notify]\nchannels = [\"hook\"]\n",
-    );
+    let (env, hook) = failure_streak("", 50);
+    env.hooked_job("flappy", "command = [\"true\"]");
     env.run(&["run", "flappy"]).code(0);
     let reqs = hook.take();
     assert_eq!(reqs.len(), 2);
     assert_eq!(reqs[1].json()["event"], "recovered");
-    assert!(
-        reqs[1].json()["message"]
-            .as_str()
-            .unwrap()
-            .contains("after 50 bad runs")
-    );
+    assert!(message(&reqs[1]).contains("after 50 bad runs"));
 }
 
 #[test]
 fn a_digest_summarises_a_streak_once_per_interval() {
-    let env = Env::new();
-    let hook = webhook_receiver(&env, "notify_digest = \"1s\"\n");
-    env.job(
-        "flappy",
-        "command = [\"false\"]\n[notify]\nchannels = [\"hook\"]\n",
-    );
-    for _ in 0..3 {
-        env.run(&["run", "flappy"]).code(1);
-    }
-    assert_eq!(hook.count(), 1);
+    let (env, hook) = failure_streak("notify_digest = \"1s\"\n", 3);
     std::thread::sleep(Duration::from_millis(1100));
     env.run(&["run", "flappy"]).code(1);
     let reqs = hook.take();
@@ -295,9 +285,11 @@ fn command_and_ping_channels() {
         out.display()
     ));
     failing_job(&env, "\"script\", \"deadman\"", "");
-    let mut c = env.cmd(&["run", "nightly"]);
-    c.env("HC_PING_URL", hc.url("/ping/abc"));
-    env.run_cmd(c).code(3);
+    env.run_with(
+        &["run", "nightly"],
+        &[("HC_PING_URL", &hc.url("/ping/abc"))],
+    )
+    .code(3);
     let p: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     assert_eq!(p["event"], "failure");
     let mut paths: Vec<String> = hc.take().iter().map(|r| r.path.clone()).collect();
@@ -308,9 +300,11 @@ fn command_and_ping_channels() {
         "nightly",
         "command = [\"true\"]\n[notify]\nchannels = [\"deadman\"]\n",
     );
-    let mut c = env.cmd(&["run", "nightly"]);
-    c.env("HC_PING_URL", hc.url("/ping/abc"));
-    env.run_cmd(c).code(0);
+    env.run_with(
+        &["run", "nightly"],
+        &[("HC_PING_URL", &hc.url("/ping/abc"))],
+    )
+    .code(0);
     let reqs = hc.take();
     let mut paths: Vec<&str> = reqs.iter().map(|r| r.path.as_str()).collect();
     paths.sort();
@@ -348,9 +342,9 @@ fn notify_test_reports_each_channel() {
 fn overrun_is_sent_while_the_run_is_still_going() {
     let env = Env::new();
     let hook = webhook_receiver(&env, "");
-    env.job(
+    env.hooked_job(
         "slowpoke",
-        "command = [\"sleep\", \"3\"]\nexpected_duration = \"300ms\"\n[notify]\nchannels = [\"hook\"]\n",
+        "command = [\"sleep\", \"3\"]\nexpected_duration = \"300ms\"",
     );
     let mut runner = env.spawn(&["run", "slowpoke"]);
     wait_for("the overrun notification", Duration::from_secs(5), || {
@@ -406,9 +400,11 @@ fn slack_blocks_read_well_on_a_phone() {
     let slack = Http::start();
     env.global("[channels.oncall]\ntype = \"slack\"\nurl_env = \"SLACK_WEBHOOK_URL\"");
     failing_job(&env, "\"oncall\"", "");
-    let mut c = env.cmd(&["run", "nightly"]);
-    c.env("SLACK_WEBHOOK_URL", slack.url("/services/T/B/x"));
-    env.run_cmd(c).code(3);
+    env.run_with(
+        &["run", "nightly"],
+        &[("SLACK_WEBHOOK_URL", &slack.url("/services/T/B/x"))],
+    )
+    .code(3);
     let body = slack.take()[0].json();
     assert!(
         body["text"]
@@ -419,14 +415,13 @@ fn slack_blocks_read_well_on_a_phone() {
     let blocks = body["blocks"].as_array().unwrap();
     assert_eq!(blocks[0]["type"], "header");
     let all = serde_json::to_string(blocks).unwrap();
-    assert!(
-        all.contains("batchguard run nightly --param date=2026-11-30"),
-        "{all}"
-    );
-    assert!(all.contains("ERROR: upstream refused"), "{all}");
-    assert!(
-        all.contains("<https://wiki.example.com/runbooks/nightly|Runbook>"),
-        "{all}"
+    assert_has_all(
+        &all,
+        &[
+            "batchguard run nightly --param date=2026-11-30",
+            "ERROR: upstream refused",
+            "<https://wiki.example.com/runbooks/nightly|Runbook>",
+        ],
     );
     assert!(!all.contains(SECRET_VALUE));
 }
@@ -460,12 +455,7 @@ fn a_replica_that_cannot_be_checked_keeps_the_run_from_starting() {
     let reqs = hook.take();
     assert_eq!(reqs.len(), 1);
     assert_eq!(reqs[0].json()["event"], "skipped");
-    assert!(
-        reqs[0].json()["message"]
-            .as_str()
-            .unwrap()
-            .contains("cannot check the replica lag")
-    );
+    assert!(message(&reqs[0]).contains("cannot check the replica lag"));
     // Against the real server (a primary, so no lag to wait for) it runs.
     env.job(
         "reader",

@@ -86,6 +86,14 @@ impl Http {
         std::mem::take(&mut *self.requests.lock().unwrap())
     }
 
+    /// The `event` of each request received since the last take.
+    pub fn take_events(&self) -> Vec<String> {
+        self.take()
+            .iter()
+            .map(|r| r.json()["event"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
     pub fn count(&self) -> usize {
         self.requests.lock().unwrap().len()
     }

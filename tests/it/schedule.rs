@@ -98,9 +98,9 @@ fn cron_next_follows_cron_across_dst() {
 fn watchdog_raises_missed_exactly_once() {
     let env = Env::new();
     let hook = webhook_receiver(&env, "missed_grace = \"1s\"\n");
-    env.job(
+    env.hooked_job(
         "every-minute",
-        "command = [\"true\"]\nschedule = \"* * * * *\"\n[notify]\nchannels = [\"hook\"]\n",
+        "command = [\"true\"]\nschedule = \"* * * * *\"",
     );
     // Configured long ago; the last fire (this minute) started nothing.
     let old = std::process::Command::new("touch")

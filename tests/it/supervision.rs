@@ -122,9 +122,8 @@ fn memory_hog_ends_oom_with_peak_recorded() {
 fn memory_hog_ends_oom_in_poll_mode() {
     let env = Env::new();
     oom_job(&env);
-    let mut c = env.cmd(&["run", "hog"]);
-    c.env("BATCHGUARD_CGROUP", "poll");
-    env.run_cmd(c).code(137);
+    env.run_with(&["run", "hog"], &[("BATCHGUARD_CGROUP", "poll")])
+        .code(137);
     let run = env.last_run("hog");
     assert_eq!(run["outcome"], "oom");
     assert_eq!(run["memory_enforcement"], "poll");
