@@ -50,41 +50,19 @@ impl Report {
 
 fn base_record(ctx: &Context, job: &Job, p: &Prepared, run_id: &str, attempt: u32) -> RunRecord {
     let now = clock::now_ms();
+    let started_at = clock::rfc3339(now, &p.tz);
+    let log = logs::log_path(&ctx.global.log_dir, &job.name, run_id);
     RunRecord {
-        id: run_id.to_string(),
-        job: job.name.clone(),
-        host: ctx.me.host.clone(),
-        pid: ctx.me.pid,
-        fence: 0,
         attempt,
         scope: p.scope.clone(),
-        started_at: clock::rfc3339(now, &p.tz),
-        ended_at: None,
-        duration_ms: None,
-        outcome: "running".into(),
-        exit_code: None,
-        signal: None,
-        peak_memory_bytes: None,
-        memory_enforcement: "none".into(),
-        items: None,
-        log_path: Some(
-            logs::log_path(&ctx.global.log_dir, &job.name, run_id)
-                .display()
-                .to_string(),
-        ),
-        lock: job.lock.clone(),
+        log_path: Some(log.display().to_string()),
         memory_max_bytes: job.memory_max,
         params: p.params.clone(),
-        error: None,
-        items_failed: Vec::new(),
-        started_ms: now,
-        runner: ctx.me.clone(),
         // Known before the spawn: a runner killed right after spawning
         // still leaves the way to its tree in the record.
         cgroup: supervise::planned_cgroup(run_id, supervise::detect())
             .map(|p| p.display().to_string()),
-        pgid: None,
-        heartbeat_ms: now,
+        ..RunRecord::running(run_id, &job.name, &job.lock, &ctx.me, now, started_at)
     }
 }
 

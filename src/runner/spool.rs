@@ -15,7 +15,7 @@
 use crate::clock;
 use crate::exec::{Context, Request, prepare};
 use crate::outcome::Outcome;
-use crate::store::{ItemCounts, RunEnd};
+use crate::store::RunEnd;
 use batchguard_config::Job;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -28,38 +28,15 @@ pub(crate) struct Entry {
     pub store: String,
     pub job: String,
     pub run_id: String,
-    /// The lock to release with the record (`None` for `allow` jobs or a
-    /// run that already released it).
+    /// The lock to release with the record (`None` for `allow` jobs).
     pub release: Option<(String, i64)>,
-    pub ended_at: String,
-    pub ended_ms: i64,
-    pub outcome: String,
-    pub exit_code: Option<i32>,
-    pub signal: Option<i32>,
-    pub peak_memory_bytes: Option<u64>,
-    pub memory_enforcement: Option<String>,
-    pub items: Option<ItemCounts>,
-    pub error: Option<String>,
+    pub end: RunEnd,
     pub items_failed: Vec<String>,
     pub tail: Vec<String>,
     pub spooled_ms: i64,
 }
 
 impl Entry {
-    pub fn end(&self) -> RunEnd {
-        RunEnd {
-            ended_at: self.ended_at.clone(),
-            ended_ms: self.ended_ms,
-            outcome: self.outcome.clone(),
-            exit_code: self.exit_code,
-            signal: self.signal,
-            peak_memory_bytes: self.peak_memory_bytes,
-            memory_enforcement: self.memory_enforcement.clone(),
-            items: self.items,
-            error: self.error.clone(),
-        }
-    }
-
     pub fn from_end(
         state_url: &str,
         job: &str,
@@ -74,15 +51,7 @@ impl Entry {
             job: job.to_string(),
             run_id: run_id.to_string(),
             release: release.map(|(l, f)| (l.to_string(), f)),
-            ended_at: end.ended_at.clone(),
-            ended_ms: end.ended_ms,
-            outcome: end.outcome.clone(),
-            exit_code: end.exit_code,
-            signal: end.signal,
-            peak_memory_bytes: end.peak_memory_bytes,
-            memory_enforcement: end.memory_enforcement.clone(),
-            items: end.items,
-            error: end.error.clone(),
+            end: end.clone(),
             items_failed: items_failed.to_vec(),
             tail: tail.to_vec(),
             spooled_ms: clock::now_ms(),
@@ -236,7 +205,7 @@ fn record(ctx: &Context, entry: &Entry) -> crate::store::Result<()> {
         store.set_run_failed_items(&entry.run_id, &entry.items_failed)?;
     }
     let release = entry.release.as_ref().map(|(l, f)| (l.as_str(), *f));
-    store.finish_run(&entry.run_id, release, &entry.end())
+    store.finish_run(&entry.run_id, release, &entry.end)
 }
 
 fn notify(ctx: &Context, entry: &Entry, find_job: &dyn Fn(&str) -> Option<Job>) {
@@ -253,14 +222,15 @@ fn notify(ctx: &Context, entry: &Entry, find_job: &dyn Fn(&str) -> Option<Job>) 
     };
     match prepare(&job, &req, &ctx.global) {
         Ok(p) => {
-            let outcome = Outcome::parse(&entry.outcome, entry.exit_code, entry.signal);
+            let end = &entry.end;
+            let outcome = Outcome::parse(&end.outcome, end.exit_code, end.signal);
             super::notice::run_ended(
                 ctx,
                 &job,
                 &p,
                 &record,
                 outcome,
-                &entry.end(),
+                end,
                 &entry.tail,
                 &entry.items_failed,
             );

@@ -17,35 +17,14 @@ fn identity(pid: i32) -> RunnerIdentity {
 
 /// A running run record for tests of a backend.
 pub fn record(id: &str, lock: &str, runner: &RunnerIdentity) -> RunRecord {
-    RunRecord {
-        id: id.into(),
-        job: lock.into(),
-        host: runner.host.clone(),
-        pid: runner.pid,
-        fence: 0,
-        attempt: 1,
-        scope: None,
-        started_at: "2026-11-30T00:00:00.000+00:00".into(),
-        ended_at: None,
-        duration_ms: None,
-        outcome: "running".into(),
-        exit_code: None,
-        signal: None,
-        peak_memory_bytes: None,
-        memory_enforcement: "none".into(),
-        items: None,
-        log_path: None,
-        lock: lock.into(),
-        memory_max_bytes: None,
-        params: Default::default(),
-        error: None,
-        items_failed: Vec::new(),
-        started_ms: 1_000,
-        runner: runner.clone(),
-        cgroup: None,
-        pgid: None,
-        heartbeat_ms: 1_000,
-    }
+    RunRecord::running(
+        id,
+        lock,
+        lock,
+        runner,
+        1_000,
+        "2026-11-30T00:00:00.000+00:00".into(),
+    )
 }
 
 fn take(

@@ -198,8 +198,53 @@ pub struct RunRecord {
     pub heartbeat_ms: i64,
 }
 
-/// How a run ended, written once by [`RunStore::finish_run`].
-#[derive(Clone, Debug, Default, PartialEq)]
+impl RunRecord {
+    /// A run of `job` under `lock` that starts now (`started_ms`, shown as
+    /// `started_at`) on `runner`: `running`, fence 0 until the lock is
+    /// taken, nothing measured yet.
+    pub fn running(
+        id: &str,
+        job: &str,
+        lock: &str,
+        runner: &RunnerIdentity,
+        started_ms: i64,
+        started_at: String,
+    ) -> RunRecord {
+        RunRecord {
+            id: id.into(),
+            job: job.into(),
+            host: runner.host.clone(),
+            pid: runner.pid,
+            fence: 0,
+            attempt: 1,
+            scope: None,
+            started_at,
+            ended_at: None,
+            duration_ms: None,
+            outcome: "running".into(),
+            exit_code: None,
+            signal: None,
+            peak_memory_bytes: None,
+            memory_enforcement: "none".into(),
+            items: None,
+            log_path: None,
+            lock: lock.into(),
+            memory_max_bytes: None,
+            params: Default::default(),
+            error: None,
+            items_failed: Vec::new(),
+            started_ms,
+            runner: runner.clone(),
+            cgroup: None,
+            pgid: None,
+            heartbeat_ms: started_ms,
+        }
+    }
+}
+
+/// How a run ended, written once by [`RunStore::finish_run`] (or kept in
+/// the runner's spool until it can be).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct RunEnd {
     pub ended_at: String,
     pub ended_ms: i64,

@@ -2,8 +2,8 @@
 //! the lock is taken, the run ends recorded, its lock released and its
 //! outcome notified (SPEC §11).
 
-use crate::harness::{Env, wait_for};
-use crate::receiver::webhook_receiver;
+use crate::harness::wait_for;
+use crate::receiver::hooked_env;
 use std::time::Duration;
 
 /// A failure inside batchguard itself (the run's log cannot be created:
@@ -11,8 +11,7 @@ use std::time::Duration;
 /// held until its lease ended.
 #[test]
 fn an_internal_error_inside_an_attempt_is_recorded_released_and_notified() {
-    let env = Env::new();
-    let hook = webhook_receiver(&env, "");
+    let (env, hook) = hooked_env("");
     env.hooked_job("broken", "command = [\"true\"]");
     std::fs::create_dir_all(&env.logs).unwrap();
     std::fs::write(
@@ -43,8 +42,7 @@ fn an_internal_error_inside_an_attempt_is_recorded_released_and_notified() {
 /// failure report or notification.
 #[test]
 fn a_signal_between_retries_still_reports_and_notifies_the_failure() {
-    let env = Env::new();
-    let hook = webhook_receiver(&env, "");
+    let (env, hook) = hooked_env("");
     env.job(
         "flaky",
         "command = [\"sh\", \"-c\", \"exit 3\"]\nretries = 2\nretry_delay = \"30s\"\n\

@@ -3,7 +3,7 @@
 //! Each asserts the real outcome is recorded (never `lost`) and told.
 
 use crate::harness::{Env, wait_for};
-use crate::receiver::webhook_receiver;
+use crate::receiver::hooked_env;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 /// the real outcome and the failure is notified.
 #[test]
 fn a_store_held_locked_at_the_end_spools_the_outcome() {
-    let env = Env::new();
-    let hook = webhook_receiver(&env, "");
+    let (env, hook) = hooked_env("");
     let started = env.path("started");
     env.job(
         "locked",

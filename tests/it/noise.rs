@@ -2,17 +2,16 @@
 //! `run` prints on stderr, so the report follows the same policy; repeated
 //! overruns are summarised like repeated failures.
 
-use crate::harness::{Env, wait_for};
-use crate::receiver::webhook_receiver;
+use crate::harness::wait_for;
+use crate::receiver::hooked_env;
 use std::time::Duration;
 
 #[test]
 fn cron_mail_follows_the_noise_policy() {
-    let env = Env::new();
-    let hook = webhook_receiver(&env, "notify_digest = \"1h\"\n");
-    env.job(
+    let (env, hook) = hooked_env("notify_digest = \"1h\"\n");
+    env.hooked_job(
         "failing",
-        "command = [\"sh\", \"-c\", \"echo broken >&2; exit 3\"]\n[notify]\nchannels = [\"hook\"]\n",
+        "command = [\"sh\", \"-c\", \"echo broken >&2; exit 3\"]",
     );
     let first = env.run(&["run", "failing"]);
     first.code(3).stderr_has("ended failure");
@@ -40,8 +39,7 @@ fn cron_mail_follows_the_noise_policy() {
 
 #[test]
 fn repeated_overruns_are_told_once() {
-    let env = Env::new();
-    let hook = webhook_receiver(&env, "notify_digest = \"1h\"\n");
+    let (env, hook) = hooked_env("notify_digest = \"1h\"\n");
     env.job(
         "slow",
         "command = [\"sleep\", \"1.5\"]\nexpected_duration = \"500ms\"\n\

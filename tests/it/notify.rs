@@ -3,7 +3,7 @@
 //! is down; noise control over a failure streak.
 
 use crate::harness::*;
-use crate::receiver::{Http, Request, Smtp, free_port, webhook_receiver};
+use crate::receiver::{Http, Request, Smtp, free_port, hooked_env};
 use hmac::{Hmac, KeyInit, Mac};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -240,8 +240,7 @@ fn a_hanging_command_channel_is_killed_at_its_timeout() {
 /// Job `flappy`, notifying `hook` (after `extra` global settings), fails
 /// `n` times in a row; only the first failure has been sent so far.
 fn failure_streak(extra: &str, n: usize) -> (Env, Http) {
-    let env = Env::new();
-    let hook = webhook_receiver(&env, extra);
+    let (env, hook) = hooked_env(extra);
     env.hooked_job("flappy", "command = [\"false\"]");
     for _ in 0..n {
         env.run(&["run", "flappy"]).code(1);
@@ -340,8 +339,7 @@ fn notify_test_reports_each_channel() {
 
 #[test]
 fn overrun_is_sent_while_the_run_is_still_going() {
-    let env = Env::new();
-    let hook = webhook_receiver(&env, "");
+    let (env, hook) = hooked_env("");
     env.hooked_job(
         "slowpoke",
         "command = [\"sleep\", \"3\"]\nexpected_duration = \"300ms\"",
@@ -363,8 +361,7 @@ fn overrun_is_sent_while_the_run_is_still_going() {
 
 #[test]
 fn lost_and_skipped_runs_are_notified() {
-    let env = Env::new();
-    let hook = webhook_receiver(&env, "");
+    let (env, hook) = hooked_env("");
     let pidfile = env.path("pid");
     env.job(
         "fragile",
@@ -428,8 +425,7 @@ fn slack_blocks_read_well_on_a_phone() {
 
 #[test]
 fn a_replica_that_cannot_be_checked_keeps_the_run_from_starting() {
-    let env = Env::new();
-    let hook = webhook_receiver(&env, "");
+    let (env, hook) = hooked_env("");
     let marker = env.path("ran");
     env.job(
         "reader",

@@ -152,6 +152,14 @@ pub fn webhook_receiver(env: &crate::harness::Env, extra: &str) -> Http {
     hook
 }
 
+/// A fresh test environment whose webhook channel `hook` posts to a new
+/// receiver (after `extra` global settings).
+pub fn hooked_env(extra: &str) -> (crate::harness::Env, Http) {
+    let env = crate::harness::Env::new();
+    let hook = webhook_receiver(&env, extra);
+    (env, hook)
+}
+
 /// A free TCP port on loopback (bound and released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

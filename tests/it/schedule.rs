@@ -2,7 +2,7 @@
 //! cron next across a DST change, and the watchdog raising `missed` once.
 
 use crate::harness::*;
-use crate::receiver::webhook_receiver;
+use crate::receiver::hooked_env;
 use std::os::unix::fs::PermissionsExt;
 
 #[test]
@@ -96,8 +96,7 @@ fn cron_next_follows_cron_across_dst() {
 
 #[test]
 fn watchdog_raises_missed_exactly_once() {
-    let env = Env::new();
-    let hook = webhook_receiver(&env, "missed_grace = \"1s\"\n");
+    let (env, hook) = hooked_env("missed_grace = \"1s\"\n");
     env.hooked_job(
         "every-minute",
         "command = [\"true\"]\nschedule = \"* * * * *\"",
