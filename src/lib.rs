@@ -26,6 +26,7 @@ pub mod outcome;
 pub mod publish;
 pub mod redact;
 pub mod runner;
+pub mod sanitize;
 pub mod store;
 pub mod watchdog;
 

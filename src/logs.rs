@@ -15,7 +15,7 @@ use jiff::tz::TimeZone;
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{IsTerminal, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// How many of the last lines are kept for the failure report.
@@ -58,6 +58,9 @@ pub struct RunLog {
     next_free_check: u64,
     /// Why the log stopped growing before its cap (the floor was reached).
     cut: Option<String>,
+    /// The end of a line cut at the line limit, held back (per stream) so a
+    /// secret split by the cut is redacted whole with what follows.
+    carry: Option<(String, Vec<u8>)>,
 }
 
 pub fn log_path(log_dir: &Path, job: &str, run_id: &str) -> PathBuf {
@@ -76,7 +79,11 @@ impl RunLog {
         tz: TimeZone,
     ) -> Result<RunLog> {
         let dir = log_dir.join(job);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create log directory", &dir, e))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(&dir)
+            .map_err(|e| Error::io("create log directory", &dir, e))?;
         let path = log_path(log_dir, job, run_id);
         let file = OpenOptions::new()
             .create(true)
@@ -98,6 +105,7 @@ impl RunLog {
             buf: Vec::with_capacity(256),
             next_free_check: 0,
             cut: None,
+            carry: None,
         })
     }
 
@@ -105,8 +113,33 @@ impl RunLog {
         &self.path
     }
 
-    /// One line of the job's output.
+    /// One line of the job's output (or a piece of a longer one, cut at
+    /// the line limit).
     pub fn line(&mut self, stream: &str, bytes: &[u8]) {
+        let joined;
+        let bytes = match self.carry.take() {
+            Some((s, mut held)) if s == stream => {
+                held.extend_from_slice(bytes);
+                joined = held;
+                &joined[..]
+            }
+            Some((s, held)) => {
+                self.write_line(&s, &held);
+                bytes
+            }
+            None => bytes,
+        };
+        let hold = self.redactor.max_len().saturating_sub(1);
+        if bytes.len() >= batchguard_supervise::MAX_LINE && hold > 0 {
+            let (now, later) = bytes.split_at(bytes.len() - hold.min(bytes.len()));
+            self.write_line(stream, now);
+            self.carry = Some((stream.to_string(), later.to_vec()));
+        } else {
+            self.write_line(stream, bytes);
+        }
+    }
+
+    fn write_line(&mut self, stream: &str, bytes: &[u8]) {
         let text = String::from_utf8_lossy(bytes);
         let text = self.redactor.redact(&text).into_owned();
         self.write(stream, &text);
@@ -181,6 +214,9 @@ impl RunLog {
     /// Close the log (noting anything dropped by the cap) and return the
     /// last lines of output.
     pub fn finish(mut self) -> Vec<String> {
+        if let Some((stream, held)) = self.carry.take() {
+            self.write_line(&stream, &held);
+        }
         if self.dropped_lines > 0 {
             let ts = clock::rfc3339(clock::now_ms(), &self.tz);
             let why = if self.cut.is_some() {
@@ -201,17 +237,22 @@ impl RunLog {
 
 /// Remove the logs of `job`'s runs that started more than `retention` ago.
 /// Driven by the run records, so it costs one indexed query, not a scan of
-/// the log directory.
-pub fn prune(store: &dyn Store, job: &str, retention_ms: i64) -> Result<usize> {
+/// the log directory. A record's `log_path` is never trusted (a job may
+/// have written it): only the run's own log, `LOG_DIR/JOB/RUN_ID.log`, a
+/// regular file reached without links, is removed.
+pub fn prune(store: &dyn Store, log_dir: &Path, job: &str, retention_ms: i64) -> Result<usize> {
     let cutoff = clock::now_ms() - retention_ms;
     let mut removed = 0;
     for run in store.runs_with_logs_before(job, cutoff, 200)? {
-        if let Some(path) = &run.log_path {
-            match std::fs::remove_file(path) {
+        let own = log_path(log_dir, job, &run.id);
+        if run.log_path.as_deref().is_some_and(|p| Path::new(p) != own) {
+            tracing::warn!(run = %run.id, "the recorded log path is not the run's own log: left alone");
+        } else if is_own_log(log_dir, job, &own) {
+            match std::fs::remove_file(&own) {
                 Ok(()) => removed += 1,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    tracing::warn!(path = %path, error = %e, "cannot remove an expired log");
+                    tracing::warn!(path = %own.display(), error = %e, "cannot remove an expired log");
                     continue;
                 }
             }
@@ -219,6 +260,19 @@ pub fn prune(store: &dyn Store, job: &str, retention_ms: i64) -> Result<usize> {
         store.mark_log_pruned(&run.id)?;
     }
     Ok(removed)
+}
+
+/// `path` is a regular file (not a link) whose directory, links resolved,
+/// is `LOG_DIR/JOB` resolved.
+fn is_own_log(log_dir: &Path, job: &str, path: &Path) -> bool {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    let dir = std::fs::canonicalize(log_dir.join(job)).ok();
+    let parent = path.parent().and_then(|p| std::fs::canonicalize(p).ok());
+    let within = dir.is_some() && dir == parent;
+    let real_dir = std::fs::symlink_metadata(log_dir.join(job)).is_ok_and(|m| m.is_dir());
+    meta.is_file() && within && real_dir
 }
 
 /// The last `n` lines of a log file (for `show` and failure reports).

@@ -1,8 +1,18 @@
 //! Secret redaction: every value from a job's `env_file` and every variable
 //! named in `secrets` is replaced by `***` in logs, records and messages;
 //! [`redact_url`] takes the secrets out of a URL before it is shown.
+//!
+//! A value shorter than [`MIN_SECRET_LEN`] is not redacted on its own
+//! (`WORKERS=4` would turn every "4" into `***`, "exit code 4" included);
+//! `check` G14 warns about such short secrets. A secret is also found in
+//! its escaped forms (as Rust's and JSON's `{:?}` show it, with `\"` and
+//! `\\`), and [`Redactor::max_len`] lets the log hold back the end of a
+//! cut line so a secret split by the line cut is still found.
 
 use std::borrow::Cow;
+
+/// Values shorter than this are not treated as secrets on their own.
+pub const MIN_SECRET_LEN: usize = 4;
 
 #[derive(Clone, Debug, Default)]
 pub struct Redactor {
@@ -12,10 +22,27 @@ pub struct Redactor {
 
 impl Redactor {
     pub fn new(values: impl IntoIterator<Item = String>) -> Redactor {
-        let mut secrets: Vec<String> = values.into_iter().filter(|v| !v.is_empty()).collect();
+        let mut secrets: Vec<String> = Vec::new();
+        for v in values {
+            if v.chars().count() < MIN_SECRET_LEN {
+                continue;
+            }
+            // The escaped form `{:?}` gives (quotes and backslashes escaped).
+            let escaped = format!("{v:?}");
+            let escaped = &escaped[1..escaped.len() - 1];
+            if escaped != v {
+                secrets.push(escaped.to_string());
+            }
+            secrets.push(v);
+        }
         secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         secrets.dedup();
         Redactor { secrets }
+    }
+
+    /// The longest secret, in bytes (0 without secrets).
+    pub fn max_len(&self) -> usize {
+        self.secrets.first().map_or(0, String::len)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -11,6 +11,9 @@ use batchguard_config::{self as config, Concurrency, DEFAULT_STATE, Global, Job}
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 
+/// The configuration directory when `--config-dir` is not given.
+const DEFAULT_CONFIG_DIR: &str = "/etc/batchguard";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "batchguard",
@@ -23,7 +26,7 @@ pub struct Cli {
         long,
         global = true,
         env = "BATCHGUARD_CONFIG_DIR",
-        default_value = "/etc/batchguard"
+        default_value = DEFAULT_CONFIG_DIR
     )]
     config_dir: PathBuf,
     /// State store URL: sqlite:PATH or postgres://…
@@ -273,7 +276,46 @@ fn context(cli: &Cli, global: Global) -> Result<Context> {
         state_url: url,
         global,
         me,
+        invocation: invocation(cli),
     })
+}
+
+/// What the re-run command must repeat of this command line.
+fn invocation(cli: &Cli) -> crate::exec::Invocation {
+    let config_dir = (cli.config_dir != Path::new(DEFAULT_CONFIG_DIR))
+        .then(|| std::path::absolute(&cli.config_dir).unwrap_or_else(|_| cli.config_dir.clone()));
+    let mut inv = crate::exec::Invocation {
+        config_dir,
+        ..Default::default()
+    };
+    match &cli.command {
+        Command::Run {
+            file: Some(file), ..
+        } => inv.file = Some(std::path::absolute(file).unwrap_or_else(|_| file.clone())),
+        Command::Exec {
+            name,
+            timeout,
+            memory_max,
+            concurrency,
+            command,
+        } => {
+            let mut args = vec!["--name".to_string(), name.clone()];
+            if let Some(t) = timeout {
+                args.extend(["--timeout".into(), config::format_duration(*t)]);
+            }
+            if let Some(m) = memory_max {
+                args.extend(["--memory-max".into(), m.to_string()]);
+            }
+            if let Some(c) = concurrency {
+                args.extend(["--concurrency".into(), c.as_str().to_string()]);
+            }
+            args.push("--".into());
+            args.extend(command.iter().cloned());
+            inv.exec = Some(args);
+        }
+        _ => {}
+    }
+    inv
 }
 
 fn load_job(dir: &Path, name: &str, global: &Global) -> Result<Job> {

@@ -231,10 +231,12 @@ pub fn logs(ctx: &Context, run_id: &str, follow: bool) -> Result<i32> {
         .store
         .get_run(run_id)?
         .ok_or_else(|| Error::UnknownRun(run_id.to_string()))?;
-    let Some(path) = run.log_path.clone() else {
+    if run.log_path.is_none() {
         eprintln!("batchguard: run {run_id} has no log ({})", run.outcome);
         return Ok(exit::OK);
-    };
+    }
+    // The run's own log, never a path read back from the store as such.
+    let path = crate::logs::log_path(&ctx.global.log_dir, &run.job, &run.id);
     let mut file = std::fs::File::open(&path).map_err(|e| Error::io("open log", &path, e))?;
     let mut stdout = std::io::stdout().lock();
     let mut buf = Vec::new();
@@ -245,7 +247,12 @@ pub fn logs(ctx: &Context, run_id: &str, follow: bool) -> Result<i32> {
             .and_then(|_| file.read_to_end(&mut buf))
             .map_err(|e| Error::io("read log", &path, e))?;
         pos += buf.len() as u64;
-        if stdout.write_all(&buf).and_then(|_| stdout.flush()).is_err() {
+        let shown = crate::sanitize::printable_bytes(&buf);
+        if stdout
+            .write_all(&shown)
+            .and_then(|_| stdout.flush())
+            .is_err()
+        {
             return Ok(exit::OK); // reader went away (e.g. `| head`)
         }
         if !follow {

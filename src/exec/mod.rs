@@ -31,6 +31,19 @@ pub struct Context {
     pub state_url: String,
     pub global: Global,
     pub me: RunnerIdentity,
+    /// How this invocation was called, for the exact re-run command.
+    pub invocation: Invocation,
+}
+
+/// What the re-run command must repeat of this invocation (SPEC §4).
+#[derive(Debug, Clone, Default)]
+pub struct Invocation {
+    /// `--config-dir`, when not the default.
+    pub config_dir: Option<std::path::PathBuf>,
+    /// `run --file PATH`.
+    pub file: Option<std::path::PathBuf>,
+    /// An `exec` run: its arguments after `exec`.
+    pub exec: Option<Vec<String>>,
 }
 
 /// What the operator asked for on the command line.

@@ -217,14 +217,57 @@ fn environment(job: &Job, withheld: &[&str]) -> Result<Environment> {
     Ok((env.into_iter().collect(), secrets, run_as))
 }
 
-/// The exact command that re-runs this job with the same params and scope.
-pub(crate) fn rerun_command(job: &Job, p: &Prepared) -> String {
-    let mut cmd = format!("batchguard run {}", job.name);
+/// The exact command that re-runs this run (SPEC §4): `run JOB` (or
+/// `run --file PATH`, or the `exec` command line itself), every `--param`
+/// and `--scope`, and `--config-dir` / `--state` (its password removed)
+/// when they differ from the defaults. A param whose value is a secret is
+/// shown as `***`, with a note naming what to supply.
+pub(crate) fn rerun_command(ctx: &super::Context, job: &Job, p: &Prepared) -> String {
+    let inv = &ctx.invocation;
+    let mut cmd = String::from("batchguard");
+    let mut notes = Vec::new();
+    match (&inv.exec, &inv.file) {
+        (Some(args), _) => {
+            cmd.push_str(" exec");
+            for a in args {
+                cmd.push(' ');
+                cmd.push_str(&shell_quote(&p.redactor.redact(a)));
+            }
+        }
+        (None, Some(file)) => cmd.push_str(&format!(
+            " run --file {}",
+            shell_quote(&file.display().to_string())
+        )),
+        (None, None) => cmd.push_str(&format!(" run {}", job.name)),
+    }
     for (k, v) in &p.params {
-        cmd.push_str(&format!(" --param {}", shell_quote(&format!("{k}={v}"))));
+        let shown = p.redactor.redact(v);
+        if shown != v.as_str() {
+            notes.push(format!("*** in --param {k} is a secret: supply its value"));
+        }
+        cmd.push_str(&format!(
+            " --param {}",
+            shell_quote(&format!("{k}={shown}"))
+        ));
     }
     if let Some(scope) = &p.scope {
         cmd.push_str(&format!(" --scope {}", shell_quote(scope)));
+    }
+    if let Some(dir) = &inv.config_dir {
+        cmd.push_str(&format!(
+            " --config-dir {}",
+            shell_quote(&dir.display().to_string())
+        ));
+    }
+    if ctx.state_url != batchguard_config::DEFAULT_STATE {
+        let shown = crate::redact::redact_url(&ctx.state_url);
+        if shown != ctx.state_url {
+            notes.push("the --state password is removed: supply it".to_string());
+        }
+        cmd.push_str(&format!(" --state {}", shell_quote(&shown)));
+    }
+    if !notes.is_empty() {
+        cmd.push_str(&format!("  # {}", notes.join("; ")));
     }
     cmd
 }

@@ -200,7 +200,7 @@ pub fn text(p: &Payload) -> String {
     if !p.log_tail.is_empty() {
         t.push_str("\nlast lines of the log:\n");
         for l in &p.log_tail {
-            t.push_str(&format!("  {l}\n"));
+            t.push_str(&format!("  {}\n", crate::sanitize::printable(l)));
         }
     }
     if let Some(r) = &p.rerun {
@@ -286,16 +286,16 @@ fn slack(p: &Payload) -> serde_json::Value {
     }
     let mut blocks = vec![
         json!({"type": "header", "text": {"type": "plain_text", "text": subject(p).trim_start_matches("[batchguard] ")}}),
-        json!({"type": "section", "text": {"type": "mrkdwn", "text": p.message}, "fields": fields}),
+        json!({"type": "section", "text": {"type": "mrkdwn", "text": crate::sanitize::slack(&p.message)}, "fields": fields}),
     ];
     if !p.log_tail.is_empty() {
-        let tail: Vec<&str> = p
+        let tail: Vec<String> = p
             .log_tail
             .iter()
             .rev()
             .take(10)
             .rev()
-            .map(String::as_str)
+            .map(|l| crate::sanitize::slack(l))
             .collect();
         blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("```{}```", tail.join("\n"))}}));
     }

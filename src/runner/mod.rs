@@ -189,6 +189,7 @@ pub fn run(ctx: &Context, job: &Job, req: &Request) -> Result<Report> {
     let report = run.supervised(first);
     if let Err(e) = logs::prune(
         ctx.store.as_ref(),
+        &ctx.global.log_dir,
         &job.name,
         ctx.global.log_retention.as_millis() as i64,
     ) {
@@ -644,10 +645,10 @@ fn report_failure(
     if !std::io::stderr().is_terminal() && !tail.is_empty() {
         msg.push_str("  last lines:\n");
         for line in tail {
-            msg.push_str(&format!("    {line}\n"));
+            msg.push_str(&format!("    {}\n", crate::sanitize::printable(line)));
         }
     }
-    msg.push_str(&format!("  re-run: {}\n", rerun_command(job, p)));
+    msg.push_str(&format!("  re-run: {}\n", rerun_command(ctx, job, p)));
     eprint!("{}", p.redactor.redact(&msg));
 }
 

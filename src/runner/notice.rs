@@ -112,7 +112,7 @@ pub(crate) fn payload(
             .map(|l| p.redactor.redact(l).into_owned())
             .collect(),
         log_path: record.log_path.clone(),
-        rerun: Some(rerun_command(job, p)),
+        rerun: Some(rerun_command(ctx, job, p)),
         runbook: Runbook {
             url: render(job, p, &record.id, &job.runbook.url),
             verify: render(job, p, &record.id, &job.runbook.verify),

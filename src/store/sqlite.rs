@@ -179,19 +179,43 @@ impl Drop for SqliteStore {
     }
 }
 
+/// The store holds job output and params: no other user may read it
+/// (SPEC §1). A new file is made 0600 before SQLite creates its WAL and
+/// shared-memory files (which copy its mode); an existing one more open
+/// than 0640 is narrowed to that.
+fn keep_private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    let private = if meta.len() == 0 { 0o600 } else { mode & 0o640 };
+    if private != mode {
+        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(private)) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot make the state store private");
+        }
+    }
+}
+
 impl SqliteStore {
     pub fn open(url: &str, path: &Path) -> Result<SqliteStore> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| StoreError::CreateDir {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
         }
         let err = |source| StoreError::Sqlite {
             url: url.to_string(),
             source,
         };
         let conn = Connection::open(path).map_err(err)?;
+        keep_private(path);
         conn.busy_timeout(Duration::from_secs(30)).map_err(err)?;
         // One batch of pragmas: WAL (persistent, but cheap to re-assert),
         // pages read through a shared mapping instead of one pread each (a
