@@ -132,16 +132,47 @@ fn memchr0(raw: &[u8]) -> Option<usize> {
     raw.iter().position(|&b| b == 0)
 }
 
-/// Collects lines into [`Keys`], stopping at the first bad one.
-#[derive(Default)]
+/// Collects lines into [`Keys`], stopping at the first bad one, or once
+/// more lines than the limit came (`items.max_keys`, SPEC §11): what is
+/// held stays bounded whatever the source does.
 pub struct KeyCollector {
     keys: Keys,
     error: Option<KeyError>,
+    limit: usize,
+}
+
+impl Default for KeyCollector {
+    fn default() -> KeyCollector {
+        KeyCollector::with_limit(usize::MAX)
+    }
 }
 
 impl KeyCollector {
+    pub fn with_limit(limit: usize) -> KeyCollector {
+        KeyCollector {
+            keys: Keys::default(),
+            error: None,
+            limit,
+        }
+    }
+
+    /// Has collecting stopped (a bad key, or too many)?
+    pub fn stopped(&self) -> bool {
+        self.error.is_some()
+    }
+
     pub fn push(&mut self, raw: &[u8]) {
         if self.error.is_some() {
+            return;
+        }
+        if self.keys.lines >= self.limit {
+            self.error = Some(KeyError {
+                line: self.keys.lines + 1,
+                reason: format!(
+                    "more than items.max_keys = {} lines: the source is stopped (raise max_keys if it is right)",
+                    self.limit
+                ),
+            });
             return;
         }
         self.keys.lines += 1;
@@ -161,9 +192,9 @@ impl KeyCollector {
     }
 }
 
-/// Split a whole buffer (a `source_file`) into keys.
-pub fn parse(bytes: &[u8]) -> Result<Keys, KeyError> {
-    let mut c = KeyCollector::default();
+/// Split a whole buffer (a `source_file`) into keys, at most `limit`.
+pub fn parse(bytes: &[u8], limit: usize) -> Result<Keys, KeyError> {
+    let mut c = KeyCollector::with_limit(limit);
     let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
     if !body.is_empty() {
         for line in body.split(|&b| b == b'\n') {
@@ -182,34 +213,56 @@ mod tests {
 
     #[test]
     fn good_keys_collapse_duplicates_in_order() {
-        let k = parse(b"b\na\nb\r\nc").unwrap();
+        let k = parse(b"b\na\nb\r\nc", usize::MAX).unwrap();
         assert_eq!(k.iter().collect::<Vec<_>>(), ["b", "a", "c"]);
         assert_eq!(k.lines, 4);
         assert_eq!(k.find("a"), Some(1));
         assert_eq!(k.find("zz"), None);
-        assert!(parse(b"").unwrap().is_empty());
+        assert!(parse(b"", usize::MAX).unwrap().is_empty());
     }
 
     #[test]
     fn bad_keys_name_the_line() {
-        assert_eq!(parse(b"a\n\nb").unwrap_err().line, 2);
+        assert_eq!(parse(b"a\n\nb", usize::MAX).unwrap_err().line, 2);
         let long = vec![b'x'; 1025];
-        let e = parse(&[b"ok\n".as_slice(), &long].concat()).unwrap_err();
+        let e = parse(&[b"ok\n".as_slice(), &long].concat(), usize::MAX).unwrap_err();
         assert_eq!(e.line, 2);
         assert!(e.reason.contains("1025 bytes"));
-        assert!(parse(b"a\0b").unwrap_err().reason.contains("NUL"));
-        assert!(parse(b"ok\n\xff\xfe").unwrap_err().reason.contains("UTF-8"));
-        assert!(parse(&vec![b'x'; 1024]).is_ok());
+        assert!(
+            parse(b"a\0b", usize::MAX)
+                .unwrap_err()
+                .reason
+                .contains("NUL")
+        );
+        assert!(
+            parse(b"ok\n\xff\xfe", usize::MAX)
+                .unwrap_err()
+                .reason
+                .contains("UTF-8")
+        );
+        assert!(parse(&vec![b'x'; 1024], usize::MAX).is_ok());
     }
 
     #[test]
     fn many_keys_round_trip() {
         let text: String = (0..10_000).map(|i| format!("k{i}\n")).collect();
-        let k = parse(text.as_bytes()).unwrap();
+        let k = parse(text.as_bytes(), usize::MAX).unwrap();
         assert_eq!(k.len(), 10_000);
         for i in (0..10_000).step_by(997) {
             assert_eq!(k.find(&format!("k{i}")), Some(i as u32));
             assert_eq!(k.get(i), format!("k{i}"));
         }
+    }
+
+    #[test]
+    fn a_source_over_max_keys_stops_with_a_clear_error() {
+        let e = parse(b"a\nb\nc\n", 2).unwrap_err();
+        assert_eq!(e.line, 3);
+        assert!(e.reason.contains("items.max_keys = 2"), "{e:?}");
+        let mut c = KeyCollector::with_limit(1);
+        c.push(b"x");
+        assert!(!c.stopped());
+        c.push(b"x"); // a repeated key still counts as a line
+        assert!(c.stopped());
     }
 }

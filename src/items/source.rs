@@ -20,7 +20,7 @@ pub(crate) fn read_keys(
     let (collected, what) = if let Some(path) = &items.source_file {
         match std::fs::read(path) {
             Ok(bytes) => (
-                keys::parse(&bytes),
+                keys::parse(&bytes, limit(items)),
                 format!("items.source_file {}", path.display()),
             ),
             Err(e) => {
@@ -31,7 +31,7 @@ pub(crate) fn read_keys(
     } else {
         let source = items.source.as_deref().unwrap_or_default();
         let argv = a.render("items.source", source, None)?;
-        match run_source(a, &argv) {
+        match run_source(a, &argv, limit(items)) {
             Ok(collected) => (collected, format!("items source {argv:?}")),
             Err(result) => return Ok(Err(*result)),
         }
@@ -42,11 +42,16 @@ pub(crate) fn read_keys(
     }))
 }
 
+fn limit(items: &Items) -> usize {
+    usize::try_from(items.max_keys).unwrap_or(usize::MAX)
+}
+
 /// Run the source command, collecting its stdout as keys (its stderr goes
 /// to the log).
 fn run_source(
     a: &Attempt<'_>,
     argv: &[String],
+    limit: usize,
 ) -> std::result::Result<std::result::Result<Keys, keys::KeyError>, Box<AttemptResult>> {
     a.note(&format!("reading keys from {argv:?}"));
     let spec = a.spec(argv, CgroupPlacement::None);
@@ -60,12 +65,23 @@ fn run_source(
             Box::new(failed(a, Outcome::failure(e.exit_code()), msg, end))
         })?;
     let id = a.control.register(child.stop_handle());
-    let mut collector = KeyCollector::default();
+    let stop = child.stop_handle();
+    let mut collector = KeyCollector::with_limit(limit);
     let done = child.wait(|stream, line| match stream {
-        supervise::Stream::Stdout => collector.push(line),
+        supervise::Stream::Stdout if !collector.stopped() => {
+            collector.push(line);
+            if collector.stopped() {
+                // A bad key or too many: nothing more is needed from it.
+                stop.kill(supervise::StopReason::Requested);
+            }
+        }
+        supervise::Stream::Stdout => {}
         supervise::Stream::Stderr => a.log_line("stderr", "[source] ", line),
     });
     a.control.unregister(id);
+    if collector.stopped() {
+        return Ok(collector.finish());
+    }
     let (outcome, exit_code) = Outcome::from_end(&done.end);
     if !outcome.is_success() {
         let msg = format!(

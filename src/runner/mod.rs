@@ -57,7 +57,12 @@ fn base_record(ctx: &Context, job: &Job, p: &Prepared, run_id: &str, attempt: u3
         scope: p.scope.clone(),
         log_path: Some(log.display().to_string()),
         memory_max_bytes: job.memory_max,
-        params: p.params.clone(),
+        // A param whose value is a secret is recorded as `***` (SPEC §4).
+        params: p
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), p.redactor.redact(v).into_owned()))
+            .collect(),
         // Known before the spawn: a runner killed right after spawning
         // still leaves the way to its tree in the record.
         cgroup: supervise::planned_cgroup(run_id, supervise::detect())

@@ -10,6 +10,7 @@ mod receiver;
 mod config_errors;
 mod failure_paths;
 mod faults;
+mod hostile;
 mod items;
 mod locking;
 mod noise;

@@ -74,8 +74,11 @@ pub fn personal_home_violation(path: &Path, base: &Path) -> Option<String> {
     })
 }
 
+/// Read a configuration file. It must be a regular file: it is opened
+/// without blocking and checked before reading, so a FIFO or a device put
+/// in its place is an error, never a hang.
 fn read(path: &Path) -> Result<Option<String>, Box<Diagnostic>> {
-    match std::fs::read(path) {
+    match read_regular(path) {
         Ok(bytes) => String::from_utf8(bytes).map(Some).map_err(|_| {
             Box::new(Diagnostic::general(
                 path,
@@ -85,6 +88,17 @@ fn read(path: &Path) -> Result<Option<String>, Box<Diagnostic>> {
             ))
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            Err(Box::new(Diagnostic::general(
+                path,
+                None,
+                "not a regular file",
+                Some(
+                    "a configuration file must be a regular file (not a FIFO, socket or device)"
+                        .into(),
+                ),
+            )))
+        }
         Err(e) => Err(Box::new(Diagnostic::general(
             path,
             None,
@@ -92,6 +106,21 @@ fn read(path: &Path) -> Result<Option<String>, Box<Diagnostic>> {
             None,
         ))),
     }
+}
+
+fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    }
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 fn absolute(p: &Path) -> PathBuf {

@@ -51,6 +51,9 @@ pub struct Global {
 }
 
 /// Default state store when neither `--state`, `BATCHGUARD_STATE` nor `state` is set.
+/// `items.max_keys` when not set.
+pub const DEFAULT_MAX_KEYS: u64 = 10_000_000;
+
 pub const DEFAULT_STATE: &str = "sqlite:/var/lib/batchguard/state.db";
 /// Default `log_dir`.
 pub const DEFAULT_LOG_DIR: &str = "/var/log/batchguard";
@@ -250,6 +253,9 @@ pub struct Items {
     pub rate: Option<Rate>,
     pub max_attempts: u32,
     pub item_timeout: Option<Duration>,
+    /// The most keys a source may produce (SPEC §11): more fails the run
+    /// before any work.
+    pub max_keys: u64,
 }
 
 /// `[notify]`.

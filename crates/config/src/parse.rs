@@ -78,6 +78,7 @@ struct PItems {
     rate: Opt<Rate>,
     max_attempts: Opt<u32>,
     item_timeout: Opt<Duration>,
+    max_keys: Opt<u64>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -148,6 +149,7 @@ const ITEMS_KEYS: &[&str] = &[
     "rate",
     "max_attempts",
     "item_timeout",
+    "max_keys",
 ];
 const NOTIFY_KEYS: &[&str] = &["on", "channels"];
 const RUNBOOK_KEYS: &[&str] = &["url", "verify", "notes"];
@@ -277,8 +279,31 @@ pub(crate) fn current_home() -> Option<PathBuf> {
     (h != Path::new("/")).then_some(h)
 }
 
-/// Whether absolute, normalised `p` lies under `/home/*`, `/root` or `home`.
+/// Whether absolute, normalised `p` lies under `/home/*`, `/root` or
+/// `home`, as written or with its symlinks resolved (SPEC §1: a link into a
+/// home does not get around G10).
 pub(crate) fn under_personal_home(p: &Path, home: Option<&Path>) -> bool {
+    lexically_under_home(p, home) || resolved(p).is_some_and(|r| lexically_under_home(&r, home))
+}
+
+/// `p` with the symlinks of its longest existing prefix resolved.
+fn resolved(p: &Path) -> Option<PathBuf> {
+    let mut existing = p;
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(existing) {
+            let mut out = real;
+            for c in rest.iter().rev() {
+                out.push(c);
+            }
+            return Some(out);
+        }
+        rest.push(existing.file_name()?.to_os_string());
+        existing = existing.parent()?;
+    }
+}
+
+fn lexically_under_home(p: &Path, home: Option<&Path>) -> bool {
     let mut comps = p.components().filter(|c| matches!(c, Component::Normal(_)));
     let first = comps.next().map(|c| c.as_os_str().to_os_string());
     let second = comps.next();
@@ -915,6 +940,12 @@ impl W {
                 }
                 "max_attempts" => it.max_attempts = self.u32(v, &rel, 1, 1000),
                 "item_timeout" => it.item_timeout = self.duration(v, &rel, true),
+                "max_keys" => {
+                    it.max_keys = self.int(v, &rel, 1, u64::MAX.into()).map(|n| Sp {
+                        v: n.v as u64,
+                        at: n.at,
+                    })
+                }
                 _ => self.unknown(k.span(), &rel, name, ITEMS_KEYS),
             }
         }
@@ -1507,7 +1538,7 @@ pub(crate) fn merge(d: &PJob, j: PJob) -> PJob {
         params,
         items: job_over_defaults!(PItems, j.items, d.items;
             table, source, source_file, run, mode, scope, parallelism, rate, max_attempts,
-            item_timeout),
+            item_timeout, max_keys),
         notify: job_over_defaults!(PNotify, j.notify, d.notify; on, channels),
         runbook: job_over_defaults!(PRunbook, j.runbook, d.runbook; url, verify, notes),
         guideline: job_over_defaults!(PGuideline, j.guideline, d.guideline;
@@ -1787,6 +1818,7 @@ fn build_items(it: &PItems, workdir: &Path) -> Items {
         rate: value(&it.rate),
         max_attempts: value(&it.max_attempts).unwrap_or(3),
         item_timeout: value(&it.item_timeout),
+        max_keys: value(&it.max_keys).unwrap_or(crate::DEFAULT_MAX_KEYS),
     }
 }
 
