@@ -166,6 +166,8 @@ pub struct JobFacts {
     pub aws_keys: Vec<KeyFinding>,
     /// Files that could not be scanned for keys.
     pub aws_notes: Vec<String>,
+    /// Secrets (env_file values, `secrets`) too short to be redacted.
+    pub short_secrets: Vec<String>,
 }
 
 // ---------------------------------------------------------------- host
@@ -415,6 +417,20 @@ pub fn gather_job(job: &Job, history: Vec<RunRecord>) -> JobFacts {
             })
             .or_else(|| std::env::var(name).ok())
     };
+
+    // G14: a secret shorter than the redaction floor is shown as it is.
+    let short = |v: &str| !v.is_empty() && v.chars().count() < crate::redact::MIN_SECRET_LEN;
+    for v in &env_file_vars {
+        if short(&v.value) {
+            f.short_secrets
+                .push(format!("{} (env_file line {})", v.name, v.line));
+        }
+    }
+    for name in &job.secrets {
+        if lookup(name).is_some_and(|v| short(&v)) {
+            f.short_secrets.push(format!("{name} (secrets)"));
+        }
+    }
 
     // G15.
     let argv: &[String] = if !job.command.is_empty() {

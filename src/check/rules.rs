@@ -951,6 +951,16 @@ fn g14(job: &Job, f: &JobFacts) -> RuleResult {
     for n in &f.aws_notes {
         fs.add(Status::Unknown, format!("could not scan {n}"));
     }
+    if !f.short_secrets.is_empty() {
+        fs.add(
+            Status::Warn,
+            format!(
+                "secret values shorter than {} characters cannot be redacted safely and are shown as they are: {}; use longer secrets, or move settings that are not secret from env_file to env",
+                crate::redact::MIN_SECRET_LEN,
+                list(&f.short_secrets, 5)
+            ),
+        );
+    }
     if fs.parts.is_empty() {
         let whose = match (&job.user, &f.run_user) {
             (Some(_), Some(u)) => format!("{}'s ~/.aws", u.name),

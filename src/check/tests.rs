@@ -1066,3 +1066,16 @@ fn crontab_lines_and_matching() {
         assert_eq!(rules::crontab_line_runs(&job, line), runs, "{line}");
     }
 }
+
+#[test]
+fn g14_warns_about_secrets_too_short_to_redact() {
+    let facts = JobFacts {
+        short_secrets: vec!["WORKERS (env_file line 2)".into()],
+        ..good_facts()
+    };
+    expect_facts(
+        "G14",
+        &good_job(),
+        &[(facts, Status::Warn, "cannot be redacted safely")],
+    );
+}

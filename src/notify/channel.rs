@@ -74,7 +74,7 @@ pub fn deliver(
             }
             req.send(payload)
                 .map(drop)
-                .map_err(|e| format!("POST {}: {e}", redact_url(&url)))
+                .map_err(|e| post_error(&url, &e))
         }
         Channel::Slack { url } => {
             let url = url_of(url)?;
@@ -84,7 +84,7 @@ pub fn deliver(
                 .header("Content-Type", "application/json")
                 .send(body.as_str())
                 .map(drop)
-                .map_err(|e| format!("POST {}: {e}", redact_url(&url)))
+                .map_err(|e| post_error(&url, &e))
         }
         Channel::Ping { url } => {
             let base = url_of(url)?;
@@ -98,7 +98,7 @@ pub fn deliver(
                 .post(&url)
                 .send(body.as_str())
                 .map(drop)
-                .map_err(|e| format!("POST {}: {e}", redact_url(&url)))
+                .map_err(|e| post_error(&url, &e))
         }
         Channel::Command { command } => run_command(command, id, event, payload),
         Channel::Email {
@@ -117,6 +117,13 @@ pub fn deliver(
             &p,
         ),
     }
+}
+
+/// A failed POST, its URL redacted wherever it appears (the HTTP client's
+/// message may quote the URL with its credentials).
+fn post_error(url: &str, e: &impl std::fmt::Display) -> String {
+    let shown = redact_url(url);
+    format!("POST {shown}: {}", e.to_string().replace(url, &shown))
 }
 
 fn ping_body(p: &Payload) -> String {

@@ -286,6 +286,18 @@ pub(crate) fn under_personal_home(p: &Path, home: Option<&Path>) -> bool {
     lexically_under_home(p, home) || resolved(p).is_some_and(|r| lexically_under_home(&r, home))
 }
 
+/// Directories the system owns, where job output must never be written.
+const SYSTEM_DIRS: &[&str] = &[
+    "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/boot", "/proc", "/sys", "/dev",
+];
+
+/// The system directory `p` lies in, as written or with its symlinks
+/// resolved (a `log_dir` linked to /etc would write into /etc).
+fn system_dir(p: &Path) -> Option<&'static str> {
+    let hit = |q: &Path| SYSTEM_DIRS.iter().copied().find(|d| q.starts_with(d));
+    hit(p).or_else(|| resolved(p).and_then(|r| hit(&r)))
+}
+
 /// `p` with the symlinks of its longest existing prefix resolved.
 fn resolved(p: &Path) -> Option<PathBuf> {
     let mut existing = p;
@@ -1174,16 +1186,25 @@ impl W {
     ) -> Option<PathBuf> {
         let s = self.nonempty(v, key)?;
         let p = normalize(Path::new(&s.v), dir);
-        if !under_personal_home(&p, home) {
-            return Some(p);
+        if under_personal_home(&p, home) {
+            let msg = format!(
+                "`{key}` = \"{}\" is under a personal home directory ({})",
+                s.v,
+                p.display()
+            );
+            self.err(v.span(), key, msg, Some(G10_HELP.into()));
+            return None;
         }
-        let msg = format!(
-            "`{key}` = \"{}\" is under a personal home directory ({})",
-            s.v,
-            p.display()
-        );
-        self.err(v.span(), key, msg, Some(G10_HELP.into()));
-        None
+        if let Some(sys) = system_dir(&p) {
+            let msg = format!(
+                "`{key}` = \"{}\" resolves into the system directory {sys}",
+                s.v
+            );
+            let help = "batchguard writes job output there: use /var/log/batchguard or /srv/…";
+            self.err(v.span(), key, msg, Some(help.into()));
+            return None;
+        }
+        Some(p)
     }
 
     /// `[channels.NAME]`: every name is `declared`, valid ones go to `out`.
