@@ -287,3 +287,28 @@ pub fn tail_file(path: &Path, n: usize) -> Vec<String> {
         .map(|s| s.to_string())
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A secret that straddles the 64 KiB line cut is still redacted whole.
+    #[test]
+    fn a_secret_split_by_the_line_cut_is_redacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = "s3cr3t-straddling-value";
+        let redactor = Redactor::new([secret.to_string()]);
+        let mut log =
+            RunLog::create(dir.path(), "job", "RUN", 1 << 30, redactor, TimeZone::UTC).unwrap();
+        let mut line = vec![b'x'; batchguard_supervise::MAX_LINE - 5];
+        line.extend_from_slice(secret.as_bytes());
+        // As the reader delivers it: the first MAX_LINE bytes, then the rest.
+        let (first, rest) = line.split_at(batchguard_supervise::MAX_LINE);
+        log.line("stdout", first);
+        log.line("stdout", rest);
+        log.finish();
+        let text = std::fs::read_to_string(dir.path().join("job/RUN.log")).unwrap();
+        assert!(!text.contains("s3cr3"), "a half of the secret was logged");
+        assert!(text.contains("***"));
+    }
+}

@@ -161,8 +161,20 @@ mod tests {
 
     #[test]
     fn longest_secret_wins_and_all_occurrences_go() {
-        let r = Redactor::new(["abc".to_string(), "abcdef".to_string(), String::new()]);
-        assert_eq!(r.redact("x abcdef y abc z abcdef"), "x *** y *** z ***");
+        let r = Redactor::new(["abcd".to_string(), "abcdefg".to_string(), String::new()]);
+        assert_eq!(r.redact("x abcdefg y abcd z abcdefg"), "x *** y *** z ***");
         assert_eq!(r.redact("nothing here"), "nothing here");
+    }
+
+    #[test]
+    fn short_values_are_not_secrets_and_escaped_forms_are() {
+        let r = Redactor::new(["4".to_string(), "pa\"ss\\word".to_string()]);
+        assert_eq!(r.redact("exit code 4"), "exit code 4");
+        assert_eq!(
+            r.redact("command: [\"x\", \"pa\\\"ss\\\\word\"]"),
+            "command: [\"x\", \"***\"]"
+        );
+        assert_eq!(r.redact("raw pa\"ss\\word"), "raw ***");
+        assert_eq!(r.max_len(), "pa\\\"ss\\\\word".len());
     }
 }
