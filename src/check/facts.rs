@@ -380,6 +380,27 @@ pub fn crontab_command_lines(path: &Path, text: &str) -> Vec<CrontabLine> {
 
 // ---------------------------------------------------------------- job
 
+/// G14: secrets (env_file values and those named by `secrets`) shorter
+/// than the redaction floor, which are shown as they are.
+fn short_secrets(
+    job: &Job,
+    env_file_vars: &[dotenv::Var],
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Vec<String> {
+    let short = |v: &str| !v.is_empty() && v.chars().count() < crate::redact::MIN_SECRET_LEN;
+    let mut out: Vec<String> = env_file_vars
+        .iter()
+        .filter(|v| short(&v.value))
+        .map(|v| format!("{} (env_file line {})", v.name, v.line))
+        .collect();
+    for name in &job.secrets {
+        if lookup(name).is_some_and(|v| short(&v)) {
+            out.push(format!("{name} (secrets)"));
+        }
+    }
+    out
+}
+
 /// Gathers the facts about one job: its run user, command interpreter,
 /// access keys, and the replica probe (G04, which connects to the database
 /// named by `replica_dsn_env`, 3 s timeout). `history` is the job's recent
@@ -418,19 +439,7 @@ pub fn gather_job(job: &Job, history: Vec<RunRecord>) -> JobFacts {
             .or_else(|| std::env::var(name).ok())
     };
 
-    // G14: a secret shorter than the redaction floor is shown as it is.
-    let short = |v: &str| !v.is_empty() && v.chars().count() < crate::redact::MIN_SECRET_LEN;
-    for v in &env_file_vars {
-        if short(&v.value) {
-            f.short_secrets
-                .push(format!("{} (env_file line {})", v.name, v.line));
-        }
-    }
-    for name in &job.secrets {
-        if lookup(name).is_some_and(|v| short(&v)) {
-            f.short_secrets.push(format!("{name} (secrets)"));
-        }
-    }
+    f.short_secrets = short_secrets(job, &env_file_vars, &lookup);
 
     // G15.
     let argv: &[String] = if !job.command.is_empty() {
