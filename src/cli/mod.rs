@@ -156,6 +156,15 @@ enum Command {
         #[command(subcommand)]
         action: NotifyAction,
     },
+    /// Read-only web dashboard and Prometheus metrics (SPEC §10).
+    Serve {
+        /// Address to listen on; beyond loopback only with --token-env.
+        #[arg(long, default_value = "127.0.0.1:8470")]
+        listen: String,
+        /// Environment variable holding the access token.
+        #[arg(long, value_name = "VAR")]
+        token_env: Option<String>,
+    },
     /// A run's log.
     Logs {
         run_id: String,
@@ -536,6 +545,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 }
             }
         }
+        Command::Serve { listen, token_env } => crate::serve::run(&crate::serve::Options {
+            config_dir: dir.clone(),
+            state: cli.state.clone(),
+            listen: listen.clone(),
+            token_env: token_env.clone(),
+        }),
         Command::Logs { run_id, follow } => {
             let global = config::load_global(&dir).unwrap_or_default();
             let ctx = context(&cli, global)?;

@@ -253,6 +253,8 @@ pub fn run(ctx: &Context, job: &Job, req: &Request) -> Result<Report> {
         tracing::warn!(error = %e, "log retention failed");
     }
     tracing::debug!("logs pruned");
+    // metrics textfile (SPEC §10)
+    crate::serve::after_run(ctx);
     report
 }
 

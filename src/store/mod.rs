@@ -14,6 +14,7 @@
 
 #[doc(hidden)]
 pub mod conformance;
+pub mod dashboard;
 pub mod postgres;
 pub mod sqlite;
 

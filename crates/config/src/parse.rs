@@ -176,6 +176,7 @@ const GLOBAL_KEYS: &[&str] = &[
     "artifact_dir",
     "notify_digest",
     "missed_grace",
+    "metrics_textfile",
 ];
 const CHANNEL_TYPES: &[&str] = &["slack", "webhook", "email", "command", "ping"];
 
@@ -1129,6 +1130,17 @@ impl W {
                 "missed_grace" => {
                     if let Some(d) = self.duration(v, key, true) {
                         g.missed_grace = d.v;
+                    }
+                }
+                "metrics_textfile" => {
+                    if let Some(s) = self.nonempty(v, key) {
+                        if s.v.ends_with('/') {
+                            let msg = format!("`metrics_textfile` = \"{}\" names a directory", s.v);
+                            let help = "name the file node_exporter reads, for example \"/var/lib/prometheus/node-exporter/batchguard.prom\"";
+                            self.err(v.span(), key, msg, Some(help.into()));
+                        } else {
+                            g.metrics_textfile = Some(normalize(Path::new(&s.v), dir));
+                        }
                     }
                 }
                 "defaults" => {

@@ -1,0 +1,274 @@
+//! `batchguard serve` (SPEC §10): a read-only web dashboard and the
+//! Prometheus metrics over the state store, in one process.
+//!
+//! - [`http`]: the server (a small synchronous `tiny_http` server with a
+//!   few worker threads), routing, access rules (loopback, token, cookie),
+//!   security headers; no endpoint changes anything.
+//! - [`view`]: what the pages and the API show, gathered from the store
+//!   ([`crate::store::dashboard::DashboardStore`]: index seeks only, so a
+//!   page stays fast on 1,000,000 runs) and the configuration (reloaded when
+//!   a file changes).
+//! - [`pages`] and [`svg`]: server-rendered HTML with inline SVG charts;
+//!   everything from a job or the store is escaped (terminal escapes and
+//!   control characters made visible). The only script is `/assets/app.js`
+//!   (copy button, local times), served from the binary like the CSS.
+//! - [`api`]: the JSON API, in the shapes of `--format json`.
+//! - [`metrics`]: `/metrics` and the node_exporter textfile written after
+//!   every run ([`after_run`], called by the runner).
+//!
+//! Why no web framework, no JavaScript build and no CDN: the dashboard runs
+//! on batch hosts, often air-gapped, next to root-owned state; a synchronous
+//! server with no async runtime keeps the binary small and auditable, and
+//! pages that need no script work in any browser (see docs/dashboard.md).
+
+mod api;
+mod http;
+mod metrics;
+mod pages;
+mod svg;
+mod view;
+
+pub use metrics::{render as render_metrics, write_textfile};
+
+use crate::error::{Error, Result};
+use crate::store::StoreError;
+use crate::store::dashboard::{self, DashboardStore};
+use batchguard_config::{self as config, Global, Job};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// What can stop `serve` from starting or the textfile from being written.
+#[derive(thiserror::Error, Debug)]
+pub enum ServeError {
+    #[error(
+        "refusing to listen on {addr}: it is not a loopback address, and without an access token anybody who reaches it reads job output; pass --token-env VAR with the token in VAR"
+    )]
+    NeedToken { addr: String },
+    #[error("--token-env {var}: the variable is not set (or empty)")]
+    TokenMissing { var: String },
+    #[error("--token-env {var}: the token is too short; use at least 16 characters")]
+    TokenShort { var: String },
+    #[error("--listen `{addr}`: {detail}")]
+    BadListen { addr: String, detail: String },
+    #[error("cannot listen on {addr}: {detail}")]
+    Listen { addr: String, detail: String },
+    #[error("the state store {0} does not exist (serve never creates one)")]
+    NoStore(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot write the metrics textfile {path}: {source}")]
+    Textfile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl From<ServeError> for Error {
+    fn from(e: ServeError) -> Error {
+        match e {
+            ServeError::Store(s) => Error::Store(s),
+            ServeError::NoStore(_) => Error::Store(StoreError::Unsupported(e.to_string())),
+            ServeError::Textfile { path, source } => Error::io("write", path, source),
+            other => Error::Usage(other.to_string()),
+        }
+    }
+}
+
+/// `batchguard serve` options.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub config_dir: PathBuf,
+    /// `--state` / `BATCHGUARD_STATE`.
+    pub state: Option<String>,
+    pub listen: String,
+    /// The environment variable holding the access token.
+    pub token_env: Option<String>,
+}
+
+/// Run the dashboard until SIGTERM or SIGINT; returns the exit code.
+pub fn run(opts: &Options) -> Result<i32> {
+    if !opts.config_dir.is_dir() {
+        return Err(Error::NoConfigDir(opts.config_dir.clone()));
+    }
+    let global = config::load_global(&opts.config_dir)?;
+    let url = opts
+        .state
+        .clone()
+        .or_else(|| global.state.clone())
+        .unwrap_or_else(|| config::DEFAULT_STATE.to_string());
+    let token = match &opts.token_env {
+        None => None,
+        Some(var) => {
+            let t = std::env::var(var).unwrap_or_default();
+            if t.is_empty() {
+                return Err(ServeError::TokenMissing { var: var.clone() }.into());
+            }
+            if t.len() < 16 {
+                return Err(ServeError::TokenShort { var: var.clone() }.into());
+            }
+            Some(t)
+        }
+    };
+    let addr = http::parse_listen(&opts.listen)?;
+    if token.is_none() && !addr.ip().is_loopback() {
+        return Err(ServeError::NeedToken {
+            addr: opts.listen.clone(),
+        }
+        .into());
+    }
+    if let Some(path) = sqlite_path(&url) {
+        if !path.exists() {
+            return Err(ServeError::NoStore(path.display().to_string()).into());
+        }
+    }
+    let store = dashboard::open_dashboard(&url).map_err(ServeError::from)?;
+    // The re-run command names --state when the store did not come from
+    // batchguard.toml and is not the default.
+    let state_in_rerun = url != config::DEFAULT_STATE && global.state.as_deref() != Some(&url);
+    let app = Arc::new(App {
+        dir: opts.config_dir.clone(),
+        state_shown: crate::store::postgres::redact_url(&url),
+        state_in_rerun,
+        store,
+        token,
+        configs: Mutex::new(None),
+    });
+    // Load the configuration once now, so a broken job shows at start.
+    let _ = app.configs();
+    http::serve(app, addr, &opts.listen)
+}
+
+fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let p = url.strip_prefix("sqlite:")?;
+    Some(PathBuf::from(p.strip_prefix("//").unwrap_or(p)))
+}
+
+/// The server's shared state.
+pub(crate) struct App {
+    pub dir: PathBuf,
+    /// The state store URL, password removed.
+    pub state_shown: String,
+    pub state_in_rerun: bool,
+    pub store: Box<dyn DashboardStore>,
+    pub token: Option<String>,
+    configs: Mutex<Option<Arc<Configs>>>,
+}
+
+/// The configuration as last loaded: the global settings and every job
+/// file (broken ones with their error, so they still show).
+pub(crate) struct Configs {
+    signature: Vec<(PathBuf, Option<SystemTime>, u64)>,
+    pub global: Global,
+    pub jobs: Vec<Job>,
+    /// Job files that do not load: (name, error).
+    pub broken: Vec<(String, String)>,
+}
+
+impl Configs {
+    pub fn job(&self, name: &str) -> Option<&Job> {
+        self.jobs.iter().find(|j| j.name == name)
+    }
+}
+
+fn signature(dir: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+    let stat = |p: PathBuf| {
+        let m = std::fs::metadata(&p).ok();
+        let modified = m.as_ref().and_then(|m| m.modified().ok());
+        let len = m.map_or(0, |m| m.len());
+        (p, modified, len)
+    };
+    let mut sig = vec![stat(dir.join("batchguard.toml"))];
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("jobs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    sig.extend(files.into_iter().map(stat));
+    sig
+}
+
+/// Every job file of `dir`, loaded leniently: a broken one is returned with
+/// its error instead of hiding the others.
+pub(crate) fn load_jobs(dir: &Path, global: &Global) -> (Vec<Job>, Vec<(String, String)>) {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir.join("jobs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    names.sort();
+    let (mut jobs, mut broken) = (Vec::new(), Vec::new());
+    for path in names {
+        let Some(name) = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        match config::load_job_file(&path, global) {
+            Ok(job) => jobs.push(job),
+            Err(e) => broken.push((name, e.to_string())),
+        }
+    }
+    (jobs, broken)
+}
+
+impl App {
+    /// The configuration, reloaded when a file changed since the last load.
+    pub fn configs(&self) -> Arc<Configs> {
+        let sig = signature(&self.dir);
+        let mut cache = self.configs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cache.as_ref().filter(|c| c.signature == sig) {
+            return c.clone();
+        }
+        let global = match config::load_global(&self.dir) {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::warn!("batchguard.toml does not load, keeping the last good one: {e}");
+                cache.as_ref().map(|c| c.global.clone()).unwrap_or_default()
+            }
+        };
+        let (jobs, broken) = load_jobs(&self.dir, &global);
+        tracing::debug!(
+            jobs = jobs.len(),
+            broken = broken.len(),
+            "configuration loaded"
+        );
+        let c = Arc::new(Configs {
+            signature: sig,
+            global,
+            jobs,
+            broken,
+        });
+        *cache = Some(c.clone());
+        c
+    }
+}
+
+/// After a run (called at the end of [`crate::runner::run`]): when
+/// `metrics_textfile` is set, write the metrics there. Failures are logged,
+/// never fail the run.
+pub fn after_run(ctx: &crate::runner::Context) {
+    let Some(path) = &ctx.global.metrics_textfile else {
+        return;
+    };
+    let res = (|| -> std::result::Result<(), ServeError> {
+        let store = dashboard::open_dashboard(&ctx.state_url)?;
+        // The configuration directory is where batchguard.toml (which set
+        // metrics_textfile) lives.
+        let jobs = match ctx.global.file.as_deref().and_then(Path::parent) {
+            Some(dir) => load_jobs(dir, &ctx.global).0,
+            None => Vec::new(),
+        };
+        write_textfile(store.as_ref(), &ctx.global, &jobs)
+    })();
+    if let Err(e) = res {
+        tracing::warn!(path = %path.display(), "metrics textfile not written: {e}");
+    }
+}
