@@ -49,8 +49,7 @@ impl Env {
         )
         .unwrap();
         std::fs::create_dir_all(root.join("prom")).unwrap();
-        let state =
-            state.unwrap_or_else(|| format!("sqlite:{}", root.join("state.db").display()));
+        let state = state.unwrap_or_else(|| format!("sqlite:{}", root.join("state.db").display()));
         Env {
             _tmp: tmp,
             root,
@@ -91,7 +90,7 @@ impl Env {
         self.job(
             "hello",
             r#"description = "Says hello <b>bold</b>"
-command = ["sh", "-c", "echo hello; echo '<script>window.__pwned=1</script><img src=x onerror=alert(1)>'; printf '\033[31mred\033[0m \033]0;title\007\n'; sleep 0.2"]
+command = ["sh", "-c", "echo hello; echo '<script>window.__pwned=1</script><img src=x onerror=alert(1)>'; printf '\u001b[31mred\u001b[0m \u001b]0;title\u0007\n'; sleep 0.2"]
 workdir = "/tmp"
 schedule = "*/5 * * * *"
 timezone = "Asia/Tokyo"
@@ -115,14 +114,19 @@ notes = "Safe to re-run <any time>"
 workdir = "/tmp"
 [items]
 source = ["printf", "a\nb\nbad\n"]
-run = ["sh", "-c", "test {item} != bad || { echo 'no <good>' >&2; exit 1; }"]
+run = ["sh", "-c", "test $0 != bad || (echo 'no <good>' >&2; exit 1)", "{item}"]
 max_attempts = 1
 "#,
         );
         for _ in 0..3 {
             for job in ["hello", "boom", "items"] {
                 let out = self.run(&["run", job]);
-                assert!(out.status.code().is_some(), "{job}: {out:?}");
+                let want = match job {
+                    "hello" => 0,
+                    "boom" => 3,
+                    _ => 1,
+                };
+                assert_eq!(out.status.code(), Some(want), "{job}: {out:?}");
             }
         }
     }
@@ -155,7 +159,14 @@ fn serve(env: &Env, extra: &[&str], vars: &[(&str, &str)]) -> Server {
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let mut line = String::new();
-    BufReader::new(stderr).read_line(&mut line).unwrap();
+    let mut reader = BufReader::new(stderr);
+    reader.read_line(&mut line).unwrap();
+    // Keep draining (and showing) what the server says.
+    std::thread::spawn(move || {
+        for l in reader.lines().map_while(Result::ok) {
+            eprintln!("serve: {l}");
+        }
+    });
     let port = line
         .split("http://127.0.0.1:")
         .nth(1)
@@ -245,9 +256,16 @@ fn check_routes(env: &Env) {
 
     // Pages.
     let jobs = ok(p, "/");
-    assert!(jobs.header("content-type").unwrap().starts_with("text/html"));
+    assert!(
+        jobs.header("content-type")
+            .unwrap()
+            .starts_with("text/html")
+    );
     for name in ["hello", "boom", "items"] {
-        assert!(jobs.body.contains(&format!("href=\"/jobs/{name}\"")), "{name}");
+        assert!(
+            jobs.body.contains(&format!("href=\"/jobs/{name}\"")),
+            "{name}"
+        );
     }
     // Failing first: boom and items (failed key) come before hello.
     let pos = |n: &str| jobs.body.find(&format!("href=\"/jobs/{n}\"")).unwrap();
@@ -343,7 +361,12 @@ fn check_routes(env: &Env) {
     let show = env.json(&["show", &hello[1], "--format", "json"]);
     assert_eq!(ok(p, &format!("/api/runs/{}", hello[1])).json(), show);
     let log = ok(p, &format!("/api/runs/{}/log", hello[0])).json();
-    assert!(log["text"].as_str().unwrap().contains("<script>window.__pwned"));
+    assert!(
+        log["text"]
+            .as_str()
+            .unwrap()
+            .contains("<script>window.__pwned")
+    );
     assert_eq!(log["eof"], true);
     let part = ok(p, &format!("/api/runs/{}/log?offset=0&limit=100", hello[0])).json();
     assert!(part["next_offset"].as_u64().unwrap() <= 100);
@@ -358,11 +381,20 @@ fn check_routes(env: &Env) {
     )
     .json();
     assert_eq!(
-        format!("{}{}", part["text"].as_str().unwrap(), again["text"].as_str().unwrap()),
+        format!(
+            "{}{}",
+            part["text"].as_str().unwrap(),
+            again["text"].as_str().unwrap()
+        ),
         log["text"].as_str().unwrap()
     );
     let metrics = ok(p, "/metrics");
-    assert!(metrics.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
+    assert!(
+        metrics
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
 
     // 404 and 400.
     for path in [
@@ -437,7 +469,7 @@ out = {}
 for fam in text_string_to_metric_families(sys.stdin.read()):
     for s in fam.samples:
         assert s.timestamp is None, s
-        out.setdefault(s.name, {})[json.dumps(s.labels, sort_keys=True)] = s.value
+        out.setdefault(s.name, {})[json.dumps(s.labels, sort_keys=True, separators=(',', ':'))] = s.value
 print(json.dumps(out))
 "#;
     let have = Command::new("python3")
@@ -467,7 +499,10 @@ print(json.dumps(out))
         .write_all(text.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "the Prometheus parser rejected:\n{text}");
+    assert!(
+        out.status.success(),
+        "the Prometheus parser rejected:\n{text}"
+    );
     Some(serde_json::from_slice(&out.stdout).unwrap())
 }
 
@@ -511,14 +546,23 @@ fn check_metrics(env: &Env, port: u16) {
                 .filter(|r| r["outcome"] == outcome)
                 .count();
             assert_eq!(
-                sample(&m, "batchguard_job_runs_total", &[("job", job), ("outcome", outcome)]),
+                sample(
+                    &m,
+                    "batchguard_job_runs_total",
+                    &[("job", job), ("outcome", outcome)]
+                ),
                 Some(n as f64),
                 "{job} {outcome}"
             );
         }
         let last = &runs[0];
         let started = jiff::Timestamp::from_str_rfc3339(last["started_at"].as_str().unwrap());
-        let got = sample(&m, "batchguard_job_last_run_timestamp_seconds", &[("job", job)]).unwrap();
+        let got = sample(
+            &m,
+            "batchguard_job_last_run_timestamp_seconds",
+            &[("job", job)],
+        )
+        .unwrap();
         assert!((got - started.as_millisecond() as f64 / 1000.0).abs() < 0.002);
         assert_eq!(
             sample(&m, "batchguard_job_running", &[("job", job)]),
@@ -529,12 +573,27 @@ fn check_metrics(env: &Env, port: u16) {
         sample(&m, "batchguard_job_memory_max_bytes", &[("job", "hello")]),
         Some(268435456.0)
     );
-    assert!(sample(&m, "batchguard_job_last_success_timestamp_seconds", &[("job", "boom")]).is_none());
+    assert!(
+        sample(
+            &m,
+            "batchguard_job_last_success_timestamp_seconds",
+            &[("job", "boom")]
+        )
+        .is_none()
+    );
     let ledger = env.json(&["ledger", "items", "--format", "json"]);
     let scope = &ledger["scopes"][0];
-    for (state, key) in [("done", "done"), ("failed", "failed"), ("pending", "in_flight")] {
+    for (state, key) in [
+        ("done", "done"),
+        ("failed", "failed"),
+        ("pending", "in_flight"),
+    ] {
         assert_eq!(
-            sample(&m, "batchguard_job_items_total", &[("job", "items"), ("state", state)]),
+            sample(
+                &m,
+                "batchguard_job_items_total",
+                &[("job", "items"), ("state", state)]
+            ),
             scope[key].as_f64(),
             "{state}"
         );
@@ -545,7 +604,10 @@ fn check_metrics(env: &Env, port: u16) {
         for labels in samples.as_object().unwrap().keys() {
             let l: Value = serde_json::from_str(labels).unwrap();
             for k in l.as_object().unwrap().keys() {
-                assert!(["job", "outcome", "state"].contains(&k.as_str()), "{name} {k}");
+                assert!(
+                    ["job", "outcome", "state"].contains(&k.as_str()),
+                    "{name} {k}"
+                );
             }
         }
     }
@@ -571,11 +633,16 @@ fn metrics_parse_and_match_the_store_and_the_textfile_follows_every_run() {
     // The textfile was written by the last run: same families, same counts.
     let text = std::fs::read_to_string(&prom).expect("textfile written after a run");
     assert!(text.contains("batchguard_job_runs_total{job=\"hello\",outcome=\"success\"} 3"));
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&prom).unwrap().permissions());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&prom).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o644);
     if let Some(m) = parse_prometheus(&text) {
         assert_eq!(
-            sample(&m, "batchguard_job_runs_total", &[("job", "boom"), ("outcome", "failure")]),
+            sample(
+                &m,
+                "batchguard_job_runs_total",
+                &[("job", "boom"), ("outcome", "failure")]
+            ),
             Some(3.0)
         );
     }
@@ -607,13 +674,25 @@ fn token_rules() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--token-env"));
     // A named variable that is unset or short is an error too.
     let out = env
-        .cmd(&["serve", "--listen", "127.0.0.1:0", "--token-env", "BG_TOKEN"])
+        .cmd(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--token-env",
+            "BG_TOKEN",
+        ])
         .env_remove("BG_TOKEN")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let out = env
-        .cmd(&["serve", "--listen", "127.0.0.1:0", "--token-env", "BG_TOKEN"])
+        .cmd(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--token-env",
+            "BG_TOKEN",
+        ])
         .env("BG_TOKEN", "short")
         .output()
         .unwrap();
@@ -630,7 +709,13 @@ fn token_rules() {
     let bearer = format!("Bearer {token}");
     let r = request(p, "GET", "/api/jobs", &[("Authorization", &bearer)], "");
     assert_eq!(r.status, 200);
-    let r = request(p, "GET", "/api/jobs", &[("Authorization", "Bearer wrong-token-0123456789")], "");
+    let r = request(
+        p,
+        "GET",
+        "/api/jobs",
+        &[("Authorization", "Bearer wrong-token-0123456789")],
+        "",
+    );
     assert_eq!(r.status, 401);
     // With a token, any Host is fine (the token is the guard).
     let r = request(
@@ -646,7 +731,7 @@ fn token_rules() {
     assert_eq!(get(p, "/assets/app.css").status, 200);
     let form = [("Content-Type", "application/x-www-form-urlencoded")];
     let r = request(p, "POST", "/login", &form, "token=nope");
-    assert_eq!(r.status, 401);
+    assert_eq!(r.status, 401, "{:?} {}", r.headers, r.body);
     assert!(r.header("set-cookie").is_none());
     let r = request(p, "POST", "/login", &form, &format!("token={token}"));
     assert_eq!(r.status, 303);
@@ -656,7 +741,13 @@ fn token_rules() {
     let pair = cookie.split(';').next().unwrap().to_string();
     let r = request(p, "GET", "/", &[("Cookie", &pair)], "");
     assert_eq!(r.status, 200);
-    let r = request(p, "GET", "/api/jobs", &[("Cookie", "batchguard_session=forged")], "");
+    let r = request(
+        p,
+        "GET",
+        "/api/jobs",
+        &[("Cookie", "batchguard_session=forged")],
+        "",
+    );
     assert_eq!(r.status, 401);
     // Still read-only with a valid token.
     let r = request(p, "DELETE", "/api/jobs", &[("Authorization", &bearer)], "");
@@ -699,9 +790,21 @@ fn browser_pages_in_headless_chromium() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = root.join("tests/browser");
     let missing: Vec<&str> = [
-        (Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success()), "node"),
-        (Path::new("/usr/bin/chromium").exists(), "/usr/bin/chromium (apt-get install chromium)"),
-        (dir.join("node_modules/playwright-core").is_dir(), "playwright-core (npm ci in tests/browser)"),
+        (
+            Command::new("node")
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success()),
+            "node",
+        ),
+        (
+            Path::new("/usr/bin/chromium").exists(),
+            "/usr/bin/chromium (apt-get install chromium)",
+        ),
+        (
+            dir.join("node_modules/playwright-core").is_dir(),
+            "playwright-core (npm ci in tests/browser)",
+        ),
     ]
     .into_iter()
     .filter(|(ok, _)| !ok)
@@ -709,7 +812,10 @@ fn browser_pages_in_headless_chromium() {
     .collect();
     if !missing.is_empty() {
         eprintln!("SKIPPED: browser tests need {}", missing.join(", "));
-        assert!(std::env::var("CI").is_err(), "CI must run the browser tests");
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must run the browser tests"
+        );
         return;
     }
     let env = Env::new(None);
@@ -740,7 +846,10 @@ fn browser_pages_in_headless_chromium() {
     assert!(out.status.success(), "browser checks failed");
     for page in ["jobs", "job", "run", "timeline"] {
         let png = artifacts.join(format!("{page}.png"));
-        assert!(std::fs::metadata(&png).is_ok_and(|m| m.len() > 1000), "{png:?}");
+        assert!(
+            std::fs::metadata(&png).is_ok_and(|m| m.len() > 1000),
+            "{png:?}"
+        );
         // The docs' screenshots come from here (BATCHGUARD_UPDATE_DOCS_IMG=1).
         if std::env::var("BATCHGUARD_UPDATE_DOCS_IMG").is_ok() {
             std::fs::copy(&png, root.join(format!("docs/img/dashboard-{page}.png"))).unwrap();

@@ -281,6 +281,8 @@ pub fn route(app: &App, req: &Req<'_>) -> Resp {
                 .header("Cache-Control", "max-age=3600".into());
         }
         "/login" => return Resp::html(200, pages::login_page(false)),
+        // Browsers ask for it on every page; there is none.
+        "/favicon.ico" => return Resp::text(204, "image/x-icon", String::new()),
         "/logout" => {
             return Resp::redirect("/login").header(
                 "Set-Cookie",
