@@ -272,3 +272,88 @@ pub fn after_run(ctx: &crate::runner::Context) {
         tracing::warn!(path = %path.display(), "metrics textfile not written: {e}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::http::{Query, decode, encode, parse_listen, session_value};
+    use super::pages::{esc, quote, read_log};
+
+    #[test]
+    fn escaping_makes_markup_and_controls_inert() {
+        assert_eq!(
+            esc("<script>alert('x')</script> & \"q\""),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"
+        );
+        let e = esc("\u{1b}[31mred\u{1b}[0m\u{7}\u{0}\r\n\tok\u{9b}\u{202e}");
+        assert_eq!(
+            e,
+            "\u{241b}[31mred\u{241b}[0m\u{2407}\u{2400}\n\tok\u{fffd}\u{fffd}"
+        );
+    }
+
+    #[test]
+    fn queries_and_paths_decode_or_fail() {
+        let q = Query::parse("limit=5&before=01AB&x=a%20b+c&empty=").unwrap();
+        assert_eq!(q.get("limit"), Some("5"));
+        assert_eq!(q.get("x"), Some("a b c"));
+        assert_eq!(q.get("empty"), None);
+        assert_eq!(q.num("limit", 1, 1, 10), Ok(5));
+        assert!(q.num("limit", 1, 6, 10).is_err());
+        assert!(q.num("x", 1, 1, 10).is_err());
+        assert_eq!(q.num("missing", 7, 1, 10), Ok(7));
+        assert!(Query::parse("a=%zz").is_none());
+        assert!(Query::parse("a=%f").is_none());
+        assert!(decode("%ff", false).is_none(), "not UTF-8");
+        assert_eq!(decode("a+b", false).as_deref(), Some("a+b"));
+        assert_eq!(encode("a b/é"), "a%20b%2F%C3%A9");
+        assert_eq!(decode(&encode("a b/é"), false).as_deref(), Some("a b/é"));
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert!(parse_listen("127.0.0.1:8470").unwrap().ip().is_loopback());
+        assert!(!parse_listen("0.0.0.0:8470").unwrap().ip().is_loopback());
+        assert!(parse_listen("[::1]:8470").unwrap().ip().is_loopback());
+        assert!(parse_listen("nonsense").is_err());
+    }
+
+    #[test]
+    fn sessions_depend_on_the_token_and_never_contain_it() {
+        let a = session_value("token-aaaaaaaaaaaaaaaa");
+        assert_eq!(a.len(), 64);
+        assert_eq!(a, session_value("token-aaaaaaaaaaaaaaaa"));
+        assert_ne!(a, session_value("token-bbbbbbbbbbbbbbbb"));
+        assert!(!a.contains("token"));
+    }
+
+    #[test]
+    fn quoting_for_the_rerun_command() {
+        assert_eq!(quote("date=2026-11-30"), "date=2026-11-30");
+        assert_eq!(quote("a b"), "'a b'");
+        assert_eq!(quote("it's"), "'it'\\''s'");
+        assert_eq!(quote(""), "''");
+    }
+
+    #[test]
+    fn log_pages_end_at_line_breaks_and_tails_start_at_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.log");
+        let text: String = (0..100).map(|i| format!("line {i:03}\n")).collect();
+        std::fs::write(&p, &text).unwrap();
+        let first = read_log(&p, Some(0), 25).unwrap();
+        assert_eq!(first.text, "line 000\nline 001\n");
+        assert_eq!(first.next_offset, 18);
+        let mut all = String::new();
+        let mut off = 0;
+        while off < first.size {
+            let c = read_log(&p, Some(off), 64).unwrap();
+            all.push_str(&c.text);
+            off = c.next_offset;
+        }
+        assert_eq!(all, text);
+        let tail = read_log(&p, None, 25).unwrap();
+        assert_eq!(tail.text, "line 098\nline 099\n");
+        let beyond = read_log(&p, Some(10_000), 25).unwrap();
+        assert_eq!(beyond.text, "");
+    }
+}

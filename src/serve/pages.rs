@@ -119,17 +119,27 @@ fn outcome_badge(outcome: &str) -> String {
 fn time_pair(ms: i64, tz: &TimeZone) -> String {
     let iso = clock::rfc3339(ms, &TimeZone::UTC);
     format!(
-        "<time datetime=\"{iso}\">{}</time><br><time class=\"muted small\" datetime=\"{iso}\" data-local></time>",
-        esc(&clock::rfc3339(ms, tz))
+        "<time datetime=\"{iso}\" title=\"{}\">{}</time><br><time class=\"muted small\" datetime=\"{iso}\" data-local></time>",
+        esc(&clock::rfc3339(ms, tz)),
+        esc(&short_time(ms, tz))
     )
 }
 
 fn time_one(ms: i64, tz: &TimeZone) -> String {
     let iso = clock::rfc3339(ms, &TimeZone::UTC);
     format!(
-        "<time datetime=\"{iso}\" title=\"{iso}\">{}</time>",
-        esc(&clock::rfc3339(ms, tz))
+        "<time datetime=\"{iso}\" title=\"{}\">{}</time>",
+        esc(&clock::rfc3339(ms, tz)),
+        esc(&short_time(ms, tz))
     )
+}
+
+/// `2026-11-30 03:30:00 JST`: a time in a zone, for tables.
+fn short_time(ms: i64, tz: &TimeZone) -> String {
+    let ts = Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH);
+    ts.to_zoned(tz.clone())
+        .strftime("%Y-%m-%d %H:%M:%S %Z")
+        .to_string()
 }
 
 fn dash() -> String {
@@ -177,6 +187,9 @@ fn duration_cell(last: Option<&RunRecord>, job: Option<&Job>) -> String {
     };
     let soft = job.and_then(|j| j.expected_duration);
     let hard = job.and_then(|j| j.timeout);
+    if soft.is_none() && hard.is_none() {
+        return esc(&human(ms));
+    }
     let mut limits = Vec::new();
     if let Some(s) = soft {
         limits.push(format!("expected {}", dur(s)));
@@ -204,6 +217,9 @@ fn memory_cell(last: Option<&RunRecord>, job: Option<&Job>) -> String {
     let max = job
         .and_then(|j| j.memory_max)
         .or(last.and_then(|r| r.memory_max_bytes));
+    if max.is_none() {
+        return esc(&format_size(peak));
+    }
     format!(
         "{} {}<br><span class=\"muted small\">{}</span>",
         esc(&format_size(peak)),
@@ -437,7 +453,7 @@ pub fn job(app: &App, name: &str, q: &Query) -> RouteResult {
     if !known_job(app, &cfg, name)? {
         return Err(Fail::NotFound(format!("no job `{name}`")));
     }
-    let r = range(q, "30d")?;
+    let r = range(q, "7d")?;
     let job = cfg.job(name);
     let tz = zone_of(job);
     let before = q.get("before");
@@ -795,7 +811,11 @@ pub fn read_log(path: &Path, offset: Option<u64>, limit: u64) -> Result<LogChunk
         .read_to_end(&mut buf)
         .map_err(|e| format!("log: {e}"))?;
     if tail {
-        if let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+        if let Some(nl) = buf
+            .iter()
+            .position(|&b| b == b'\n')
+            .filter(|nl| nl + 1 < buf.len())
+        {
             buf.drain(..=nl);
             start += nl as u64 + 1;
         }

@@ -131,15 +131,19 @@ pub fn history(
     fmt: &dyn Fn(f64) -> String,
     tz: &TimeZone,
 ) -> String {
-    let (w, h, ml, mr, mt, mb) = (760.0, 220.0, 70.0, 110.0, 10.0, 24.0);
+    let (w, h, ml, mr, mt, mb) = (760.0, 220.0, 70.0, 150.0, 16.0, 24.0);
     let (pw, ph) = (w - ml - mr, h - mt - mb);
     let span = (to_ms - from_ms).max(1);
+    // Scale to the data; a limit far above it (more than 3x the highest
+    // value) is named at the top edge instead of flattening the data.
+    let data_top = runs.iter().map(|(_, v)| *v).fold(0.0f64, f64::max);
+    let near = |l: &Limit<'_>| data_top <= 0.0 || l.value <= 3.0 * data_top;
     let top = runs
         .iter()
         .map(|(_, v)| *v)
-        .chain(limits.iter().map(|l| l.value))
+        .chain(limits.iter().filter(|l| near(l)).map(|l| l.value))
         .fold(0.0f64, f64::max)
-        .max(1.0)
+        .max(f64::MIN_POSITIVE)
         * 1.1;
     let x = |ms: i64| ml + ((ms - from_ms) as f64 / span as f64).clamp(0.0, 1.0) * pw;
     let y = |v: f64| mt + ph - (v / top).clamp(0.0, 1.0) * ph;
@@ -172,7 +176,19 @@ pub fn history(
             esc(&tick_label(ms, tz, span))
         );
     }
-    for l in limits {
+    let mut off = 0.0;
+    for l in limits.iter().filter(|l| !near(l)) {
+        let _ = write!(
+            s,
+            "<text class=\"limit-label {c}-text\" x=\"{tx:.1}\" y=\"{ty:.1}\">↑ {t} (off scale)</text>",
+            c = l.class,
+            tx = ml + pw + 4.0,
+            ty = mt + 4.0 + off,
+            t = esc(&format!("{} {}", l.label, fmt(l.value)))
+        );
+        off += 14.0;
+    }
+    for l in limits.iter().filter(|l| near(l)) {
         let _ = write!(
             s,
             "<line class=\"{c}\" x1=\"{ml}\" x2=\"{x2:.1}\" y1=\"{yy:.1}\" y2=\"{yy:.1}\"/><text class=\"limit-label\" x=\"{tx:.1}\" y=\"{ty:.1}\">{t}</text>",
@@ -225,7 +241,7 @@ pub fn gantt(
     now_ms: i64,
     tz: &TimeZone,
 ) -> String {
-    let (w, ml, mr, row_h, hist_h, mt) = (1100.0, 170.0, 10.0, 16.0, 40.0, 18.0);
+    let (w, ml, mr, row_h, hist_h, mt) = (1100.0, 170.0, 30.0, 16.0, 40.0, 18.0);
     let pw = w - ml - mr;
     let h = mt + hist_h + 8.0 + rows.len() as f64 * row_h + 4.0;
     let span = (to_ms - from_ms).max(1);
@@ -260,7 +276,7 @@ pub fn gantt(
     let peak = busy.iter().copied().max().unwrap_or(0).max(1);
     let _ = write!(
         s,
-        "<text class=\"axis\" x=\"{}\" y=\"{}\" text-anchor=\"end\">runs under way (peak {peak})</text>",
+        "<text class=\"axis\" x=\"{}\" y=\"{}\" text-anchor=\"end\">runs per slice (peak {peak})</text>",
         ml - 6.0,
         mt + hist_h / 2.0 + 4.0
     );

@@ -29,9 +29,9 @@ const context = await chromium.launchPersistentContext(userDataDir, {
 
 const pages = [
   { name: "jobs", url: "/", svg: "svg.strip rect", min: 3 },
-  { name: "job", url: `/jobs/${job}`, svg: "svg.chart circle", min: 2 },
+  { name: "job", url: `/jobs/${job}?range=10m`, svg: "svg.chart circle", min: 2 },
   { name: "run", url: `/runs/${runId}`, svg: null, min: 0 },
-  { name: "timeline", url: "/timeline", svg: "svg.gantt rect", min: 3 },
+  { name: "timeline", url: "/timeline?range=10m", svg: "svg.gantt rect", min: 3 },
 ];
 
 try {
