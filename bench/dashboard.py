@@ -12,7 +12,7 @@ each page and API route N times, reading the server's own time from the
 the network), and prints median and p95 per route and store.
 
     cargo build && python3 bench/dashboard.py [--runs 20] [--bin target/release/batchguard]
-        [--pg postgres://postgres@127.0.0.1:5432/DB] [--no-pg] [--keep DIR]
+        [--pg postgres://postgres@127.0.0.1:5432/DB] [--no-pg] [--keep DIR [--reuse]]
 
 The PostgreSQL store is a schema `bench_dashboard` in --pg's database
 (default $BATCHGUARD_TEST_PG), dropped and rebuilt on every run.
@@ -49,7 +49,7 @@ def run_sql(n_jobs, n_runs, base_ms, dialect):
         job = f"'job-' || lpad((n % {n_jobs})::text, 4, '0')"
         rid = "'01BENCH' || lpad(n::text, 19, '0')"
         at = "to_char(to_timestamp({ms} / 1000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"+00:00\"')"
-        src = f"FROM generate_series(0, {n_runs - 1}) AS g(n)"
+        src = f"FROM generate_series(0::bigint, {n_runs - 1}) AS g(n)"
         div = "/"
     started = f"({base_ms} + (n {div} {n_jobs}) * {HOUR} + (n % {n_jobs}) * 1000)"
     duration = "(1000 + (n * 7919) % 60000)"
@@ -148,6 +148,7 @@ def main():
     ap.add_argument("--pg", default=os.environ.get("BATCHGUARD_TEST_PG", "postgres://postgres@127.0.0.1:5432/postgres"))
     ap.add_argument("--no-pg", action="store_true")
     ap.add_argument("--keep", help="build the stores in DIR and keep them")
+    ap.add_argument("--reuse", action="store_true", help="reuse the stores --keep kept")
     a = ap.parse_args()
     root = a.keep or tempfile.mkdtemp(prefix="bg-bench-dash-")
     os.makedirs(root, exist_ok=True)
@@ -156,31 +157,35 @@ def main():
     try:
         # SQLite.
         db = os.path.join(root, "state.db")
-        for suffix in ("", "-wal", "-shm"):
-            if os.path.exists(db + suffix):
-                os.remove(db + suffix)
         state = f"sqlite:{db}"
         etc = write_config(os.path.join(root, "sqlite"), state)
-        seed(a.bin, etc, state)
-        t = time.perf_counter()
-        c = sqlite3.connect(db)
-        c.execute("PRAGMA journal_mode = WAL")
-        c.executescript("BEGIN;" + run_sql(JOBS, RUNS, base_ms, "sqlite") + ";COMMIT;")
-        c.execute("ANALYZE")
-        c.close()
-        results["sqlite_build_s"] = round(time.perf_counter() - t, 1)
+        if not (a.reuse and os.path.exists(db)):
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(db + suffix):
+                    os.remove(db + suffix)
+            seed(a.bin, etc, state)
+            t = time.perf_counter()
+            c = sqlite3.connect(db)
+            c.execute("PRAGMA journal_mode = WAL")
+            c.executescript("BEGIN;" + run_sql(JOBS, RUNS, base_ms, "sqlite") + ";COMMIT;")
+            c.execute("ANALYZE")
+            c.close()
+            results["sqlite_build_s"] = round(time.perf_counter() - t, 1)
         results["sqlite"] = bench(a.bin, etc, state, a.runs)
         # PostgreSQL.
         if not a.no_pg and shutil.which("psql"):
             schema = "bench_dashboard"
-            subprocess.run(["psql", a.pg, "-q", "-c", f"DROP SCHEMA IF EXISTS {schema} CASCADE"], check=True)
             state = f"{a.pg}?schema={schema}"
             etc = write_config(os.path.join(root, "postgres"), state)
-            seed(a.bin, etc, state)
-            t = time.perf_counter()
-            sql = f"SET search_path TO {schema};\n" + run_sql(JOBS, RUNS, base_ms, "postgres") + ";\nANALYZE runs;\n"
-            subprocess.run(["psql", a.pg, "-q", "-v", "ON_ERROR_STOP=1"], input=sql, text=True, check=True)
-            results["postgres_build_s"] = round(time.perf_counter() - t, 1)
+            have = subprocess.run(["psql", a.pg, "-tAc", f"SELECT to_regclass('{schema}.runs') IS NOT NULL"],
+                                  capture_output=True, text=True).stdout.strip() == "t"
+            if not (a.reuse and have):
+                subprocess.run(["psql", a.pg, "-q", "-c", f"DROP SCHEMA IF EXISTS {schema} CASCADE"], check=True)
+                seed(a.bin, etc, state)
+                t = time.perf_counter()
+                sql = f"SET search_path TO {schema};\n" + run_sql(JOBS, RUNS, base_ms, "postgres") + ";\nANALYZE runs;\n"
+                subprocess.run(["psql", a.pg, "-q", "-v", "ON_ERROR_STOP=1"], input=sql, text=True, check=True)
+                results["postgres_build_s"] = round(time.perf_counter() - t, 1)
             results["postgres"] = bench(a.bin, etc, state, a.runs)
     finally:
         if not a.keep:

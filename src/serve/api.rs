@@ -20,7 +20,7 @@ use serde_json::json;
 
 pub fn metrics(app: &App) -> RouteResult {
     let cfg = app.configs();
-    let text = super::metrics::render(app.store.as_ref(), &cfg.global, &cfg.jobs)?;
+    let text = super::metrics::render(app.store.as_ref(), &cfg.global, &cfg.jobs, &app.fires)?;
     Ok(Resp::text(
         200,
         "text/plain; version=0.0.4; charset=utf-8",
@@ -32,7 +32,7 @@ pub fn jobs(app: &App, q: &Query) -> RouteResult {
     let limit = q.num("limit", 1000, 1, 1000)? as usize;
     let offset = q.num("offset", 0, 0, u32::MAX as u64)? as usize;
     let cfg = app.configs();
-    let states = view::job_states(app.store.as_ref(), &cfg, Timestamp::now())?;
+    let states = view::job_states(app.store.as_ref(), &cfg, &app.fires, Timestamp::now())?;
     let total = states.len();
     let jobs: Vec<_> = states
         .iter()
@@ -56,7 +56,8 @@ pub fn job(app: &App, name: &str, q: &Query) -> RouteResult {
     }
     let r = pages::range(q, "30d")?;
     let now = Timestamp::now();
-    let states = view::job_states(app.store.as_ref(), &cfg, now)?;
+    let states =
+        view::job_states_of(app.store.as_ref(), &cfg, &app.fires, vec![name.to_string()], now)?;
     let state = states
         .iter()
         .find(|s| s.name == name)

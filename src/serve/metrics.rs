@@ -75,6 +75,7 @@ pub fn render(
     store: &dyn DashboardStore,
     global: &Global,
     jobs: &[Job],
+    fires: &view::FireCache,
 ) -> crate::store::Result<String> {
     let now = Timestamp::now();
     let names: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
@@ -88,9 +89,10 @@ pub fn render(
         .into_iter()
         .map(|r| (r.job.clone(), r))
         .collect();
-    let recent: HashMap<String, _> = store
-        .recent_runs(&names, view::STRIP)?
+    let newest: HashMap<String, i64> = store
+        .recent_runs(&names, 1)?
         .into_iter()
+        .filter_map(|(job, runs)| Some((job, runs.first()?.started_ms)))
         .collect();
     let mut totals: BTreeMap<(String, String), u64> = BTreeMap::new();
     for (job, outcome, n) in store.run_totals()? {
@@ -177,7 +179,8 @@ pub fn render(
         if let Some(m) = job.memory_max {
             mem_max.job(name, m.to_string());
         }
-        if let Some(n) = view::next_fire(job, now) {
+        let f = fires.get(job, now);
+        if let Some(n) = &f.next {
             next.job(name, seconds(n.timestamp().as_millisecond()));
         }
         for outcome in OUTCOMES {
@@ -203,8 +206,9 @@ pub fn render(
         }
         let is_running = running.iter().any(|r| r.job == name);
         running_f.job(name, u8::from(is_running).to_string());
-        let recent = recent.get(name).map(Vec::as_slice).unwrap_or(&[]);
-        let is_missed = view::sched_state(job, recent, grace_ms, now).is_some_and(|s| s.missed);
+        let is_missed =
+            view::sched_state(job, f.last.as_ref(), newest.get(name).copied(), grace_ms, now)
+                .is_some_and(|s| s.missed);
         missed.job(name, u8::from(is_missed).to_string());
     }
     let mut outbox = Family::new(
@@ -244,7 +248,7 @@ pub fn write_textfile(
     let Some(path) = &global.metrics_textfile else {
         return Ok(());
     };
-    let text = render(store, global, jobs)?;
+    let text = render(store, global, jobs, &view::FireCache::default())?;
     let err = |source| ServeError::Textfile {
         path: path.clone(),
         source,

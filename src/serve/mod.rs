@@ -132,6 +132,7 @@ pub fn run(opts: &Options) -> Result<i32> {
         state_in_rerun,
         store,
         token,
+        fires: view::FireCache::default(),
         configs: Mutex::new(None),
     });
     // Load the configuration once now, so a broken job shows at start.
@@ -152,6 +153,7 @@ pub(crate) struct App {
     pub state_in_rerun: bool,
     pub store: Box<dyn DashboardStore>,
     pub token: Option<String>,
+    pub fires: view::FireCache,
     configs: Mutex<Option<Arc<Configs>>>,
 }
 

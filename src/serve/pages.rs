@@ -272,7 +272,7 @@ pub fn jobs(app: &App, q: &Query) -> RouteResult {
     let page = q.num("page", 1, 1, 1_000_000)?;
     let per = q.num("per_page", JOBS_PER_PAGE, 1, 1000)?;
     let cfg = app.configs();
-    let states = view::job_states(app.store.as_ref(), &cfg, Timestamp::now())?;
+    let mut states = view::job_states(app.store.as_ref(), &cfg, &app.fires, Timestamp::now())?;
     let total = states.len() as u64;
     let pages = total.div_ceil(per).max(1);
     if page > pages {
@@ -289,7 +289,10 @@ pub fn jobs(app: &App, q: &Query) -> RouteResult {
          <th>State</th><th>Lock holder</th></tr></thead><tbody>",
     );
     let start = ((page - 1) * per) as usize;
-    for s in states.iter().skip(start).take(per as usize) {
+    let end = (start + per as usize).min(states.len());
+    let shown = &mut states[start..end];
+    view::fill_strips(app.store.as_ref(), shown)?;
+    for s in shown.iter() {
         let job = s.job.as_ref();
         let tz = zone_of(job);
         let desc = job

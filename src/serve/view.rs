@@ -8,6 +8,7 @@ use crate::store::{Result, RunRecord};
 use batchguard_config::Job;
 use jiff::{Timestamp, Zoned};
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
 
 /// How many runs the jobs page strip shows.
 pub const STRIP: usize = 20;
@@ -97,17 +98,65 @@ fn configured_since(job: &Job) -> Option<Timestamp> {
     Timestamp::try_from(modified).ok()
 }
 
-/// The schedule state of `job` at `now`, given its newest runs.
-pub fn sched_state(job: &Job, recent: &[RunBrief], grace_ms: i64, now: Timestamp) -> Option<Sched> {
-    let schedule = job.schedule.as_deref()?;
-    let tz = clock::zone(job.timezone.as_deref());
-    let fire = crate::cron::last_fire_at_or_before(schedule, &tz, now).ok()??;
+/// A job's latest fire at or before a time and its next fire after it.
+#[derive(Clone, Debug, Default)]
+pub struct Fires {
+    pub last: Option<Zoned>,
+    pub next: Option<Zoned>,
+}
+
+/// Fire times per job, computed once per fire: until the next fire comes,
+/// the latest and the next fire of a schedule stay what they were (cron
+/// arithmetic for 1,000 jobs on every request would dominate the page).
+#[derive(Default)]
+pub struct FireCache(Mutex<HashMap<String, (String, Option<String>, Fires)>>);
+
+impl FireCache {
+    pub fn get(&self, job: &Job, now: Timestamp) -> Fires {
+        let Some(schedule) = job.schedule.as_deref() else {
+            return Fires::default();
+        };
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((s, tz, f)) = map.get(&job.name) {
+            let fresh = *s == schedule
+                && *tz == job.timezone
+                && f.last.as_ref().is_none_or(|l| l.timestamp() <= now)
+                && f.next.as_ref().is_none_or(|n| now < n.timestamp());
+            if fresh {
+                return f.clone();
+            }
+        }
+        let tz = clock::zone(job.timezone.as_deref());
+        let fires = Fires {
+            last: crate::cron::last_fire_at_or_before(schedule, &tz, now)
+                .ok()
+                .flatten(),
+            next: crate::cron::next_after(schedule, &now.to_zoned(tz)),
+        };
+        map.insert(
+            job.name.clone(),
+            (schedule.to_string(), job.timezone.clone(), fires.clone()),
+        );
+        fires
+    }
+}
+
+/// The schedule state of `job` at `now`, given its latest fire and the
+/// start of its newest run (of any outcome: a skipped run did start).
+pub fn sched_state(
+    job: &Job,
+    last_fire: Option<&Zoned>,
+    newest_start_ms: Option<i64>,
+    grace_ms: i64,
+    now: Timestamp,
+) -> Option<Sched> {
+    let fire = last_fire?.clone();
     if configured_since(job).is_some_and(|since| fire.timestamp() < since) {
         return None;
     }
     let fire_ms = fire.timestamp().as_millisecond();
     // cron starts a job within its minute; allow a little clock skew.
-    let started = recent.iter().any(|r| r.started_ms >= fire_ms - 60_000);
+    let started = newest_start_ms.is_some_and(|s| s >= fire_ms - 60_000);
     let overdue = now.as_millisecond() - fire_ms > grace_ms;
     Some(Sched {
         late: !started && !overdue,
@@ -116,26 +165,33 @@ pub fn sched_state(job: &Job, recent: &[RunBrief], grace_ms: i64, now: Timestamp
     })
 }
 
-/// The next fire of a job after `now`, in its zone.
-pub fn next_fire(job: &Job, now: Timestamp) -> Option<Zoned> {
-    let sched = job.schedule.as_deref()?;
-    let tz = clock::zone(job.timezone.as_deref());
-    crate::cron::next_after(sched, &now.to_zoned(tz))
-}
-
 /// Every job (configured, broken, or only seen in the store), failing and
-/// missed first, then late, running, the rest; by name within each.
+/// missed first, then late, running, the rest; by name within each. Each
+/// state's `recent` holds only the newest run: [`fill_strips`] adds the
+/// rest for the jobs a page shows.
 pub fn job_states(
     store: &dyn DashboardStore,
     cfg: &Configs,
+    fires: &FireCache,
     now: Timestamp,
 ) -> Result<Vec<JobState>> {
     let mut names: BTreeSet<String> = store.run_jobs()?.into_iter().collect();
     names.extend(cfg.jobs.iter().map(|j| j.name.clone()));
     names.extend(cfg.broken.iter().map(|(n, _)| n.clone()));
-    let names: Vec<String> = names.into_iter().collect();
+    job_states_of(store, cfg, fires, names.into_iter().collect(), now)
+}
+
+/// [`job_states`] of the named jobs only.
+pub fn job_states_of(
+    store: &dyn DashboardStore,
+    cfg: &Configs,
+    fires: &FireCache,
+    names: Vec<String>,
+    now: Timestamp,
+) -> Result<Vec<JobState>> {
+    let t = std::time::Instant::now();
     let mut recent: HashMap<String, Vec<RunBrief>> =
-        store.recent_runs(&names, STRIP)?.into_iter().collect();
+        store.recent_runs(&names, 1)?.into_iter().collect();
     let mut last: HashMap<String, RunRecord> = store
         .last_runs_of(&names)?
         .into_iter()
@@ -148,6 +204,7 @@ pub fn job_states(
         .map(|r| r.job)
         .collect();
     let holders = store.lock_holders()?;
+    tracing::debug!(ms = t.elapsed().as_millis() as u64, jobs = names.len(), "job states read");
     let grace_ms = cfg.global.missed_grace.as_millis() as i64;
     let mut out: Vec<JobState> = names
         .into_iter()
@@ -159,6 +216,8 @@ pub fn job_states(
                 .iter()
                 .find(|h| h.lock == lock || h.job == name)
                 .cloned();
+            let f = job.as_ref().map(|j| fires.get(j, now)).unwrap_or_default();
+            let newest = recent.first().map(|r| r.started_ms);
             JobState {
                 broken: cfg
                     .broken
@@ -166,10 +225,10 @@ pub fn job_states(
                     .find(|(n, _)| *n == name)
                     .map(|(_, e)| e.clone()),
                 last: last.remove(&name),
-                next: job.as_ref().and_then(|j| next_fire(j, now)),
                 sched: job
                     .as_ref()
-                    .and_then(|j| sched_state(j, &recent, grace_ms, now)),
+                    .and_then(|j| sched_state(j, f.last.as_ref(), newest, grace_ms, now)),
+                next: f.next,
                 running: running.contains(&name),
                 holder,
                 recent,
@@ -179,5 +238,17 @@ pub fn job_states(
         })
         .collect();
     out.sort_by(|a, b| a.rank().cmp(&b.rank()).then_with(|| a.name.cmp(&b.name)));
+    tracing::debug!(ms = t.elapsed().as_millis() as u64, "job states");
     Ok(out)
+}
+
+/// Read the last [`STRIP`] runs of the given states.
+pub fn fill_strips(store: &dyn DashboardStore, states: &mut [JobState]) -> Result<()> {
+    let names: Vec<String> = states.iter().map(|s| s.name.clone()).collect();
+    let mut recent: HashMap<String, Vec<RunBrief>> =
+        store.recent_runs(&names, STRIP)?.into_iter().collect();
+    for s in states {
+        s.recent = recent.remove(&s.name).unwrap_or_default();
+    }
+    Ok(())
 }

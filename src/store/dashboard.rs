@@ -57,7 +57,7 @@ pub struct ItemTotals {
 pub trait DashboardStore: Send + Sync {
     /// The same store, for the ordinary [`Store`] methods.
     fn store(&self) -> &dyn Store;
-    /// Every job that has runs, sorted (one index seek per job).
+    /// Every job that has runs, sorted (from `run_totals` and the running runs).
     fn run_jobs(&self) -> Result<Vec<String>>;
     /// The newest `n` runs (any outcome) of each of `jobs`, newest first.
     /// Jobs without runs are left out.

@@ -1686,12 +1686,12 @@ mod dashboard_impl {
         }
 
         fn run_jobs(&self) -> Result<Vec<String>> {
-            // A loose index scan over runs_job_seq: one seek per job.
+            // Finished runs are counted per job in run_totals; running ones
+            // are in the partial index runs_running.
             let rows = self.with("dashboard run_jobs", |c, _| {
                 Ok(c.query(
-                    "WITH RECURSIVE j(name) AS (SELECT min(job) FROM runs \
-                     UNION ALL SELECT (SELECT min(job) FROM runs WHERE job > j.name) FROM j \
-                     WHERE j.name IS NOT NULL) SELECT name FROM j WHERE name IS NOT NULL",
+                    "SELECT job FROM run_totals UNION \
+                     SELECT job FROM runs WHERE outcome = 'running' ORDER BY 1",
                     &[],
                 )?)
             })?;

@@ -1117,13 +1117,13 @@ mod dashboard_impl {
         }
 
         fn run_jobs(&self) -> Result<Vec<String>> {
-            // A loose index scan over runs_job_seq: one seek per job.
+            // Finished runs are counted per job in run_totals; running ones
+            // are in the partial index runs_running.
             let conn = self.conn();
             let mut stmt = conn
                 .prepare_cached(
-                    "WITH RECURSIVE j(name) AS (SELECT MIN(job) FROM runs \
-                     UNION ALL SELECT (SELECT MIN(job) FROM runs WHERE job > j.name) FROM j \
-                     WHERE j.name IS NOT NULL) SELECT name FROM j WHERE name IS NOT NULL",
+                    "SELECT job FROM run_totals UNION \
+                     SELECT job FROM runs WHERE outcome = 'running' ORDER BY 1",
                 )
                 .map_err(|e| self.err(e))?;
             let rows = stmt
