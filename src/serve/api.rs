@@ -56,8 +56,13 @@ pub fn job(app: &App, name: &str, q: &Query) -> RouteResult {
     }
     let r = pages::range(q, "30d")?;
     let now = Timestamp::now();
-    let states =
-        view::job_states_of(app.store.as_ref(), &cfg, &app.fires, vec![name.to_string()], now)?;
+    let states = view::job_states_of(
+        app.store.as_ref(),
+        &cfg,
+        &app.fires,
+        vec![name.to_string()],
+        now,
+    )?;
     let state = states
         .iter()
         .find(|s| s.name == name)

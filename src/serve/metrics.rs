@@ -206,9 +206,14 @@ pub fn render(
         }
         let is_running = running.iter().any(|r| r.job == name);
         running_f.job(name, u8::from(is_running).to_string());
-        let is_missed =
-            view::sched_state(job, f.last.as_ref(), newest.get(name).copied(), grace_ms, now)
-                .is_some_and(|s| s.missed);
+        let is_missed = view::sched_state(
+            job,
+            f.last.as_ref(),
+            newest.get(name).copied(),
+            grace_ms,
+            now,
+        )
+        .is_some_and(|s| s.missed);
         missed.job(name, u8::from(is_missed).to_string());
     }
     let mut outbox = Family::new(

@@ -522,7 +522,7 @@ pub fn job(app: &App, name: &str, q: &Query) -> RouteResult {
                 let _ = write!(
                     body,
                     "<tr><td>{}</td><td><time datetime=\"{iso}\" data-local>{iso}</time></td></tr>",
-                    esc(&clock::format_zoned(&f))
+                    time_one(ms, &tz)
                 );
             }
             body.push_str("</table>");

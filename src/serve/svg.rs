@@ -180,7 +180,7 @@ pub fn history(
     for l in limits.iter().filter(|l| !near(l)) {
         let _ = write!(
             s,
-            "<text class=\"limit-label {c}-text\" x=\"{tx:.1}\" y=\"{ty:.1}\">↑ {t} (off scale)</text>",
+            "<text class=\"limit-label {c}-text\" x=\"{tx:.1}\" y=\"{ty:.1}\">↑ {t}<title>above the chart (off scale)</title></text>",
             c = l.class,
             tx = ml + pw + 4.0,
             ty = mt + 4.0 + off,

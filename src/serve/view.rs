@@ -204,7 +204,11 @@ pub fn job_states_of(
         .map(|r| r.job)
         .collect();
     let holders = store.lock_holders()?;
-    tracing::debug!(ms = t.elapsed().as_millis() as u64, jobs = names.len(), "job states read");
+    tracing::debug!(
+        ms = t.elapsed().as_millis() as u64,
+        jobs = names.len(),
+        "job states read"
+    );
     let grace_ms = cfg.global.missed_grace.as_millis() as i64;
     let mut out: Vec<JobState> = names
         .into_iter()
