@@ -1,6 +1,7 @@
 //! The JSON API (SPEC §10), in the shapes of `--format json`:
 //! - `/api/jobs`: `{"jobs": [...]}` with `status --format json`'s entries
-//!   (paged: `limit` (default 1000), `offset`; `total` says how many);
+//!   (paged: `limit` (default 100, at most 1000), `offset`; `total` says
+//!   how many);
 //! - `/api/jobs/NAME`: that job's status entry plus `outcome_counts`,
 //!   `ledger` (the `ledger --format json` shape), `check` (one `check`
 //!   report) and `next_fires`;
@@ -29,17 +30,15 @@ pub fn metrics(app: &App) -> RouteResult {
 }
 
 pub fn jobs(app: &App, q: &Query) -> RouteResult {
-    let limit = q.num("limit", 1000, 1, 1000)? as usize;
+    let limit = q.num("limit", 100, 1, 1000)? as usize;
     let offset = q.num("offset", 0, 0, u32::MAX as u64)? as usize;
     let cfg = app.configs();
-    let states = view::job_states(app.store.as_ref(), &cfg, &app.fires, Timestamp::now())?;
+    let mut states = view::job_states(app.store.as_ref(), &cfg, &app.fires, Timestamp::now())?;
     let total = states.len();
-    let jobs: Vec<_> = states
-        .iter()
-        .skip(offset)
-        .take(limit)
-        .map(|s| s.json())
-        .collect();
+    let start = offset.min(total);
+    let shown = &mut states[start..(start + limit).min(total)];
+    view::fill_page(app.store.as_ref(), shown, false)?;
+    let jobs: Vec<_> = shown.iter().map(|s| s.json()).collect();
     Ok(Resp::json(
         200,
         &json!({ "jobs": jobs, "total": total, "offset": offset, "limit": limit }),
@@ -56,13 +55,14 @@ pub fn job(app: &App, name: &str, q: &Query) -> RouteResult {
     }
     let r = pages::range(q, "30d")?;
     let now = Timestamp::now();
-    let states = view::job_states_of(
+    let mut states = view::job_states_of(
         app.store.as_ref(),
         &cfg,
         &app.fires,
         vec![name.to_string()],
         now,
     )?;
+    view::fill_page(app.store.as_ref(), &mut states, false)?;
     let state = states
         .iter()
         .find(|s| s.name == name)

@@ -134,6 +134,7 @@ pub fn run(opts: &Options) -> Result<i32> {
         token,
         fires: view::FireCache::default(),
         configs: Mutex::new(None),
+        checked: Mutex::new(None),
     });
     // Load the configuration once now, so a broken job shows at start.
     let _ = app.configs();
@@ -155,6 +156,7 @@ pub(crate) struct App {
     pub token: Option<String>,
     pub fires: view::FireCache,
     configs: Mutex<Option<Arc<Configs>>>,
+    checked: Mutex<Option<std::time::Instant>>,
 }
 
 /// The configuration as last loaded: the global settings and every job
@@ -165,11 +167,12 @@ pub(crate) struct Configs {
     pub jobs: Vec<Job>,
     /// Job files that do not load: (name, error).
     pub broken: Vec<(String, String)>,
+    index: std::collections::HashMap<String, usize>,
 }
 
 impl Configs {
     pub fn job(&self, name: &str) -> Option<&Job> {
-        self.jobs.iter().find(|j| j.name == name)
+        self.index.get(name).and_then(|&i| self.jobs.get(i))
     }
 }
 
@@ -224,8 +227,17 @@ pub(crate) fn load_jobs(dir: &Path, global: &Global) -> (Vec<Job>, Vec<(String, 
 impl App {
     /// The configuration, reloaded when a file changed since the last load.
     pub fn configs(&self) -> Arc<Configs> {
-        let sig = signature(&self.dir);
         let mut cache = self.configs.lock().unwrap_or_else(|p| p.into_inner());
+        // Files are looked at (one stat each) at most once a second.
+        let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(c), Some(at)) = (cache.as_ref(), *checked) {
+            if at.elapsed() < std::time::Duration::from_secs(1) {
+                return c.clone();
+            }
+        }
+        *checked = Some(std::time::Instant::now());
+        drop(checked);
+        let sig = signature(&self.dir);
         if let Some(c) = cache.as_ref().filter(|c| c.signature == sig) {
             return c.clone();
         }
@@ -242,11 +254,17 @@ impl App {
             broken = broken.len(),
             "configuration loaded"
         );
+        let index = jobs
+            .iter()
+            .enumerate()
+            .map(|(i, j)| (j.name.clone(), i))
+            .collect();
         let c = Arc::new(Configs {
             signature: sig,
             global,
             jobs,
             broken,
+            index,
         });
         *cache = Some(c.clone());
         c

@@ -181,7 +181,7 @@ pub fn check_run_id(id: &str) -> Result<(), Fail> {
     }
 }
 
-fn duration_cell(last: Option<&RunRecord>, job: Option<&Job>) -> String {
+fn duration_cell(last: Option<&RunBrief>, job: Option<&Job>) -> String {
     let Some(ms) = last.and_then(|r| r.duration_ms) else {
         return dash();
     };
@@ -210,7 +210,7 @@ fn duration_cell(last: Option<&RunRecord>, job: Option<&Job>) -> String {
     )
 }
 
-fn memory_cell(last: Option<&RunRecord>, job: Option<&Job>) -> String {
+fn memory_cell(last: Option<&RunBrief>, job: Option<&Job>) -> String {
     let Some(peak) = last.and_then(|r| r.peak_memory_bytes) else {
         return dash();
     };
@@ -291,9 +291,9 @@ pub fn jobs(app: &App, q: &Query) -> RouteResult {
     let start = ((page - 1) * per) as usize;
     let end = (start + per as usize).min(states.len());
     let shown = &mut states[start..end];
-    view::fill_strips(app.store.as_ref(), shown)?;
+    view::fill_page(app.store.as_ref(), shown, true)?;
     for s in shown.iter() {
-        let job = s.job.as_ref();
+        let job = s.job;
         let tz = zone_of(job);
         let desc = job
             .and_then(|j| j.description.as_deref())

@@ -32,13 +32,15 @@ pub struct Sched {
 }
 
 /// One job as the jobs page and `/api/jobs` show it.
-pub struct JobState {
+pub struct JobState<'a> {
     pub name: String,
-    pub job: Option<Job>,
+    pub job: Option<&'a Job>,
     /// The job file does not load: the error.
     pub broken: Option<String>,
     /// The newest run that was not skipped (else the newest skipped one).
-    pub last: Option<RunRecord>,
+    pub last: Option<RunBrief>,
+    /// The same run in full, once [`fill_page`] read it.
+    pub last_full: Option<RunRecord>,
     /// Newest first, at most [`STRIP`].
     pub recent: Vec<RunBrief>,
     pub next: Option<Zoned>,
@@ -47,7 +49,7 @@ pub struct JobState {
     pub holder: Option<LockHolder>,
 }
 
-impl JobState {
+impl JobState<'_> {
     /// 0: failing or missed, 1: late, 2: running, 3: the rest.
     pub fn rank(&self) -> u8 {
         let failing = self.last.as_ref().is_some_and(|r| is_bad(&r.outcome));
@@ -77,8 +79,8 @@ impl JobState {
         serde_json::json!({
             "job": self.name,
             "configured": self.job.is_some(),
-            "schedule": self.job.as_ref().and_then(|j| j.schedule.clone()),
-            "last_run": self.last,
+            "schedule": self.job.and_then(|j| j.schedule.clone()),
+            "last_run": self.last_full,
             "outcome": self.last.as_ref().map(|r| r.outcome.clone()),
             "duration_ms": self.last.as_ref().and_then(|r| r.duration_ms),
             "running": self.running,
@@ -169,12 +171,12 @@ pub fn sched_state(
 /// missed first, then late, running, the rest; by name within each. Each
 /// state's `recent` holds only the newest run: [`fill_strips`] adds the
 /// rest for the jobs a page shows.
-pub fn job_states(
+pub fn job_states<'a>(
     store: &dyn DashboardStore,
-    cfg: &Configs,
+    cfg: &'a Configs,
     fires: &FireCache,
     now: Timestamp,
-) -> Result<Vec<JobState>> {
+) -> Result<Vec<JobState<'a>>> {
     let mut names: BTreeSet<String> = store.run_jobs()?.into_iter().collect();
     names.extend(cfg.jobs.iter().map(|j| j.name.clone()));
     names.extend(cfg.broken.iter().map(|(n, _)| n.clone()));
@@ -182,18 +184,18 @@ pub fn job_states(
 }
 
 /// [`job_states`] of the named jobs only.
-pub fn job_states_of(
+pub fn job_states_of<'a>(
     store: &dyn DashboardStore,
-    cfg: &Configs,
+    cfg: &'a Configs,
     fires: &FireCache,
     names: Vec<String>,
     now: Timestamp,
-) -> Result<Vec<JobState>> {
+) -> Result<Vec<JobState<'a>>> {
     let t = std::time::Instant::now();
     let mut recent: HashMap<String, Vec<RunBrief>> =
         store.recent_runs(&names, 1)?.into_iter().collect();
-    let mut last: HashMap<String, RunRecord> = store
-        .last_runs_of(&names)?
+    let mut last: HashMap<String, RunBrief> = store
+        .last_briefs(&names)?
         .into_iter()
         .map(|r| (r.job.clone(), r))
         .collect();
@@ -213,14 +215,14 @@ pub fn job_states_of(
     let mut out: Vec<JobState> = names
         .into_iter()
         .map(|name| {
-            let job = cfg.job(&name).cloned();
+            let job = cfg.job(&name);
             let recent = recent.remove(&name).unwrap_or_default();
-            let lock = job.as_ref().map_or(name.as_str(), |j| j.lock.as_str());
+            let lock = job.map_or(name.as_str(), |j| j.lock.as_str());
             let holder = holders
                 .iter()
                 .find(|h| h.lock == lock || h.job == name)
                 .cloned();
-            let f = job.as_ref().map(|j| fires.get(j, now)).unwrap_or_default();
+            let f = job.map(|j| fires.get(j, now)).unwrap_or_default();
             let newest = recent.first().map(|r| r.started_ms);
             JobState {
                 broken: cfg
@@ -229,9 +231,8 @@ pub fn job_states_of(
                     .find(|(n, _)| *n == name)
                     .map(|(_, e)| e.clone()),
                 last: last.remove(&name),
-                sched: job
-                    .as_ref()
-                    .and_then(|j| sched_state(j, f.last.as_ref(), newest, grace_ms, now)),
+                last_full: None,
+                sched: job.and_then(|j| sched_state(j, f.last.as_ref(), newest, grace_ms, now)),
                 next: f.next,
                 running: running.contains(&name),
                 holder,
@@ -246,13 +247,28 @@ pub fn job_states_of(
     Ok(out)
 }
 
-/// Read the last [`STRIP`] runs of the given states.
-pub fn fill_strips(store: &dyn DashboardStore, states: &mut [JobState]) -> Result<()> {
+/// For the jobs a page shows: their last [`STRIP`] runs (`strips`) and
+/// their last run in full.
+pub fn fill_page(
+    store: &dyn DashboardStore,
+    states: &mut [JobState<'_>],
+    strips: bool,
+) -> Result<()> {
     let names: Vec<String> = states.iter().map(|s| s.name.clone()).collect();
-    let mut recent: HashMap<String, Vec<RunBrief>> =
-        store.recent_runs(&names, STRIP)?.into_iter().collect();
+    if strips {
+        let mut recent: HashMap<String, Vec<RunBrief>> =
+            store.recent_runs(&names, STRIP)?.into_iter().collect();
+        for s in states.iter_mut() {
+            s.recent = recent.remove(&s.name).unwrap_or_default();
+        }
+    }
+    let mut full: HashMap<String, RunRecord> = store
+        .last_runs_of(&names)?
+        .into_iter()
+        .map(|r| (r.job.clone(), r))
+        .collect();
     for s in states {
-        s.recent = recent.remove(&s.name).unwrap_or_default();
+        s.last_full = full.remove(&s.name);
     }
     Ok(())
 }

@@ -1748,6 +1748,29 @@ mod dashboard_impl {
             rows.iter().map(|r| self.row_to_run(r)).collect()
         }
 
+        fn last_briefs(&self, jobs: &[String]) -> Result<Vec<RunBrief>> {
+            let names: Vec<&str> = jobs.iter().map(String::as_str).collect();
+            let cols = BRIEF
+                .split(", ")
+                .map(|c| format!("r.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let rows = self.with("dashboard last_briefs", |c, _| {
+                Ok(c.query(
+                    &format!(
+                        "SELECT {cols} FROM unnest($1::text[]) WITH ORDINALITY AS j(name, ord) \
+                         CROSS JOIN LATERAL (SELECT * FROM runs WHERE seq = COALESCE(\
+                         (SELECT seq FROM runs WHERE job = j.name COLLATE \"C\" \
+                          AND outcome <> 'skipped' ORDER BY seq DESC LIMIT 1), \
+                         (SELECT max(seq) FROM runs WHERE job = j.name COLLATE \"C\"))) r \
+                         ORDER BY j.ord"
+                    ),
+                    &[&names],
+                )?)
+            })?;
+            rows.iter().map(|r| self.brief(r)).collect()
+        }
+
         fn last_successes(&self, jobs: &[String]) -> Result<Vec<RunBrief>> {
             let names: Vec<&str> = jobs.iter().map(String::as_str).collect();
             let rows = self.with("dashboard last_successes", |c, _| {

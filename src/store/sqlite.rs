@@ -1178,6 +1178,29 @@ mod dashboard_impl {
             Ok(out)
         }
 
+        fn last_briefs(&self, jobs: &[String]) -> Result<Vec<RunBrief>> {
+            let conn = self.conn();
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {BRIEF} FROM runs WHERE seq = COALESCE(\
+                     (SELECT seq FROM runs WHERE job = ?1 AND outcome <> 'skipped' \
+                      ORDER BY seq DESC LIMIT 1), \
+                     (SELECT MAX(seq) FROM runs WHERE job = ?1))"
+                ))
+                .map_err(|e| self.err(e))?;
+            let mut out = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                if let Some(r) = stmt
+                    .query_row([job], brief)
+                    .optional()
+                    .map_err(|e| self.err(e))?
+                {
+                    out.push(r);
+                }
+            }
+            Ok(out)
+        }
+
         fn last_successes(&self, jobs: &[String]) -> Result<Vec<RunBrief>> {
             let conn = self.conn();
             let mut stmt = conn
