@@ -21,7 +21,14 @@ use serde_json::json;
 
 pub fn metrics(app: &App) -> RouteResult {
     let cfg = app.configs();
-    let text = super::metrics::render(app.store.as_ref(), &cfg.global, &cfg.jobs, &app.fires)?;
+    let since = |j: &batchguard_config::Job| cfg.modified(&j.name);
+    let text = super::metrics::render(
+        app.store.as_ref(),
+        &cfg.global,
+        &cfg.jobs,
+        &app.fires,
+        &since,
+    )?;
     Ok(Resp::text(
         200,
         "text/plain; version=0.0.4; charset=utf-8",

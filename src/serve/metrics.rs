@@ -76,11 +76,12 @@ pub fn render(
     global: &Global,
     jobs: &[Job],
     fires: &view::FireCache,
+    since: &dyn Fn(&Job) -> Option<Timestamp>,
 ) -> crate::store::Result<String> {
     let now = Timestamp::now();
     let names: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
     let last: HashMap<String, _> = store
-        .last_runs_of(&names)?
+        .last_briefs(&names)?
         .into_iter()
         .map(|r| (r.job.clone(), r))
         .collect();
@@ -207,7 +208,7 @@ pub fn render(
         let is_running = running.iter().any(|r| r.job == name);
         running_f.job(name, u8::from(is_running).to_string());
         let is_missed = view::sched_state(
-            job,
+            since(job),
             f.last.as_ref(),
             newest.get(name).copied(),
             grace_ms,
@@ -253,7 +254,8 @@ pub fn write_textfile(
     let Some(path) = &global.metrics_textfile else {
         return Ok(());
     };
-    let text = render(store, global, jobs, &view::FireCache::default())?;
+    let fires = view::FireCache::default();
+    let text = render(store, global, jobs, &fires, &view::configured_since)?;
     let err = |source| ServeError::Textfile {
         path: path.clone(),
         source,

@@ -168,11 +168,17 @@ pub(crate) struct Configs {
     /// Job files that do not load: (name, error).
     pub broken: Vec<(String, String)>,
     index: std::collections::HashMap<String, usize>,
+    modified: std::collections::HashMap<String, jiff::Timestamp>,
 }
 
 impl Configs {
     pub fn job(&self, name: &str) -> Option<&Job> {
         self.index.get(name).and_then(|&i| self.jobs.get(i))
+    }
+
+    /// When the job's file last changed (as of the last load).
+    pub fn modified(&self, name: &str) -> Option<jiff::Timestamp> {
+        self.modified.get(name).copied()
     }
 }
 
@@ -259,12 +265,25 @@ impl App {
             .enumerate()
             .map(|(i, j)| (j.name.clone(), i))
             .collect();
+        let by_path: std::collections::HashMap<&Path, SystemTime> = sig
+            .iter()
+            .filter_map(|(p, m, _)| Some((p.as_path(), (*m)?)))
+            .collect();
+        let modified = jobs
+            .iter()
+            .filter_map(|j| {
+                let m = by_path.get(j.file.as_path())?;
+                Some((j.name.clone(), jiff::Timestamp::try_from(*m).ok()?))
+            })
+            .collect();
+        drop(by_path);
         let c = Arc::new(Configs {
             signature: sig,
             global,
             jobs,
             broken,
             index,
+            modified,
         });
         *cache = Some(c.clone());
         c

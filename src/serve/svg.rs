@@ -24,17 +24,32 @@ pub fn outcome_class(outcome: &str) -> &'static str {
     }
 }
 
+/// `2026-11-30 03:30:00 +09:00`, without strftime (thousands per page).
+pub fn short_time(ms: i64, tz: &TimeZone) -> String {
+    let ts = jiff::Timestamp::from_millisecond(ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    let off = tz.to_offset(ts);
+    let dt = off.to_datetime(ts);
+    let secs = off.seconds();
+    let (sign, secs) = if secs < 0 { ('-', -secs) } else { ('+', secs) };
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} {sign}{:02}:{:02}",
+        dt.year(),
+        dt.month(),
+        dt.day(),
+        dt.hour(),
+        dt.minute(),
+        dt.second(),
+        secs / 3600,
+        secs % 3600 / 60
+    )
+}
+
 fn run_title(r: &RunBrief, tz: &TimeZone) -> String {
     let dur = r
         .duration_ms
         .map(crate::clock::human_ms)
         .unwrap_or_else(|| "-".into());
-    format!(
-        "{} · {} · {}",
-        r.outcome,
-        crate::clock::rfc3339(r.started_ms, tz),
-        dur
-    )
+    format!("{} · {} · {}", r.outcome, short_time(r.started_ms, tz), dur)
 }
 
 /// The last runs as a strip of squares, oldest left; `runs` newest first.

@@ -95,7 +95,7 @@ impl JobState<'_> {
 }
 
 /// When the job's file last changed: fires before it are not its misses.
-fn configured_since(job: &Job) -> Option<Timestamp> {
+pub fn configured_since(job: &Job) -> Option<Timestamp> {
     let modified = std::fs::metadata(&job.file).ok()?.modified().ok()?;
     Timestamp::try_from(modified).ok()
 }
@@ -146,14 +146,14 @@ impl FireCache {
 /// The schedule state of `job` at `now`, given its latest fire and the
 /// start of its newest run (of any outcome: a skipped run did start).
 pub fn sched_state(
-    job: &Job,
+    configured_since: Option<Timestamp>,
     last_fire: Option<&Zoned>,
     newest_start_ms: Option<i64>,
     grace_ms: i64,
     now: Timestamp,
 ) -> Option<Sched> {
     let fire = last_fire?.clone();
-    if configured_since(job).is_some_and(|since| fire.timestamp() < since) {
+    if configured_since.is_some_and(|since| fire.timestamp() < since) {
         return None;
     }
     let fire_ms = fire.timestamp().as_millisecond();
@@ -232,7 +232,10 @@ pub fn job_states_of<'a>(
                     .map(|(_, e)| e.clone()),
                 last: last.remove(&name),
                 last_full: None,
-                sched: job.and_then(|j| sched_state(j, f.last.as_ref(), newest, grace_ms, now)),
+                sched: job.and_then(|j| {
+                    let since = cfg.modified(&j.name);
+                    sched_state(since, f.last.as_ref(), newest, grace_ms, now)
+                }),
                 next: f.next,
                 running: running.contains(&name),
                 holder,
