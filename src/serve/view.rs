@@ -111,7 +111,10 @@ pub struct Fires {
 /// the latest and the next fire of a schedule stay what they were (cron
 /// arithmetic for 1,000 jobs on every request would dominate the page).
 #[derive(Default)]
-pub struct FireCache(Mutex<HashMap<String, (String, Option<String>, Fires)>>);
+pub struct FireCache(Mutex<HashMap<String, CachedFires>>);
+
+/// A job's schedule and zone, and its fires computed for them.
+type CachedFires = (String, Option<String>, Fires);
 
 impl FireCache {
     pub fn get(&self, job: &Job, now: Timestamp) -> Fires {
