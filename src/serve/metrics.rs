@@ -80,20 +80,16 @@ pub fn render(
 ) -> crate::store::Result<String> {
     let now = Timestamp::now();
     let names: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
-    let last: HashMap<String, _> = store
-        .last_briefs(&names)?
+    let briefs = store.last_briefs(&names)?;
+    let newest: HashMap<String, i64> = briefs.iter().map(|(b, n)| (b.job.clone(), *n)).collect();
+    let last: HashMap<String, _> = briefs
         .into_iter()
-        .map(|r| (r.job.clone(), r))
+        .map(|(r, _)| (r.job.clone(), r))
         .collect();
     let success: HashMap<String, _> = store
         .last_successes(&names)?
         .into_iter()
         .map(|r| (r.job.clone(), r))
-        .collect();
-    let newest: HashMap<String, i64> = store
-        .recent_runs(&names, 1)?
-        .into_iter()
-        .filter_map(|(job, runs)| Some((job, runs.first()?.started_ms)))
         .collect();
     let mut totals: BTreeMap<(String, String), u64> = BTreeMap::new();
     for (job, outcome, n) in store.run_totals()? {

@@ -41,7 +41,7 @@ pub struct JobState<'a> {
     pub last: Option<RunBrief>,
     /// The same run in full, once [`fill_page`] read it.
     pub last_full: Option<RunRecord>,
-    /// Newest first, at most [`STRIP`].
+    /// Newest first, at most [`STRIP`], once [`fill_page`] read them.
     pub recent: Vec<RunBrief>,
     pub next: Option<Zoned>,
     pub sched: Option<Sched>,
@@ -171,9 +171,8 @@ pub fn sched_state(
 }
 
 /// Every job (configured, broken, or only seen in the store), failing and
-/// missed first, then late, running, the rest; by name within each. Each
-/// state's `recent` holds only the newest run: [`fill_strips`] adds the
-/// rest for the jobs a page shows.
+/// missed first, then late, running, the rest; by name within each.
+/// [`fill_page`] reads the strips and full records of the jobs a page shows.
 pub fn job_states<'a>(
     store: &dyn DashboardStore,
     cfg: &'a Configs,
@@ -195,12 +194,10 @@ pub fn job_states_of<'a>(
     now: Timestamp,
 ) -> Result<Vec<JobState<'a>>> {
     let t = std::time::Instant::now();
-    let mut recent: HashMap<String, Vec<RunBrief>> =
-        store.recent_runs(&names, 1)?.into_iter().collect();
-    let mut last: HashMap<String, RunBrief> = store
+    let mut last: HashMap<String, (RunBrief, i64)> = store
         .last_briefs(&names)?
         .into_iter()
-        .map(|r| (r.job.clone(), r))
+        .map(|r| (r.0.job.clone(), r))
         .collect();
     let running: BTreeSet<String> = store
         .store()
@@ -219,21 +216,24 @@ pub fn job_states_of<'a>(
         .into_iter()
         .map(|name| {
             let job = cfg.job(&name);
-            let recent = recent.remove(&name).unwrap_or_default();
+            let (last, newest) = match last.remove(&name) {
+                Some((b, n)) => (Some(b), Some(n)),
+                None => (None, None),
+            };
             let lock = job.map_or(name.as_str(), |j| j.lock.as_str());
             let holder = holders
                 .iter()
                 .find(|h| h.lock == lock || h.job == name)
                 .cloned();
             let f = job.map(|j| fires.get(j, now)).unwrap_or_default();
-            let newest = recent.first().map(|r| r.started_ms);
+
             JobState {
                 broken: cfg
                     .broken
                     .iter()
                     .find(|(n, _)| *n == name)
                     .map(|(_, e)| e.clone()),
-                last: last.remove(&name),
+                last,
                 last_full: None,
                 sched: job.and_then(|j| {
                     let since = cfg.modified(&j.name);
@@ -242,7 +242,7 @@ pub fn job_states_of<'a>(
                 next: f.next,
                 running: running.contains(&name),
                 holder,
-                recent,
+                recent: Vec::new(),
                 job,
                 name,
             }

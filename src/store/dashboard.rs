@@ -65,8 +65,9 @@ pub trait DashboardStore: Send + Sync {
     /// The newest run of each of `jobs` that was not skipped (the newest
     /// skipped one when that is all there is), like [`Store::last_runs`].
     fn last_runs_of(&self, jobs: &[String]) -> Result<Vec<RunRecord>>;
-    /// [`DashboardStore::last_runs_of`], brief (for ordering many jobs).
-    fn last_briefs(&self, jobs: &[String]) -> Result<Vec<RunBrief>>;
+    /// [`DashboardStore::last_runs_of`], brief (for ordering many jobs),
+    /// each with the start of the job's newest run of any outcome.
+    fn last_briefs(&self, jobs: &[String]) -> Result<Vec<(RunBrief, i64)>>;
     /// The newest successful run of each of `jobs`.
     fn last_successes(&self, jobs: &[String]) -> Result<Vec<RunBrief>>;
     /// A page of a job's runs, newest first: at most `limit` runs older than

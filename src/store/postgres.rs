@@ -1748,7 +1748,7 @@ mod dashboard_impl {
             rows.iter().map(|r| self.row_to_run(r)).collect()
         }
 
-        fn last_briefs(&self, jobs: &[String]) -> Result<Vec<RunBrief>> {
+        fn last_briefs(&self, jobs: &[String]) -> Result<Vec<(RunBrief, i64)>> {
             let names: Vec<&str> = jobs.iter().map(String::as_str).collect();
             let cols = BRIEF
                 .split(", ")
@@ -1758,7 +1758,9 @@ mod dashboard_impl {
             let rows = self.with("dashboard last_briefs", |c, _| {
                 Ok(c.query(
                     &format!(
-                        "SELECT {cols} FROM unnest($1::text[]) WITH ORDINALITY AS j(name, ord) \
+                        "SELECT {cols}, (SELECT started_ms FROM runs \
+                         WHERE job = j.name COLLATE \"C\" ORDER BY seq DESC LIMIT 1) \
+                         FROM unnest($1::text[]) WITH ORDINALITY AS j(name, ord) \
                          CROSS JOIN LATERAL (SELECT * FROM runs WHERE seq = COALESCE(\
                          (SELECT seq FROM runs WHERE job = j.name COLLATE \"C\" \
                           AND outcome <> 'skipped' ORDER BY seq DESC LIMIT 1), \
@@ -1768,7 +1770,12 @@ mod dashboard_impl {
                     &[&names],
                 )?)
             })?;
-            rows.iter().map(|r| self.brief(r)).collect()
+            rows.iter()
+                .map(|r| {
+                    let newest: i64 = r.try_get(8).map_err(|e| self.err(e))?;
+                    Ok((self.brief(r)?, newest))
+                })
+                .collect()
         }
 
         fn last_successes(&self, jobs: &[String]) -> Result<Vec<RunBrief>> {

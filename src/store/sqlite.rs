@@ -1178,11 +1178,12 @@ mod dashboard_impl {
             Ok(out)
         }
 
-        fn last_briefs(&self, jobs: &[String]) -> Result<Vec<RunBrief>> {
+        fn last_briefs(&self, jobs: &[String]) -> Result<Vec<(RunBrief, i64)>> {
             let conn = self.conn();
             let mut stmt = conn
                 .prepare_cached(&format!(
-                    "SELECT {BRIEF} FROM runs WHERE seq = COALESCE(\
+                    "SELECT {BRIEF}, (SELECT started_ms FROM runs WHERE job = ?1 \
+                     ORDER BY seq DESC LIMIT 1) FROM runs WHERE seq = COALESCE(\
                      (SELECT seq FROM runs WHERE job = ?1 AND outcome <> 'skipped' \
                       ORDER BY seq DESC LIMIT 1), \
                      (SELECT MAX(seq) FROM runs WHERE job = ?1))"
@@ -1191,7 +1192,7 @@ mod dashboard_impl {
             let mut out = Vec::with_capacity(jobs.len());
             for job in jobs {
                 if let Some(r) = stmt
-                    .query_row([job], brief)
+                    .query_row([job], |r| Ok((brief(r)?, r.get(8)?)))
                     .optional()
                     .map_err(|e| self.err(e))?
                 {
