@@ -856,3 +856,59 @@ fn browser_pages_in_headless_chromium() {
         }
     }
 }
+
+#[test]
+fn adhoc_runs_show_but_stay_out_of_metrics_and_new_job_files_are_picked_up() {
+    let env = Env::new(None);
+    env.job("first", "command = [\"true\"]\nworkdir = \"/tmp\"\n");
+    assert_eq!(env.run(&["run", "first"]).status.code(), Some(0));
+    let out = env.run(&["exec", "--name", "adhoc-1", "--", "true"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let srv = serve(&env, &[], &[]);
+    let p = srv.port;
+    let jobs = ok(p, "/api/jobs").json();
+    let adhoc = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job"] == "adhoc-1")
+        .expect("ad-hoc runs are listed");
+    assert_eq!(adhoc["configured"], false);
+    let _ = ok(p, "/jobs/adhoc-1");
+    let run = ok(
+        p,
+        &format!("/runs/{}", adhoc["last_run"]["id"].as_str().unwrap()),
+    );
+    assert!(
+        run.body.contains("ad-hoc run"),
+        "no re-run command for exec runs"
+    );
+    let metrics = ok(p, "/metrics").body;
+    assert!(metrics.contains("job=\"first\""));
+    assert!(
+        !metrics.contains("adhoc-1"),
+        "ad-hoc names are unbounded: not labels"
+    );
+    // A job file added while serving shows up (files are checked once a second).
+    env.job("second", "command = [\"true\"]\nworkdir = \"/tmp\"\n");
+    std::thread::sleep(Duration::from_millis(1100));
+    let jobs = ok(p, "/api/jobs").json();
+    assert!(
+        jobs["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["job"] == "second")
+    );
+    assert_eq!(ok(p, "/jobs/second").status, 200);
+    // A broken job file still shows, with its error.
+    env.job("broken", "command = 3\n");
+    std::thread::sleep(Duration::from_millis(1100));
+    let b = ok(p, "/api/jobs/broken").json();
+    assert!(
+        b["config_error"].as_str().unwrap().contains("broken.toml"),
+        "{b}"
+    );
+    let page = ok(p, "/").body;
+    assert!(page.contains("config error"));
+}
