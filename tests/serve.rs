@@ -431,6 +431,27 @@ fn check_routes(env: &Env) {
         assert_eq!(r.status, 400, "{path}: {}", r.body);
     }
     assert!(get(p, "/api/jobs?limit=abc").json()["error"].is_string());
+    // Odd requests get an answer, never a crash.
+    let long = format!("/jobs/{}", "a".repeat(5000));
+    for path in [
+        "/%",
+        "/%2",
+        "//",
+        "/jobs/",
+        "/runs/",
+        "/runs/%00",
+        "/api/runs/x/log?offset=99999999999999999999",
+        "/api/runs/x/log?offset=1&offset=2",
+        "/timeline?from=0000-01-01&to=9999-12-31",
+        "/timeline?to=1970-01-01",
+        "/jobs/hello?from=-009999-01-01T00:00:00Z",
+        "/?page=18446744073709551616",
+        "/api/jobs?offset=4294967295&limit=1000",
+        long.as_str(),
+    ] {
+        let r = get(p, path);
+        assert!([200, 400, 404].contains(&r.status), "{path}: {}", r.status);
+    }
 
     // Read-only.
     for method in ["POST", "PUT", "DELETE", "PATCH"] {

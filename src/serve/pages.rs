@@ -403,7 +403,13 @@ fn range_links(base: &str, current: &str, choices: &[&str]) -> String {
         let on = if *c == current { " class=\"on\"" } else { "" };
         let _ = write!(s, "<a{on} href=\"{base}?range={c}\">{c}</a>");
     }
-    s.push_str("</p>");
+    // Any range: dates (or RFC 3339 times) in the query.
+    let _ = write!(
+        s,
+        "</p><form class=\"ranges\" method=\"get\" action=\"{base}\">From \
+         <input type=\"date\" name=\"from\" required> to \
+         <input type=\"date\" name=\"to\" required> <button type=\"submit\">Show</button></form>"
+    );
     s
 }
 
