@@ -1116,7 +1116,7 @@ pub fn timeline(app: &App, q: &Query) -> RouteResult {
         encode(&clock::rfc3339(r.from_ms - span, &TimeZone::UTC)),
         encode(&clock::rfc3339(r.from_ms, &TimeZone::UTC))
     );
-    if r.to_ms < now {
+    if q.get("to").is_some() && r.to_ms < now {
         let _ = write!(
             body,
             "<a href=\"/timeline?from={}&amp;to={}\">later →</a>",
