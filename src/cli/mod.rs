@@ -545,12 +545,9 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 }
             }
         }
-        Command::Serve { listen, token_env } => crate::serve::run(&crate::serve::Options {
-            config_dir: dir.clone(),
-            state: cli.state.clone(),
-            listen: listen.clone(),
-            token_env: token_env.clone(),
-        }),
+        Command::Serve { listen, token_env } => {
+            crate::serve::command(&dir, cli.state.as_deref(), listen, token_env.as_deref())
+        }
         Command::Logs { run_id, follow } => {
             let global = config::load_global(&dir).unwrap_or_default();
             let ctx = context(&cli, global)?;

@@ -86,6 +86,21 @@ pub struct Options {
     pub token_env: Option<String>,
 }
 
+/// `batchguard serve` as the command line gives it.
+pub fn command(
+    config_dir: &Path,
+    state: Option<&str>,
+    listen: &str,
+    token_env: Option<&str>,
+) -> Result<i32> {
+    run(&Options {
+        config_dir: config_dir.to_path_buf(),
+        state: state.map(str::to_string),
+        listen: listen.to_string(),
+        token_env: token_env.map(str::to_string),
+    })
+}
+
 /// Run the dashboard until SIGTERM or SIGINT; returns the exit code.
 pub fn run(opts: &Options) -> Result<i32> {
     if !opts.config_dir.is_dir() {
