@@ -933,3 +933,64 @@ fn adhoc_runs_show_but_stay_out_of_metrics_and_new_job_files_are_picked_up() {
     let page = ok(p, "/").body;
     assert!(page.contains("config error"));
 }
+
+#[test]
+fn a_running_job_shows_its_lock_holder_and_counts_as_running() {
+    let env = Env::new(None);
+    env.job(
+        "slow",
+        "command = [\"sleep\", \"4\"]\nworkdir = \"/tmp\"\ntimeout = \"1m\"\n",
+    );
+    let mut child = env
+        .cmd(&["run", "slow"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !env.root.join("state.db").exists() {
+        assert!(Instant::now() < deadline, "no store");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let srv = serve(&env, &[], &[]);
+    let state = loop {
+        let jobs = ok(srv.port, "/api/jobs").json();
+        let slow = jobs["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["job"] == "slow")
+            .cloned()
+            .unwrap();
+        if slow["running"] == true && !slow["lock_holder"].is_null() {
+            break slow;
+        }
+        assert!(Instant::now() < deadline, "never saw the run: {slow}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let run_id = state["lock_holder"]["run_id"].as_str().unwrap().to_string();
+    assert_eq!(state["lock_holder"]["lock"], "slow");
+    let page = ok(srv.port, "/").body;
+    assert!(
+        page.contains(&format!("href=\"/runs/{run_id}\"")),
+        "holder linked"
+    );
+    assert!(page.contains("badge o-running"));
+    if let Some(m) = parse_prometheus(&ok(srv.port, "/metrics").body) {
+        assert_eq!(
+            sample(&m, "batchguard_job_running", &[("job", "slow")]),
+            Some(1.0)
+        );
+    }
+    // The run page of a running run: its log so far.
+    let r = ok(srv.port, &format!("/runs/{run_id}"));
+    assert!(r.body.contains("badge o-running"));
+    let log = ok(srv.port, &format!("/api/runs/{run_id}/log")).json();
+    assert_eq!(log["running"], true);
+    let timeline = ok(srv.port, "/timeline").body;
+    assert!(timeline.contains(&format!("href=\"/runs/{run_id}\"")));
+    assert!(child.wait().unwrap().success());
+    let jobs = ok(srv.port, "/api/jobs").json();
+    assert_eq!(jobs["jobs"][0]["running"], false);
+    assert!(jobs["jobs"][0]["lock_holder"].is_null());
+}

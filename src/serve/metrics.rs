@@ -272,6 +272,8 @@ pub fn write_textfile(
             .mode(0o644)
             .open(&tmp)?;
         f.write_all(text.as_bytes())?;
+        // node_exporter runs as another user: readable whatever the umask.
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
