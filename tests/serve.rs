@@ -989,6 +989,12 @@ fn a_running_job_shows_its_lock_holder_and_counts_as_running() {
     assert_eq!(log["running"], true);
     let timeline = ok(srv.port, "/timeline").body;
     assert!(timeline.contains(&format!("href=\"/runs/{run_id}\"")));
+    // A second run while the lock is held is skipped, and the textfile
+    // follows that run too.
+    assert_eq!(env.run(&["run", "slow"]).status.code(), Some(75));
+    let text = std::fs::read_to_string(env.root.join("prom/batchguard.prom")).unwrap();
+    assert!(text.contains("batchguard_job_runs_total{job=\"slow\",outcome=\"skipped\"} 1"));
+    assert!(text.contains("batchguard_job_running{job=\"slow\"} 1"));
     assert!(child.wait().unwrap().success());
     let jobs = ok(srv.port, "/api/jobs").json();
     assert_eq!(jobs["jobs"][0]["running"], false);

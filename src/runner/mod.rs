@@ -134,6 +134,8 @@ fn skip(
         ..RunEnd::default()
     };
     notice::skipped(ctx, job, p, &skipped, &end, always_notify);
+    // metrics textfile (SPEC §10)
+    crate::serve::after_run(ctx);
     if always_notify || std::io::stderr().is_terminal() {
         eprintln!(
             "batchguard: job `{}` skipped: {}",
