@@ -8,6 +8,7 @@
 //! - [`store`]: the state store trait and its backends;
 //! - [`runner`]: one invocation of a job: lock, attempts, records;
 //! - [`logs`], [`redact`], [`publish`], [`cron`], [`host`], [`clock`]: supporting concepts;
+//! - [`serve`]: the read-only web dashboard and Prometheus metrics;
 //! - [`cli`]: argument parsing, dispatch and rendering, no business logic;
 //! - [`error`] and [`exit`]: the one place where errors become exit codes.
 
@@ -27,6 +28,7 @@ pub mod publish;
 pub mod redact;
 pub mod runner;
 pub mod sanitize;
+pub mod serve;
 pub mod store;
 pub mod watchdog;
 

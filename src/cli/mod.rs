@@ -158,6 +158,15 @@ enum Command {
         #[command(subcommand)]
         action: NotifyAction,
     },
+    /// Read-only web dashboard and Prometheus metrics (SPEC §10).
+    Serve {
+        /// Address to listen on; beyond loopback only with --token-env.
+        #[arg(long, default_value = "127.0.0.1:8470")]
+        listen: String,
+        /// Environment variable holding the access token.
+        #[arg(long, value_name = "VAR")]
+        token_env: Option<String>,
+    },
     /// A run's log.
     Logs {
         run_id: String,
@@ -419,6 +428,9 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Cron { action } => cron_command(&dir, action),
         Command::Watchdog => watchdog(&cli),
         Command::Notify { action } => notify(&cli, action),
+        Command::Serve { listen, token_env } => {
+            crate::serve::command(&dir, cli.state.as_deref(), listen, token_env.as_deref())
+        }
         Command::Logs { run_id, follow } => {
             let global = config::load_global(&dir).unwrap_or_default();
             let ctx = context(&cli, global)?;

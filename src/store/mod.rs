@@ -20,6 +20,7 @@
 
 #[doc(hidden)]
 pub mod conformance;
+pub mod dashboard;
 pub mod policy;
 pub mod postgres;
 pub(crate) mod rows;

@@ -169,6 +169,39 @@ CREATE TABLE queue (
 );
 CREATE INDEX queue_claimable ON queue (scope_id, state, lease_until_ms) WHERE state IN (0, 1);
 "#,
+    // The dashboard's reads (SPEC §10, src/store/dashboard.rs): indexes for
+    // the newest success, time ranges and the timeline, and run counts per
+    // job and outcome kept by a trigger (the Prometheus counter).
+    r#"
+CREATE INDEX runs_job_outcome_seq ON runs (job, outcome, seq);
+CREATE INDEX runs_job_started ON runs (job, started_ms);
+CREATE INDEX runs_started ON runs (started_ms);
+CREATE TABLE run_totals (
+    job TEXT COLLATE "C" NOT NULL,
+    outcome TEXT NOT NULL,
+    n BIGINT NOT NULL,
+    PRIMARY KEY (job, outcome)
+);
+INSERT INTO run_totals (job, outcome, n)
+    SELECT job, outcome, count(*) FROM runs WHERE outcome <> 'running' GROUP BY job, outcome;
+CREATE FUNCTION batchguard_run_totals() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+    IF TG_OP = 'UPDATE' AND OLD.outcome <> 'running' THEN
+        UPDATE run_totals SET n = n - 1 WHERE job = OLD.job AND outcome = OLD.outcome;
+    END IF;
+    IF NEW.outcome <> 'running' THEN
+        INSERT INTO run_totals (job, outcome, n) VALUES (NEW.job, NEW.outcome, 1)
+        ON CONFLICT (job, outcome) DO UPDATE SET n = run_totals.n + 1;
+    END IF;
+    RETURN NULL;
+END
+$f$;
+CREATE TRIGGER run_totals_insert AFTER INSERT ON runs
+    FOR EACH ROW EXECUTE FUNCTION batchguard_run_totals();
+CREATE TRIGGER run_totals_update AFTER UPDATE OF outcome ON runs
+    FOR EACH ROW WHEN (NEW.outcome IS DISTINCT FROM OLD.outcome)
+    EXECUTE FUNCTION batchguard_run_totals();
+"#,
 ];
 
 const DEFAULT_POOL_SIZE: usize = 8;
@@ -1361,6 +1394,313 @@ impl WatchStore for PostgresStore {
             }
             Ok(n == 1)
         })
+    }
+}
+
+// The dashboard's reads (SPEC §10); see src/store/dashboard.rs.
+mod dashboard_impl {
+    use super::super::dashboard::{DashboardStore, ItemTotals, LockHolder, RunBrief};
+    use super::super::rows::{self, RUN_COLUMNS, Value};
+    use super::{PostgresStore, Result, RunRecord, Store};
+    use postgres::Row;
+
+    const BRIEF: &str =
+        "id, job, outcome, started_ms, ended_ms, duration_ms, peak_memory_bytes, memory_max_bytes";
+
+    impl PostgresStore {
+        fn brief(&self, r: &Row) -> Result<RunBrief> {
+            self.brief_at(r, 0)
+        }
+
+        fn brief_at(&self, r: &Row, o: usize) -> Result<RunBrief> {
+            let get = |e: postgres::Error| self.err(e);
+            Ok(RunBrief {
+                id: r.try_get(o).map_err(get)?,
+                job: r.try_get(o + 1).map_err(get)?,
+                outcome: r.try_get(o + 2).map_err(get)?,
+                started_ms: r.try_get(o + 3).map_err(get)?,
+                ended_ms: r.try_get(o + 4).map_err(get)?,
+                duration_ms: r.try_get(o + 5).map_err(get)?,
+                peak_memory_bytes: r
+                    .try_get::<_, Option<i64>>(o + 6)
+                    .map_err(get)?
+                    .map(|b| b.max(0) as u64),
+                memory_max_bytes: r
+                    .try_get::<_, Option<i64>>(o + 7)
+                    .map_err(get)?
+                    .map(|b| b.max(0) as u64),
+            })
+        }
+
+        fn count(&self, r: &Row, i: usize) -> Result<u64> {
+            Ok(r.try_get::<_, i64>(i).map_err(|e| self.err(e))?.max(0) as u64)
+        }
+    }
+
+    fn clamp(n: usize) -> i64 {
+        n.min(i64::MAX as usize) as i64
+    }
+
+    impl DashboardStore for PostgresStore {
+        fn store(&self) -> &dyn Store {
+            self
+        }
+
+        fn run_jobs(&self) -> Result<Vec<String>> {
+            // Finished runs are counted per job in run_totals; running ones
+            // are in the partial index runs_running.
+            let rows = self.with("dashboard run_jobs", |c, _| {
+                Ok(c.query(
+                    "SELECT job FROM run_totals UNION \
+                     SELECT job FROM runs WHERE outcome = 'running' ORDER BY 1",
+                    &[],
+                )?)
+            })?;
+            rows.iter()
+                .map(|r| r.try_get(0).map_err(|e| self.err(e)))
+                .collect()
+        }
+
+        fn recent_runs(&self, jobs: &[String], n: usize) -> Result<Vec<(String, Vec<RunBrief>)>> {
+            let names: Vec<&str> = jobs.iter().map(String::as_str).collect();
+            let n = clamp(n);
+            let rows = self.with("dashboard recent_runs", |c, _| {
+                Ok(c.query(
+                    &format!(
+                        "SELECT j.ord, r.* FROM unnest($1::text[]) WITH ORDINALITY AS j(name, ord) \
+                         CROSS JOIN LATERAL (SELECT {BRIEF} FROM runs \
+                         WHERE job = j.name COLLATE \"C\" ORDER BY seq DESC LIMIT $2) r \
+                         ORDER BY j.ord"
+                    ),
+                    &[&names, &n],
+                )?)
+            })?;
+            let mut out: Vec<(String, Vec<RunBrief>)> = Vec::new();
+            for r in &rows {
+                let b = self.brief_at(r, 1)?;
+                match out.last_mut() {
+                    Some((job, list)) if *job == b.job => list.push(b),
+                    _ => out.push((b.job.clone(), vec![b])),
+                }
+            }
+            Ok(out)
+        }
+
+        fn last_runs_of(&self, jobs: &[String]) -> Result<Vec<RunRecord>> {
+            let names: Vec<&str> = jobs.iter().map(String::as_str).collect();
+            let cols = RUN_COLUMNS
+                .split(", ")
+                .map(|c| format!("r.{}", c.trim()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let rows = self.with("dashboard last_runs_of", |c, _| {
+                Ok(c.query(
+                    &format!(
+                        "SELECT {cols} FROM unnest($1::text[]) WITH ORDINALITY AS j(name, ord) \
+                         CROSS JOIN LATERAL (SELECT * FROM runs WHERE seq = COALESCE(\
+                         (SELECT seq FROM runs WHERE job = j.name COLLATE \"C\" \
+                          AND outcome <> 'skipped' ORDER BY seq DESC LIMIT 1), \
+                         (SELECT max(seq) FROM runs WHERE job = j.name COLLATE \"C\"))) r \
+                         ORDER BY j.ord"
+                    ),
+                    &[&names],
+                )?)
+            })?;
+            self.map_rows(&rows, rows::run_from)
+        }
+
+        fn last_briefs(&self, jobs: &[String]) -> Result<Vec<(RunBrief, i64)>> {
+            let names: Vec<&str> = jobs.iter().map(String::as_str).collect();
+            let cols = BRIEF
+                .split(", ")
+                .map(|c| format!("r.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let rows = self.with("dashboard last_briefs", |c, _| {
+                Ok(c.query(
+                    &format!(
+                        "SELECT {cols}, (SELECT started_ms FROM runs \
+                         WHERE job = j.name COLLATE \"C\" ORDER BY seq DESC LIMIT 1) \
+                         FROM unnest($1::text[]) WITH ORDINALITY AS j(name, ord) \
+                         CROSS JOIN LATERAL (SELECT * FROM runs WHERE seq = COALESCE(\
+                         (SELECT seq FROM runs WHERE job = j.name COLLATE \"C\" \
+                          AND outcome <> 'skipped' ORDER BY seq DESC LIMIT 1), \
+                         (SELECT max(seq) FROM runs WHERE job = j.name COLLATE \"C\"))) r \
+                         ORDER BY j.ord"
+                    ),
+                    &[&names],
+                )?)
+            })?;
+            rows.iter()
+                .map(|r| {
+                    let newest: i64 = r.try_get(8).map_err(|e| self.err(e))?;
+                    Ok((self.brief(r)?, newest))
+                })
+                .collect()
+        }
+
+        fn last_successes(&self, jobs: &[String]) -> Result<Vec<RunBrief>> {
+            let names: Vec<&str> = jobs.iter().map(String::as_str).collect();
+            let rows = self.with("dashboard last_successes", |c, _| {
+                Ok(c.query(
+                    &format!(
+                        "SELECT r.* FROM unnest($1::text[]) WITH ORDINALITY AS j(name, ord) \
+                         CROSS JOIN LATERAL (SELECT {BRIEF} FROM runs \
+                         WHERE job = j.name COLLATE \"C\" AND outcome = 'success' \
+                         ORDER BY seq DESC LIMIT 1) r ORDER BY j.ord"
+                    ),
+                    &[&names],
+                )?)
+            })?;
+            rows.iter().map(|r| self.brief(r)).collect()
+        }
+
+        fn runs_page(
+            &self,
+            job: &str,
+            before: Option<&str>,
+            limit: usize,
+        ) -> Result<Option<Vec<RunRecord>>> {
+            let before_seq = match before {
+                None => i64::MAX,
+                Some(id) => {
+                    let seq = self.with("dashboard runs_page", |c, _| {
+                        Ok(c.query_opt(
+                            "SELECT seq FROM runs WHERE id = $1 AND job = $2",
+                            &[&id, &job],
+                        )?)
+                    })?;
+                    match seq {
+                        Some(r) => r.try_get::<_, i64>(0).map_err(|e| self.err(e))?,
+                        None => return Ok(None),
+                    }
+                }
+            };
+            self.runs_where(
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE job = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
+                ),
+                vec![
+                    Value::Text(Some(job.to_string())),
+                    Value::I64(Some(before_seq)),
+                    Value::I64(Some(clamp(limit))),
+                ],
+            )
+            .map(Some)
+        }
+
+        fn runs_between(
+            &self,
+            job: Option<&str>,
+            from_ms: i64,
+            to_ms: i64,
+            limit: usize,
+        ) -> Result<Vec<RunBrief>> {
+            let limit = clamp(limit);
+            let rows = self.with("dashboard runs_between", |c, _| {
+                Ok(match job {
+                    Some(job) => c.query(
+                        &format!(
+                            "SELECT {BRIEF} FROM runs WHERE job = $1 AND started_ms >= $2 \
+                             AND started_ms < $3 ORDER BY started_ms DESC LIMIT $4"
+                        ),
+                        &[&job, &from_ms, &to_ms, &limit],
+                    )?,
+                    None => c.query(
+                        &format!(
+                            "SELECT {BRIEF} FROM runs WHERE started_ms >= $1 \
+                             AND started_ms < $2 ORDER BY started_ms DESC LIMIT $3"
+                        ),
+                        &[&from_ms, &to_ms, &limit],
+                    )?,
+                })
+            })?;
+            let mut out = rows
+                .iter()
+                .map(|r| self.brief(r))
+                .collect::<Result<Vec<_>>>()?;
+            out.reverse();
+            Ok(out)
+        }
+
+        fn outcome_counts(&self, job: &str, since_ms: i64) -> Result<Vec<(String, u64)>> {
+            let rows = self.with("dashboard outcome_counts", |c, _| {
+                Ok(c.query(
+                    "SELECT outcome, count(*) FROM runs WHERE job = $1 AND started_ms >= $2 \
+                     GROUP BY outcome ORDER BY outcome",
+                    &[&job, &since_ms],
+                )?)
+            })?;
+            rows.iter()
+                .map(|r| Ok((r.try_get(0).map_err(|e| self.err(e))?, self.count(r, 1)?)))
+                .collect()
+        }
+
+        fn run_totals(&self) -> Result<Vec<(String, String, u64)>> {
+            let rows = self.with("dashboard run_totals", |c, _| {
+                Ok(c.query(
+                    "SELECT job, outcome, n FROM run_totals ORDER BY job, outcome",
+                    &[],
+                )?)
+            })?;
+            rows.iter()
+                .map(|r| {
+                    let get = |e: postgres::Error| self.err(e);
+                    Ok((
+                        r.try_get(0).map_err(get)?,
+                        r.try_get(1).map_err(get)?,
+                        self.count(r, 2)?,
+                    ))
+                })
+                .collect()
+        }
+
+        fn item_totals(&self) -> Result<Vec<ItemTotals>> {
+            let rows = self.with("dashboard item_totals", |c, _| {
+                Ok(c.query(
+                    "SELECT s.job, count(*) FILTER (WHERE l.state = 1), \
+                     count(*) FILTER (WHERE l.state = 2), count(*) FILTER (WHERE l.state = 0) \
+                     FROM ledger_scopes s LEFT JOIN ledger l ON l.scope_id = s.id \
+                     GROUP BY s.job ORDER BY s.job",
+                    &[],
+                )?)
+            })?;
+            rows.iter()
+                .map(|r| {
+                    Ok(ItemTotals {
+                        job: r.try_get(0).map_err(|e| self.err(e))?,
+                        done: self.count(r, 1)?,
+                        failed: self.count(r, 2)?,
+                        in_flight: self.count(r, 3)?,
+                    })
+                })
+                .collect()
+        }
+
+        fn lock_holders(&self) -> Result<Vec<LockHolder>> {
+            let rows = self.with("dashboard lock_holders", |c, _| {
+                Ok(c.query(
+                    "SELECT l.lock_name, l.fence, l.run_id, COALESCE(r.job, ''), \
+                     COALESCE(r.host, ''), COALESCE(r.pid, 0), l.lease_until_ms \
+                     FROM locks l LEFT JOIN runs r ON r.id = l.run_id ORDER BY l.lock_name",
+                    &[],
+                )?)
+            })?;
+            rows.iter()
+                .map(|r| {
+                    let get = |e: postgres::Error| self.err(e);
+                    Ok(LockHolder {
+                        lock: r.try_get(0).map_err(get)?,
+                        fence: r.try_get(1).map_err(get)?,
+                        run_id: r.try_get(2).map_err(get)?,
+                        job: r.try_get(3).map_err(get)?,
+                        host: r.try_get(4).map_err(get)?,
+                        pid: r.try_get(5).map_err(get)?,
+                        lease_until_ms: r.try_get(6).map_err(get)?,
+                    })
+                })
+                .collect()
+        }
     }
 }
 

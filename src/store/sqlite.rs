@@ -144,6 +144,34 @@ CREATE TABLE queue (
     r#"
 DROP TABLE IF EXISTS queue;
 "#,
+    // The dashboard's reads (SPEC §10, src/store/dashboard.rs): indexes for
+    // the newest success, time ranges and the timeline, and run counts per
+    // job and outcome kept by triggers (the Prometheus counter).
+    r#"
+CREATE INDEX runs_job_outcome_seq ON runs (job, outcome, seq);
+CREATE INDEX runs_job_started ON runs (job, started_ms);
+CREATE INDEX runs_started ON runs (started_ms);
+CREATE TABLE run_totals (
+    job TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (job, outcome)
+) WITHOUT ROWID;
+INSERT INTO run_totals (job, outcome, n)
+    SELECT job, outcome, COUNT(*) FROM runs WHERE outcome <> 'running' GROUP BY job, outcome;
+CREATE TRIGGER run_totals_insert AFTER INSERT ON runs WHEN NEW.outcome <> 'running' BEGIN
+    INSERT INTO run_totals (job, outcome, n) VALUES (NEW.job, NEW.outcome, 1)
+    ON CONFLICT (job, outcome) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER run_totals_update AFTER UPDATE OF outcome ON runs
+WHEN NEW.outcome IS NOT OLD.outcome BEGIN
+    UPDATE run_totals SET n = n - 1
+        WHERE OLD.outcome <> 'running' AND job = OLD.job AND outcome = OLD.outcome;
+    INSERT INTO run_totals (job, outcome, n) SELECT NEW.job, NEW.outcome, 1
+        WHERE NEW.outcome <> 'running'
+    ON CONFLICT (job, outcome) DO UPDATE SET n = n + 1;
+END;
+"#,
 ];
 
 /// How this backend spells the shared SQL.
@@ -896,5 +924,296 @@ mod tests {
         assert_eq!(version, MIGRATIONS.len() as i64);
         assert!(!tables(&conn).contains(&"queue".to_string()));
         assert!(tables(&conn).contains(&"ledger".to_string()));
+    }
+}
+
+// The dashboard's reads (SPEC §10); see src/store/dashboard.rs.
+mod dashboard_impl {
+    use super::super::dashboard::{DashboardStore, ItemTotals, LockHolder, RunBrief};
+    use super::super::rows::{self, RUN_COLUMNS, Value};
+    use super::{Result, RunRecord, SqliteStore, Store};
+    use rusqlite::{OptionalExtension, Row, params};
+
+    const BRIEF: &str =
+        "id, job, outcome, started_ms, ended_ms, duration_ms, peak_memory_bytes, memory_max_bytes";
+
+    fn brief(r: &Row<'_>) -> rusqlite::Result<RunBrief> {
+        Ok(RunBrief {
+            id: r.get(0)?,
+            job: r.get(1)?,
+            outcome: r.get(2)?,
+            started_ms: r.get(3)?,
+            ended_ms: r.get(4)?,
+            duration_ms: r.get(5)?,
+            peak_memory_bytes: r.get::<_, Option<i64>>(6)?.map(|b| b.max(0) as u64),
+            memory_max_bytes: r.get::<_, Option<i64>>(7)?.map(|b| b.max(0) as u64),
+        })
+    }
+
+    fn clamp(n: usize) -> i64 {
+        n.min(i64::MAX as usize) as i64
+    }
+
+    impl DashboardStore for SqliteStore {
+        fn store(&self) -> &dyn Store {
+            self
+        }
+
+        fn run_jobs(&self) -> Result<Vec<String>> {
+            // Finished runs are counted per job in run_totals; running ones
+            // are in the partial index runs_running.
+            let conn = self.conn();
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT job FROM run_totals UNION \
+                     SELECT job FROM runs WHERE outcome = 'running' ORDER BY 1",
+                )
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map([], |r| r.get(0))
+                .map_err(|e| self.err(e))?
+                .collect::<std::result::Result<Vec<String>, _>>()
+                .map_err(|e| self.err(e))?;
+            Ok(rows)
+        }
+
+        fn recent_runs(&self, jobs: &[String], n: usize) -> Result<Vec<(String, Vec<RunBrief>)>> {
+            let conn = self.conn();
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {BRIEF} FROM runs WHERE job = ?1 ORDER BY seq DESC LIMIT ?2"
+                ))
+                .map_err(|e| self.err(e))?;
+            let mut out = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                let runs = stmt
+                    .query_map(params![job, clamp(n)], brief)
+                    .map_err(|e| self.err(e))?
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| self.err(e))?;
+                if !runs.is_empty() {
+                    out.push((job.clone(), runs));
+                }
+            }
+            Ok(out)
+        }
+
+        fn last_runs_of(&self, jobs: &[String]) -> Result<Vec<RunRecord>> {
+            let conn = self.conn();
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE seq = COALESCE(\
+                     (SELECT seq FROM runs WHERE job = ?1 AND outcome <> 'skipped' \
+                      ORDER BY seq DESC LIMIT 1), \
+                     (SELECT MAX(seq) FROM runs WHERE job = ?1))"
+                ))
+                .map_err(|e| self.err(e))?;
+            let mut out = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                if let Some(r) = stmt
+                    .query_row([job], |r| rows::run_from(r))
+                    .optional()
+                    .map_err(|e| self.err(e))?
+                {
+                    out.push(r);
+                }
+            }
+            Ok(out)
+        }
+
+        fn last_briefs(&self, jobs: &[String]) -> Result<Vec<(RunBrief, i64)>> {
+            let conn = self.conn();
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {BRIEF}, (SELECT started_ms FROM runs WHERE job = ?1 \
+                     ORDER BY seq DESC LIMIT 1) FROM runs WHERE seq = COALESCE(\
+                     (SELECT seq FROM runs WHERE job = ?1 AND outcome <> 'skipped' \
+                      ORDER BY seq DESC LIMIT 1), \
+                     (SELECT MAX(seq) FROM runs WHERE job = ?1))"
+                ))
+                .map_err(|e| self.err(e))?;
+            let mut out = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                if let Some(r) = stmt
+                    .query_row([job], |r| Ok((brief(r)?, r.get(8)?)))
+                    .optional()
+                    .map_err(|e| self.err(e))?
+                {
+                    out.push(r);
+                }
+            }
+            Ok(out)
+        }
+
+        fn last_successes(&self, jobs: &[String]) -> Result<Vec<RunBrief>> {
+            let conn = self.conn();
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {BRIEF} FROM runs WHERE job = ?1 AND outcome = 'success' \
+                     ORDER BY seq DESC LIMIT 1"
+                ))
+                .map_err(|e| self.err(e))?;
+            let mut out = Vec::new();
+            for job in jobs {
+                if let Some(r) = stmt
+                    .query_row([job], brief)
+                    .optional()
+                    .map_err(|e| self.err(e))?
+                {
+                    out.push(r);
+                }
+            }
+            Ok(out)
+        }
+
+        fn runs_page(
+            &self,
+            job: &str,
+            before: Option<&str>,
+            limit: usize,
+        ) -> Result<Option<Vec<RunRecord>>> {
+            let before_seq = match before {
+                None => i64::MAX,
+                Some(id) => {
+                    let seq: Option<i64> = self
+                        .conn()
+                        .query_row(
+                            "SELECT seq FROM runs WHERE id = ?1 AND job = ?2",
+                            [id, job],
+                            |r| r.get(0),
+                        )
+                        .optional()
+                        .map_err(|e| self.err(e))?;
+                    match seq {
+                        Some(s) => s,
+                        None => return Ok(None),
+                    }
+                }
+            };
+            self.runs_where(
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE job = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
+                ),
+                vec![
+                    Value::Text(Some(job.to_string())),
+                    Value::I64(Some(before_seq)),
+                    Value::I64(Some(clamp(limit))),
+                ],
+            )
+            .map(Some)
+        }
+
+        fn runs_between(
+            &self,
+            job: Option<&str>,
+            from_ms: i64,
+            to_ms: i64,
+            limit: usize,
+        ) -> Result<Vec<RunBrief>> {
+            let conn = self.conn();
+            let sql = match job {
+                Some(_) => format!(
+                    "SELECT {BRIEF} FROM runs WHERE job = ?1 AND started_ms >= ?2 \
+                     AND started_ms < ?3 ORDER BY started_ms DESC LIMIT ?4"
+                ),
+                None => format!(
+                    "SELECT {BRIEF} FROM runs WHERE ?1 IS NULL AND started_ms >= ?2 \
+                     AND started_ms < ?3 ORDER BY started_ms DESC LIMIT ?4"
+                ),
+            };
+            let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
+            let mut rows = stmt
+                .query_map(params![job, from_ms, to_ms, clamp(limit)], brief)
+                .map_err(|e| self.err(e))?
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| self.err(e))?;
+            rows.reverse();
+            Ok(rows)
+        }
+
+        fn outcome_counts(&self, job: &str, since_ms: i64) -> Result<Vec<(String, u64)>> {
+            let conn = self.conn();
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT outcome, COUNT(*) FROM runs WHERE job = ?1 AND started_ms >= ?2 \
+                     GROUP BY outcome ORDER BY outcome",
+                )
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map(params![job, since_ms], |r| {
+                    Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+                })
+                .map_err(|e| self.err(e))?
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| self.err(e))?;
+            Ok(rows)
+        }
+
+        fn run_totals(&self) -> Result<Vec<(String, String, u64)>> {
+            let conn = self.conn();
+            let mut stmt = conn
+                .prepare_cached("SELECT job, outcome, n FROM run_totals ORDER BY job, outcome")
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)?.max(0) as u64))
+                })
+                .map_err(|e| self.err(e))?
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| self.err(e))?;
+            Ok(rows)
+        }
+
+        fn item_totals(&self) -> Result<Vec<ItemTotals>> {
+            let conn = self.conn();
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT s.job, COALESCE(SUM(l.state = 1), 0), COALESCE(SUM(l.state = 2), 0), \
+                     COALESCE(SUM(l.state = 0), 0) \
+                     FROM ledger_scopes s LEFT JOIN ledger l ON l.scope_id = s.id \
+                     GROUP BY s.job ORDER BY s.job",
+                )
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(ItemTotals {
+                        job: r.get(0)?,
+                        done: r.get::<_, i64>(1)?.max(0) as u64,
+                        failed: r.get::<_, i64>(2)?.max(0) as u64,
+                        in_flight: r.get::<_, i64>(3)?.max(0) as u64,
+                    })
+                })
+                .map_err(|e| self.err(e))?
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| self.err(e))?;
+            Ok(rows)
+        }
+
+        fn lock_holders(&self) -> Result<Vec<LockHolder>> {
+            let conn = self.conn();
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT l.lock_name, l.fence, l.run_id, COALESCE(r.job, ''), \
+                     COALESCE(r.host, ''), COALESCE(r.pid, 0), l.lease_until_ms \
+                     FROM locks l LEFT JOIN runs r ON r.id = l.run_id ORDER BY l.lock_name",
+                )
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(LockHolder {
+                        lock: r.get(0)?,
+                        fence: r.get(1)?,
+                        run_id: r.get(2)?,
+                        job: r.get(3)?,
+                        host: r.get(4)?,
+                        pid: r.get(5)?,
+                        lease_until_ms: r.get(6)?,
+                    })
+                })
+                .map_err(|e| self.err(e))?
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| self.err(e))?;
+            Ok(rows)
+        }
     }
 }

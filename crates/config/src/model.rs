@@ -48,6 +48,9 @@ pub struct Global {
     pub lease: Duration,
     /// `artifact_dir` (absolute), if set.
     pub artifact_dir: Option<PathBuf>,
+    /// `metrics_textfile` (absolute): where the Prometheus metrics are
+    /// written after every run, for node_exporter (SPEC §10).
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 /// Default state store when neither `--state`, `BATCHGUARD_STATE` nor `state` is set.
@@ -74,6 +77,7 @@ impl Default for Global {
             missed_grace: Duration::from_secs(300),
             lease: Duration::from_secs(30),
             artifact_dir: None,
+            metrics_textfile: None,
         }
     }
 }

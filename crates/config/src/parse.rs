@@ -178,6 +178,7 @@ const GLOBAL_KEYS: &[&str] = &[
     "artifact_dir",
     "notify_digest",
     "missed_grace",
+    "metrics_textfile",
 ];
 const CHANNEL_TYPES: &[&str] = &["slack", "webhook", "email", "command", "ping"];
 
@@ -1131,6 +1132,17 @@ impl W {
                 "lease" => set(&mut g.lease, self.duration(v, key, true)),
                 "notify_digest" => set(&mut g.notify_digest, self.duration(v, key, true)),
                 "missed_grace" => set(&mut g.missed_grace, self.duration(v, key, true)),
+                "metrics_textfile" => {
+                    if let Some(s) = self.nonempty(v, key) {
+                        if s.v.ends_with('/') {
+                            let msg = format!("`metrics_textfile` = \"{}\" names a directory", s.v);
+                            let help = "name the file node_exporter reads, for example \"/var/lib/prometheus/node-exporter/batchguard.prom\"";
+                            self.err(v.span(), key, msg, Some(help.into()));
+                        } else {
+                            g.metrics_textfile = Some(normalize(Path::new(&s.v), dir));
+                        }
+                    }
+                }
                 "defaults" => {
                     if let Some(t) = self.table(v, key) {
                         let mut sub = W::new(&self.src, "defaults.");

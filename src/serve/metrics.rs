@@ -1,0 +1,286 @@
+//! The Prometheus metrics (SPEC §10), served at `/metrics` and written to
+//! `metrics_textfile` after every run for node_exporter's textfile
+//! collector.
+//!
+//! Per-job metrics cover the configured jobs only: their names are bounded
+//! by the configuration, while ad-hoc `exec --name` names are chosen per
+//! invocation and could grow without bound. No run ids, no scopes, no
+//! sample timestamps.
+
+use super::ServeError;
+use super::view;
+use crate::store::dashboard::DashboardStore;
+use batchguard_config::{Global, Job};
+use jiff::Timestamp;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
+
+/// Every outcome `batchguard_job_runs_total` has a sample for (zero
+/// included, so `increase()` sees the first one).
+const OUTCOMES: &[&str] = &[
+    "success", "failure", "timeout", "oom", "killed", "fenced", "skipped", "lost",
+];
+
+/// A label value in the text format: `\`, `"` and newlines escaped.
+fn label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn seconds(ms: i64) -> String {
+    format!("{:.3}", ms as f64 / 1000.0)
+}
+
+struct Family {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    samples: Vec<(String, String)>,
+}
+
+impl Family {
+    fn new(name: &'static str, kind: &'static str, help: &'static str) -> Family {
+        Family {
+            name,
+            kind,
+            help,
+            samples: Vec::new(),
+        }
+    }
+    fn job(&mut self, job: &str, value: String) {
+        self.samples
+            .push((format!("{{job=\"{}\"}}", label(job)), value));
+    }
+    fn write(&self, out: &mut String) {
+        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
+        let _ = writeln!(out, "# TYPE {} {}", self.name, self.kind);
+        for (labels, v) in &self.samples {
+            let _ = writeln!(out, "{}{labels} {v}", self.name);
+        }
+    }
+}
+
+/// The metrics in the Prometheus text format (version 0.0.4).
+pub fn render(
+    store: &dyn DashboardStore,
+    global: &Global,
+    jobs: &[Job],
+    fires: &view::FireCache,
+    since: &dyn Fn(&Job) -> Option<Timestamp>,
+) -> crate::store::Result<String> {
+    let now = Timestamp::now();
+    let names: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
+    let briefs = store.last_briefs(&names)?;
+    let newest: HashMap<String, i64> = briefs.iter().map(|(b, n)| (b.job.clone(), *n)).collect();
+    let last: HashMap<String, _> = briefs
+        .into_iter()
+        .map(|(r, _)| (r.job.clone(), r))
+        .collect();
+    let success: HashMap<String, _> = store
+        .last_successes(&names)?
+        .into_iter()
+        .map(|r| (r.job.clone(), r))
+        .collect();
+    let mut totals: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for (job, outcome, n) in store.run_totals()? {
+        totals.insert((job, outcome), n);
+    }
+    let items: HashMap<String, _> = store
+        .item_totals()?
+        .into_iter()
+        .map(|t| (t.job.clone(), t))
+        .collect();
+    let running = store.store().running_runs()?;
+    let pending = store.store().outbox_pending()?;
+    let grace_ms = global.missed_grace.as_millis() as i64;
+
+    let mut last_run = Family::new(
+        "batchguard_job_last_run_timestamp_seconds",
+        "gauge",
+        "Start of the job's newest run that was not skipped (Unix seconds).",
+    );
+    let mut last_success = Family::new(
+        "batchguard_job_last_success_timestamp_seconds",
+        "gauge",
+        "End of the job's newest successful run (Unix seconds).",
+    );
+    let mut duration = Family::new(
+        "batchguard_job_last_duration_seconds",
+        "gauge",
+        "Duration of the job's newest finished run.",
+    );
+    let mut peak = Family::new(
+        "batchguard_job_last_peak_memory_bytes",
+        "gauge",
+        "Peak memory of the job's newest run.",
+    );
+    let mut mem_max = Family::new(
+        "batchguard_job_memory_max_bytes",
+        "gauge",
+        "The job's memory_max.",
+    );
+    let mut next = Family::new(
+        "batchguard_job_next_run_timestamp_seconds",
+        "gauge",
+        "The job's next scheduled fire (Unix seconds).",
+    );
+    let mut runs_total = Family::new(
+        "batchguard_job_runs_total",
+        "counter",
+        "Finished runs of the job by outcome.",
+    );
+    let mut items_total = Family::new(
+        "batchguard_job_items_total",
+        "gauge",
+        "Keys in the job's item ledger (all scopes) by state: done, failed, pending (in flight).",
+    );
+    let mut running_f = Family::new(
+        "batchguard_job_running",
+        "gauge",
+        "1 while a run of the job is running.",
+    );
+    let mut missed = Family::new(
+        "batchguard_job_missed",
+        "gauge",
+        "1 when the job's latest scheduled fire did not start within missed_grace.",
+    );
+    for job in jobs {
+        let name = job.name.as_str();
+        if let Some(r) = last.get(name) {
+            if r.outcome != "skipped" {
+                last_run.job(name, seconds(r.started_ms));
+            }
+            if let Some(d) = r.duration_ms.filter(|_| r.outcome != "running") {
+                duration.job(name, seconds(d));
+            }
+            if let Some(p) = r.peak_memory_bytes {
+                peak.job(name, p.to_string());
+            }
+        }
+        if let Some(s) = success.get(name) {
+            let end = s
+                .ended_ms
+                .unwrap_or(s.started_ms + s.duration_ms.unwrap_or(0));
+            last_success.job(name, seconds(end));
+        }
+        if let Some(m) = job.memory_max {
+            mem_max.job(name, m.to_string());
+        }
+        let f = fires.get(job, now);
+        if let Some(n) = &f.next {
+            next.job(name, seconds(n.timestamp().as_millisecond()));
+        }
+        for outcome in OUTCOMES {
+            let n = totals
+                .get(&(name.to_string(), outcome.to_string()))
+                .copied()
+                .unwrap_or(0);
+            runs_total.samples.push((
+                format!("{{job=\"{}\",outcome=\"{outcome}\"}}", label(name)),
+                n.to_string(),
+            ));
+        }
+        let t = items.get(name).cloned().unwrap_or_default();
+        for (state, n) in [
+            ("done", t.done),
+            ("failed", t.failed),
+            ("pending", t.in_flight),
+        ] {
+            items_total.samples.push((
+                format!("{{job=\"{}\",state=\"{state}\"}}", label(name)),
+                n.to_string(),
+            ));
+        }
+        let is_running = running.iter().any(|r| r.job == name);
+        running_f.job(name, u8::from(is_running).to_string());
+        let is_missed = view::sched_state(
+            since(job),
+            f.last.as_ref(),
+            newest.get(name).copied(),
+            grace_ms,
+            now,
+        )
+        .is_some_and(|s| s.missed);
+        missed.job(name, u8::from(is_missed).to_string());
+    }
+    let mut outbox = Family::new(
+        "batchguard_outbox_pending",
+        "gauge",
+        "Notifications stored but not delivered yet.",
+    );
+    outbox.samples.push((String::new(), pending.to_string()));
+
+    let mut out = String::new();
+    for f in [
+        &last_run,
+        &last_success,
+        &duration,
+        &peak,
+        &mem_max,
+        &next,
+        &runs_total,
+        &items_total,
+        &running_f,
+        &missed,
+        &outbox,
+    ] {
+        f.write(&mut out);
+    }
+    Ok(out)
+}
+
+/// Write the metrics to `global.metrics_textfile` atomically: a temporary
+/// file in the same directory, synced, then renamed over the target, so
+/// node_exporter never reads half a file. Nothing to do without the key.
+pub fn write_textfile(
+    store: &dyn DashboardStore,
+    global: &Global,
+    jobs: &[Job],
+) -> Result<(), ServeError> {
+    let Some(path) = &global.metrics_textfile else {
+        return Ok(());
+    };
+    let fires = view::FireCache::default();
+    let text = render(store, global, jobs, &fires, &view::configured_since)?;
+    let err = |source| ServeError::Textfile {
+        path: path.clone(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // node_exporter ignores files not ending in .prom: the temp file is safe.
+    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    let res = (|| {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        // node_exporter runs as another user: readable whatever the umask.
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res.map_err(err)?;
+    tracing::debug!(path = %path.display(), "metrics textfile written");
+    Ok(())
+}
