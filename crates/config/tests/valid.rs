@@ -347,12 +347,22 @@ fn global_defaults_and_missing_files() {
     assert!(load(&dir.path().join("nope")).is_err());
 
     let g = parse_global_str(
-        Path::new("/etc/batchguard"),
-        Path::new("/etc/batchguard/batchguard.toml"),
+        Path::new("/srv/batchguard"),
+        Path::new("/srv/batchguard/batchguard.toml"),
         "log_dir = \"logs\"\nlog_max = \"1MiB\"\nlog_retention = \"7d\"\nlease = \"45s\"\nartifact_dir = \"/srv/artifacts/../out\"\nstate = \"postgres://batch@db/batch\"\n",
     )
     .unwrap();
-    assert_eq!(g.log_dir, Path::new("/etc/batchguard/logs"));
+    assert_eq!(g.log_dir, Path::new("/srv/batchguard/logs"));
+    // Under /etc (or linked there) job output is refused: logs are not
+    // configuration.
+    let e = parse_global_str(
+        Path::new("/etc/batchguard"),
+        Path::new("/etc/batchguard/batchguard.toml"),
+        "log_dir = \"logs\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("system directory /etc"), "{e}");
     assert_eq!(g.log_max_bytes, 1 << 20);
     assert_eq!(g.log_retention, Duration::from_secs(7 * 86400));
     assert_eq!(g.lease, Duration::from_secs(45));
