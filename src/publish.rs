@@ -144,7 +144,6 @@ impl Service {
         if let Some(u) = run_as {
             std::os::unix::fs::chown(&path, Some(u.uid), Some(u.gid))?;
         }
-        listener.set_nonblocking(true)?;
         Ok(Service {
             path,
             listener,
@@ -156,18 +155,20 @@ impl Service {
         &self.path
     }
 
-    /// Answer requests until [`Service::stop`].
+    /// Answer requests until [`Service::stop`] (accept blocks: a stop
+    /// wakes it with a connection of its own, so ending a run costs no
+    /// polling delay).
     pub fn serve(&self, grant: &Grant<'_>) {
-        while !self.stop.load(Ordering::SeqCst) {
-            match self.listener.accept() {
+        loop {
+            let accepted = self.listener.accept();
+            if self.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            match accepted {
                 Ok((stream, _)) => {
-                    let _ = stream.set_nonblocking(false);
                     if let Err(e) = self.answer(stream, grant) {
                         tracing::warn!(error = %e, "publish request failed");
                     }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(20));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "publish socket failed");
@@ -179,6 +180,8 @@ impl Service {
 
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept.
+        let _ = UnixStream::connect(&self.path);
     }
 
     fn answer(&self, stream: UnixStream, grant: &Grant<'_>) -> std::io::Result<()> {
