@@ -15,7 +15,7 @@
 //! [`open_dashboard`] opens a store by URL like [`super::open`]; the handle
 //! also serves the plain [`Store`] methods through [`DashboardStore::store`].
 
-use super::{Result, RunRecord, Store, StoreError, postgres, sqlite};
+use super::{Backend, Result, RunRecord, Store};
 use serde::Serialize;
 
 /// A run as the charts, strips and the timeline need it (no params, no log).
@@ -101,12 +101,8 @@ pub trait DashboardStore: Send + Sync {
 
 /// Open the store named by `url` (as [`super::open`]) for the dashboard.
 pub fn open_dashboard(url: &str) -> Result<Box<dyn DashboardStore>> {
-    if let Some(path) = url.strip_prefix("sqlite:") {
-        let path = path.strip_prefix("//").unwrap_or(path);
-        Ok(Box::new(sqlite::SqliteStore::open(url, path.as_ref())?))
-    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Box::new(postgres::PostgresStore::open(url)?))
-    } else {
-        Err(StoreError::UnsupportedUrl(postgres::redact_url(url)))
-    }
+    Ok(match super::open_backend(url)? {
+        Backend::Sqlite(s) => Box::new(s),
+        Backend::Postgres(s) => Box::new(s),
+    })
 }
