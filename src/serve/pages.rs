@@ -167,6 +167,16 @@ fn check_job_name(name: &str) -> Result<(), Fail> {
     }
 }
 
+/// The run `id` of the store, `NotFound` when it is none (or cannot be a
+/// run id).
+pub fn find_run(app: &App, id: &str) -> Result<RunRecord, Fail> {
+    check_run_id(id)?;
+    app.store
+        .store()
+        .get_run(id)?
+        .ok_or_else(|| Fail::NotFound(format!("no run `{id}`")))
+}
+
 /// Run ids are ULIDs; anything else cannot be one.
 pub fn check_run_id(id: &str) -> Result<(), Fail> {
     if !id.is_empty()
@@ -869,11 +879,7 @@ pub fn run(app: &App, id: &str, q: &Query) -> RouteResult {
         None => None,
         Some(_) => Some(q.num("offset", 0, 0, u64::MAX >> 2)?),
     };
-    let run = app
-        .store
-        .store()
-        .get_run(id)?
-        .ok_or_else(|| Fail::NotFound(format!("no run `{id}`")))?;
+    let run = find_run(app, id)?;
     let cfg = app.configs();
     let job = cfg.job(&run.job);
     let tz = zone_of(job);
