@@ -119,9 +119,8 @@ fn outcome_badge(outcome: &str) -> String {
 fn time_pair(ms: i64, tz: &TimeZone) -> String {
     let iso = clock::rfc3339(ms, &TimeZone::UTC);
     format!(
-        "<time datetime=\"{iso}\" title=\"{}\">{}</time><br><time class=\"muted small\" datetime=\"{iso}\" data-local></time>",
-        esc(&clock::rfc3339(ms, tz)),
-        esc(&short_time(ms, tz))
+        "{}<br><time class=\"muted small\" datetime=\"{iso}\" data-local></time>",
+        time_one(ms, tz)
     )
 }
 
@@ -175,6 +174,26 @@ pub fn find_run(app: &App, id: &str) -> Result<RunRecord, Fail> {
         .store()
         .get_run(id)?
         .ok_or_else(|| Fail::NotFound(format!("no run `{id}`")))
+}
+
+/// The first `n` failed keys of `job`'s item scope `scope` (none when the
+/// scope was never recorded).
+fn failed_keys(
+    app: &App,
+    job: &str,
+    scope: &str,
+    n: usize,
+) -> crate::store::Result<Vec<crate::store::LedgerEntry>> {
+    let store = app.store.store();
+    match store.ledger_scope(job, scope, false)? {
+        Some(id) => store.ledger_failed(id, n),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// A failed key's last error, escaped.
+fn last_error(e: &crate::store::LedgerEntry) -> String {
+    esc(e.last_error.as_deref().unwrap_or(""))
 }
 
 /// Run ids are ULIDs; anything else cannot be one.
@@ -632,16 +651,14 @@ pub fn job(app: &App, name: &str, q: &Query) -> RouteResult {
         for (i, c) in scopes.iter().rev().take(100).enumerate() {
             let mut failed = String::new();
             if c.failed > 0 && i < 20 {
-                if let Some(id) = app.store.store().ledger_scope(name, &c.scope, false)? {
-                    for e in app.store.store().ledger_failed(id, 5)? {
-                        let _ = write!(
-                            failed,
-                            "<code>{}</code> <span class=\"muted small\">{} attempts: {}</span><br>",
-                            esc(&e.key),
-                            e.attempts,
-                            esc(e.last_error.as_deref().unwrap_or(""))
-                        );
-                    }
+                for e in failed_keys(app, name, &c.scope, 5)? {
+                    let _ = write!(
+                        failed,
+                        "<code>{}</code> <span class=\"muted small\">{} attempts: {}</span><br>",
+                        esc(&e.key),
+                        e.attempts,
+                        last_error(&e)
+                    );
                 }
             }
             let _ = write!(
@@ -973,19 +990,16 @@ pub fn run(app: &App, id: &str, q: &Query) -> RouteResult {
     if run.items.is_some_and(|i| i.failed > 0) || !run.items_failed.is_empty() {
         let scope = run.scope.clone().unwrap_or_default();
         let mut shown = Vec::new();
-        if let Some(sid) = app.store.store().ledger_scope(&run.job, &scope, false)? {
-            for e in app.store.store().ledger_failed(sid, 100)? {
-                if e.run_id.as_deref() == Some(run.id.as_str()) || run.items_failed.contains(&e.key)
-                {
-                    let _ = write!(
-                        failed_rows,
-                        "<tr><td><code>{}</code></td><td class=\"num\">{}</td><td>{}</td></tr>",
-                        esc(&e.key),
-                        e.attempts,
-                        esc(e.last_error.as_deref().unwrap_or(""))
-                    );
-                    shown.push(e.key);
-                }
+        for e in failed_keys(app, &run.job, &scope, 100)? {
+            if e.run_id.as_deref() == Some(run.id.as_str()) || run.items_failed.contains(&e.key) {
+                let _ = write!(
+                    failed_rows,
+                    "<tr><td><code>{}</code></td><td class=\"num\">{}</td><td>{}</td></tr>",
+                    esc(&e.key),
+                    e.attempts,
+                    last_error(&e)
+                );
+                shown.push(e.key);
             }
         }
         for k in run.items_failed.iter().filter(|k| !shown.contains(k)) {

@@ -62,15 +62,8 @@ impl Env {
     }
 
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.arg("--config-dir")
-            .arg(&self.config)
-            .args(args)
-            .env("BATCHGUARD_STATE", &self.state)
-            .env_remove("BATCHGUARD_CONFIG_DIR")
-            .env_remove("BATCHGUARD_CGROUP")
-            .current_dir(&self.root)
-            .stdin(Stdio::null());
+        let mut c = crate::support::batchguard(BIN, &self.config, &self.state, &self.root, args);
+        c.env_remove("BATCHGUARD_CGROUP");
         c
     }
 
