@@ -84,6 +84,18 @@ impl Env {
         self.job(name, &format!("{body}\n[notify]\nchannels = [\"hook\"]\n"))
     }
 
+    /// Run `job` in the background until it writes `started`, then again in
+    /// the foreground (which replaces it and must succeed); the exit status
+    /// of the first runner.
+    pub fn replace_running(&self, job: &str, started: &Path) -> std::process::ExitStatus {
+        let mut old = self.spawn(&["run", job]);
+        wait_for("old run start", Duration::from_secs(10), || {
+            started.exists()
+        });
+        self.run(&["run", job]).code(0);
+        wait_child(&mut old, Duration::from_secs(20))
+    }
+
     pub fn run_cmd(&self, mut c: Command) -> Done {
         let desc = format!("{c:?}");
         let out = c.output().expect("spawn batchguard");

@@ -366,12 +366,7 @@ fn replaced_run_cannot_record_its_late_completions() {
             script.display()
         ),
     );
-    let mut old = env.spawn(&["run", "swap"]);
-    wait_for("old run start", Duration::from_secs(10), || {
-        started.exists()
-    });
-    env.run(&["run", "swap"]).code(0);
-    let st = wait_child(&mut old, Duration::from_secs(20));
+    let st = env.replace_running("swap", &started);
     assert_eq!(st.code(), Some(75), "the old run ends fenced");
     let runs = env.runs("swap");
     assert_eq!(runs[0]["outcome"], "success");

@@ -71,12 +71,7 @@ echo new > "$tmp"
             script.display()
         ),
     );
-    let mut old = env.spawn(&["run", "report"]);
-    wait_for("old run start", Duration::from_secs(10), || {
-        started.exists()
-    });
-    env.run(&["run", "report"]).code(0);
-    let st = wait_child(&mut old, Duration::from_secs(20));
+    let st = env.replace_running("report", &started);
     assert_eq!(st.code(), Some(75), "the old runner exits 75 (fenced)");
     assert_eq!(
         std::fs::read_to_string(&old_rc).unwrap().trim(),

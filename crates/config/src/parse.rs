@@ -745,36 +745,30 @@ impl W {
                 "retries" => j.retries = self.u32(v, key, 0, 100),
                 "retry_delay" => j.retry_delay = self.duration(v, key, false),
                 "params" => j.params = self.named_strings(v, key, Self::param_key),
-                "items" => {
-                    if let Some(t) = self.table(v, key) {
-                        j.items = self.items(t, k.span());
-                    }
-                }
-                "notify" => {
-                    if let Some(t) = self.table(v, key) {
-                        j.notify = self.notify(t);
-                    }
-                }
-                "runbook" => {
-                    if let Some(t) = self.table(v, key) {
-                        j.runbook = self.runbook(t);
-                    }
-                }
-                "guideline" => {
-                    if let Some(t) = self.table(v, key) {
-                        j.guideline = self.guideline(t);
-                    }
-                }
-                "distributed" => {
-                    if let Some(t) = self.table(v, key) {
-                        j.distributed = self.distributed(t);
-                    }
-                }
+                "items" => j.items = self.sub_table(v, key, |w, t| w.items(t, k.span())),
+                "notify" => j.notify = self.sub_table(v, key, Self::notify),
+                "runbook" => j.runbook = self.sub_table(v, key, Self::runbook),
+                "guideline" => j.guideline = self.sub_table(v, key, Self::guideline),
+                "distributed" => j.distributed = self.sub_table(v, key, Self::distributed),
                 _ => self.unknown(k.span(), key, key, JOB_KEYS),
             }
         }
         j.bad = std::mem::take(&mut self.bad);
         j
+    }
+
+    /// The table `v` read by `parse`; the default when `v` is not a table
+    /// (which is reported).
+    fn sub_table<T: Default>(
+        &mut self,
+        v: &Val<'_>,
+        key: &str,
+        parse: impl FnOnce(&mut Self, &DeTable<'_>) -> T,
+    ) -> T {
+        match self.table(v, key) {
+            Some(t) => parse(self, t),
+            None => T::default(),
+        }
     }
 
     /// `command`: a non-empty argv whose program is not blank.
@@ -790,13 +784,28 @@ impl W {
     }
 
     fn user(&mut self, v: &Val<'_>, key: &str) -> Opt<String> {
-        let u = self.nonempty(v, key)?;
-        if is_user_name(&u.v) {
-            return Some(u);
+        let help = Some("name a service user, e.g. \"batch\"");
+        let (ok, what) = (is_user_name, "is not a valid user name");
+        self.nonempty_such(v, key, "user", ok, what, help)
+    }
+
+    /// A non-empty string that `ok` accepts; otherwise the error
+    /// "`name` = "value" {what}", with `help`.
+    fn nonempty_such(
+        &mut self,
+        v: &Val<'_>,
+        rel: &str,
+        name: &str,
+        ok: impl Fn(&str) -> bool,
+        what: &str,
+        help: Option<&str>,
+    ) -> Opt<String> {
+        let s = self.nonempty(v, rel)?;
+        if ok(&s.v) {
+            return Some(s);
         }
-        let msg = format!("`user` = \"{}\" is not a valid user name", u.v);
-        let help = "name a service user, e.g. \"batch\"".into();
-        self.err(v.span(), key, msg, Some(help));
+        let msg = format!("`{name}` = \"{}\" {what}", s.v);
+        self.err(v.span(), rel, msg, help.map(Into::into));
         None
     }
 
@@ -1172,19 +1181,16 @@ impl W {
 
     /// `state`: `sqlite:PATH` or `postgres://…`.
     fn state_url(&mut self, v: &Val<'_>, key: &str) -> Option<String> {
-        let s = self.nonempty(v, key)?;
-        let rest = |p: &str| s.v.strip_prefix(p).map(|r| !r.is_empty());
-        let ok = rest("sqlite:")
-            .or_else(|| rest("postgres://"))
-            .or_else(|| rest("postgresql://"))
-            .unwrap_or(false);
-        if ok {
-            return Some(s.v);
-        }
-        let msg = format!("`state` = \"{}\" is not a state store URL", s.v);
+        let ok = |url: &str| {
+            ["sqlite:", "postgres://", "postgresql://"]
+                .iter()
+                .find_map(|p| url.strip_prefix(p))
+                .is_some_and(|r| !r.is_empty())
+        };
         let help = "write \"sqlite:/var/lib/batchguard/state.db\" or \"postgres://user@host/db\"";
-        self.err(v.span(), key, msg, Some(help.into()));
-        None
+        let what = "is not a state store URL";
+        let s = self.nonempty_such(v, key, "state", ok, what, Some(help))?;
+        Some(s.v)
     }
 
     /// `log_dir`, `artifact_dir`: absolute against `dir`, never under a
@@ -1349,29 +1355,23 @@ impl W {
     }
 
     fn smtp_url(&mut self, v: &Val<'_>, rel: &str) -> Opt<String> {
-        let s = self.nonempty(v, rel)?;
-        let host =
-            s.v.strip_prefix("smtp://")
-                .or_else(|| s.v.strip_prefix("smtps://"));
-        if host.is_some_and(|h| {
-            !h.is_empty() && !h.starts_with('/') && !h.contains(char::is_whitespace)
-        }) {
-            return Some(s);
-        }
-        let msg = format!("`{}` = \"{}\" is not an SMTP URL", self.full(rel), s.v);
-        let help = "write \"smtp://host:25\" or \"smtps://host:465\"".into();
-        self.err(v.span(), rel, msg, Some(help));
-        None
+        let ok = |url: &str| {
+            let host = url
+                .strip_prefix("smtp://")
+                .or_else(|| url.strip_prefix("smtps://"));
+            host.is_some_and(|h| {
+                !h.is_empty() && !h.starts_with('/') && !h.contains(char::is_whitespace)
+            })
+        };
+        let help = Some("write \"smtp://host:25\" or \"smtps://host:465\"");
+        let name = self.full(rel);
+        self.nonempty_such(v, rel, &name, ok, "is not an SMTP URL", help)
     }
 
     fn email_address(&mut self, v: &Val<'_>, rel: &str) -> Opt<String> {
-        let s = self.nonempty(v, rel)?;
-        if s.v.contains('@') {
-            return Some(s);
-        }
-        let msg = format!("`{}` = \"{}\" is not an email address", self.full(rel), s.v);
-        self.err(v.span(), rel, msg, None);
-        None
+        let name = self.full(rel);
+        let ok = |a: &str| a.contains('@');
+        self.nonempty_such(v, rel, &name, ok, "is not an email address", None)
     }
 
     fn email_addresses(&mut self, v: &Val<'_>, rel: &str) -> Option<Strings> {
