@@ -574,7 +574,7 @@ pub fn job(app: &App, name: &str, q: &Query) -> RouteResult {
     ));
     let runs = app
         .store
-        .runs_between(Some(name), r.from_ms, r.to_ms, CHART_POINTS)?;
+        .runs_between(Some(name), r.from_ms..r.to_ms, CHART_POINTS)?;
     let finished: Vec<&RunBrief> = runs.iter().filter(|r| r.outcome != "skipped").collect();
     let dpts: Vec<(&RunBrief, f64)> = finished
         .iter()
@@ -1101,7 +1101,7 @@ pub fn timeline(app: &App, q: &Query) -> RouteResult {
     let lookback = (r.to_ms - r.from_ms).min(86_400_000);
     let runs = app
         .store
-        .runs_between(None, r.from_ms - lookback, r.to_ms, TIMELINE_RUNS)?;
+        .runs_between(None, r.from_ms - lookback..r.to_ms, TIMELINE_RUNS)?;
     let mut by_job: std::collections::BTreeMap<String, Vec<&RunBrief>> = Default::default();
     for b in &runs {
         if b.ended_ms.unwrap_or(now) >= r.from_ms && b.outcome != "skipped" {

@@ -17,6 +17,7 @@
 
 use super::{Backend, Result, RunRecord, Store};
 use serde::Serialize;
+use std::ops::Range;
 
 /// A run as the charts, strips and the timeline need it (no params, no log).
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -79,13 +80,13 @@ pub trait DashboardStore: Send + Sync {
         before: Option<&str>,
         limit: usize,
     ) -> Result<Option<Vec<RunRecord>>>;
-    /// Runs that started in `[from_ms, to_ms)`, of one job or all, oldest
-    /// first; when more than `limit` did, the newest `limit` of them.
+    /// Runs that started in `ms` (Unix milliseconds, end excluded), of one
+    /// job or all, oldest first; when more than `limit` did, the newest
+    /// `limit` of them.
     fn runs_between(
         &self,
         job: Option<&str>,
-        from_ms: i64,
-        to_ms: i64,
+        ms: Range<i64>,
         limit: usize,
     ) -> Result<Vec<RunBrief>>;
     /// How many runs of `job` that started at or after `since_ms` ended

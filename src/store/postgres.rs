@@ -1560,10 +1560,10 @@ mod dashboard_impl {
         fn runs_between(
             &self,
             job: Option<&str>,
-            from_ms: i64,
-            to_ms: i64,
+            ms: std::ops::Range<i64>,
             limit: usize,
         ) -> Result<Vec<RunBrief>> {
+            let (from_ms, to_ms) = (ms.start, ms.end);
             let limit = clamp(limit);
             let (sql, args): (String, Vec<&(dyn ToSql + Sync)>) = match &job {
                 Some(job) => (

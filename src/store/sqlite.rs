@@ -1058,10 +1058,10 @@ mod dashboard_impl {
         fn runs_between(
             &self,
             job: Option<&str>,
-            from_ms: i64,
-            to_ms: i64,
+            ms: std::ops::Range<i64>,
             limit: usize,
         ) -> Result<Vec<RunBrief>> {
+            let (from_ms, to_ms) = (ms.start, ms.end);
             let sql = match job {
                 Some(_) => format!(
                     "SELECT {BRIEF} FROM runs WHERE job = ?1 AND started_ms >= ?2 \

@@ -731,7 +731,7 @@ impl W {
                 "command" => j.command = self.command(v, key),
                 "workdir" => j.workdir = self.nonempty(v, key),
                 "user" => j.user = self.user(v, key),
-                "env" => j.env = self.named_strings(v, key, Self::env_key),
+                "env" => j.env = self.named_strings(v, key, check_env_key),
                 "env_file" => j.env_file = self.nonempty(v, key),
                 "secrets" => j.secrets = self.secrets(v, key),
                 "schedule" => j.schedule = self.checked(v, key, check_schedule),
@@ -744,7 +744,7 @@ impl W {
                 "lock" => j.lock = self.checked(v, key, check_lock),
                 "retries" => j.retries = self.u32(v, key, 0, 100),
                 "retry_delay" => j.retry_delay = self.duration(v, key, false),
-                "params" => j.params = self.named_strings(v, key, Self::param_key),
+                "params" => j.params = self.named_strings(v, key, check_param_key),
                 "items" => j.items = self.sub_table(v, key, |w, t| w.items(t, k.span())),
                 "notify" => j.notify = self.sub_table(v, key, Self::notify),
                 "runbook" => j.runbook = self.sub_table(v, key, Self::runbook),
@@ -832,14 +832,15 @@ impl W {
         &mut self,
         v: &Val<'_>,
         key: &str,
-        check_key: fn(&mut W, &str, Range<usize>, &str) -> bool,
+        check_key: fn(&str) -> Result<(), (String, String)>,
     ) -> BTreeMap<String, Sp<String>> {
         let mut out = BTreeMap::new();
         let Some(t) = self.table(v, key) else {
             return out;
         };
         for (name, rel, k, val) in entries(t, key) {
-            if !check_key(self, name, k.span(), &rel) {
+            if let Err((msg, help)) = check_key(name) {
+                self.err(k.span(), &rel, msg, Some(help));
                 continue;
             }
             if let Some(s) = self.string(val, &rel) {
@@ -847,42 +848,6 @@ impl W {
             }
         }
         out
-    }
-
-    fn env_key(&mut self, name: &str, span: Range<usize>, rel: &str) -> bool {
-        let (msg, help) = if !is_env_name(name) {
-            (
-                format!("`{name}` is not a valid environment variable name"),
-                "use letters, digits and `_`, not starting with a digit",
-            )
-        } else if name.starts_with("BATCHGUARD_") {
-            (
-                format!("`{name}` is reserved: batchguard sets the BATCHGUARD_* variables itself"),
-                "rename the variable",
-            )
-        } else {
-            return true;
-        };
-        self.err(span, rel, msg, Some(help.into()));
-        false
-    }
-
-    fn param_key(&mut self, name: &str, span: Range<usize>, rel: &str) -> bool {
-        let (msg, help) = if !template::is_valid_name(name) {
-            (
-                format!("invalid param name `{name}`"),
-                "param names are letters, digits, `_` and `-`",
-            )
-        } else if template::BUILTINS.contains(&name) || name == template::ITEM {
-            (
-                format!("param `{name}` would shadow the built-in template `{{{name}}}`"),
-                "rename the param",
-            )
-        } else {
-            return true;
-        };
-        self.err(span, rel, msg, Some(help.into()));
-        false
     }
 
     /// `secrets`: a list of environment variable names.
@@ -1475,6 +1440,47 @@ fn check_schedule(s: &str) -> Result<(), (String, String)> {
     crate::schedule::Schedule::parse(s)
         .map(drop)
         .map_err(|e| (e.message().to_string(), e.fix().to_string()))
+}
+
+/// An `env` key: a variable name not of batchguard's own.
+fn check_env_key(name: &str) -> Result<(), (String, String)> {
+    let invalid = format!("`{name}` is not a valid environment variable name");
+    let reserved =
+        format!("`{name}` is reserved: batchguard sets the BATCHGUARD_* variables itself");
+    first_refusal([
+        (
+            !is_env_name(name),
+            invalid,
+            "use letters, digits and `_`, not starting with a digit",
+        ),
+        (
+            name.starts_with("BATCHGUARD_"),
+            reserved,
+            "rename the variable",
+        ),
+    ])
+}
+
+/// A `params` key: a template name that shadows no built-in one.
+fn check_param_key(name: &str) -> Result<(), (String, String)> {
+    let builtin = template::BUILTINS.contains(&name) || name == template::ITEM;
+    let shadows = format!("param `{name}` would shadow the built-in template `{{{name}}}`");
+    first_refusal([
+        (
+            !template::is_valid_name(name),
+            format!("invalid param name `{name}`"),
+            "param names are letters, digits, `_` and `-`",
+        ),
+        (builtin, shadows, "rename the param"),
+    ])
+}
+
+/// The message and help of the first rule whose condition holds.
+fn first_refusal<const N: usize>(rules: [(bool, String, &str); N]) -> Result<(), (String, String)> {
+    match rules.into_iter().find(|r| r.0) {
+        Some((_, msg, help)) => Err((msg, help.into())),
+        None => Ok(()),
+    }
 }
 
 fn check_lock(s: &str) -> Result<(), (String, String)> {
