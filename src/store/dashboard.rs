@@ -103,7 +103,7 @@ pub trait DashboardStore: Send + Sync {
 /// Open the store named by `url` (as [`super::open`]) for the dashboard.
 pub fn open_dashboard(url: &str) -> Result<Box<dyn DashboardStore>> {
     Ok(match super::open_backend(url)? {
-        Backend::Sqlite(s) => Box::new(s),
-        Backend::Postgres(s) => Box::new(s),
+        Backend::Sqlite(s) => s,
+        Backend::Postgres(s) => s,
     })
 }
