@@ -3,7 +3,7 @@
 //! store and the PostgreSQL store. Every attempt must fail, and the store
 //! and the other runs' records must stay intact.
 
-use crate::harness::{Env, pid_alive, wait_for};
+use crate::harness::{Env, pid_alive};
 use crate::receiver::hooked_env;
 use crate::support::{cannot_run, is_root};
 use std::os::unix::fs::PermissionsExt;
@@ -19,6 +19,15 @@ fn hostile_env(test: &str) -> Option<Env> {
     let env = Env::new();
     open_to_nobody(&env);
     Some(env)
+}
+
+/// [`hostile_env`] and the stores to try it on: its own SQLite file, and
+/// a PostgreSQL schema when a server answers.
+fn hostile_stores(test: &str) -> Option<(Env, Vec<String>)> {
+    let env = hostile_env(test)?;
+    let mut stores = vec![env.state.clone()];
+    stores.extend(postgres_state(test));
+    Some((env, stores))
 }
 
 fn open_to_nobody(env: &Env) {
@@ -55,11 +64,9 @@ fn postgres_state(test: &str) -> Option<String> {
 #[test]
 fn the_environment_holds_no_store_url_and_no_channel_secret() {
     let test = "the_environment_holds_no_store_url_and_no_channel_secret";
-    let Some(mut env) = hostile_env(test) else {
+    let Some((mut env, stores)) = hostile_stores(test) else {
         return;
     };
-    let mut stores = vec![env.state.clone()];
-    stores.extend(postgres_state(test));
     for state in stores {
         env.state = state.clone();
         env.global(
@@ -127,11 +134,9 @@ fn inherited_descriptors_never_reach_the_job() {
 #[test]
 fn publish_works_for_nobody_and_only_with_nobodys_rights() {
     let test = "publish_works_for_nobody_and_only_with_nobodys_rights";
-    let Some(mut env) = hostile_env(test) else {
+    let Some((mut env, stores)) = hostile_stores(test) else {
         return;
     };
-    let mut stores = vec![env.state.clone()];
-    stores.extend(postgres_state(test));
     let drop_box = env.path("box");
     let root_dir = env.path("rootonly");
     std::fs::create_dir_all(&root_dir).unwrap();
@@ -264,9 +269,7 @@ fn secret_params_are_redacted_everywhere() {
         "{}",
         text.stdout()
     );
-    wait_for("the notification", Duration::from_secs(10), || {
-        hook.count() >= 1
-    });
+    hook.wait_for_one("the notification", 10);
     let p = hook.take()[0].json();
     let rerun = p["rerun"].as_str().unwrap();
     assert!(
