@@ -84,6 +84,12 @@ impl Env {
         self.job(name, &format!("{body}\n[notify]\nchannels = [\"hook\"]\n"))
     }
 
+    /// Run `job` (it must succeed); its run record.
+    pub fn run_ok(&self, job: &str) -> Value {
+        self.run(&["run", job]).code(0);
+        self.last_run(job)
+    }
+
     /// Run `job` in the background until it writes `started`, then again in
     /// the foreground (which replaces it and must succeed); the exit status
     /// of the first runner.

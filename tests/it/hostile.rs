@@ -153,8 +153,7 @@ fn publish_works_for_nobody_and_only_with_nobodys_rights() {
                 g = guarded.display()
             ),
         );
-        env.run(&["run", "publisher"]).code(0);
-        let log = env.log_of(&env.last_run("publisher"));
+        let log = env.log_of(&env.run_ok("publisher"));
         assert_eq!(
             std::fs::read_to_string(drop_box.join("result")).unwrap(),
             "result\n",
@@ -288,8 +287,7 @@ fn terminal_escapes_are_shown_escaped() {
         "escaper",
         "command = [\"printf\", \"\\\\033]0;pwned\\\\007\\\\033[2Jcleared\\\\n\"]\n",
     );
-    env.run(&["run", "escaper"]).code(0);
-    let id = env.last_run("escaper")["id"].as_str().unwrap().to_string();
+    let id = env.run_ok("escaper")["id"].as_str().unwrap().to_string();
     let out = env.run(&["logs", &id]);
     assert!(
         !out.out.stdout.contains(&0x1b),

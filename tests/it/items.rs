@@ -316,15 +316,13 @@ fn stream_examples_are_resumable() {
                 keys.display()
             ),
         );
-        env.run(&["run", "example"]).code(0);
-        let run = env.last_run("example");
+        let run = env.run_ok("example");
         assert_eq!(run["items"]["done"], 200, "{script}");
         assert!(
             env.log_of(&run).contains("stdout processing key-200"),
             "{script}"
         );
-        env.run(&["run", "example"]).code(0);
-        assert_eq!(env.last_run("example")["items"]["skipped"], 200, "{script}");
+        assert_eq!(env.run_ok("example")["items"]["skipped"], 200, "{script}");
     }
 }
 
