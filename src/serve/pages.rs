@@ -191,9 +191,13 @@ fn failed_keys(
     }
 }
 
-/// A failed key's last error, escaped.
-fn last_error(e: &crate::store::LedgerEntry) -> String {
-    esc(e.last_error.as_deref().unwrap_or(""))
+/// A failed key, its attempts and its last error, escaped for HTML.
+fn failed_cells(e: &crate::store::LedgerEntry) -> [String; 3] {
+    [
+        esc(&e.key),
+        e.attempts.to_string(),
+        esc(e.last_error.as_deref().unwrap_or("")),
+    ]
 }
 
 /// Run ids are ULIDs; anything else cannot be one.
@@ -652,12 +656,10 @@ pub fn job(app: &App, name: &str, q: &Query) -> RouteResult {
             let mut failed = String::new();
             if c.failed > 0 && i < 20 {
                 for e in failed_keys(app, name, &c.scope, 5)? {
+                    let [key, attempts, error] = failed_cells(&e);
                     let _ = write!(
                         failed,
-                        "<code>{}</code> <span class=\"muted small\">{} attempts: {}</span><br>",
-                        esc(&e.key),
-                        e.attempts,
-                        last_error(&e)
+                        "<code>{key}</code> <span class=\"muted small\">{attempts} attempts: {error}</span><br>"
                     );
                 }
             }
@@ -992,12 +994,10 @@ pub fn run(app: &App, id: &str, q: &Query) -> RouteResult {
         let mut shown = Vec::new();
         for e in failed_keys(app, &run.job, &scope, 100)? {
             if e.run_id.as_deref() == Some(run.id.as_str()) || run.items_failed.contains(&e.key) {
+                let [key, attempts, error] = failed_cells(&e);
                 let _ = write!(
                     failed_rows,
-                    "<tr><td><code>{}</code></td><td class=\"num\">{}</td><td>{}</td></tr>",
-                    esc(&e.key),
-                    e.attempts,
-                    last_error(&e)
+                    "<tr><td><code>{key}</code></td><td class=\"num\">{attempts}</td><td>{error}</td></tr>"
                 );
                 shown.push(e.key);
             }
