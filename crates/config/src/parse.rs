@@ -801,12 +801,26 @@ impl W {
         help: Option<&str>,
     ) -> Opt<String> {
         let s = self.nonempty(v, rel)?;
-        if ok(&s.v) {
-            return Some(s);
+        let refusal = |s: &str| (format!("`{name}` = \"{s}\" {what}"), help.map(Into::into));
+        self.accepted(v, rel, s, |s| if ok(s) { Ok(()) } else { Err(refusal(s)) })
+    }
+
+    /// `s` (the value of `v`) when `check` accepts it; otherwise `None`,
+    /// with the message and help `check` gives reported.
+    fn accepted(
+        &mut self,
+        v: &Val<'_>,
+        rel: &str,
+        s: Sp<String>,
+        check: impl FnOnce(&str) -> Result<(), (String, Option<String>)>,
+    ) -> Opt<String> {
+        match check(&s.v) {
+            Ok(()) => Some(s),
+            Err((msg, help)) => {
+                self.err(v.span(), rel, msg, help);
+                None
+            }
         }
-        let msg = format!("`{name}` = \"{}\" {what}", s.v);
-        self.err(v.span(), rel, msg, help.map(Into::into));
-        None
     }
 
     /// A string checked by `check`, which gives the message and help.
@@ -817,13 +831,9 @@ impl W {
         check: fn(&str) -> Result<(), (String, String)>,
     ) -> Opt<String> {
         let s = self.string(v, key)?;
-        match check(&s.v) {
-            Ok(()) => Some(s),
-            Err((msg, help)) => {
-                self.err(v.span(), key, msg, Some(help));
-                None
-            }
-        }
+        self.accepted(v, key, s, |s| {
+            check(s).map_err(|(msg, help)| (msg, Some(help)))
+        })
     }
 
     /// A table of string values (`env`, `params`) whose keys `check_key`
