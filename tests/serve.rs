@@ -20,6 +20,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod pg_common;
+#[path = "support/mod.rs"]
+mod support;
 
 const BIN: &str = env!("CARGO_BIN_EXE_batchguard");
 
@@ -63,15 +65,7 @@ impl Env {
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.arg("--config-dir")
-            .arg(&self.config)
-            .args(args)
-            .env("BATCHGUARD_STATE", &self.state)
-            .env_remove("BATCHGUARD_CONFIG_DIR")
-            .current_dir(&self.root)
-            .stdin(Stdio::null());
-        c
+        support::batchguard(BIN, &self.config, &self.state, &self.root, args)
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -397,7 +391,7 @@ fn check_routes(env: &Env) {
     );
 
     // 404 and 400.
-    for path in [
+    let not_found = [
         "/nope",
         "/jobs/nope",
         "/jobs/Bad.Name",
@@ -410,11 +404,8 @@ fn check_routes(env: &Env) {
         "/api/jobs/hello/runs?before=01ZZZZZZZZZZZZZZZZZZZZZZZZ",
         "/api/nope",
         "/?page=99",
-    ] {
-        let r = get(p, path);
-        assert_eq!(r.status, 404, "{path}: {}", r.body);
-    }
-    for path in [
+    ];
+    let bad_requests = [
         "/api/jobs/hello/runs?limit=0",
         "/api/jobs/hello/runs?limit=abc",
         "/api/jobs/hello/runs?limit=100000",
@@ -426,9 +417,12 @@ fn check_routes(env: &Env) {
         "/?page=0",
         "/api/jobs?limit=%zz",
         "/jobs/%ff",
-    ] {
-        let r = get(p, path);
-        assert_eq!(r.status, 400, "{path}: {}", r.body);
+    ];
+    for (want, paths) in [(404, &not_found[..]), (400, &bad_requests[..])] {
+        for path in paths {
+            let r = get(p, path);
+            assert_eq!(r.status, want, "{path}: {}", r.body);
+        }
     }
     assert!(get(p, "/api/jobs?limit=abc").json()["error"].is_string());
     // Odd requests get an answer, never a crash.
@@ -694,30 +688,21 @@ fn token_rules() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--token-env"));
     // A named variable that is unset or short is an error too.
-    let out = env
-        .cmd(&[
+    for value in [None, Some("short")] {
+        let mut cmd = env.cmd(&[
             "serve",
             "--listen",
             "127.0.0.1:0",
             "--token-env",
             "BG_TOKEN",
-        ])
-        .env_remove("BG_TOKEN")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let out = env
-        .cmd(&[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--token-env",
-            "BG_TOKEN",
-        ])
-        .env("BG_TOKEN", "short")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
+        ]);
+        match value {
+            None => cmd.env_remove("BG_TOKEN"),
+            Some(v) => cmd.env("BG_TOKEN", v),
+        };
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{value:?}: {out:?}");
+    }
 
     let token = "s3cret-token-0123456789";
     let srv = serve(&env, &["--token-env", "BG_TOKEN"], &[("BG_TOKEN", token)]);
@@ -728,25 +713,21 @@ fn token_rules() {
         assert!(r.header("www-authenticate").unwrap().starts_with("Bearer"));
     }
     let bearer = format!("Bearer {token}");
-    let r = request(p, "GET", "/api/jobs", &[("Authorization", &bearer)], "");
-    assert_eq!(r.status, 200);
-    let r = request(
-        p,
-        "GET",
-        "/api/jobs",
-        &[("Authorization", "Bearer wrong-token-0123456789")],
-        "",
-    );
-    assert_eq!(r.status, 401);
+    let wrong = "Bearer wrong-token-0123456789";
     // With a token, any Host is fine (the token is the guard).
-    let r = request(
-        p,
-        "GET",
-        "/metrics",
-        &[("Authorization", &bearer), ("Host", "batch.example.com")],
-        "",
-    );
-    assert_eq!(r.status, 200);
+    let host = ("Host", "batch.example.com");
+    for (path, headers, want) in [
+        ("/api/jobs", vec![("Authorization", bearer.as_str())], 200),
+        ("/api/jobs", vec![("Authorization", wrong)], 401),
+        (
+            "/metrics",
+            vec![("Authorization", bearer.as_str()), host],
+            200,
+        ),
+    ] {
+        let r = request(p, "GET", path, &headers, "");
+        assert_eq!(r.status, want, "{path} {headers:?}");
+    }
     // The login form and its cookie.
     assert_eq!(get(p, "/login").status, 200);
     assert_eq!(get(p, "/assets/app.css").status, 200);
@@ -760,19 +741,21 @@ fn token_rules() {
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
     assert!(!cookie.contains(token), "the cookie never holds the token");
     let pair = cookie.split(';').next().unwrap().to_string();
-    let r = request(p, "GET", "/", &[("Cookie", &pair)], "");
-    assert_eq!(r.status, 200);
-    let r = request(
-        p,
-        "GET",
-        "/api/jobs",
-        &[("Cookie", "batchguard_session=forged")],
-        "",
-    );
-    assert_eq!(r.status, 401);
-    // Still read-only with a valid token.
-    let r = request(p, "DELETE", "/api/jobs", &[("Authorization", &bearer)], "");
-    assert_eq!(r.status, 405);
+    let forged = ("Cookie", "batchguard_session=forged");
+    for (method, path, headers, want) in [
+        ("GET", "/", ("Cookie", pair.as_str()), 200),
+        ("GET", "/api/jobs", forged, 401),
+        // Still read-only with a valid token.
+        (
+            "DELETE",
+            "/api/jobs",
+            ("Authorization", bearer.as_str()),
+            405,
+        ),
+    ] {
+        let r = request(p, method, path, &[headers], "");
+        assert_eq!(r.status, want, "{method} {path} {headers:?}");
+    }
 }
 
 #[test]

@@ -158,12 +158,7 @@ pub fn runs(app: &App, name: &str, q: &Query) -> RouteResult {
 }
 
 pub fn run(app: &App, id: &str) -> RouteResult {
-    check_run_id(id)?;
-    let run = app
-        .store
-        .store()
-        .get_run(id)?
-        .ok_or_else(|| Fail::NotFound(format!("no run `{id}`")))?;
+    let run = pages::find_run(app, id)?;
     Ok(Resp::json(200, &run))
 }
 

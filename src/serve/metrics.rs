@@ -61,6 +61,13 @@ impl Family {
         self.samples
             .push((format!("{{job=\"{}\"}}", label(job)), value));
     }
+    /// A sample of `job` with one more label.
+    fn job_and(&mut self, job: &str, key: &str, value: &str, n: u64) {
+        self.samples.push((
+            format!("{{job=\"{}\",{key}=\"{value}\"}}", label(job)),
+            n.to_string(),
+        ));
+    }
     fn write(&self, out: &mut String) {
         let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
         let _ = writeln!(out, "# TYPE {} {}", self.name, self.kind);
@@ -69,6 +76,65 @@ impl Family {
         }
     }
 }
+
+/// The families [`render`] writes, in this order: name, type, help.
+const FAMILIES: [(&str, &str, &str); 11] = [
+    (
+        "batchguard_job_last_run_timestamp_seconds",
+        "gauge",
+        "Start of the job's newest run that was not skipped (Unix seconds).",
+    ),
+    (
+        "batchguard_job_last_success_timestamp_seconds",
+        "gauge",
+        "End of the job's newest successful run (Unix seconds).",
+    ),
+    (
+        "batchguard_job_last_duration_seconds",
+        "gauge",
+        "Duration of the job's newest finished run.",
+    ),
+    (
+        "batchguard_job_last_peak_memory_bytes",
+        "gauge",
+        "Peak memory of the job's newest run.",
+    ),
+    (
+        "batchguard_job_memory_max_bytes",
+        "gauge",
+        "The job's memory_max.",
+    ),
+    (
+        "batchguard_job_next_run_timestamp_seconds",
+        "gauge",
+        "The job's next scheduled fire (Unix seconds).",
+    ),
+    (
+        "batchguard_job_runs_total",
+        "counter",
+        "Finished runs of the job by outcome.",
+    ),
+    (
+        "batchguard_job_items_total",
+        "gauge",
+        "Keys in the job's item ledger (all scopes) by state: done, failed, pending (in flight).",
+    ),
+    (
+        "batchguard_job_running",
+        "gauge",
+        "1 while a run of the job is running.",
+    ),
+    (
+        "batchguard_job_missed",
+        "gauge",
+        "1 when the job's latest scheduled fire did not start within missed_grace.",
+    ),
+    (
+        "batchguard_outbox_pending",
+        "gauge",
+        "Notifications stored but not delivered yet.",
+    ),
+];
 
 /// The metrics in the Prometheus text format (version 0.0.4).
 pub fn render(
@@ -104,56 +170,19 @@ pub fn render(
     let pending = store.store().outbox_pending()?;
     let grace_ms = global.missed_grace.as_millis() as i64;
 
-    let mut last_run = Family::new(
-        "batchguard_job_last_run_timestamp_seconds",
-        "gauge",
-        "Start of the job's newest run that was not skipped (Unix seconds).",
-    );
-    let mut last_success = Family::new(
-        "batchguard_job_last_success_timestamp_seconds",
-        "gauge",
-        "End of the job's newest successful run (Unix seconds).",
-    );
-    let mut duration = Family::new(
-        "batchguard_job_last_duration_seconds",
-        "gauge",
-        "Duration of the job's newest finished run.",
-    );
-    let mut peak = Family::new(
-        "batchguard_job_last_peak_memory_bytes",
-        "gauge",
-        "Peak memory of the job's newest run.",
-    );
-    let mut mem_max = Family::new(
-        "batchguard_job_memory_max_bytes",
-        "gauge",
-        "The job's memory_max.",
-    );
-    let mut next = Family::new(
-        "batchguard_job_next_run_timestamp_seconds",
-        "gauge",
-        "The job's next scheduled fire (Unix seconds).",
-    );
-    let mut runs_total = Family::new(
-        "batchguard_job_runs_total",
-        "counter",
-        "Finished runs of the job by outcome.",
-    );
-    let mut items_total = Family::new(
-        "batchguard_job_items_total",
-        "gauge",
-        "Keys in the job's item ledger (all scopes) by state: done, failed, pending (in flight).",
-    );
-    let mut running_f = Family::new(
-        "batchguard_job_running",
-        "gauge",
-        "1 while a run of the job is running.",
-    );
-    let mut missed = Family::new(
-        "batchguard_job_missed",
-        "gauge",
-        "1 when the job's latest scheduled fire did not start within missed_grace.",
-    );
+    let [
+        mut last_run,
+        mut last_success,
+        mut duration,
+        mut peak,
+        mut mem_max,
+        mut next,
+        mut runs_total,
+        mut items_total,
+        mut running_f,
+        mut missed,
+        mut outbox,
+    ] = FAMILIES.map(|(name, kind, help)| Family::new(name, kind, help));
     for job in jobs {
         let name = job.name.as_str();
         if let Some(r) = last.get(name) {
@@ -185,10 +214,7 @@ pub fn render(
                 .get(&(name.to_string(), outcome.to_string()))
                 .copied()
                 .unwrap_or(0);
-            runs_total.samples.push((
-                format!("{{job=\"{}\",outcome=\"{outcome}\"}}", label(name)),
-                n.to_string(),
-            ));
+            runs_total.job_and(name, "outcome", outcome, n);
         }
         let t = items.get(name).cloned().unwrap_or_default();
         for (state, n) in [
@@ -196,10 +222,7 @@ pub fn render(
             ("failed", t.failed),
             ("pending", t.in_flight),
         ] {
-            items_total.samples.push((
-                format!("{{job=\"{}\",state=\"{state}\"}}", label(name)),
-                n.to_string(),
-            ));
+            items_total.job_and(name, "state", state, n);
         }
         let is_running = running.iter().any(|r| r.job == name);
         running_f.job(name, u8::from(is_running).to_string());
@@ -213,11 +236,6 @@ pub fn render(
         .is_some_and(|s| s.missed);
         missed.job(name, u8::from(is_missed).to_string());
     }
-    let mut outbox = Family::new(
-        "batchguard_outbox_pending",
-        "gauge",
-        "Notifications stored but not delivered yet.",
-    );
     outbox.samples.push((String::new(), pending.to_string()));
 
     let mut out = String::new();

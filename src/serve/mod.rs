@@ -205,6 +205,12 @@ fn signature(dir: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
         (p, modified, len)
     };
     let mut sig = vec![stat(dir.join("batchguard.toml"))];
+    sig.extend(job_files(dir).into_iter().map(stat));
+    sig
+}
+
+/// The `.toml` files of `dir/jobs`, sorted.
+fn job_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("jobs"))
         .into_iter()
         .flatten()
@@ -213,21 +219,13 @@ fn signature(dir: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();
     files.sort();
-    sig.extend(files.into_iter().map(stat));
-    sig
+    files
 }
 
 /// Every job file of `dir`, loaded leniently: a broken one is returned with
 /// its error instead of hiding the others.
 pub(crate) fn load_jobs(dir: &Path, global: &Global) -> (Vec<Job>, Vec<(String, String)>) {
-    let mut names: Vec<PathBuf> = std::fs::read_dir(dir.join("jobs"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .collect();
-    names.sort();
+    let names = job_files(dir);
     let (mut jobs, mut broken) = (Vec::new(), Vec::new());
     for path in names {
         let Some(name) = path

@@ -119,9 +119,8 @@ fn outcome_badge(outcome: &str) -> String {
 fn time_pair(ms: i64, tz: &TimeZone) -> String {
     let iso = clock::rfc3339(ms, &TimeZone::UTC);
     format!(
-        "<time datetime=\"{iso}\" title=\"{}\">{}</time><br><time class=\"muted small\" datetime=\"{iso}\" data-local></time>",
-        esc(&clock::rfc3339(ms, tz)),
-        esc(&short_time(ms, tz))
+        "{}<br><time class=\"muted small\" datetime=\"{iso}\" data-local></time>",
+        time_one(ms, tz)
     )
 }
 
@@ -165,6 +164,40 @@ fn check_job_name(name: &str) -> Result<(), Fail> {
     } else {
         Err(Fail::NotFound(format!("no job `{name}`")))
     }
+}
+
+/// The run `id` of the store, `NotFound` when it is none (or cannot be a
+/// run id).
+pub fn find_run(app: &App, id: &str) -> Result<RunRecord, Fail> {
+    check_run_id(id)?;
+    app.store
+        .store()
+        .get_run(id)?
+        .ok_or_else(|| Fail::NotFound(format!("no run `{id}`")))
+}
+
+/// The first `n` failed keys of `job`'s item scope `scope` (none when the
+/// scope was never recorded).
+fn failed_keys(
+    app: &App,
+    job: &str,
+    scope: &str,
+    n: usize,
+) -> crate::store::Result<Vec<crate::store::LedgerEntry>> {
+    let store = app.store.store();
+    match store.ledger_scope(job, scope, false)? {
+        Some(id) => store.ledger_failed(id, n),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// A failed key, its attempts and its last error, escaped for HTML.
+fn failed_cells(e: &crate::store::LedgerEntry) -> [String; 3] {
+    [
+        esc(&e.key),
+        e.attempts.to_string(),
+        esc(e.last_error.as_deref().unwrap_or("")),
+    ]
 }
 
 /// Run ids are ULIDs; anything else cannot be one.
@@ -545,7 +578,7 @@ pub fn job(app: &App, name: &str, q: &Query) -> RouteResult {
     ));
     let runs = app
         .store
-        .runs_between(Some(name), r.from_ms, r.to_ms, CHART_POINTS)?;
+        .runs_between(Some(name), r.from_ms..r.to_ms, CHART_POINTS)?;
     let finished: Vec<&RunBrief> = runs.iter().filter(|r| r.outcome != "skipped").collect();
     let dpts: Vec<(&RunBrief, f64)> = finished
         .iter()
@@ -622,16 +655,12 @@ pub fn job(app: &App, name: &str, q: &Query) -> RouteResult {
         for (i, c) in scopes.iter().rev().take(100).enumerate() {
             let mut failed = String::new();
             if c.failed > 0 && i < 20 {
-                if let Some(id) = app.store.store().ledger_scope(name, &c.scope, false)? {
-                    for e in app.store.store().ledger_failed(id, 5)? {
-                        let _ = write!(
-                            failed,
-                            "<code>{}</code> <span class=\"muted small\">{} attempts: {}</span><br>",
-                            esc(&e.key),
-                            e.attempts,
-                            esc(e.last_error.as_deref().unwrap_or(""))
-                        );
-                    }
+                for e in failed_keys(app, name, &c.scope, 5)? {
+                    let [key, attempts, error] = failed_cells(&e);
+                    let _ = write!(
+                        failed,
+                        "<code>{key}</code> <span class=\"muted small\">{attempts} attempts: {error}</span><br>"
+                    );
                 }
             }
             let _ = write!(
@@ -869,11 +898,7 @@ pub fn run(app: &App, id: &str, q: &Query) -> RouteResult {
         None => None,
         Some(_) => Some(q.num("offset", 0, 0, u64::MAX >> 2)?),
     };
-    let run = app
-        .store
-        .store()
-        .get_run(id)?
-        .ok_or_else(|| Fail::NotFound(format!("no run `{id}`")))?;
+    let run = find_run(app, id)?;
     let cfg = app.configs();
     let job = cfg.job(&run.job);
     let tz = zone_of(job);
@@ -967,19 +992,14 @@ pub fn run(app: &App, id: &str, q: &Query) -> RouteResult {
     if run.items.is_some_and(|i| i.failed > 0) || !run.items_failed.is_empty() {
         let scope = run.scope.clone().unwrap_or_default();
         let mut shown = Vec::new();
-        if let Some(sid) = app.store.store().ledger_scope(&run.job, &scope, false)? {
-            for e in app.store.store().ledger_failed(sid, 100)? {
-                if e.run_id.as_deref() == Some(run.id.as_str()) || run.items_failed.contains(&e.key)
-                {
-                    let _ = write!(
-                        failed_rows,
-                        "<tr><td><code>{}</code></td><td class=\"num\">{}</td><td>{}</td></tr>",
-                        esc(&e.key),
-                        e.attempts,
-                        esc(e.last_error.as_deref().unwrap_or(""))
-                    );
-                    shown.push(e.key);
-                }
+        for e in failed_keys(app, &run.job, &scope, 100)? {
+            if e.run_id.as_deref() == Some(run.id.as_str()) || run.items_failed.contains(&e.key) {
+                let [key, attempts, error] = failed_cells(&e);
+                let _ = write!(
+                    failed_rows,
+                    "<tr><td><code>{key}</code></td><td class=\"num\">{attempts}</td><td>{error}</td></tr>"
+                );
+                shown.push(e.key);
             }
         }
         for k in run.items_failed.iter().filter(|k| !shown.contains(k)) {
@@ -1081,7 +1101,7 @@ pub fn timeline(app: &App, q: &Query) -> RouteResult {
     let lookback = (r.to_ms - r.from_ms).min(86_400_000);
     let runs = app
         .store
-        .runs_between(None, r.from_ms - lookback, r.to_ms, TIMELINE_RUNS)?;
+        .runs_between(None, r.from_ms - lookback..r.to_ms, TIMELINE_RUNS)?;
     let mut by_job: std::collections::BTreeMap<String, Vec<&RunBrief>> = Default::default();
     for b in &runs {
         if b.ended_ms.unwrap_or(now) >= r.from_ms && b.outcome != "skipped" {

@@ -15,8 +15,9 @@
 //! [`open_dashboard`] opens a store by URL like [`super::open`]; the handle
 //! also serves the plain [`Store`] methods through [`DashboardStore::store`].
 
-use super::{Result, RunRecord, Store, StoreError, postgres, sqlite};
+use super::{Backend, Result, RunRecord, Store};
 use serde::Serialize;
+use std::ops::Range;
 
 /// A run as the charts, strips and the timeline need it (no params, no log).
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -79,13 +80,13 @@ pub trait DashboardStore: Send + Sync {
         before: Option<&str>,
         limit: usize,
     ) -> Result<Option<Vec<RunRecord>>>;
-    /// Runs that started in `[from_ms, to_ms)`, of one job or all, oldest
-    /// first; when more than `limit` did, the newest `limit` of them.
+    /// Runs that started in `ms` (Unix milliseconds, end excluded), of one
+    /// job or all, oldest first; when more than `limit` did, the newest
+    /// `limit` of them.
     fn runs_between(
         &self,
         job: Option<&str>,
-        from_ms: i64,
-        to_ms: i64,
+        ms: Range<i64>,
         limit: usize,
     ) -> Result<Vec<RunBrief>>;
     /// How many runs of `job` that started at or after `since_ms` ended
@@ -101,12 +102,8 @@ pub trait DashboardStore: Send + Sync {
 
 /// Open the store named by `url` (as [`super::open`]) for the dashboard.
 pub fn open_dashboard(url: &str) -> Result<Box<dyn DashboardStore>> {
-    if let Some(path) = url.strip_prefix("sqlite:") {
-        let path = path.strip_prefix("//").unwrap_or(path);
-        Ok(Box::new(sqlite::SqliteStore::open(url, path.as_ref())?))
-    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Box::new(postgres::PostgresStore::open(url)?))
-    } else {
-        Err(StoreError::UnsupportedUrl(postgres::redact_url(url)))
-    }
+    Ok(match super::open_backend(url)? {
+        Backend::Sqlite(s) => s,
+        Backend::Postgres(s) => s,
+    })
 }

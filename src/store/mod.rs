@@ -370,11 +370,29 @@ pub fn no_queue() -> StoreError {
 /// Open the store named by a URL (`sqlite:PATH`, or `postgres://…` /
 /// `postgresql://…` for the shared PostgreSQL store).
 pub fn open(url: &str) -> Result<Box<dyn Store>> {
+    Ok(match open_backend(url)? {
+        Backend::Sqlite(s) => s,
+        Backend::Postgres(s) => s,
+    })
+}
+
+/// A store opened by URL, of the backend the URL names (boxed, as the
+/// callers keep it).
+pub(crate) enum Backend {
+    Sqlite(Box<sqlite::SqliteStore>),
+    Postgres(Box<postgres::PostgresStore>),
+}
+
+/// Open the backend named by `url`, as [`open`] describes.
+pub(crate) fn open_backend(url: &str) -> Result<Backend> {
     if let Some(path) = url.strip_prefix("sqlite:") {
         let path = path.strip_prefix("//").unwrap_or(path);
-        Ok(Box::new(sqlite::SqliteStore::open(url, path.as_ref())?))
+        let store = sqlite::SqliteStore::open(url, path.as_ref())?;
+        Ok(Backend::Sqlite(Box::new(store)))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Box::new(postgres::PostgresStore::open(url)?))
+        Ok(Backend::Postgres(Box::new(postgres::PostgresStore::open(
+            url,
+        )?)))
     } else {
         Err(StoreError::UnsupportedUrl(postgres::redact_url(url)))
     }

@@ -1397,48 +1397,62 @@ impl WatchStore for PostgresStore {
     }
 }
 
-// The dashboard's reads (SPEC §10); see src/store/dashboard.rs.
+// The dashboard's reads (SPEC §10); see src/store/dashboard.rs. The rows
+// are read by the shared readers of `rows`.
 mod dashboard_impl {
     use super::super::dashboard::{DashboardStore, ItemTotals, LockHolder, RunBrief};
-    use super::super::rows::{self, RUN_COLUMNS, Value};
-    use super::{PostgresStore, Result, RunRecord, Store};
+    use super::super::rows::{self, BRIEF_COLUMNS as BRIEF, RUN_COLUMNS, limit as clamp};
+    use super::{PostgresStore, Result, RunQuery, RunRecord, RunStore, Store};
     use postgres::Row;
+    use postgres::types::ToSql;
 
-    const BRIEF: &str =
-        "id, job, outcome, started_ms, ended_ms, duration_ms, peak_memory_bytes, memory_max_bytes";
+    type Read<T> = fn(&Row) -> std::result::Result<T, postgres::Error>;
 
-    impl PostgresStore {
-        fn brief(&self, r: &Row) -> Result<RunBrief> {
-            self.brief_at(r, 0)
-        }
+    /// For each of the jobs in `$1` (in their order), as `j.name`, the
+    /// lateral selection that follows.
+    const PER_JOB: &str = "FROM unnest($1::text[]) WITH ORDINALITY AS j(name, ord) \
+         CROSS JOIN LATERAL";
 
-        fn brief_at(&self, r: &Row, o: usize) -> Result<RunBrief> {
-            let get = |e: postgres::Error| self.err(e);
-            Ok(RunBrief {
-                id: r.try_get(o).map_err(get)?,
-                job: r.try_get(o + 1).map_err(get)?,
-                outcome: r.try_get(o + 2).map_err(get)?,
-                started_ms: r.try_get(o + 3).map_err(get)?,
-                ended_ms: r.try_get(o + 4).map_err(get)?,
-                duration_ms: r.try_get(o + 5).map_err(get)?,
-                peak_memory_bytes: r
-                    .try_get::<_, Option<i64>>(o + 6)
-                    .map_err(get)?
-                    .map(|b| b.max(0) as u64),
-                memory_max_bytes: r
-                    .try_get::<_, Option<i64>>(o + 7)
-                    .map_err(get)?
-                    .map(|b| b.max(0) as u64),
-            })
-        }
+    /// The newest run of job `j.name` that was not skipped (the newest
+    /// skipped one when that is all there is), as `r`.
+    const LAST_RUN_OF: &str = "(SELECT * FROM runs WHERE seq = COALESCE(\
+         (SELECT seq FROM runs WHERE job = j.name COLLATE \"C\" \
+          AND outcome <> 'skipped' ORDER BY seq DESC LIMIT 1), \
+         (SELECT max(seq) FROM runs WHERE job = j.name COLLATE \"C\"))) r ORDER BY j.ord";
 
-        fn count(&self, r: &Row, i: usize) -> Result<u64> {
-            Ok(r.try_get::<_, i64>(i).map_err(|e| self.err(e))?.max(0) as u64)
-        }
+    /// `columns` of `r`.
+    fn of_r(columns: &str) -> String {
+        columns
+            .split(", ")
+            .map(|c| format!("r.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
-    fn clamp(n: usize) -> i64 {
-        n.min(i64::MAX as usize) as i64
+    impl PostgresStore {
+        /// Every row `sql` selects with `args`, read with `read`.
+        fn read_all<T>(
+            &self,
+            what: &str,
+            sql: &str,
+            args: &[&(dyn ToSql + Sync)],
+            read: Read<T>,
+        ) -> Result<Vec<T>> {
+            let rows = self.with(what, |c, _| Ok(c.query(sql, args)?))?;
+            self.map_rows(&rows, read)
+        }
+
+        /// [`PostgresStore::read_all`] with the names of `jobs` as `$1`.
+        fn read_per_job<T>(
+            &self,
+            what: &str,
+            sql: &str,
+            jobs: &[String],
+            read: Read<T>,
+        ) -> Result<Vec<T>> {
+            let names: Vec<&str> = jobs.iter().map(String::as_str).collect();
+            self.read_all(what, sql, &[&names], read)
+        }
     }
 
     impl DashboardStore for PostgresStore {
@@ -1447,37 +1461,28 @@ mod dashboard_impl {
         }
 
         fn run_jobs(&self) -> Result<Vec<String>> {
-            // Finished runs are counted per job in run_totals; running ones
-            // are in the partial index runs_running.
-            let rows = self.with("dashboard run_jobs", |c, _| {
-                Ok(c.query(
-                    "SELECT job FROM run_totals UNION \
-                     SELECT job FROM runs WHERE outcome = 'running' ORDER BY 1",
-                    &[],
-                )?)
-            })?;
-            rows.iter()
-                .map(|r| r.try_get(0).map_err(|e| self.err(e)))
-                .collect()
+            self.read_all(
+                "dashboard run_jobs",
+                rows::RUN_JOBS_SQL,
+                &[],
+                rows::job_from,
+            )
         }
 
         fn recent_runs(&self, jobs: &[String], n: usize) -> Result<Vec<(String, Vec<RunBrief>)>> {
             let names: Vec<&str> = jobs.iter().map(String::as_str).collect();
-            let n = clamp(n);
-            let rows = self.with("dashboard recent_runs", |c, _| {
-                Ok(c.query(
-                    &format!(
-                        "SELECT j.ord, r.* FROM unnest($1::text[]) WITH ORDINALITY AS j(name, ord) \
-                         CROSS JOIN LATERAL (SELECT {BRIEF} FROM runs \
-                         WHERE job = j.name COLLATE \"C\" ORDER BY seq DESC LIMIT $2) r \
-                         ORDER BY j.ord"
-                    ),
-                    &[&names, &n],
-                )?)
-            })?;
+            let briefs = self.read_all(
+                "dashboard recent_runs",
+                &format!(
+                    "SELECT r.* {PER_JOB} (SELECT {BRIEF} FROM runs \
+                     WHERE job = j.name COLLATE \"C\" ORDER BY seq DESC LIMIT $2) r \
+                     ORDER BY j.ord"
+                ),
+                &[&names, &clamp(n)],
+                rows::brief_from,
+            )?;
             let mut out: Vec<(String, Vec<RunBrief>)> = Vec::new();
-            for r in &rows {
-                let b = self.brief_at(r, 1)?;
+            for b in briefs {
                 match out.last_mut() {
                     Some((job, list)) if *job == b.job => list.push(b),
                     _ => out.push((b.job.clone(), vec![b])),
@@ -1487,72 +1492,40 @@ mod dashboard_impl {
         }
 
         fn last_runs_of(&self, jobs: &[String]) -> Result<Vec<RunRecord>> {
-            let names: Vec<&str> = jobs.iter().map(String::as_str).collect();
-            let cols = RUN_COLUMNS
-                .split(", ")
-                .map(|c| format!("r.{}", c.trim()))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let rows = self.with("dashboard last_runs_of", |c, _| {
-                Ok(c.query(
-                    &format!(
-                        "SELECT {cols} FROM unnest($1::text[]) WITH ORDINALITY AS j(name, ord) \
-                         CROSS JOIN LATERAL (SELECT * FROM runs WHERE seq = COALESCE(\
-                         (SELECT seq FROM runs WHERE job = j.name COLLATE \"C\" \
-                          AND outcome <> 'skipped' ORDER BY seq DESC LIMIT 1), \
-                         (SELECT max(seq) FROM runs WHERE job = j.name COLLATE \"C\"))) r \
-                         ORDER BY j.ord"
-                    ),
-                    &[&names],
-                )?)
-            })?;
-            self.map_rows(&rows, rows::run_from)
+            let cols = of_r(RUN_COLUMNS);
+            self.read_per_job(
+                "dashboard last_runs_of",
+                &format!("SELECT {cols} {PER_JOB} {LAST_RUN_OF}"),
+                jobs,
+                rows::run_from,
+            )
         }
 
         fn last_briefs(&self, jobs: &[String]) -> Result<Vec<(RunBrief, i64)>> {
-            let names: Vec<&str> = jobs.iter().map(String::as_str).collect();
-            let cols = BRIEF
-                .split(", ")
-                .map(|c| format!("r.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let rows = self.with("dashboard last_briefs", |c, _| {
-                Ok(c.query(
-                    &format!(
-                        "SELECT {cols}, (SELECT started_ms FROM runs \
-                         WHERE job = j.name COLLATE \"C\" ORDER BY seq DESC LIMIT 1) \
-                         FROM unnest($1::text[]) WITH ORDINALITY AS j(name, ord) \
-                         CROSS JOIN LATERAL (SELECT * FROM runs WHERE seq = COALESCE(\
-                         (SELECT seq FROM runs WHERE job = j.name COLLATE \"C\" \
-                          AND outcome <> 'skipped' ORDER BY seq DESC LIMIT 1), \
-                         (SELECT max(seq) FROM runs WHERE job = j.name COLLATE \"C\"))) r \
-                         ORDER BY j.ord"
-                    ),
-                    &[&names],
-                )?)
-            })?;
-            rows.iter()
-                .map(|r| {
-                    let newest: i64 = r.try_get(8).map_err(|e| self.err(e))?;
-                    Ok((self.brief(r)?, newest))
-                })
-                .collect()
+            let cols = of_r(BRIEF);
+            self.read_per_job(
+                "dashboard last_briefs",
+                &format!(
+                    "SELECT {cols}, (SELECT started_ms FROM runs \
+                     WHERE job = j.name COLLATE \"C\" ORDER BY seq DESC LIMIT 1) \
+                     {PER_JOB} {LAST_RUN_OF}"
+                ),
+                jobs,
+                rows::brief_and_newest_from,
+            )
         }
 
         fn last_successes(&self, jobs: &[String]) -> Result<Vec<RunBrief>> {
-            let names: Vec<&str> = jobs.iter().map(String::as_str).collect();
-            let rows = self.with("dashboard last_successes", |c, _| {
-                Ok(c.query(
-                    &format!(
-                        "SELECT r.* FROM unnest($1::text[]) WITH ORDINALITY AS j(name, ord) \
-                         CROSS JOIN LATERAL (SELECT {BRIEF} FROM runs \
-                         WHERE job = j.name COLLATE \"C\" AND outcome = 'success' \
-                         ORDER BY seq DESC LIMIT 1) r ORDER BY j.ord"
-                    ),
-                    &[&names],
-                )?)
-            })?;
-            rows.iter().map(|r| self.brief(r)).collect()
+            self.read_per_job(
+                "dashboard last_successes",
+                &format!(
+                    "SELECT r.* {PER_JOB} (SELECT {BRIEF} FROM runs \
+                     WHERE job = j.name COLLATE \"C\" AND outcome = 'success' \
+                     ORDER BY seq DESC LIMIT 1) r ORDER BY j.ord"
+                ),
+                jobs,
+                rows::brief_from,
+            )
         }
 
         fn runs_page(
@@ -1576,130 +1549,81 @@ mod dashboard_impl {
                     }
                 }
             };
-            self.runs_where(
-                &format!(
-                    "SELECT {RUN_COLUMNS} FROM runs WHERE job = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
-                ),
-                vec![
-                    Value::Text(Some(job.to_string())),
-                    Value::I64(Some(before_seq)),
-                    Value::I64(Some(clamp(limit))),
-                ],
-            )
+            self.runs_matching(&RunQuery::Page {
+                job,
+                before_seq,
+                limit,
+            })
             .map(Some)
         }
 
         fn runs_between(
             &self,
             job: Option<&str>,
-            from_ms: i64,
-            to_ms: i64,
+            ms: std::ops::Range<i64>,
             limit: usize,
         ) -> Result<Vec<RunBrief>> {
+            let (from_ms, to_ms) = (ms.start, ms.end);
             let limit = clamp(limit);
-            let rows = self.with("dashboard runs_between", |c, _| {
-                Ok(match job {
-                    Some(job) => c.query(
-                        &format!(
-                            "SELECT {BRIEF} FROM runs WHERE job = $1 AND started_ms >= $2 \
-                             AND started_ms < $3 ORDER BY started_ms DESC LIMIT $4"
-                        ),
-                        &[&job, &from_ms, &to_ms, &limit],
-                    )?,
-                    None => c.query(
-                        &format!(
-                            "SELECT {BRIEF} FROM runs WHERE started_ms >= $1 \
-                             AND started_ms < $2 ORDER BY started_ms DESC LIMIT $3"
-                        ),
-                        &[&from_ms, &to_ms, &limit],
-                    )?,
-                })
-            })?;
-            let mut out = rows
-                .iter()
-                .map(|r| self.brief(r))
-                .collect::<Result<Vec<_>>>()?;
+            let (sql, args): (String, Vec<&(dyn ToSql + Sync)>) = match &job {
+                Some(job) => (
+                    format!(
+                        "SELECT {BRIEF} FROM runs WHERE job = $1 AND started_ms >= $2 \
+                         AND started_ms < $3 ORDER BY started_ms DESC LIMIT $4"
+                    ),
+                    vec![job, &from_ms, &to_ms, &limit],
+                ),
+                None => (
+                    format!(
+                        "SELECT {BRIEF} FROM runs WHERE started_ms >= $1 \
+                         AND started_ms < $2 ORDER BY started_ms DESC LIMIT $3"
+                    ),
+                    vec![&from_ms, &to_ms, &limit],
+                ),
+            };
+            let mut out = self.read_all("dashboard runs_between", &sql, &args, rows::brief_from)?;
             out.reverse();
             Ok(out)
         }
 
         fn outcome_counts(&self, job: &str, since_ms: i64) -> Result<Vec<(String, u64)>> {
-            let rows = self.with("dashboard outcome_counts", |c, _| {
-                Ok(c.query(
-                    "SELECT outcome, count(*) FROM runs WHERE job = $1 AND started_ms >= $2 \
-                     GROUP BY outcome ORDER BY outcome",
-                    &[&job, &since_ms],
-                )?)
-            })?;
-            rows.iter()
-                .map(|r| Ok((r.try_get(0).map_err(|e| self.err(e))?, self.count(r, 1)?)))
-                .collect()
+            self.read_all(
+                "dashboard outcome_counts",
+                "SELECT outcome, count(*) FROM runs WHERE job = $1 AND started_ms >= $2 \
+                 GROUP BY outcome ORDER BY outcome",
+                &[&job, &since_ms],
+                rows::outcome_count_from,
+            )
         }
 
         fn run_totals(&self) -> Result<Vec<(String, String, u64)>> {
-            let rows = self.with("dashboard run_totals", |c, _| {
-                Ok(c.query(
-                    "SELECT job, outcome, n FROM run_totals ORDER BY job, outcome",
-                    &[],
-                )?)
-            })?;
-            rows.iter()
-                .map(|r| {
-                    let get = |e: postgres::Error| self.err(e);
-                    Ok((
-                        r.try_get(0).map_err(get)?,
-                        r.try_get(1).map_err(get)?,
-                        self.count(r, 2)?,
-                    ))
-                })
-                .collect()
+            self.read_all(
+                "dashboard run_totals",
+                rows::RUN_TOTALS_SQL,
+                &[],
+                rows::run_total_from,
+            )
         }
 
         fn item_totals(&self) -> Result<Vec<ItemTotals>> {
-            let rows = self.with("dashboard item_totals", |c, _| {
-                Ok(c.query(
-                    "SELECT s.job, count(*) FILTER (WHERE l.state = 1), \
-                     count(*) FILTER (WHERE l.state = 2), count(*) FILTER (WHERE l.state = 0) \
-                     FROM ledger_scopes s LEFT JOIN ledger l ON l.scope_id = s.id \
-                     GROUP BY s.job ORDER BY s.job",
-                    &[],
-                )?)
-            })?;
-            rows.iter()
-                .map(|r| {
-                    Ok(ItemTotals {
-                        job: r.try_get(0).map_err(|e| self.err(e))?,
-                        done: self.count(r, 1)?,
-                        failed: self.count(r, 2)?,
-                        in_flight: self.count(r, 3)?,
-                    })
-                })
-                .collect()
+            self.read_all(
+                "dashboard item_totals",
+                "SELECT s.job, count(*) FILTER (WHERE l.state = 1), \
+                 count(*) FILTER (WHERE l.state = 2), count(*) FILTER (WHERE l.state = 0) \
+                 FROM ledger_scopes s LEFT JOIN ledger l ON l.scope_id = s.id \
+                 GROUP BY s.job ORDER BY s.job",
+                &[],
+                rows::item_totals_from,
+            )
         }
 
         fn lock_holders(&self) -> Result<Vec<LockHolder>> {
-            let rows = self.with("dashboard lock_holders", |c, _| {
-                Ok(c.query(
-                    "SELECT l.lock_name, l.fence, l.run_id, COALESCE(r.job, ''), \
-                     COALESCE(r.host, ''), COALESCE(r.pid, 0), l.lease_until_ms \
-                     FROM locks l LEFT JOIN runs r ON r.id = l.run_id ORDER BY l.lock_name",
-                    &[],
-                )?)
-            })?;
-            rows.iter()
-                .map(|r| {
-                    let get = |e: postgres::Error| self.err(e);
-                    Ok(LockHolder {
-                        lock: r.try_get(0).map_err(get)?,
-                        fence: r.try_get(1).map_err(get)?,
-                        run_id: r.try_get(2).map_err(get)?,
-                        job: r.try_get(3).map_err(get)?,
-                        host: r.try_get(4).map_err(get)?,
-                        pid: r.try_get(5).map_err(get)?,
-                        lease_until_ms: r.try_get(6).map_err(get)?,
-                    })
-                })
-                .collect()
+            self.read_all(
+                "dashboard lock_holders",
+                rows::LOCK_HOLDERS_SQL,
+                &[],
+                rows::lock_holder_from,
+            )
         }
     }
 }

@@ -7,6 +7,7 @@
 //! ([`RunQuery`]). Only the [`Dialect`] (placeholders, booleans) is the
 //! backend's.
 
+use super::dashboard::{ItemTotals, LockHolder, RunBrief};
 use super::{
     Holder, ItemCounts, ItemState, LedgerEntry, LedgerUpdate, NotifyState, OutboxRow, RunRecord,
     RunnerIdentity, ScopeCounts,
@@ -71,6 +72,10 @@ impl<R: Columns> Cursor<'_, R> {
     }
     fn opt_u64(&mut self) -> Result<Option<u64>, R::Error> {
         Ok(self.opt_i64()?.map(|b| b as u64))
+    }
+    /// A byte count that may be NULL, negatives read as 0.
+    fn opt_bytes(&mut self) -> Result<Option<u64>, R::Error> {
+        Ok(self.opt_i64()?.map(|b| b.max(0) as u64))
     }
     /// A JSON column, its default when NULL or unreadable.
     fn json<T: serde::de::DeserializeOwned + Default>(&mut self) -> Result<T, R::Error> {
@@ -202,6 +207,97 @@ pub(crate) fn scope_counts_from<R: Columns>(row: &R) -> Result<ScopeCounts, R::E
     })
 }
 
+/// The columns of a [`RunBrief`], in the order [`brief_from`] reads them.
+pub(crate) const BRIEF_COLUMNS: &str =
+    "id, job, outcome, started_ms, ended_ms, duration_ms, peak_memory_bytes, memory_max_bytes";
+
+/// A brief run from a row of [`BRIEF_COLUMNS`].
+pub(crate) fn brief_from<R: Columns>(row: &R) -> Result<RunBrief, R::Error> {
+    brief_at(&mut Cursor { row, next: 0 })
+}
+
+fn brief_at<R: Columns>(c: &mut Cursor<'_, R>) -> Result<RunBrief, R::Error> {
+    Ok(RunBrief {
+        id: c.str()?,
+        job: c.str()?,
+        outcome: c.str()?,
+        started_ms: c.i64()?,
+        ended_ms: c.opt_i64()?,
+        duration_ms: c.opt_i64()?,
+        peak_memory_bytes: c.opt_bytes()?,
+        memory_max_bytes: c.opt_bytes()?,
+    })
+}
+
+/// A brief run from [`BRIEF_COLUMNS`] followed by one more integer (the
+/// start of the job's newest run).
+pub(crate) fn brief_and_newest_from<R: Columns>(row: &R) -> Result<(RunBrief, i64), R::Error> {
+    let mut c = Cursor { row, next: 0 };
+    Ok((brief_at(&mut c)?, c.i64()?))
+}
+
+/// Every job that has runs: the finished ones are counted per job in
+/// `run_totals`, the running ones are in the partial index `runs_running`.
+pub(crate) const RUN_JOBS_SQL: &str = "SELECT job FROM run_totals UNION \
+     SELECT job FROM runs WHERE outcome = 'running' ORDER BY 1";
+
+/// A job's name from the first column.
+pub(crate) fn job_from<R: Columns>(row: &R) -> Result<String, R::Error> {
+    row.str(0)
+}
+
+/// Finished runs per job and outcome, read by [`run_total_from`].
+pub(crate) const RUN_TOTALS_SQL: &str =
+    "SELECT job, outcome, n FROM run_totals ORDER BY job, outcome";
+
+/// A row of [`RUN_TOTALS_SQL`].
+pub(crate) fn run_total_from<R: Columns>(row: &R) -> Result<(String, String, u64), R::Error> {
+    let mut c = Cursor { row, next: 0 };
+    Ok((c.str()?, c.str()?, c.total()?))
+}
+
+/// An outcome and how many runs ended with it.
+pub(crate) fn outcome_count_from<R: Columns>(row: &R) -> Result<(String, u64), R::Error> {
+    let mut c = Cursor { row, next: 0 };
+    Ok((c.str()?, c.total()?))
+}
+
+/// A job's ledger totals from `job, done, failed, in_flight`.
+pub(crate) fn item_totals_from<R: Columns>(row: &R) -> Result<ItemTotals, R::Error> {
+    let mut c = Cursor { row, next: 0 };
+    Ok(ItemTotals {
+        job: c.str()?,
+        done: c.total()?,
+        failed: c.total()?,
+        in_flight: c.total()?,
+    })
+}
+
+/// Every lock held now, with its run's job and runner, read by
+/// [`lock_holder_from`].
+pub(crate) const LOCK_HOLDERS_SQL: &str = "SELECT l.lock_name, l.fence, l.run_id, \
+     COALESCE(r.job, ''), COALESCE(r.host, ''), COALESCE(r.pid, 0), l.lease_until_ms \
+     FROM locks l LEFT JOIN runs r ON r.id = l.run_id ORDER BY l.lock_name";
+
+/// A row of [`LOCK_HOLDERS_SQL`].
+pub(crate) fn lock_holder_from<R: Columns>(row: &R) -> Result<LockHolder, R::Error> {
+    let mut c = Cursor { row, next: 0 };
+    Ok(LockHolder {
+        lock: c.str()?,
+        fence: c.i64()?,
+        run_id: c.str()?,
+        job: c.str()?,
+        host: c.str()?,
+        pid: c.i32()?,
+        lease_until_ms: c.i64()?,
+    })
+}
+
+/// A count or limit as an SQL integer.
+pub(crate) fn limit(n: usize) -> i64 {
+    n.min(i64::MAX as usize) as i64
+}
+
 /// The query for the holder of the lock named by the first parameter,
 /// written with the backend's placeholder (`?1`, `$1`).
 pub(crate) fn holder_sql(p1: &str) -> String {
@@ -326,6 +422,13 @@ pub enum RunQuery<'a> {
     LastFinished(&'a str),
     /// Runs still `running`, oldest first.
     Running,
+    /// A page of a job's runs older than `before_seq`, newest first, at
+    /// most `limit`.
+    Page {
+        job: &'a str,
+        before_seq: i64,
+        limit: usize,
+    },
     /// Finished runs of `job` started before `before_ms` whose logs are
     /// kept, oldest first, at most `limit`.
     LogsBefore {
@@ -345,7 +448,7 @@ impl RunQuery<'_> {
 
     fn clause(&self, d: &Dialect) -> (String, Vec<Value>) {
         let text = |s: &str| Value::Text(Some(s.to_string()));
-        let count = |n: usize| Value::I64(Some(n.min(i64::MAX as usize) as i64));
+        let count = |n: usize| Value::I64(Some(limit(n)));
         match *self {
             RunQuery::ById(id) => ("WHERE id = $1".into(), vec![text(id)]),
             RunQuery::Newest {
@@ -371,6 +474,14 @@ impl RunQuery<'_> {
                 vec![text(job)],
             ),
             RunQuery::Running => ("WHERE outcome = 'running' ORDER BY seq".into(), Vec::new()),
+            RunQuery::Page {
+                job,
+                before_seq,
+                limit,
+            } => (
+                "WHERE job = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3".into(),
+                vec![text(job), Value::I64(Some(before_seq)), count(limit)],
+            ),
             RunQuery::LogsBefore {
                 job,
                 before_ms,

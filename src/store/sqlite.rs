@@ -927,32 +927,59 @@ mod tests {
     }
 }
 
-// The dashboard's reads (SPEC §10); see src/store/dashboard.rs.
+// The dashboard's reads (SPEC §10); see src/store/dashboard.rs. The rows
+// are read by the shared readers of `rows`.
 mod dashboard_impl {
     use super::super::dashboard::{DashboardStore, ItemTotals, LockHolder, RunBrief};
-    use super::super::rows::{self, RUN_COLUMNS, Value};
-    use super::{Result, RunRecord, SqliteStore, Store};
+    use super::super::rows::{self, BRIEF_COLUMNS as BRIEF, RUN_COLUMNS, limit as clamp};
+    use super::{Result, RunQuery, RunRecord, RunStore, SqliteStore, Store};
     use rusqlite::{OptionalExtension, Row, params};
 
-    const BRIEF: &str =
-        "id, job, outcome, started_ms, ended_ms, duration_ms, peak_memory_bytes, memory_max_bytes";
+    impl SqliteStore {
+        /// Every row `sql` selects with `args`, read with `read`.
+        fn read_all<T>(
+            &self,
+            sql: &str,
+            args: impl rusqlite::Params,
+            read: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+        ) -> Result<Vec<T>> {
+            let conn = self.conn();
+            let mut stmt = conn.prepare_cached(sql).map_err(|e| self.err(e))?;
+            stmt.query_map(args, read)
+                .and_then(|rows| rows.collect())
+                .map_err(|e| self.err(e))
+        }
 
-    fn brief(r: &Row<'_>) -> rusqlite::Result<RunBrief> {
-        Ok(RunBrief {
-            id: r.get(0)?,
-            job: r.get(1)?,
-            outcome: r.get(2)?,
-            started_ms: r.get(3)?,
-            ended_ms: r.get(4)?,
-            duration_ms: r.get(5)?,
-            peak_memory_bytes: r.get::<_, Option<i64>>(6)?.map(|b| b.max(0) as u64),
-            memory_max_bytes: r.get::<_, Option<i64>>(7)?.map(|b| b.max(0) as u64),
-        })
+        /// The first row `sql` selects for each of `jobs` (the job is ?1),
+        /// read with `read`; jobs without one are left out.
+        fn first_per_job<T>(
+            &self,
+            sql: &str,
+            jobs: &[String],
+            read: impl Fn(&Row<'_>) -> rusqlite::Result<T>,
+        ) -> Result<Vec<T>> {
+            let conn = self.conn();
+            let mut stmt = conn.prepare_cached(sql).map_err(|e| self.err(e))?;
+            let mut out = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                if let Some(r) = stmt
+                    .query_row([job], &read)
+                    .optional()
+                    .map_err(|e| self.err(e))?
+                {
+                    out.push(r);
+                }
+            }
+            Ok(out)
+        }
     }
 
-    fn clamp(n: usize) -> i64 {
-        n.min(i64::MAX as usize) as i64
-    }
+    /// The newest run of job ?1 that was not skipped (the newest skipped
+    /// one when that is all there is).
+    const LAST_RUN_OF: &str = "FROM runs WHERE seq = COALESCE(\
+         (SELECT seq FROM runs WHERE job = ?1 AND outcome <> 'skipped' \
+          ORDER BY seq DESC LIMIT 1), \
+         (SELECT MAX(seq) FROM runs WHERE job = ?1))";
 
     impl DashboardStore for SqliteStore {
         fn store(&self) -> &dyn Store {
@@ -960,37 +987,14 @@ mod dashboard_impl {
         }
 
         fn run_jobs(&self) -> Result<Vec<String>> {
-            // Finished runs are counted per job in run_totals; running ones
-            // are in the partial index runs_running.
-            let conn = self.conn();
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT job FROM run_totals UNION \
-                     SELECT job FROM runs WHERE outcome = 'running' ORDER BY 1",
-                )
-                .map_err(|e| self.err(e))?;
-            let rows = stmt
-                .query_map([], |r| r.get(0))
-                .map_err(|e| self.err(e))?
-                .collect::<std::result::Result<Vec<String>, _>>()
-                .map_err(|e| self.err(e))?;
-            Ok(rows)
+            self.read_all(rows::RUN_JOBS_SQL, [], |r| rows::job_from(r))
         }
 
         fn recent_runs(&self, jobs: &[String], n: usize) -> Result<Vec<(String, Vec<RunBrief>)>> {
-            let conn = self.conn();
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {BRIEF} FROM runs WHERE job = ?1 ORDER BY seq DESC LIMIT ?2"
-                ))
-                .map_err(|e| self.err(e))?;
+            let sql = format!("SELECT {BRIEF} FROM runs WHERE job = ?1 ORDER BY seq DESC LIMIT ?2");
             let mut out = Vec::with_capacity(jobs.len());
             for job in jobs {
-                let runs = stmt
-                    .query_map(params![job, clamp(n)], brief)
-                    .map_err(|e| self.err(e))?
-                    .collect::<std::result::Result<Vec<_>, _>>()
-                    .map_err(|e| self.err(e))?;
+                let runs = self.read_all(&sql, params![job, clamp(n)], |r| rows::brief_from(r))?;
                 if !runs.is_empty() {
                     out.push((job.clone(), runs));
                 }
@@ -999,71 +1003,24 @@ mod dashboard_impl {
         }
 
         fn last_runs_of(&self, jobs: &[String]) -> Result<Vec<RunRecord>> {
-            let conn = self.conn();
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {RUN_COLUMNS} FROM runs WHERE seq = COALESCE(\
-                     (SELECT seq FROM runs WHERE job = ?1 AND outcome <> 'skipped' \
-                      ORDER BY seq DESC LIMIT 1), \
-                     (SELECT MAX(seq) FROM runs WHERE job = ?1))"
-                ))
-                .map_err(|e| self.err(e))?;
-            let mut out = Vec::with_capacity(jobs.len());
-            for job in jobs {
-                if let Some(r) = stmt
-                    .query_row([job], |r| rows::run_from(r))
-                    .optional()
-                    .map_err(|e| self.err(e))?
-                {
-                    out.push(r);
-                }
-            }
-            Ok(out)
+            let sql = format!("SELECT {RUN_COLUMNS} {LAST_RUN_OF}");
+            self.first_per_job(&sql, jobs, |r| rows::run_from(r))
         }
 
         fn last_briefs(&self, jobs: &[String]) -> Result<Vec<(RunBrief, i64)>> {
-            let conn = self.conn();
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {BRIEF}, (SELECT started_ms FROM runs WHERE job = ?1 \
-                     ORDER BY seq DESC LIMIT 1) FROM runs WHERE seq = COALESCE(\
-                     (SELECT seq FROM runs WHERE job = ?1 AND outcome <> 'skipped' \
-                      ORDER BY seq DESC LIMIT 1), \
-                     (SELECT MAX(seq) FROM runs WHERE job = ?1))"
-                ))
-                .map_err(|e| self.err(e))?;
-            let mut out = Vec::with_capacity(jobs.len());
-            for job in jobs {
-                if let Some(r) = stmt
-                    .query_row([job], |r| Ok((brief(r)?, r.get(8)?)))
-                    .optional()
-                    .map_err(|e| self.err(e))?
-                {
-                    out.push(r);
-                }
-            }
-            Ok(out)
+            let sql = format!(
+                "SELECT {BRIEF}, (SELECT started_ms FROM runs WHERE job = ?1 \
+                 ORDER BY seq DESC LIMIT 1) {LAST_RUN_OF}"
+            );
+            self.first_per_job(&sql, jobs, |r| rows::brief_and_newest_from(r))
         }
 
         fn last_successes(&self, jobs: &[String]) -> Result<Vec<RunBrief>> {
-            let conn = self.conn();
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {BRIEF} FROM runs WHERE job = ?1 AND outcome = 'success' \
-                     ORDER BY seq DESC LIMIT 1"
-                ))
-                .map_err(|e| self.err(e))?;
-            let mut out = Vec::new();
-            for job in jobs {
-                if let Some(r) = stmt
-                    .query_row([job], brief)
-                    .optional()
-                    .map_err(|e| self.err(e))?
-                {
-                    out.push(r);
-                }
-            }
-            Ok(out)
+            let sql = format!(
+                "SELECT {BRIEF} FROM runs WHERE job = ?1 AND outcome = 'success' \
+                 ORDER BY seq DESC LIMIT 1"
+            );
+            self.first_per_job(&sql, jobs, |r| rows::brief_from(r))
         }
 
         fn runs_page(
@@ -1090,27 +1047,21 @@ mod dashboard_impl {
                     }
                 }
             };
-            self.runs_where(
-                &format!(
-                    "SELECT {RUN_COLUMNS} FROM runs WHERE job = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
-                ),
-                vec![
-                    Value::Text(Some(job.to_string())),
-                    Value::I64(Some(before_seq)),
-                    Value::I64(Some(clamp(limit))),
-                ],
-            )
+            self.runs_matching(&RunQuery::Page {
+                job,
+                before_seq,
+                limit,
+            })
             .map(Some)
         }
 
         fn runs_between(
             &self,
             job: Option<&str>,
-            from_ms: i64,
-            to_ms: i64,
+            ms: std::ops::Range<i64>,
             limit: usize,
         ) -> Result<Vec<RunBrief>> {
-            let conn = self.conn();
+            let (from_ms, to_ms) = (ms.start, ms.end);
             let sql = match job {
                 Some(_) => format!(
                     "SELECT {BRIEF} FROM runs WHERE job = ?1 AND started_ms >= ?2 \
@@ -1121,99 +1072,40 @@ mod dashboard_impl {
                      AND started_ms < ?3 ORDER BY started_ms DESC LIMIT ?4"
                 ),
             };
-            let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
-            let mut rows = stmt
-                .query_map(params![job, from_ms, to_ms, clamp(limit)], brief)
-                .map_err(|e| self.err(e))?
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| self.err(e))?;
+            let mut rows =
+                self.read_all(&sql, params![job, from_ms, to_ms, clamp(limit)], |r| {
+                    rows::brief_from(r)
+                })?;
             rows.reverse();
             Ok(rows)
         }
 
         fn outcome_counts(&self, job: &str, since_ms: i64) -> Result<Vec<(String, u64)>> {
-            let conn = self.conn();
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT outcome, COUNT(*) FROM runs WHERE job = ?1 AND started_ms >= ?2 \
-                     GROUP BY outcome ORDER BY outcome",
-                )
-                .map_err(|e| self.err(e))?;
-            let rows = stmt
-                .query_map(params![job, since_ms], |r| {
-                    Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64))
-                })
-                .map_err(|e| self.err(e))?
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| self.err(e))?;
-            Ok(rows)
+            self.read_all(
+                "SELECT outcome, COUNT(*) FROM runs WHERE job = ?1 AND started_ms >= ?2 \
+                 GROUP BY outcome ORDER BY outcome",
+                params![job, since_ms],
+                |r| rows::outcome_count_from(r),
+            )
         }
 
         fn run_totals(&self) -> Result<Vec<(String, String, u64)>> {
-            let conn = self.conn();
-            let mut stmt = conn
-                .prepare_cached("SELECT job, outcome, n FROM run_totals ORDER BY job, outcome")
-                .map_err(|e| self.err(e))?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)?.max(0) as u64))
-                })
-                .map_err(|e| self.err(e))?
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| self.err(e))?;
-            Ok(rows)
+            self.read_all(rows::RUN_TOTALS_SQL, [], |r| rows::run_total_from(r))
         }
 
         fn item_totals(&self) -> Result<Vec<ItemTotals>> {
-            let conn = self.conn();
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT s.job, COALESCE(SUM(l.state = 1), 0), COALESCE(SUM(l.state = 2), 0), \
-                     COALESCE(SUM(l.state = 0), 0) \
-                     FROM ledger_scopes s LEFT JOIN ledger l ON l.scope_id = s.id \
-                     GROUP BY s.job ORDER BY s.job",
-                )
-                .map_err(|e| self.err(e))?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok(ItemTotals {
-                        job: r.get(0)?,
-                        done: r.get::<_, i64>(1)?.max(0) as u64,
-                        failed: r.get::<_, i64>(2)?.max(0) as u64,
-                        in_flight: r.get::<_, i64>(3)?.max(0) as u64,
-                    })
-                })
-                .map_err(|e| self.err(e))?
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| self.err(e))?;
-            Ok(rows)
+            self.read_all(
+                "SELECT s.job, COALESCE(SUM(l.state = 1), 0), COALESCE(SUM(l.state = 2), 0), \
+                 COALESCE(SUM(l.state = 0), 0) \
+                 FROM ledger_scopes s LEFT JOIN ledger l ON l.scope_id = s.id \
+                 GROUP BY s.job ORDER BY s.job",
+                [],
+                |r| rows::item_totals_from(r),
+            )
         }
 
         fn lock_holders(&self) -> Result<Vec<LockHolder>> {
-            let conn = self.conn();
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT l.lock_name, l.fence, l.run_id, COALESCE(r.job, ''), \
-                     COALESCE(r.host, ''), COALESCE(r.pid, 0), l.lease_until_ms \
-                     FROM locks l LEFT JOIN runs r ON r.id = l.run_id ORDER BY l.lock_name",
-                )
-                .map_err(|e| self.err(e))?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok(LockHolder {
-                        lock: r.get(0)?,
-                        fence: r.get(1)?,
-                        run_id: r.get(2)?,
-                        job: r.get(3)?,
-                        host: r.get(4)?,
-                        pid: r.get(5)?,
-                        lease_until_ms: r.get(6)?,
-                    })
-                })
-                .map_err(|e| self.err(e))?
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| self.err(e))?;
-            Ok(rows)
+            self.read_all(rows::LOCK_HOLDERS_SQL, [], |r| rows::lock_holder_from(r))
         }
     }
 }

@@ -28,9 +28,7 @@ fn an_internal_error_inside_an_attempt_is_recorded_released_and_notified() {
         run["error"].as_str().unwrap_or_default().contains("broken"),
         "the error names the path: {run}"
     );
-    wait_for("the failure notification", Duration::from_secs(10), || {
-        hook.count() >= 1
-    });
+    hook.wait_for_one("the failure notification", 10);
     let sent = hook.take();
     assert_eq!(sent[0].json()["event"], "failure");
     // The lock was released: the next run is not skipped.
@@ -62,9 +60,7 @@ fn a_signal_between_retries_still_reports_and_notifies_the_failure() {
         stderr.contains("ended failure"),
         "report on stderr: {stderr}"
     );
-    wait_for("the failure notification", Duration::from_secs(10), || {
-        hook.count() >= 1
-    });
+    hook.wait_for_one("the failure notification", 10);
     assert_eq!(hook.take()[0].json()["event"], "failure");
     // The lock is free again: a new run takes it and attempts at once.
     let mut again = env.spawn(&["run", "flaky"]);

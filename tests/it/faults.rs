@@ -62,9 +62,7 @@ time.sleep(40)\n",
     let r = env.last_run("locked");
     assert_eq!(r["outcome"], "failure", "{r}");
     assert_eq!(r["exit_code"], 4, "{r}");
-    wait_for("the failure notification", Duration::from_secs(15), || {
-        hook.count() >= 1
-    });
+    hook.wait_for_one("the failure notification", 15);
     let sent = hook.take();
     assert_eq!(sent[0].json()["event"], "failure");
     assert_eq!(sent[0].json()["exit_code"], 4);
@@ -135,8 +133,6 @@ fn a_full_disk_cuts_the_log_not_the_record() {
     );
     let log = std::fs::read_to_string(run["log_path"].as_str().unwrap()).unwrap();
     assert!(log.contains("log cut at"), "the cut is in the log");
-    wait_for("the failure notification", Duration::from_secs(15), || {
-        hook.count() >= 1
-    });
+    hook.wait_for_one("the failure notification", 15);
     assert_eq!(hook.take()[0].json()["event"], "failure");
 }

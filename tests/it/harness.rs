@@ -62,15 +62,8 @@ impl Env {
     }
 
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.arg("--config-dir")
-            .arg(&self.config)
-            .args(args)
-            .env("BATCHGUARD_STATE", &self.state)
-            .env_remove("BATCHGUARD_CONFIG_DIR")
-            .env_remove("BATCHGUARD_CGROUP")
-            .current_dir(&self.root)
-            .stdin(Stdio::null());
+        let mut c = crate::support::batchguard(BIN, &self.config, &self.state, &self.root, args);
+        c.env_remove("BATCHGUARD_CGROUP");
         c
     }
 
@@ -89,6 +82,24 @@ impl Env {
     /// sending to the channel `hook` (see `receiver::webhook_receiver`).
     pub fn hooked_job(&self, name: &str, body: &str) -> &Env {
         self.job(name, &format!("{body}\n[notify]\nchannels = [\"hook\"]\n"))
+    }
+
+    /// Run `job` (it must succeed); its run record.
+    pub fn run_ok(&self, job: &str) -> Value {
+        self.run(&["run", job]).code(0);
+        self.last_run(job)
+    }
+
+    /// Run `job` in the background until it writes `started`, then again in
+    /// the foreground (which replaces it and must succeed); the exit status
+    /// of the first runner.
+    pub fn replace_running(&self, job: &str, started: &Path) -> std::process::ExitStatus {
+        let mut old = self.spawn(&["run", job]);
+        wait_for("old run start", Duration::from_secs(10), || {
+            started.exists()
+        });
+        self.run(&["run", job]).code(0);
+        wait_child(&mut old, Duration::from_secs(20))
     }
 
     pub fn run_cmd(&self, mut c: Command) -> Done {

@@ -3,7 +3,7 @@
 //! store and the PostgreSQL store. Every attempt must fail, and the store
 //! and the other runs' records must stay intact.
 
-use crate::harness::{Env, pid_alive, wait_for};
+use crate::harness::{Env, pid_alive};
 use crate::receiver::hooked_env;
 use crate::support::{cannot_run, is_root};
 use std::os::unix::fs::PermissionsExt;
@@ -19,6 +19,15 @@ fn hostile_env(test: &str) -> Option<Env> {
     let env = Env::new();
     open_to_nobody(&env);
     Some(env)
+}
+
+/// [`hostile_env`] and the stores to try it on: its own SQLite file, and
+/// a PostgreSQL schema when a server answers.
+fn hostile_stores(test: &str) -> Option<(Env, Vec<String>)> {
+    let env = hostile_env(test)?;
+    let mut stores = vec![env.state.clone()];
+    stores.extend(postgres_state(test));
+    Some((env, stores))
 }
 
 fn open_to_nobody(env: &Env) {
@@ -55,11 +64,9 @@ fn postgres_state(test: &str) -> Option<String> {
 #[test]
 fn the_environment_holds_no_store_url_and_no_channel_secret() {
     let test = "the_environment_holds_no_store_url_and_no_channel_secret";
-    let Some(mut env) = hostile_env(test) else {
+    let Some((mut env, stores)) = hostile_stores(test) else {
         return;
     };
-    let mut stores = vec![env.state.clone()];
-    stores.extend(postgres_state(test));
     for state in stores {
         env.state = state.clone();
         env.global(
@@ -127,11 +134,9 @@ fn inherited_descriptors_never_reach_the_job() {
 #[test]
 fn publish_works_for_nobody_and_only_with_nobodys_rights() {
     let test = "publish_works_for_nobody_and_only_with_nobodys_rights";
-    let Some(mut env) = hostile_env(test) else {
+    let Some((mut env, stores)) = hostile_stores(test) else {
         return;
     };
-    let mut stores = vec![env.state.clone()];
-    stores.extend(postgres_state(test));
     let drop_box = env.path("box");
     let root_dir = env.path("rootonly");
     std::fs::create_dir_all(&root_dir).unwrap();
@@ -148,8 +153,7 @@ fn publish_works_for_nobody_and_only_with_nobodys_rights() {
                 g = guarded.display()
             ),
         );
-        env.run(&["run", "publisher"]).code(0);
-        let log = env.log_of(&env.last_run("publisher"));
+        let log = env.log_of(&env.run_ok("publisher"));
         assert_eq!(
             std::fs::read_to_string(drop_box.join("result")).unwrap(),
             "result\n",
@@ -264,9 +268,7 @@ fn secret_params_are_redacted_everywhere() {
         "{}",
         text.stdout()
     );
-    wait_for("the notification", Duration::from_secs(10), || {
-        hook.count() >= 1
-    });
+    hook.wait_for_one("the notification", 10);
     let p = hook.take()[0].json();
     let rerun = p["rerun"].as_str().unwrap();
     assert!(
@@ -285,8 +287,7 @@ fn terminal_escapes_are_shown_escaped() {
         "escaper",
         "command = [\"printf\", \"\\\\033]0;pwned\\\\007\\\\033[2Jcleared\\\\n\"]\n",
     );
-    env.run(&["run", "escaper"]).code(0);
-    let id = env.last_run("escaper")["id"].as_str().unwrap().to_string();
+    let id = env.run_ok("escaper")["id"].as_str().unwrap().to_string();
     let out = env.run(&["logs", &id]);
     assert!(
         !out.out.stdout.contains(&0x1b),

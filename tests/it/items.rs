@@ -51,6 +51,18 @@ fn per_item_job(env: &Env, name: &str, n: usize, extra: &str) {
     );
 }
 
+/// A stream-mode job `name` running `command` (a TOML array) over the
+/// keys of the file `keys`.
+fn stream_job(env: &Env, name: &str, command: &str, keys: &std::path::Path) {
+    env.job(
+        name,
+        &format!(
+            "command = {command}\n[items]\nmode = \"stream\"\nsource_file = \"{}\"\n",
+            keys.display()
+        ),
+    );
+}
+
 #[test]
 fn rerun_after_success_processes_nothing() {
     let env = Env::new();
@@ -284,14 +296,8 @@ fn stream_crash_resume_redoes_at_most_what_was_in_flight() {
             env.path("processed").display()
         ),
     );
-    env.job(
-        "streamy",
-        &format!(
-            "command = [\"sh\", \"{}\"]\n[items]\nmode = \"stream\"\nsource_file = \"{}\"\n",
-            script.display(),
-            keys.display()
-        ),
-    );
+    let command = format!("[\"sh\", \"{}\"]", script.display());
+    stream_job(&env, "streamy", &command, &keys);
     // One key in the handler's hands, the keys reported within the last
     // commit window (20 ms at about one key per 2 ms: 10), the batch being
     // written, and one more the orphaned handler finishes before its next
@@ -309,22 +315,15 @@ fn stream_examples_are_resumable() {
         } else {
             "sh"
         };
-        env.job(
-            "example",
-            &format!(
-                "command = [\"{interp}\", \"{EXAMPLES}/{script}\"]\n[items]\nmode = \"stream\"\nsource_file = \"{}\"\n",
-                keys.display()
-            ),
-        );
-        env.run(&["run", "example"]).code(0);
-        let run = env.last_run("example");
+        let command = format!("[\"{interp}\", \"{EXAMPLES}/{script}\"]");
+        stream_job(&env, "example", &command, &keys);
+        let run = env.run_ok("example");
         assert_eq!(run["items"]["done"], 200, "{script}");
         assert!(
             env.log_of(&run).contains("stdout processing key-200"),
             "{script}"
         );
-        env.run(&["run", "example"]).code(0);
-        assert_eq!(env.last_run("example")["items"]["skipped"], 200, "{script}");
+        assert_eq!(env.run_ok("example")["items"]["skipped"], 200, "{script}");
     }
 }
 
@@ -332,13 +331,8 @@ fn stream_examples_are_resumable() {
 fn stream_job_that_skips_keys_fails_them() {
     let env = Env::new();
     let keys = keys_file(&env, 10);
-    env.job(
-        "lazy",
-        &format!(
-            "command = [\"sh\", \"-c\", \"while read k; do [ $k = key-4 ] || echo $k >&3; done\"]\n[items]\nmode = \"stream\"\nsource_file = \"{}\"\n",
-            keys.display()
-        ),
-    );
+    let command = r#"["sh", "-c", "while read k; do [ $k = key-4 ] || echo $k >&3; done"]"#;
+    stream_job(&env, "lazy", command, &keys);
     env.run(&["run", "lazy"]).code(1).stderr_has("key-4");
     let run = env.last_run("lazy");
     assert_eq!(run["items"]["done"], 9);
@@ -366,12 +360,7 @@ fn replaced_run_cannot_record_its_late_completions() {
             script.display()
         ),
     );
-    let mut old = env.spawn(&["run", "swap"]);
-    wait_for("old run start", Duration::from_secs(10), || {
-        started.exists()
-    });
-    env.run(&["run", "swap"]).code(0);
-    let st = wait_child(&mut old, Duration::from_secs(20));
+    let st = env.replace_running("swap", &started);
     assert_eq!(st.code(), Some(75), "the old run ends fenced");
     let runs = env.runs("swap");
     assert_eq!(runs[0]["outcome"], "success");
@@ -395,13 +384,8 @@ fn replaced_run_cannot_record_its_late_completions() {
 fn long_runs_write_progress_lines_to_the_log() {
     let env = Env::new();
     let keys = keys_file(&env, 40);
-    env.job(
-        "slow",
-        &format!(
-            "command = [\"sh\", \"-c\", \"while read k; do sleep 0.05; echo $k >&3; done\"]\n[items]\nmode = \"stream\"\nsource_file = \"{}\"\n",
-            keys.display()
-        ),
-    );
+    let command = r#"["sh", "-c", "while read k; do sleep 0.05; echo $k >&3; done"]"#;
+    stream_job(&env, "slow", command, &keys);
     env.run_with(&["run", "slow"], &[("BATCHGUARD_PROGRESS_EVERY", "500ms")])
         .code(0);
     let log = env.log_of(&env.last_run("slow"));

@@ -29,8 +29,7 @@ fn twenty_simultaneous_forbid_runs_one_runs_others_skip() {
     assert_eq!(success[0]["fence"], 1);
     // And afterwards the lock is free again.
     env.job("exclusive", r#"command = ["true"]"#);
-    env.run(&["run", "exclusive"]).code(0);
-    assert_eq!(env.last_run("exclusive")["fence"], 2);
+    assert_eq!(env.run_ok("exclusive")["fence"], 2);
 }
 
 #[test]
@@ -71,12 +70,7 @@ echo new > "$tmp"
             script.display()
         ),
     );
-    let mut old = env.spawn(&["run", "report"]);
-    wait_for("old run start", Duration::from_secs(10), || {
-        started.exists()
-    });
-    env.run(&["run", "report"]).code(0);
-    let st = wait_child(&mut old, Duration::from_secs(20));
+    let st = env.replace_running("report", &started);
     assert_eq!(st.code(), Some(75), "the old runner exits 75 (fenced)");
     assert_eq!(
         std::fs::read_to_string(&old_rc).unwrap().trim(),

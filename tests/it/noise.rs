@@ -2,9 +2,7 @@
 //! `run` prints on stderr, so the report follows the same policy; repeated
 //! overruns are summarised like repeated failures.
 
-use crate::harness::wait_for;
 use crate::receiver::hooked_env;
-use std::time::Duration;
 
 #[test]
 fn cron_mail_follows_the_noise_policy() {
@@ -24,9 +22,7 @@ fn cron_mail_follows_the_noise_policy() {
             d.stderr()
         );
     }
-    wait_for("the first failure", Duration::from_secs(10), || {
-        hook.count() >= 1
-    });
+    hook.wait_for_one("the first failure", 10);
     assert_eq!(hook.take().len(), 1, "one message for the streak");
     // Without a channel, every failure is reported on stderr.
     env.job("bare", "command = [\"sh\", \"-c\", \"exit 3\"]\n");

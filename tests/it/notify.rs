@@ -360,9 +360,7 @@ fn overrun_is_sent_while_the_run_is_still_going() {
         "command = [\"sleep\", \"3\"]\nexpected_duration = \"300ms\"",
     );
     let mut runner = env.spawn(&["run", "slowpoke"]);
-    wait_for("the overrun notification", Duration::from_secs(5), || {
-        hook.count() > 0
-    });
+    hook.wait_for_one("the overrun notification", 5);
     assert!(runner.try_wait().unwrap().is_none(), "sent while running");
     let p = hook.take()[0].json();
     assert_eq!(p["event"], "overrun");

@@ -97,6 +97,11 @@ impl Http {
     pub fn count(&self) -> usize {
         self.requests.lock().unwrap().len()
     }
+
+    /// Wait up to `secs` seconds for the first request (`what` names it).
+    pub fn wait_for_one(&self, what: &str, secs: u64) {
+        crate::support::wait_for(what, Duration::from_secs(secs), || self.count() >= 1);
+    }
 }
 
 impl Drop for Http {

@@ -29,8 +29,7 @@ fn run_json_has_the_spec_shape() {
         "shape",
         "command = [\"sh\", \"-c\", \"echo hi\"]\nmemory_max = \"256MiB\"\n",
     );
-    env.run(&["run", "shape"]).code(0);
-    let run = env.last_run("shape");
+    let run = env.run_ok("shape");
     for k in RUN_KEYS {
         assert!(run.get(k).is_some(), "missing {k} in {run}");
     }
@@ -110,8 +109,7 @@ fn log_cap_keeps_the_file_bounded() {
     let env = Env::new();
     env.global("log_max = \"4KiB\"");
     env.job("flood", "command = [\"sh\", \"-c\", \"seq 1 10000\"]\n");
-    env.run(&["run", "flood"]).code(0);
-    let run = env.last_run("flood");
+    let run = env.run_ok("flood");
     let log = env.log_of(&run);
     assert!(log.len() < 8 * 1024, "log is {} bytes", log.len());
     assert!(log.contains("log cap of 4096 bytes reached"), "{log}");
@@ -122,8 +120,7 @@ fn old_logs_are_removed_after_retention() {
     let env = Env::new();
     env.global("log_retention = \"1s\"");
     env.job("short", "command = [\"true\"]\n");
-    env.run(&["run", "short"]).code(0);
-    let first = env.last_run("short");
+    let first = env.run_ok("short");
     let path = first["log_path"].as_str().unwrap().to_string();
     assert!(std::path::Path::new(&path).exists());
     std::thread::sleep(std::time::Duration::from_millis(1100));

@@ -4,7 +4,23 @@
 
 #![allow(dead_code)]
 
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// `bin --config-dir config ARGS` with `state` as the state store, run in
+/// `root` with no stdin and no config dir inherited from the environment.
+pub fn batchguard(bin: &str, config: &Path, state: &str, root: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(bin);
+    c.arg("--config-dir")
+        .arg(config)
+        .args(args)
+        .env("BATCHGUARD_STATE", state)
+        .env_remove("BATCHGUARD_CONFIG_DIR")
+        .current_dir(root)
+        .stdin(Stdio::null());
+    c
+}
 
 /// Wait until `f` holds, polling; panics with `what` after `limit`.
 pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {

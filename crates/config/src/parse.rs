@@ -731,7 +731,7 @@ impl W {
                 "command" => j.command = self.command(v, key),
                 "workdir" => j.workdir = self.nonempty(v, key),
                 "user" => j.user = self.user(v, key),
-                "env" => j.env = self.named_strings(v, key, Self::env_key),
+                "env" => j.env = self.named_strings(v, key, check_env_key),
                 "env_file" => j.env_file = self.nonempty(v, key),
                 "secrets" => j.secrets = self.secrets(v, key),
                 "schedule" => j.schedule = self.checked(v, key, check_schedule),
@@ -744,37 +744,31 @@ impl W {
                 "lock" => j.lock = self.checked(v, key, check_lock),
                 "retries" => j.retries = self.u32(v, key, 0, 100),
                 "retry_delay" => j.retry_delay = self.duration(v, key, false),
-                "params" => j.params = self.named_strings(v, key, Self::param_key),
-                "items" => {
-                    if let Some(t) = self.table(v, key) {
-                        j.items = self.items(t, k.span());
-                    }
-                }
-                "notify" => {
-                    if let Some(t) = self.table(v, key) {
-                        j.notify = self.notify(t);
-                    }
-                }
-                "runbook" => {
-                    if let Some(t) = self.table(v, key) {
-                        j.runbook = self.runbook(t);
-                    }
-                }
-                "guideline" => {
-                    if let Some(t) = self.table(v, key) {
-                        j.guideline = self.guideline(t);
-                    }
-                }
-                "distributed" => {
-                    if let Some(t) = self.table(v, key) {
-                        j.distributed = self.distributed(t);
-                    }
-                }
+                "params" => j.params = self.named_strings(v, key, check_param_key),
+                "items" => j.items = self.sub_table(v, key, |w, t| w.items(t, k.span())),
+                "notify" => j.notify = self.sub_table(v, key, Self::notify),
+                "runbook" => j.runbook = self.sub_table(v, key, Self::runbook),
+                "guideline" => j.guideline = self.sub_table(v, key, Self::guideline),
+                "distributed" => j.distributed = self.sub_table(v, key, Self::distributed),
                 _ => self.unknown(k.span(), key, key, JOB_KEYS),
             }
         }
         j.bad = std::mem::take(&mut self.bad);
         j
+    }
+
+    /// The table `v` read by `parse`; the default when `v` is not a table
+    /// (which is reported).
+    fn sub_table<T: Default>(
+        &mut self,
+        v: &Val<'_>,
+        key: &str,
+        parse: impl FnOnce(&mut Self, &DeTable<'_>) -> T,
+    ) -> T {
+        match self.table(v, key) {
+            Some(t) => parse(self, t),
+            None => T::default(),
+        }
     }
 
     /// `command`: a non-empty argv whose program is not blank.
@@ -790,14 +784,43 @@ impl W {
     }
 
     fn user(&mut self, v: &Val<'_>, key: &str) -> Opt<String> {
-        let u = self.nonempty(v, key)?;
-        if is_user_name(&u.v) {
-            return Some(u);
+        let help = Some("name a service user, e.g. \"batch\"");
+        let (ok, what) = (is_user_name, "is not a valid user name");
+        self.nonempty_such(v, key, "user", ok, what, help)
+    }
+
+    /// A non-empty string that `ok` accepts; otherwise the error
+    /// "`name` = "value" {what}", with `help`.
+    fn nonempty_such(
+        &mut self,
+        v: &Val<'_>,
+        rel: &str,
+        name: &str,
+        ok: impl Fn(&str) -> bool,
+        what: &str,
+        help: Option<&str>,
+    ) -> Opt<String> {
+        let s = self.nonempty(v, rel)?;
+        let refusal = |s: &str| (format!("`{name}` = \"{s}\" {what}"), help.map(Into::into));
+        self.accepted(v, rel, s, |s| if ok(s) { Ok(()) } else { Err(refusal(s)) })
+    }
+
+    /// `s` (the value of `v`) when `check` accepts it; otherwise `None`,
+    /// with the message and help `check` gives reported.
+    fn accepted(
+        &mut self,
+        v: &Val<'_>,
+        rel: &str,
+        s: Sp<String>,
+        check: impl FnOnce(&str) -> Result<(), (String, Option<String>)>,
+    ) -> Opt<String> {
+        match check(&s.v) {
+            Ok(()) => Some(s),
+            Err((msg, help)) => {
+                self.err(v.span(), rel, msg, help);
+                None
+            }
         }
-        let msg = format!("`user` = \"{}\" is not a valid user name", u.v);
-        let help = "name a service user, e.g. \"batch\"".into();
-        self.err(v.span(), key, msg, Some(help));
-        None
     }
 
     /// A string checked by `check`, which gives the message and help.
@@ -808,13 +831,9 @@ impl W {
         check: fn(&str) -> Result<(), (String, String)>,
     ) -> Opt<String> {
         let s = self.string(v, key)?;
-        match check(&s.v) {
-            Ok(()) => Some(s),
-            Err((msg, help)) => {
-                self.err(v.span(), key, msg, Some(help));
-                None
-            }
-        }
+        self.accepted(v, key, s, |s| {
+            check(s).map_err(|(msg, help)| (msg, Some(help)))
+        })
     }
 
     /// A table of string values (`env`, `params`) whose keys `check_key`
@@ -823,14 +842,15 @@ impl W {
         &mut self,
         v: &Val<'_>,
         key: &str,
-        check_key: fn(&mut W, &str, Range<usize>, &str) -> bool,
+        check_key: fn(&str) -> Result<(), (String, String)>,
     ) -> BTreeMap<String, Sp<String>> {
         let mut out = BTreeMap::new();
         let Some(t) = self.table(v, key) else {
             return out;
         };
         for (name, rel, k, val) in entries(t, key) {
-            if !check_key(self, name, k.span(), &rel) {
+            if let Err((msg, help)) = check_key(name) {
+                self.err(k.span(), &rel, msg, Some(help));
                 continue;
             }
             if let Some(s) = self.string(val, &rel) {
@@ -838,42 +858,6 @@ impl W {
             }
         }
         out
-    }
-
-    fn env_key(&mut self, name: &str, span: Range<usize>, rel: &str) -> bool {
-        let (msg, help) = if !is_env_name(name) {
-            (
-                format!("`{name}` is not a valid environment variable name"),
-                "use letters, digits and `_`, not starting with a digit",
-            )
-        } else if name.starts_with("BATCHGUARD_") {
-            (
-                format!("`{name}` is reserved: batchguard sets the BATCHGUARD_* variables itself"),
-                "rename the variable",
-            )
-        } else {
-            return true;
-        };
-        self.err(span, rel, msg, Some(help.into()));
-        false
-    }
-
-    fn param_key(&mut self, name: &str, span: Range<usize>, rel: &str) -> bool {
-        let (msg, help) = if !template::is_valid_name(name) {
-            (
-                format!("invalid param name `{name}`"),
-                "param names are letters, digits, `_` and `-`",
-            )
-        } else if template::BUILTINS.contains(&name) || name == template::ITEM {
-            (
-                format!("param `{name}` would shadow the built-in template `{{{name}}}`"),
-                "rename the param",
-            )
-        } else {
-            return true;
-        };
-        self.err(span, rel, msg, Some(help.into()));
-        false
     }
 
     /// `secrets`: a list of environment variable names.
@@ -1172,19 +1156,16 @@ impl W {
 
     /// `state`: `sqlite:PATH` or `postgres://…`.
     fn state_url(&mut self, v: &Val<'_>, key: &str) -> Option<String> {
-        let s = self.nonempty(v, key)?;
-        let rest = |p: &str| s.v.strip_prefix(p).map(|r| !r.is_empty());
-        let ok = rest("sqlite:")
-            .or_else(|| rest("postgres://"))
-            .or_else(|| rest("postgresql://"))
-            .unwrap_or(false);
-        if ok {
-            return Some(s.v);
-        }
-        let msg = format!("`state` = \"{}\" is not a state store URL", s.v);
+        let ok = |url: &str| {
+            ["sqlite:", "postgres://", "postgresql://"]
+                .iter()
+                .find_map(|p| url.strip_prefix(p))
+                .is_some_and(|r| !r.is_empty())
+        };
         let help = "write \"sqlite:/var/lib/batchguard/state.db\" or \"postgres://user@host/db\"";
-        self.err(v.span(), key, msg, Some(help.into()));
-        None
+        let what = "is not a state store URL";
+        let s = self.nonempty_such(v, key, "state", ok, what, Some(help))?;
+        Some(s.v)
     }
 
     /// `log_dir`, `artifact_dir`: absolute against `dir`, never under a
@@ -1349,29 +1330,23 @@ impl W {
     }
 
     fn smtp_url(&mut self, v: &Val<'_>, rel: &str) -> Opt<String> {
-        let s = self.nonempty(v, rel)?;
-        let host =
-            s.v.strip_prefix("smtp://")
-                .or_else(|| s.v.strip_prefix("smtps://"));
-        if host.is_some_and(|h| {
-            !h.is_empty() && !h.starts_with('/') && !h.contains(char::is_whitespace)
-        }) {
-            return Some(s);
-        }
-        let msg = format!("`{}` = \"{}\" is not an SMTP URL", self.full(rel), s.v);
-        let help = "write \"smtp://host:25\" or \"smtps://host:465\"".into();
-        self.err(v.span(), rel, msg, Some(help));
-        None
+        let ok = |url: &str| {
+            let host = url
+                .strip_prefix("smtp://")
+                .or_else(|| url.strip_prefix("smtps://"));
+            host.is_some_and(|h| {
+                !h.is_empty() && !h.starts_with('/') && !h.contains(char::is_whitespace)
+            })
+        };
+        let help = Some("write \"smtp://host:25\" or \"smtps://host:465\"");
+        let name = self.full(rel);
+        self.nonempty_such(v, rel, &name, ok, "is not an SMTP URL", help)
     }
 
     fn email_address(&mut self, v: &Val<'_>, rel: &str) -> Opt<String> {
-        let s = self.nonempty(v, rel)?;
-        if s.v.contains('@') {
-            return Some(s);
-        }
-        let msg = format!("`{}` = \"{}\" is not an email address", self.full(rel), s.v);
-        self.err(v.span(), rel, msg, None);
-        None
+        let name = self.full(rel);
+        let ok = |a: &str| a.contains('@');
+        self.nonempty_such(v, rel, &name, ok, "is not an email address", None)
     }
 
     fn email_addresses(&mut self, v: &Val<'_>, rel: &str) -> Option<Strings> {
@@ -1475,6 +1450,47 @@ fn check_schedule(s: &str) -> Result<(), (String, String)> {
     crate::schedule::Schedule::parse(s)
         .map(drop)
         .map_err(|e| (e.message().to_string(), e.fix().to_string()))
+}
+
+/// An `env` key: a variable name not of batchguard's own.
+fn check_env_key(name: &str) -> Result<(), (String, String)> {
+    let invalid = format!("`{name}` is not a valid environment variable name");
+    let reserved =
+        format!("`{name}` is reserved: batchguard sets the BATCHGUARD_* variables itself");
+    first_refusal([
+        (
+            !is_env_name(name),
+            invalid,
+            "use letters, digits and `_`, not starting with a digit",
+        ),
+        (
+            name.starts_with("BATCHGUARD_"),
+            reserved,
+            "rename the variable",
+        ),
+    ])
+}
+
+/// A `params` key: a template name that shadows no built-in one.
+fn check_param_key(name: &str) -> Result<(), (String, String)> {
+    let builtin = template::BUILTINS.contains(&name) || name == template::ITEM;
+    let shadows = format!("param `{name}` would shadow the built-in template `{{{name}}}`");
+    first_refusal([
+        (
+            !template::is_valid_name(name),
+            format!("invalid param name `{name}`"),
+            "param names are letters, digits, `_` and `-`",
+        ),
+        (builtin, shadows, "rename the param"),
+    ])
+}
+
+/// The message and help of the first rule whose condition holds.
+fn first_refusal<const N: usize>(rules: [(bool, String, &str); N]) -> Result<(), (String, String)> {
+    match rules.into_iter().find(|r| r.0) {
+        Some((_, msg, help)) => Err((msg, help.into())),
+        None => Ok(()),
+    }
 }
 
 fn check_lock(s: &str) -> Result<(), (String, String)> {

@@ -12,6 +12,18 @@ use batchguard_supervise::{
     StdinMode, StopReason, Stream,
 };
 
+/// As a subreaper, a shell with two `sleep 300` (one in the background)
+/// in a new cgroup named after `tag`, without limits.
+fn spawn_sleepers(tag: &str, mode: Enforcement) -> sv::Child {
+    sv::become_subreaper();
+    sv::spawn_with(
+        with_cgroup(sh("sleep 300 & sleep 300"), tag),
+        Limits::default(),
+        mode,
+    )
+    .expect("spawn")
+}
+
 fn with_cgroup(mut s: Spec, tag: &str) -> Spec {
     s.cgroup = CgroupPlacement::Create { name: unique(tag) };
     s
@@ -25,6 +37,12 @@ fn run_with(s: Spec, limits: Limits, mode: Enforcement) -> (Outcome, Lines) {
     let mut lines = Vec::new();
     let out = child.wait(|st, l| lines.push((st, l.to_vec())));
     (out, lines)
+}
+
+/// `run_with` of the shell `script` in a new cgroup named after `tag`,
+/// without limits.
+fn run_in_cgroup(script: &str, tag: &str, mode: Enforcement) -> (Outcome, Lines) {
+    run_with(with_cgroup(sh(script), tag), Limits::default(), mode)
 }
 
 fn run(s: Spec) -> (Outcome, Lines) {
@@ -57,11 +75,7 @@ fn exit_code_passthrough() {
 #[test]
 fn signal_death_is_signaled() {
     for mode in modes() {
-        let (out, _) = run_with(
-            with_cgroup(sh("kill -KILL $$"), "sig"),
-            Limits::default(),
-            mode,
-        );
+        let (out, _) = run_in_cgroup("kill -KILL $$", "sig", mode);
         assert_eq!(out.end, End::Signaled(9), "mode {mode}");
     }
 }
@@ -263,11 +277,7 @@ fn memory_limit_poll_mode() {
 #[test]
 fn peak_memory_without_limit_and_enforcement_none() {
     for mode in modes() {
-        let (out, _) = run_with(
-            with_cgroup(sh("sleep 0.3"), "peak"),
-            Limits::default(),
-            mode,
-        );
+        let (out, _) = run_in_cgroup("sleep 0.3", "peak", mode);
         assert_eq!(out.end, End::Exited(0));
         assert_eq!(out.enforcement, Enforcement::None);
         assert!(
@@ -317,13 +327,7 @@ fn exit_is_detected_promptly() {
 #[test]
 fn stop_from_another_thread() {
     for mode in modes() {
-        sv::become_subreaper();
-        let child = sv::spawn_with(
-            with_cgroup(sh("sleep 300 & sleep 300"), "stop"),
-            Limits::default(),
-            mode,
-        )
-        .expect("spawn");
+        let child = spawn_sleepers("stop", mode);
         let pgid = child.pgid();
         let handle = child.stop_handle();
         let t = std::thread::spawn(move || {
@@ -545,13 +549,7 @@ fn detect_reports_a_mode() {
 #[test]
 fn dropping_a_child_kills_its_tree() {
     for mode in modes() {
-        sv::become_subreaper();
-        let child = sv::spawn_with(
-            with_cgroup(sh("sleep 300 & sleep 300"), "drop"),
-            Limits::default(),
-            mode,
-        )
-        .expect("spawn");
+        let child = spawn_sleepers("drop", mode);
         let (pid, pgid, cg) = (
             child.pid(),
             child.pgid(),
