@@ -20,7 +20,7 @@ mod prepare;
 
 pub(crate) use attempt::{Attempt, AttemptResult, open_attempt_log};
 pub use control::{Control, Stop};
-pub(crate) use prepare::{Prepared, builtin, prepare, rerun_command};
+pub(crate) use prepare::{Prepared, builtin, prepare, rerun_command, shell_quote};
 
 use crate::store::{AcquireMode, RunnerIdentity, Store};
 use batchguard_config::{Concurrency, Global};

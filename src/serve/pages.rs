@@ -755,16 +755,8 @@ fn runs_table(runs: &[RunRecord], tz: &TimeZone) -> String {
 }
 
 /// Shell-style quoting for display (the re-run command, argv).
-pub fn quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.,:=/@+%".contains(c))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
-}
+/// Shell quoting, the same as the re-run command's.
+pub(crate) use crate::exec::shell_quote as quote;
 
 fn shell_words(argv: &[String]) -> String {
     argv.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")
