@@ -79,7 +79,23 @@ pub trait DashboardStore: Send + Sync {
         job: &str,
         before: Option<&str>,
         limit: usize,
-    ) -> Result<Option<Vec<RunRecord>>>;
+    ) -> Result<Option<Vec<RunRecord>>> {
+        let before_seq = match before {
+            None => i64::MAX,
+            Some(id) => match self.run_seq(job, id)? {
+                Some(seq) => seq,
+                None => return Ok(None),
+            },
+        };
+        let page = super::RunQuery::Page {
+            job,
+            before_seq,
+            limit,
+        };
+        self.store().runs_matching(&page).map(Some)
+    }
+    /// The position (`seq`) of run `id` of `job`, if it is one.
+    fn run_seq(&self, job: &str, id: &str) -> Result<Option<i64>>;
     /// Runs that started in `ms` (Unix milliseconds, end excluded), of one
     /// job or all, oldest first; when more than `limit` did, the newest
     /// `limit` of them.

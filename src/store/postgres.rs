@@ -1402,7 +1402,7 @@ impl WatchStore for PostgresStore {
 mod dashboard_impl {
     use super::super::dashboard::{DashboardStore, ItemTotals, LockHolder, RunBrief};
     use super::super::rows::{self, BRIEF_COLUMNS as BRIEF, RUN_COLUMNS, limit as clamp};
-    use super::{PostgresStore, Result, RunQuery, RunRecord, RunStore, Store};
+    use super::{PostgresStore, Result, RunRecord, Store};
     use postgres::Row;
     use postgres::types::ToSql;
 
@@ -1528,33 +1528,15 @@ mod dashboard_impl {
             )
         }
 
-        fn runs_page(
-            &self,
-            job: &str,
-            before: Option<&str>,
-            limit: usize,
-        ) -> Result<Option<Vec<RunRecord>>> {
-            let before_seq = match before {
-                None => i64::MAX,
-                Some(id) => {
-                    let seq = self.with("dashboard runs_page", |c, _| {
-                        Ok(c.query_opt(
-                            "SELECT seq FROM runs WHERE id = $1 AND job = $2",
-                            &[&id, &job],
-                        )?)
-                    })?;
-                    match seq {
-                        Some(r) => r.try_get::<_, i64>(0).map_err(|e| self.err(e))?,
-                        None => return Ok(None),
-                    }
-                }
-            };
-            self.runs_matching(&RunQuery::Page {
-                job,
-                before_seq,
-                limit,
-            })
-            .map(Some)
+        fn run_seq(&self, job: &str, id: &str) -> Result<Option<i64>> {
+            let row = self.with("dashboard run_seq", |c, _| {
+                Ok(c.query_opt(
+                    "SELECT seq FROM runs WHERE id = $1 AND job = $2",
+                    &[&id, &job],
+                )?)
+            })?;
+            row.map(|r| r.try_get::<_, i64>(0).map_err(|e| self.err(e)))
+                .transpose()
         }
 
         fn runs_between(

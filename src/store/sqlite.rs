@@ -932,7 +932,7 @@ mod tests {
 mod dashboard_impl {
     use super::super::dashboard::{DashboardStore, ItemTotals, LockHolder, RunBrief};
     use super::super::rows::{self, BRIEF_COLUMNS as BRIEF, RUN_COLUMNS, limit as clamp};
-    use super::{Result, RunQuery, RunRecord, RunStore, SqliteStore, Store};
+    use super::{Result, RunRecord, SqliteStore, Store};
     use rusqlite::{OptionalExtension, Row, params};
 
     impl SqliteStore {
@@ -1023,36 +1023,15 @@ mod dashboard_impl {
             self.first_per_job(&sql, jobs, |r| rows::brief_from(r))
         }
 
-        fn runs_page(
-            &self,
-            job: &str,
-            before: Option<&str>,
-            limit: usize,
-        ) -> Result<Option<Vec<RunRecord>>> {
-            let before_seq = match before {
-                None => i64::MAX,
-                Some(id) => {
-                    let seq: Option<i64> = self
-                        .conn()
-                        .query_row(
-                            "SELECT seq FROM runs WHERE id = ?1 AND job = ?2",
-                            [id, job],
-                            |r| r.get(0),
-                        )
-                        .optional()
-                        .map_err(|e| self.err(e))?;
-                    match seq {
-                        Some(s) => s,
-                        None => return Ok(None),
-                    }
-                }
-            };
-            self.runs_matching(&RunQuery::Page {
-                job,
-                before_seq,
-                limit,
-            })
-            .map(Some)
+        fn run_seq(&self, job: &str, id: &str) -> Result<Option<i64>> {
+            self.conn()
+                .query_row(
+                    "SELECT seq FROM runs WHERE id = ?1 AND job = ?2",
+                    [id, job],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(|e| self.err(e))
         }
 
         fn runs_between(
