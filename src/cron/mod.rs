@@ -5,15 +5,22 @@
 //! - [`schedule`] (the config crate's, re-exported: config validation and
 //!   cron share one parser): parsing, fire times and cronie's rule for
 //!   local clock changes (see that module for the DST decisions);
+//! - [`flavor`]: which daemon runs here (cronie, Debian's cron, busybox);
+//! - [`predict`]: when that daemon really fires a job, and `run --if-due`;
 //! - [`install`]: rendering and atomic installation of `batchguard-JOB` files.
 
+pub mod flavor;
 pub mod install;
+pub mod predict;
 pub use batchguard_config::schedule;
 
+pub use flavor::Flavor;
 pub use install::{
-    CronEntry, FILE_PREFIX, InstallReport, MARKER, WATCHDOG_FILE, file_name, install,
-    installed_current, render, render_watchdog, watchdog_installed_current,
+    CronEntry, FILE_PREFIX, InstallReport, MARKER, WATCHDOG_FILE, file_name, install, install_for,
+    installed_current, installed_current_for, render, render_for, render_watchdog,
+    render_watchdog_for, watchdog_installed_current,
 };
+pub use predict::{Host, Rule, due_now, job_rule};
 pub use schedule::{Schedule, ScheduleError};
 
 use jiff::tz::TimeZone;
@@ -41,6 +48,12 @@ pub enum CronError {
         "refusing to overwrite {path}: it does not start with batchguard's marker line, so batchguard did not write it (move it away, or rename the job)"
     )]
     Foreign { path: PathBuf },
+    /// A job file batchguard wrote for another config dir sits where this
+    /// config dir's job file must go (two config dirs with one job name).
+    #[error(
+        "refusing to overwrite {path}: batchguard wrote it for the config dir {config_dir}; rename one of the two jobs (one cron.d directory holds one job of each name)"
+    )]
+    OtherConfig { path: PathBuf, config_dir: String },
     #[error("cannot {action} {path}: {source}")]
     Io {
         action: &'static str,
