@@ -39,6 +39,9 @@ pub enum Error {
     Internal(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// `cron install`, `cron next`: a cron.d file or entry problem.
+    #[error(transparent)]
+    Cron(#[from] crate::cron::CronError),
     #[error("no job `{job}` in {dir}/jobs (known jobs: {known})")]
     UnknownJob {
         job: String,
@@ -91,6 +94,15 @@ impl Error {
             Error::UnknownJob { .. } | Error::UnknownRun(_) => exit::FAILURE,
             Error::Io { .. } => exit::IO_ERROR,
             Error::Fenced { .. } => exit::TEMPFAIL,
+            Error::Cron(e) => match e {
+                crate::cron::CronError::Schedule(_) | crate::cron::CronError::Entry { .. } => {
+                    exit::CONFIG
+                }
+                crate::cron::CronError::Path { .. }
+                | crate::cron::CronError::Foreign { .. }
+                | crate::cron::CronError::OtherConfig { .. } => exit::CANT_CREATE,
+                crate::cron::CronError::Io { .. } => exit::IO_ERROR,
+            },
         }
     }
 

@@ -85,7 +85,8 @@ impl std::fmt::Display for Flavor {
 impl std::str::FromStr for Flavor {
     type Err = String;
     fn from_str(s: &str) -> Result<Flavor, String> {
-        Flavor::parse(s).ok_or_else(|| format!("unknown cron flavor `{s}`: cronie, vixie or busybox"))
+        Flavor::parse(s)
+            .ok_or_else(|| format!("unknown cron flavor `{s}`: cronie, vixie or busybox"))
     }
 }
 

@@ -98,7 +98,10 @@ pub fn render_for(
     config_dir: &Path,
     flavor: Flavor,
 ) -> String {
-    let cron_tz = entry.timezone.as_deref().filter(|_| flavor.honours_cron_tz());
+    let cron_tz = entry
+        .timezone
+        .as_deref()
+        .filter(|_| flavor.honours_cron_tz());
     let mut s = header(&format!("job {}", entry.job), config_dir, cron_tz);
     let if_due = entry.timezone.is_some() && !flavor.honours_cron_tz();
     let schedule = if if_due {
@@ -382,9 +385,8 @@ pub fn watchdog_installed_current(
 }
 
 fn is_current_mode(path: &Path) -> Result<bool, CronError> {
-    Ok(metadata(path)?.is_some_and(|m| {
-        m.file_type().is_file() && (m.permissions().mode() & 0o7533) == 0o400
-    }))
+    Ok(metadata(path)?
+        .is_some_and(|m| m.file_type().is_file() && (m.permissions().mode() & 0o7533) == 0o400))
 }
 
 /// [`install_for`] with cronie's lines.
@@ -451,7 +453,11 @@ pub fn install_for(
             fs::read_to_string(&watchdog_path)
                 .map_err(|e| CronError::io("read", &watchdog_path, e))?,
         ),
-        Some(_) => return Err(CronError::Foreign { path: watchdog_path }),
+        Some(_) => {
+            return Err(CronError::Foreign {
+                path: watchdog_path,
+            });
+        }
     };
     wanted.insert(
         WATCHDOG_FILE.to_string(),

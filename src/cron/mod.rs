@@ -94,12 +94,18 @@ pub fn next_fires(
     Ok(Schedule::parse(schedule)?.next_fires(tz, after, n))
 }
 
-/// The first fire time strictly after `after`, in `after`'s time zone, or
-/// `None` for a schedule that never fires again or does not parse (config
-/// validation rejects the latter before it gets here).
+/// The first fire time strictly after `after`, in `after`'s time zone, as
+/// this host's cron daemon fires it ([`predict`]: `after`'s zone is the
+/// job's, the host's when it is the system zone), or `None` for a schedule
+/// that never fires again or does not parse (config validation rejects the
+/// latter before it gets here).
 pub fn next_after(schedule: &str, after: &Zoned) -> Option<Zoned> {
-    next_fires(schedule, after.time_zone(), after.timestamp(), 1)
-        .ok()?
+    let s = Schedule::parse(schedule).ok()?;
+    let host = Host::current();
+    let tz = after.time_zone();
+    let job_tz = (tz != &host.zone).then_some(tz);
+    Rule::for_job(job_tz, &host)
+        .next_fires(&s, after.timestamp(), 1)
         .into_iter()
         .next()
 }
@@ -123,3 +129,6 @@ pub fn interval(schedule: &str, tz: &TimeZone) -> Option<std::time::Duration> {
         .ok()?
         .interval_from(tz, Timestamp::now())
 }
+
+#[cfg(test)]
+mod tests;

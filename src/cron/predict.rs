@@ -138,7 +138,11 @@ pub fn job_rule(job: &Job) -> Rule {
 /// the same as `cron next` predicts for an `--if-due` line. A job without a
 /// schedule is never due.
 pub fn due_now(job: &Job, now: Timestamp) -> bool {
-    let Some(s) = job.schedule.as_deref().and_then(|s| Schedule::parse(s).ok()) else {
+    let Some(s) = job
+        .schedule
+        .as_deref()
+        .and_then(|s| Schedule::parse(s).ok())
+    else {
         return false;
     };
     let tz = crate::clock::zone(job.timezone.as_deref());
@@ -164,7 +168,9 @@ pub fn due_in(s: &Schedule, tz: &TimeZone, now: Timestamp) -> bool {
 /// none in a gap, two in a fold.
 fn instants(zone: &TimeZone, dt: DateTime) -> Vec<Timestamp> {
     match zone.to_ambiguous_timestamp(dt).offset() {
-        AmbiguousOffset::Unambiguous { offset } => offset.to_timestamp(dt).ok().into_iter().collect(),
+        AmbiguousOffset::Unambiguous { offset } => {
+            offset.to_timestamp(dt).ok().into_iter().collect()
+        }
         AmbiguousOffset::Gap { .. } => Vec::new(),
         AmbiguousOffset::Fold { before, after } => [before, after]
             .iter()
