@@ -10,7 +10,7 @@
 //! latest fire at or before its start (plus [`SKEW`]), if it started within
 //! the grace; a fire no run belongs to is `missed` once its grace is over.
 //! The look-back is bounded: fires after the job was configured (its file's
-//! change time), after the last fire already raised, and within
+//! modification time), after the last fire already raised, and within
 //! [`LOOK_BACK`]; at most [`MAX_FIRES`] per job and pass.
 
 use crate::clock;
@@ -43,14 +43,10 @@ pub struct ScheduleState {
     pub missed_fires: Vec<Zoned>,
 }
 
-/// When the job's file was last changed or put in place (the later of its
-/// mtime and ctime: a copy that keeps an old mtime still gets a new ctime):
-/// fires before it are not its misses.
+/// When the job's file last changed: fires before it are not its misses.
 fn configured_since(job: &Job) -> Option<Timestamp> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(&job.file).ok()?;
-    let secs = m.mtime().max(m.ctime());
-    Timestamp::from_second(secs).ok()
+    let modified = std::fs::metadata(&job.file).ok()?.modified().ok()?;
+    Timestamp::try_from(modified).ok()
 }
 
 /// One fire and whether a run started for it.
