@@ -37,7 +37,7 @@ pub struct ScheduleState {
     pub last_fire: Zoned,
     /// That fire has not started a run yet, within the grace.
     pub late: bool,
-    /// A fire after the latest started one did not start within the grace.
+    /// A fire after the job's newest run did not start within the grace.
     pub missed: bool,
     /// Every fire in the look-back that did not start within the grace.
     pub missed_fires: Vec<Zoned>,
@@ -87,18 +87,24 @@ pub fn classify(fires: Vec<Zoned>, starts_ms: &[i64], now: Timestamp, grace_ms: 
         .collect()
 }
 
-/// The fires of `job` in `(from, now]` by the host cron's rule, classified.
-fn fires_since(ctx: &Context, job: &Job, from: Timestamp, now: Timestamp) -> Result<Vec<Fire>> {
+/// The fires of `job` in `(from, now]` by the host cron's rule, classified,
+/// and the newest run's start (ms), if any run started since the first.
+fn fires_since(
+    ctx: &Context,
+    job: &Job,
+    from: Timestamp,
+    now: Timestamp,
+) -> Result<(Vec<Fire>, Option<i64>)> {
     let Some(schedule) = job
         .schedule
         .as_deref()
         .and_then(|s| Schedule::parse(s).ok())
     else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     };
     let fires = cron::job_rule(job).fires_between(&schedule, from, now, MAX_FIRES);
     if fires.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     }
     let first_ms = fires[0].timestamp().as_millisecond() - SKEW.as_millis() as i64;
     let starts: Vec<i64> = ctx
@@ -108,12 +114,9 @@ fn fires_since(ctx: &Context, job: &Job, from: Timestamp, now: Timestamp) -> Res
         .map(|r| r.started_ms)
         .filter(|s| *s >= first_ms)
         .collect();
-    Ok(classify(
-        fires,
-        &starts,
-        now,
-        ctx.global.missed_grace.as_millis() as i64,
-    ))
+    let newest = starts.iter().copied().max();
+    let grace = ctx.global.missed_grace.as_millis() as i64;
+    Ok((classify(fires, &starts, now, grace), newest))
 }
 
 /// The earliest instant fires are looked at from: the job's configuration
@@ -131,16 +134,16 @@ pub fn schedule_state(ctx: &Context, job: &Job, now: Timestamp) -> Result<Option
     if job.schedule.is_none() {
         return Ok(None);
     }
-    let fires = fires_since(ctx, job, look_back_from(job, None, now), now)?;
+    let (fires, newest_run) = fires_since(ctx, job, look_back_from(job, None, now), now)?;
     let Some(last) = fires.last() else {
         return Ok(None);
     };
     let grace_over = last.missed || last.started;
-    let latest_started = fires.iter().rposition(|f| f.started);
-    let missed = fires
-        .iter()
-        .enumerate()
-        .any(|(i, f)| f.missed && latest_started.is_none_or(|s| i > s));
+    // Missed since the job last ran (by cron or by hand).
+    let skew = SKEW.as_millis() as i64;
+    let missed = fires.iter().any(|f| {
+        f.missed && newest_run.is_none_or(|r| f.at.timestamp().as_millisecond() > r + skew)
+    });
     Ok(Some(ScheduleState {
         last_fire: last.at.clone(),
         late: !last.started && !grace_over,
@@ -163,7 +166,7 @@ fn raise_missed(ctx: &Context, job: &Job, now: Timestamp) -> Result<Vec<Zoned>> 
         from = from.max(t);
     }
     let mut raised = Vec::new();
-    for f in fires_since(ctx, job, from, now)? {
+    for f in fires_since(ctx, job, from, now)?.0 {
         if f.missed
             && ctx
                 .store
