@@ -274,4 +274,46 @@ mod tests {
         let none = classify(fires, &[], now, grace);
         assert!(none[0].missed);
     }
+
+    /// A store-backed pass: a job configured 10 minutes ago that never ran
+    /// (a new job whose cron never fired): every fire past the grace is
+    /// raised, once; later passes raise only the new ones.
+    #[test]
+    fn raises_every_missed_fire_once_across_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tick.toml");
+        let text = "command = [\"/bin/true\"]\nschedule = \"* * * * *\"\ntimezone = \"UTC\"\n";
+        std::fs::write(&file, text).unwrap();
+        let now = Timestamp::now();
+        let configured = std::time::SystemTime::from(now - SignedDuration::from_secs(600));
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(configured)
+            .unwrap();
+        let mut global = batchguard_config::Global::default();
+        global.missed_grace = std::time::Duration::from_secs(60);
+        let job = batchguard_config::parse_job_str("tick", &file, text, &global).unwrap();
+        let url = format!("sqlite:{}", dir.path().join("state.db").display());
+        let ctx = Context {
+            store: crate::store::open(&url).unwrap(),
+            state_url: url,
+            global,
+            me: crate::host::identity(None),
+        };
+        // Fires in (now - 10 min, now - 60 s]: 9 of them.
+        let first = raise_missed(&ctx, &job, now).unwrap();
+        assert!((8..=10).contains(&first.len()), "{first:?}");
+        assert!(first.windows(2).all(|w| w[0] < w[1]));
+        assert!(
+            raise_missed(&ctx, &job, now).unwrap().is_empty(),
+            "once per fire"
+        );
+        let later = raise_missed(&ctx, &job, now + SignedDuration::from_secs(180)).unwrap();
+        assert_eq!(later.len(), 3, "{later:?}");
+        assert!(later[0] > *first.last().unwrap());
+        let state = schedule_state(&ctx, &job, now).unwrap().unwrap();
+        assert!(state.missed && state.missed_fires.len() >= first.len());
+    }
 }
