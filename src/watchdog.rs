@@ -292,8 +292,10 @@ mod tests {
             .unwrap()
             .set_modified(configured)
             .unwrap();
-        let mut global = batchguard_config::Global::default();
-        global.missed_grace = std::time::Duration::from_secs(60);
+        let global = batchguard_config::Global {
+            missed_grace: std::time::Duration::from_secs(60),
+            ..Default::default()
+        };
         let job = batchguard_config::parse_job_str("tick", &file, text, &global).unwrap();
         let url = format!("sqlite:{}", dir.path().join("state.db").display());
         let ctx = Context {
