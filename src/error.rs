@@ -116,3 +116,26 @@ impl Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cron::CronError;
+
+    #[test]
+    fn refused_cron_files_exit_with_cant_create_not_usage() {
+        for e in [
+            CronError::Foreign {
+                path: "/etc/cron.d/batchguard-x".into(),
+            },
+            CronError::OtherConfig {
+                path: "/etc/cron.d/batchguard-x".into(),
+                config_dir: "/etc/other".into(),
+            },
+        ] {
+            assert_eq!(Error::from(e).exit_code(), exit::CANT_CREATE);
+        }
+        let io = CronError::io("write", "/etc/cron.d/x", std::io::Error::other("full"));
+        assert_eq!(Error::from(io).exit_code(), exit::IO_ERROR);
+    }
+}

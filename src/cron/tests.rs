@@ -390,23 +390,10 @@ fn config_dirs_stay_apart_in_one_cron_dir() {
         err.to_string().contains(&b.path().display().to_string()),
         "{err}"
     );
-    assert_eq!(
-        crate::error::Error::from(err).exit_code(),
-        crate::exit::CANT_CREATE
-    );
     // A config dir that no longer exists loses its watchdog line.
     let b_path = b.path().to_path_buf();
     drop(b);
     install_for(&[], d, bin, a.path(), Flavor::Vixie).unwrap();
     let wd = fs::read_to_string(d.join(WATCHDOG_FILE)).unwrap();
     assert!(!wd.contains(&b_path.display().to_string()), "{wd}");
-}
-
-#[test]
-fn foreign_files_exit_with_cant_create_not_usage() {
-    let e = crate::error::Error::from(CronError::Foreign {
-        path: "/etc/cron.d/batchguard-x".into(),
-    });
-    assert_eq!(e.exit_code(), crate::exit::CANT_CREATE);
-    assert_ne!(e.exit_code(), crate::exit::USAGE);
 }
