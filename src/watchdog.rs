@@ -202,7 +202,10 @@ pub fn run(ctx: &Context, jobs: &[Job]) -> Result<Report> {
         if fires.is_empty() {
             continue;
         }
-        let list: Vec<String> = fires.iter().map(clock::format_zoned).collect();
+        let mut list: Vec<String> = fires.iter().take(5).map(clock::format_zoned).collect();
+        if fires.len() > 5 {
+            list.push(format!("and {} more", fires.len() - 5));
+        }
         tracing::warn!(job = %job.name, "scheduled runs did not start: {}", list.join(", "));
         runner::notify_missed(ctx, job, &fires);
         report.missed.push(if fires.len() == 1 {
