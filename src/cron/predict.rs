@@ -20,10 +20,12 @@
 //!   a repeated range fires at both occurrences, for every job.
 //! - **CronTz** (cronie with `CRON_TZ`): cronie matches the job's zone by
 //!   its clock (skipped wall times never fire, repeated ones fire twice, for
-//!   fixed-time jobs too), and skips `CRON_TZ` fixed-time jobs while it
-//!   handles the *host's* own clock change (the minute of a spring-forward
-//!   of 6..=180 minutes, and the whole repeated range of a fall-back), as
-//!   `find_jobs` in cronie's `cron.c` does.
+//!   fixed-time jobs too), and runs no fixed-time job at all, `CRON_TZ` ones
+//!   included, during the repeated range after the *host's* own fall-back
+//!   (its "negative" wake-up in `cron.c` runs wildcard jobs only until its
+//!   virtual clock catches up). The host's spring-forward holds back no
+//!   `CRON_TZ` job: the catch-up of the skipped minutes skips them, but the
+//!   last step (the current minute) runs them.
 
 use super::flavor::{self, Flavor};
 use super::schedule::Schedule;
@@ -35,8 +37,6 @@ use std::collections::BTreeSet;
 
 /// cronie's and Debian's limit on a "small" clock change, in minutes.
 const LARGE_JUMP_MIN: i64 = 180;
-/// A forward jump of at most this many minutes is a late wake-up.
-const SMALL_JUMP_MIN: i64 = 5;
 
 /// The daemon and the zone it runs in.
 #[derive(Debug, Clone)]
@@ -229,10 +229,13 @@ fn clock_fires(
         .collect()
 }
 
-/// Whether cronie, at real instant `t`, is handling a clock change of the
-/// host's zone and so runs no `CRON_TZ` fixed-time job: the minute it wakes
-/// after a spring-forward of 6..=180 minutes, and the repeated range after a
-/// fall-back of up to 181 minutes.
+/// Whether cronie, at real instant `t`, is handling a fall-back of the
+/// host's zone and so runs no fixed-time job, `CRON_TZ` ones included: the
+/// repeated range after a fall-back of up to 181 minutes (cronie's
+/// "negative" wake-up runs wildcard jobs only until its virtual clock
+/// catches up). A spring-forward holds nothing back for `CRON_TZ` jobs:
+/// the skipped host minutes are caught up for the host's jobs only, and the
+/// current minute (the last step) runs every job, `CRON_TZ` ones included.
 fn host_catching_up(host: &TimeZone, t: Timestamp) -> bool {
     let Some(tr) = host
         .preceding(t + SignedDuration::from_secs(1))
@@ -244,13 +247,6 @@ fn host_catching_up(host: &TimeZone, t: Timestamp) -> bool {
     let before = host.to_offset(at - SignedDuration::from_secs(1)).seconds() as i64;
     let delta_min = (tr.offset().seconds() as i64 - before) / 60;
     let since = t.as_second() - at.as_second();
-    if delta_min > 0 {
-        let jump = delta_min + 1;
-        jump > SMALL_JUMP_MIN && jump <= LARGE_JUMP_MIN && since < 60
-    } else if delta_min < 0 {
-        let repeat = -delta_min;
-        repeat - 1 <= LARGE_JUMP_MIN && since < repeat * 60
-    } else {
-        false
-    }
+    let repeat = -delta_min;
+    repeat > 0 && repeat - 1 <= LARGE_JUMP_MIN && since < repeat * 60
 }

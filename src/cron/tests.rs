@@ -253,6 +253,82 @@ fn dst_with_timezone_per_daemon() {
 }
 
 #[test]
+fn cronie_holds_back_cron_tz_fixed_jobs_during_the_hosts_fall_back_only() {
+    let h = host(Flavor::Cronie, NY);
+    // New York falls back at 06:00Z on 2026-11-01 (02:00 EDT -> 01:00 EST)
+    // and repeats an hour: until 07:00Z cronie runs wildcard jobs only, so a
+    // CRON_TZ=UTC job at 06:30Z does not run that day.
+    let day = ("2026-11-01T00:00:00Z", "2026-11-01T12:00:00Z");
+    assert!(fires("30 6 * * *", Some("UTC"), &h, day.0, day.1).is_empty());
+    assert_eq!(
+        fires(
+            "30 6 * * *",
+            Some("UTC"),
+            &h,
+            "2026-11-01T12:00:00Z",
+            "2026-11-02T12:00:00Z"
+        ),
+        ["2026-11-02T06:30+00:00"]
+    );
+    // 07:30Z is after the repeated range.
+    assert_eq!(
+        fires("30 7 * * *", Some("UTC"), &h, day.0, day.1),
+        ["2026-11-01T07:30+00:00"]
+    );
+    // Wildcard jobs still run.
+    assert_eq!(
+        fires(
+            "*/30 6 * * *",
+            Some("UTC"),
+            &h,
+            "2026-11-01T05:00:00Z",
+            "2026-11-01T08:00:00Z"
+        ),
+        ["2026-11-01T06:00+00:00", "2026-11-01T06:30+00:00"]
+    );
+    // Its spring-forward (07:00Z on 2026-03-08) holds nothing back.
+    assert_eq!(
+        fires(
+            "0 7 * * *",
+            Some("UTC"),
+            &h,
+            "2026-03-08T00:00:00Z",
+            "2026-03-08T12:00:00Z"
+        ),
+        ["2026-03-08T07:00+00:00"]
+    );
+    // Debian's cron with --if-due has no such hole.
+    let h = host(Flavor::Vixie, NY);
+    assert_eq!(
+        fires(
+            "30 6 * * *",
+            Some("UTC"),
+            &h,
+            "2026-11-01T00:00:00Z",
+            "2026-11-01T12:00:00Z"
+        ),
+        ["2026-11-01T06:30+00:00"]
+    );
+}
+
+#[test]
+fn due_now_reads_the_jobs_schedule_and_zone() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = |text: &str| {
+        let path = dir.path().join("j.toml");
+        fs::write(&path, text).unwrap();
+        batchguard_config::parse_job_str("j", &path, text, &batchguard_config::Global::default())
+            .unwrap()
+    };
+    let tokyo =
+        job("command = [\"true\"]\nschedule = \"42 18 * * *\"\ntimezone = \"Asia/Tokyo\"\n");
+    assert!(due_now(&tokyo, ts("2026-12-03T09:42:30Z")));
+    assert!(!due_now(&tokyo, ts("2026-12-03T18:42:30Z")));
+    let unscheduled = job("command = [\"true\"]\n");
+    assert!(!due_now(&unscheduled, ts("2026-12-03T09:42:30Z")));
+}
+
+#[test]
 fn if_due_is_the_documented_rule_per_minute() {
     let s = Schedule::parse("30 2 * * *").unwrap();
     let ny = tz(NY);
