@@ -18,7 +18,11 @@
 //! a `timezone = "Asia/Tokyo"` job fires at its Tokyo time (Debian's cron
 //! ignores `CRON_TZ`: the `--if-due` line), and one scheduled at the
 //! host's wall time of that minute does not; the fires that fell while cron
-//! was down are each raised `missed` exactly once by the watchdog.
+//! was down are each raised `missed` exactly once by the watchdog. And with
+//! cron in New York time and the clock 10 s before the spring-forward and
+//! the fall-back, every job runs in the transition minute exactly when
+//! `cron next` says (02:30 at 03:00 EDT; `* 2` not at all; `0 1` not again
+//! at 01:00 EST, `* 1` again).
 
 #[path = "support/mod.rs"]
 mod support;
