@@ -39,6 +39,9 @@ pub enum Error {
     Internal(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// `cron install`, `cron next`: a cron.d file or entry problem.
+    #[error(transparent)]
+    Cron(#[from] crate::cron::CronError),
     #[error("no job `{job}` in {dir}/jobs (known jobs: {known})")]
     UnknownJob {
         job: String,
@@ -91,6 +94,15 @@ impl Error {
             Error::UnknownJob { .. } | Error::UnknownRun(_) => exit::FAILURE,
             Error::Io { .. } => exit::IO_ERROR,
             Error::Fenced { .. } => exit::TEMPFAIL,
+            Error::Cron(e) => match e {
+                crate::cron::CronError::Schedule(_) | crate::cron::CronError::Entry { .. } => {
+                    exit::CONFIG
+                }
+                crate::cron::CronError::Path { .. }
+                | crate::cron::CronError::Foreign { .. }
+                | crate::cron::CronError::OtherConfig { .. } => exit::CANT_CREATE,
+                crate::cron::CronError::Io { .. } => exit::IO_ERROR,
+            },
         }
     }
 
@@ -104,3 +116,26 @@ impl Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cron::CronError;
+
+    #[test]
+    fn refused_cron_files_exit_with_cant_create_not_usage() {
+        for e in [
+            CronError::Foreign {
+                path: "/etc/cron.d/batchguard-x".into(),
+            },
+            CronError::OtherConfig {
+                path: "/etc/cron.d/batchguard-x".into(),
+                config_dir: "/etc/other".into(),
+            },
+        ] {
+            assert_eq!(Error::from(e).exit_code(), exit::CANT_CREATE);
+        }
+        let io = CronError::io("write", "/etc/cron.d/x", std::io::Error::other("full"));
+        assert_eq!(Error::from(io).exit_code(), exit::IO_ERROR);
+    }
+}

@@ -13,6 +13,9 @@ pub const UNAVAILABLE: i32 = 69;
 /// A failure inside batchguard itself, not the job's (EX_SOFTWARE): a
 /// cgroup that cannot be created, a thread that cannot start.
 pub const SOFTWARE: i32 = 70;
+/// An output file cannot be written (EX_CANTCREAT): `cron install` refusing
+/// a cron.d file batchguard did not write, or one of another config dir.
+pub const CANT_CREATE: i32 = 73;
 /// An I/O error of batchguard itself, e.g. the log directory (EX_IOERR).
 pub const IO_ERROR: i32 = 74;
 /// `skipped` (lock held under `forbid`), `fenced`, and a refused `publish`

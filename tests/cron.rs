@@ -276,6 +276,8 @@ const CONF: &str = "/etc/batchguard";
 
 #[test]
 fn render_with_timezone_and_user() {
+    // Cron starts the runner as root; the runner drops to `user` itself
+    // (SPEC §3), so the job's user never appears in the cron line.
     let e = entry("nightly-report", "30 3 * * *", Some("Asia/Tokyo"), "batch");
     assert_eq!(
         cron::render(&e, Path::new(BIN), Path::new(CONF)),
@@ -285,7 +287,7 @@ fn render_with_timezone_and_user() {
 SHELL=/bin/sh
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 CRON_TZ=Asia/Tokyo
-30 3 * * * batch /usr/local/bin/batchguard --config-dir /etc/batchguard run nightly-report
+30 3 * * * root /usr/local/bin/batchguard --config-dir /etc/batchguard run nightly-report
 "
     );
 }

@@ -886,19 +886,21 @@ fn g13(job: &Job, host: &HostFacts, f: &JobFacts) -> RuleResult {
         );
     }
     let file = format!("/etc/cron.d/batchguard-{}", job.name);
+    // The daemon decides what the file must say (CRON_TZ or --if-due).
+    let daemon = crate::cron::flavor::host().describe();
     match (&job.schedule, f.cron_file_current) {
         (None, _) => fs.add(Status::Pass, "not scheduled"),
         (Some(s), Some(true)) => fs.add(
             Status::Pass,
-            format!("schedule \"{s}\" is installed in {file} and current"),
+            format!("schedule \"{s}\" is installed in {file} and current; cron daemon: {daemon}"),
         ),
         (Some(s), Some(false)) => fs.add(
             Status::Fail,
-            format!("schedule \"{s}\": {file} is missing or outdated; run `batchguard cron install`"),
+            format!("schedule \"{s}\": {file} is missing or outdated for the cron daemon here, {daemon}; run `batchguard cron install`"),
         ),
         (Some(s), None) => fs.add(
             Status::Unknown,
-            format!("schedule \"{s}\": cannot tell whether {file} is current; run `batchguard cron install`"),
+            format!("schedule \"{s}\": cannot tell whether {file} is current (cron daemon: {daemon}); run `batchguard cron install`"),
         ),
     }
     if let Some(w) = job.schedule.as_deref().and_then(never_fires) {

@@ -67,6 +67,11 @@ enum Command {
         /// here.
         #[arg(long)]
         no_work: bool,
+        /// Start only when this minute is a fire of the job's schedule in
+        /// its timezone; else exit 0 silently (the per-minute cron line of
+        /// a daemon that ignores CRON_TZ).
+        #[arg(long)]
+        if_due: bool,
     },
     /// Work on a distributed job's queue (SPEC §6): claim batches of keys
     /// from the running coordinator's queue and process them.
@@ -179,11 +184,19 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum CronAction {
     /// Print the cron.d content of scheduled jobs (one job, or all and the watchdog).
-    Render { job: Option<String> },
+    Render {
+        job: Option<String>,
+        /// The cron daemon to write for (default: detected).
+        #[arg(long, value_parser = parse_flavor)]
+        cron_flavor: Option<crate::cron::Flavor>,
+    },
     /// Write one file per scheduled job (and the watchdog) atomically; remove stale ones.
     Install {
         #[arg(long, default_value = "/etc/cron.d")]
         dir: PathBuf,
+        /// The cron daemon to write for: cronie, vixie (Debian/Ubuntu cron) or busybox (default: detected).
+        #[arg(long, value_parser = parse_flavor)]
+        cron_flavor: Option<crate::cron::Flavor>,
     },
     /// The next fire times of a job, in its time zone.
     Next {
@@ -202,6 +215,10 @@ enum NotifyAction {
     Flush,
     /// Send a test notification through each of the job's channels.
     Test { job: String },
+}
+
+fn parse_flavor(s: &str) -> std::result::Result<crate::cron::Flavor, String> {
+    s.parse()
 }
 
 fn parse_param(s: &str) -> std::result::Result<(String, String), String> {
@@ -366,6 +383,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             scope,
             shard,
             no_work,
+            if_due,
         } => {
             let req = Request {
                 params: params.clone(),
@@ -373,7 +391,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 shard: *shard,
                 no_work: *no_work,
             };
-            run_job(&cli, job.as_deref(), file.as_deref(), req)
+            run_job(&cli, job.as_deref(), file.as_deref(), req, *if_due)
         }
         Command::Worker {
             job,
@@ -440,7 +458,13 @@ fn dispatch(cli: Cli) -> Result<i32> {
 }
 
 /// `batchguard run JOB | --file PATH`.
-fn run_job(cli: &Cli, name: Option<&str>, file: Option<&Path>, req: Request) -> Result<i32> {
+fn run_job(
+    cli: &Cli,
+    name: Option<&str>,
+    file: Option<&Path>,
+    req: Request,
+    if_due: bool,
+) -> Result<i32> {
     let dir = &cli.config_dir;
     let global = config::load_global(dir)?;
     let mut job = match (name, file) {
@@ -448,6 +472,11 @@ fn run_job(cli: &Cli, name: Option<&str>, file: Option<&Path>, req: Request) -> 
         (Some(name), None) => load_job(dir, name, &global)?,
         (None, None) => return Err(Error::Usage("run needs JOB or --file PATH".into())),
     };
+    // `--if-due` (the per-minute line where cron ignores CRON_TZ): not
+    // this minute in the job's zone, so nothing to do and nothing to say.
+    if if_due && !crate::cron::due_now(&job, jiff::Timestamp::now()) {
+        return Ok(exit::OK);
+    }
     let ctx = context(cli, global)?;
     if req.no_work && !job.distributed.enabled {
         return Err(Error::Usage(format!(
@@ -593,8 +622,10 @@ fn check(
             return (None, None);
         };
         let tz = crate::clock::zone(job.timezone.as_deref());
-        let current = crate::cron::CronEntry::from_job(job)
-            .and_then(|e| crate::cron::installed_current(&e, cron_dir, &bin, &cdir).ok());
+        let flavor = crate::cron::flavor::host();
+        let current = crate::cron::CronEntry::from_job(job).and_then(|e| {
+            crate::cron::installed_current_for(&e, cron_dir, &bin, &cdir, flavor).ok()
+        });
         (crate::cron::interval(schedule, &tz), current)
     };
     Ok(crate::check::command(
@@ -681,7 +712,8 @@ fn absolute(dir: &Path) -> Result<PathBuf> {
 fn cron_command(dir: &Path, action: &CronAction) -> Result<i32> {
     use crate::cron;
     match action {
-        CronAction::Render { job } => {
+        CronAction::Render { job, cron_flavor } => {
+            let flavor = cron_flavor.unwrap_or_else(cron::flavor::host);
             let cfg = config::load(dir)?;
             let (bin, cdir) = (own_binary()?, absolute(dir)?);
             let jobs: Vec<&Job> = match job {
@@ -706,26 +738,31 @@ fn cron_command(dir: &Path, action: &CronAction) -> Result<i32> {
                 }
                 first = false;
                 println!("# file: {}", cron::file_name(&entry.job));
-                print!("{}", cron::render(&entry, &bin, &cdir));
+                print!("{}", cron::render_for(&entry, &bin, &cdir, flavor));
             }
             if job.is_none() {
                 if !first {
                     println!();
                 }
                 println!("# file: {}", cron::WATCHDOG_FILE);
-                print!("{}", cron::render_watchdog(&bin, &cdir));
+                print!("{}", cron::render_watchdog_for(&bin, &cdir, flavor));
             }
             Ok(exit::OK)
         }
-        CronAction::Install { dir: cron_dir } => {
+        CronAction::Install {
+            dir: cron_dir,
+            cron_flavor,
+        } => {
+            let flavor = cron_flavor.unwrap_or_else(cron::flavor::host);
             let cfg = config::load(dir)?;
             let entries: Vec<cron::CronEntry> = cfg
                 .jobs
                 .values()
                 .filter_map(cron::CronEntry::from_job)
                 .collect();
-            let report = cron::install(&entries, cron_dir, &own_binary()?, &absolute(dir)?)
-                .map_err(|e| Error::Usage(e.to_string()))?;
+            let report =
+                cron::install_for(&entries, cron_dir, &own_binary()?, &absolute(dir)?, flavor)?;
+            println!("cron daemon: {}", flavor.describe());
             for p in &report.written {
                 println!("wrote {}", p.display());
             }
@@ -753,9 +790,8 @@ fn cron_command(dir: &Path, action: &CronAction) -> Result<i32> {
                 })?,
                 None => jiff::Timestamp::now(),
             };
-            let tz = crate::clock::zone(job.timezone.as_deref());
-            let fires = cron::next_fires(schedule, &tz, after, *n)
-                .map_err(|e| Error::Usage(e.to_string()))?;
+            let schedule = cron::Schedule::parse(schedule).map_err(cron::CronError::from)?;
+            let fires = cron::job_rule(&job).next_fires(&schedule, after, *n);
             for f in fires {
                 println!("{}", f.strftime("%Y-%m-%dT%H:%M:%S%:z"));
             }

@@ -1,11 +1,20 @@
 //! `/etc/cron.d` files (G13): one `batchguard-JOB` file per scheduled job
-//! plus `batchguard-watchdog`, each starting with [`MARKER`]. Installation
-//! is atomic per file (temporary file in the same directory, fsync, chmod
-//! 0644, rename, fsync of the directory), leaves identical files alone,
-//! removes marked `batchguard-*` files of jobs that no longer exist and
-//! never touches a file without the marker.
+//! plus `batchguard-watchdog`, each starting with [`MARKER`] and a line
+//! naming the config dir. Installation is atomic per file (temporary file in
+//! the same directory, fsync, chmod 0644, rename, fsync of the directory),
+//! leaves identical files alone, removes marked `batchguard-*` files of jobs
+//! of *this* config dir that no longer exist, and never touches a file
+//! without the marker or a job file of another config dir.
+//!
+//! Every line runs the runner as `root` (cron's user field); the runner
+//! drops to the job's `user` itself. The line depends on the daemon
+//! ([`Flavor`]): a job with a `timezone` gets `CRON_TZ=` on cronie and a
+//! per-minute `run JOB --if-due` line on daemons that ignore `CRON_TZ`;
+//! busybox lines have no user field. One `batchguard-watchdog` file serves
+//! every config dir installed into the directory: one line per config dir.
 
 use super::CronError;
+use super::flavor::Flavor;
 use super::schedule::Schedule;
 use batchguard_config::Job;
 use std::collections::BTreeMap;
@@ -35,9 +44,10 @@ pub struct CronEntry {
     pub job: String,
     /// As written in the job file (5 fields or a nickname).
     pub schedule: String,
-    /// IANA name; rendered as `CRON_TZ=`.
+    /// IANA name; rendered as `CRON_TZ=` (cronie) or an `--if-due` line.
     pub timezone: Option<String>,
-    /// The job's `user`, or `root`.
+    /// The job's `user`, or `root`. Not cron's user field: cron always
+    /// starts the runner as root, which drops to this user.
     pub user: String,
 }
 
@@ -66,51 +76,145 @@ pub fn file_name(job: &str) -> String {
     format!("{FILE_PREFIX}{job}")
 }
 
-/// The cron.d file of one job: marker, a comment naming the job and its
-/// config dir, `SHELL`, `PATH`, `CRON_TZ` when a timezone is set, and
-/// `SCHEDULE USER BIN --config-dir DIR run JOB`, ending with a newline.
-/// Assumes a valid entry (as [`install`] checks); the schedule's whitespace
-/// is normalised to single spaces, so it can never span lines.
+/// The cron.d file of one job for cronie (see [`render_for`]).
 pub fn render(entry: &CronEntry, batchguard_bin: &Path, config_dir: &Path) -> String {
-    let mut s = header(
-        &format!("job {}", entry.job),
-        config_dir,
-        entry.timezone.as_deref(),
-    );
-    let schedule = entry
-        .schedule
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ");
+    render_for(entry, batchguard_bin, config_dir, Flavor::Cronie)
+}
+
+/// The cron.d file of one job: marker, a comment naming the job and its
+/// config dir, `SHELL`, `PATH`, then
+/// - cronie: `CRON_TZ` when a timezone is set, `SCHEDULE root BIN
+///   --config-dir DIR run JOB`;
+/// - Debian's cron and busybox, with a timezone: a comment, then `* * * * *
+///   root BIN --config-dir DIR run JOB --if-due` (no `root` on busybox);
+///   without one, the schedule as on cronie.
+///
+/// Ends with a newline. Assumes a valid entry (as [`install`] checks); the
+/// schedule's whitespace is normalised to single spaces, so it can never
+/// span lines.
+pub fn render_for(
+    entry: &CronEntry,
+    batchguard_bin: &Path,
+    config_dir: &Path,
+    flavor: Flavor,
+) -> String {
+    let cron_tz = entry
+        .timezone
+        .as_deref()
+        .filter(|_| flavor.honours_cron_tz());
+    let mut s = header(&format!("job {}", entry.job), config_dir, cron_tz);
+    let if_due = entry.timezone.is_some() && !flavor.honours_cron_tz();
+    let schedule = if if_due {
+        s.push_str(&format!(
+            "# timezone {}: this cron ignores CRON_TZ, so the runner starts every minute and runs the job only in the minutes due in that zone (run --if-due)\n",
+            entry.timezone.as_deref().unwrap_or_default()
+        ));
+        "* * * * *".to_string()
+    } else {
+        entry
+            .schedule
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     s.push_str(&format!(
-        "{schedule} {} {} --config-dir {} run {}\n",
-        entry.user,
+        "{schedule} {}{} --config-dir {} run {}{}\n",
+        user_field(flavor),
         cron_word(batchguard_bin),
         cron_word(config_dir),
-        entry.job
+        entry.job,
+        if if_due { " --if-due" } else { "" }
     ));
     s
 }
 
-/// `batchguard-watchdog`: `* * * * * root BIN --config-dir DIR watchdog`.
+fn user_field(flavor: Flavor) -> &'static str {
+    if flavor.has_user_field() { "root " } else { "" }
+}
+
+/// `batchguard-watchdog` for one config dir, for cronie (see
+/// [`render_watchdog_for`]).
 pub fn render_watchdog(batchguard_bin: &Path, config_dir: &Path) -> String {
+    render_watchdog_for(batchguard_bin, config_dir, Flavor::Cronie)
+}
+
+/// `batchguard-watchdog` serving one config dir: `* * * * * root BIN
+/// --config-dir DIR watchdog`. [`install`] adds the lines of the other
+/// config dirs already in the file.
+pub fn render_watchdog_for(batchguard_bin: &Path, config_dir: &Path, flavor: Flavor) -> String {
     let mut s = header("watchdog", config_dir, None);
-    s.push_str(&format!(
-        "* * * * * root {} --config-dir {} watchdog\n",
+    s.push_str(&watchdog_line(batchguard_bin, config_dir, flavor));
+    s
+}
+
+fn watchdog_line(batchguard_bin: &Path, config_dir: &Path, flavor: Flavor) -> String {
+    format!(
+        "* * * * * {}{} --config-dir {} watchdog\n",
+        user_field(flavor),
         cron_word(batchguard_bin),
         cron_word(config_dir)
-    ));
+    )
+}
+
+/// The config dir as the header names it.
+fn dir_label(config_dir: &Path) -> String {
+    config_dir.display().to_string().replace(['\n', '\r'], "?")
+}
+
+const WATCHDOG_COMMENT: &str = "# batchguard watchdog, config dir ";
+
+/// The watchdog file serving `ours` (rendered now) and every other config
+/// dir whose line `existing` holds and whose directory still exists.
+fn merge_watchdog(existing: Option<&str>, ours_dir: &Path, ours: &str) -> String {
+    let mut blocks: BTreeMap<String, String> = BTreeMap::new();
+    if let Some(text) = existing {
+        let mut current: Option<String> = None;
+        for line in text.lines() {
+            if let Some(dir) = line.strip_prefix(WATCHDOG_COMMENT) {
+                current = Some(dir.to_string());
+            } else if line.starts_with('#') || line.trim().is_empty() || is_env_line(line) {
+                continue;
+            } else if let Some(dir) = current.take() {
+                blocks.insert(dir, format!("{line}\n"));
+            }
+        }
+    }
+    let ours_label = dir_label(ours_dir);
+    blocks.retain(|dir, _| *dir != ours_label && Path::new(dir).is_dir());
+    let mut s = ours.to_string();
+    for (dir, line) in blocks {
+        s.push_str(&format!("{WATCHDOG_COMMENT}{dir}\n{line}"));
+    }
     s
+}
+
+fn is_env_line(line: &str) -> bool {
+    let head = line.split_whitespace().next().unwrap_or("");
+    head.contains('=') && !head.starts_with('*') && !head.starts_with('@')
 }
 
 fn header(what: &str, config_dir: &Path, timezone: Option<&str>) -> String {
-    let dir = config_dir.display().to_string().replace(['\n', '\r'], "?");
+    let dir = dir_label(config_dir);
     let mut s =
         format!("{MARKER}\n# batchguard {what}, config dir {dir}\n{SHELL_LINE}\n{PATH_LINE}\n");
     if let Some(tz) = timezone {
         s.push_str(&format!("CRON_TZ={tz}\n"));
     }
     s
+}
+
+/// The config dir a marked job file names in its header (`None` when it
+/// names none, e.g. the watchdog's).
+fn header_config_dir(path: &Path) -> Result<Option<String>, CronError> {
+    let mut buf = Vec::new();
+    File::open(path)
+        .and_then(|f| f.take(8192).read_to_end(&mut buf))
+        .map_err(|e| CronError::io("read", path, e))?;
+    let text = String::from_utf8_lossy(&buf);
+    Ok(text.lines().nth(1).and_then(|l| {
+        let rest = l.strip_prefix("# batchguard job ")?;
+        rest.split_once(", config dir ").map(|(_, d)| d.to_string())
+    }))
 }
 
 /// A path as one `/bin/sh` word on a cron line: bare when it only has safe
@@ -231,55 +335,94 @@ fn is_current(path: &Path, content: &str, exact_mode: bool) -> Result<bool, Cron
     Ok(on_disk == content.as_bytes())
 }
 
-/// Whether `dir/batchguard-JOB` holds exactly what [`render`] produces now
-/// and cron would accept its mode (for `check`, G13). `Ok(false)` when it is
-/// missing or stale.
+/// Whether `dir/batchguard-JOB` holds exactly what [`render`] (cronie)
+/// produces now and cron would accept its mode. `Ok(false)` when it is
+/// missing or stale. See [`installed_current_for`].
 pub fn installed_current(
     entry: &CronEntry,
     dir: &Path,
     bin: &Path,
     config_dir: &Path,
 ) -> Result<bool, CronError> {
+    installed_current_for(entry, dir, bin, config_dir, Flavor::Cronie)
+}
+
+/// Whether `dir/batchguard-JOB` holds exactly what [`render_for`] produces
+/// now for `flavor`, with a mode cron accepts (for `check`, G13).
+pub fn installed_current_for(
+    entry: &CronEntry,
+    dir: &Path,
+    bin: &Path,
+    config_dir: &Path,
+    flavor: Flavor,
+) -> Result<bool, CronError> {
     check_entry(entry)?;
     is_current(
         &dir.join(file_name(&entry.job)),
-        &render(entry, bin, config_dir),
+        &render_for(entry, bin, config_dir, flavor),
         false,
     )
 }
 
-/// Whether `dir/batchguard-watchdog` is current (see [`installed_current`]).
+/// Whether `dir/batchguard-watchdog` runs the watchdog of `config_dir`
+/// with the current line (other config dirs' lines may be there too).
 pub fn watchdog_installed_current(
     dir: &Path,
     bin: &Path,
     config_dir: &Path,
 ) -> Result<bool, CronError> {
-    is_current(
-        &dir.join(WATCHDOG_FILE),
-        &render_watchdog(bin, config_dir),
-        false,
-    )
+    let path = dir.join(WATCHDOG_FILE);
+    if !is_current_mode(&path)? {
+        return Ok(false);
+    }
+    let text = fs::read_to_string(&path).map_err(|e| CronError::io("read", &path, e))?;
+    let label = format!("{WATCHDOG_COMMENT}{}", dir_label(config_dir));
+    Ok(Flavor::ALL.iter().any(|f| {
+        let line = watchdog_line(bin, config_dir, *f);
+        let mut lines = text.lines().skip_while(|l| *l != label).skip(1);
+        lines.find(|l| !l.starts_with('#') && !is_env_line(l)) == Some(line.trim_end())
+    }))
 }
 
-/// Writes one `batchguard-JOB` file per entry plus `batchguard-watchdog`
-/// into `dir` (normally `/etc/cron.d`, which must exist), each atomically
-/// and with mode 0644; files whose content and mode are already right are
-/// left alone. Then removes the `batchguard-*` files in `dir` that start
-/// with [`MARKER`] and belong to no entry. Files without the marker are never
-/// modified: if one sits where a job's file must go, nothing is written and
-/// [`CronError::Foreign`] names it.
+fn is_current_mode(path: &Path) -> Result<bool, CronError> {
+    Ok(metadata(path)?
+        .is_some_and(|m| m.file_type().is_file() && (m.permissions().mode() & 0o7533) == 0o400))
+}
+
+/// [`install_for`] with cronie's lines.
 pub fn install(
     entries: &[CronEntry],
     dir: &Path,
     batchguard_bin: &Path,
     config_dir: &Path,
 ) -> Result<InstallReport, CronError> {
+    install_for(entries, dir, batchguard_bin, config_dir, Flavor::Cronie)
+}
+
+/// Writes one `batchguard-JOB` file per entry plus `batchguard-watchdog`
+/// into `dir` (normally `/etc/cron.d`, which must exist), each atomically
+/// and with mode 0644, rendered for `flavor`; files whose content and mode
+/// are already right are left alone. Then removes the `batchguard-*` files
+/// in `dir` that start with [`MARKER`], name `config_dir` in their header
+/// and belong to no entry. The watchdog file keeps the lines of other
+/// config dirs that still exist. Files without the marker are never
+/// modified, nor job files of another config dir: if one sits where a job's
+/// file must go, nothing is written and [`CronError::Foreign`] or
+/// [`CronError::OtherConfig`] names it.
+pub fn install_for(
+    entries: &[CronEntry],
+    dir: &Path,
+    batchguard_bin: &Path,
+    config_dir: &Path,
+    flavor: Flavor,
+) -> Result<InstallReport, CronError> {
     check_path("the batchguard binary", batchguard_bin)?;
     check_path("the config directory", config_dir)?;
+    let ours = dir_label(config_dir);
     let mut wanted: BTreeMap<String, String> = BTreeMap::new();
     for e in entries {
         check_entry(e)?;
-        let content = render(e, batchguard_bin, config_dir);
+        let content = render_for(e, batchguard_bin, config_dir, flavor);
         if wanted.insert(file_name(&e.job), content).is_some() {
             return Err(CronError::Entry {
                 job: e.job.clone(),
@@ -287,10 +430,6 @@ pub fn install(
             });
         }
     }
-    wanted.insert(
-        WATCHDOG_FILE.to_string(),
-        render_watchdog(batchguard_bin, config_dir),
-    );
 
     // Refuse before writing anything if a target is not ours.
     for name in wanted.keys() {
@@ -299,8 +438,35 @@ pub fn install(
             if !meta.file_type().is_file() || !is_marked(&path)? {
                 return Err(CronError::Foreign { path });
             }
+            if let Some(other) = header_config_dir(&path)?.filter(|d| *d != ours) {
+                return Err(CronError::OtherConfig {
+                    path,
+                    config_dir: other,
+                });
+            }
         }
     }
+    let watchdog_path = dir.join(WATCHDOG_FILE);
+    let existing_watchdog = match metadata(&watchdog_path)? {
+        None => None,
+        Some(meta) if meta.file_type().is_file() && is_marked(&watchdog_path)? => Some(
+            fs::read_to_string(&watchdog_path)
+                .map_err(|e| CronError::io("read", &watchdog_path, e))?,
+        ),
+        Some(_) => {
+            return Err(CronError::Foreign {
+                path: watchdog_path,
+            });
+        }
+    };
+    wanted.insert(
+        WATCHDOG_FILE.to_string(),
+        merge_watchdog(
+            existing_watchdog.as_deref(),
+            config_dir,
+            &render_watchdog_for(batchguard_bin, config_dir, flavor),
+        ),
+    );
 
     let mut report = InstallReport::default();
     for (name, content) in &wanted {
@@ -324,7 +490,9 @@ pub fn install(
         }
         let path = item.path();
         let is_file = metadata(&path)?.is_some_and(|m| m.file_type().is_file());
-        if is_file && is_marked(&path)? {
+        // Only this config dir's job files: another config dir's (or an
+        // unmarked) file is never ours to remove.
+        if is_file && is_marked(&path)? && header_config_dir(&path)?.as_deref() == Some(&ours) {
             stale.push(path);
         }
     }

@@ -5,15 +5,22 @@
 //! - [`schedule`] (the config crate's, re-exported: config validation and
 //!   cron share one parser): parsing, fire times and cronie's rule for
 //!   local clock changes (see that module for the DST decisions);
+//! - [`flavor`]: which daemon runs here (cronie, Debian's cron, busybox);
+//! - [`predict`]: when that daemon really fires a job, and `run --if-due`;
 //! - [`install`]: rendering and atomic installation of `batchguard-JOB` files.
 
+pub mod flavor;
 pub mod install;
+pub mod predict;
 pub use batchguard_config::schedule;
 
+pub use flavor::Flavor;
 pub use install::{
-    CronEntry, FILE_PREFIX, InstallReport, MARKER, WATCHDOG_FILE, file_name, install,
-    installed_current, render, render_watchdog, watchdog_installed_current,
+    CronEntry, FILE_PREFIX, InstallReport, MARKER, WATCHDOG_FILE, file_name, install, install_for,
+    installed_current, installed_current_for, render, render_for, render_watchdog,
+    render_watchdog_for, watchdog_installed_current,
 };
+pub use predict::{Host, Rule, due_now, job_rule};
 pub use schedule::{Schedule, ScheduleError};
 
 use jiff::tz::TimeZone;
@@ -41,6 +48,12 @@ pub enum CronError {
         "refusing to overwrite {path}: it does not start with batchguard's marker line, so batchguard did not write it (move it away, or rename the job)"
     )]
     Foreign { path: PathBuf },
+    /// A job file batchguard wrote for another config dir sits where this
+    /// config dir's job file must go (two config dirs with one job name).
+    #[error(
+        "refusing to overwrite {path}: batchguard wrote it for the config dir {config_dir}; rename one of the two jobs (one cron.d directory holds one job of each name)"
+    )]
+    OtherConfig { path: PathBuf, config_dir: String },
     #[error("cannot {action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -81,12 +94,18 @@ pub fn next_fires(
     Ok(Schedule::parse(schedule)?.next_fires(tz, after, n))
 }
 
-/// The first fire time strictly after `after`, in `after`'s time zone, or
-/// `None` for a schedule that never fires again or does not parse (config
-/// validation rejects the latter before it gets here).
+/// The first fire time strictly after `after`, in `after`'s time zone, as
+/// this host's cron daemon fires it ([`predict`]: `after`'s zone is the
+/// job's, the host's when it is the system zone), or `None` for a schedule
+/// that never fires again or does not parse (config validation rejects the
+/// latter before it gets here).
 pub fn next_after(schedule: &str, after: &Zoned) -> Option<Zoned> {
-    next_fires(schedule, after.time_zone(), after.timestamp(), 1)
-        .ok()?
+    let s = Schedule::parse(schedule).ok()?;
+    let host = Host::current();
+    let tz = after.time_zone();
+    let job_tz = (tz != &host.zone).then_some(tz);
+    Rule::for_job(job_tz, &host)
+        .next_fires(&s, after.timestamp(), 1)
         .into_iter()
         .next()
 }
@@ -110,3 +129,6 @@ pub fn interval(schedule: &str, tz: &TimeZone) -> Option<std::time::Duration> {
         .ok()?
         .interval_from(tz, Timestamp::now())
 }
+
+#[cfg(test)]
+mod tests;

@@ -432,9 +432,15 @@ pub fn notify_test(ctx: &Context, job: &Job) -> i32 {
     code
 }
 
-/// The watchdog found that the fire at `fire` started no run: notify
-/// `missed` (the job's channels, if it asked for the event).
-pub fn notify_missed(ctx: &Context, job: &Job, fire: &jiff::Zoned) {
+/// The watchdog found that the scheduled `fires` (ascending, at least one)
+/// started no run: one `missed` notification listing them (the first ten,
+/// then a count), through the job's channels if it asked for the event.
+pub fn notify_missed(ctx: &Context, job: &Job, fires: &[jiff::Zoned]) {
+    /// Fires listed in one notification; the rest are counted.
+    const LISTED: usize = 10;
+    let Some(first) = fires.first() else {
+        return;
+    };
     if !crate::notify::wanted(job, "missed") {
         return;
     }
@@ -446,14 +452,18 @@ pub fn notify_missed(ctx: &Context, job: &Job, fire: &jiff::Zoned) {
         }
     };
     let mut record = base_record(ctx, job, &p, "-", 1);
-    record.started_at = clock::format_zoned(fire);
+    record.started_at = clock::format_zoned(first);
     record.log_path = None;
     let mut payload = runless_payload(ctx, job, &p, &record, "missed");
     payload.outcome = None;
+    let mut when: Vec<String> = fires.iter().take(LISTED).map(clock::format_zoned).collect();
+    if fires.len() > LISTED {
+        when.push(format!("and {} more", fires.len() - LISTED));
+    }
     payload.message = format!(
         "Job {} was scheduled at {} ({}) on {} but no run started within {}.",
         job.name,
-        clock::format_zoned(fire),
+        when.join(", "),
         job.schedule.as_deref().unwrap_or("?"),
         ctx.me.host,
         batchguard_config::format_duration(ctx.global.missed_grace)

@@ -207,6 +207,14 @@ impl Drop for SqliteStore {
     }
 }
 
+/// SQLITE_BUSY or SQLITE_LOCKED: another connection holds the lock.
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 /// The store holds job output and params: no other user may read it
 /// (SPEC §1). A new file is made 0600 before SQLite creates its WAL and
 /// shared-memory files (which copy its mode); an existing one more open
@@ -226,7 +234,28 @@ fn keep_private(path: &Path) {
 }
 
 impl SqliteStore {
+    /// Open (creating and migrating when new) the store at `path`. Several
+    /// processes opening a brand-new store at once race for the switch to
+    /// WAL mode, which SQLite reports as busy without waiting: that first
+    /// setup is retried for a while instead of failing (exit 69).
     pub fn open(url: &str, path: &Path) -> Result<SqliteStore> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match SqliteStore::open_once(url, path) {
+                Err(StoreError::Sqlite { source, .. })
+                    if is_busy(&source) && std::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!(error = %source, "the new store is busy; retrying");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn open_once(url: &str, path: &Path) -> Result<SqliteStore> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new()

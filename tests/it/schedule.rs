@@ -15,14 +15,23 @@ fn cron_install_writes_removes_and_leaves_foreign_files() {
     env.job("nightly", "command = [\"true\"]\nschedule = \"30 3 * * *\"\ntimezone = \"Asia/Tokyo\"\nuser = \"nobody\"\n");
     env.job("adhoc", "command = [\"true\"]\n");
     env.job("gone", "command = [\"true\"]\nschedule = \"@hourly\"\n");
-    let d = env.run(&["cron", "install", "--dir", crond.to_str().unwrap()]);
+    // As on a cronie host (which honours CRON_TZ); the runner is started
+    // as root and drops to the job's user itself.
+    let d = env.run(&[
+        "cron",
+        "install",
+        "--cron-flavor",
+        "cronie",
+        "--dir",
+        crond.to_str().unwrap(),
+    ]);
     d.code(0);
     let file = crond.join("batchguard-nightly");
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(text.contains("CRON_TZ=Asia/Tokyo"), "{text}");
     assert!(
         text.contains(&format!(
-            "30 3 * * * nobody {BIN} --config-dir {} run nightly",
+            "30 3 * * * root {BIN} --config-dir {} run nightly",
             env.config.display()
         )),
         "{text}"
