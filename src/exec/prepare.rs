@@ -21,6 +21,8 @@ pub(crate) struct Prepared {
     pub(crate) env: Vec<(OsString, OsString)>,
     pub(crate) redactor: Redactor,
     pub(crate) run_as: Option<supervise::RunAs>,
+    /// The job's `user` is who this runner already is: no switch happens.
+    pub(crate) already_user: Option<String>,
     pub(crate) tz: jiff::tz::TimeZone,
     pub(crate) today: String,
     pub(crate) yesterday: String,
@@ -110,6 +112,7 @@ pub(crate) fn prepare(job: &Job, req: &Request, global: &Global) -> Result<Prepa
         env: Vec::new(),
         redactor: Redactor::default(),
         run_as: None,
+        already_user: None,
         tz,
         today,
         yesterday,
@@ -119,6 +122,9 @@ pub(crate) fn prepare(job: &Job, req: &Request, global: &Global) -> Result<Prepa
     let (env, secrets, run_as) = environment(job, &runner_secret_vars(global))?;
     p.env = env;
     p.redactor = Redactor::new(secrets);
+    if run_as.is_none() {
+        p.already_user = job.user.clone();
+    }
     p.run_as = run_as;
     Ok(p)
 }
@@ -212,7 +218,11 @@ fn environment(job: &Job, withheld: &[&str]) -> Result<Environment> {
         env.insert("USER".into(), user.into());
         env.insert("LOGNAME".into(), user.into());
         env.insert("HOME".into(), who.home.clone().into_os_string());
-        run_as = Some(who);
+        // Started as that user already (a cron line with the job's user in
+        // its user field): nothing to switch, and no failing setuid (SPEC §3).
+        if who.uid != nix::unistd::geteuid().as_raw() {
+            run_as = Some(who);
+        }
     }
     Ok((env.into_iter().collect(), secrets, run_as))
 }

@@ -465,6 +465,11 @@ impl Run<'_> {
             self.ctx.me.host,
             self.ctx.me.pid
         ));
+        if let Some(user) = &self.p.already_user {
+            a.note(&format!(
+                "already running as user {user}: no privilege switch; without root (or a delegated cgroup) memory_max is enforced by polling. Let cron start batchguard as root (docs/install.md)"
+            ));
+        }
         let result = self.body(&a).unwrap_or_else(|e| {
             a.note(&format!("batchguard failed inside the attempt: {e}"));
             internal_failure(self.p, &e)

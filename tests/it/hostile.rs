@@ -327,3 +327,46 @@ fn a_key_source_that_never_ends_stops_at_max_keys() {
     );
     assert!(!marker.exists(), "work started despite the bad source");
 }
+
+/// Issue #10: a runner that cron started as the job's own user (the old
+/// cron line) used to fail with 126 (a setuid to who it already was); now
+/// it skips the switch and says that memory is then polled.
+#[test]
+fn a_runner_started_as_the_jobs_user_skips_the_switch() {
+    let Some(env) = hostile_env("a_runner_started_as_the_jobs_user_skips_the_switch") else {
+        return;
+    };
+    let drop_box = env.path("box");
+    std::fs::write(
+        env.config.join("batchguard.toml"),
+        format!("log_dir = \"{}/log\"\n", drop_box.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&env.config, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        env.config.join("jobs"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    env.job("mine", "command = [\"id\", \"-un\"]\nuser = \"nobody\"\n");
+    let state = format!("sqlite:{}/state.db", drop_box.display());
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--clear-groups",
+        crate::harness::BIN,
+    ])
+    .arg("--config-dir")
+    .arg(&env.config)
+    .args(["--state", &state, "run", "mine"])
+    .current_dir("/");
+    let done = env.run_cmd(c);
+    done.code(0);
+    let mut c = env.cmd(&["runs", "mine", "--format", "json"]);
+    c.env("BATCHGUARD_STATE", &state);
+    let runs: serde_json::Value = serde_json::from_slice(&env.run_cmd(c).out.stdout).unwrap();
+    let log = std::fs::read_to_string(runs[0]["log_path"].as_str().unwrap()).unwrap();
+    assert!(log.contains("stdout nobody"), "{log}");
+    assert!(log.contains("no privilege switch"), "{log}");
+}
