@@ -14,6 +14,11 @@ use std::borrow::Cow;
 /// Values shorter than this are not treated as secrets on their own.
 pub const MIN_SECRET_LEN: usize = 4;
 
+/// A value too short to be redacted on its own (see [`MIN_SECRET_LEN`]).
+pub fn too_short(value: &str) -> bool {
+    value.chars().count() < MIN_SECRET_LEN
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Redactor {
     /// Longest first, so a secret that contains another is replaced whole.
@@ -24,7 +29,7 @@ impl Redactor {
     pub fn new(values: impl IntoIterator<Item = String>) -> Redactor {
         let mut secrets: Vec<String> = Vec::new();
         for v in values {
-            if v.chars().count() < MIN_SECRET_LEN {
+            if too_short(&v) {
                 continue;
             }
             // The escaped form `{:?}` gives (quotes and backslashes escaped).

@@ -387,7 +387,7 @@ fn short_secrets(
     env_file_vars: &[dotenv::Var],
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Vec<String> {
-    let short = |v: &str| !v.is_empty() && v.chars().count() < crate::redact::MIN_SECRET_LEN;
+    let short = |v: &str| !v.is_empty() && crate::redact::too_short(v);
     let mut out: Vec<String> = env_file_vars
         .iter()
         .filter(|v| short(&v.value))
