@@ -99,6 +99,7 @@ impl Error {
                     exit::CONFIG
                 }
                 crate::cron::CronError::Path { .. }
+                | crate::cron::CronError::NoDir(_)
                 | crate::cron::CronError::Foreign { .. }
                 | crate::cron::CronError::OtherConfig { .. } => exit::CANT_CREATE,
                 crate::cron::CronError::Io { .. } => exit::IO_ERROR,

@@ -42,10 +42,11 @@ struct Reply {
 
 /// The job's side: ask the runner to publish.
 pub fn publish(src: &Path, dest: &Path) -> Result<()> {
-    let socket = std::env::var_os(SOCKET_VAR).ok_or_else(|| {
-        Error::Usage(format!(
-            "publish must be called from inside a batchguard run ({SOCKET_VAR} is not set)"
-        ))
+    let socket = run_socket().ok_or_else(|| {
+        Error::Usage(
+            "publish must be called from inside a batchguard run (neither BATCHGUARD_RUN_ID nor BATCHGUARD_PUBLISH is set)"
+                .into(),
+        )
     })?;
     let abs = |p: &Path| std::path::absolute(p).map_err(|e| Error::io("resolve", p, e));
     let req = Request {
@@ -73,6 +74,30 @@ pub fn publish(src: &Path, dest: &Path) -> Result<()> {
             std::io::Error::other(error.unwrap_or_else(|| "refused".into())),
         )),
     }
+}
+
+/// The run's socket: `BATCHGUARD_PUBLISH`, else found from the run id
+/// (SPEC §4 names only `BATCHGUARD_RUN_ID`; a wrapper that cleans the
+/// environment keeps that one more often) in the directories the runner
+/// binds in, whoever it runs as.
+fn run_socket() -> Option<std::ffi::OsString> {
+    if let Some(s) = std::env::var_os(SOCKET_VAR) {
+        return Some(s);
+    }
+    let run_id = std::env::var("BATCHGUARD_RUN_ID").ok()?;
+    if run_id.is_empty() || !run_id.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return None;
+    }
+    let file = format!("{run_id}.sock");
+    let me = nix::unistd::geteuid().as_raw();
+    let mut dirs = vec![PathBuf::from("/run/batchguard/publish")];
+    for uid in [0, me] {
+        dirs.push(std::env::temp_dir().join(format!("batchguard-publish-{uid}")));
+    }
+    dirs.into_iter()
+        .map(|d| d.join(&file))
+        .find(|p| p.exists())
+        .map(PathBuf::into_os_string)
 }
 
 fn ask(socket: &Path, req: &Request) -> std::io::Result<Reply> {

@@ -78,6 +78,61 @@ pub struct RuleResult {
     pub id: &'static str,
     pub status: Status,
     pub message: String,
+    /// Where a `config` finding points (file, line, column, key).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
+}
+
+/// The place in a job file a `config` finding is about.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Location {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// The report of a job whose file does not load: one failing `config`
+/// finding per error, with its file, line and column, so a broken job
+/// shows in the audit beside the others instead of hiding them (SPEC §8).
+pub fn broken_job(name: &str, errors: &batchguard_config::Errors) -> JobReport {
+    let rules = errors
+        .0
+        .iter()
+        .map(|d| {
+            let at = if d.line == 0 {
+                d.file.display().to_string()
+            } else {
+                format!("{}:{}:{}", d.file.display(), d.line, d.column)
+            };
+            let key = d
+                .key
+                .as_deref()
+                .map(|k| format!(" `{k}`"))
+                .unwrap_or_default();
+            let help = d
+                .help
+                .as_deref()
+                .map(|h| format!("; fix: {h}"))
+                .unwrap_or_default();
+            RuleResult {
+                id: "config",
+                status: Status::Fail,
+                message: format!("the job file does not load: {at}:{key} {}{help}", d.message),
+                location: Some(Location {
+                    file: d.file.display().to_string(),
+                    line: d.line,
+                    column: d.column,
+                    key: d.key.clone(),
+                }),
+            }
+        })
+        .collect();
+    JobReport {
+        job: name.to_string(),
+        rules,
+    }
 }
 
 /// All 16 rules for one job, in order.
@@ -153,13 +208,16 @@ pub fn audit(
 /// the SPEC §8 JSON) on stdout, and returns the exit code.
 pub fn command(
     jobs: &[Job],
+    broken: Vec<JobReport>,
     global: &Global,
     store: &dyn Store,
     cron: &dyn CronFacts,
     json: bool,
     strict: bool,
 ) -> i32 {
-    let reports = audit(jobs, global, store, cron);
+    let mut reports = audit(jobs, global, store, cron);
+    reports.extend(broken);
+    reports.sort_by(|a, b| a.job.cmp(&b.job));
     if json {
         println!("{}", render_json(&reports));
     } else {

@@ -58,6 +58,7 @@ impl Findings {
             id: self.id,
             status,
             message,
+            location: None,
         }
     }
 }
@@ -209,28 +210,24 @@ fn g01(job: &Job, host: &HostFacts) -> RuleResult {
             Status::Pass,
             format!(
                 "services listen on {}, declared acceptable: \"{why}\"",
-                list(&external, 8)
+                list(&external, 3)
             ),
         );
     } else {
         fs.add(
             Status::Warn,
             format!(
-                "this host also serves network traffic ({}): a heavy batch slows those services and their load slows the batch; run batches on a dedicated batch server, or declare why this host is fine with [guideline] role_ok = \"…\"",
-                list(&external, 8)
+                "this host also serves network traffic ({}): run batches on a dedicated batch server, or declare why this host is fine with [guideline] role_ok = \"…\"",
+                list(&external, 3)
             ),
         );
     }
-    if !loopback.is_empty() {
+    // The rest is context, kept to a count so the line stays readable.
+    let ignored = loopback.len() + management.len();
+    if ignored > 0 {
         fs.add(
             Status::Pass,
-            format!("loopback only, for information: {}", list(&loopback, 5)),
-        );
-    }
-    if !management.is_empty() {
-        fs.add(
-            Status::Pass,
-            format!("management ignored: {}", management.join(", ")),
+            format!("{ignored} loopback or management listener(s) ignored"),
         );
     }
     fs.done()
@@ -790,6 +787,7 @@ fn g11(job: &Job) -> RuleResult {
         message: format!(
             "not verifiable: confirm in review that the job affects no production server (caches, queues, APIs, file shares){declared}, and note it in runbook.notes"
         ),
+        location: None,
     }
 }
 
@@ -806,9 +804,18 @@ fn g12(job: &Job) -> RuleResult {
             Status::Fail,
             "schema_change = true without a review: have the owners review it and declare schema_change = { reviewed_by = [\"…\"], ref = \"PR-…\" }",
         ),
-        Some(SchemaChange::Reviewed { reviewed_by, .. }) if reviewed_by.is_empty() => fs.add(
+        Some(SchemaChange::Reviewed {
+            reviewed_by,
+            reference,
+        }) if reviewed_by.is_empty() => fs.add(
             Status::Fail,
-            "schema_change declares an empty reviewed_by: name the owners who reviewed it",
+            format!(
+                "schema change{} declared without a reviewer: have the owners review it and name them in schema_change.reviewed_by = [\"…\"]",
+                reference
+                    .as_ref()
+                    .map(|r| format!(" {r}"))
+                    .unwrap_or_default()
+            ),
         ),
         Some(SchemaChange::Reviewed {
             reviewed_by,

@@ -102,8 +102,13 @@ enum Command {
     },
     /// Inside a run: rename SRC over DEST only while this run's token is the newest.
     Publish { src: PathBuf, dest: PathBuf },
-    /// Check the whole configuration directory.
-    Validate,
+    /// Check the whole configuration directory, and that each job's program
+    /// and each channel's variables exist on this host.
+    Validate {
+        /// Check the files only, not this host (CI on another machine).
+        #[arg(long)]
+        offline: bool,
+    },
     /// One row per job: last run, outcome, next run.
     Status {
         #[arg(long, value_enum, default_value_t)]
@@ -414,6 +419,13 @@ fn dispatch(cli: Cli) -> Result<i32> {
             command,
         } => {
             let global = config::load_global(&dir)?;
+            let file = dir.join("jobs").join(format!("{name}.toml"));
+            if file.is_file() {
+                return Err(Error::Usage(format!(
+                    "`{name}` is a configured job ({}): run it with `batchguard run {name}`, or give this ad-hoc command another --name (an ad-hoc run never stands in for a job's history)",
+                    file.display()
+                )));
+            }
             let job = config::adhoc_job(
                 name,
                 command.clone(),
@@ -429,7 +441,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             publish::publish(src, dest)?;
             Ok(exit::OK)
         }
-        Command::Validate => validate(&dir),
+        Command::Validate { offline } => validate(&dir, *offline),
         Command::Status { .. } | Command::Runs { .. } | Command::Show { .. } => records(&cli),
         Command::Ledger {
             args,
@@ -450,8 +462,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             crate::serve::command(&dir, cli.state.as_deref(), listen, token_env.as_deref())
         }
         Command::Logs { run_id, follow } => {
-            let global = config::load_global(&dir).unwrap_or_default();
-            let ctx = context(&cli, global)?;
+            let ctx = read_context(&cli)?;
             render::logs(&ctx, run_id, *follow)
         }
     }
@@ -512,8 +523,14 @@ fn worker(cli: &Cli, name: &str, opts: &crate::items::distributed::WorkerOpts) -
 }
 
 /// `batchguard validate`.
-fn validate(dir: &Path) -> Result<i32> {
+fn validate(dir: &Path, offline: bool) -> Result<i32> {
     let cfg = config::load(dir)?;
+    if !offline {
+        let problems = host_problems(&cfg);
+        if !problems.is_empty() {
+            return Err(batchguard_config::Errors(problems).into());
+        }
+    }
     for w in config::warnings(&cfg) {
         eprintln!("warning: {w}");
     }
@@ -526,39 +543,158 @@ fn validate(dir: &Path) -> Result<i32> {
     Ok(exit::OK)
 }
 
-/// `status`, `runs` and `show`: lost runs are recorded first, so what they
-/// show is current.
+/// What `validate` finds missing on this host: a job's program that is not
+/// there (or not executable), a channel variable that is not set.
+fn host_problems(cfg: &config::Config) -> Vec<batchguard_config::Diagnostic> {
+    use batchguard_config::{Channel, Diagnostic, UrlSource};
+    let offline = "or pass --offline to check the files only";
+    let mut found = Vec::new();
+    for job in cfg.jobs.values() {
+        let argv = match (
+            &job.command,
+            job.items.as_ref().and_then(|i| i.run.as_ref()),
+        ) {
+            (c, _) if !c.is_empty() => c,
+            (_, Some(run)) => run,
+            _ => continue,
+        };
+        let Some(program) = argv.first() else {
+            continue;
+        };
+        let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::var_os("PATH")
+            .map(|p| ("PATH".into(), p))
+            .into_iter()
+            .collect();
+        env.extend(job.env.iter().map(|(k, v)| (k.into(), v.into())));
+        let program_path = job.workdir.join(program);
+        let program = if program.contains('/') {
+            program_path.as_os_str()
+        } else {
+            std::ffi::OsStr::new(program)
+        };
+        let usable = batchguard_supervise::resolve_program(program, &env).is_ok_and(|p| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(&p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        });
+        if !usable {
+            found.push(Diagnostic::general(
+                &job.file,
+                Some("command"),
+                format!(
+                    "job `{}`: program `{}` is not an executable file on this host (searched PATH and workdir {})",
+                    job.name,
+                    program.to_string_lossy(),
+                    job.workdir.display()
+                ),
+                Some(format!("install it, or fix `command` (an absolute path is safest); {offline}")),
+            ));
+        }
+    }
+    let file = cfg
+        .global
+        .file
+        .clone()
+        .unwrap_or_else(|| cfg.dir.join(config::GLOBAL_FILE));
+    for (name, ch) in &cfg.global.channels {
+        let vars: Vec<(&str, &str)> = match ch {
+            Channel::Slack { url } | Channel::Ping { url } | Channel::Webhook { url, .. } => {
+                match url {
+                    UrlSource::Env(v) => vec![("url_env", v.as_str())],
+                    UrlSource::Literal(_) => Vec::new(),
+                }
+            }
+            _ => Vec::new(),
+        };
+        let secret = match ch {
+            Channel::Webhook {
+                secret_env: Some(v),
+                ..
+            } => Some(("secret_env", v.as_str())),
+            _ => None,
+        };
+        for (key, var) in vars.into_iter().chain(secret) {
+            if std::env::var_os(var).is_none_or(|v| v.is_empty()) {
+                found.push(Diagnostic::general(
+                    &file,
+                    Some(&format!("channels.{name}.{key}")),
+                    format!("channel `{name}`: the variable {var} is not set here, so nothing can be sent through it"),
+                    Some(format!("set {var} in the environment batchguard runs in (for cron, a line `{var}=…` in its cron.d file); {offline}")),
+                ));
+            }
+        }
+    }
+    found
+}
+
+/// `status`, `runs` and `show`. They only read: a run whose runner died is
+/// shown `lost` ([`runner::as_seen`]) and recorded by the next run or the
+/// watchdog.
 fn records(cli: &Cli) -> Result<i32> {
     let dir = &cli.config_dir;
-    let strict = matches!(cli.command, Command::Status { .. });
-    let global = if strict {
-        config::load_global(dir)?
-    } else {
-        config::load_global(dir).unwrap_or_default()
-    };
-    let jobs = if strict {
-        load_jobs_leniently(dir, &global)
-    } else {
-        Vec::new()
-    };
-    let ctx = context(cli, global)?;
-    runner::reap_lost(&ctx, &|name| load_job(dir, name, &ctx.global).ok())?;
+    let ctx = read_context(cli)?;
     match &cli.command {
-        Command::Status { format } => render::status(&ctx, &jobs, *format),
+        Command::Status { format } => {
+            let jobs = load_jobs_leniently(dir, &ctx.global);
+            render::status(&ctx, &jobs, *format)
+        }
         Command::Runs { job, limit, format } => {
-            render::runs(&ctx.store.list_runs(Some(job), *limit)?, *format)
+            let runs: Vec<_> = ctx
+                .store
+                .list_runs(Some(job), *limit)?
+                .into_iter()
+                .map(|r| runner::as_seen(&ctx, r))
+                .collect();
+            if runs.is_empty() {
+                known_job(dir, job)?;
+            }
+            render::runs(&runs, *format)
         }
         Command::Show { run_id, format } => {
             let run = ctx
                 .store
                 .get_run(run_id)?
                 .ok_or_else(|| Error::UnknownRun(run_id.clone()))?;
-            render::show(&run, *format)
+            render::show(&runner::as_seen(&ctx, run), *format)
         }
         _ => Err(Error::Internal(
             "records() called for another command".into(),
         )),
     }
+}
+
+/// The context of a read command: the configuration honoured as `run`
+/// honours it (a missing config dir or a broken `batchguard.toml` is exit
+/// 78) and a state store that already exists (exit 69 otherwise: a read
+/// never creates one).
+fn read_context(cli: &Cli) -> Result<Context> {
+    let dir = &cli.config_dir;
+    if !dir.is_dir() {
+        return Err(Error::NoConfigDir(dir.clone()));
+    }
+    let global = config::load_global(dir)?;
+    let url = state_url(cli.state.as_deref(), &global);
+    let store = store::open_existing(&url)?;
+    let me = host::identity(global.host.as_deref());
+    Ok(Context {
+        store,
+        state_url: url,
+        global,
+        me,
+        invocation: invocation(cli),
+    })
+}
+
+/// A job with no runs must at least be configured: otherwise the name is a
+/// typo, and saying "no runs" would hide it (exit 1, with the known jobs).
+fn known_job(dir: &Path, name: &str) -> Result<()> {
+    if dir.join("jobs").join(format!("{name}.toml")).is_file() {
+        return Ok(());
+    }
+    Err(Error::UnknownJob {
+        job: name.to_string(),
+        dir: dir.to_path_buf(),
+        known: known_jobs(dir).join(", "),
+    })
 }
 
 /// `batchguard ledger JOB | ledger reset JOB --scope S`.
@@ -570,8 +706,7 @@ fn ledger(
     format: Format,
 ) -> Result<i32> {
     let dir = &cli.config_dir;
-    let global = config::load_global(dir)?;
-    let ctx = context(cli, global)?;
+    let ctx = read_context(cli)?;
     match args {
         [verb, job] if verb == "reset" => {
             let Some(scope) = scope else {
@@ -586,6 +721,9 @@ fn ledger(
             Ok(exit::OK)
         }
         [job] => {
+            if ctx.store.ledger_counts(job, scope)?.is_empty() {
+                known_job(dir, job)?;
+            }
             let max_attempts = load_job(dir, job, &ctx.global)
                 .ok()
                 .and_then(|j| j.items.map(|i| i.max_attempts));
@@ -606,16 +744,20 @@ fn check(
     cron_dir: &Path,
 ) -> Result<i32> {
     let dir = &cli.config_dir;
-    let global = config::load_global(dir)?;
-    let jobs = if names.is_empty() {
-        load_jobs_leniently(dir, &global)
+    let ctx = read_context(cli)?;
+    let names = if names.is_empty() {
+        known_jobs(dir)
     } else {
-        names
-            .iter()
-            .map(|n| load_job(dir, n, &global))
-            .collect::<Result<Vec<_>>>()?
+        names.to_vec()
     };
-    let ctx = context(cli, global)?;
+    let (mut jobs, mut broken) = (Vec::new(), Vec::new());
+    for name in &names {
+        match load_job(dir, name, &ctx.global) {
+            Ok(job) => jobs.push(job),
+            Err(Error::Config(errors)) => broken.push(crate::check::broken_job(name, &errors)),
+            Err(e) => return Err(e),
+        }
+    }
     let (bin, cdir) = (own_binary()?, absolute(dir)?);
     let cron_facts = |job: &Job| -> (Option<std::time::Duration>, Option<bool>) {
         let Some(schedule) = &job.schedule else {
@@ -630,6 +772,7 @@ fn check(
     };
     Ok(crate::check::command(
         &jobs,
+        broken,
         &ctx.global,
         ctx.store.as_ref(),
         &cron_facts,

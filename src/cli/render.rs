@@ -66,6 +66,22 @@ fn memory(r: &RunRecord) -> String {
     }
 }
 
+/// `show`'s memory line: the peak, and the limit with what enforced it,
+/// or that there was none.
+fn memory_line(r: &RunRecord) -> String {
+    let peak = r.peak_memory_bytes.map_or("peak unknown".to_string(), |p| {
+        format!("peak {}", format_size(p))
+    });
+    match r.memory_max_bytes {
+        Some(max) => format!(
+            "{peak} of memory_max {} (enforced by {})",
+            format_size(max),
+            r.memory_enforcement
+        ),
+        None => format!("{peak}, no memory_max"),
+    }
+}
+
 pub fn runs(runs: &[RunRecord], format: Format) -> Result<i32> {
     if format == Format::Json {
         return print_json(&runs);
@@ -118,10 +134,7 @@ pub fn show(r: &RunRecord, format: Format) -> Result<i32> {
     kv("started", r.started_at.clone());
     kv("ended", dash(r.ended_at.clone()));
     kv("duration", dash(r.duration_ms.map(clock::human_ms)));
-    kv(
-        "memory",
-        format!("{} ({})", memory(r), r.memory_enforcement),
-    );
+    kv("memory", memory_line(r));
     kv("lock", format!("{} fence {}", r.lock, r.fence));
     kv("attempt", r.attempt.to_string());
     if let Some(scope) = &r.scope {
@@ -149,7 +162,12 @@ pub fn show(r: &RunRecord, format: Format) -> Result<i32> {
 }
 
 pub fn status(ctx: &Context, jobs: &[Job], format: Format) -> Result<i32> {
-    let last = ctx.store.last_runs()?;
+    let last: Vec<RunRecord> = ctx
+        .store
+        .last_runs()?
+        .into_iter()
+        .map(|r| crate::runner::as_seen(ctx, r))
+        .collect();
     let now = jiff::Zoned::now();
     let mut entries = Vec::new();
     let mut names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
@@ -191,26 +209,21 @@ pub fn status(ctx: &Context, jobs: &[Job], format: Format) -> Result<i32> {
     if format == Format::Json {
         return print_json(&json!({ "jobs": entries }));
     }
+    // One zone for every row of a column: this host's.
+    let here = clock::zone(None);
+    let at = |v: &serde_json::Value| dash(v.as_str().and_then(|t| in_zone(t, &here)));
     let rows: Vec<Vec<String>> = entries
         .iter()
         .map(|e| {
             let s = |k: &str| e[k].as_str().map(str::to_string);
             vec![
                 s("job").unwrap_or_default(),
-                dash(e["last_run"]["started_at"].as_str().map(str::to_string)),
+                at(&e["last_run"]["started_at"]),
                 dash(s("outcome")),
                 dash(e["duration_ms"].as_i64().map(clock::human_ms)),
-                dash(s("next_run")),
+                at(&e["next_run"]),
                 dash(s("schedule")),
-                if e["missed"] == true {
-                    "MISSED".into()
-                } else if e["late"] == true {
-                    "late".into()
-                } else if e["running"] == true {
-                    "running".into()
-                } else {
-                    String::new()
-                },
+                health(e, now.timestamp().as_millisecond()),
             ]
         })
         .collect();
@@ -224,6 +237,43 @@ pub fn status(ctx: &Context, jobs: &[Job], format: Format) -> Result<i32> {
         )
     );
     Ok(exit::OK)
+}
+
+/// An RFC 3339 time shown in `tz`, to the second.
+fn in_zone(t: &str, tz: &jiff::tz::TimeZone) -> Option<String> {
+    let ts: jiff::Timestamp = t.parse().ok()?;
+    Some(
+        ts.to_zoned(tz.clone())
+            .strftime("%Y-%m-%d %H:%M:%S %:z")
+            .to_string(),
+    )
+}
+
+/// `status`'s STATE column: what the operator should make of the job now
+/// (the OUTCOME column already says how the last run ended).
+fn health(e: &serde_json::Value, now_ms: i64) -> String {
+    if e["missed"] == true {
+        return "MISSED".into();
+    }
+    if e["late"] == true {
+        return "late".into();
+    }
+    if e["running"] == true {
+        let started = e["last_run"]["started_at"]
+            .as_str()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .map(|t| t.as_millisecond());
+        return match started {
+            Some(s) => format!("running for {}", clock::human_ms(now_ms - s)),
+            None => "running".into(),
+        };
+    }
+    match e["outcome"].as_str() {
+        None => "never ran".into(),
+        Some("success") | Some("skipped") => "ok".into(),
+        Some(_) if e["configured"] == false => "not configured".into(),
+        Some(_) => "FAILING".into(),
+    }
 }
 
 pub fn logs(ctx: &Context, run_id: &str, follow: bool) -> Result<i32> {

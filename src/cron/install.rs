@@ -416,6 +416,9 @@ pub fn install_for(
     config_dir: &Path,
     flavor: Flavor,
 ) -> Result<InstallReport, CronError> {
+    if !dir.is_dir() {
+        return Err(CronError::NoDir(dir.to_path_buf()));
+    }
     check_path("the batchguard binary", batchguard_bin)?;
     check_path("the config directory", config_dir)?;
     let ours = dir_label(config_dir);

@@ -43,6 +43,11 @@ pub enum CronError {
         path: PathBuf,
         reason: String,
     },
+    /// The cron directory to install into is not there.
+    #[error(
+        "the cron directory {0} does not exist: is cron installed? Create it, or pass --dir DIR"
+    )]
+    NoDir(PathBuf),
     /// A file batchguard must write exists but is not one of its own.
     #[error(
         "refusing to overwrite {path}: it does not start with batchguard's marker line, so batchguard did not write it (move it away, or rename the job)"

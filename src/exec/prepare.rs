@@ -227,55 +227,72 @@ fn environment(job: &Job, withheld: &[&str]) -> Result<Environment> {
     Ok((env.into_iter().collect(), secrets, run_as))
 }
 
-/// The exact command that re-runs this run (SPEC §4): `run JOB` (or
-/// `run --file PATH`, or the `exec` command line itself), every `--param`
-/// and `--scope`, and `--config-dir` / `--state` (its password removed)
-/// when they differ from the defaults. A param whose value is a secret is
+/// The exact command that re-runs this run (SPEC §4): `--config-dir` and
+/// `--state` (its password removed) when they differ from the defaults,
+/// first, so they stay options even before an `exec`'s `--`; then `run JOB`
+/// (or `run --file PATH`, or the `exec` command line itself), every
+/// `--param`, `--scope` and `--shard`. A param whose value is a secret is
 /// shown as `***`, with a note naming what to supply.
 pub(crate) fn rerun_command(ctx: &super::Context, job: &Job, p: &Prepared) -> String {
     let inv = &ctx.invocation;
     let mut cmd = String::from("batchguard");
     let mut notes = Vec::new();
-    match (&inv.exec, &inv.file) {
-        (Some(args), _) => {
-            cmd.push_str(" exec");
-            for a in args {
-                cmd.push(' ');
-                cmd.push_str(&shell_quote(&p.redactor.redact(a)));
-            }
-        }
-        (None, Some(file)) => cmd.push_str(&format!(
-            " run --file {}",
-            shell_quote(&file.display().to_string())
-        )),
-        (None, None) => cmd.push_str(&format!(" run {}", job.name)),
-    }
-    for (k, v) in &p.params {
-        let shown = p.redactor.redact(v);
-        if shown != v.as_str() {
-            notes.push(format!("*** in --param {k} is a secret: supply its value"));
-        }
-        cmd.push_str(&format!(
-            " --param {}",
-            shell_quote(&format!("{k}={shown}"))
-        ));
-    }
-    if let Some(scope) = &p.scope {
-        cmd.push_str(&format!(" --scope {}", shell_quote(scope)));
-    }
+    let arg = |cmd: &mut String, a: &str| {
+        cmd.push(' ');
+        cmd.push_str(&shell_quote(a));
+    };
     if let Some(dir) = &inv.config_dir {
-        cmd.push_str(&format!(
-            " --config-dir {}",
-            shell_quote(&dir.display().to_string())
-        ));
+        arg(&mut cmd, "--config-dir");
+        arg(&mut cmd, &dir.display().to_string());
     }
     if ctx.state_url != batchguard_config::DEFAULT_STATE {
         let shown = crate::redact::redact_url(&ctx.state_url);
         if shown != ctx.state_url {
             notes.push("the --state password is removed: supply it".to_string());
         }
-        cmd.push_str(&format!(" --state {}", shell_quote(&shown)));
+        arg(&mut cmd, "--state");
+        arg(&mut cmd, &shown);
     }
+    if let Some(args) = &inv.exec {
+        arg(&mut cmd, "exec");
+        for a in args {
+            arg(&mut cmd, &p.redactor.redact(a));
+        }
+        return with_notes(cmd, &notes);
+    }
+    arg(&mut cmd, "run");
+    match &inv.file {
+        Some(file) => {
+            arg(&mut cmd, "--file");
+            arg(&mut cmd, &file.display().to_string());
+        }
+        None => arg(&mut cmd, &job.name),
+    }
+    for (k, v) in &p.params {
+        let shown = p.redactor.redact(v);
+        if shown != v.as_str() {
+            notes.push(format!("*** in --param {k} is a secret: supply its value"));
+        }
+        arg(&mut cmd, "--param");
+        arg(&mut cmd, &format!("{k}={shown}"));
+    }
+    if let Some(scope) = &p.scope {
+        arg(&mut cmd, "--scope");
+        arg(&mut cmd, scope);
+    }
+    if let Some((i, n)) = job
+        .lock
+        .rsplit_once("#shard-")
+        .and_then(|(_, s)| s.split_once("-of-"))
+    {
+        arg(&mut cmd, "--shard");
+        arg(&mut cmd, &format!("{i}/{n}"));
+    }
+    with_notes(cmd, &notes)
+}
+
+/// `cmd`, then the notes (what to supply) as a shell comment.
+fn with_notes(mut cmd: String, notes: &[String]) -> String {
     if !notes.is_empty() {
         cmd.push_str(&format!("  # {}", notes.join("; ")));
     }

@@ -112,7 +112,12 @@ pub(crate) fn payload(
             .map(|l| p.redactor.redact(l).into_owned())
             .collect(),
         log_path: record.log_path.clone(),
-        rerun: Some(rerun_command(ctx, job, p)),
+        // As the run's own runner was invoked: a lost run is noticed by
+        // another command, whose command line says nothing of it.
+        rerun: record
+            .rerun
+            .clone()
+            .or_else(|| Some(rerun_command(ctx, job, p))),
         runbook: Runbook {
             url: render(job, p, &record.id, &job.runbook.url),
             verify: render(job, p, &record.id, &job.runbook.verify),

@@ -767,6 +767,9 @@ fn shell_words(argv: &[String]) -> String {
 /// every param and the scope. `None` for an ad-hoc run (its command line
 /// is not recorded).
 pub fn rerun(app: &App, cfg: &Configs, run: &RunRecord) -> Option<String> {
+    if let Some(r) = &run.rerun {
+        return Some(r.clone());
+    }
     let job = cfg.job(&run.job)?;
     let mut cmd = String::from("batchguard");
     if app.dir != Path::new("/etc/batchguard") {

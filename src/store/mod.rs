@@ -35,7 +35,7 @@ pub use traits::{
 };
 
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Errors of the state store. They name the store and what was being done.
 #[derive(thiserror::Error, Debug)]
@@ -62,6 +62,12 @@ pub enum StoreError {
         url: String,
         source: ::postgres::Error,
     },
+    /// A read command found no store where the URL points: it never
+    /// creates one (nothing has run with this state store yet).
+    #[error(
+        "no state store at {path}: nothing has run with this --state yet (check --state, BATCHGUARD_STATE or `state` in batchguard.toml)"
+    )]
+    Missing { path: PathBuf },
     #[error("invalid state store URL {url}: {detail}")]
     BadUrl { url: String, detail: String },
     /// The outcome of an action could not be confirmed (the connection to
@@ -187,6 +193,11 @@ pub struct RunRecord {
     pub error: Option<String>,
     /// The first failed item keys (up to 20), for reports.
     pub items_failed: Vec<String>,
+    /// An `exec` run (SPEC §4): never a run of a configured job.
+    pub adhoc: bool,
+    /// The command that re-runs this run, pasted into a root shell on its
+    /// host (SPEC §4), as its runner was invoked.
+    pub rerun: Option<String>,
     #[serde(skip)]
     pub started_ms: i64,
     #[serde(skip)]
@@ -234,6 +245,8 @@ impl RunRecord {
             params: Default::default(),
             error: None,
             items_failed: Vec::new(),
+            adhoc: false,
+            rerun: None,
             started_ms,
             runner: runner.clone(),
             cgroup: None,
@@ -376,6 +389,24 @@ pub fn open(url: &str) -> Result<Box<dyn Store>> {
     })
 }
 
+/// Open the store at `url` for a read command: like [`open`], but a SQLite
+/// file that does not exist is [`StoreError::Missing`] instead of a new,
+/// empty store (and a directory) created by a command that only reads.
+pub fn open_existing(url: &str) -> Result<Box<dyn Store>> {
+    if let Some(path) = sqlite_path(url) {
+        if !Path::new(path).exists() {
+            return Err(StoreError::Missing { path: path.into() });
+        }
+    }
+    open(url)
+}
+
+/// The file of a `sqlite:` URL.
+fn sqlite_path(url: &str) -> Option<&str> {
+    let path = url.strip_prefix("sqlite:")?;
+    Some(path.strip_prefix("//").unwrap_or(path))
+}
+
 /// A store opened by URL, of the backend the URL names (boxed, as the
 /// callers keep it).
 pub(crate) enum Backend {
@@ -385,8 +416,7 @@ pub(crate) enum Backend {
 
 /// Open the backend named by `url`, as [`open`] describes.
 pub(crate) fn open_backend(url: &str) -> Result<Backend> {
-    if let Some(path) = url.strip_prefix("sqlite:") {
-        let path = path.strip_prefix("//").unwrap_or(path);
+    if let Some(path) = sqlite_path(url) {
         let store = sqlite::SqliteStore::open(url, path.as_ref())?;
         Ok(Backend::Sqlite(Box::new(store)))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {

@@ -202,6 +202,8 @@ CREATE TRIGGER run_totals_update AFTER UPDATE OF outcome ON runs
     FOR EACH ROW WHEN (NEW.outcome IS DISTINCT FROM OLD.outcome)
     EXECUTE FUNCTION batchguard_run_totals();
 "#,
+    // An `exec` run, and the command that re-runs a run (SPEC §4).
+    "ALTER TABLE runs ADD COLUMN adhoc BIGINT NOT NULL DEFAULT 0; ALTER TABLE runs ADD COLUMN rerun TEXT;",
 ];
 
 const DEFAULT_POOL_SIZE: usize = 8;

@@ -17,7 +17,7 @@ use super::{
 pub(crate) const RUN_COLUMNS: &str = "id, job, lock_name, host, boot_id, pid, pid_start, fence, \
      attempt, scope, params, started_at, started_ms, ended_at, duration_ms, outcome, exit_code, \
      signal, peak_memory_bytes, memory_max_bytes, memory_enforcement, items, log_path, cgroup, \
-     pgid, heartbeat_ms, error, items_failed";
+     pgid, heartbeat_ms, error, items_failed, adhoc, rerun";
 
 /// The columns of a lock's holder, in the order [`holder_from`] reads them
 /// (runner columns may be NULL: the run row can be missing).
@@ -128,6 +128,8 @@ pub(crate) fn run_from<R: Columns>(row: &R) -> Result<RunRecord, R::Error> {
         heartbeat_ms: c.i64()?,
         error: c.opt_str()?,
         items_failed: c.json()?,
+        adhoc: c.i64()? != 0,
+        rerun: c.opt_str()?,
     })
 }
 
@@ -364,6 +366,8 @@ pub(crate) fn run_values(run: &RunRecord, fence: i64) -> Vec<Value> {
         I64(Some(run.heartbeat_ms)),
         Text(run.error.clone()),
         Text(failed_json(&run.items_failed)),
+        I64(Some(run.adhoc.into())),
+        Text(run.rerun.clone()),
         I64(ended_ms),
     ]
 }

@@ -172,6 +172,8 @@ WHEN NEW.outcome IS NOT OLD.outcome BEGIN
     ON CONFLICT (job, outcome) DO UPDATE SET n = n + 1;
 END;
 "#,
+    // An `exec` run, and the command that re-runs a run (SPEC §4).
+    "ALTER TABLE runs ADD COLUMN adhoc INTEGER NOT NULL DEFAULT 0; ALTER TABLE runs ADD COLUMN rerun TEXT;",
 ];
 
 /// How this backend spells the shared SQL.

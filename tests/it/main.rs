@@ -15,6 +15,7 @@ mod items;
 mod locking;
 mod noise;
 mod notify;
+mod operator;
 mod records;
 mod schedule;
 mod secrets;

@@ -29,3 +29,49 @@ pub fn admin() -> postgres::Client {
     )
     .expect("connect to the test PostgreSQL")
 }
+
+/// The gate of every test that needs the server: `true` when it answers.
+/// Otherwise one line says what is missing and how to get it (SKIPPED, or
+/// a failure under `BATCHGUARD_TEST_STRICT=1`), instead of dozens of
+/// connection panics. The first call also drops the schemas that aborted
+/// test runs left behind (their process is gone).
+pub fn available(test: &str) -> bool {
+    static REACHED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let reached = REACHED.get_or_init(|| {
+        let url = format!("{}?connect_timeout=3", base());
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).map_err(|e| {
+            let cause = std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string());
+            format!(
+                "needs PostgreSQL at {} ({cause}); `.ci/run` installs and starts it, or set BATCHGUARD_TEST_PG",
+                base()
+            )
+        })?;
+        sweep_leaked_schemas(&mut c);
+        Ok(())
+    });
+    match reached {
+        Ok(()) => true,
+        Err(why) => {
+            crate::support::cannot_run(test, why);
+            false
+        }
+    }
+}
+
+/// Drop `bg_…_PID_N` and `dist_…_PID_N` schemas whose test process is gone.
+fn sweep_leaked_schemas(c: &mut postgres::Client) {
+    let Ok(rows) = c.query(
+        "SELECT nspname FROM pg_namespace WHERE nspname ~ '^(bg|dist)_[a-z_]+_[0-9]+_[0-9]+$'",
+        &[],
+    ) else {
+        return;
+    };
+    for row in rows {
+        let name: String = row.get(0);
+        let pid = name.rsplit('_').nth(1).and_then(|p| p.parse::<u32>().ok());
+        let gone = pid.is_some_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists());
+        if gone {
+            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"));
+        }
+    }
+}

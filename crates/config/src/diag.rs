@@ -59,8 +59,11 @@ impl fmt::Display for Diagnostic {
         let bar = " ".repeat(gutter + 2);
         let file = self.file.display().to_string();
         if self.line == 0 {
-            if !file.is_empty() {
-                writeln!(f, "{pad}--> {file}")?;
+            match (&self.key, file.is_empty()) {
+                (Some(key), false) => writeln!(f, "{pad}--> {file}, key `{key}`")?,
+                (Some(key), true) => writeln!(f, "{pad}--> `{key}`")?,
+                (None, false) => writeln!(f, "{pad}--> {file}")?,
+                (None, true) => {}
             }
         } else {
             writeln!(f, "{pad}--> {file}:{}:{}", self.line, self.column)?;

@@ -1049,30 +1049,20 @@ impl W {
                         _ => self.unknown(k.span(), &r2, name, &["reviewed_by", "ref"]),
                     }
                 }
-                match reviewed_by {
-                    Some(r) => Some(Sp {
-                        v: SchemaChange::Reviewed {
-                            reviewed_by: r.v.into_iter().map(|s| s.v).collect(),
-                            reference: reference.map(|s| s.v),
-                        },
-                        at,
-                    }),
-                    None => {
-                        if !self.bad.contains(&format!("{rel}.reviewed_by")) {
-                            let msg = format!("`{}` needs `reviewed_by`", self.full(rel));
-                            self.err(
-                                v.span(),
-                                rel,
-                                msg,
-                                Some(
-                                    "write { reviewed_by = [\"db-team\"], ref = \"PR-1234\" }"
-                                        .into(),
-                                ),
-                            );
-                        }
-                        None
-                    }
+                // No `reviewed_by` is an unreviewed change declared with its
+                // reference: G12 reports it (`check`), it is no load error.
+                if self.bad.contains(&format!("{rel}.reviewed_by")) {
+                    return None;
                 }
+                Some(Sp {
+                    v: SchemaChange::Reviewed {
+                        reviewed_by: reviewed_by
+                            .map(|r| r.v.into_iter().map(|s| s.v).collect())
+                            .unwrap_or_default(),
+                        reference: reference.map(|s| s.v),
+                    },
+                    at,
+                })
             }
             _ => {
                 self.wrong_type(

@@ -89,6 +89,7 @@ use tree::Tracker;
 
 pub use group::{Group, GroupHandle};
 pub use output::MAX_LINE;
+pub use spawn::resolve as resolve_program;
 pub use sys::{rename_as, seal_inherited_fds};
 
 /// Memory sampling period without a cgroup (and for cgroup v2 without memory.peak).

@@ -54,10 +54,7 @@ pub(crate) fn check_done_fd(done_fd: Option<i32>) -> Result<(), SpawnError> {
 }
 
 /// Look `program` up like execvp does, in the child's PATH.
-pub(crate) fn resolve(
-    program: &OsStr,
-    env: &[(OsString, OsString)],
-) -> Result<PathBuf, SpawnError> {
+pub fn resolve(program: &OsStr, env: &[(OsString, OsString)]) -> Result<PathBuf, SpawnError> {
     let name = program.to_string_lossy().into_owned();
     if program.is_empty() {
         return Err(SpawnError::NotFound { program: name });

@@ -1,0 +1,327 @@
+//! The operator's first hour: what a newcomer and a cron mail see. Plain
+//! diagnostics off a terminal, read commands that fail instead of answering
+//! wrongly, and re-run commands that work when pasted.
+
+use crate::harness::Env;
+
+#[test]
+fn diagnostics_written_to_a_file_carry_no_colour_codes() {
+    let env = Env::new();
+    env.job("tiny", "command = [\"true\"]\n");
+    let plain = env.run_with(&["validate"], &[("BATCHGUARD_LOG", "debug")]);
+    plain.code(0);
+    assert!(
+        plain.stderr().contains("DEBUG"),
+        "debug lines expected: {}",
+        plain.stderr()
+    );
+    assert!(
+        !plain.stderr().contains('\u{1b}'),
+        "escape codes in a piped stderr: {:?}",
+        plain.stderr()
+    );
+    let forced = env.run_with(
+        &["validate"],
+        &[("BATCHGUARD_LOG", "debug"), ("CLICOLOR_FORCE", "1")],
+    );
+    assert!(
+        forced.stderr().contains('\u{1b}'),
+        "CLICOLOR_FORCE=1 asks for colour: {:?}",
+        forced.stderr()
+    );
+}
+
+#[test]
+fn read_commands_fail_on_a_missing_config_dir_or_a_broken_global_file() {
+    let env = Env::new();
+    env.job("tiny", "command = [\"true\"]\n");
+    env.run(&["run", "tiny"]).code(0);
+    let run_id = env.last_run("tiny")["id"].as_str().unwrap().to_string();
+    let nope = env.path("nope");
+    let nope = nope.to_str().unwrap();
+    for args in [
+        vec!["status"],
+        vec!["runs", "tiny"],
+        vec!["show", &run_id],
+        vec!["logs", &run_id],
+        vec!["ledger", "tiny"],
+        vec!["check"],
+    ] {
+        let c = crate::support::batchguard(
+            crate::harness::BIN,
+            std::path::Path::new(nope),
+            &env.state,
+            &env.root,
+            &args,
+        );
+        env.run_cmd(c).code(78).stderr_has("does not exist");
+    }
+    std::fs::write(env.config.join("batchguard.toml"), "lease = \"soon\"\n").unwrap();
+    for args in [
+        vec!["status"],
+        vec!["runs", "tiny"],
+        vec!["show", &run_id],
+        vec!["logs", &run_id],
+        vec!["ledger", "tiny"],
+        vec!["check"],
+    ] {
+        env.run(&args).code(78).stderr_has("batchguard.toml");
+    }
+}
+
+#[test]
+fn read_commands_never_create_a_state_store() {
+    let env = Env::new();
+    env.job("tiny", "command = [\"true\"]\n");
+    let dir = env.path("nonexistent-dir");
+    let state = format!("sqlite:{}/x/s.db", dir.display());
+    for args in [
+        vec!["status"],
+        vec!["runs", "tiny"],
+        vec!["show", "01NOSUCHRUN"],
+        vec!["logs", "01NOSUCHRUN"],
+        vec!["ledger", "tiny"],
+        vec!["check"],
+    ] {
+        let mut full = vec!["--state", &state];
+        full.extend(&args);
+        env.run(&full)
+            .code(69)
+            .stderr_has(&format!("{}/x/s.db", dir.display()));
+        assert!(!dir.exists(), "{args:?} created {}", dir.display());
+    }
+}
+
+#[test]
+fn an_unknown_job_is_exit_1_naming_the_known_ones() {
+    let env = Env::new();
+    env.job("tiny", "command = [\"true\"]\n");
+    env.run(&["run", "tiny"]).code(0);
+    for args in [vec!["runs", "nosuchjob"], vec!["ledger", "nosuchjob"]] {
+        env.run(&args).code(1).stderr_has("known jobs: tiny");
+    }
+    // A configured job that never ran is no error: it has no runs yet.
+    env.job("fresh", "command = [\"true\"]\n");
+    let d = env.run(&["runs", "fresh", "--format", "json"]);
+    d.code(0);
+    assert_eq!(d.json(), serde_json::json!([]));
+}
+
+/// `status`, `runs` and `show` only read: a run whose runner died is shown
+/// `lost` at once, but recorded (and notified) by the watchdog or the next
+/// run, not by someone looking.
+#[test]
+fn read_commands_show_a_lost_run_without_recording_or_notifying_it() {
+    use crate::harness::{read_pid, wait_child, wait_for};
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use std::time::Duration;
+    let (env, hook) = crate::receiver::hooked_env("");
+    let pidfile = env.path("pid");
+    env.job(
+        "fragile",
+        &format!(
+            "command = [\"sh\", \"-c\", \"echo $$ > {}; exec sleep 300\"]\n[notify]\non = [\"lost\"]\nchannels = [\"hook\"]\n",
+            pidfile.display()
+        ),
+    );
+    let mut runner = env.spawn(&["run", "fragile"]);
+    wait_for("job start", Duration::from_secs(10), || {
+        read_pid(&pidfile).is_some()
+    });
+    let job_pid = read_pid(&pidfile).unwrap();
+    kill(Pid::from_raw(runner.id() as i32), Signal::SIGKILL).unwrap();
+    wait_child(&mut runner, Duration::from_secs(5));
+    kill(Pid::from_raw(job_pid), Signal::SIGKILL).unwrap();
+    wait_for("the job to go", Duration::from_secs(5), || {
+        !crate::harness::pid_alive(job_pid)
+    });
+    let st = env.run(&["status", "--format", "json"]);
+    st.code(0);
+    assert_eq!(st.json()["jobs"][0]["outcome"], "lost");
+    assert_eq!(env.last_run("fragile")["outcome"], "lost");
+    assert_eq!(hook.count(), 0, "a read command delivered a notification");
+    env.run(&["watchdog"]).code(0);
+    hook.wait_for_one("the lost notification", 10);
+    assert_eq!(hook.take()[0].json()["event"], "lost");
+}
+
+/// The re-run command of a run, pasted into a shell that has none of the
+/// runner's environment (cron's), with `batchguard` on the PATH.
+fn paste(env: &Env, rerun: &str) -> crate::harness::Done {
+    let bin_dir = std::path::Path::new(crate::harness::BIN).parent().unwrap();
+    let mut c = std::process::Command::new("sh");
+    c.arg("-c")
+        .arg(rerun)
+        .env("PATH", format!("{}:/usr/bin:/bin", bin_dir.display()))
+        .env_remove("BATCHGUARD_STATE")
+        .env_remove("BATCHGUARD_CONFIG_DIR")
+        .env_remove("BATCHGUARD_CGROUP")
+        .current_dir("/");
+    env.run_cmd(c)
+}
+
+#[test]
+fn the_rerun_of_an_exec_run_is_the_exec_command_with_config_dir_and_state() {
+    let env = Env::new();
+    let marker = env.path("ran");
+    let script = format!("echo x >> {}; exit 3", marker.display());
+    env.run(&["exec", "--name", "fixup", "--", "sh", "-c", &script])
+        .code(3);
+    let first = env.last_run("fixup");
+    assert_eq!(first["adhoc"], true);
+    let rerun = first["rerun"].as_str().expect("rerun recorded").to_string();
+    assert!(rerun.contains(" exec "), "{rerun}");
+    assert!(rerun.contains("--config-dir"), "{rerun}");
+    assert!(rerun.contains("--state"), "{rerun}");
+    paste(&env, &rerun).code(3);
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "x\nx\n");
+    let runs = env.runs("fixup");
+    assert_eq!(runs.len(), 2, "the pasted command ran the same ad-hoc job");
+    assert_eq!(runs[0]["rerun"], first["rerun"]);
+}
+
+#[test]
+fn the_rerun_of_a_job_file_run_names_the_file_the_scope_and_the_params() {
+    let env = Env::new();
+    let marker = env.path("ran");
+    let file = env.write(
+        "elsewhere.toml",
+        &format!(
+            "command = [\"sh\", \"-c\", \"echo $BATCHGUARD_SCOPE >> {}; exit 4\"]\n",
+            marker.display()
+        ),
+    );
+    env.run(&[
+        "run",
+        "--file",
+        file.to_str().unwrap(),
+        "--scope",
+        "2026-12-01",
+    ])
+    .code(4);
+    let rerun = env.last_run("elsewhere")["rerun"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(rerun.contains("--file"), "{rerun}");
+    paste(&env, &rerun).code(4);
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap(),
+        "2026-12-01\n2026-12-01\n"
+    );
+}
+
+#[test]
+fn exec_under_the_name_of_a_configured_job_is_a_usage_error() {
+    let env = Env::new();
+    env.job("nightly", "command = [\"false\"]\n");
+    env.run(&["run", "nightly"]).code(1);
+    env.run(&["exec", "--name", "nightly", "--", "true"])
+        .code(2)
+        .stderr_has("configured job");
+    let runs = env.runs("nightly");
+    assert_eq!(runs.len(), 1, "nothing recorded for the refused exec");
+    assert_eq!(runs[0]["adhoc"], false);
+}
+
+/// `publish` needs only what the contract puts in the job's environment.
+#[test]
+fn publish_finds_its_run_from_the_run_id_alone() {
+    let env = Env::new();
+    let (src, dest) = (env.path("result.tmp"), env.path("result"));
+    env.job(
+        "report",
+        &format!(
+            "command = [\"sh\", \"-c\", \"echo fresh > {src}; env -u BATCHGUARD_PUBLISH -u BATCHGUARD_LOCK {bin} publish {src} {dest}\"]\n",
+            src = src.display(),
+            dest = dest.display(),
+            bin = crate::harness::BIN,
+        ),
+    );
+    env.run(&["run", "report"]).code(0);
+    assert_eq!(std::fs::read_to_string(&dest).unwrap(), "fresh\n");
+}
+
+#[test]
+fn validate_checks_the_program_and_the_channel_variables_on_this_host() {
+    let env = Env::new();
+    env.job("good", "command = [\"true\"]\n");
+    env.run(&["validate"]).code(0);
+    env.job(
+        "typo",
+        "command = [\"/usr/bin/no-such-program\", \"--go\"]\n",
+    );
+    env.run(&["validate"])
+        .code(78)
+        .stderr_has("/usr/bin/no-such-program")
+        .stderr_has("typo.toml");
+    env.run(&["validate", "--offline"]).code(0);
+    std::fs::remove_file(env.config.join("jobs/typo.toml")).unwrap();
+    env.global("[channels.oncall]\ntype = \"slack\"\nurl_env = \"BG_TEST_UNSET_SLACK_URL\"\n");
+    env.run(&["validate"])
+        .code(78)
+        .stderr_has("BG_TEST_UNSET_SLACK_URL")
+        .stderr_has("channels.oncall.url_env");
+    env.run_with(
+        &["validate"],
+        &[("BG_TEST_UNSET_SLACK_URL", "https://hooks.example/x")],
+    )
+    .code(0);
+}
+
+#[test]
+fn cron_install_into_a_missing_directory_says_so_with_exit_73() {
+    let env = Env::new();
+    env.job(
+        "nightly",
+        "command = [\"true\"]\nschedule = \"0 3 * * *\"\n",
+    );
+    let missing = env.path("no-cron.d");
+    env.run(&["cron", "install", "--dir", missing.to_str().unwrap()])
+        .code(73)
+        .stderr_has("does not exist");
+    assert!(!missing.exists());
+}
+
+#[test]
+fn status_text_shows_every_time_in_one_zone_and_a_state_of_its_own() {
+    let env = Env::new();
+    env.job(
+        "tokyo",
+        "command = [\"false\"]\nschedule = \"30 3 * * *\"\ntimezone = \"Asia/Tokyo\"\n",
+    );
+    env.job("fine", "command = [\"true\"]\n");
+    env.run(&["run", "tokyo"]).code(1);
+    env.run(&["run", "fine"]).code(0);
+    let d = env.run_with(&["status"], &[("TZ", "UTC")]);
+    d.code(0);
+    let text = d.stdout();
+    assert!(!text.contains("+09:00"), "{text}");
+    let tokyo = text.lines().find(|l| l.starts_with("tokyo")).unwrap();
+    assert_eq!(tokyo.matches("+00:00").count(), 2, "{tokyo}");
+    assert!(tokyo.ends_with("FAILING"), "{tokyo}");
+    let fine = text.lines().find(|l| l.starts_with("fine")).unwrap();
+    assert!(fine.ends_with("ok"), "{fine}");
+}
+
+#[test]
+fn show_says_when_a_run_had_no_memory_limit() {
+    let env = Env::new();
+    env.job("free", "command = [\"true\"]\n");
+    env.job("bounded", "command = [\"true\"]\nmemory_max = \"64MiB\"\n");
+    for job in ["free", "bounded"] {
+        env.run(&["run", job]).code(0);
+    }
+    let show = |job: &str| {
+        let id = env.last_run(job)["id"].as_str().unwrap().to_string();
+        let d = env.run(&["show", &id]);
+        d.code(0);
+        d.stdout()
+    };
+    let free = show("free");
+    assert!(free.contains("no memory_max"), "{free}");
+    assert!(!free.contains("(none)"), "{free}");
+    let bounded = show("bounded");
+    assert!(bounded.contains("of memory_max 64"), "{bounded}");
+}
