@@ -186,6 +186,8 @@ pub struct Report {
     /// when more than one).
     pub missed: Vec<String>,
     pub delivered: u64,
+    /// Notifications that failed for the first time in this pass.
+    pub first_failures: u64,
     pub pending: u64,
 }
 
@@ -221,6 +223,7 @@ pub fn run(ctx: &Context, jobs: &[Job]) -> Result<Report> {
         false,
     );
     report.delivered = flushed.delivered;
+    report.first_failures = flushed.first_failures;
     report.pending = flushed.pending;
     Ok(report)
 }

@@ -887,8 +887,8 @@ fn adhoc_runs_show_but_stay_out_of_metrics_and_new_job_files_are_picked_up() {
         &format!("/runs/{}", adhoc["last_run"]["id"].as_str().unwrap()),
     );
     assert!(
-        run.body.contains("ad-hoc run"),
-        "no re-run command for exec runs"
+        run.body.contains("batchguard exec --name adhoc-1"),
+        "an exec run's page shows its own exec command to re-run it"
     );
     let metrics = ok(p, "/metrics").body;
     assert!(metrics.contains("job=\"first\""));

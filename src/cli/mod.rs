@@ -1,267 +1,19 @@
 //! Command-line parsing and dispatch. No business logic lives here: each
 //! subcommand loads what it needs, calls the library, and renders.
 
+mod args;
 mod render;
+
+pub use args::{Cli, Format};
+use args::{Command, CronAction, DEFAULT_CONFIG_DIR, NotifyAction};
 
 use crate::error::{Error, Result};
 use crate::exec::{Context, Request};
 use crate::runner;
 use crate::{exit, host, publish, store};
-use batchguard_config::{self as config, Concurrency, DEFAULT_STATE, Global, Job};
-use clap::{Parser, Subcommand, ValueEnum};
+use batchguard_config::{self as config, DEFAULT_STATE, Global, Job};
+use clap::Parser;
 use std::path::{Path, PathBuf};
-
-/// The configuration directory when `--config-dir` is not given.
-const DEFAULT_CONFIG_DIR: &str = "/etc/batchguard";
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "batchguard",
-    version,
-    about = "Run batch jobs supervised, locked, bounded and recorded"
-)]
-pub struct Cli {
-    /// Configuration directory (batchguard.toml and jobs/NAME.toml).
-    #[arg(
-        long,
-        global = true,
-        env = "BATCHGUARD_CONFIG_DIR",
-        default_value = DEFAULT_CONFIG_DIR
-    )]
-    config_dir: PathBuf,
-    /// State store URL: sqlite:PATH or postgres://…
-    #[arg(long, global = true, env = "BATCHGUARD_STATE")]
-    state: Option<String>,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Clone, Copy, Debug, Default, ValueEnum, PartialEq, Eq)]
-pub enum Format {
-    #[default]
-    Text,
-    Json,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Run a job under supervision.
-    Run {
-        /// The job's name (jobs/JOB.toml).
-        #[arg(required_unless_present = "file", conflicts_with = "file")]
-        job: Option<String>,
-        /// Run this job file instead (name = file stem).
-        #[arg(long)]
-        file: Option<PathBuf>,
-        /// Override a declared param: --param date=2026-11-01
-        #[arg(long = "param", value_name = "K=V", value_parser = parse_param)]
-        params: Vec<(String, String)>,
-        /// The ledger scope to run in.
-        #[arg(long)]
-        scope: Option<String>,
-        /// Process only the keys of shard I of N (FNV-1a 64 of the key mod
-        /// N == I); each shard takes its own lock (LOCK#shard-I-of-N).
-        #[arg(long, value_name = "I/N", value_parser = parse_shard)]
-        shard: Option<(u32, u32)>,
-        /// Distributed coordinator only: enqueue and wait, process no key
-        /// here.
-        #[arg(long)]
-        no_work: bool,
-        /// Start only when this minute is a fire of the job's schedule in
-        /// its timezone; else exit 0 silently (the per-minute cron line of
-        /// a daemon that ignores CRON_TZ).
-        #[arg(long)]
-        if_due: bool,
-    },
-    /// Work on a distributed job's queue (SPEC §6): claim batches of keys
-    /// from the running coordinator's queue and process them.
-    Worker {
-        job: String,
-        /// Items processed at once (default: the job's items.parallelism).
-        #[arg(long)]
-        concurrency: Option<u32>,
-        /// Only work for a coordinator running in this scope.
-        #[arg(long)]
-        scope: Option<String>,
-        /// Keep waiting for coordinators instead of exiting when none runs.
-        #[arg(long)]
-        follow: bool,
-    },
-    /// Run an ad-hoc command under the same supervision.
-    Exec {
-        #[arg(long)]
-        name: String,
-        #[arg(long, value_parser = parse_duration)]
-        timeout: Option<std::time::Duration>,
-        #[arg(long = "memory-max", value_parser = parse_size)]
-        memory_max: Option<u64>,
-        #[arg(long, value_parser = parse_concurrency)]
-        concurrency: Option<Concurrency>,
-        #[arg(last = true, required = true, value_name = "CMD")]
-        command: Vec<String>,
-    },
-    /// Inside a run: rename SRC over DEST only while this run's token is the newest.
-    Publish { src: PathBuf, dest: PathBuf },
-    /// Check the whole configuration directory, and that each job's program
-    /// and each channel's variables exist on this host.
-    Validate {
-        /// Check the files only, not this host (CI on another machine).
-        #[arg(long)]
-        offline: bool,
-    },
-    /// One row per job: last run, outcome, next run.
-    Status {
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-    },
-    /// A job's runs, newest first.
-    Runs {
-        job: String,
-        #[arg(long, default_value_t = 20)]
-        limit: usize,
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-    },
-    /// One run in detail.
-    Show {
-        run_id: String,
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-    },
-    /// A job's item ledger: counts per scope and failed keys;
-    /// `ledger reset JOB --scope S` forgets one scope (clean and redo).
-    Ledger {
-        /// JOB, or `reset JOB`.
-        #[arg(num_args = 1..=2, value_name = "JOB", required = true)]
-        args: Vec<String>,
-        /// One scope only (required for reset; '' is the default scope).
-        #[arg(long)]
-        scope: Option<String>,
-        /// How many failed keys to list per scope.
-        #[arg(long, default_value_t = 20)]
-        limit: usize,
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-    },
-    /// Audit jobs against the guideline (G01-G16).
-    Check {
-        /// Jobs to check (default: all).
-        jobs: Vec<String>,
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-        /// Warnings fail too (exit 1).
-        #[arg(long)]
-        strict: bool,
-        /// Where the cron.d files should be (G13).
-        #[arg(long, default_value = "/etc/cron.d")]
-        cron_dir: PathBuf,
-    },
-    /// Cron schedules (G13): render or install /etc/cron.d files, predict fire times.
-    Cron {
-        #[command(subcommand)]
-        action: CronAction,
-    },
-    /// Record lost runs, raise `missed`, flush notifications (cron runs it every minute).
-    Watchdog,
-    /// Notifications: deliver what the outbox holds, or test a job's channels.
-    Notify {
-        #[command(subcommand)]
-        action: NotifyAction,
-    },
-    /// Read-only web dashboard and Prometheus metrics (SPEC §10).
-    Serve {
-        /// Address to listen on; beyond loopback only with --token-env.
-        #[arg(long, default_value = "127.0.0.1:8470")]
-        listen: String,
-        /// Environment variable holding the access token.
-        #[arg(long, value_name = "VAR")]
-        token_env: Option<String>,
-    },
-    /// A run's log.
-    Logs {
-        run_id: String,
-        /// Keep printing until the run ends.
-        #[arg(long, short)]
-        follow: bool,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum CronAction {
-    /// Print the cron.d content of scheduled jobs (one job, or all and the watchdog).
-    Render {
-        job: Option<String>,
-        /// The cron daemon to write for (default: detected).
-        #[arg(long, value_parser = parse_flavor)]
-        cron_flavor: Option<crate::cron::Flavor>,
-    },
-    /// Write one file per scheduled job (and the watchdog) atomically; remove stale ones.
-    Install {
-        #[arg(long, default_value = "/etc/cron.d")]
-        dir: PathBuf,
-        /// The cron daemon to write for: cronie, vixie (Debian/Ubuntu cron) or busybox (default: detected).
-        #[arg(long, value_parser = parse_flavor)]
-        cron_flavor: Option<crate::cron::Flavor>,
-    },
-    /// The next fire times of a job, in its time zone.
-    Next {
-        job: String,
-        #[arg(short = 'n', default_value_t = 5)]
-        n: usize,
-        /// Start after this time (RFC 3339) instead of now.
-        #[arg(long)]
-        from: Option<String>,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum NotifyAction {
-    /// Deliver every undelivered notification that is due.
-    Flush,
-    /// Send a test notification through each of the job's channels.
-    Test { job: String },
-}
-
-fn parse_flavor(s: &str) -> std::result::Result<crate::cron::Flavor, String> {
-    s.parse()
-}
-
-fn parse_param(s: &str) -> std::result::Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("`{s}` is not K=V")),
-    }
-}
-
-fn parse_shard(s: &str) -> std::result::Result<(u32, u32), String> {
-    let bad = || format!("`{s}` is not I/N with 0 <= I < N (for example 0/3)");
-    let (i, n) = s.split_once('/').ok_or_else(bad)?;
-    let (i, n) = (
-        i.parse::<u32>().map_err(|_| bad())?,
-        n.parse::<u32>().map_err(|_| bad())?,
-    );
-    if n == 0 || i >= n {
-        return Err(bad());
-    }
-    Ok((i, n))
-}
-
-fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
-    config::parse_duration(s)
-}
-
-fn parse_size(s: &str) -> std::result::Result<u64, String> {
-    config::parse_size(s)
-}
-
-fn parse_concurrency(s: &str) -> std::result::Result<Concurrency, String> {
-    match s {
-        "forbid" => Ok(Concurrency::Forbid),
-        "replace" => Ok(Concurrency::Replace),
-        "allow" => Ok(Concurrency::Allow),
-        _ => Err(format!("`{s}` is not one of forbid, replace, allow")),
-    }
-}
 
 /// Parse the command line, run it, and return the process exit code.
 pub fn main() -> i32 {
@@ -461,6 +213,14 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Command::Serve { listen, token_env } => {
             crate::serve::command(&dir, cli.state.as_deref(), listen, token_env.as_deref())
         }
+        Command::Completions { shell } => {
+            args::completions(*shell, &mut std::io::stdout());
+            Ok(exit::OK)
+        }
+        Command::Man => {
+            args::man(&mut std::io::stdout()).map_err(|e| Error::io("write", "stdout", e))?;
+            Ok(exit::OK)
+        }
         Command::Logs { run_id, follow } => {
             let ctx = read_context(&cli)?;
             render::logs(&ctx, run_id, *follow)
@@ -626,24 +386,21 @@ fn host_problems(cfg: &config::Config) -> Vec<batchguard_config::Diagnostic> {
     found
 }
 
-/// `status`, `runs` and `show`. They only read: a run whose runner died is
-/// shown `lost` ([`runner::as_seen`]) and recorded by the next run or the
-/// watchdog.
+/// `status`, `runs` and `show`: spooled outcomes and lost runs are
+/// recorded first, so what they show is current; their notifications wait
+/// in the outbox for the next run or the watchdog (a read command never
+/// spends time delivering).
 fn records(cli: &Cli) -> Result<i32> {
     let dir = &cli.config_dir;
     let ctx = read_context(cli)?;
+    runner::reap_lost(&ctx, &|name| load_job(dir, name, &ctx.global).ok())?;
     match &cli.command {
         Command::Status { format } => {
             let jobs = load_jobs_leniently(dir, &ctx.global);
             render::status(&ctx, &jobs, *format)
         }
         Command::Runs { job, limit, format } => {
-            let runs: Vec<_> = ctx
-                .store
-                .list_runs(Some(job), *limit)?
-                .into_iter()
-                .map(|r| runner::as_seen(&ctx, r))
-                .collect();
+            let runs = ctx.store.list_runs(Some(job), *limit)?;
             if runs.is_empty() {
                 known_job(dir, job)?;
             }
@@ -654,7 +411,7 @@ fn records(cli: &Cli) -> Result<i32> {
                 .store
                 .get_run(run_id)?
                 .ok_or_else(|| Error::UnknownRun(run_id.clone()))?;
-            render::show(&runner::as_seen(&ctx, run), *format)
+            render::show(&run, *format)
         }
         _ => Err(Error::Internal(
             "records() called for another command".into(),
@@ -680,7 +437,10 @@ fn read_context(cli: &Cli) -> Result<Context> {
         state_url: url,
         global,
         me,
-        invocation: invocation(cli),
+        invocation: crate::exec::Invocation {
+            read_only: true,
+            ..invocation(cli)
+        },
     })
 }
 
@@ -787,7 +547,9 @@ fn watchdog(cli: &Cli) -> Result<i32> {
     let jobs = load_jobs_leniently(&cli.config_dir, &global);
     let ctx = context(cli, global)?;
     let r = crate::watchdog::run(&ctx, &jobs)?;
-    if r.lost > 0 || !r.missed.is_empty() || r.pending > 0 {
+    // A line only when something happened: not every minute while a
+    // channel stays down and its notifications wait (cron mails each line).
+    if r.lost > 0 || !r.missed.is_empty() || r.delivered > 0 || r.first_failures > 0 {
         eprintln!(
             "batchguard watchdog: {} lost, missed: [{}], {} notifications delivered, {} pending",
             r.lost,

@@ -162,12 +162,7 @@ pub fn show(r: &RunRecord, format: Format) -> Result<i32> {
 }
 
 pub fn status(ctx: &Context, jobs: &[Job], format: Format) -> Result<i32> {
-    let last: Vec<RunRecord> = ctx
-        .store
-        .last_runs()?
-        .into_iter()
-        .map(|r| crate::runner::as_seen(ctx, r))
-        .collect();
+    let last = ctx.store.last_runs()?;
     let now = jiff::Zoned::now();
     let mut entries = Vec::new();
     let mut names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();

@@ -44,6 +44,10 @@ pub struct Invocation {
     pub file: Option<std::path::PathBuf>,
     /// An `exec` run: its arguments after `exec`.
     pub exec: Option<Vec<String>>,
+    /// A read command (`status`, `runs`, `show`): what it records (lost
+    /// runs, spooled outcomes) is notified through the outbox, delivered
+    /// by the next run or the watchdog, never by someone looking.
+    pub read_only: bool,
 }
 
 /// What the operator asked for on the command line.

@@ -227,66 +227,71 @@ fn environment(job: &Job, withheld: &[&str]) -> Result<Environment> {
     Ok((env.into_iter().collect(), secrets, run_as))
 }
 
-/// The exact command that re-runs this run (SPEC §4): `--config-dir` and
-/// `--state` (its password removed) when they differ from the defaults,
-/// first, so they stay options even before an `exec`'s `--`; then `run JOB`
-/// (or `run --file PATH`, or the `exec` command line itself), every
-/// `--param`, `--scope` and `--shard`. A param whose value is a secret is
-/// shown as `***`, with a note naming what to supply.
+/// The exact command that re-runs this run (SPEC §4): `run JOB` (or `run
+/// --file PATH`), every `--param`, `--scope` and `--shard`, then
+/// `--config-dir` and `--state` (its password removed) when they differ
+/// from the defaults; for an `exec` run, the `exec` command line itself with
+/// those two options before its `--` (after it they would be the job's
+/// arguments). A param whose value is a secret is shown as `***`, with a
+/// note naming what to supply.
 pub(crate) fn rerun_command(ctx: &super::Context, job: &Job, p: &Prepared) -> String {
     let inv = &ctx.invocation;
-    let mut cmd = String::from("batchguard");
     let mut notes = Vec::new();
-    let arg = |cmd: &mut String, a: &str| {
-        cmd.push(' ');
-        cmd.push_str(&shell_quote(a));
-    };
+    let mut globals = Vec::new();
     if let Some(dir) = &inv.config_dir {
-        arg(&mut cmd, "--config-dir");
-        arg(&mut cmd, &dir.display().to_string());
+        globals.extend(["--config-dir".to_string(), dir.display().to_string()]);
     }
     if ctx.state_url != batchguard_config::DEFAULT_STATE {
         let shown = crate::redact::redact_url(&ctx.state_url);
         if shown != ctx.state_url {
             notes.push("the --state password is removed: supply it".to_string());
         }
-        arg(&mut cmd, "--state");
-        arg(&mut cmd, &shown);
+        globals.extend(["--state".to_string(), shown]);
     }
-    if let Some(args) = &inv.exec {
-        arg(&mut cmd, "exec");
-        for a in args {
-            arg(&mut cmd, &p.redactor.redact(a));
+    let mut args: Vec<String> = Vec::new();
+    if let Some(exec) = &inv.exec {
+        args.push("exec".into());
+        let dashes = exec.iter().position(|a| a == "--").unwrap_or(exec.len());
+        args.extend(
+            exec[..dashes]
+                .iter()
+                .map(|a| p.redactor.redact(a).into_owned()),
+        );
+        args.append(&mut globals);
+        args.extend(
+            exec[dashes..]
+                .iter()
+                .map(|a| p.redactor.redact(a).into_owned()),
+        );
+    } else {
+        args.push("run".into());
+        match &inv.file {
+            Some(file) => args.extend(["--file".to_string(), file.display().to_string()]),
+            None => args.push(job.name.clone()),
         }
-        return with_notes(cmd, &notes);
-    }
-    arg(&mut cmd, "run");
-    match &inv.file {
-        Some(file) => {
-            arg(&mut cmd, "--file");
-            arg(&mut cmd, &file.display().to_string());
+        for (k, v) in &p.params {
+            let shown = p.redactor.redact(v);
+            if shown != v.as_str() {
+                notes.push(format!("*** in --param {k} is a secret: supply its value"));
+            }
+            args.extend(["--param".to_string(), format!("{k}={shown}")]);
         }
-        None => arg(&mut cmd, &job.name),
-    }
-    for (k, v) in &p.params {
-        let shown = p.redactor.redact(v);
-        if shown != v.as_str() {
-            notes.push(format!("*** in --param {k} is a secret: supply its value"));
+        if let Some(scope) = &p.scope {
+            args.extend(["--scope".to_string(), scope.clone()]);
         }
-        arg(&mut cmd, "--param");
-        arg(&mut cmd, &format!("{k}={shown}"));
+        if let Some((i, n)) = job
+            .lock
+            .rsplit_once("#shard-")
+            .and_then(|(_, s)| s.split_once("-of-"))
+        {
+            args.extend(["--shard".to_string(), format!("{i}/{n}")]);
+        }
+        args.append(&mut globals);
     }
-    if let Some(scope) = &p.scope {
-        arg(&mut cmd, "--scope");
-        arg(&mut cmd, scope);
-    }
-    if let Some((i, n)) = job
-        .lock
-        .rsplit_once("#shard-")
-        .and_then(|(_, s)| s.split_once("-of-"))
-    {
-        arg(&mut cmd, "--shard");
-        arg(&mut cmd, &format!("{i}/{n}"));
+    let mut cmd = String::from("batchguard");
+    for a in &args {
+        cmd.push(' ');
+        cmd.push_str(&shell_quote(a));
     }
     with_notes(cmd, &notes)
 }

@@ -153,6 +153,9 @@ pub fn enqueue(
 pub struct FlushReport {
     pub delivered: u64,
     pub failed: u64,
+    /// Of `failed`, the notifications that failed for the first time: the
+    /// news worth a line (a retry that fails again is not).
+    pub first_failures: u64,
     pub pending: u64,
 }
 
@@ -214,10 +217,20 @@ pub fn flush(
                 Err(err) => {
                     report.failed += 1;
                     let next = now + retry_after(row.attempts).as_millis() as i64;
-                    tracing::warn!(
-                        channel = %row.channel, id = %row.id,
-                        "notification not delivered ({err}); retried later"
-                    );
+                    // Said once per notification: a channel that stays down
+                    // must not fill cron's mail every minute.
+                    if row.attempts == 0 {
+                        report.first_failures += 1;
+                        tracing::warn!(
+                            channel = %row.channel, id = %row.id,
+                            "notification not delivered ({err}); retried later"
+                        );
+                    } else {
+                        tracing::debug!(
+                            channel = %row.channel, id = %row.id, attempts = row.attempts,
+                            "notification still not delivered ({err})"
+                        );
+                    }
                     if let Err(e) = store.outbox_failed(&OutboxFailure {
                         id: &row.id,
                         channel: &row.channel,

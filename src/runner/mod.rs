@@ -707,29 +707,6 @@ pub fn reap_lost(ctx: &Context, find_job: &dyn Fn(&str) -> Option<Job>) -> Resul
     Ok(n)
 }
 
-/// A run as a read command shows it. Read commands never write, so they do
-/// not record losses: a `running` run whose runner is gone (and, on this
-/// machine, whose process tree is gone too) is shown `lost`, which the next
-/// run of its lock or the watchdog records (with its notification).
-pub fn as_seen(ctx: &Context, mut run: RunRecord) -> RunRecord {
-    if run.outcome != "running" {
-        return run;
-    }
-    let lease_ms = ctx.global.lease.as_millis() as i64;
-    let now = clock::now_ms();
-    if host::runner_alive(&ctx.me, &run.runner, run.heartbeat_ms + 2 * lease_ms, now) {
-        return run;
-    }
-    if host::same_machine(&ctx.me, &run.runner) {
-        let (cgroup, pgid) = lock::verified_tree(&run.id, run.cgroup.as_deref(), run.pgid);
-        if supervise::tree_alive(cgroup.as_deref(), pgid) {
-            return run;
-        }
-    }
-    run.outcome = Outcome::Lost.as_str().to_string();
-    run
-}
-
 /// The orphaned tree of a lost run on this machine: `true` when it is gone
 /// (or was stopped now because the job's `timeout` has passed), `false`
 /// while it may still run.

@@ -209,6 +209,9 @@ pub(crate) fn run_ended(
     if stored == 0 && ctx.store.outbox_pending().unwrap_or(1) == 0 {
         return told;
     }
+    if ctx.invocation.read_only {
+        return told;
+    }
     let report = notify::flush(ctx.store.as_ref(), &ctx.global, notify::FLUSH_BUDGET, false);
     if report.failed > 0 {
         tracing::warn!(
@@ -284,7 +287,9 @@ pub(crate) fn overrun(ctx: &Context, job: &Job, p: &Prepared, run: &RunRecord, e
             .unwrap_or_default()
     );
     let _ = notify::enqueue(ctx.store.as_ref(), &ctx.global, job, &payload, true);
-    notify::flush(ctx.store.as_ref(), &ctx.global, notify::FLUSH_BUDGET, false);
+    if !ctx.invocation.read_only {
+        notify::flush(ctx.store.as_ref(), &ctx.global, notify::FLUSH_BUDGET, false);
+    }
 }
 
 /// Repeated overruns are summarised like repeated failures (SPEC §7): an

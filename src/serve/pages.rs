@@ -762,10 +762,10 @@ fn shell_words(argv: &[String]) -> String {
     argv.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")
 }
 
-/// The command that re-runs `run` (SPEC §4): `--config-dir`, `--state`
-/// (password removed) and `--file` when they differ from the defaults,
-/// every param and the scope. `None` for an ad-hoc run (its command line
-/// is not recorded).
+/// The command that re-runs `run` (SPEC §4): the one its runner recorded;
+/// for runs recorded before that existed, rebuilt from the configuration
+/// (`--config-dir`, `--state` with the password removed, `--file`, every
+/// param and the scope). `None` for such an old ad-hoc run.
 pub fn rerun(app: &App, cfg: &Configs, run: &RunRecord) -> Option<String> {
     if let Some(r) = &run.rerun {
         return Some(r.clone());

@@ -526,8 +526,8 @@ mod tests {
         };
         let run = crate::store::conformance::record("r", "job", &who);
         let sql = insert_run_sql('$');
-        assert!(sql.ends_with("$29)"), "{sql}");
-        assert_eq!(run_values(&run, 1).len(), 29);
+        assert!(sql.ends_with("$31)"), "{sql}");
+        assert_eq!(run_values(&run, 1).len(), 31);
     }
 
     #[test]

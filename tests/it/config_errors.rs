@@ -10,7 +10,12 @@ fn typo_names_file_line_column_and_suggestion() {
     env.job("typo", "command = [\"true\"]\ntimout = \"5m\"\n");
     let d = env.run(&["run", "typo"]);
     d.code(78).stderr_has("typo.toml:2:1").stderr_has("timeout");
-    // Nothing was recorded for a run that could not be configured.
+    // Nothing was recorded for a run that could not be configured: not
+    // even a state store was created.
+    env.run(&["runs", "typo", "--format", "json"])
+        .code(69)
+        .stderr_has("no state store");
+    env.create_store();
     let runs = env.run(&["runs", "typo", "--format", "json"]);
     assert_eq!(runs.json().as_array().unwrap().len(), 0);
 }

@@ -62,6 +62,9 @@ time.sleep(40)\n",
     let r = env.last_run("locked");
     assert_eq!(r["outcome"], "failure", "{r}");
     assert_eq!(r["exit_code"], 4, "{r}");
+    // A read command stores the notification; the watchdog delivers it.
+    assert_eq!(hook.count(), 0, "a read command delivered a notification");
+    env.run(&["watchdog"]).code(0);
     hook.wait_for_one("the failure notification", 15);
     let sent = hook.take();
     assert_eq!(sent[0].json()["event"], "failure");

@@ -116,6 +116,13 @@ impl Env {
             .expect("spawn batchguard")
     }
 
+    /// Create the state store as the first run or the watchdog would (read
+    /// commands never create one: SPEC §8).
+    pub fn create_store(&self) -> &Env {
+        self.run(&["notify", "flush"]).code(0);
+        self
+    }
+
     pub fn runs(&self, job: &str) -> Vec<Value> {
         let d = self.run(&["runs", job, "--limit", "1000", "--format", "json"]);
         d.code(0);

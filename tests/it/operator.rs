@@ -107,11 +107,11 @@ fn an_unknown_job_is_exit_1_naming_the_known_ones() {
     assert_eq!(d.json(), serde_json::json!([]));
 }
 
-/// `status`, `runs` and `show` only read: a run whose runner died is shown
-/// `lost` at once, but recorded (and notified) by the watchdog or the next
-/// run, not by someone looking.
+/// `status`, `runs` and `show` record what they find (a lost run) but
+/// never spend time delivering: the notification waits in the outbox for
+/// the watchdog or the next run.
 #[test]
-fn read_commands_show_a_lost_run_without_recording_or_notifying_it() {
+fn read_commands_record_a_lost_run_but_leave_its_notification_to_the_watchdog() {
     use crate::harness::{read_pid, wait_child, wait_for};
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
@@ -324,4 +324,54 @@ fn show_says_when_a_run_had_no_memory_limit() {
     assert!(!free.contains("(none)"), "{free}");
     let bounded = show("bounded");
     assert!(bounded.contains("of memory_max 64"), "{bounded}");
+}
+
+/// Cron mails every line the watchdog prints: a channel that stays down
+/// is said once, not every minute.
+#[test]
+fn the_watchdog_is_silent_while_a_down_channel_waits_for_its_retry() {
+    let env = Env::new();
+    let port = crate::receiver::free_port();
+    env.global(&format!(
+        "[channels.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{port}/\"\n"
+    ));
+    env.hooked_job("flaky", "command = [\"false\"]");
+    env.run(&["run", "flaky"])
+        .code(1)
+        .stderr_has("notification not delivered");
+    for _ in 0..2 {
+        let w = env.run(&["watchdog"]);
+        w.code(0);
+        assert_eq!(w.stderr(), "", "the watchdog spoke about old news");
+    }
+}
+
+#[test]
+fn completions_and_the_man_page_come_from_the_cli_definition() {
+    let env = Env::new();
+    let bash = env.run(&["completions", "bash"]);
+    bash.code(0);
+    let text = bash.stdout();
+    assert!(text.contains("complete -F"), "not a bash completion script");
+    for sub in ["run", "exec", "status", "ledger", "cron", "completions"] {
+        assert!(text.contains(sub), "bash completion lacks {sub}");
+    }
+    for shell in ["zsh", "fish"] {
+        let d = env.run(&["completions", shell]);
+        d.code(0);
+        assert!(d.stdout().contains("--config-dir"), "{shell}");
+    }
+    env.run(&["completions", "tcsh"]).code(2);
+    let man = env.run(&["man"]);
+    man.code(0);
+    let page = man.stdout();
+    assert!(page.starts_with(".ie") || page.starts_with(".TH"), "{page}");
+    assert!(page.contains(".TH batchguard 1"), "no title");
+    assert!(page.contains(".SH \"RUN\""), "no section per subcommand");
+    assert!(page.contains(".SH \"EXIT STATUS\""), "no exit codes");
+    assert!(page.contains("\\-\\-memory\\-max"), "exec flags missing");
+    // The help texts point to the project's reference, never a SPEC.
+    let help = env.run(&["--help"]).stdout();
+    assert!(help.contains("docs/reference.md"), "{help}");
+    assert!(!help.contains("SPEC"), "{help}");
 }

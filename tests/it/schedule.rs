@@ -122,7 +122,10 @@ fn watchdog_raises_missed_exactly_once() {
     if !(3..=56).contains(&sec) {
         std::thread::sleep(std::time::Duration::from_secs(6));
     }
-    let status = env.run(&["status", "--format", "json"]).json();
+    let status = env
+        .create_store()
+        .run(&["status", "--format", "json"])
+        .json();
     assert_eq!(status["jobs"][0]["missed"], true, "{status}");
     env.run(&["watchdog"]).code(0);
     env.run(&["watchdog"]).code(0);
@@ -148,7 +151,10 @@ fn schedules_that_never_fire_are_warnings_and_wider_syntax_is_refused() {
     d.code(0)
         .stderr_has("warning: ")
         .stderr_has("feb30.toml: schedule \"0 0 30 2 *\" never fires");
-    let report = env.run(&["check", "feb30", "--format", "json"]).json();
+    let report = env
+        .create_store()
+        .run(&["check", "feb30", "--format", "json"])
+        .json();
     let g13 = report["jobs"][0]["rules"]
         .as_array()
         .unwrap()

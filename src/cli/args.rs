@@ -1,0 +1,402 @@
+//! The command line as clap sees it: every command, flag and its help. The
+//! same definition generates the shell completions and the man page
+//! (`batchguard completions SHELL`, `batchguard man`). docs/reference.md is
+//! the long form.
+
+use batchguard_config::{self as config, Concurrency};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// The configuration directory when `--config-dir` is not given.
+pub(super) const DEFAULT_CONFIG_DIR: &str = "/etc/batchguard";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "batchguard",
+    version,
+    about = "Run batch jobs supervised, locked, bounded and recorded",
+    after_help = "Exit codes, config keys, JSON shapes and files: docs/reference.md (or `man batchguard`)."
+)]
+pub struct Cli {
+    /// Configuration directory (batchguard.toml and jobs/NAME.toml).
+    #[arg(
+        long,
+        global = true,
+        env = "BATCHGUARD_CONFIG_DIR",
+        default_value = DEFAULT_CONFIG_DIR,
+        value_name = "DIR"
+    )]
+    pub config_dir: PathBuf,
+    /// State store URL: sqlite:PATH or postgres://… [default: `state` in
+    /// batchguard.toml, else sqlite:/var/lib/batchguard/state.db]
+    #[arg(long, global = true, env = "BATCHGUARD_STATE", value_name = "URL")]
+    pub state: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How read commands print.
+#[derive(Clone, Copy, Debug, Default, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    /// Aligned columns for people.
+    #[default]
+    Text,
+    /// The JSON shapes of docs/reference.md, for scripts.
+    Json,
+}
+
+/// A shell to generate completions for.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a job under supervision: lock, limits, retries, record, notify.
+    Run {
+        /// The job's name (DIR/jobs/JOB.toml).
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        job: Option<String>,
+        /// Run this job file instead (its name is the file stem).
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+        /// Override a declared param (repeatable): --param date=2026-11-01
+        #[arg(long = "param", value_name = "K=V", value_parser = parse_param)]
+        params: Vec<(String, String)>,
+        /// The ledger scope to run in (default: the job's items.scope).
+        #[arg(long, value_name = "S")]
+        scope: Option<String>,
+        /// Process only the keys of shard I of N (FNV-1a 64 of the key mod
+        /// N == I); each shard takes its own lock (LOCK#shard-I-of-N).
+        #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+        shard: Option<(u32, u32)>,
+        /// Distributed coordinator only: enqueue and wait, process no key
+        /// here.
+        #[arg(long)]
+        no_work: bool,
+        /// Start only when this minute is a fire of the job's schedule in
+        /// its timezone; else exit 0 silently (the per-minute cron line of
+        /// a daemon that ignores CRON_TZ).
+        #[arg(long)]
+        if_due: bool,
+    },
+    /// Work on a distributed job's queue: claim batches of keys from the
+    /// running coordinator's queue and process them.
+    Worker {
+        /// The distributed job ([distributed] enabled = true).
+        job: String,
+        /// Items processed at once (default: the job's items.parallelism).
+        #[arg(long, value_name = "N")]
+        concurrency: Option<u32>,
+        /// Only work for a coordinator running in this scope.
+        #[arg(long, value_name = "S")]
+        scope: Option<String>,
+        /// Keep waiting for coordinators instead of exiting when none runs.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Run an ad-hoc command under the same supervision (recorded with
+    /// "adhoc": true; NAME must not be a configured job).
+    Exec {
+        /// The run's job name (not one of DIR/jobs).
+        #[arg(long)]
+        name: String,
+        /// Kill the whole tree after this long: 90s, 30m, 2h.
+        #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+        timeout: Option<std::time::Duration>,
+        /// Hard memory limit of the tree: 512MiB, 2GiB.
+        #[arg(long = "memory-max", value_parser = parse_size, value_name = "SIZE")]
+        memory_max: Option<u64>,
+        /// forbid (default), replace or allow overlapping runs of NAME.
+        #[arg(long, value_parser = parse_concurrency, value_name = "POLICY")]
+        concurrency: Option<Concurrency>,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Inside a run: rename SRC over DEST only while this run's token is
+    /// the newest (else exit 75, DEST untouched).
+    Publish {
+        /// The finished result, written beside DEST.
+        src: PathBuf,
+        /// Where the result goes.
+        dest: PathBuf,
+    },
+    /// Check the whole configuration directory, and that each job's program
+    /// and each channel's variables exist on this host.
+    Validate {
+        /// Check the files only, not this host (CI on another machine).
+        #[arg(long)]
+        offline: bool,
+    },
+    /// One row per job: last run, outcome, next run, state.
+    Status {
+        /// text or json.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// A job's runs, newest first.
+    Runs {
+        /// The job's name.
+        job: String,
+        /// How many runs to list.
+        #[arg(long, default_value_t = 20, value_name = "N")]
+        limit: usize,
+        /// text or json.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// One run in detail.
+    Show {
+        /// The run's id (from `runs`, a report or a notification).
+        run_id: String,
+        /// text or json.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// A job's item ledger: counts per scope and failed keys;
+    /// `ledger reset JOB --scope S` forgets one scope (clean and redo).
+    Ledger {
+        /// JOB, or `reset JOB`.
+        #[arg(num_args = 1..=2, value_name = "JOB", required = true)]
+        args: Vec<String>,
+        /// One scope only (required for reset; '' is the default scope).
+        #[arg(long, value_name = "S")]
+        scope: Option<String>,
+        /// How many failed keys to list per scope.
+        #[arg(long, default_value_t = 20, value_name = "N")]
+        limit: usize,
+        /// text or json.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Audit jobs against the guideline (G01-G16); exit 1 on a fail.
+    Check {
+        /// Jobs to check (default: all).
+        jobs: Vec<String>,
+        /// text or json.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+        /// Warnings fail too (exit 1).
+        #[arg(long)]
+        strict: bool,
+        /// Where the cron.d files should be (G13).
+        #[arg(long, default_value = "/etc/cron.d", value_name = "DIR")]
+        cron_dir: PathBuf,
+    },
+    /// Cron schedules (G13): render or install /etc/cron.d files, predict
+    /// fire times.
+    Cron {
+        #[command(subcommand)]
+        action: CronAction,
+    },
+    /// Record lost runs, raise `missed`, flush notifications (cron runs it
+    /// every minute; it prints only when something happened).
+    Watchdog,
+    /// Notifications: deliver what the outbox holds, or test a job's
+    /// channels.
+    Notify {
+        #[command(subcommand)]
+        action: NotifyAction,
+    },
+    /// Read-only web dashboard, JSON API and Prometheus metrics.
+    Serve {
+        /// Address to listen on; beyond loopback only with --token-env.
+        #[arg(long, default_value = "127.0.0.1:8470", value_name = "ADDR")]
+        listen: String,
+        /// Environment variable holding the access token.
+        #[arg(long, value_name = "VAR")]
+        token_env: Option<String>,
+    },
+    /// A run's log (stdout and stderr interleaved, timestamped).
+    Logs {
+        /// The run's id.
+        run_id: String,
+        /// Keep printing until the run ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Print shell completions: `batchguard completions bash >
+    /// /etc/bash_completion.d/batchguard`.
+    Completions {
+        /// bash, zsh or fish.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the man page (roff): `batchguard man | man -l -`.
+    Man,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CronAction {
+    /// Print the cron.d content of scheduled jobs (one job, or all and the
+    /// watchdog).
+    Render {
+        /// One job only (default: every scheduled job and the watchdog).
+        job: Option<String>,
+        /// The cron daemon to write for: cronie, vixie or busybox (default:
+        /// detected).
+        #[arg(long, value_parser = parse_flavor, value_name = "FLAVOR")]
+        cron_flavor: Option<crate::cron::Flavor>,
+    },
+    /// Write one file per scheduled job (and the watchdog) atomically;
+    /// remove stale ones.
+    Install {
+        /// The cron directory (it must exist).
+        #[arg(long, default_value = "/etc/cron.d", value_name = "DIR")]
+        dir: PathBuf,
+        /// The cron daemon to write for: cronie, vixie (Debian/Ubuntu cron)
+        /// or busybox (default: detected).
+        #[arg(long, value_parser = parse_flavor, value_name = "FLAVOR")]
+        cron_flavor: Option<crate::cron::Flavor>,
+    },
+    /// The next fire times of a job, in its time zone.
+    Next {
+        /// The scheduled job.
+        job: String,
+        /// How many fire times.
+        #[arg(short = 'n', default_value_t = 5)]
+        n: usize,
+        /// Start after this time (RFC 3339) instead of now.
+        #[arg(long, value_name = "TIME")]
+        from: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NotifyAction {
+    /// Deliver every undelivered notification now, due or not.
+    Flush,
+    /// Send a test notification through each of the job's channels.
+    Test {
+        /// The job whose channels to test.
+        job: String,
+    },
+}
+
+fn parse_flavor(s: &str) -> std::result::Result<crate::cron::Flavor, String> {
+    s.parse()
+}
+
+fn parse_param(s: &str) -> std::result::Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("`{s}` is not K=V")),
+    }
+}
+
+fn parse_shard(s: &str) -> std::result::Result<(u32, u32), String> {
+    let bad = || format!("`{s}` is not I/N with 0 <= I < N (for example 0/3)");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n) = (
+        i.parse::<u32>().map_err(|_| bad())?,
+        n.parse::<u32>().map_err(|_| bad())?,
+    );
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
+fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    config::parse_duration(s)
+}
+
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    config::parse_size(s)
+}
+
+fn parse_concurrency(s: &str) -> std::result::Result<Concurrency, String> {
+    match s {
+        "forbid" => Ok(Concurrency::Forbid),
+        "replace" => Ok(Concurrency::Replace),
+        "allow" => Ok(Concurrency::Allow),
+        _ => Err(format!("`{s}` is not one of forbid, replace, allow")),
+    }
+}
+
+/// Write the completions for `shell` to `out`.
+pub fn completions(shell: Shell, out: &mut dyn std::io::Write) {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    match shell {
+        Shell::Bash => {
+            clap_complete::generate(clap_complete::Shell::Bash, &mut cmd, "batchguard", out)
+        }
+        Shell::Zsh => {
+            clap_complete::generate(clap_complete::Shell::Zsh, &mut cmd, "batchguard", out)
+        }
+        Shell::Fish => {
+            clap_complete::generate(clap_complete::Shell::Fish, &mut cmd, "batchguard", out)
+        }
+    }
+}
+
+/// The exit codes as the man page lists them (docs/reference.md §4).
+const EXIT_CODES: &[(&str, &str)] = &[
+    (
+        "0",
+        "success (also: --if-due outside a fire, nothing to do)",
+    ),
+    (
+        "1",
+        "the job failed with exit 1 or items failed; a check fail; an unknown job or run",
+    ),
+    ("2", "usage error"),
+    (
+        "69",
+        "the state store is unreachable, missing (read commands) or failing",
+    ),
+    ("70", "an internal error of batchguard"),
+    (
+        "73",
+        "a cron.d file cannot be created (foreign file, missing directory)",
+    ),
+    ("74", "an I/O error"),
+    ("75", "skipped (lock held) or fenced; publish refused"),
+    (
+        "78",
+        "configuration error, or the config directory does not exist",
+    ),
+    ("124", "timeout"),
+    ("126, 127", "the command is not executable, not found"),
+    ("137", "killed at memory_max (oom)"),
+    ("128+N", "ended by signal N from outside"),
+];
+
+/// Write the man page (roff) to `out`: the command, then one section per
+/// subcommand.
+pub fn man(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let man = clap_mangen::Man::new(cmd.clone());
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
+    man.render_subcommands_section(out)?;
+    for sub in cmd.get_subcommands() {
+        let page = clap_mangen::Man::new(
+            sub.clone()
+                .bin_name(format!("batchguard {}", sub.get_name())),
+        );
+        writeln!(out, ".SH \"{}\"", sub.get_name().to_uppercase())?;
+        page.render_synopsis_section(out)?;
+        page.render_options_section(out)?;
+    }
+    writeln!(out, ".SH \"EXIT STATUS\"")?;
+    for (code, meaning) in EXIT_CODES {
+        writeln!(out, ".TP\n\\fB{code}\\fR\n{meaning}")?;
+    }
+    writeln!(out, ".SH \"SEE ALSO\"")?;
+    writeln!(
+        out,
+        "/usr/share/doc/batchguard/reference.md: every config key, exit code, JSON shape, file and variable."
+    )?;
+    man.render_version_section(out)?;
+    man.render_authors_section(out)
+}
