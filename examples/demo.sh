@@ -5,12 +5,20 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 demo=${1:-/tmp/batchguard-demo}
 
-cargo build --release --quiet --manifest-path "$here/../Cargo.toml"
+# Only a directory this script made (or an empty one) is ever wiped.
+if [ -e "$demo" ] && [ ! -e "$demo/.batchguard-demo" ] && [ -n "$(ls -A "$demo" 2>/dev/null)" ]; then
+  echo "demo.sh: $demo exists and is not a demo directory (no .batchguard-demo); pick another: $0 DIR" >&2
+  exit 2
+fi
+echo "# building batchguard (release build: about 2 minutes the first time)"
+cargo build --release --manifest-path "$here/../Cargo.toml"
+echo
 bin=$(cd "$here/.." && pwd)/target/release/batchguard
 export PATH="$(dirname "$bin"):$PATH"   # jobs call `batchguard publish`
 
 rm -rf "$demo"
 mkdir -p "$demo/etc/jobs" "$demo/env" "$demo/reports"
+touch "$demo/.batchguard-demo"
 cat > "$demo/etc/batchguard.toml" <<TOML
 state = "sqlite:$demo/state.db"
 log_dir = "$demo/log"
@@ -32,13 +40,18 @@ echo "# a second run of the same day while the first holds the lock is skipped (
 sleep 0.2
 bg run nightly-report --param date=2026-01-01 || echo "exit code $?"
 wait
+bg runs nightly-report --limit 3
 echo
 echo "# a failing job: the report cron would mail"
 bg run flaky-sync || echo "exit code $?"
 echo
 echo "# a resumable items job (stream mode, 500 keys): a re-run skips every finished key"
+items() { "$bin" --config-dir "$demo/etc" runs order-sync --limit 1 --format json \
+  | python3 -c 'import json,sys; i=json.load(sys.stdin)[0]["items"]; print(f"  -> {i[\"done\"]} keys done, {i[\"skipped\"]} skipped as already finished, {i[\"failed\"]} failed")'; }
 bg run order-sync
+items
 bg run order-sync
+items
 bg ledger order-sync
 echo
 echo "# the guideline audit of one job (exit 1: some rules fail)"

@@ -703,3 +703,49 @@ fn ledger_of_1m_keys() {
     }
     bulk(1_000_000);
 }
+
+/// A read command against a PostgreSQL server that is not there says why
+/// at once (exit 69, the driver's cause), instead of retrying for half a
+/// minute and printing "error connecting to server"; a database that does
+/// not exist is named, not "db error".
+#[test]
+fn read_commands_name_the_postgres_cause_quickly() {
+    if !pg_common::available("read_commands_name_the_postgres_cause_quickly") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("jobs")).unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let status = |state: &str| {
+        let t = Instant::now();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_batchguard"))
+            .arg("--config-dir")
+            .arg(tmp.path())
+            .args(["--state", state, "status"])
+            .env_remove("BATCHGUARD_STATE")
+            .output()
+            .unwrap();
+        (out, t.elapsed())
+    };
+    let (out, took) = status(&format!("postgres://postgres@127.0.0.1:{port}/test"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(err.contains("onnection refused"), "{err}");
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+    let base = base();
+    let missing = match base.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/bg_no_such_database"),
+        None => panic!("BATCHGUARD_TEST_PG has no database: {base}"),
+    };
+    let (out, _) = status(&missing);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(
+        err.contains("database \"bg_no_such_database\" does not exist"),
+        "{err}"
+    );
+}

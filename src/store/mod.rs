@@ -56,7 +56,7 @@ pub enum StoreError {
         "state store {url}: schema version {found} is newer than this batchguard knows ({known}); upgrade batchguard"
     )]
     SchemaTooNew { url: String, found: i64, known: i64 },
-    #[error("state store {url}: {source}")]
+    #[error("state store {url}: {}", postgres::describe(source))]
     Postgres {
         /// The URL with its password redacted.
         url: String,
@@ -392,14 +392,22 @@ pub fn open(url: &str) -> Result<Box<dyn Store>> {
 /// Open the store at `url` for a read command: like [`open`], but a SQLite
 /// file that does not exist is [`StoreError::Missing`] instead of a new,
 /// empty store (and a directory) created by a command that only reads.
+/// A PostgreSQL server that does not answer fails it within about
+/// [`READ_RETRY`] instead of the runner's 30 s of retries.
 pub fn open_existing(url: &str) -> Result<Box<dyn Store>> {
     if let Some(path) = sqlite_path(url) {
         if !Path::new(path).exists() {
             return Err(StoreError::Missing { path: path.into() });
         }
     }
-    open(url)
+    match open_backend_with(url, READ_RETRY)? {
+        Backend::Sqlite(s) => Ok(s),
+        Backend::Postgres(s) => Ok(s),
+    }
 }
+
+/// How long a read command rides out an unreachable PostgreSQL server.
+pub const READ_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The file of a `sqlite:` URL.
 fn sqlite_path(url: &str) -> Option<&str> {
@@ -416,13 +424,17 @@ pub(crate) enum Backend {
 
 /// Open the backend named by `url`, as [`open`] describes.
 pub(crate) fn open_backend(url: &str) -> Result<Backend> {
+    open_backend_with(url, postgres::RETRY_FOR)
+}
+
+fn open_backend_with(url: &str, pg_retry: std::time::Duration) -> Result<Backend> {
     if let Some(path) = sqlite_path(url) {
         let store = sqlite::SqliteStore::open(url, path.as_ref())?;
         Ok(Backend::Sqlite(Box::new(store)))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Backend::Postgres(Box::new(postgres::PostgresStore::open(
-            url,
-        )?)))
+        Ok(Backend::Postgres(Box::new(
+            postgres::PostgresStore::open_with(url, pg_retry)?,
+        )))
     } else {
         Err(StoreError::UnsupportedUrl(postgres::redact_url(url)))
     }

@@ -207,7 +207,7 @@ CREATE TRIGGER run_totals_update AFTER UPDATE OF outcome ON runs
 ];
 
 const DEFAULT_POOL_SIZE: usize = 8;
-const RETRY_FOR: Duration = Duration::from_secs(30);
+pub(crate) const RETRY_FOR: Duration = Duration::from_secs(30);
 const FIRST_DELAY: Duration = Duration::from_millis(100);
 const MAX_DELAY: Duration = Duration::from_secs(5);
 
@@ -252,6 +252,30 @@ fn is_retryable(e: &postgres::Error) -> bool {
     is_connection_error(e)
         || e.as_db_error()
             .is_some_and(|db| matches!(db.code().code(), "40001" | "40P01"))
+}
+
+/// A driver error as a person needs it: the server's own message and
+/// SQLSTATE (`database "x" does not exist`), or the cause under a connect
+/// error (`Connection refused`), never a bare "db error".
+pub(crate) fn describe(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = format!("{} ({} {})", db.message(), db.severity(), db.code().code());
+        if let Some(hint) = db.hint() {
+            s.push_str(&format!("; hint: {hint}"));
+        }
+        return s;
+    }
+    let mut s = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cause = c.source();
+    }
+    s
 }
 
 /// The URL with any password replaced by `***` (the one redactor).
@@ -379,6 +403,12 @@ impl PostgresStore {
     /// Connect (lazily: one connection now, for the migrations) and bring
     /// the schema up to date.
     pub fn open(url: &str) -> Result<PostgresStore> {
+        PostgresStore::open_with(url, RETRY_FOR)
+    }
+
+    /// [`PostgresStore::open`], riding out a broken connection for at most
+    /// `retry_for` (a read command asks for a short one: a person waits).
+    pub fn open_with(url: &str, retry_for: Duration) -> Result<PostgresStore> {
         let redacted = redact_url(url);
         let bad = |detail: String| StoreError::BadUrl {
             url: redacted.clone(),
@@ -429,7 +459,9 @@ impl PostgresStore {
             config.application_name("batchguard");
         }
         if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(10));
+            config.connect_timeout(
+                Duration::from_secs(10).min(retry_for.max(Duration::from_secs(3))),
+            );
         }
         // A server that vanished without a word (host down, network cut)
         // is noticed within about a minute instead of the 2 h default, so
@@ -452,7 +484,7 @@ impl PostgresStore {
                 }),
                 freed: Condvar::new(),
             },
-            retry_for: RETRY_FOR,
+            retry_for,
         };
         store.migrate()?;
         Ok(store)

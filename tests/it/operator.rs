@@ -31,6 +31,18 @@ fn diagnostics_written_to_a_file_carry_no_colour_codes() {
     );
 }
 
+/// Every read command (SPEC §8), about `job` and `run`.
+fn read_commands<'a>(job: &'a str, run: &'a str) -> Vec<Vec<&'a str>> {
+    vec![
+        vec!["status"],
+        vec!["runs", job],
+        vec!["show", run],
+        vec!["logs", run],
+        vec!["ledger", job],
+        vec!["check"],
+    ]
+}
+
 #[test]
 fn read_commands_fail_on_a_missing_config_dir_or_a_broken_global_file() {
     let env = Env::new();
@@ -39,14 +51,7 @@ fn read_commands_fail_on_a_missing_config_dir_or_a_broken_global_file() {
     let run_id = env.last_run("tiny")["id"].as_str().unwrap().to_string();
     let nope = env.path("nope");
     let nope = nope.to_str().unwrap();
-    for args in [
-        vec!["status"],
-        vec!["runs", "tiny"],
-        vec!["show", &run_id],
-        vec!["logs", &run_id],
-        vec!["ledger", "tiny"],
-        vec!["check"],
-    ] {
+    for args in read_commands("tiny", &run_id) {
         let c = crate::support::batchguard(
             crate::harness::BIN,
             std::path::Path::new(nope),
@@ -57,14 +62,7 @@ fn read_commands_fail_on_a_missing_config_dir_or_a_broken_global_file() {
         env.run_cmd(c).code(78).stderr_has("does not exist");
     }
     std::fs::write(env.config.join("batchguard.toml"), "lease = \"soon\"\n").unwrap();
-    for args in [
-        vec!["status"],
-        vec!["runs", "tiny"],
-        vec!["show", &run_id],
-        vec!["logs", &run_id],
-        vec!["ledger", "tiny"],
-        vec!["check"],
-    ] {
+    for args in read_commands("tiny", &run_id) {
         env.run(&args).code(78).stderr_has("batchguard.toml");
     }
 }
@@ -75,14 +73,7 @@ fn read_commands_never_create_a_state_store() {
     env.job("tiny", "command = [\"true\"]\n");
     let dir = env.path("nonexistent-dir");
     let state = format!("sqlite:{}/x/s.db", dir.display());
-    for args in [
-        vec!["status"],
-        vec!["runs", "tiny"],
-        vec!["show", "01NOSUCHRUN"],
-        vec!["logs", "01NOSUCHRUN"],
-        vec!["ledger", "tiny"],
-        vec!["check"],
-    ] {
+    for args in read_commands("tiny", "01NOSUCHRUN") {
         let mut full = vec!["--state", &state];
         full.extend(&args);
         env.run(&full)
@@ -359,7 +350,7 @@ fn completions_and_the_man_page_come_from_the_cli_definition() {
     for shell in ["zsh", "fish"] {
         let d = env.run(&["completions", shell]);
         d.code(0);
-        assert!(d.stdout().contains("--config-dir"), "{shell}");
+        assert!(d.stdout().contains("config-dir"), "{shell}");
     }
     env.run(&["completions", "tcsh"]).code(2);
     let man = env.run(&["man"]);

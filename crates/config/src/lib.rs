@@ -32,6 +32,20 @@ pub mod template;
 mod units;
 pub mod zone;
 
+/// Every key the files take, table by table: what `schema/*.schema.json`
+/// must describe (tests/schema.rs holds them to it).
+pub mod keys {
+    pub use crate::parse::{
+        CHANNEL_TYPES, DISTRIBUTED_KEYS, GLOBAL_KEYS, GUIDELINE_KEYS, ITEMS_KEYS, JOB_KEYS,
+        NOTIFY_KEYS, RUNBOOK_KEYS,
+    };
+
+    /// The keys a channel of type `kind` takes (`type` included).
+    pub fn channel(kind: &str) -> &'static [&'static str] {
+        crate::parse::channel_keys(kind)
+    }
+}
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -114,7 +114,7 @@ struct PDistributed {
     lease: Opt<Duration>,
 }
 
-pub(crate) const JOB_KEYS: &[&str] = &[
+pub const JOB_KEYS: &[&str] = &[
     "description",
     "command",
     "workdir",
@@ -139,7 +139,7 @@ pub(crate) const JOB_KEYS: &[&str] = &[
     "guideline",
     "distributed",
 ];
-const ITEMS_KEYS: &[&str] = &[
+pub const ITEMS_KEYS: &[&str] = &[
     "source",
     "source_file",
     "run",
@@ -151,9 +151,9 @@ const ITEMS_KEYS: &[&str] = &[
     "item_timeout",
     "max_keys",
 ];
-const NOTIFY_KEYS: &[&str] = &["on", "channels"];
-const RUNBOOK_KEYS: &[&str] = &["url", "verify", "notes"];
-const GUIDELINE_KEYS: &[&str] = &[
+pub const NOTIFY_KEYS: &[&str] = &["on", "channels"];
+pub const RUNBOOK_KEYS: &[&str] = &["url", "verify", "notes"];
+pub const GUIDELINE_KEYS: &[&str] = &[
     "reads",
     "replica_dsn_env",
     "max_replica_lag",
@@ -164,8 +164,8 @@ const GUIDELINE_KEYS: &[&str] = &[
     "clean",
     "role_ok",
 ];
-const DISTRIBUTED_KEYS: &[&str] = &["enabled", "batch", "lease"];
-const GLOBAL_KEYS: &[&str] = &[
+pub const DISTRIBUTED_KEYS: &[&str] = &["enabled", "batch", "lease"];
+pub const GLOBAL_KEYS: &[&str] = &[
     "state",
     "log_dir",
     "host",
@@ -180,7 +180,7 @@ const GLOBAL_KEYS: &[&str] = &[
     "missed_grace",
     "metrics_textfile",
 ];
-const CHANNEL_TYPES: &[&str] = &["slack", "webhook", "email", "command", "ping"];
+pub const CHANNEL_TYPES: &[&str] = &["slack", "webhook", "email", "command", "ping"];
 
 const G10_HELP: &str = "rule G10: logs and artifacts are never written under a personal home; use /var/log/batchguard or /srv/…";
 
@@ -1406,7 +1406,7 @@ impl W {
 }
 
 /// The keys a channel of type `kind` takes.
-fn channel_keys(kind: &str) -> &'static [&'static str] {
+pub(crate) fn channel_keys(kind: &str) -> &'static [&'static str] {
     match kind {
         "slack" | "ping" => &["type", "url", "url_env"],
         "webhook" => &["type", "url", "url_env", "secret_env"],
