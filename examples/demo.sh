@@ -47,7 +47,7 @@ bg run flaky-sync || echo "exit code $?"
 echo
 echo "# a resumable items job (stream mode, 500 keys): a re-run skips every finished key"
 items() { "$bin" --config-dir "$demo/etc" runs order-sync --limit 1 --format json \
-  | python3 -c 'import json,sys; i=json.load(sys.stdin)[0]["items"]; print(f"  -> {i[\"done\"]} keys done, {i[\"skipped\"]} skipped as already finished, {i[\"failed\"]} failed")'; }
+  | python3 -c 'import json,sys; i=json.load(sys.stdin)[0]["items"]; print("  -> %d keys done, %d skipped as already finished, %d failed" % (i["done"], i["skipped"], i["failed"]))'; }
 bg run order-sync
 items
 bg run order-sync

@@ -157,6 +157,9 @@ pub fn show(r: &RunRecord, format: Format) -> Result<i32> {
         kv("error", e.clone());
     }
     kv("log", dash(r.log_path.clone()));
+    if let Some(rerun) = &r.rerun {
+        kv("re-run", rerun.clone());
+    }
     print!("{out}");
     Ok(exit::OK)
 }
