@@ -517,7 +517,8 @@ struct Proxy {
 }
 
 impl Proxy {
-    fn start(upstream: &'static str) -> Proxy {
+    fn start(upstream: &str) -> Proxy {
+        let upstream = upstream.to_string();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let down = Arc::new(AtomicBool::new(false));
@@ -530,7 +531,7 @@ impl Proxy {
                     drop(client);
                     continue;
                 }
-                let Ok(server) = TcpStream::connect(upstream) else {
+                let Ok(server) = TcpStream::connect(&upstream) else {
                     continue;
                 };
                 let mut list = c.lock().unwrap();
@@ -575,10 +576,14 @@ fn a_server_outage_is_waited_out() {
     }
     let _serial = serial();
     let schemas = Schemas::default();
-    let proxy = Proxy::start("127.0.0.1:5432");
+    let proxy = Proxy::start(&pg_common::server_addr());
+    let database = base()
+        .rsplit_once('/')
+        .map(|(_, d)| d.split('?').next().unwrap_or("test").to_string())
+        .unwrap_or_else(|| "test".into());
     let url = format!(
-        "postgres://postgres@127.0.0.1:{}/test?schema={}",
-        proxy.port,
+        "{}?schema={}",
+        pg_common::url_at(&format!("127.0.0.1:{}", proxy.port), &database),
         schemas.fresh("bg_outage")
     );
     let s = store::open(&url).unwrap();
@@ -615,17 +620,16 @@ fn sql_errors_fail_at_once_and_passwords_stay_hidden() {
     }
     let _serial = serial();
     let t = Instant::now();
-    let err = match store::open("postgres://postgres:hunter2@127.0.0.1:5432/bg_no_such_database") {
+    let with_password = pg_common::url_at(&pg_common::server_addr(), "bg_no_such_database")
+        .replacen('@', ":hunter2@", 1);
+    let err = match store::open(&with_password) {
         Ok(_) => panic!("opened a database that does not exist"),
         Err(e) => e,
     };
     assert!(t.elapsed() < Duration::from_secs(2), "not retried");
     let msg = err.to_string();
     assert!(matches!(err, StoreError::Postgres { .. }), "{msg}");
-    assert!(
-        !msg.contains("hunter2") && msg.contains("postgres:***@"),
-        "{msg}"
-    );
+    assert!(!msg.contains("hunter2") && msg.contains(":***@"), "{msg}");
     assert!(msg.contains("bg_no_such_database"), "{msg}");
     let bad = store::open(&format!("{}?schema=x;drop", base()));
     assert!(matches!(bad, Err(StoreError::BadUrl { .. })));

@@ -366,3 +366,68 @@ fn completions_and_the_man_page_come_from_the_cli_definition() {
     assert!(help.contains("docs/reference.md"), "{help}");
     assert!(!help.contains("SPEC"), "{help}");
 }
+
+/// One typo must not hide the audit of every other job: the broken job is
+/// in the report with a failing `config` finding that points at the error.
+#[test]
+fn check_reports_a_broken_job_beside_the_others() {
+    let env = Env::new();
+    env.job("good", "command = [\"true\"]\n");
+    env.job("typo", "command = [\"true\"]\ntimout = \"5m\"\n");
+    let d = env.create_store().run(&["check", "--format", "json"]);
+    d.code(1);
+    let report = d.json();
+    let jobs = report["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 2, "{report}");
+    let good = jobs.iter().find(|j| j["job"] == "good").unwrap();
+    assert_eq!(good["rules"].as_array().unwrap().len(), 16);
+    let typo = jobs.iter().find(|j| j["job"] == "typo").unwrap();
+    let finding = &typo["rules"][0];
+    assert_eq!(finding["id"], "config");
+    assert_eq!(finding["status"], "fail");
+    assert_eq!(finding["line"], 2);
+    assert_eq!(finding["column"], 1);
+    assert!(
+        finding["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("jobs/typo.toml"),
+        "{finding}"
+    );
+    assert!(
+        finding["message"].as_str().unwrap().contains("timeout"),
+        "the fix is named: {finding}"
+    );
+    let text = env.run(&["check"]);
+    text.code(1);
+    assert!(text.stdout().contains("typo.toml:2:1"), "{}", text.stdout());
+    // A named job that does not exist is still exit 1, not an audit.
+    env.run(&["check", "nosuchjob"]).code(1);
+}
+
+/// A schema change declared with its reference but no reviewer is exactly
+/// what G12 reports: a fail of that rule, not a load error.
+#[test]
+fn an_unreviewed_schema_change_is_g12s_fail_not_a_load_error() {
+    let env = Env::new();
+    env.job(
+        "migrate",
+        "command = [\"true\"]\n[guideline]\nschema_change = { ref = \"PR-1\" }\n",
+    );
+    env.run(&["validate"]).code(0);
+    let d = env
+        .create_store()
+        .run(&["check", "migrate", "--format", "json"]);
+    d.code(1);
+    let report = d.json();
+    let g12 = report["jobs"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "G12")
+        .cloned()
+        .unwrap();
+    assert_eq!(g12["status"], "fail", "{g12}");
+    let msg = g12["message"].as_str().unwrap();
+    assert!(msg.contains("PR-1") && msg.contains("reviewed_by"), "{msg}");
+}

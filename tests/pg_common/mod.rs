@@ -58,10 +58,11 @@ pub fn available(test: &str) -> bool {
     }
 }
 
-/// Drop `bg_…_PID_N` and `dist_…_PID_N` schemas whose test process is gone.
+/// Drop `bg_…_PID_N`, `dist_…_PID_N` and `hostile_PID_N` schemas whose test
+/// process is gone.
 fn sweep_leaked_schemas(c: &mut postgres::Client) {
     let Ok(rows) = c.query(
-        "SELECT nspname FROM pg_namespace WHERE nspname ~ '^(bg|dist)_[a-z_]+_[0-9]+_[0-9]+$'",
+        "SELECT nspname FROM pg_namespace WHERE nspname ~ '^(bg|dist|hostile)(_[a-z_]+)?_[0-9]+_[0-9]+$'",
         &[],
     ) else {
         return;
@@ -74,4 +75,31 @@ fn sweep_leaked_schemas(c: &mut postgres::Client) {
             let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"));
         }
     }
+}
+
+/// `host:port` of the test server (from [`base`]).
+pub fn server_addr() -> String {
+    let after_scheme = base()
+        .split_once("://")
+        .map_or(String::new(), |(_, r)| r.to_string());
+    let host_part = after_scheme
+        .rsplit_once('@')
+        .map_or(after_scheme.as_str(), |(_, h)| h);
+    let hostport = host_part.split(['/', '?']).next().unwrap_or("127.0.0.1");
+    if hostport.contains(':') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:5432")
+    }
+}
+
+/// [`base`] with its user and password, on another `host:port` and database.
+pub fn url_at(addr: &str, database: &str) -> String {
+    let after_scheme = base()
+        .split_once("://")
+        .map_or(String::new(), |(_, r)| r.to_string());
+    let user = after_scheme
+        .rsplit_once('@')
+        .map_or("postgres".to_string(), |(u, _)| u.to_string());
+    format!("postgres://{user}@{addr}/{database}")
 }
