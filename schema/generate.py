@@ -10,7 +10,7 @@ import pathlib
 HERE = pathlib.Path(__file__).parent
 DURATION = {"type": "string", "pattern": r"^([0-9]+(ms|s|m|h|d))+$",
             "description": "500ms, 30s, 45m, 2h, 1d or combined (1h30m)"}
-SIZE = {"type": ["string", "integer"], "pattern": r"^[0-9]+(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)?$",
+SIZE = {"type": ["string", "integer"], "pattern": r"^[0-9]+(B|kB|MB|GB|TB|PB|KiB|MiB|GiB|TiB|PiB)?$",
         "description": "512MiB, 2GiB, 1GB (SI) or plain bytes"}
 ARGV = {"type": "array", "items": {"type": "string"}, "minItems": 1,
         "description": "argv, no shell; each element may use {templates}"}
@@ -56,7 +56,7 @@ JOB = {
         "mode": {"enum": ["per-item", "stream"], "default": "per-item"},
         "scope": s("ledger scope template, e.g. {date}"),
         "parallelism": {"type": "integer", "minimum": 1},
-        "rate": s("at most N starts per second or minute", pattern=r"^[0-9]+(\.[0-9]+)?/(s|m)$"),
+        "rate": s("at most N starts per second, minute or hour", pattern=r"^[0-9]+(\.[0-9]+)?/(s|m|h)$"),
         "max_attempts": {"type": "integer", "minimum": 1},
         "item_timeout": DURATION,
         "max_keys": {"type": "integer", "minimum": 1},
