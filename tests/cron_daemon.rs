@@ -217,9 +217,19 @@ fn run_starts(conf: &Path, clock: &Clock, job: &str) -> Vec<i64> {
 
 /// The env lines every process cron starts needs for the fake clock (cron
 /// gives jobs the crontab's environment, not its own), added after SHELL.
-fn add_env_lines(paths: &[PathBuf], lines: &str) {
+/// Give everything cron starts from `ours` and the watchdog's file `wd`
+/// the fake clock's environment.
+fn add_clock_env(ours: &[PathBuf], wd: &Path, clock: &Clock) {
+    let lines: String = clock
+        .env()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}\n"))
+        .collect();
+    let mut paths = ours.to_vec();
+    paths.push(wd.to_path_buf());
+    paths.dedup();
     for p in paths {
-        let text = fs::read_to_string(p).unwrap();
+        let text = fs::read_to_string(&p).unwrap();
         let text = text.replacen("SHELL=/bin/sh\n", &format!("SHELL=/bin/sh\n{lines}"), 1);
         fs::write(p, text).unwrap();
     }
@@ -360,15 +370,7 @@ fn debian_cron_fires_users_timezones_and_raises_each_missed_fire() {
     );
 
     // The fake clock for everything cron starts.
-    let env_lines: String = clock
-        .env()
-        .iter()
-        .map(|(k, v)| format!("{k}={v}\n"))
-        .collect();
-    let mut all = files.ours.clone();
-    all.push(wd.clone());
-    all.dedup();
-    add_env_lines(&all, &env_lines);
+    add_clock_env(&files.ours, &wd, &clock);
 
     create_store(&conf, &clock);
     clock.set_offset(offset);
@@ -560,15 +562,7 @@ fn dst_phase(lib: &Path, start: &str, jobs: &[(&str, &str)]) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let env_lines: String = clock
-        .env()
-        .iter()
-        .map(|(k, v)| format!("{k}={v}\n"))
-        .collect();
-    let mut all = files.ours.clone();
-    all.push(wd.clone());
-    all.dedup();
-    add_env_lines(&all, &env_lines);
+    add_clock_env(&files.ours, &wd, &clock);
 
     // What cron next predicts, in New York time, from the start.
     let predicted: Vec<i64> = jobs

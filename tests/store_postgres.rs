@@ -67,7 +67,7 @@ fn take(s: &dyn Store, lock: &str, id: &str, mode: AcquireMode) -> LockAttempt {
     let run = record(id, lock, &who);
     let req = LockRequest {
         lock,
-        run_id: id,
+        run: &run,
         runner: &who,
         now_ms: 1_000,
         lease_ms: 30_000,
@@ -75,7 +75,7 @@ fn take(s: &dyn Store, lock: &str, id: &str, mode: AcquireMode) -> LockAttempt {
         cleaned_fence: None,
     };
     let alive = |_: &Holder, _: i64| true;
-    s.acquire(&req, &alive, &run).expect("acquire")
+    s.acquire(&req, &alive).expect("acquire")
 }
 
 fn fence_of(a: &LockAttempt) -> i64 {

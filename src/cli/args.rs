@@ -100,23 +100,7 @@ pub enum Command {
     },
     /// Run an ad-hoc command under the same supervision (recorded with
     /// "adhoc": true; NAME must not be a configured job).
-    Exec {
-        /// The run's job name (not one of DIR/jobs).
-        #[arg(long)]
-        name: String,
-        /// Kill the whole tree after this long: 90s, 30m, 2h.
-        #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-        timeout: Option<std::time::Duration>,
-        /// Hard memory limit of the tree: 512MiB, 2GiB.
-        #[arg(long = "memory-max", value_parser = parse_size, value_name = "SIZE")]
-        memory_max: Option<u64>,
-        /// forbid (default), replace or allow overlapping runs of NAME.
-        #[arg(long, value_parser = parse_concurrency, value_name = "POLICY")]
-        concurrency: Option<Concurrency>,
-        /// The command and its arguments, after `--`.
-        #[arg(last = true, required = true, value_name = "CMD")]
-        command: Vec<String>,
-    },
+    Exec(Exec),
     /// Inside a run: rename SRC over DEST only while this run's token is
     /// the newest (else exit 75, DEST untouched).
     Publish {
@@ -228,6 +212,45 @@ pub enum Command {
     },
     /// Print the man page (roff): `batchguard man | man -l -`.
     Man,
+}
+
+/// `exec`'s arguments.
+#[derive(clap::Args, Debug)]
+pub struct Exec {
+    /// The run's job name (not one of DIR/jobs).
+    #[arg(long)]
+    pub name: String,
+    /// Kill the whole tree after this long: 90s, 30m, 2h.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Option<std::time::Duration>,
+    /// Hard memory limit of the tree: 512MiB, 2GiB.
+    #[arg(long = "memory-max", value_parser = parse_size, value_name = "SIZE")]
+    pub memory_max: Option<u64>,
+    /// forbid (default), replace or allow overlapping runs of NAME.
+    #[arg(long, value_parser = parse_concurrency, value_name = "POLICY")]
+    pub concurrency: Option<Concurrency>,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+impl Exec {
+    /// This command line after `exec`, as the re-run command repeats it.
+    pub fn argv(&self) -> Vec<String> {
+        let mut args = vec!["--name".to_string(), self.name.clone()];
+        if let Some(t) = self.timeout {
+            args.extend(["--timeout".into(), config::format_duration(t)]);
+        }
+        if let Some(m) = self.memory_max {
+            args.extend(["--memory-max".into(), m.to_string()]);
+        }
+        if let Some(c) = self.concurrency {
+            args.extend(["--concurrency".into(), c.as_str().to_string()]);
+        }
+        args.push("--".into());
+        args.extend(self.command.iter().cloned());
+        args
+    }
 }
 
 #[derive(Subcommand, Debug)]

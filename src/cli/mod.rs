@@ -53,14 +53,27 @@ fn context(cli: &Cli, global: Global) -> Result<Context> {
     tracing::debug!("configuration loaded");
     let store = store::open(&url)?;
     tracing::debug!(url = %url, "state store open");
-    let me = host::identity(global.host.as_deref());
-    Ok(Context {
+    Ok(assemble(cli, global, url, store, false))
+}
+
+/// The application context of this command line.
+fn assemble(
+    cli: &Cli,
+    global: Global,
+    state_url: String,
+    store: Box<dyn store::Store>,
+    read_only: bool,
+) -> Context {
+    Context {
         store,
-        state_url: url,
+        state_url,
+        me: host::identity(global.host.as_deref()),
         global,
-        me,
-        invocation: invocation(cli),
-    })
+        invocation: crate::exec::Invocation {
+            read_only,
+            ..invocation(cli)
+        },
+    }
 }
 
 /// What the re-run command must repeat of this command line.
@@ -75,27 +88,7 @@ fn invocation(cli: &Cli) -> crate::exec::Invocation {
         Command::Run {
             file: Some(file), ..
         } => inv.file = Some(std::path::absolute(file).unwrap_or_else(|_| file.clone())),
-        Command::Exec {
-            name,
-            timeout,
-            memory_max,
-            concurrency,
-            command,
-        } => {
-            let mut args = vec!["--name".to_string(), name.clone()];
-            if let Some(t) = timeout {
-                args.extend(["--timeout".into(), config::format_duration(*t)]);
-            }
-            if let Some(m) = memory_max {
-                args.extend(["--memory-max".into(), m.to_string()]);
-            }
-            if let Some(c) = concurrency {
-                args.extend(["--concurrency".into(), c.as_str().to_string()]);
-            }
-            args.push("--".into());
-            args.extend(command.iter().cloned());
-            inv.exec = Some(args);
-        }
+        Command::Exec(exec) => inv.exec = Some(exec.argv()),
         _ => {}
     }
     inv
@@ -163,32 +156,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             };
             worker(&cli, job, &opts)
         }
-        Command::Exec {
-            name,
-            timeout,
-            memory_max,
-            concurrency,
-            command,
-        } => {
-            let global = config::load_global(&dir)?;
-            let file = dir.join("jobs").join(format!("{name}.toml"));
-            if file.is_file() {
-                return Err(Error::Usage(format!(
-                    "`{name}` is a configured job ({}): run it with `batchguard run {name}`, or give this ad-hoc command another --name (an ad-hoc run never stands in for a job's history)",
-                    file.display()
-                )));
-            }
-            let job = config::adhoc_job(
-                name,
-                command.clone(),
-                *timeout,
-                *memory_max,
-                *concurrency,
-                &global,
-            )?;
-            let ctx = context(&cli, global)?;
-            Ok(runner::run(&ctx, &job, &Request::default())?.exit_code())
-        }
+        Command::Exec(exec) => exec_adhoc(&cli, exec),
         Command::Publish { src, dest } => {
             publish::publish(src, dest)?;
             Ok(exit::OK)
@@ -226,6 +194,31 @@ fn dispatch(cli: Cli) -> Result<i32> {
             render::logs(&ctx, run_id, *follow)
         }
     }
+}
+
+/// `batchguard exec --name NAME ... -- CMD`: an ad-hoc run, never under
+/// the name of a configured job.
+fn exec_adhoc(cli: &Cli, exec: &args::Exec) -> Result<i32> {
+    let dir = &cli.config_dir;
+    let global = config::load_global(dir)?;
+    let name = &exec.name;
+    let file = dir.join("jobs").join(format!("{name}.toml"));
+    if file.is_file() {
+        return Err(Error::Usage(format!(
+            "`{name}` is a configured job ({}): run it with `batchguard run {name}`, or give this ad-hoc command another --name (an ad-hoc run never stands in for a job's history)",
+            file.display()
+        )));
+    }
+    let job = config::adhoc_job(
+        name,
+        exec.command.clone(),
+        exec.timeout,
+        exec.memory_max,
+        exec.concurrency,
+        &global,
+    )?;
+    let ctx = context(cli, global)?;
+    Ok(runner::run(&ctx, &job, &Request::default())?.exit_code())
 }
 
 /// `batchguard run JOB | --file PATH`.
@@ -431,17 +424,7 @@ fn read_context(cli: &Cli) -> Result<Context> {
     let global = config::load_global(dir)?;
     let url = state_url(cli.state.as_deref(), &global);
     let store = store::open_existing(&url)?;
-    let me = host::identity(global.host.as_deref());
-    Ok(Context {
-        store,
-        state_url: url,
-        global,
-        me,
-        invocation: crate::exec::Invocation {
-            read_only: true,
-            ..invocation(cli)
-        },
-    })
+    Ok(assemble(cli, global, url, store, true))
 }
 
 /// A job with no runs must at least be configured: otherwise the name is a

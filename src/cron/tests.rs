@@ -36,20 +36,54 @@ fn fires(schedule: &str, job_tz: Option<&str>, host: &Host, from: &str, to: &str
 const NY: &str = "America/New_York"; // 2026-03-08 02:00 → 03:00, 2026-11-01 02:00 → 01:00
 const LH: &str = "Australia/Lord_Howe"; // 2026-10-04 02:00 → 02:30, 2026-04-05 02:00 → 01:30
 
+/// A fixed-time job on a DST day: (schedule, its zone, from, to).
+type Day = (&'static str, &'static str, &'static str, &'static str);
+/// New York springs forward: 02:30 does not exist.
+const NY_SPRING: Day = (
+    "30 2 * * *",
+    NY,
+    "2026-03-08T05:00:00Z",
+    "2026-03-08T17:00:00Z",
+);
+/// New York falls back: 01:30 twice on the clock.
+const NY_FALL: Day = (
+    "30 1 * * *",
+    NY,
+    "2026-11-01T04:00:00Z",
+    "2026-11-01T17:00:00Z",
+);
+/// Lord Howe springs forward 30 minutes: 02:15 does not exist.
+const LH_SPRING: Day = (
+    "15 2 * * *",
+    LH,
+    "2026-10-03T12:00:00Z",
+    "2026-10-04T12:00:00Z",
+);
+/// Lord Howe falls back 30 minutes: 01:45 twice.
+const LH_FALL: Day = (
+    "45 1 * * *",
+    LH,
+    "2026-04-04T12:00:00Z",
+    "2026-04-05T12:00:00Z",
+);
+
+/// The fires of `day`'s job on host `h`, in the job's zone when
+/// `with_tz`, else without a `timezone`.
+fn on(day: Day, with_tz: bool, h: &Host) -> Vec<String> {
+    let (schedule, zone, from, to) = day;
+    fires(schedule, with_tz.then_some(zone), h, from, to)
+}
+
 #[test]
 fn dst_without_timezone_per_daemon() {
     for f in [Flavor::Cronie, Flavor::Vixie] {
         let h = host(f, NY);
-        // Spring: 02:30 does not exist; fixed-time fires at the gap's end.
-        let day = ("2026-03-08T05:00:00Z", "2026-03-08T17:00:00Z");
-        assert_eq!(
-            fires("30 2 * * *", None, &h, day.0, day.1),
-            ["2026-03-08T03:00-04:00"],
-            "{f}"
-        );
+        // Spring: fixed-time fires at the gap's end.
+        assert_eq!(on(NY_SPRING, false, &h), ["2026-03-08T03:00-04:00"], "{f}");
         // Wildcard jobs by the clock: no 02:xx at all.
+        let (_, _, from, to) = NY_SPRING;
         assert_eq!(
-            fires("*/30 1-3 * * *", None, &h, day.0, day.1),
+            fires("*/30 1-3 * * *", None, &h, from, to),
             [
                 "2026-03-08T01:00-05:00",
                 "2026-03-08T01:30-05:00",
@@ -58,15 +92,10 @@ fn dst_without_timezone_per_daemon() {
             ],
             "{f}"
         );
-        // Fall: 01:30 twice on the clock; fixed-time once, wildcard twice.
-        let day = ("2026-11-01T04:00:00Z", "2026-11-01T17:00:00Z");
+        // Fall: fixed-time once, wildcard twice.
+        assert_eq!(on(NY_FALL, false, &h), ["2026-11-01T01:30-04:00"], "{f}");
         assert_eq!(
-            fires("30 1 * * *", None, &h, day.0, day.1),
-            ["2026-11-01T01:30-04:00"],
-            "{f}"
-        );
-        assert_eq!(
-            fires("30 * * * *", None, &h, day.0, "2026-11-01T07:00:00Z"),
+            fires("30 * * * *", None, &h, NY_FALL.2, "2026-11-01T07:00:00Z"),
             [
                 "2026-11-01T00:30-04:00",
                 "2026-11-01T01:30-04:00",
@@ -76,60 +105,20 @@ fn dst_without_timezone_per_daemon() {
         );
         // Lord Howe, 30 minutes: the same rule.
         let h = host(f, LH);
-        let spring = ("2026-10-03T12:00:00Z", "2026-10-04T12:00:00Z");
-        assert_eq!(
-            fires("15 2 * * *", None, &h, spring.0, spring.1),
-            ["2026-10-04T02:30+11:00"],
-            "{f}"
-        );
-        let fall = ("2026-04-04T12:00:00Z", "2026-04-05T12:00:00Z");
-        assert_eq!(
-            fires("45 1 * * *", None, &h, fall.0, fall.1),
-            ["2026-04-05T01:45+11:00"],
-            "{f}"
-        );
+        assert_eq!(on(LH_SPRING, false, &h), ["2026-10-04T02:30+11:00"], "{f}");
+        assert_eq!(on(LH_FALL, false, &h), ["2026-04-05T01:45+11:00"], "{f}");
     }
     // busybox: strictly by the clock, for every job.
     let h = host(Flavor::Busybox, NY);
-    assert!(
-        fires(
-            "30 2 * * *",
-            None,
-            &h,
-            "2026-03-08T05:00:00Z",
-            "2026-03-08T17:00:00Z"
-        )
-        .is_empty()
-    );
+    assert!(on(NY_SPRING, false, &h).is_empty());
     assert_eq!(
-        fires(
-            "30 1 * * *",
-            None,
-            &h,
-            "2026-11-01T04:00:00Z",
-            "2026-11-01T17:00:00Z"
-        ),
+        on(NY_FALL, false, &h),
         ["2026-11-01T01:30-04:00", "2026-11-01T01:30-05:00"]
     );
     let h = host(Flavor::Busybox, LH);
-    assert!(
-        fires(
-            "15 2 * * *",
-            None,
-            &h,
-            "2026-10-03T12:00:00Z",
-            "2026-10-04T12:00:00Z"
-        )
-        .is_empty()
-    );
+    assert!(on(LH_SPRING, false, &h).is_empty());
     assert_eq!(
-        fires(
-            "45 1 * * *",
-            None,
-            &h,
-            "2026-04-04T12:00:00Z",
-            "2026-04-05T12:00:00Z"
-        ),
+        on(LH_FALL, false, &h),
         ["2026-04-05T01:45+11:00", "2026-04-05T01:45+10:30"]
     );
 }
@@ -139,106 +128,27 @@ fn dst_with_timezone_per_daemon() {
     // Debian's cron and busybox: --if-due, the documented rule in the job's zone.
     for f in [Flavor::Vixie, Flavor::Busybox] {
         let h = host(f, "UTC");
-        assert_eq!(
-            fires(
-                "30 2 * * *",
-                Some(NY),
-                &h,
-                "2026-03-08T05:00:00Z",
-                "2026-03-08T17:00:00Z"
-            ),
-            ["2026-03-08T03:00-04:00"],
-            "{f}"
-        );
-        assert_eq!(
-            fires(
-                "30 1 * * *",
-                Some(NY),
-                &h,
-                "2026-11-01T04:00:00Z",
-                "2026-11-01T17:00:00Z"
-            ),
-            ["2026-11-01T01:30-04:00"],
-            "{f}"
-        );
-        assert_eq!(
-            fires(
-                "15 2 * * *",
-                Some(LH),
-                &h,
-                "2026-10-03T12:00:00Z",
-                "2026-10-04T12:00:00Z"
-            ),
-            ["2026-10-04T02:30+11:00"],
-            "{f}"
-        );
-        assert_eq!(
-            fires(
-                "45 1 * * *",
-                Some(LH),
-                &h,
-                "2026-04-04T12:00:00Z",
-                "2026-04-05T12:00:00Z"
-            ),
-            ["2026-04-05T01:45+11:00"],
-            "{f}"
-        );
+        assert_eq!(on(NY_SPRING, true, &h), ["2026-03-08T03:00-04:00"], "{f}");
+        assert_eq!(on(NY_FALL, true, &h), ["2026-11-01T01:30-04:00"], "{f}");
+        assert_eq!(on(LH_SPRING, true, &h), ["2026-10-04T02:30+11:00"], "{f}");
+        assert_eq!(on(LH_FALL, true, &h), ["2026-04-05T01:45+11:00"], "{f}");
     }
     // cronie with CRON_TZ on a UTC host: the job zone's clock, fixed-time too.
     let h = host(Flavor::Cronie, "UTC");
-    assert!(
-        fires(
-            "30 2 * * *",
-            Some(NY),
-            &h,
-            "2026-03-08T05:00:00Z",
-            "2026-03-08T17:00:00Z"
-        )
-        .is_empty()
-    );
+    assert!(on(NY_SPRING, true, &h).is_empty());
     assert_eq!(
-        fires(
-            "30 1 * * *",
-            Some(NY),
-            &h,
-            "2026-11-01T04:00:00Z",
-            "2026-11-01T17:00:00Z"
-        ),
+        on(NY_FALL, true, &h),
         ["2026-11-01T01:30-04:00", "2026-11-01T01:30-05:00"]
     );
-    assert!(
-        fires(
-            "15 2 * * *",
-            Some(LH),
-            &h,
-            "2026-10-03T12:00:00Z",
-            "2026-10-04T12:00:00Z"
-        )
-        .is_empty()
-    );
+    assert!(on(LH_SPRING, true, &h).is_empty());
     assert_eq!(
-        fires(
-            "45 1 * * *",
-            Some(LH),
-            &h,
-            "2026-04-04T12:00:00Z",
-            "2026-04-05T12:00:00Z"
-        ),
+        on(LH_FALL, true, &h),
         ["2026-04-05T01:45+11:00", "2026-04-05T01:45+10:30"]
     );
     // ... and on a host in that zone, cronie runs no CRON_TZ fixed-time job
     // while it handles the host's own fall-back: once.
     let h = host(Flavor::Cronie, NY);
-    assert_eq!(
-        fires(
-            "30 1 * * *",
-            Some(NY),
-            &h,
-            "2026-11-01T04:00:00Z",
-            "2026-11-01T17:00:00Z"
-        ),
-        ["2026-11-01T01:30-04:00"]
-    );
+    assert_eq!(on(NY_FALL, true, &h), ["2026-11-01T01:30-04:00"]);
     // A CRON_TZ wildcard job is not held back.
     assert_eq!(
         fires(

@@ -35,14 +35,14 @@ pub fn take(
     for _ in 0..8 {
         let req = LockRequest {
             lock: &run.lock,
-            run_id: &run.id,
+            run,
             runner: &ctx.me,
             now_ms: clock::now_ms(),
             lease_ms,
             mode,
             cleaned_fence: cleaned,
         };
-        match ctx.store.acquire(&req, &alive, run)? {
+        match ctx.store.acquire(&req, &alive)? {
             LockAttempt::Acquired { fence, replaced } => {
                 if let Some(old) = replaced {
                     stop_replaced(ctx, &old, kill_grace);

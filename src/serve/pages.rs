@@ -8,7 +8,7 @@ use super::view::{self, JobState};
 use super::{App, Configs};
 use crate::clock;
 use crate::store::RunRecord;
-use crate::store::dashboard::RunBrief;
+use crate::store::dashboard::{RunBrief, Window};
 use batchguard_config::{Job, format_size};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
@@ -576,9 +576,11 @@ pub fn job(app: &App, name: &str, q: &Query) -> RouteResult {
         &r.label,
         &["24h", "7d", "30d", "90d", "365d"],
     ));
-    let runs = app
-        .store
-        .runs_between(Some(name), r.from_ms..r.to_ms, CHART_POINTS)?;
+    let runs = app.store.runs_between(&Window {
+        job: Some(name),
+        ms: r.from_ms..r.to_ms,
+        limit: CHART_POINTS,
+    })?;
     let finished: Vec<&RunBrief> = runs.iter().filter(|r| r.outcome != "skipped").collect();
     let dpts: Vec<(&RunBrief, f64)> = finished
         .iter()
@@ -1094,9 +1096,11 @@ pub fn timeline(app: &App, q: &Query) -> RouteResult {
     let now = clock::now_ms();
     // Runs that started a while before the range may still be under way in it.
     let lookback = (r.to_ms - r.from_ms).min(86_400_000);
-    let runs = app
-        .store
-        .runs_between(None, r.from_ms - lookback..r.to_ms, TIMELINE_RUNS)?;
+    let runs = app.store.runs_between(&Window {
+        job: None,
+        ms: r.from_ms - lookback..r.to_ms,
+        limit: TIMELINE_RUNS,
+    })?;
     let mut by_job: std::collections::BTreeMap<String, Vec<&RunBrief>> = Default::default();
     for b in &runs {
         if b.ended_ms.unwrap_or(now) >= r.from_ms && b.outcome != "skipped" {

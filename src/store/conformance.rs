@@ -38,7 +38,7 @@ fn take(
     let run = record(id, "job", &runner);
     let req = LockRequest {
         lock: "job",
-        run_id: id,
+        run: &run,
         runner: &runner,
         now_ms: 1_000,
         lease_ms: 30_000,
@@ -46,7 +46,7 @@ fn take(
         cleaned_fence: cleaned,
     };
     let liveness = move |_: &Holder, _: i64| alive;
-    store.acquire(&req, &liveness, &run).expect("acquire")
+    store.acquire(&req, &liveness).expect("acquire")
 }
 
 fn fence_of(a: &LockAttempt) -> i64 {

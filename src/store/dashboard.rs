@@ -19,6 +19,15 @@ use super::{Backend, Result, RunRecord, Store};
 use serde::Serialize;
 use std::ops::Range;
 
+/// Runs that started in `ms` (Unix milliseconds, end excluded), of one job
+/// or of all, at most `limit` (the newest).
+#[derive(Clone, Debug)]
+pub struct Window<'a> {
+    pub job: Option<&'a str>,
+    pub ms: Range<i64>,
+    pub limit: usize,
+}
+
 /// A run as the charts, strips and the timeline need it (no params, no log).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RunBrief {
@@ -99,12 +108,7 @@ pub trait DashboardStore: Send + Sync {
     /// Runs that started in `ms` (Unix milliseconds, end excluded), of one
     /// job or all, oldest first; when more than `limit` did, the newest
     /// `limit` of them.
-    fn runs_between(
-        &self,
-        job: Option<&str>,
-        ms: Range<i64>,
-        limit: usize,
-    ) -> Result<Vec<RunBrief>>;
+    fn runs_between(&self, w: &Window<'_>) -> Result<Vec<RunBrief>>;
     /// How many runs of `job` that started at or after `since_ms` ended
     /// with each outcome (`running` included).
     fn outcome_counts(&self, job: &str, since_ms: i64) -> Result<Vec<(String, u64)>>;

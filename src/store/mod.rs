@@ -24,6 +24,7 @@ pub mod dashboard;
 pub mod policy;
 pub mod postgres;
 pub(crate) mod rows;
+pub(crate) mod schema;
 pub mod sqlite;
 pub mod traits;
 
@@ -126,7 +127,8 @@ pub enum AcquireMode {
 #[derive(Clone, Debug)]
 pub struct LockRequest<'a> {
     pub lock: &'a str,
-    pub run_id: &'a str,
+    /// The run that takes the lock: recorded in the same transaction.
+    pub run: &'a RunRecord,
     pub runner: &'a RunnerIdentity,
     pub now_ms: i64,
     pub lease_ms: i64,

@@ -69,9 +69,10 @@ mod tests {
 
     fn ask(h: Option<Holder>, mode: AcquireMode, alive: bool, cleaned: Option<i64>) -> Decision {
         let who = runner();
+        let run = crate::store::conformance::record("run-b", "job", &who);
         let req = LockRequest {
             lock: "job",
-            run_id: "run-b",
+            run: &run,
             runner: &who,
             now_ms: 1_000,
             lease_ms: 30_000,

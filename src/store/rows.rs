@@ -213,6 +213,25 @@ pub(crate) fn scope_counts_from<R: Columns>(row: &R) -> Result<ScopeCounts, R::E
 pub(crate) const BRIEF_COLUMNS: &str =
     "id, job, outcome, started_ms, ended_ms, duration_ms, peak_memory_bytes, memory_max_bytes";
 
+/// The runs of a [`Window`](super::dashboard::Window), newest first:
+/// `(job,) from_ms, to_ms, limit` bound in that order, placeholders spelled
+/// with `mark` (two statements, so each uses its index).
+pub(crate) fn window_sql(mark: char, by_job: bool) -> String {
+    let m = |i: usize| format!("{mark}{}", i + usize::from(by_job));
+    let job = if by_job {
+        format!("job = {mark}1 AND ")
+    } else {
+        String::new()
+    };
+    format!(
+        "SELECT {BRIEF_COLUMNS} FROM runs WHERE {job}started_ms >= {} AND started_ms < {} \
+         ORDER BY started_ms DESC LIMIT {}",
+        m(1),
+        m(2),
+        m(3)
+    )
+}
+
 /// A brief run from a row of [`BRIEF_COLUMNS`].
 pub(crate) fn brief_from<R: Columns>(row: &R) -> Result<RunBrief, R::Error> {
     brief_at(&mut Cursor { row, next: 0 })

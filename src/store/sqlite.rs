@@ -23,158 +23,11 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// Numbered migrations; index + 1 is the schema version they lead to.
-const MIGRATIONS: &[&str] = &[
-    r#"
-CREATE TABLE runs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    job TEXT NOT NULL,
-    lock_name TEXT NOT NULL,
-    host TEXT NOT NULL,
-    boot_id TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    pid_start INTEGER NOT NULL,
-    fence INTEGER NOT NULL CHECK (fence >= 0),
-    attempt INTEGER NOT NULL CHECK (attempt >= 1),
-    scope TEXT,
-    params TEXT NOT NULL DEFAULT '{}',
-    started_at TEXT NOT NULL,
-    started_ms INTEGER NOT NULL,
-    ended_at TEXT,
-    ended_ms INTEGER,
-    duration_ms INTEGER,
-    outcome TEXT NOT NULL CHECK (outcome IN
-        ('running','success','failure','timeout','oom','killed','fenced','skipped','lost')),
-    exit_code INTEGER,
-    signal INTEGER,
-    peak_memory_bytes INTEGER,
-    memory_max_bytes INTEGER,
-    memory_enforcement TEXT NOT NULL,
-    items TEXT,
-    log_path TEXT,
-    log_pruned INTEGER NOT NULL DEFAULT 0,
-    cgroup TEXT,
-    pgid INTEGER,
-    heartbeat_ms INTEGER NOT NULL,
-    error TEXT,
-    CHECK ((outcome = 'running') = (ended_ms IS NULL))
-);
-CREATE INDEX runs_job_seq ON runs (job, seq);
-CREATE INDEX runs_running ON runs (outcome) WHERE outcome = 'running';
-CREATE INDEX runs_logs_kept ON runs (job, started_ms) WHERE log_pruned = 0;
-CREATE TABLE fences (
-    lock_name TEXT PRIMARY KEY,
-    last_fence INTEGER NOT NULL CHECK (last_fence > 0)
-);
-CREATE TABLE locks (
-    lock_name TEXT PRIMARY KEY,
-    fence INTEGER NOT NULL,
-    run_id TEXT NOT NULL,
-    lease_until_ms INTEGER NOT NULL
-);
-"#,
-    r#"
-ALTER TABLE runs ADD COLUMN items_failed TEXT;
-CREATE TABLE ledger_scopes (
-    id INTEGER PRIMARY KEY,
-    job TEXT NOT NULL,
-    scope TEXT NOT NULL,
-    created_ms INTEGER NOT NULL,
-    UNIQUE (job, scope)
-);
-CREATE TABLE ledger (
-    scope_id INTEGER NOT NULL REFERENCES ledger_scopes (id) ON DELETE CASCADE,
-    key TEXT NOT NULL,
-    state INTEGER NOT NULL CHECK (state IN (0, 1, 2)),
-    attempts INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
-    last_error TEXT,
-    run_id TEXT,
-    fence INTEGER NOT NULL,
-    updated_ms INTEGER NOT NULL,
-    PRIMARY KEY (scope_id, key)
-) WITHOUT ROWID;
-"#,
-    r#"
-CREATE TABLE outbox (
-    id TEXT NOT NULL,
-    channel TEXT NOT NULL,
-    job TEXT NOT NULL,
-    event TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    created_ms INTEGER NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_ms INTEGER NOT NULL,
-    delivered_ms INTEGER,
-    last_error TEXT,
-    PRIMARY KEY (id, channel)
-);
-CREATE INDEX outbox_due ON outbox (next_attempt_ms) WHERE delivered_ms IS NULL;
-CREATE TABLE notify_state (
-    job TEXT PRIMARY KEY,
-    failing_since_ms INTEGER,
-    failures INTEGER NOT NULL DEFAULT 0,
-    suppressed INTEGER NOT NULL DEFAULT 0,
-    last_sent_ms INTEGER,
-    overrun_run TEXT
-);
-"#,
-    r#"
-CREATE TABLE watchdog (
-    job TEXT PRIMARY KEY,
-    since_ms INTEGER NOT NULL,
-    last_missed_fire_ms INTEGER
-);
-"#,
-    // The distributed queue (SPEC §6), created here once so that both
-    // backends shared one numbering; SQLite never served it (see 6).
-    r#"
-CREATE TABLE queue (
-    scope_id INTEGER NOT NULL REFERENCES ledger_scopes (id) ON DELETE CASCADE,
-    key TEXT NOT NULL,
-    state INTEGER NOT NULL DEFAULT 0 CHECK (state IN (0, 1, 2, 3)),
-    attempts INTEGER NOT NULL DEFAULT 0,
-    lease_until_ms INTEGER NOT NULL DEFAULT 0,
-    claimed_by TEXT,
-    last_error TEXT,
-    PRIMARY KEY (scope_id, key)
-) WITHOUT ROWID;
-"#,
-    // The queue table of migration 5 was never used: the queue is a
-    // capability of the shared backend only (`Store::queue` is `None`).
-    r#"
-DROP TABLE IF EXISTS queue;
-"#,
-    // The dashboard's reads (SPEC §10, src/store/dashboard.rs): indexes for
-    // the newest success, time ranges and the timeline, and run counts per
-    // job and outcome kept by triggers (the Prometheus counter).
-    r#"
-CREATE INDEX runs_job_outcome_seq ON runs (job, outcome, seq);
-CREATE INDEX runs_job_started ON runs (job, started_ms);
-CREATE INDEX runs_started ON runs (started_ms);
-CREATE TABLE run_totals (
-    job TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    n INTEGER NOT NULL,
-    PRIMARY KEY (job, outcome)
-) WITHOUT ROWID;
-INSERT INTO run_totals (job, outcome, n)
-    SELECT job, outcome, COUNT(*) FROM runs WHERE outcome <> 'running' GROUP BY job, outcome;
-CREATE TRIGGER run_totals_insert AFTER INSERT ON runs WHEN NEW.outcome <> 'running' BEGIN
-    INSERT INTO run_totals (job, outcome, n) VALUES (NEW.job, NEW.outcome, 1)
-    ON CONFLICT (job, outcome) DO UPDATE SET n = n + 1;
-END;
-CREATE TRIGGER run_totals_update AFTER UPDATE OF outcome ON runs
-WHEN NEW.outcome IS NOT OLD.outcome BEGIN
-    UPDATE run_totals SET n = n - 1
-        WHERE OLD.outcome <> 'running' AND job = OLD.job AND outcome = OLD.outcome;
-    INSERT INTO run_totals (job, outcome, n) SELECT NEW.job, NEW.outcome, 1
-        WHERE NEW.outcome <> 'running'
-    ON CONFLICT (job, outcome) DO UPDATE SET n = n + 1;
-END;
-"#,
-    // An `exec` run, and the command that re-runs a run (SPEC §4).
-    "ALTER TABLE runs ADD COLUMN adhoc INTEGER NOT NULL DEFAULT 0; ALTER TABLE runs ADD COLUMN rerun TEXT;",
-];
+/// This backend's migrations (src/store/schema.rs).
+fn migrations() -> &'static [String] {
+    static ALL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    ALL.get_or_init(|| super::schema::migrations(super::schema::Backend::Sqlite))
+}
 
 /// How this backend spells the shared SQL.
 const DIALECT: rows::Dialect = rows::Dialect {
@@ -318,7 +171,7 @@ impl SqliteStore {
     }
 
     fn migrate(&self) -> Result<()> {
-        let known = MIGRATIONS.len() as i64;
+        let known = migrations().len() as i64;
         let mut conn = self.conn();
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
@@ -338,7 +191,7 @@ impl SqliteStore {
                 known,
             });
         }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        for (i, sql) in migrations().iter().enumerate().skip(version as usize) {
             tx.execute_batch(sql).map_err(|e| self.err(e))?;
             tx.pragma_update(None, "user_version", (i + 1) as i64)
                 .map_err(|e| self.err(e))?;
@@ -454,12 +307,8 @@ impl Store for SqliteStore {
 }
 
 impl RunStore for SqliteStore {
-    fn acquire(
-        &self,
-        req: &LockRequest<'_>,
-        alive: Liveness<'_>,
-        run: &RunRecord,
-    ) -> Result<LockAttempt> {
+    fn acquire(&self, req: &LockRequest<'_>, alive: Liveness<'_>) -> Result<LockAttempt> {
+        let run = req.run;
         let mut conn = self.conn();
         let tx = self.begin(&mut conn)?;
         let holder = if req.mode.holds_lock() {
@@ -476,7 +325,7 @@ impl RunStore for SqliteStore {
             tx.execute(
                 "INSERT INTO locks (lock_name, fence, run_id, lease_until_ms) VALUES (?1, ?2, ?3, ?4) \
                  ON CONFLICT (lock_name) DO UPDATE SET fence = ?2, run_id = ?3, lease_until_ms = ?4",
-                params![req.lock, fence, req.run_id, req.now_ms + req.lease_ms],
+                params![req.lock, fence, req.run.id, req.now_ms + req.lease_ms],
             )
             .map_err(|e| self.err(e))?;
         }
@@ -507,12 +356,7 @@ impl RunStore for SqliteStore {
         last_fence(&self.conn(), lock).map_err(|e| self.err(e))
     }
 
-    fn while_fence_current(
-        &self,
-        lock: &str,
-        fence: i64,
-        action: FencedAction<'_>,
-    ) -> Result<Fenced> {
+    fn while_fence_current(&self, lock: &str, fence: i64, f: FencedAction<'_>) -> Result<Fenced> {
         let mut conn = self.conn();
         let tx = self.begin(&mut conn)?;
         if last_fence(&tx, lock).map_err(|e| self.err(e))? != Some(fence) {
@@ -520,7 +364,7 @@ impl RunStore for SqliteStore {
         }
         // The write lock is held until the transaction ends: no other run
         // can draw a newer fence while the action runs.
-        let result = action();
+        let result = f();
         tx.commit().map_err(|e| self.err(e))?;
         Ok(result.map(|()| true))
     }
@@ -921,7 +765,7 @@ impl WatchStore for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use super::{MIGRATIONS, SqliteStore};
+    use super::{SqliteStore, migrations};
     use rusqlite::Connection;
 
     fn tables(conn: &Connection) -> Vec<String> {
@@ -940,7 +784,7 @@ mod tests {
         let path = dir.path().join("v5.db");
         {
             let conn = Connection::open(&path).unwrap();
-            for sql in &MIGRATIONS[..5] {
+            for sql in &migrations()[..5] {
                 conn.execute_batch(sql).unwrap();
             }
             conn.pragma_update(None, "user_version", 5).unwrap();
@@ -952,7 +796,7 @@ mod tests {
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, MIGRATIONS.len() as i64);
+        assert_eq!(version, migrations().len() as i64);
         assert!(!tables(&conn).contains(&"queue".to_string()));
         assert!(tables(&conn).contains(&"ledger".to_string()));
     }
@@ -961,7 +805,7 @@ mod tests {
 // The dashboard's reads (SPEC §10); see src/store/dashboard.rs. The rows
 // are read by the shared readers of `rows`.
 mod dashboard_impl {
-    use super::super::dashboard::{DashboardStore, ItemTotals, LockHolder, RunBrief};
+    use super::super::dashboard::{DashboardStore, ItemTotals, LockHolder, RunBrief, Window};
     use super::super::rows::{self, BRIEF_COLUMNS as BRIEF, RUN_COLUMNS, limit as clamp};
     use super::{Result, RunRecord, SqliteStore, Store};
     use rusqlite::{OptionalExtension, Row, params};
@@ -1065,27 +909,17 @@ mod dashboard_impl {
                 .map_err(|e| self.err(e))
         }
 
-        fn runs_between(
-            &self,
-            job: Option<&str>,
-            ms: std::ops::Range<i64>,
-            limit: usize,
-        ) -> Result<Vec<RunBrief>> {
-            let (from_ms, to_ms) = (ms.start, ms.end);
-            let sql = match job {
-                Some(_) => format!(
-                    "SELECT {BRIEF} FROM runs WHERE job = ?1 AND started_ms >= ?2 \
-                     AND started_ms < ?3 ORDER BY started_ms DESC LIMIT ?4"
-                ),
-                None => format!(
-                    "SELECT {BRIEF} FROM runs WHERE ?1 IS NULL AND started_ms >= ?2 \
-                     AND started_ms < ?3 ORDER BY started_ms DESC LIMIT ?4"
-                ),
-            };
-            let mut rows =
-                self.read_all(&sql, params![job, from_ms, to_ms, clamp(limit)], |r| {
+        fn runs_between(&self, w: &Window<'_>) -> Result<Vec<RunBrief>> {
+            let (from_ms, to_ms, limit) = (w.ms.start, w.ms.end, clamp(w.limit));
+            let sql = rows::window_sql('?', w.job.is_some());
+            let mut rows = match w.job {
+                Some(job) => self.read_all(&sql, params![job, from_ms, to_ms, limit], |r| {
                     rows::brief_from(r)
-                })?;
+                }),
+                None => self.read_all(&sql, params![from_ms, to_ms, limit], |r| {
+                    rows::brief_from(r)
+                }),
+            }?;
             rows.reverse();
             Ok(rows)
         }

@@ -97,12 +97,7 @@ pub struct QueueRenew<'a> {
 pub trait RunStore: Send + Sync {
     /// Take (or fail to take) a lock and, in the same transaction, insert
     /// the run record with the fence it got.
-    fn acquire(
-        &self,
-        req: &LockRequest<'_>,
-        alive: Liveness<'_>,
-        run: &RunRecord,
-    ) -> Result<LockAttempt>;
+    fn acquire(&self, req: &LockRequest<'_>, alive: Liveness<'_>) -> Result<LockAttempt>;
     /// Renew the lease; `false` means the lock moved on (the run is fenced).
     fn heartbeat(&self, beat: &Heartbeat<'_>) -> Result<bool>;
     /// The newest fence drawn for a lock.
@@ -110,12 +105,7 @@ pub trait RunStore: Send + Sync {
     /// Run `action` only while `fence` is the newest token of `lock`; the
     /// check and the action happen under the store's write lock, so no newer
     /// run can take the lock in between. Returns `false` if refused.
-    fn while_fence_current(
-        &self,
-        lock: &str,
-        fence: i64,
-        action: FencedAction<'_>,
-    ) -> Result<Fenced>;
+    fn while_fence_current(&self, lock: &str, fence: i64, f: FencedAction<'_>) -> Result<Fenced>;
     /// Record where the run's process tree lives.
     fn set_run_process(&self, run_id: &str, pgid: Option<i32>, cgroup: Option<&str>) -> Result<()>;
     /// Record how a run ended and, with `release = Some((lock, fence))`,

@@ -2,6 +2,8 @@
 //! one serialising lock per binary, unique schema names, the server's URL
 //! (`BATCHGUARD_TEST_PG`, else the loopback server) and an admin client.
 
+#![allow(dead_code)]
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
