@@ -123,6 +123,29 @@ impl Env {
         self
     }
 
+    /// Rule `id` of `check JOB --format json` (which exits 0 or 1).
+    pub fn check_rule(&self, job: &str, id: &str) -> Value {
+        let d = self.run(&["check", job, "--format", "json"]);
+        assert!(matches!(d.out.status.code(), Some(0 | 1)), "{}", d.stderr());
+        d.json()["jobs"][0]["rules"]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .find(|r| r["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no rule {id} for {job}"))
+    }
+
+    /// Start `args` in the background and wait until the job has written
+    /// its pid to `pidfile`; the runner and that pid.
+    pub fn spawn_job(&self, args: &[&str], pidfile: &Path) -> (Child, i32) {
+        let runner = self.spawn(args);
+        wait_for("job start", Duration::from_secs(10), || {
+            read_pid(pidfile).is_some()
+        });
+        (runner, read_pid(pidfile).unwrap())
+    }
+
     pub fn runs(&self, job: &str) -> Vec<Value> {
         let d = self.run(&["runs", job, "--limit", "1000", "--format", "json"]);
         d.code(0);

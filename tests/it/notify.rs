@@ -383,10 +383,7 @@ fn lost_and_skipped_runs_are_notified() {
             pidfile.display()
         ),
     );
-    let mut runner = env.spawn(&["run", "fragile"]);
-    wait_for("job start", Duration::from_secs(10), || {
-        read_pid(&pidfile).is_some()
-    });
+    let (mut runner, _) = env.spawn_job(&["run", "fragile"], &pidfile);
     // A second run while the first holds the lock is skipped (and notified).
     env.run(&["run", "fragile"]).code(75);
     wait_for("skipped", Duration::from_secs(5), || hook.count() == 1);

@@ -103,7 +103,7 @@ fn an_unknown_job_is_exit_1_naming_the_known_ones() {
 /// the watchdog or the next run.
 #[test]
 fn read_commands_record_a_lost_run_but_leave_its_notification_to_the_watchdog() {
-    use crate::harness::{read_pid, wait_child, wait_for};
+    use crate::harness::{wait_child, wait_for};
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
     use std::time::Duration;
@@ -116,11 +116,7 @@ fn read_commands_record_a_lost_run_but_leave_its_notification_to_the_watchdog() 
             pidfile.display()
         ),
     );
-    let mut runner = env.spawn(&["run", "fragile"]);
-    wait_for("job start", Duration::from_secs(10), || {
-        read_pid(&pidfile).is_some()
-    });
-    let job_pid = read_pid(&pidfile).unwrap();
+    let (mut runner, job_pid) = env.spawn_job(&["run", "fragile"], &pidfile);
     kill(Pid::from_raw(runner.id() as i32), Signal::SIGKILL).unwrap();
     wait_child(&mut runner, Duration::from_secs(5));
     kill(Pid::from_raw(job_pid), Signal::SIGKILL).unwrap();
@@ -415,18 +411,7 @@ fn an_unreviewed_schema_change_is_g12s_fail_not_a_load_error() {
         "command = [\"true\"]\n[guideline]\nschema_change = { ref = \"PR-1\" }\n",
     );
     env.run(&["validate"]).code(0);
-    let d = env
-        .create_store()
-        .run(&["check", "migrate", "--format", "json"]);
-    d.code(1);
-    let report = d.json();
-    let g12 = report["jobs"][0]["rules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["id"] == "G12")
-        .cloned()
-        .unwrap();
+    let g12 = env.create_store().check_rule("migrate", "G12");
     assert_eq!(g12["status"], "fail", "{g12}");
     let msg = g12["message"].as_str().unwrap();
     assert!(msg.contains("PR-1") && msg.contains("reviewed_by"), "{msg}");

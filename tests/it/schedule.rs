@@ -151,17 +151,7 @@ fn schedules_that_never_fire_are_warnings_and_wider_syntax_is_refused() {
     d.code(0)
         .stderr_has("warning: ")
         .stderr_has("feb30.toml: schedule \"0 0 30 2 *\" never fires");
-    let report = env
-        .create_store()
-        .run(&["check", "feb30", "--format", "json"])
-        .json();
-    let g13 = report["jobs"][0]["rules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["id"] == "G13")
-        .cloned()
-        .unwrap();
+    let g13 = env.create_store().check_rule("feb30", "G13");
     assert_ne!(g13["status"], "pass", "{g13}");
     assert!(
         g13["message"].as_str().unwrap().contains("never fires"),
