@@ -263,12 +263,7 @@ fn schedule_errors_name_the_schedule() {
 // ---- cron.d rendering ----
 
 fn entry(job: &str, schedule: &str, timezone: Option<&str>, user: &str) -> CronEntry {
-    CronEntry {
-        job: job.into(),
-        schedule: schedule.into(),
-        timezone: timezone.map(str::to_string),
-        user: user.into(),
-    }
+    CronEntry::new(job, schedule, timezone, user)
 }
 
 const BIN: &str = "/usr/local/bin/batchguard";

@@ -52,14 +52,24 @@ pub struct CronEntry {
 }
 
 impl CronEntry {
+    /// The entry of `job` on `schedule`, in `timezone`, running as `user`.
+    pub fn new(job: &str, schedule: &str, timezone: Option<&str>, user: &str) -> CronEntry {
+        CronEntry {
+            job: job.into(),
+            schedule: schedule.into(),
+            timezone: timezone.map(str::to_string),
+            user: user.into(),
+        }
+    }
+
     /// The entry of a job with a `schedule`; `None` for unscheduled jobs.
     pub fn from_job(job: &Job) -> Option<CronEntry> {
-        Some(CronEntry {
-            job: job.name.clone(),
-            schedule: job.schedule.clone()?,
-            timezone: job.timezone.clone(),
-            user: job.user.clone().unwrap_or_else(|| "root".to_string()),
-        })
+        Some(CronEntry::new(
+            &job.name,
+            job.schedule.as_deref()?,
+            job.timezone.as_deref(),
+            job.user.as_deref().unwrap_or("root"),
+        ))
     }
 }
 

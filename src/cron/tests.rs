@@ -267,12 +267,7 @@ fn if_due_is_the_documented_rule_per_minute() {
 const BIN: &str = "/usr/local/bin/batchguard";
 
 fn entry(job: &str, schedule: &str, timezone: Option<&str>, user: &str) -> CronEntry {
-    CronEntry {
-        job: job.into(),
-        schedule: schedule.into(),
-        timezone: timezone.map(str::to_string),
-        user: user.into(),
-    }
+    CronEntry::new(job, schedule, timezone, user)
 }
 
 fn last_line(s: &str) -> &str {

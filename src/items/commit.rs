@@ -1,7 +1,7 @@
 //! Group commit of ledger updates. Workers and the stream reader send
 //! updates to one committer thread per batch, which writes them in groups
-//! (up to [`MAX_BATCH`] updates, or whatever arrived within [`MAX_DELAY`]
-//! of the first), each group one transaction through the engine's sink
+//! (whatever arrived while the previous group was being committed, up to
+//! [`MAX_BATCH`]), each group one transaction through the engine's sink
 //! that checks the run's fencing token. So the ledger is never the
 //! bottleneck, and a crash loses at most the updates of the group being
 //! gathered (their keys are re-done, never lost).
@@ -9,13 +9,11 @@
 use crate::store::{self, ItemState, LedgerUpdate};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::time::{Duration, Instant};
 
 /// The largest group committed in one transaction.
 pub const MAX_BATCH: usize = 4096;
-/// How long the first update of a group waits for company.
-pub const MAX_DELAY: Duration = Duration::from_millis(20);
 /// How long a failing store is retried before the run gives up.
 const STORE_PATIENCE: Duration = Duration::from_secs(60);
 
@@ -70,20 +68,26 @@ pub fn channel() -> (Sender, Receiver<Msg>) {
 }
 
 /// Gather updates into groups and hand each to `commit`, until every
-/// sender is gone.
+/// sender is gone. No fixed delay: a group is what arrived while the
+/// previous commit ran (at most [`MAX_BATCH`]), committed as soon as that
+/// commit returns. A slow trickle is recorded key by key at once; a flood
+/// batches itself. Either way a crash redoes at most what one commit holds
+/// plus what was in flight.
 pub fn gather(rx: Receiver<Msg>, mut commit: impl FnMut(&[Msg])) {
     let mut group: Vec<Msg> = Vec::with_capacity(MAX_BATCH);
     let mut busy = Duration::ZERO;
     let mut groups = 0u64;
-    while let Ok(first) = rx.recv() {
-        group.push(first);
-        let deadline = Instant::now() + MAX_DELAY;
-        let mut open = true;
+    let mut open = true;
+    while open {
+        match rx.recv() {
+            Ok(first) => group.push(first),
+            Err(_) => break,
+        }
         while group.len() < MAX_BATCH {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            match rx.try_recv() {
                 Ok(u) => group.push(u),
-                Err(RecvTimeoutError::Timeout) => break,
-                Err(RecvTimeoutError::Disconnected) => {
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
                     open = false;
                     break;
                 }
@@ -94,9 +98,6 @@ pub fn gather(rx: Receiver<Msg>, mut commit: impl FnMut(&[Msg])) {
         busy += t.elapsed();
         groups += 1;
         group.clear();
-        if !open {
-            break;
-        }
     }
     tracing::debug!(groups, busy = ?busy, "committer done");
 }

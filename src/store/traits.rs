@@ -67,8 +67,8 @@ pub struct OutboxFailure<'a> {
 /// for `worker`, leased until `now_ms + lease_ms`.
 #[derive(Debug, Clone, Copy)]
 pub struct QueueClaim<'a> {
-    pub scope_id: i64,
     pub worker: &'a str,
+    pub scope_id: i64,
     pub n: usize,
     pub now_ms: i64,
     pub lease_ms: i64,
