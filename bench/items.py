@@ -105,11 +105,39 @@ def resume(tmp, bg, keys, n, pending):
     return t_first, total
 
 
+def crash_redo(tmp, n, crashes, parallelism=4):
+    """Keys processed twice after `crashes` SIGKILLs of the runner of an
+    n-key per-item job (10 ms items), then a run to the end."""
+    import random
+    import signal
+    keys = os.path.join(tmp, "crash-keys.txt")
+    write_keys(keys, n)
+    done = os.path.join(tmp, "processed")
+    bg = Bg(os.path.join(tmp, "crash"))
+    bg.job("crashy", f'[items]\nsource_file = "{keys}"\n'
+                     f'run = ["sh", "-c", "echo $0 >> {done}; sleep 0.01", "{{item}}"]\n'
+                     f'parallelism = {parallelism}\n')
+    rnd = random.Random(7)
+    argv = [BIN, "--config-dir", bg.etc, "run", "crashy"]
+    for _ in range(crashes):
+        p = subprocess.Popen(argv, env=bg.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.3 + rnd.random() * 0.5)
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    subprocess.run(argv, env=bg.env, check=True, stdout=subprocess.DEVNULL)
+    with open(done) as f:
+        lines = f.read().split()
+    assert len(set(lines)) == n, (len(set(lines)), n)
+    return len(lines) - n
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--keys", type=int, default=10000)
     ap.add_argument("--parallel-keys", type=int, default=1000)
     ap.add_argument("--stream-keys", type=int, default=1000000)
+    ap.add_argument("--crash-keys", type=int, default=3000)
+    ap.add_argument("--crashes", type=int, default=5)
     args = ap.parse_args()
     if not os.path.exists(BIN):
         raise SystemExit("build first: cargo build --release")
@@ -131,6 +159,9 @@ def main():
         t_first, total = resume(tmp, bg, keys, args.stream_keys, 1000)
         print(f"resume: scope with {args.stream_keys} done + 1000 pending keys: first pending key "
               f"reached the handler after {t_first:.2f} s (whole run {total:.2f} s)")
+        redone = crash_redo(tmp, args.crash_keys, args.crashes)
+        print(f"crash: {args.crash_keys} keys of 10 ms, parallelism 4, runner SIGKILLed {args.crashes} times "
+              f"at random moments: {redone} keys redone ({redone / args.crashes:.1f} per crash)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

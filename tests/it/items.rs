@@ -279,10 +279,10 @@ fn per_item_crash_resume_redoes_at_most_what_was_in_flight() {
         ),
     );
     // A key is redone only if it was running at the crash (at most
-    // `parallelism`) or finished within the last group-commit window
-    // (20 ms: with 10 ms items, at most 3 per worker), plus the batch
-    // being written: 4 + 2 x 3 x 4.
-    crash_and_resume(&env, "crashy", 1500, 4, 28);
+    // `parallelism`) or finished while the commit then being written ran
+    // (the committer takes what arrived during the previous commit: with
+    // 10 ms items, a few per worker): 4 + 4 x 3.
+    crash_and_resume(&env, "crashy", 1500, 4, 16);
 }
 
 #[test]
@@ -298,11 +298,11 @@ fn stream_crash_resume_redoes_at_most_what_was_in_flight() {
     );
     let command = format!("[\"sh\", \"{}\"]", script.display());
     stream_job(&env, "streamy", &command, &keys);
-    // One key in the handler's hands, the keys reported within the last
-    // commit window (20 ms at about one key per 2 ms: 10), the batch being
-    // written, and one more the orphaned handler finishes before its next
-    // report hits the closed pipe.
-    crash_and_resume(&env, "streamy", 3000, 4, 30);
+    // One key in the handler's hands, the keys reported while the commit
+    // then being written ran (about one key per 2 ms), and one more the
+    // orphaned handler finishes before its next report hits the closed
+    // pipe.
+    crash_and_resume(&env, "streamy", 3000, 4, 12);
 }
 
 #[test]
