@@ -9,8 +9,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out="${1:-target/deb}"
-cargo build --release --quiet --bin batchguard
-bin="$(realpath target/release/batchguard)"
+# PROFILE=debug packages the debug build (CI's package test: it tests the
+# packaging, and spares a second full build).
+profile="${PROFILE:-release}"
+if [ "$profile" = release ]; then
+  cargo build --release --quiet --bin batchguard
+else
+  cargo build --quiet --bin batchguard
+fi
+bin="$(realpath "target/$profile/batchguard")"
 version="$("$bin" --version | awk '{print $2}')"
 arch="$(dpkg --print-architecture)"
 stage="$(mktemp -d)"
