@@ -217,14 +217,20 @@ pub(crate) fn start(
             }
         }
     }
-    // A joined child with nothing to do between fork and exec besides
-    // setpgid and chdir (no user, no done fd) is spawned without a pre-exec
-    // hook, so the C library can use vfork-style posix_spawn: no copy of the
-    // runner's page tables and no copy-on-write faults afterwards, which in
-    // per-item mode (thousands of short children) is most of the cost. The
-    // parent then moves the child into the group's cgroup right away, and
-    // then whatever it forked meanwhile (see `spawn_without_hook`).
-    if joined && spec.user.is_none() && spec.done_fd.is_none() {
+    // A child with nothing to do between fork and exec besides setpgid and
+    // chdir (no user, no done fd) is spawned without a pre-exec hook, so the
+    // C library can use vfork-style posix_spawn: no copy of the runner's
+    // page tables and no copy-on-write faults afterwards. That is most of
+    // the cost of per-item mode (thousands of short children, `joined`: the
+    // parent moves each into the group's cgroup right away, then whatever
+    // it forked meanwhile, see `spawn_without_hook`), and a good part of a
+    // run's without a cgroup (poll mode). A run's own child in a cgroup v1
+    // keeps the hook: it joins its cgroup before exec, so the limit holds
+    // from its first allocation. A workdir that is not a directory keeps it
+    // too, for the precise error.
+    let plain = spec.user.is_none() && spec.done_fd.is_none();
+    let workdir_ok = spec.cwd.as_ref().is_none_or(|d| d.is_dir());
+    if plain && (joined || (cg.is_none() && workdir_ok)) {
         return spawn_without_hook(spec, program, program_name, cg);
     }
     spawn_process(spec, program, program_name, cwd, cg)
