@@ -53,5 +53,8 @@ pub fn cannot_run(test: &str, why: &str) {
     if std::env::var("BATCHGUARD_TEST_STRICT").is_ok_and(|v| v == "1") {
         panic!("{test} cannot run here ({why}) and BATCHGUARD_TEST_STRICT=1");
     }
-    eprintln!("SKIPPED {test}: {why}");
+    // Straight to the process's stderr, past the test harness's capture, so
+    // `cargo test` shows it even for a test that returns here.
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
