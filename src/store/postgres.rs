@@ -582,48 +582,49 @@ fn apply_ledger(
     // the same result. Keys are sorted so that concurrent batches
     // lock rows in one order.
     if !split.in_flight.is_empty() {
-        tx.execute(
-            "INSERT INTO ledger (scope_id, key, state, attempts, last_error, run_id, \
-                 fence, updated_ms) \
-                 SELECT $1::bigint, k, 0, 0, NULL, $3::text, $4::bigint, $5::bigint \
-                 FROM (SELECT DISTINCT k FROM unnest($2::text[]) AS u(k)) t \
-                 ORDER BY k COLLATE \"C\" \
-                 ON CONFLICT (scope_id, key) DO UPDATE SET state = 0, \
-                 run_id = EXCLUDED.run_id, fence = EXCLUDED.fence, \
-                 updated_ms = EXCLUDED.updated_ms WHERE ledger.state <> 1",
+        upsert_ledger(
+            tx,
+            "SELECT $1::bigint, k, 0, 0, NULL, $3::text, $4::bigint, $5::bigint \
+             FROM (SELECT DISTINCT k FROM unnest($2::text[]) AS u(k)) t \
+             ORDER BY k COLLATE \"C\" \
+             ON CONFLICT (scope_id, key) DO UPDATE SET state = 0, \
+             run_id = EXCLUDED.run_id, fence = EXCLUDED.fence, \
+             updated_ms = EXCLUDED.updated_ms WHERE ledger.state <> 1",
             &[&scope_id, &split.in_flight, &who.run_id, &fence, &now_ms],
         )?;
     }
     if !split.done.is_empty() {
-        tx.execute(
-            "INSERT INTO ledger (scope_id, key, state, attempts, last_error, run_id, \
-                 fence, updated_ms) \
-                 SELECT $1::bigint, k, 1, n, NULL, $3::text, $4::bigint, $5::bigint \
-                 FROM (SELECT k, count(*)::int AS n FROM unnest($2::text[]) AS u(k) \
-                 GROUP BY k) t ORDER BY k COLLATE \"C\" \
+        let counted = "FROM (SELECT k, count(*)::int AS n FROM unnest($2::text[]) AS u(k) \
+                       GROUP BY k) t ORDER BY k COLLATE \"C\"";
+        upsert_ledger(
+            tx,
+            &format!(
+                "SELECT $1::bigint, k, 1, n, NULL, $3::text, $4::bigint, $5::bigint {counted} \
                  ON CONFLICT (scope_id, key) DO UPDATE SET state = 1, \
                  attempts = ledger.attempts + EXCLUDED.attempts, last_error = NULL, \
                  run_id = EXCLUDED.run_id, fence = EXCLUDED.fence, \
-                 updated_ms = EXCLUDED.updated_ms",
+                 updated_ms = EXCLUDED.updated_ms"
+            ),
             &[&scope_id, &split.done, &who.run_id, &fence, &now_ms],
         )?;
     }
     if !split.failed.is_empty() {
-        tx.execute(
-            "INSERT INTO ledger (scope_id, key, state, attempts, last_error, run_id, \
-                 fence, updated_ms) \
-                 SELECT $1::bigint, k, 2, n, e, $4::text, $5::bigint, $6::bigint \
-                 FROM (SELECT k, count(*)::int AS n, (array_agg(e ORDER BY o DESC))[1] AS e \
-                 FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS u(k, e, o) \
-                 GROUP BY k) t ORDER BY k COLLATE \"C\" \
-                 ON CONFLICT (scope_id, key) DO UPDATE SET state = 2, \
-                 attempts = ledger.attempts + EXCLUDED.attempts, \
-                 last_error = EXCLUDED.last_error, run_id = EXCLUDED.run_id, \
-                 fence = EXCLUDED.fence, updated_ms = EXCLUDED.updated_ms",
+        // The last error of a key failing twice in the batch is kept.
+        let errors = &split.errors;
+        upsert_ledger(
+            tx,
+            "SELECT $1::bigint, k, 2, n, e, $4::text, $5::bigint, $6::bigint \
+             FROM (SELECT k, count(*)::int AS n, (array_agg(e ORDER BY o DESC))[1] AS e \
+             FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS u(k, e, o) \
+             GROUP BY k) t ORDER BY k COLLATE \"C\" \
+             ON CONFLICT (scope_id, key) DO UPDATE SET state = 2, \
+             attempts = ledger.attempts + EXCLUDED.attempts, \
+             last_error = EXCLUDED.last_error, run_id = EXCLUDED.run_id, \
+             fence = EXCLUDED.fence, updated_ms = EXCLUDED.updated_ms",
             &[
                 &scope_id,
                 &split.failed,
-                &split.errors,
+                errors,
                 &who.run_id,
                 &fence,
                 &now_ms,
@@ -631,6 +632,22 @@ fn apply_ledger(
         )?;
     }
     Ok(true)
+}
+
+/// `INSERT INTO ledger (all its columns) ` followed by `rest` (the rows
+/// and what a conflict updates).
+fn upsert_ledger(
+    tx: &mut postgres::Transaction<'_>,
+    rest: &str,
+    params: &Params<'_>,
+) -> std::result::Result<u64, postgres::Error> {
+    tx.execute(
+        &format!(
+            "INSERT INTO ledger (scope_id, key, state, attempts, last_error, run_id, \
+             fence, updated_ms) {rest}"
+        ),
+        params,
+    )
 }
 
 impl Store for PostgresStore {
