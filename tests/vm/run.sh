@@ -44,8 +44,11 @@ fi
 log "kernel $kernel"
 
 # --- binaries ------------------------------------------------------------------
-log "building (debug)"
-cargo build -q --bin batchguard
+# VM_PROFILE=release measures the overhead with the binary users run
+# (bench: VM_PROFILE=release bash tests/vm/run.sh); CI checks the debug one.
+profile="${VM_PROFILE:-debug}"
+log "building ($profile)"
+if [ "$profile" = release ]; then cargo build -q --release --bin batchguard; else cargo build -q --bin batchguard; fi
 mapfile -t tests < <(cargo test -q -p batchguard-supervise --no-run --message-format=json 2>/dev/null \
   | grep -o '"executable":"[^"]*"' | sed 's/"executable":"\(.*\)"/\1/' | grep -v '/throughput-' || true)
 [ -n "${SKIP_CRATE_TESTS:-}" ] && tests=()
@@ -65,7 +68,9 @@ pack_bin() { # src dest: copy stripped, with the shared libraries ldd lists
     [ -e "$r$lib" ] || cp -L --parents "$lib" "$r"
   done
 }
-pack_bin "$ROOT/target/debug/batchguard" bin/batchguard
+pack_bin "$ROOT/target/$profile/batchguard" bin/batchguard
+# util-linux flock, for the overhead beside flock+timeout (busybox has timeout).
+[ -e "$r/usr/bin/flock" ] || pack_bin "$(command -v flock)" usr/bin/flock
 for t in "${tests[@]}"; do pack_bin "$t" "tests/$(basename "$t")"; done
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$r/etc/passwd"
 printf 'root:x:0:\nnogroup:x:65534:\n' > "$r/etc/group"

@@ -147,4 +147,17 @@ done
 for t in /tests/group-*; do
   [ -x "$t" ] && (cd /tmp && "$t" spawn_cost --nocapture 2>&1 | grep 'spawn+wait' | sed 's/^/VMTEST INFO /')
 done
+# Per-run overhead on cgroup v2 beside flock+timeout (INFO, not a check:
+# software emulation, read the ratio only; docs/performance.md).
+up() { cut -d' ' -f1 /proc/uptime; }
+per_run_ms() { # runs, command...
+  n=$1; shift
+  t0=$(up); i=0
+  while [ $i -lt "$n" ]; do "$@" > /dev/null 2>&1; i=$((i + 1)); done
+  awk -v a="$t0" -v b="$(up)" -v n="$n" 'BEGIN { printf "%.1f", (b - a) * 1000 / n }'
+}
+bare=$(per_run_ms 20 /bin/true)
+pair=$(per_run_ms 20 flock -n /tmp/tick.lock timeout 60 /bin/true)
+bg=$(per_run_ms 20 $BG exec --name tick -- /bin/true)
+echo "VMTEST INFO overhead ($(/bin/batchguard --version)) $(awk -v b="$bare" -v p="$pair" -v g="$bg" 'BEGIN { printf "bare %.1f ms, flock+timeout %.1f ms, batchguard exec %.1f ms: batchguard adds %.2fx what the pair adds", b, p, g, (g - b) / (p - b) }')"
 echo "VMTEST DONE"
