@@ -159,5 +159,6 @@ per_run_ms() { # runs, command...
 bare=$(per_run_ms 20 /bin/true)
 pair=$(per_run_ms 20 flock -n /tmp/tick.lock timeout 60 /bin/true)
 bg=$(per_run_ms 20 $BG exec --name tick -- /bin/true)
+BATCHGUARD_LOG=debug $BG exec --name tick -- /bin/true 2>&1 | sed 's/^/VMTEST INFO phase /'
 echo "VMTEST INFO overhead ($(/bin/batchguard --version)) $(awk -v b="$bare" -v p="$pair" -v g="$bg" 'BEGIN { printf "bare %.1f ms, flock+timeout %.1f ms, batchguard exec %.1f ms: batchguard adds %.2fx what the pair adds", b, p, g, (g - b) / (p - b) }')"
 echo "VMTEST DONE"
