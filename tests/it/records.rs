@@ -84,12 +84,8 @@ fn logs_prints_and_follows() {
     let mut runner = env.spawn(&["run", "talky"]);
     let mut id = String::new();
     wait_for("the run record", std::time::Duration::from_secs(10), || {
-        // The first run creates the store: until then `runs` says so (69).
-        let d = env.run(&["runs", "talky", "--format", "json"]);
-        if d.out.status.code() != Some(0) {
-            return false;
-        }
-        if let Some(r) = d.json().as_array().and_then(|a| a.first().cloned()) {
+        let runs = env.runs("talky");
+        if let Some(r) = runs.first() {
             id = r["id"].as_str().unwrap().to_string();
             true
         } else {
