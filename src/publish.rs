@@ -89,12 +89,11 @@ fn run_socket() -> Option<std::ffi::OsString> {
         return None;
     }
     let file = format!("{run_id}.sock");
+    // The runner is root, or the job's own user when started as it.
     let me = nix::unistd::geteuid().as_raw();
-    let mut dirs = vec![PathBuf::from("/run/batchguard/publish")];
-    for uid in [0, me] {
-        dirs.push(std::env::temp_dir().join(format!("batchguard-publish-{uid}")));
-    }
-    dirs.into_iter()
+    [0, me]
+        .into_iter()
+        .flat_map(socket_dirs)
         .map(|d| d.join(&file))
         .find(|p| p.exists())
         .map(PathBuf::into_os_string)
@@ -126,14 +125,12 @@ pub struct Grant<'a> {
     pub run_as: Option<&'a RunAs>,
 }
 
-/// The directories the sockets live in, most preferred first.
-fn socket_dirs() -> [PathBuf; 2] {
+/// The directories the sockets of a runner running as `uid` live in, most
+/// preferred first.
+fn socket_dirs(uid: u32) -> [PathBuf; 2] {
     [
         PathBuf::from("/run/batchguard/publish"),
-        std::env::temp_dir().join(format!(
-            "batchguard-publish-{}",
-            nix::unistd::geteuid().as_raw()
-        )),
+        std::env::temp_dir().join(format!("batchguard-publish-{uid}")),
     ]
 }
 
@@ -142,7 +139,7 @@ impl Service {
     /// directory only its owner can list (0711).
     pub fn bind(run_id: &str, run_as: Option<&RunAs>) -> std::io::Result<Service> {
         let mut last = None;
-        for dir in socket_dirs() {
+        for dir in socket_dirs(nix::unistd::geteuid().as_raw()) {
             match Service::bind_in(&dir, run_id, run_as) {
                 Ok(s) => return Ok(s),
                 Err(e) => last = Some(e),

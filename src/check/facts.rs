@@ -442,14 +442,7 @@ pub fn gather_job(job: &Job, history: Vec<RunRecord>) -> JobFacts {
     f.short_secrets = short_secrets(job, &env_file_vars, &lookup);
 
     // G15.
-    let argv: &[String] = if !job.command.is_empty() {
-        &job.command
-    } else {
-        job.items
-            .as_ref()
-            .and_then(|i| i.run.as_deref())
-            .unwrap_or(&[])
-    };
+    let argv = job.program_argv();
     let path_var = lookup("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
     f.interpreter = inspect_program(argv, &job.workdir, &path_var);
 

@@ -95,18 +95,29 @@ fn invocation(cli: &Cli) -> crate::exec::Invocation {
 }
 
 fn load_job(dir: &Path, name: &str, global: &Global) -> Result<Job> {
-    let path = dir.join("jobs").join(format!("{name}.toml"));
     if !dir.is_dir() {
         return Err(Error::NoConfigDir(dir.to_path_buf()));
     }
-    if !path.is_file() {
-        return Err(Error::UnknownJob {
-            job: name.to_string(),
-            dir: dir.to_path_buf(),
-            known: known_jobs(dir).join(", "),
-        });
+    Ok(config::load_job_file(&configured_job(dir, name)?, global)?)
+}
+
+/// `DIR/jobs/NAME.toml`, whether or not it exists.
+fn job_file(dir: &Path, name: &str) -> PathBuf {
+    dir.join("jobs").join(format!("{name}.toml"))
+}
+
+/// The file of configured job `name`; exit 1 with the known jobs when
+/// there is none (a typo must not look like a job without runs).
+fn configured_job(dir: &Path, name: &str) -> Result<PathBuf> {
+    let path = job_file(dir, name);
+    if path.is_file() {
+        return Ok(path);
     }
-    Ok(config::load_job_file(&path, global)?)
+    Err(Error::UnknownJob {
+        job: name.to_string(),
+        dir: dir.to_path_buf(),
+        known: known_jobs(dir).join(", "),
+    })
 }
 
 fn known_jobs(dir: &Path) -> Vec<String> {
@@ -202,7 +213,7 @@ fn exec_adhoc(cli: &Cli, exec: &args::Exec) -> Result<i32> {
     let dir = &cli.config_dir;
     let global = config::load_global(dir)?;
     let name = &exec.name;
-    let file = dir.join("jobs").join(format!("{name}.toml"));
+    let file = job_file(dir, name);
     if file.is_file() {
         return Err(Error::Usage(format!(
             "`{name}` is a configured job ({}): run it with `batchguard run {name}`, or give this ad-hoc command another --name (an ad-hoc run never stands in for a job's history)",
@@ -299,19 +310,11 @@ fn validate(dir: &Path, offline: bool) -> Result<i32> {
 /// What `validate` finds missing on this host: a job's program that is not
 /// there (or not executable), a channel variable that is not set.
 fn host_problems(cfg: &config::Config) -> Vec<batchguard_config::Diagnostic> {
-    use batchguard_config::{Channel, Diagnostic, UrlSource};
+    use batchguard_config::Diagnostic;
     let offline = "or pass --offline to check the files only";
     let mut found = Vec::new();
     for job in cfg.jobs.values() {
-        let argv = match (
-            &job.command,
-            job.items.as_ref().and_then(|i| i.run.as_ref()),
-        ) {
-            (c, _) if !c.is_empty() => c,
-            (_, Some(run)) => run,
-            _ => continue,
-        };
-        let Some(program) = argv.first() else {
+        let Some(program) = job.program_argv().first() else {
             continue;
         };
         let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::var_os("PATH")
@@ -349,23 +352,10 @@ fn host_problems(cfg: &config::Config) -> Vec<batchguard_config::Diagnostic> {
         .clone()
         .unwrap_or_else(|| cfg.dir.join(config::GLOBAL_FILE));
     for (name, ch) in &cfg.global.channels {
-        let vars: Vec<(&str, &str)> = match ch {
-            Channel::Slack { url } | Channel::Ping { url } | Channel::Webhook { url, .. } => {
-                match url {
-                    UrlSource::Env(v) => vec![("url_env", v.as_str())],
-                    UrlSource::Literal(_) => Vec::new(),
-                }
-            }
-            _ => Vec::new(),
-        };
-        let secret = match ch {
-            Channel::Webhook {
-                secret_env: Some(v),
-                ..
-            } => Some(("secret_env", v.as_str())),
-            _ => None,
-        };
-        for (key, var) in vars.into_iter().chain(secret) {
+        // The URL and the signing secret; an email channel's SMTP
+        // credentials are not checked here (yet).
+        let vars = ch.env_vars().into_iter();
+        for (key, var) in vars.filter(|(key, _)| matches!(*key, "url_env" | "secret_env")) {
             if std::env::var_os(var).is_none_or(|v| v.is_empty()) {
                 found.push(Diagnostic::general(
                     &file,
@@ -395,7 +385,7 @@ fn records(cli: &Cli) -> Result<i32> {
         Command::Runs { job, limit, format } => {
             let runs = ctx.store.list_runs(Some(job), *limit)?;
             if runs.is_empty() {
-                known_job(dir, job)?;
+                configured_job(dir, job)?;
             }
             render::runs(&runs, *format)
         }
@@ -427,19 +417,6 @@ fn read_context(cli: &Cli) -> Result<Context> {
     Ok(assemble(cli, global, url, store, true))
 }
 
-/// A job with no runs must at least be configured: otherwise the name is a
-/// typo, and saying "no runs" would hide it (exit 1, with the known jobs).
-fn known_job(dir: &Path, name: &str) -> Result<()> {
-    if dir.join("jobs").join(format!("{name}.toml")).is_file() {
-        return Ok(());
-    }
-    Err(Error::UnknownJob {
-        job: name.to_string(),
-        dir: dir.to_path_buf(),
-        known: known_jobs(dir).join(", "),
-    })
-}
-
 /// `batchguard ledger JOB | ledger reset JOB --scope S`.
 fn ledger(
     cli: &Cli,
@@ -464,8 +441,9 @@ fn ledger(
             Ok(exit::OK)
         }
         [job] => {
-            if ctx.store.ledger_counts(job, scope)?.is_empty() {
-                known_job(dir, job)?;
+            // Only a name that is not configured costs the extra read.
+            if !job_file(dir, job).is_file() && ctx.store.ledger_counts(job, scope)?.is_empty() {
+                configured_job(dir, job)?;
             }
             let max_attempts = load_job(dir, job, &ctx.global)
                 .ok()

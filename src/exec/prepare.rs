@@ -5,7 +5,7 @@
 use crate::clock;
 use crate::error::{Error, Result};
 use crate::redact::Redactor;
-use batchguard_config::{Channel, Global, Job, UrlSource, template};
+use batchguard_config::{Channel, Global, Job, template};
 use batchguard_supervise as supervise;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -71,32 +71,12 @@ pub(crate) fn template_error(
 /// The names of the variables that hold the runner's own secrets (channel
 /// URLs, signing secrets, SMTP credentials): never passed to a job.
 fn runner_secret_vars(global: &Global) -> Vec<&str> {
-    fn url(u: &UrlSource) -> Option<&str> {
-        match u {
-            UrlSource::Env(name) => Some(name.as_str()),
-            UrlSource::Literal(_) => None,
-        }
-    }
-    let mut names = Vec::new();
-    for ch in global.channels.values() {
-        match ch {
-            Channel::Slack { url: u } | Channel::Ping { url: u } => names.extend(url(u)),
-            Channel::Webhook { url: u, secret_env } => {
-                names.extend(url(u));
-                names.extend(secret_env.as_deref());
-            }
-            Channel::Email {
-                username_env,
-                password_env,
-                ..
-            } => {
-                names.extend(username_env.as_deref());
-                names.extend(password_env.as_deref());
-            }
-            Channel::Command { .. } => {}
-        }
-    }
-    names
+    global
+        .channels
+        .values()
+        .flat_map(Channel::env_vars)
+        .map(|(_, var)| var)
+        .collect()
 }
 
 /// Prepare `job` for this request. `global` says which of the runner's
@@ -251,18 +231,10 @@ pub(crate) fn rerun_command(ctx: &super::Context, job: &Job, p: &Prepared) -> St
     let mut args: Vec<String> = Vec::new();
     if let Some(exec) = &inv.exec {
         args.push("exec".into());
-        let dashes = exec.iter().position(|a| a == "--").unwrap_or(exec.len());
-        args.extend(
-            exec[..dashes]
-                .iter()
-                .map(|a| p.redactor.redact(a).into_owned()),
-        );
-        args.append(&mut globals);
-        args.extend(
-            exec[dashes..]
-                .iter()
-                .map(|a| p.redactor.redact(a).into_owned()),
-        );
+        args.extend(exec.iter().map(|a| p.redactor.redact(a).into_owned()));
+        // The options go before the `--` (after it they are the command's).
+        let dashes = args.iter().position(|a| a == "--").unwrap_or(args.len());
+        args.splice(dashes..dashes, globals);
     } else {
         args.push("run".into());
         match &inv.file {

@@ -385,10 +385,7 @@ pub fn no_queue() -> StoreError {
 /// Open the store named by a URL (`sqlite:PATH`, or `postgres://…` /
 /// `postgresql://…` for the shared PostgreSQL store).
 pub fn open(url: &str) -> Result<Box<dyn Store>> {
-    Ok(match open_backend(url)? {
-        Backend::Sqlite(s) => s,
-        Backend::Postgres(s) => s,
-    })
+    Ok(open_backend(url)?.into_store())
 }
 
 /// Open the store at `url` for a read command: like [`open`], but a SQLite
@@ -402,10 +399,7 @@ pub fn open_existing(url: &str) -> Result<Box<dyn Store>> {
             return Err(StoreError::Missing { path: path.into() });
         }
     }
-    match open_backend_with(url, READ_RETRY)? {
-        Backend::Sqlite(s) => Ok(s),
-        Backend::Postgres(s) => Ok(s),
-    }
+    Ok(open_backend_with(url, READ_RETRY)?.into_store())
 }
 
 /// How long a read command rides out an unreachable PostgreSQL server.
@@ -422,6 +416,15 @@ fn sqlite_path(url: &str) -> Option<&str> {
 pub(crate) enum Backend {
     Sqlite(Box<sqlite::SqliteStore>),
     Postgres(Box<postgres::PostgresStore>),
+}
+
+impl Backend {
+    fn into_store(self) -> Box<dyn Store> {
+        match self {
+            Backend::Sqlite(s) => s,
+            Backend::Postgres(s) => s,
+        }
+    }
 }
 
 /// Open the backend named by `url`, as [`open`] describes.

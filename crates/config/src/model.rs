@@ -141,6 +141,51 @@ impl Channel {
             Channel::Ping { .. } => "ping",
         }
     }
+
+    /// The environment variables the channel reads when it sends, each with
+    /// the key that names it (`url_env`, `secret_env`, `username_env`,
+    /// `password_env`).
+    pub fn env_vars(&self) -> Vec<(&'static str, &str)> {
+        fn url(u: &UrlSource) -> Option<(&'static str, &str)> {
+            match u {
+                UrlSource::Env(name) => Some(("url_env", name.as_str())),
+                UrlSource::Literal(_) => None,
+            }
+        }
+        fn named<'a>(key: &'static str, v: &'a Option<String>) -> Option<(&'static str, &'a str)> {
+            v.as_deref().map(|v| (key, v))
+        }
+        match self {
+            Channel::Slack { url: u } | Channel::Ping { url: u } => url(u).into_iter().collect(),
+            Channel::Webhook { url: u, secret_env } => url(u)
+                .into_iter()
+                .chain(named("secret_env", secret_env))
+                .collect(),
+            Channel::Email {
+                username_env,
+                password_env,
+                ..
+            } => named("username_env", username_env)
+                .into_iter()
+                .chain(named("password_env", password_env))
+                .collect(),
+            Channel::Command { .. } => Vec::new(),
+        }
+    }
+}
+
+impl Job {
+    /// The argv that starts the job's processes: `command`, or for a
+    /// per-item job without one, `items.run` (empty when neither is set).
+    pub fn program_argv(&self) -> &[String] {
+        if !self.command.is_empty() {
+            return &self.command;
+        }
+        self.items
+            .as_ref()
+            .and_then(|i| i.run.as_deref())
+            .unwrap_or(&[])
+    }
 }
 
 /// A job, resolved: `[defaults]` applied, paths absolute, everything validated.
