@@ -66,9 +66,7 @@ fn take(s: &dyn Store, lock: &str, id: &str, mode: AcquireMode) -> LockAttempt {
     let who = runner(4242);
     let run = record(id, lock, &who);
     let req = LockRequest {
-        lock,
         run: &run,
-        runner: &who,
         now_ms: 1_000,
         lease_ms: 30_000,
         mode,

@@ -34,9 +34,7 @@ pub fn take(
     // holder, or cleans up after one dead holder.
     for _ in 0..8 {
         let req = LockRequest {
-            lock: &run.lock,
             run,
-            runner: &ctx.me,
             now_ms: clock::now_ms(),
             lease_ms,
             mode,

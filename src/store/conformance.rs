@@ -37,9 +37,7 @@ fn take(
     let runner = identity(id.len() as i32);
     let run = record(id, "job", &runner);
     let req = LockRequest {
-        lock: "job",
         run: &run,
-        runner: &runner,
         now_ms: 1_000,
         lease_ms: 30_000,
         mode,

@@ -126,10 +126,9 @@ pub enum AcquireMode {
 /// A request to take a lock for a run.
 #[derive(Clone, Debug)]
 pub struct LockRequest<'a> {
-    pub lock: &'a str,
-    /// The run that takes the lock: recorded in the same transaction.
+    /// The run that takes its lock (`run.lock`): recorded in the same
+    /// transaction.
     pub run: &'a RunRecord,
-    pub runner: &'a RunnerIdentity,
     pub now_ms: i64,
     pub lease_ms: i64,
     pub mode: AcquireMode,

@@ -71,9 +71,7 @@ mod tests {
         let who = runner();
         let run = crate::store::conformance::record("run-b", "job", &who);
         let req = LockRequest {
-            lock: "job",
             run: &run,
-            runner: &who,
             now_ms: 1_000,
             lease_ms: 30_000,
             mode,

@@ -54,8 +54,7 @@ use std::time::{Duration, Instant};
 /// feature; each backend numbers its own steps from there.
 /// This backend's migrations (src/store/schema.rs).
 fn migrations() -> &'static [String] {
-    static ALL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    ALL.get_or_init(|| super::schema::migrations(super::schema::Backend::Postgres))
+    super::schema::migrations(super::schema::Backend::Postgres)
 }
 
 const DEFAULT_POOL_SIZE: usize = 8;
@@ -682,17 +681,17 @@ impl RunStore for PostgresStore {
                 .query_opt(
                     "INSERT INTO fences (lock_name, last_fence) VALUES ($1, 1) \
                      ON CONFLICT (lock_name) DO NOTHING RETURNING last_fence",
-                    &[&req.lock],
+                    &[&req.run.lock],
                 )?
                 .is_some();
             if !fresh {
                 tx.execute(
                     "SELECT last_fence FROM fences WHERE lock_name = $1 FOR UPDATE",
-                    &[&req.lock],
+                    &[&req.run.lock],
                 )?;
             }
             let holder = if req.mode.holds_lock() {
-                holder(&mut tx, req.lock)?
+                holder(&mut tx, &req.run.lock)?
             } else {
                 None
             };
@@ -706,7 +705,7 @@ impl RunStore for PostgresStore {
                 tx.query_one(
                     "UPDATE fences SET last_fence = last_fence + 1 WHERE lock_name = $1 \
                      RETURNING last_fence",
-                    &[&req.lock],
+                    &[&req.run.lock],
                 )?
                 .try_get(0)?
             };
@@ -716,7 +715,12 @@ impl RunStore for PostgresStore {
                      VALUES ($1, $2, $3, $4) ON CONFLICT (lock_name) DO UPDATE \
                      SET fence = EXCLUDED.fence, run_id = EXCLUDED.run_id, \
                      lease_until_ms = EXCLUDED.lease_until_ms",
-                    &[&req.lock, &fence, &req.run.id, &(req.now_ms + req.lease_ms)],
+                    &[
+                        &req.run.lock,
+                        &fence,
+                        &req.run.id,
+                        &(req.now_ms + req.lease_ms),
+                    ],
                 )?;
             }
             insert_run_in(&mut tx, run, fence)?;

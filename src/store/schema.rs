@@ -267,8 +267,20 @@ pub(crate) enum Backend {
     Postgres,
 }
 
-/// Every migration of `backend`, in order: number N is element N-1.
-pub(crate) fn migrations(backend: Backend) -> Vec<String> {
+/// Every migration of `backend`, in order: number N is element N-1
+/// (spelled once per process).
+pub(crate) fn migrations(backend: Backend) -> &'static [String] {
+    use std::sync::OnceLock;
+    static SQLITE_ALL: OnceLock<Vec<String>> = OnceLock::new();
+    static POSTGRES_ALL: OnceLock<Vec<String>> = OnceLock::new();
+    let cell = match backend {
+        Backend::Sqlite => &SQLITE_ALL,
+        Backend::Postgres => &POSTGRES_ALL,
+    };
+    cell.get_or_init(|| spell_all(backend))
+}
+
+fn spell_all(backend: Backend) -> Vec<String> {
     let (w, own) = match backend {
         Backend::Sqlite => (
             &SQLITE,
@@ -297,7 +309,7 @@ mod tests {
         for (backend, n) in [(Backend::Sqlite, 8), (Backend::Postgres, 7)] {
             let all = migrations(backend);
             assert_eq!(all.len(), n);
-            for sql in &all {
+            for sql in all {
                 for word in ["{i64}", "{i32}", "{key}", "{seq}", "{end_keyed}"] {
                     assert!(!sql.contains(word), "{word} left in {sql}");
                 }

@@ -25,8 +25,7 @@ use std::time::Duration;
 /// Numbered migrations; index + 1 is the schema version they lead to.
 /// This backend's migrations (src/store/schema.rs).
 fn migrations() -> &'static [String] {
-    static ALL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    ALL.get_or_init(|| super::schema::migrations(super::schema::Backend::Sqlite))
+    super::schema::migrations(super::schema::Backend::Sqlite)
 }
 
 /// How this backend spells the shared SQL.
@@ -312,7 +311,7 @@ impl RunStore for SqliteStore {
         let mut conn = self.conn();
         let tx = self.begin(&mut conn)?;
         let holder = if req.mode.holds_lock() {
-            self.holder(&tx, req.lock)?
+            self.holder(&tx, &req.run.lock)?
         } else {
             None
         };
@@ -320,12 +319,12 @@ impl RunStore for SqliteStore {
             Decision::Take { replaced } => replaced,
             Decision::Refuse(attempt) => return Ok(attempt),
         };
-        let fence = bump_fence(&tx, req.lock).map_err(|e| self.err(e))?;
+        let fence = bump_fence(&tx, &req.run.lock).map_err(|e| self.err(e))?;
         if req.mode.holds_lock() {
             tx.execute(
                 "INSERT INTO locks (lock_name, fence, run_id, lease_until_ms) VALUES (?1, ?2, ?3, ?4) \
                  ON CONFLICT (lock_name) DO UPDATE SET fence = ?2, run_id = ?3, lease_until_ms = ?4",
-                params![req.lock, fence, req.run.id, req.now_ms + req.lease_ms],
+                params![&req.run.lock, fence, req.run.id, req.now_ms + req.lease_ms],
             )
             .map_err(|e| self.err(e))?;
         }
