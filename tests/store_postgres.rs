@@ -575,13 +575,9 @@ fn a_server_outage_is_waited_out() {
     let _serial = serial();
     let schemas = Schemas::default();
     let proxy = Proxy::start(&pg_common::server_addr());
-    let database = base()
-        .rsplit_once('/')
-        .map(|(_, d)| d.split('?').next().unwrap_or("test").to_string())
-        .unwrap_or_else(|| "test".into());
     let url = format!(
         "{}?schema={}",
-        pg_common::url_at(&format!("127.0.0.1:{}", proxy.port), &database),
+        pg_common::url_at(&format!("127.0.0.1:{}", proxy.port), &pg_common::database()),
         schemas.fresh("bg_outage")
     );
     let s = store::open(&url).unwrap();
@@ -738,11 +734,7 @@ fn read_commands_name_the_postgres_cause_quickly() {
     assert_eq!(out.status.code(), Some(69), "{err}");
     assert!(err.contains("onnection refused"), "{err}");
     assert!(took < Duration::from_secs(8), "took {took:?}");
-    let base = base();
-    let missing = match base.rsplit_once('/') {
-        Some((server, _)) => format!("{server}/bg_no_such_database"),
-        None => panic!("BATCHGUARD_TEST_PG has no database: {base}"),
-    };
+    let missing = pg_common::url_at(&pg_common::server_addr(), "bg_no_such_database");
     let (out, _) = status(&missing);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(69), "{err}");

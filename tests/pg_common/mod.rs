@@ -79,29 +79,35 @@ fn sweep_leaked_schemas(c: &mut postgres::Client) {
     }
 }
 
-/// `host:port` of the test server (from [`base`]).
-pub fn server_addr() -> String {
-    let after_scheme = base()
-        .split_once("://")
-        .map_or(String::new(), |(_, r)| r.to_string());
-    let host_part = after_scheme
-        .rsplit_once('@')
-        .map_or(after_scheme.as_str(), |(_, h)| h);
-    let hostport = host_part.split(['/', '?']).next().unwrap_or("127.0.0.1");
-    if hostport.contains(':') {
-        hostport.to_string()
-    } else {
-        format!("{hostport}:5432")
-    }
+/// [`base`] as the driver parses it.
+fn config() -> postgres::Config {
+    base()
+        .parse()
+        .unwrap_or_else(|e| panic!("BATCHGUARD_TEST_PG {}: {e}", base()))
 }
 
-/// [`base`] with its user and password, on another `host:port` and database.
+/// `host:port` of the test server (from [`base`]).
+pub fn server_addr() -> String {
+    let c = config();
+    let host = match c.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".to_string(),
+    };
+    format!("{host}:{}", c.get_ports().first().copied().unwrap_or(5432))
+}
+
+/// The test database's name (from [`base`]).
+pub fn database() -> String {
+    config().get_dbname().unwrap_or("test").to_string()
+}
+
+/// [`base`]'s user (and password) on another `host:port` and `database`.
 pub fn url_at(addr: &str, database: &str) -> String {
-    let after_scheme = base()
-        .split_once("://")
-        .map_or(String::new(), |(_, r)| r.to_string());
-    let user = after_scheme
-        .rsplit_once('@')
-        .map_or("postgres".to_string(), |(u, _)| u.to_string());
-    format!("postgres://{user}@{addr}/{database}")
+    let c = config();
+    let user = c.get_user().unwrap_or("postgres");
+    let login = match c.get_password() {
+        Some(pw) => format!("{user}:{}", String::from_utf8_lossy(pw)),
+        None => user.to_string(),
+    };
+    format!("postgres://{login}@{addr}/{database}")
 }
