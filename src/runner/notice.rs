@@ -206,14 +206,10 @@ pub(crate) fn run_ended(
     };
     // Nothing new and nothing waiting (one cheap read): no flush at all, so
     // a quiet success costs no write transaction here.
-    if stored == 0 && ctx.store.outbox_pending().unwrap_or(1) == 0 {
+    if ctx.invocation.read_only || stored == 0 && ctx.store.outbox_pending().unwrap_or(1) == 0 {
         return told;
     }
-    if ctx.invocation.read_only {
-        return told;
-    }
-    let report = notify::flush(ctx.store.as_ref(), &ctx.global, notify::FLUSH_BUDGET, false);
-    if report.failed > 0 {
+    if let Some(report) = deliver(ctx).filter(|r| r.failed > 0) {
         tracing::warn!(
             "{} notification deliveries failed; {} left in the outbox for `batchguard notify flush`",
             report.failed,
@@ -221,6 +217,13 @@ pub(crate) fn run_ended(
         );
     }
     told
+}
+
+/// Deliver what the outbox holds, within the flush budget, unless this is
+/// a read command: its notifications wait for the watchdog or the next run.
+fn deliver(ctx: &Context) -> Option<notify::FlushReport> {
+    (!ctx.invocation.read_only)
+        .then(|| notify::flush(ctx.store.as_ref(), &ctx.global, notify::FLUSH_BUDGET, false))
 }
 
 /// What the noise policy did with a run's end.
@@ -287,9 +290,7 @@ pub(crate) fn overrun(ctx: &Context, job: &Job, p: &Prepared, run: &RunRecord, e
             .unwrap_or_default()
     );
     let _ = notify::enqueue(ctx.store.as_ref(), &ctx.global, job, &payload, true);
-    if !ctx.invocation.read_only {
-        notify::flush(ctx.store.as_ref(), &ctx.global, notify::FLUSH_BUDGET, false);
-    }
+    deliver(ctx);
 }
 
 /// Repeated overruns are summarised like repeated failures (SPEC §7): an
@@ -376,7 +377,7 @@ pub(crate) fn skipped(
             payload.message = format!("{} {e}.", payload.message);
         }
         let _ = notify::enqueue(ctx.store.as_ref(), &ctx.global, job, &payload, true);
-        notify::flush(ctx.store.as_ref(), &ctx.global, notify::FLUSH_BUDGET, false);
+        deliver(ctx);
         return;
     }
     run_ended(ctx, job, p, run, Outcome::Skipped, end, &[], &[]);
