@@ -344,51 +344,59 @@ fn parse_concurrency(s: &str) -> std::result::Result<Concurrency, String> {
 /// Write the completions for `shell` to `out`.
 pub fn completions(shell: Shell, out: &mut dyn std::io::Write) {
     use clap::CommandFactory;
-    let mut cmd = Cli::command();
-    match shell {
-        Shell::Bash => {
-            clap_complete::generate(clap_complete::Shell::Bash, &mut cmd, "batchguard", out)
-        }
-        Shell::Zsh => {
-            clap_complete::generate(clap_complete::Shell::Zsh, &mut cmd, "batchguard", out)
-        }
-        Shell::Fish => {
-            clap_complete::generate(clap_complete::Shell::Fish, &mut cmd, "batchguard", out)
-        }
-    }
+    let shell = match shell {
+        Shell::Bash => clap_complete::Shell::Bash,
+        Shell::Zsh => clap_complete::Shell::Zsh,
+        Shell::Fish => clap_complete::Shell::Fish,
+    };
+    clap_complete::generate(shell, &mut Cli::command(), "batchguard", out);
 }
 
-/// The exit codes as the man page lists them (docs/reference.md §4).
-const EXIT_CODES: &[(&str, &str)] = &[
-    (
-        "0",
-        "success (also: --if-due outside a fire, nothing to do)",
-    ),
-    (
-        "1",
-        "the job failed with exit 1 or items failed; a check fail; an unknown job or run",
-    ),
-    ("2", "usage error"),
-    (
-        "69",
-        "the state store is unreachable, missing (read commands) or failing",
-    ),
-    ("70", "an internal error of batchguard"),
-    (
-        "73",
-        "a cron.d file cannot be created (foreign file, missing directory)",
-    ),
-    ("74", "an I/O error"),
-    ("75", "skipped (lock held) or fenced; publish refused"),
-    (
-        "78",
-        "configuration error, or the config directory does not exist",
-    ),
-    ("124", "timeout"),
-    ("126, 127", "the command is not executable, not found"),
-    ("137", "killed at memory_max (oom)"),
-    ("128+N", "ended by signal N from outside"),
-];
+/// The exit codes as the man page lists them, from `crate::exit` (the one
+/// list; docs/reference.md §4 is its prose).
+fn exit_codes() -> Vec<(String, &'static str)> {
+    use crate::exit;
+    let code = |c: i32| c.to_string();
+    vec![
+        (
+            code(exit::OK),
+            "success (also: --if-due outside a fire, nothing to do)",
+        ),
+        (
+            code(exit::FAILURE),
+            "the job failed with exit 1 or items failed; a check fail; an unknown job or run",
+        ),
+        (code(exit::USAGE), "usage error"),
+        (
+            code(exit::UNAVAILABLE),
+            "the state store is unreachable, missing (read commands) or failing",
+        ),
+        (code(exit::SOFTWARE), "an internal error of batchguard"),
+        (
+            code(exit::CANT_CREATE),
+            "a cron.d file cannot be created (foreign file, missing directory)",
+        ),
+        (code(exit::IO_ERROR), "an I/O error"),
+        (
+            code(exit::TEMPFAIL),
+            "skipped (lock held) or fenced; publish refused",
+        ),
+        (
+            code(exit::CONFIG),
+            "configuration error, or the config directory does not exist",
+        ),
+        (code(exit::TIMEOUT), "timeout"),
+        (
+            format!("{}, {}", exit::NOT_EXECUTABLE, exit::NOT_FOUND),
+            "the command is not executable, not found",
+        ),
+        (code(exit::OOM), "killed at memory_max (oom)"),
+        (
+            format!("{}+N", exit::signal(0)),
+            "ended by signal N from outside",
+        ),
+    ]
+}
 
 /// Write the man page (roff) to `out`: the command, then one section per
 /// subcommand.
@@ -412,7 +420,7 @@ pub fn man(out: &mut dyn std::io::Write) -> std::io::Result<()> {
         page.render_options_section(out)?;
     }
     writeln!(out, ".SH \"EXIT STATUS\"")?;
-    for (code, meaning) in EXIT_CODES {
+    for (code, meaning) in exit_codes() {
         writeln!(out, ".TP\n\\fB{code}\\fR\n{meaning}")?;
     }
     writeln!(out, ".SH \"SEE ALSO\"")?;
