@@ -8,7 +8,7 @@
 use batchguard::store::conformance::{beat, claim_outbox, commit, hook_failure};
 use batchguard::store::{
     self, AcquireMode, Committer, Heartbeat, Holder, ItemState, LedgerUpdate, LockAttempt,
-    LockRequest, NotifyState, OutboxFailure, RunEnd, RunRecord, RunnerIdentity, Store, StoreError,
+    NotifyState, OutboxFailure, RunEnd, RunRecord, RunnerIdentity, Store, StoreError,
 };
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -65,13 +65,7 @@ fn record(id: &str, lock: &str, who: &RunnerIdentity) -> RunRecord {
 fn take(s: &dyn Store, lock: &str, id: &str, mode: AcquireMode) -> LockAttempt {
     let who = runner(4242);
     let run = record(id, lock, &who);
-    let req = LockRequest {
-        run: &run,
-        now_ms: 1_000,
-        lease_ms: 30_000,
-        mode,
-        cleaned_fence: None,
-    };
+    let req = batchguard::store::conformance::request(&run, mode, None);
     let alive = |_: &Holder, _: i64| true;
     s.acquire(&req, &alive).expect("acquire")
 }

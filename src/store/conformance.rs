@@ -27,6 +27,17 @@ pub fn record(id: &str, lock: &str, runner: &RunnerIdentity) -> RunRecord {
     )
 }
 
+/// The request of tests for `run` to take its lock at 1 s with a 30 s lease.
+pub fn request(run: &RunRecord, mode: AcquireMode, cleaned: Option<i64>) -> LockRequest<'_> {
+    LockRequest {
+        run,
+        now_ms: 1_000,
+        lease_ms: 30_000,
+        mode,
+        cleaned_fence: cleaned,
+    }
+}
+
 fn take(
     store: &dyn Store,
     id: &str,
@@ -36,13 +47,7 @@ fn take(
 ) -> LockAttempt {
     let runner = identity(id.len() as i32);
     let run = record(id, "job", &runner);
-    let req = LockRequest {
-        run: &run,
-        now_ms: 1_000,
-        lease_ms: 30_000,
-        mode,
-        cleaned_fence: cleaned,
-    };
+    let req = request(&run, mode, cleaned);
     let liveness = move |_: &Holder, _: i64| alive;
     store.acquire(&req, &liveness).expect("acquire")
 }

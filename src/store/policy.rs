@@ -70,13 +70,7 @@ mod tests {
     fn ask(h: Option<Holder>, mode: AcquireMode, alive: bool, cleaned: Option<i64>) -> Decision {
         let who = runner();
         let run = crate::store::conformance::record("run-b", "job", &who);
-        let req = LockRequest {
-            run: &run,
-            now_ms: 1_000,
-            lease_ms: 30_000,
-            mode,
-            cleaned_fence: cleaned,
-        };
+        let req = crate::store::conformance::request(&run, mode, cleaned);
         decide(h, &req, &move |_: &Holder, _: i64| alive)
     }
 
