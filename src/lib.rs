@@ -7,11 +7,13 @@
 //! - [`batchguard_supervise`] (crate `supervise`): one process tree, limits, signals;
 //! - [`store`]: the state store trait and its backends;
 //! - [`runner`]: one invocation of a job: lock, attempts, records;
-//! - [`logs`], [`redact`], [`publish`], [`cron`], [`host`], [`clock`]: supporting concepts;
+//! - [`logs`], [`redact`], [`publish`], [`cron`], [`host`], [`clock`], [`atomic_file`]:
+//!   supporting concepts;
 //! - [`serve`]: the read-only web dashboard and Prometheus metrics;
 //! - [`cli`]: argument parsing, dispatch and rendering, no business logic;
 //! - [`error`] and [`exit`]: the one place where errors become exit codes.
 
+pub mod atomic_file;
 pub mod check;
 pub mod cli;
 pub mod clock;

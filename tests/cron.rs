@@ -8,6 +8,9 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+/// The daemon these file tests render for (the cron_daemon tests run the others).
+const CRONIE: cron::Flavor = cron::Flavor::Cronie;
+
 fn tz(name: &str) -> TimeZone {
     batchguard::config::zone::zone(name).unwrap_or_else(|| panic!("zone {name}"))
 }
@@ -275,7 +278,7 @@ fn render_with_timezone_and_user() {
     // (SPEC §3), so the job's user never appears in the cron line.
     let e = entry("nightly-report", "30 3 * * *", Some("Asia/Tokyo"), "batch");
     assert_eq!(
-        cron::render(&e, Path::new(BIN), Path::new(CONF)),
+        cron::render(&e, Path::new(BIN), Path::new(CONF), CRONIE),
         "\
 # Managed by batchguard: do not edit (batchguard cron install rewrites it).
 # batchguard job nightly-report, config dir /etc/batchguard
@@ -291,7 +294,7 @@ CRON_TZ=Asia/Tokyo
 fn render_without_timezone_as_root_keeps_nicknames() {
     let e = entry("cleanup", "@daily", None, "root");
     assert_eq!(
-        cron::render(&e, Path::new(BIN), Path::new(CONF)),
+        cron::render(&e, Path::new(BIN), Path::new(CONF), CRONIE),
         "\
 # Managed by batchguard: do not edit (batchguard cron install rewrites it).
 # batchguard job cleanup, config dir /etc/batchguard
@@ -305,7 +308,7 @@ PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 #[test]
 fn render_watchdog_and_quoting() {
     assert_eq!(
-        cron::render_watchdog(Path::new(BIN), Path::new("/srv/batch conf")),
+        cron::render_watchdog(Path::new(BIN), Path::new("/srv/batch conf"), CRONIE),
         "\
 # Managed by batchguard: do not edit (batchguard cron install rewrites it).
 # batchguard watchdog, config dir /srv/batch conf
@@ -358,7 +361,7 @@ fn mode(p: &Path) -> u32 {
 }
 
 fn install(entries: &[CronEntry], dir: &Path) -> InstallReport {
-    cron::install(entries, dir, Path::new(BIN), Path::new(CONF)).unwrap()
+    cron::install(entries, dir, Path::new(BIN), Path::new(CONF), CRONIE).unwrap()
 }
 
 #[test]
@@ -382,11 +385,11 @@ fn install_writes_skips_identical_and_removes_stale_marked_files() {
     }
     assert_eq!(
         fs::read_to_string(d.join("batchguard-alpha")).unwrap(),
-        cron::render(&a, Path::new(BIN), Path::new(CONF))
+        cron::render(&a, Path::new(BIN), Path::new(CONF), CRONIE)
     );
     assert_eq!(
         fs::read_to_string(d.join("batchguard-watchdog")).unwrap(),
-        cron::render_watchdog(Path::new(BIN), Path::new(CONF))
+        cron::render_watchdog(Path::new(BIN), Path::new(CONF), CRONIE)
     );
     // No temporary files left behind.
     let mut all: Vec<String> = fs::read_dir(d)
@@ -405,7 +408,7 @@ fn install_writes_skips_identical_and_removes_stale_marked_files() {
         ]
     );
     for e in [&a, &b] {
-        assert!(cron::installed_current(e, d, Path::new(BIN), Path::new(CONF)).unwrap());
+        assert!(cron::installed_current(e, d, Path::new(BIN), Path::new(CONF), CRONIE).unwrap());
     }
 
     // Second run: nothing rewritten (same inode, same mtime).
@@ -429,15 +432,15 @@ fn install_writes_skips_identical_and_removes_stale_marked_files() {
 
     // beta is gone and alpha's schedule changed: beta removed, alpha rewritten.
     let a2 = entry("alpha", "45 3 * * *", Some("Asia/Tokyo"), "batch");
-    assert!(!cron::installed_current(&a2, d, Path::new(BIN), Path::new(CONF)).unwrap());
+    assert!(!cron::installed_current(&a2, d, Path::new(BIN), Path::new(CONF), CRONIE).unwrap());
     let r = install(std::slice::from_ref(&a2), d);
     assert_eq!(names(&r.written), ["batchguard-alpha"]);
     assert_eq!(names(&r.unchanged), ["batchguard-watchdog"]);
     assert_eq!(names(&r.removed), ["batchguard-beta"]);
     assert!(!d.join("batchguard-beta").exists());
     assert_eq!(mode(&d.join("batchguard-alpha")), 0o644);
-    assert!(cron::installed_current(&a2, d, Path::new(BIN), Path::new(CONF)).unwrap());
-    assert!(!cron::installed_current(&b, d, Path::new(BIN), Path::new(CONF)).unwrap());
+    assert!(cron::installed_current(&a2, d, Path::new(BIN), Path::new(CONF), CRONIE).unwrap());
+    assert!(!cron::installed_current(&b, d, Path::new(BIN), Path::new(CONF), CRONIE).unwrap());
 
     // Foreign and unrelated files untouched throughout.
     assert_eq!(
@@ -464,7 +467,7 @@ fn install_fixes_a_wrong_mode() {
         fs::Permissions::from_mode(0o666),
     )
     .unwrap();
-    assert!(!cron::installed_current(&a, d, Path::new(BIN), Path::new(CONF)).unwrap());
+    assert!(!cron::installed_current(&a, d, Path::new(BIN), Path::new(CONF), CRONIE).unwrap());
     let r = install(std::slice::from_ref(&a), d);
     assert_eq!(names(&r.written), ["batchguard-alpha"]);
     assert_eq!(mode(&d.join("batchguard-alpha")), 0o644);
@@ -480,6 +483,7 @@ fn install_refuses_to_overwrite_an_unmarked_file() {
         d,
         Path::new(BIN),
         Path::new(CONF),
+        CRONIE,
     )
     .unwrap_err();
     assert!(matches!(err, CronError::Foreign { .. }), "{err}");
@@ -497,7 +501,7 @@ fn install_rejects_bad_entries_and_paths() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let bad = |e: CronEntry| {
-        cron::install(&[e], d, Path::new(BIN), Path::new(CONF))
+        cron::install(&[e], d, Path::new(BIN), Path::new(CONF), CRONIE)
             .unwrap_err()
             .to_string()
     };
@@ -507,10 +511,10 @@ fn install_rejects_bad_entries_and_paths() {
     assert!(
         bad(entry("alpha", "30 3 * * *", Some("Nowhere/City"), "root")).contains("Nowhere/City")
     );
-    let e = cron::install(&[], d, Path::new("batchguard"), Path::new(CONF)).unwrap_err();
+    let e = cron::install(&[], d, Path::new("batchguard"), Path::new(CONF), CRONIE).unwrap_err();
     assert!(e.to_string().contains("absolute"), "{e}");
     let missing = d.join("missing");
-    let e = cron::install(&[], &missing, Path::new(BIN), Path::new(CONF)).unwrap_err();
+    let e = cron::install(&[], &missing, Path::new(BIN), Path::new(CONF), CRONIE).unwrap_err();
     assert!(
         e.to_string().contains(&missing.display().to_string()),
         "{e}"

@@ -479,18 +479,11 @@ fn check(
             Err(e) => return Err(e),
         }
     }
-    let (bin, cdir) = (own_binary()?, absolute(dir)?);
-    let cron_facts = |job: &Job| -> (Option<std::time::Duration>, Option<bool>) {
-        let Some(schedule) = &job.schedule else {
-            return (None, None);
-        };
-        let tz = crate::clock::zone(job.timezone.as_deref());
-        let flavor = crate::cron::flavor::host();
-        let current = crate::cron::CronEntry::from_job(job).and_then(|e| {
-            crate::cron::installed_current_for(&e, cron_dir, &bin, &cdir, flavor).ok()
-        });
-        (crate::cron::interval(schedule, &tz), current)
-    };
+    let cron_facts = crate::cron::check_facts(
+        cron_dir.to_path_buf(),
+        Some(own_binary()?),
+        Some(absolute(dir)?),
+    );
     Ok(crate::check::command(
         &jobs,
         broken,
@@ -604,14 +597,14 @@ fn cron_command(dir: &Path, action: &CronAction) -> Result<i32> {
                 }
                 first = false;
                 println!("# file: {}", cron::file_name(&entry.job));
-                print!("{}", cron::render_for(&entry, &bin, &cdir, flavor));
+                print!("{}", cron::render(&entry, &bin, &cdir, flavor));
             }
             if job.is_none() {
                 if !first {
                     println!();
                 }
                 println!("# file: {}", cron::WATCHDOG_FILE);
-                print!("{}", cron::render_watchdog_for(&bin, &cdir, flavor));
+                print!("{}", cron::render_watchdog(&bin, &cdir, flavor));
             }
             Ok(exit::OK)
         }
@@ -627,7 +620,7 @@ fn cron_command(dir: &Path, action: &CronAction) -> Result<i32> {
                 .filter_map(cron::CronEntry::from_job)
                 .collect();
             let report =
-                cron::install_for(&entries, cron_dir, &own_binary()?, &absolute(dir)?, flavor)?;
+                cron::install(&entries, cron_dir, &own_binary()?, &absolute(dir)?, flavor)?;
             println!("cron daemon: {}", flavor.describe());
             for p in &report.written {
                 println!("wrote {}", p.display());

@@ -18,11 +18,10 @@ use super::flavor::Flavor;
 use super::schedule::Schedule;
 use batchguard_config::Job;
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// First line of every file batchguard writes; only files that start with
 /// it are ever replaced or removed.
@@ -86,11 +85,6 @@ pub fn file_name(job: &str) -> String {
     format!("{FILE_PREFIX}{job}")
 }
 
-/// The cron.d file of one job for cronie (see [`render_for`]).
-pub fn render(entry: &CronEntry, batchguard_bin: &Path, config_dir: &Path) -> String {
-    render_for(entry, batchguard_bin, config_dir, Flavor::Cronie)
-}
-
 /// The cron.d file of one job: marker, a comment naming the job and its
 /// config dir, `SHELL`, `PATH`, then
 /// - cronie: `CRON_TZ` when a timezone is set, `SCHEDULE root BIN
@@ -102,7 +96,7 @@ pub fn render(entry: &CronEntry, batchguard_bin: &Path, config_dir: &Path) -> St
 /// Ends with a newline. Assumes a valid entry (as [`install`] checks); the
 /// schedule's whitespace is normalised to single spaces, so it can never
 /// span lines.
-pub fn render_for(
+pub fn render(
     entry: &CronEntry,
     batchguard_bin: &Path,
     config_dir: &Path,
@@ -142,16 +136,10 @@ fn user_field(flavor: Flavor) -> &'static str {
     if flavor.has_user_field() { "root " } else { "" }
 }
 
-/// `batchguard-watchdog` for one config dir, for cronie (see
-/// [`render_watchdog_for`]).
-pub fn render_watchdog(batchguard_bin: &Path, config_dir: &Path) -> String {
-    render_watchdog_for(batchguard_bin, config_dir, Flavor::Cronie)
-}
-
 /// `batchguard-watchdog` serving one config dir: `* * * * * root BIN
 /// --config-dir DIR watchdog`. [`install`] adds the lines of the other
 /// config dirs already in the file.
-pub fn render_watchdog_for(batchguard_bin: &Path, config_dir: &Path, flavor: Flavor) -> String {
+pub fn render_watchdog(batchguard_bin: &Path, config_dir: &Path, flavor: Flavor) -> String {
     let mut s = header("watchdog", config_dir, None);
     s.push_str(&watchdog_line(batchguard_bin, config_dir, flavor));
     s
@@ -345,21 +333,9 @@ fn is_current(path: &Path, content: &str, exact_mode: bool) -> Result<bool, Cron
     Ok(on_disk == content.as_bytes())
 }
 
-/// Whether `dir/batchguard-JOB` holds exactly what [`render`] (cronie)
-/// produces now and cron would accept its mode. `Ok(false)` when it is
-/// missing or stale. See [`installed_current_for`].
-pub fn installed_current(
-    entry: &CronEntry,
-    dir: &Path,
-    bin: &Path,
-    config_dir: &Path,
-) -> Result<bool, CronError> {
-    installed_current_for(entry, dir, bin, config_dir, Flavor::Cronie)
-}
-
-/// Whether `dir/batchguard-JOB` holds exactly what [`render_for`] produces
+/// Whether `dir/batchguard-JOB` holds exactly what [`render`] produces
 /// now for `flavor`, with a mode cron accepts (for `check`, G13).
-pub fn installed_current_for(
+pub fn installed_current(
     entry: &CronEntry,
     dir: &Path,
     bin: &Path,
@@ -369,7 +345,7 @@ pub fn installed_current_for(
     check_entry(entry)?;
     is_current(
         &dir.join(file_name(&entry.job)),
-        &render_for(entry, bin, config_dir, flavor),
+        &render(entry, bin, config_dir, flavor),
         false,
     )
 }
@@ -399,16 +375,6 @@ fn is_current_mode(path: &Path) -> Result<bool, CronError> {
         .is_some_and(|m| m.file_type().is_file() && (m.permissions().mode() & 0o7533) == 0o400))
 }
 
-/// [`install_for`] with cronie's lines.
-pub fn install(
-    entries: &[CronEntry],
-    dir: &Path,
-    batchguard_bin: &Path,
-    config_dir: &Path,
-) -> Result<InstallReport, CronError> {
-    install_for(entries, dir, batchguard_bin, config_dir, Flavor::Cronie)
-}
-
 /// Writes one `batchguard-JOB` file per entry plus `batchguard-watchdog`
 /// into `dir` (normally `/etc/cron.d`, which must exist), each atomically
 /// and with mode 0644, rendered for `flavor`; files whose content and mode
@@ -419,7 +385,7 @@ pub fn install(
 /// modified, nor job files of another config dir: if one sits where a job's
 /// file must go, nothing is written and [`CronError::Foreign`] or
 /// [`CronError::OtherConfig`] names it.
-pub fn install_for(
+pub fn install(
     entries: &[CronEntry],
     dir: &Path,
     batchguard_bin: &Path,
@@ -435,7 +401,7 @@ pub fn install_for(
     let mut wanted: BTreeMap<String, String> = BTreeMap::new();
     for e in entries {
         check_entry(e)?;
-        let content = render_for(e, batchguard_bin, config_dir, flavor);
+        let content = render(e, batchguard_bin, config_dir, flavor);
         if wanted.insert(file_name(&e.job), content).is_some() {
             return Err(CronError::Entry {
                 job: e.job.clone(),
@@ -477,7 +443,7 @@ pub fn install_for(
         merge_watchdog(
             existing_watchdog.as_deref(),
             config_dir,
-            &render_watchdog_for(batchguard_bin, config_dir, flavor),
+            &render_watchdog(batchguard_bin, config_dir, flavor),
         ),
     );
 
@@ -525,34 +491,12 @@ pub fn install_for(
     Ok(report)
 }
 
-/// Writes `dir/name` atomically: a hidden temporary file in `dir` (cron
-/// ignores names with dots), fsync, mode 0644, rename over the target.
+/// Writes `dir/name` atomically with mode 0644 ([`crate::atomic_file`]:
+/// cron ignores the temporary file's dotted name).
 fn write_atomic(dir: &Path, name: &str, content: &str) -> Result<(), CronError> {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
     let target = dir.join(name);
-    let tmp = dir.join(format!(
-        ".{name}.tmp-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(MODE)
-            .open(&tmp)
-            .map_err(|e| CronError::io("create", &tmp, e))?;
-        f.write_all(content.as_bytes())
-            .and_then(|()| f.set_permissions(fs::Permissions::from_mode(MODE)))
-            .and_then(|()| f.sync_all())
-            .map_err(|e| CronError::io("write", &tmp, e))?;
-        drop(f);
-        fs::rename(&tmp, &target).map_err(|e| CronError::io("rename into place", &target, e))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    crate::atomic_file::replace(&target, content.as_bytes(), MODE)
+        .map_err(|e| CronError::io("write", &target, e))
 }
 
 #[cfg(test)]

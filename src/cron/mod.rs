@@ -16,9 +16,8 @@ pub use batchguard_config::schedule;
 
 pub use flavor::Flavor;
 pub use install::{
-    CronEntry, FILE_PREFIX, InstallReport, MARKER, WATCHDOG_FILE, file_name, install, install_for,
-    installed_current, installed_current_for, render, render_for, render_watchdog,
-    render_watchdog_for, watchdog_installed_current,
+    CronEntry, FILE_PREFIX, InstallReport, MARKER, WATCHDOG_FILE, file_name, install,
+    installed_current, render, render_watchdog, watchdog_installed_current,
 };
 pub use predict::{Host, Rule, due_now, job_rule};
 pub use schedule::{Schedule, ScheduleError};
@@ -133,6 +132,31 @@ pub fn interval(schedule: &str, tz: &TimeZone) -> Option<std::time::Duration> {
     Schedule::parse(schedule)
         .ok()?
         .interval_from(tz, Timestamp::now())
+}
+
+/// What `check` learns of one job from cron: the typical interval of its
+/// schedule in its time zone, and whether its file in `cron_dir` is what
+/// [`render`] gives now for this host's daemon (`None` when unscheduled,
+/// or when it cannot be told: no `bin` or `config_dir`, an unreadable file).
+/// One source for `batchguard check` and the dashboard's findings.
+pub fn check_facts(
+    cron_dir: PathBuf,
+    bin: Option<PathBuf>,
+    config_dir: Option<PathBuf>,
+) -> impl Fn(&batchguard_config::Job) -> (Option<std::time::Duration>, Option<bool>) {
+    let flavor = flavor::host();
+    move |job| {
+        let Some(schedule) = &job.schedule else {
+            return (None, None);
+        };
+        let tz = crate::clock::zone(job.timezone.as_deref());
+        let current = match (&bin, &config_dir) {
+            (Some(bin), Some(cdir)) => CronEntry::from_job(job)
+                .and_then(|e| installed_current(&e, &cron_dir, bin, cdir, flavor).ok()),
+            _ => None,
+        };
+        (interval(schedule, &tz), current)
+    }
 }
 
 #[cfg(test)]

@@ -279,7 +279,7 @@ fn lines_per_daemon_run_the_runner_as_root() {
     let conf = Path::new("/etc/batchguard");
     let tokyo = entry("report", "42  18 * * *", Some("Asia/Tokyo"), "batch");
     let plain = entry("cleanup", "@daily", None, "batch");
-    let r = |e: &CronEntry, f| render_for(e, Path::new(BIN), conf, f);
+    let r = |e: &CronEntry, f| render(e, Path::new(BIN), conf, f);
 
     let c = r(&tokyo, Flavor::Cronie);
     assert!(c.contains("\nCRON_TZ=Asia/Tokyo\n"), "{c}");
@@ -313,7 +313,7 @@ fn lines_per_daemon_run_the_runner_as_root() {
         "@daily /usr/local/bin/batchguard --config-dir /etc/batchguard run cleanup"
     );
     assert_eq!(
-        last_line(&render_watchdog_for(Path::new(BIN), conf, Flavor::Busybox)),
+        last_line(&render_watchdog(Path::new(BIN), conf, Flavor::Busybox)),
         "* * * * * /usr/local/bin/batchguard --config-dir /etc/batchguard watchdog"
     );
 }
@@ -324,7 +324,7 @@ fn config_dirs_stay_apart_in_one_cron_dir() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let d = crond.path();
     let bin = Path::new(BIN);
-    install_for(
+    install(
         &[entry("alpha", "0 1 * * *", None, "root")],
         d,
         bin,
@@ -332,7 +332,7 @@ fn config_dirs_stay_apart_in_one_cron_dir() {
         Flavor::Vixie,
     )
     .unwrap();
-    install_for(
+    install(
         &[entry("beta", "0 2 * * *", None, "root")],
         d,
         bin,
@@ -350,15 +350,15 @@ fn config_dirs_stay_apart_in_one_cron_dir() {
         assert!(watchdog_installed_current(d, bin, dir).unwrap());
     }
     // A's jobs gone: only A's file is removed; B's job and watchdog line stay.
-    let r = install_for(&[], d, bin, a.path(), Flavor::Vixie).unwrap();
+    let r = install(&[], d, bin, a.path(), Flavor::Vixie).unwrap();
     assert_eq!(r.removed, [d.join("batchguard-alpha")]);
     assert!(d.join("batchguard-beta").exists());
     assert!(watchdog_installed_current(d, bin, b.path()).unwrap());
     // Re-installing is a no-op.
-    let r = install_for(&[], d, bin, a.path(), Flavor::Vixie).unwrap();
+    let r = install(&[], d, bin, a.path(), Flavor::Vixie).unwrap();
     assert!(r.written.is_empty() && r.removed.is_empty(), "{r:?}");
     // The same job name from the other config dir is refused (EX_CANTCREAT).
-    let err = install_for(
+    let err = install(
         &[entry("beta", "0 3 * * *", None, "root")],
         d,
         bin,
@@ -374,7 +374,7 @@ fn config_dirs_stay_apart_in_one_cron_dir() {
     // A config dir that no longer exists loses its watchdog line.
     let b_path = b.path().to_path_buf();
     drop(b);
-    install_for(&[], d, bin, a.path(), Flavor::Vixie).unwrap();
+    install(&[], d, bin, a.path(), Flavor::Vixie).unwrap();
     let wd = fs::read_to_string(d.join(WATCHDOG_FILE)).unwrap();
     assert!(!wd.contains(&b_path.display().to_string()), "{wd}");
 }

@@ -18,8 +18,7 @@ use crate::outcome::Outcome;
 use crate::store::RunEnd;
 use batchguard_config::Job;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// One spooled end of a run.
@@ -127,20 +126,8 @@ pub(crate) fn write(state_url: &str, entry: &Entry) -> Option<PathBuf> {
 
 fn write_in(dir: &Path, run_id: &str, body: &[u8]) -> std::io::Result<PathBuf> {
     ensure_dir(dir)?;
-    let tmp = dir.join(format!(".{run_id}.tmp"));
     let path = dir.join(format!("{run_id}.json"));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    let written = f.write_all(body).and_then(|_| f.sync_all());
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::rename(&tmp, &path)?;
+    crate::atomic_file::replace(&path, body, 0o600)?;
     Ok(path)
 }
 

@@ -14,8 +14,6 @@ use batchguard_config::{Global, Job};
 use jiff::Timestamp;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::path::Path;
 
 /// Every outcome `batchguard_job_runs_total` has a sample for (zero
 /// included, so `increase()` sees the first one).
@@ -274,31 +272,8 @@ pub fn write_textfile(
         path: path.clone(),
         source,
     };
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // node_exporter ignores files not ending in .prom: the temp file is safe.
-    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
-    let res = (|| {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        // node_exporter runs as another user: readable whatever the umask.
-        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res.map_err(err)?;
+    // node_exporter runs as another user: readable whatever the umask.
+    crate::atomic_file::replace(path, text.as_bytes(), 0o644).map_err(err)?;
     tracing::debug!(path = %path.display(), "metrics textfile written");
     Ok(())
 }

@@ -446,27 +446,13 @@ fn range_links(base: &str, current: &str, choices: &[&str]) -> String {
     s
 }
 
-fn cron_facts(dir: &Path) -> impl Fn(&Job) -> (Option<std::time::Duration>, Option<bool>) {
-    let bin = std::env::current_exe().and_then(|p| p.canonicalize()).ok();
-    let cdir = std::path::absolute(dir).ok();
-    move |job: &Job| {
-        let Some(schedule) = &job.schedule else {
-            return (None, None);
-        };
-        let tz = clock::zone(job.timezone.as_deref());
-        let current = match (&bin, &cdir) {
-            (Some(bin), Some(cdir)) => crate::cron::CronEntry::from_job(job).and_then(|e| {
-                crate::cron::installed_current(&e, Path::new("/etc/cron.d"), bin, cdir).ok()
-            }),
-            _ => None,
-        };
-        (crate::cron::interval(schedule, &tz), current)
-    }
-}
-
 /// The `check` findings of one job (SPEC §8).
 pub fn findings(app: &App, cfg: &Configs, job: &Job) -> crate::check::JobReport {
-    let facts = cron_facts(&app.dir);
+    let facts = crate::cron::check_facts(
+        "/etc/cron.d".into(),
+        std::env::current_exe().and_then(|p| p.canonicalize()).ok(),
+        std::path::absolute(&app.dir).ok(),
+    );
     crate::check::audit(
         std::slice::from_ref(job),
         &cfg.global,

@@ -17,7 +17,7 @@ use super::{
     OutboxStore, QueueStore, Result, RunEnd, RunQuery, RunRecord, RunStore, ScopeCounts, Store,
     StoreError, WatchStore,
 };
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -214,9 +214,8 @@ impl SqliteStore {
 
     /// The runs `sql` (reading `RUN_COLUMNS`) selects.
     /// A transaction that writes: it takes SQLite's write lock now.
-    fn begin<'c>(&self, conn: &'c mut Connection) -> Result<rusqlite::Transaction<'c>> {
-        conn.transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))
+    fn begin<'c>(&self, conn: &'c mut Connection) -> Result<Tx<'c>> {
+        Tx::immediate(conn).map_err(|e| self.err(e))
     }
 
     fn runs_where(&self, sql: &str, args: Vec<Value>) -> Result<Vec<RunRecord>> {
@@ -228,6 +227,45 @@ impl SqliteStore {
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
             .map_err(|e| self.err(e))?;
         Ok(rows)
+    }
+}
+
+/// A `BEGIN IMMEDIATE` transaction that rolls back unless committed, like
+/// rusqlite's own, but through cached statements: `BEGIN` and `COMMIT` are
+/// parsed once per connection instead of once per transaction (a per-item
+/// run commits after every key).
+struct Tx<'c> {
+    conn: &'c Connection,
+    open: bool,
+}
+
+impl<'c> Tx<'c> {
+    fn immediate(conn: &'c mut Connection) -> rusqlite::Result<Tx<'c>> {
+        conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        Ok(Tx { conn, open: true })
+    }
+
+    fn commit(mut self) -> rusqlite::Result<()> {
+        self.conn.prepare_cached("COMMIT")?.execute([])?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if self.open && !self.conn.is_autocommit() {
+            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+                tracing::warn!(error = %e, "SQLite rollback failed");
+            }
+        }
     }
 }
 

@@ -102,22 +102,26 @@ pub(crate) fn children_of(pid: i32) -> Vec<i32> {
     out
 }
 
-/// Children of this process, across all its threads (`/proc/self/task/*/children`),
-/// falling back to a /proc scan for `ppid == getpid()` when that file is unavailable.
+/// Children of this process that matter to the orphan bookkeeping: those of
+/// its main thread (`/proc/self/task/PID/children`), falling back to a /proc
+/// scan for `ppid == getpid()` when that file is unavailable.
+///
+/// The main thread's list is enough: the kernel hands an orphan to the first
+/// live thread of the subreaper, which is its main thread for as long as the
+/// process runs (`find_new_reaper`), so every re-parented descendant is there.
+/// Children started by other threads are supervised main children (or other
+/// code's `Command`s) and are not orphans. One file instead of one per thread
+/// plus the listing: this runs after every item of a per-item run.
 pub(crate) fn own_children() -> Vec<i32> {
     let me = std::process::id() as i32;
     let mut out = Vec::new();
     let mut any_file = false;
-    if let Ok(tasks) = fs::read_dir("/proc/self/task") {
-        for task in tasks.flatten() {
-            if let Ok(text) = fs::read_to_string(task.path().join("children")) {
-                any_file = true;
-                out.extend(
-                    text.split_whitespace()
-                        .filter_map(|p| p.parse::<i32>().ok()),
-                );
-            }
-        }
+    if let Ok(text) = fs::read_to_string(format!("/proc/self/task/{me}/children")) {
+        any_file = true;
+        out.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok()),
+        );
     }
     if !any_file {
         out = all_stats()

@@ -192,22 +192,45 @@ mod tests {
     use super::*;
     use std::process::Command;
 
-    /// Registered main children (of any thread) keep the fast path; any
-    /// unregistered child (an orphan of some tree) forces the scan.
+    /// Registered main children (of any thread) keep the fast path; an
+    /// orphan re-parented to us forces the scan, even when the process that
+    /// left it was started by another thread (the kernel gives orphans to the
+    /// subreaper's main thread, the one list `own_children` reads).
     #[test]
-    fn only_main_children_with_parallel_children() {
-        let spawn_sleep = || Command::new("sleep").arg("5").spawn().expect("sleep");
-        let mut a = spawn_sleep();
-        let mut b = std::thread::spawn(spawn_sleep).join().expect("thread");
+    fn only_main_children_sees_orphans_of_any_thread() {
+        sys::set_child_subreaper().expect("subreaper");
+        let spawn = |script: &str| {
+            Command::new("sh")
+                .args(["-c", script])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("sh")
+        };
+        let mut a = spawn("sleep 5");
+        let mut b = std::thread::spawn(move || spawn("sleep 5"))
+            .join()
+            .expect("thread");
         {
             let mut reg = registry();
             reg.insert(a.id() as i32);
             reg.insert(b.id() as i32);
         }
         assert!(only_main_children());
-        let mut stray = spawn_sleep();
-        assert!(!only_main_children());
-        for c in [&mut a, &mut b, &mut stray] {
+        // A child of another thread leaves a grandchild behind and exits.
+        let leaver = std::thread::spawn(move || {
+            let mut c = spawn("sleep 5 >/dev/null & echo $!");
+            let mut pid = String::new();
+            std::io::Read::read_to_string(c.stdout.as_mut().expect("stdout"), &mut pid)
+                .expect("read");
+            c.wait().expect("wait");
+            pid.trim().parse::<i32>().expect("pid")
+        })
+        .join()
+        .expect("thread");
+        assert!(!only_main_children(), "orphan {leaver} not seen");
+        let _ = sys::kill(leaver, Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(leaver), None);
+        for c in [&mut a, &mut b] {
             let _ = c.kill();
             let _ = c.wait();
         }
