@@ -262,18 +262,8 @@ fn debian_cron_fires_users_timezones_and_raises_each_missed_fire() {
         return;
     };
 
-    let tmp = tempfile::Builder::new()
-        .prefix("bg-crond-")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let (tmp, conf, clock) = scratch("bg-crond-", &lib);
     let root = tmp.path();
-    let conf = root.join("conf");
-    fs::create_dir_all(conf.join("jobs")).unwrap();
-    let clock = Clock {
-        lib,
-        file: root.join("faketime"),
-    };
-    clock.set_offset(0);
     let tag = format!("t{}", std::process::id());
     let job = |what: &str| format!("bgd-{tag}-{what}");
     let (who, tick, tokyo, host_time) = (job("who"), job("tick"), job("tokyo"), job("hosttime"));
@@ -515,15 +505,27 @@ fn debian_cron_fires_host_zone_jobs_across_dst_as_cron_next_predicts() {
     dst_phase(&lib, "2026-11-01T05:59:50Z", &fall);
 }
 
-fn dst_phase(lib: &Path, start: &str, jobs: &[(&str, &str)]) {
-    let start_ts = start.parse::<jiff::Timestamp>().unwrap().as_second();
+/// A scratch directory under /tmp (cron's jobs must reach it) with an
+/// empty config dir `conf/jobs`, and a fake clock at the real time.
+fn scratch(prefix: &str, lib: &Path) -> (tempfile::TempDir, PathBuf, Clock) {
     let tmp = tempfile::Builder::new()
-        .prefix("bg-crond-dst-")
+        .prefix(prefix)
         .tempdir_in("/tmp")
         .unwrap();
-    let root = tmp.path();
-    let conf = root.join("conf");
+    let conf = tmp.path().join("conf");
     fs::create_dir_all(conf.join("jobs")).unwrap();
+    let clock = Clock {
+        lib: lib.to_path_buf(),
+        file: tmp.path().join("faketime"),
+    };
+    clock.set_offset(0);
+    (tmp, conf, clock)
+}
+
+fn dst_phase(lib: &Path, start: &str, jobs: &[(&str, &str)]) {
+    let start_ts = start.parse::<jiff::Timestamp>().unwrap().as_second();
+    let (tmp, conf, clock) = scratch("bg-crond-dst-", lib);
+    let root = tmp.path();
     fs::write(
         conf.join("batchguard.toml"),
         format!(
@@ -532,11 +534,6 @@ fn dst_phase(lib: &Path, start: &str, jobs: &[(&str, &str)]) {
         ),
     )
     .unwrap();
-    let clock = Clock {
-        lib: lib.to_path_buf(),
-        file: root.join("faketime"),
-    };
-    clock.set_offset(0);
     let name = |what: &str| format!("bgd-t{}-{what}", std::process::id());
     for (what, schedule) in jobs {
         fs::write(

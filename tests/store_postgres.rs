@@ -623,7 +623,10 @@ fn sql_errors_fail_at_once_and_passwords_stay_hidden() {
     assert!(matches!(bad, Err(StoreError::BadUrl { .. })));
 }
 
-fn bulk(keys: usize) {
+fn bulk(test: &str, keys: usize) {
+    if !pg_common::available(test) {
+        return;
+    }
     let _serial = serial();
     let schemas = Schemas::default();
     let s = store::open(&schemas.url("bg_bulk")).unwrap();
@@ -679,10 +682,7 @@ fn bulk(keys: usize) {
 
 #[test]
 fn ledger_of_100k_keys() {
-    if !pg_common::available("ledger_of_100k_keys") {
-        return;
-    }
-    bulk(100_000);
+    bulk("ledger_of_100k_keys", 100_000);
 }
 
 /// `cargo test --release --test store_postgres -- --ignored` for the
@@ -690,10 +690,7 @@ fn ledger_of_100k_keys() {
 #[test]
 #[ignore]
 fn ledger_of_1m_keys() {
-    if !pg_common::available("ledger_of_1m_keys") {
-        return;
-    }
-    bulk(1_000_000);
+    bulk("ledger_of_1m_keys", 1_000_000);
 }
 
 /// A read command against a PostgreSQL server that is not there says why

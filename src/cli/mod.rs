@@ -483,6 +483,7 @@ fn check(
         cron_dir.to_path_buf(),
         Some(own_binary()?),
         Some(absolute(dir)?),
+        crate::cron::flavor::host(),
     );
     Ok(crate::check::command(
         &jobs,

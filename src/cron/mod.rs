@@ -136,15 +136,16 @@ pub fn interval(schedule: &str, tz: &TimeZone) -> Option<std::time::Duration> {
 
 /// What `check` learns of one job from cron: the typical interval of its
 /// schedule in its time zone, and whether its file in `cron_dir` is what
-/// [`render`] gives now for this host's daemon (`None` when unscheduled,
-/// or when it cannot be told: no `bin` or `config_dir`, an unreadable file).
-/// One source for `batchguard check` and the dashboard's findings.
+/// [`render`] gives now for `flavor`, the daemon of this host
+/// ([`flavor::host`]) (`None` when unscheduled, or when it cannot be told:
+/// no `bin` or `config_dir`, an unreadable file). One source for
+/// `batchguard check` and the dashboard's findings.
 pub fn check_facts(
     cron_dir: PathBuf,
     bin: Option<PathBuf>,
     config_dir: Option<PathBuf>,
+    flavor: Flavor,
 ) -> impl Fn(&batchguard_config::Job) -> (Option<std::time::Duration>, Option<bool>) {
-    let flavor = flavor::host();
     move |job| {
         let Some(schedule) = &job.schedule else {
             return (None, None);

@@ -378,3 +378,32 @@ fn config_dirs_stay_apart_in_one_cron_dir() {
     let wd = fs::read_to_string(d.join(WATCHDOG_FILE)).unwrap();
     assert!(!wd.contains(&b_path.display().to_string()), "{wd}");
 }
+
+/// `check`'s cron facts judge a job's file by the daemon they are given: a
+/// `timezone` job's file installed for Debian's cron is current there and
+/// stale for cronie (whose lines differ), and the interval is the
+/// schedule's. (The dashboard used to judge every host's files as cronie's.)
+#[test]
+fn check_facts_judge_the_file_for_the_hosts_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, bin, conf) = (dir.path(), Path::new(BIN), Path::new("/etc/batchguard"));
+    let global = batchguard_config::parse_global_str(conf, &conf.join("batchguard.toml"), "")
+        .expect("global parses");
+    let job = batchguard_config::parse_job_str(
+        "tokyo",
+        &conf.join("jobs/tokyo.toml"),
+        "command = [\"/bin/true\"]\nschedule = \"30 9 * * *\"\ntimezone = \"Asia/Tokyo\"\n",
+        &global,
+    )
+    .expect("job parses");
+    let entry = CronEntry::from_job(&job).unwrap();
+    install(&[entry], d, bin, conf, Flavor::Vixie).unwrap();
+    let facts =
+        |flavor| check_facts(d.to_path_buf(), Some(bin.into()), Some(conf.into()), flavor)(&job);
+    let (interval, current) = facts(Flavor::Vixie);
+    assert_eq!(interval, Some(std::time::Duration::from_secs(86_400)));
+    assert_eq!(current, Some(true));
+    assert_eq!(facts(Flavor::Cronie).1, Some(false));
+    let none = check_facts(d.to_path_buf(), None, Some(conf.into()), Flavor::Vixie)(&job);
+    assert_eq!(none.1, None);
+}

@@ -452,6 +452,7 @@ pub fn findings(app: &App, cfg: &Configs, job: &Job) -> crate::check::JobReport 
         "/etc/cron.d".into(),
         std::env::current_exe().and_then(|p| p.canonicalize()).ok(),
         std::path::absolute(&app.dir).ok(),
+        crate::cron::flavor::host(),
     );
     crate::check::audit(
         std::slice::from_ref(job),

@@ -382,6 +382,18 @@ impl W {
         self.errs.push(d);
     }
 
+    /// [`Self::err`], for a value that yields nothing.
+    fn reject<T>(
+        &mut self,
+        span: Range<usize>,
+        rel: &str,
+        msg: String,
+        help: Option<String>,
+    ) -> Option<T> {
+        self.err(span, rel, msg, help);
+        None
+    }
+
     fn wrong_type(&mut self, v: &Val<'_>, rel: &str, expected: &str, help: Option<String>) {
         let msg = format!(
             "wrong type for `{}`: expected {expected}, found {}",
@@ -436,8 +448,7 @@ impl W {
             DeValue::String(s) => {
                 if s.contains('\0') {
                     let msg = format!("`{}` must not contain a NUL character", self.full(rel));
-                    self.err(v.span(), rel, msg, None);
-                    return None;
+                    return self.reject(v.span(), rel, msg, None);
                 }
                 Some(Sp {
                     v: s.to_string(),
@@ -460,8 +471,7 @@ impl W {
         let s = self.string(v, rel)?;
         if s.v.trim().is_empty() {
             let msg = format!("`{}` must not be empty", self.full(rel));
-            self.err(v.span(), rel, msg, None);
-            return None;
+            return self.reject(v.span(), rel, msg, None);
         }
         Some(s)
     }
@@ -508,8 +518,7 @@ impl W {
         if nonempty && out.is_empty() {
             let msg = format!("`{}` must not be empty", self.full(rel));
             let help = format!("write {} = {example}", self.full(rel));
-            self.err(v.span(), rel, msg, Some(help));
-            return None;
+            return self.reject(v.span(), rel, msg, Some(help));
         }
         Some(Sp {
             v: out,
@@ -560,13 +569,12 @@ impl W {
                 Ok(n) => n,
                 Err(e) => {
                     let msg = format!("bad size for `{}`: {e}", self.full(rel));
-                    self.err(
+                    return self.reject(
                         v.span(),
                         rel,
                         msg,
                         Some("sizes are \"512MiB\", \"2GiB\", \"1GB\" (SI), or plain bytes".into()),
                     );
-                    return None;
                 }
             },
             DeValue::Integer(_) => match int_of(v.get_ref()).and_then(|n| u64::try_from(n).ok()) {
@@ -576,8 +584,7 @@ impl W {
                         "bad size for `{}`: must be a non-negative number of bytes",
                         self.full(rel)
                     );
-                    self.err(v.span(), rel, msg, Some("write e.g. \"2GiB\"".into()));
-                    return None;
+                    return self.reject(v.span(), rel, msg, Some("write e.g. \"2GiB\"".into()));
                 }
             },
             _ => {
@@ -592,8 +599,7 @@ impl W {
         };
         if n == 0 {
             let msg = format!("`{}` must be greater than zero", self.full(rel));
-            self.err(v.span(), rel, msg, Some("write e.g. \"2GiB\"".into()));
-            return None;
+            return self.reject(v.span(), rel, msg, Some("write e.g. \"2GiB\"".into()));
         }
         Some(Sp {
             v: n,
@@ -622,8 +628,7 @@ impl W {
                 "`{}` = {n} is out of range: must be between {min} and {max}",
                 self.full(rel)
             );
-            self.err(v.span(), rel, msg, None);
-            return None;
+            return self.reject(v.span(), rel, msg, None);
         }
         Some(Sp {
             v: n,
@@ -690,8 +695,7 @@ impl W {
                 self.full(rel),
                 s.v
             );
-            self.err(v.span(), rel, msg, Some("write the name of the variable that holds the value, e.g. \"SLACK_WEBHOOK_URL\"".into()));
-            return None;
+            return self.reject(v.span(), rel, msg, Some("write the name of the variable that holds the value, e.g. \"SLACK_WEBHOOK_URL\"".into()));
         }
         Some(s)
     }
@@ -705,13 +709,12 @@ impl W {
             .is_none_or(|r| r.is_empty() || r.starts_with('/') || r.contains(char::is_whitespace))
         {
             let msg = format!("`{}` = \"{}\" is not an http(s) URL", self.full(rel), s.v);
-            self.err(
+            return self.reject(
                 v.span(),
                 rel,
                 msg,
                 Some("write a URL like \"https://host/path\"".into()),
             );
-            return None;
         }
         Some(s)
     }
@@ -777,8 +780,7 @@ impl W {
         if c.v[0].v.trim().is_empty() {
             let span = c.v[0].at.span.clone().unwrap_or_default();
             let msg = "the program (`command[0]`) must not be empty".into();
-            self.err(span, key, msg, None);
-            return None;
+            return self.reject(span, key, msg, None);
         }
         Some(c)
     }
@@ -1175,8 +1177,7 @@ impl W {
                 s.v,
                 p.display()
             );
-            self.err(v.span(), key, msg, Some(G10_HELP.into()));
-            return None;
+            return self.reject(v.span(), key, msg, Some(G10_HELP.into()));
         }
         if let Some(sys) = system_dir(&p) {
             let msg = format!(
@@ -1184,8 +1185,7 @@ impl W {
                 s.v
             );
             let help = "batchguard writes job output there: use /var/log/batchguard or /srv/…";
-            self.err(v.span(), key, msg, Some(help.into()));
-            return None;
+            return self.reject(v.span(), key, msg, Some(help.into()));
         }
         Some(p)
     }
@@ -1268,8 +1268,7 @@ impl W {
                 "add type = \"slack\" (one of {})",
                 quote_list(CHANNEL_TYPES)
             );
-            self.err(key_span, rel, msg, Some(help));
-            return None;
+            return self.reject(key_span, rel, msg, Some(help));
         };
         match tv.get_ref() {
             DeValue::String(s) if CHANNEL_TYPES.contains(&s.as_ref()) => Some(s),

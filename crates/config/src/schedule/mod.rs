@@ -53,6 +53,14 @@ const CRONIE_SMALL_JUMP_MIN: i32 = 5;
 /// given weekday, across a non-leap century year); search a bit further.
 const MAX_IDLE_DAYS: u32 = 366 * 50;
 
+/// What a day of [`Schedule::walk_days`] told the walker.
+enum Walk {
+    /// Something was found: the idle count starts again.
+    Found,
+    Idle,
+    Stop,
+}
+
 /// A schedule cron would not accept: the message names the field, its
 /// allowed values and the problem; [`ScheduleError::fix`] says what to write.
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
@@ -217,6 +225,39 @@ impl Schedule {
         }
     }
 
+    /// Visits civil days from `date`, forward or backward, each with its
+    /// fires (one buffer for the whole walk). Stops when `visit` says so,
+    /// after [`MAX_IDLE_DAYS`] days in a row without anything found, or at
+    /// the end of the calendar.
+    fn walk_days(
+        &self,
+        tz: &TimeZone,
+        mut date: Date,
+        forward: bool,
+        mut visit: impl FnMut(Date, &[Timestamp]) -> Walk,
+    ) {
+        let mut day = Vec::new();
+        let mut idle = 0;
+        loop {
+            day.clear();
+            self.fires_on(date, tz, &mut day);
+            match visit(date, &day) {
+                Walk::Stop => return,
+                Walk::Found => idle = 0,
+                Walk::Idle => idle += 1,
+            }
+            let next = if forward {
+                date.tomorrow()
+            } else {
+                date.yesterday()
+            };
+            match next {
+                Ok(d) if idle <= MAX_IDLE_DAYS => date = d,
+                _ => return,
+            }
+        }
+    }
+
     /// The first `n` fire times strictly after `after`, in `tz`, ascending.
     pub fn next_fires(&self, tz: &TimeZone, after: Timestamp, n: usize) -> Vec<Zoned> {
         if n == 0 || !self.can_fire() {
@@ -225,31 +266,25 @@ impl Schedule {
         // A fire caused by the previous day's wall times can land today (a
         // gap spanning midnight), so start one day early.
         let start = tz.to_datetime(after).date();
-        let mut date = start.yesterday().unwrap_or(start);
         let mut found = BTreeSet::new();
-        let mut day = Vec::new();
-        let mut idle = 0;
         let mut last_day = None;
-        loop {
-            day.clear();
-            self.fires_on(date, tz, &mut day);
+        self.walk_days(tz, start.yesterday().unwrap_or(start), true, |date, day| {
             let before = found.len();
             found.extend(day.iter().copied().filter(|t| *t > after));
-            idle = if found.len() > before { 0 } else { idle + 1 };
             // Once there are enough, one more day settles the order: the
             // next civil day's fires can tie with this day's (a gap that
             // spans midnight) but never come before them.
             if found.len() >= n && last_day.is_none() {
                 last_day = date.tomorrow().ok();
             }
-            if Some(date) == last_day || idle > MAX_IDLE_DAYS {
-                break;
+            if Some(date) == last_day {
+                Walk::Stop
+            } else if found.len() > before {
+                Walk::Found
+            } else {
+                Walk::Idle
             }
-            match date.tomorrow() {
-                Ok(d) => date = d,
-                Err(_) => break,
-            }
-        }
+        });
         found
             .into_iter()
             .take(n)
@@ -264,33 +299,21 @@ impl Schedule {
         }
         // Fires of a civil day land on that local day or later, so the
         // latest candidate comes from `at`'s local day or an earlier one.
-        let mut date = tz.to_datetime(at).date();
         let mut best: Option<Timestamp> = None;
-        let mut day = Vec::new();
-        let mut idle = 0;
-        let mut extra_day_done = false;
-        loop {
-            day.clear();
-            self.fires_on(date, tz, &mut day);
+        self.walk_days(tz, tz.to_datetime(at).date(), false, |_, day| {
+            // A gap spanning midnight can push the previous day's fire into
+            // this one; after that day, nothing earlier can win.
+            let extra_day_done = best.is_some();
             let latest = day.iter().copied().filter(|t| *t <= at).max();
-            if best.is_some() {
-                // A gap spanning midnight can push the previous day's fire
-                // into this one; after that day, nothing earlier can win.
-                extra_day_done = true;
+            if let Some(l) = latest {
+                best = Some(best.map_or(l, |b| b.max(l)));
             }
-            match (best, latest) {
-                (_, None) => idle += 1,
-                (None, Some(l)) => best = Some(l),
-                (Some(b), Some(l)) => best = Some(b.max(l)),
+            match (extra_day_done, latest) {
+                (true, _) => Walk::Stop,
+                (false, Some(_)) => Walk::Found,
+                (false, None) => Walk::Idle,
             }
-            if extra_day_done || idle > MAX_IDLE_DAYS {
-                break;
-            }
-            match date.yesterday() {
-                Ok(d) => date = d,
-                Err(_) => break,
-            }
-        }
+        });
         best.map(|t| t.to_zoned(tz.clone()))
     }
 
