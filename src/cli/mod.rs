@@ -352,10 +352,9 @@ fn host_problems(cfg: &config::Config) -> Vec<batchguard_config::Diagnostic> {
         .clone()
         .unwrap_or_else(|| cfg.dir.join(config::GLOBAL_FILE));
     for (name, ch) in &cfg.global.channels {
-        // The URL and the signing secret; an email channel's SMTP
-        // credentials are not checked here (yet).
-        let vars = ch.env_vars().into_iter();
-        for (key, var) in vars.filter(|(key, _)| matches!(*key, "url_env" | "secret_env")) {
+        // The URL, the signing secret, an email channel's SMTP credentials:
+        // every variable the channel declares.
+        for (key, var) in ch.env_vars() {
             if std::env::var_os(var).is_none_or(|v| v.is_empty()) {
                 found.push(Diagnostic::general(
                     &file,

@@ -255,6 +255,19 @@ fn validate_checks_the_program_and_the_channel_variables_on_this_host() {
         &[("BG_TEST_UNSET_SLACK_URL", "https://hooks.example/x")],
     )
     .code(0);
+    // An email channel's SMTP credentials, once declared, must be set too.
+    env.global(
+        "[channels.mail]\ntype = \"email\"\nsmtp = \"smtp://127.0.0.1:2525\"\nfrom = \"a@b.example\"\nto = [\"c@d.example\"]\nusername_env = \"BG_TEST_SMTP_USER\"\npassword_env = \"BG_TEST_SMTP_PASS\"\n",
+    );
+    env.run_with(&["validate"], &[("BG_TEST_SMTP_USER", "batch")])
+        .code(78)
+        .stderr_has("BG_TEST_SMTP_PASS")
+        .stderr_has("channels.mail.password_env");
+    env.run_with(
+        &["validate"],
+        &[("BG_TEST_SMTP_USER", "batch"), ("BG_TEST_SMTP_PASS", "pw")],
+    )
+    .code(0);
 }
 
 #[test]
