@@ -229,7 +229,7 @@ fn exec_adhoc(cli: &Cli, exec: &args::Exec) -> Result<i32> {
         &global,
     )?;
     let ctx = context(cli, global)?;
-    Ok(runner::run(&ctx, &job, &Request::default())?.exit_code())
+    run_recorded(&ctx, &job, &Request::default())
 }
 
 /// `batchguard run JOB | --file PATH`.
@@ -275,7 +275,16 @@ fn run_job(
         job.lock = format!("{}#shard-{i}-of-{n}", job.lock);
     }
     runner::replay_spool(&ctx, &|n| load_job(dir, n, &ctx.global).ok());
-    Ok(runner::run(&ctx, &job, &req)?.exit_code())
+    run_recorded(&ctx, &job, &req)
+}
+
+/// One run, then the metrics textfile (SPEC §10) whatever the run's end:
+/// the runner records, the dashboard's metrics are written from the
+/// records (the runner does not depend on `serve`).
+fn run_recorded(ctx: &Context, job: &Job, req: &Request) -> Result<i32> {
+    let report = runner::run(ctx, job, req);
+    crate::serve::after_run(ctx);
+    Ok(report?.exit_code())
 }
 
 /// `batchguard worker JOB`.

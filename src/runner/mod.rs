@@ -95,8 +95,6 @@ fn skip(
         ..RunEnd::default()
     };
     notice::skipped(ctx, job, p, &skipped, &end, always_notify);
-    // metrics textfile (SPEC §10)
-    crate::serve::after_run(ctx);
     if always_notify || std::io::stderr().is_terminal() {
         eprintln!(
             "batchguard: job `{}` skipped: {}",
@@ -204,8 +202,6 @@ pub fn run(ctx: &Context, job: &Job, req: &Request) -> Result<Report> {
     ) {
         tracing::warn!(error = %e, "log retention failed");
     }
-    // metrics textfile (SPEC §10)
-    crate::serve::after_run(ctx);
     report
 }
 

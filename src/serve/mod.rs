@@ -303,7 +303,7 @@ impl App {
     }
 }
 
-/// After a run (called at the end of [`crate::runner::run`]): when
+/// After a run (the CLI calls it once `runner::run` returns): when
 /// `metrics_textfile` is set, write the metrics there. Failures are logged,
 /// never fail the run.
 pub fn after_run(ctx: &crate::exec::Context) {
