@@ -499,67 +499,88 @@ pub fn job(app: &App, name: &str, q: &Query) -> RouteResult {
         );
     }
     if let Some(j) = job {
-        body.push_str("<table class=\"kv\">");
-        let mut kv = |k: &str, v: String| {
-            let _ = write!(body, "<tr><th>{}</th><td>{v}</td></tr>", esc(k));
-        };
-        if let Some(d) = &j.description {
-            kv("description", esc(d));
-        }
-        kv(
-            "command",
-            format!("<code>{}</code>", esc(&shell_words(&j.command))),
-        );
-        kv(
-            "schedule",
-            j.schedule
-                .as_deref()
-                .map(|s| {
-                    format!(
-                        "<code>{}</code> ({})",
-                        esc(s),
-                        esc(j.timezone.as_deref().unwrap_or("host zone"))
-                    )
-                })
-                .unwrap_or_else(dash),
-        );
-        kv(
-            "limits",
-            esc(&format!(
-                "timeout {} · expected {} · memory_max {}",
-                j.timeout.map(dur).unwrap_or_else(|| "-".into()),
-                j.expected_duration.map(dur).unwrap_or_else(|| "-".into()),
-                j.memory_max.map(format_size).unwrap_or_else(|| "-".into())
-            )),
-        );
-        kv(
-            "lock",
-            esc(&format!("{} ({})", j.lock, j.concurrency.as_str())),
-        );
-        body.push_str("</table>");
-        if let Some(s) = &j.schedule {
-            body.push_str(
-                "<h2>Next fires</h2><table><tr><th>Job's zone</th><th>Your zone</th></tr>",
-            );
-            let fires = crate::cron::next_fires(s, &tz, Timestamp::now(), 5).unwrap_or_default();
-            for f in fires {
-                let ms = f.timestamp().as_millisecond();
-                let iso = clock::rfc3339(ms, &TimeZone::UTC);
-                let _ = write!(
-                    body,
-                    "<tr><td>{}</td><td><time datetime=\"{iso}\" data-local>{iso}</time></td></tr>",
-                    time_one(ms, &tz)
-                );
-            }
-            body.push_str("</table>");
-        }
+        job_summary(&mut body, j, &tz);
     }
-
-    // History charts.
     let base = format!("/jobs/{}", encode(name));
+    history_section(&mut body, app, name, job, &r, &tz, &base)?;
+    outcomes_section(&mut body, app, name, &r)?;
+    ledger_section(&mut body, app, name)?;
+    if let Some(j) = job {
+        findings_section(&mut body, &findings(app, &cfg, j));
+    }
+    runs_section(&mut body, app, name, before, &tz, &base)?;
+    Ok(Resp::html(200, layout(&format!("Job {name}"), &body)))
+}
+
+/// The job's settings, and its next fires in its zone and the reader's.
+fn job_summary(body: &mut String, j: &Job, tz: &TimeZone) {
+    body.push_str("<table class=\"kv\">");
+    let mut kv = |k: &str, v: String| {
+        let _ = write!(body, "<tr><th>{}</th><td>{v}</td></tr>", esc(k));
+    };
+    if let Some(d) = &j.description {
+        kv("description", esc(d));
+    }
+    kv(
+        "command",
+        format!("<code>{}</code>", esc(&shell_words(&j.command))),
+    );
+    kv(
+        "schedule",
+        j.schedule
+            .as_deref()
+            .map(|s| {
+                format!(
+                    "<code>{}</code> ({})",
+                    esc(s),
+                    esc(j.timezone.as_deref().unwrap_or("host zone"))
+                )
+            })
+            .unwrap_or_else(dash),
+    );
+    kv(
+        "limits",
+        esc(&format!(
+            "timeout {} · expected {} · memory_max {}",
+            j.timeout.map(dur).unwrap_or_else(|| "-".into()),
+            j.expected_duration.map(dur).unwrap_or_else(|| "-".into()),
+            j.memory_max.map(format_size).unwrap_or_else(|| "-".into())
+        )),
+    );
+    kv(
+        "lock",
+        esc(&format!("{} ({})", j.lock, j.concurrency.as_str())),
+    );
+    body.push_str("</table>");
+    if let Some(s) = &j.schedule {
+        body.push_str("<h2>Next fires</h2><table><tr><th>Job's zone</th><th>Your zone</th></tr>");
+        let fires = crate::cron::next_fires(s, tz, Timestamp::now(), 5).unwrap_or_default();
+        for f in fires {
+            let ms = f.timestamp().as_millisecond();
+            let iso = clock::rfc3339(ms, &TimeZone::UTC);
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td><time datetime=\"{iso}\" data-local>{iso}</time></td></tr>",
+                time_one(ms, tz)
+            );
+        }
+        body.push_str("</table>");
+    }
+}
+
+/// Duration and peak-memory charts of the range, with the job's limits.
+fn history_section(
+    body: &mut String,
+    app: &App,
+    name: &str,
+    job: Option<&Job>,
+    r: &Range,
+    tz: &TimeZone,
+    base: &str,
+) -> Result<(), Fail> {
     body.push_str("<h2>History</h2>");
     body.push_str(&range_links(
-        &base,
+        base,
         &r.label,
         &["24h", "7d", "30d", "90d", "365d"],
     ));
@@ -610,8 +631,8 @@ pub fn job(app: &App, name: &str, q: &Query) -> RouteResult {
         "<div class=\"charts\"><figure><figcaption>Duration ({} runs)</figcaption>{}</figure>\
          <figure><figcaption>Peak memory</figcaption>{}</figure></div>",
         dpts.len(),
-        svg::history("duration", &dpts, r.from_ms, r.to_ms, &dl, &secs, &tz),
-        svg::history("memory", &mpts, r.from_ms, r.to_ms, &ml, &bytes, &tz),
+        svg::history("duration", &dpts, r.from_ms, r.to_ms, &dl, &secs, tz),
+        svg::history("memory", &mpts, r.from_ms, r.to_ms, &ml, &bytes, tz),
     );
     if runs.len() >= CHART_POINTS {
         let _ = write!(
@@ -619,8 +640,11 @@ pub fn job(app: &App, name: &str, q: &Query) -> RouteResult {
             "<p class=\"muted small\">The newest {CHART_POINTS} runs of the range are drawn.</p>"
         );
     }
+    Ok(())
+}
 
-    // Outcome counts.
+/// How the range's runs ended, counted by outcome.
+fn outcomes_section(body: &mut String, app: &App, name: &str, r: &Range) -> Result<(), Fail> {
     let counts = app.store.outcome_counts(name, r.from_ms)?;
     body.push_str("<h2>Outcomes in this range</h2><table><tr>");
     for (o, _) in &counts {
@@ -634,8 +658,11 @@ pub fn job(app: &App, name: &str, q: &Query) -> RouteResult {
         body.push_str("<td class=\"muted\">no runs</td>");
     }
     body.push_str("</tr></table>");
+    Ok(())
+}
 
-    // Ledger.
+/// The item ledger per scope, with a few failed keys of the newest scopes.
+fn ledger_section(body: &mut String, app: &App, name: &str) -> Result<(), Fail> {
     let scopes = app.store.store().ledger_counts(name, None)?;
     if !scopes.is_empty() {
         body.push_str(
@@ -667,26 +694,35 @@ pub fn job(app: &App, name: &str, q: &Query) -> RouteResult {
         }
         body.push_str("</table>");
     }
+    Ok(())
+}
 
-    // Check findings.
-    if let Some(j) = job {
-        let report = findings(app, &cfg, j);
-        body.push_str("<h2>Check findings</h2><table class=\"findings\"><tr><th>Rule</th><th>Status</th><th>Message</th></tr>");
-        let mut rules = report.rules.clone();
-        rules.sort_by(|a, b| b.status.cmp(&a.status).then(a.id.cmp(b.id)));
-        for f in &rules {
-            let _ = write!(
-                body,
-                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(f.id),
-                badge(&format!("s-{}", f.status.as_str()), f.status.as_str()),
-                esc(&f.message)
-            );
-        }
-        body.push_str("</table>");
+/// The job's `check` findings, failures first.
+fn findings_section(body: &mut String, report: &crate::check::JobReport) {
+    body.push_str("<h2>Check findings</h2><table class=\"findings\"><tr><th>Rule</th><th>Status</th><th>Message</th></tr>");
+    let mut rules = report.rules.clone();
+    rules.sort_by(|a, b| b.status.cmp(&a.status).then(a.id.cmp(b.id)));
+    for f in &rules {
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(f.id),
+            badge(&format!("s-{}", f.status.as_str()), f.status.as_str()),
+            esc(&f.message)
+        );
     }
+    body.push_str("</table>");
+}
 
-    // Runs, paged.
+/// The job's runs, newest first, a page at a time (`?before=RUN`).
+fn runs_section(
+    body: &mut String,
+    app: &App,
+    name: &str,
+    before: Option<&str>,
+    tz: &TimeZone,
+    base: &str,
+) -> Result<(), Fail> {
     let page = app
         .store
         .runs_page(name, before, RUNS_PER_PAGE as usize)?
@@ -694,7 +730,7 @@ pub fn job(app: &App, name: &str, q: &Query) -> RouteResult {
             Fail::NotFound(format!("no run `{}` of job `{name}`", before.unwrap_or("")))
         })?;
     body.push_str("<h2>Runs</h2>");
-    body.push_str(&runs_table(&page, &tz));
+    body.push_str(&runs_table(&page, tz));
     body.push_str("<div class=\"pager\">");
     if before.is_some() {
         let _ = write!(body, "<a href=\"{base}\">newest</a>");
@@ -709,7 +745,7 @@ pub fn job(app: &App, name: &str, q: &Query) -> RouteResult {
         }
     }
     body.push_str("</div>");
-    Ok(Resp::html(200, layout(&format!("Job {name}"), &body)))
+    Ok(())
 }
 
 fn runs_table(runs: &[RunRecord], tz: &TimeZone) -> String {
@@ -893,8 +929,19 @@ pub fn run(app: &App, id: &str, q: &Query) -> RouteResult {
         encode(&run.job),
         esc(&run.job)
     );
-    // Re-run command.
-    match rerun(app, &cfg, &run) {
+    rerun_section(&mut body, app, &cfg, &run);
+    record_section(&mut body, &run, &tz);
+    failed_section(&mut body, app, &run)?;
+    if let Some(j) = job {
+        runbook_section(&mut body, j, &run);
+    }
+    log_section(&mut body, &cfg, &run, offset);
+    Ok(Resp::html(200, layout(&format!("Run {}", run.id), &body)))
+}
+
+/// The command that runs the job again as this run ran, ready to copy.
+fn rerun_section(body: &mut String, app: &App, cfg: &Configs, run: &RunRecord) {
+    match rerun(app, cfg, run) {
         Some(cmd) => {
             let secret = run.params.values().any(|v| v.contains("***"));
             let _ = write!(
@@ -910,7 +957,10 @@ pub fn run(app: &App, id: &str, q: &Query) -> RouteResult {
             "<h2>Re-run</h2><p class=\"muted\">An ad-hoc run (or a job no longer configured): re-run it with its own <code>batchguard exec</code> command line.</p>",
         ),
     }
-    // The record.
+}
+
+/// Every field of the run's record.
+fn record_section(body: &mut String, run: &RunRecord, tz: &TimeZone) {
     body.push_str("<h2>Record</h2><table class=\"kv\">");
     {
         let mut kv = |k: &str, v: String| {
@@ -930,7 +980,7 @@ pub fn run(app: &App, id: &str, q: &Query) -> RouteResult {
         );
         kv("attempt", run.attempt.to_string());
         kv("scope", opt(run.scope.clone()));
-        kv("started_at", time_pair(run.started_ms, &tz));
+        kv("started_at", time_pair(run.started_ms, tz));
         kv("ended_at", opt(run.ended_at.clone()));
         kv("duration", opt(run.duration_ms.map(human)));
         kv(
@@ -971,7 +1021,10 @@ pub fn run(app: &App, id: &str, q: &Query) -> RouteResult {
         kv("log_path", opt(run.log_path.clone()));
     }
     body.push_str("</table>");
-    // Failed keys.
+}
+
+/// The keys this run failed, with their attempts and errors from the ledger.
+fn failed_section(body: &mut String, app: &App, run: &RunRecord) -> Result<(), Fail> {
     let mut failed_rows = String::new();
     if run.items.is_some_and(|i| i.failed > 0) || !run.items_failed.is_empty() {
         let scope = run.scope.clone().unwrap_or_default();
@@ -998,38 +1051,43 @@ pub fn run(app: &App, id: &str, q: &Query) -> RouteResult {
             "<h2>Failed keys</h2><table><tr><th>Key</th><th>Attempts</th><th>Error</th></tr>{failed_rows}</table>"
         );
     }
-    // Runbook.
-    if let Some(j) = job {
-        let rb = &j.runbook;
-        if rb.url.is_some() || rb.verify.is_some() || rb.notes.is_some() {
-            body.push_str("<h2>Runbook</h2><table class=\"kv\">");
-            if let Some(u) = &rb.url {
-                let _ = write!(
-                    body,
-                    "<tr><th>url</th><td>{}</td></tr>",
-                    link(&substitute(u, &run))
-                );
-            }
-            if let Some(v) = &rb.verify {
-                let _ = write!(
-                    body,
-                    "<tr><th>verify</th><td>{}</td></tr>",
-                    esc(&substitute(v, &run))
-                );
-            }
-            if let Some(n) = &rb.notes {
-                let _ = write!(
-                    body,
-                    "<tr><th>notes</th><td>{}</td></tr>",
-                    esc(&substitute(n, &run))
-                );
-            }
-            body.push_str("</table>");
+    Ok(())
+}
+
+/// The job's runbook, its templates filled in for this run.
+fn runbook_section(body: &mut String, j: &Job, run: &RunRecord) {
+    let rb = &j.runbook;
+    if rb.url.is_some() || rb.verify.is_some() || rb.notes.is_some() {
+        body.push_str("<h2>Runbook</h2><table class=\"kv\">");
+        if let Some(u) = &rb.url {
+            let _ = write!(
+                body,
+                "<tr><th>url</th><td>{}</td></tr>",
+                link(&substitute(u, run))
+            );
         }
+        if let Some(v) = &rb.verify {
+            let _ = write!(
+                body,
+                "<tr><th>verify</th><td>{}</td></tr>",
+                esc(&substitute(v, run))
+            );
+        }
+        if let Some(n) = &rb.notes {
+            let _ = write!(
+                body,
+                "<tr><th>notes</th><td>{}</td></tr>",
+                esc(&substitute(n, run))
+            );
+        }
+        body.push_str("</table>");
     }
-    // Log.
+}
+
+/// The run's log: the tail by default, or a page from `offset`.
+fn log_section(body: &mut String, cfg: &Configs, run: &RunRecord, offset: Option<u64>) {
     body.push_str("<h2>Log</h2>");
-    match log_file(&cfg, &run).and_then(|p| read_log(&p, offset, LOG_PAGE)) {
+    match log_file(cfg, run).and_then(|p| read_log(&p, offset, LOG_PAGE)) {
         Err(e) => {
             let _ = write!(body, "<p class=\"muted\">{}</p>", esc(&e));
         }
@@ -1074,7 +1132,6 @@ pub fn run(app: &App, id: &str, q: &Query) -> RouteResult {
             );
         }
     }
-    Ok(Resp::html(200, layout(&format!("Run {}", run.id), &body)))
 }
 
 /// `/timeline`: all jobs' runs on one axis.
