@@ -9,11 +9,14 @@
 use crate::store::{self, ItemState, LedgerUpdate};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, sync_channel};
 use std::time::{Duration, Instant};
 
 /// The largest group committed in one transaction.
 pub const MAX_BATCH: usize = 4096;
+/// How long in-flight markers alone wait for an outcome to share their
+/// transaction with ([`await_company`]).
+const IN_FLIGHT_GRACE: Duration = Duration::from_millis(5);
 /// How long a failing store is retried before the run gives up.
 const STORE_PATIENCE: Duration = Duration::from_secs(60);
 
@@ -93,6 +96,9 @@ pub fn gather(rx: Receiver<Msg>, mut commit: impl FnMut(&[Msg])) {
                 }
             }
         }
+        if open && only_in_flight(&group) {
+            open = await_company(&rx, &mut group);
+        }
         let t = Instant::now();
         commit(&group);
         busy += t.elapsed();
@@ -100,6 +106,35 @@ pub fn gather(rx: Receiver<Msg>, mut commit: impl FnMut(&[Msg])) {
         group.clear();
     }
     tracing::debug!(groups, busy = ?busy, "committer done");
+}
+
+/// Whether a group holds nothing but in-flight markers.
+fn only_in_flight(group: &[Msg]) -> bool {
+    group.iter().all(|m| m.state == ItemState::InFlight)
+}
+
+/// A group of in-flight markers only waits up to [`IN_FLIGHT_GRACE`] for an
+/// outcome to ride with. The marker tells the operator which keys a crash
+/// interrupted; the key is redone whether or not it was written, so it
+/// need not cost a transaction of its own: a short item's marker and its
+/// outcome go in one. Returns whether the senders are still there.
+fn await_company(rx: &Receiver<Msg>, group: &mut Vec<Msg>) -> bool {
+    let until = Instant::now() + IN_FLIGHT_GRACE;
+    while group.len() < MAX_BATCH {
+        let left = until.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(u) => {
+                let outcome = u.state != ItemState::InFlight;
+                group.push(u);
+                if outcome {
+                    return true;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => return true,
+            Err(RecvTimeoutError::Disconnected) => return false,
+        }
+    }
+    true
 }
 
 /// Retry a commit while the store fails, for up to [`STORE_PATIENCE`].
@@ -115,5 +150,58 @@ pub fn with_patience(mut commit: impl FnMut() -> store::Result<bool>) -> store::
             }
             r => return r,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Groups as the committer formed them, by state.
+    fn groups_of(send: impl FnOnce(Sender) + Send + 'static) -> Vec<Vec<ItemState>> {
+        let (tx, rx) = channel();
+        let sender = std::thread::spawn(move || send(tx));
+        let mut groups = Vec::new();
+        gather(rx, |g| groups.push(g.iter().map(|m| m.state).collect()));
+        sender.join().unwrap();
+        groups
+    }
+
+    #[test]
+    fn a_short_items_marker_and_outcome_share_one_commit() {
+        let groups = groups_of(|tx| {
+            tx.send(Msg::new(0, ItemState::InFlight)).unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+            tx.send(Msg::new(0, ItemState::Done)).unwrap();
+        });
+        assert_eq!(groups, vec![vec![ItemState::InFlight, ItemState::Done]]);
+    }
+
+    #[test]
+    fn a_long_items_marker_is_committed_alone_after_the_grace() {
+        let groups = groups_of(|tx| {
+            tx.send(Msg::new(0, ItemState::InFlight)).unwrap();
+            std::thread::sleep(IN_FLIGHT_GRACE * 6);
+            tx.send(Msg::new(0, ItemState::Failed)).unwrap();
+        });
+        assert_eq!(
+            groups,
+            vec![vec![ItemState::InFlight], vec![ItemState::Failed]]
+        );
+    }
+
+    #[test]
+    fn an_outcome_is_committed_without_waiting() {
+        let (tx, rx) = channel();
+        let sender = std::thread::spawn(move || {
+            tx.send(Msg::new(0, ItemState::Done)).unwrap();
+            std::thread::sleep(IN_FLIGHT_GRACE * 6);
+        });
+        let t = Instant::now();
+        let mut at = Vec::new();
+        gather(rx, |g| at.push((g.len(), t.elapsed())));
+        sender.join().unwrap();
+        assert_eq!(at.len(), 1);
+        assert!(at[0].1 < IN_FLIGHT_GRACE * 3, "{at:?}");
     }
 }
