@@ -14,7 +14,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_batchguard");
 mod pg_common;
 #[path = "support/mod.rs"]
 mod support;
-use pg_common::{admin, base, next_id, serial};
+use pg_common::{admin, base, next_id};
 use support::wait_for;
 
 /// One test's world: a schema, a config dir, a log dir.
@@ -236,10 +236,9 @@ fn assert_every_key_done(w: &World, n: usize) {
 
 #[test]
 fn coordinator_and_two_workers_do_every_key_once() {
-    if !pg_common::available("coordinator_and_two_workers_do_every_key_once") {
+    let Some(_g) = pg_common::begin() else {
         return;
-    }
-    let _g = serial();
+    };
     let t0 = Instant::now();
     let w = World::new("many");
     let n = 20_000;
@@ -272,10 +271,9 @@ fn coordinator_and_two_workers_do_every_key_once() {
 
 #[test]
 fn stream_mode_coordinator_and_a_worker_do_every_key_once() {
-    if !pg_common::available("stream_mode_coordinator_and_a_worker_do_every_key_once") {
+    let Some(_g) = pg_common::begin() else {
         return;
-    }
-    let _g = serial();
+    };
     let t0 = Instant::now();
     let w = World::new("stream");
     let n = 20_000;
@@ -308,10 +306,9 @@ fn stream_mode_coordinator_and_a_worker_do_every_key_once() {
 
 #[test]
 fn stream_mode_keys_a_batch_command_does_not_report_fail_or_go_back() {
-    if !pg_common::available("stream_mode_keys_a_batch_command_does_not_report_fail_or_go_back") {
+    let Some(_g) = pg_common::begin() else {
         return;
-    }
-    let _g = serial();
+    };
     let w = World::new("streamfail");
     let n = 50;
     let keys = w.keys(n);
@@ -363,10 +360,9 @@ fn stream_mode_keys_a_batch_command_does_not_report_fail_or_go_back() {
 
 #[test]
 fn a_killed_workers_keys_are_reclaimed_after_the_lease() {
-    if !pg_common::available("a_killed_workers_keys_are_reclaimed_after_the_lease") {
+    let Some(_g) = pg_common::begin() else {
         return;
-    }
-    let _g = serial();
+    };
     let t0 = Instant::now();
     let w = World::new("kill");
     let (n, batch) = (400, 40);
@@ -444,10 +440,9 @@ fn worker_cgroups(pid: u32) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn two_coordinators_at_once_one_runs_one_is_skipped() {
-    if !pg_common::available("two_coordinators_at_once_one_runs_one_is_skipped") {
+    let Some(_g) = pg_common::begin() else {
         return;
-    }
-    let _g = serial();
+    };
     let t0 = Instant::now();
     let w = World::new("ha");
     w.job(
@@ -481,10 +476,9 @@ fn two_coordinators_at_once_one_runs_one_is_skipped() {
 
 #[test]
 fn three_shards_process_every_key_exactly_once() {
-    if !pg_common::available("three_shards_process_every_key_exactly_once") {
+    let Some(_g) = pg_common::begin() else {
         return;
-    }
-    let _g = serial();
+    };
     let t0 = Instant::now();
     let w = World::new("shard");
     let n = 3000;
@@ -533,10 +527,9 @@ fn fnv1a_is_the_documented_hash() {
 
 #[test]
 fn dead_keys_fail_the_coordinator_run() {
-    if !pg_common::available("dead_keys_fail_the_coordinator_run") {
+    let Some(_g) = pg_common::begin() else {
         return;
-    }
-    let _g = serial();
+    };
     let w = World::new("dead");
     let keys = w.keys(30);
     let h = w.write(
@@ -573,10 +566,9 @@ fn dead_keys_fail_the_coordinator_run() {
 
 #[test]
 fn sigterm_gives_a_workers_keys_back_at_once() {
-    if !pg_common::available("sigterm_gives_a_workers_keys_back_at_once") {
+    let Some(_g) = pg_common::begin() else {
         return;
-    }
-    let _g = serial();
+    };
     let t0 = Instant::now();
     let w = World::new("term");
     let n = 200;
@@ -620,10 +612,9 @@ fn sigterm_gives_a_workers_keys_back_at_once() {
 /// worker over the restart; nothing is lost.
 #[test]
 fn postgres_restart_mid_run_loses_nothing() {
-    if !pg_common::available("postgres_restart_mid_run_loses_nothing") {
+    let Some(_g) = pg_common::begin() else {
         return;
-    }
-    let _g = serial();
+    };
     let ctl = Path::new("/usr/bin/pg_ctlcluster");
     if !ctl.exists()
         || unsafe { libc::geteuid() } != 0

@@ -760,10 +760,9 @@ fn token_rules() {
 
 #[test]
 fn pages_api_and_metrics_over_postgres() {
-    if !pg_common::available("pages_api_and_metrics_over_postgres") {
+    let Some(_guard) = pg_common::begin() else {
         return;
-    }
-    let _guard = pg_common::serial();
+    };
     let schema = format!("bg_serve_{}_{}", std::process::id(), pg_common::next_id());
     let url = format!("{}?schema={schema}", pg_common::base());
     struct Drop_(String);

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 mod pg_common;
 mod support;
-use pg_common::{admin, base, next_id, serial};
+use pg_common::{admin, base, next_id};
 
 /// Fresh schema names, dropped (with everything in them) on drop.
 #[derive(Default)]
@@ -79,10 +79,9 @@ fn fence_of(a: &LockAttempt) -> i64 {
 
 #[test]
 fn postgres_passes_the_conformance_suite() {
-    if !pg_common::available("postgres_passes_the_conformance_suite") {
+    let Some(_serial) = pg_common::begin() else {
         return;
-    }
-    let _serial = serial();
+    };
     let schemas = Schemas::default();
     let fresh = || store::open(&schemas.url("bg_conf")).unwrap();
     store::conformance::run_all(&fresh, store::conformance::Queue::Served);
@@ -95,10 +94,9 @@ fn postgres_passes_the_conformance_suite() {
 
 #[test]
 fn reopening_keeps_data_and_does_not_migrate_twice() {
-    if !pg_common::available("reopening_keeps_data_and_does_not_migrate_twice") {
+    let Some(_serial) = pg_common::begin() else {
         return;
-    }
-    let _serial = serial();
+    };
     let schemas = Schemas::default();
     let url = schemas.url("bg_reopen");
     {
@@ -316,10 +314,9 @@ fn scenario(s: &dyn Store) -> Vec<String> {
 
 #[test]
 fn results_match_the_sqlite_reference() {
-    if !pg_common::available("results_match_the_sqlite_reference") {
+    let Some(_serial) = pg_common::begin() else {
         return;
-    }
-    let _serial = serial();
+    };
     let schemas = Schemas::default();
     let dir = tempfile::tempdir().unwrap();
     let sqlite = store::open(&format!("sqlite:{}", dir.path().join("s.db").display())).unwrap();
@@ -334,10 +331,9 @@ fn results_match_the_sqlite_reference() {
 
 #[test]
 fn concurrent_acquirers_serialise() {
-    if !pg_common::available("concurrent_acquirers_serialise") {
+    let Some(_serial) = pg_common::begin() else {
         return;
-    }
-    let _serial = serial();
+    };
     let schemas = Schemas::default();
     let url = schemas.url("bg_race");
     const N: usize = 20;
@@ -446,10 +442,9 @@ fn kill_backends() -> u64 {
 
 #[test]
 fn killed_connections_are_replaced_transparently() {
-    if !pg_common::available("killed_connections_are_replaced_transparently") {
+    let Some(_serial) = pg_common::begin() else {
         return;
-    }
-    let _serial = serial();
+    };
     let schemas = Schemas::default();
     let s = store::open(&schemas.url("bg_kill")).unwrap();
     let fence = fence_of(&take(s.as_ref(), "job", "run-a", AcquireMode::IfFree));
@@ -563,10 +558,9 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
 
 #[test]
 fn a_server_outage_is_waited_out() {
-    if !pg_common::available("a_server_outage_is_waited_out") {
+    let Some(_serial) = pg_common::begin() else {
         return;
-    }
-    let _serial = serial();
+    };
     let schemas = Schemas::default();
     let proxy = Proxy::start(&pg_common::server_addr());
     let url = format!(
@@ -603,10 +597,9 @@ fn a_server_outage_is_waited_out() {
 
 #[test]
 fn sql_errors_fail_at_once_and_passwords_stay_hidden() {
-    if !pg_common::available("sql_errors_fail_at_once_and_passwords_stay_hidden") {
+    let Some(_serial) = pg_common::begin() else {
         return;
-    }
-    let _serial = serial();
+    };
     let t = Instant::now();
     let with_password = pg_common::url_at(&pg_common::server_addr(), "bg_no_such_database")
         .replacen('@', ":hunter2@", 1);
@@ -623,11 +616,10 @@ fn sql_errors_fail_at_once_and_passwords_stay_hidden() {
     assert!(matches!(bad, Err(StoreError::BadUrl { .. })));
 }
 
-fn bulk(test: &str, keys: usize) {
-    if !pg_common::available(test) {
+fn bulk(keys: usize) {
+    let Some(_serial) = pg_common::begin() else {
         return;
-    }
-    let _serial = serial();
+    };
     let schemas = Schemas::default();
     let s = store::open(&schemas.url("bg_bulk")).unwrap();
     let fence = fence_of(&take(s.as_ref(), "job", "run-a", AcquireMode::IfFree));
@@ -682,7 +674,7 @@ fn bulk(test: &str, keys: usize) {
 
 #[test]
 fn ledger_of_100k_keys() {
-    bulk("ledger_of_100k_keys", 100_000);
+    bulk(100_000);
 }
 
 /// `cargo test --release --test store_postgres -- --ignored` for the
@@ -690,7 +682,7 @@ fn ledger_of_100k_keys() {
 #[test]
 #[ignore]
 fn ledger_of_1m_keys() {
-    bulk("ledger_of_1m_keys", 1_000_000);
+    bulk(1_000_000);
 }
 
 /// A read command against a PostgreSQL server that is not there says why
@@ -699,7 +691,7 @@ fn ledger_of_1m_keys() {
 /// not exist is named, not "db error".
 #[test]
 fn read_commands_name_the_postgres_cause_quickly() {
-    if !pg_common::available("read_commands_name_the_postgres_cause_quickly") {
+    if pg_common::begin().is_none() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

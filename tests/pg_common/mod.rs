@@ -14,6 +14,18 @@ pub fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The gate and the lock of a test that needs the server: `None` (with the
+/// line [`available`] writes) when the server does not answer; else the
+/// lock that keeps this binary's PostgreSQL tests one at a time. The test
+/// is named after the thread libtest runs it on.
+pub fn begin() -> Option<MutexGuard<'static, ()>> {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a PostgreSQL test")
+        .to_string();
+    available(&test).then(serial)
+}
+
 /// A number unique within this test binary (for schema names).
 pub fn next_id() -> usize {
     COUNTER.fetch_add(1, Ordering::SeqCst)
