@@ -3,7 +3,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -88,7 +88,13 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn mounts() -> Vec<Mount> {
+/// The mounts of this process, read once (see [`v2_root`]).
+fn mounts() -> &'static [Mount] {
+    static MOUNTS: OnceLock<Vec<Mount>> = OnceLock::new();
+    MOUNTS.get_or_init(read_mounts)
+}
+
+fn read_mounts() -> Vec<Mount> {
     let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
         return Vec::new();
     };
@@ -119,15 +125,23 @@ fn has_word(path: &Path, word: &str) -> bool {
 }
 
 /// The root of a cgroup2 hierarchy that offers the memory controller.
+/// Looked up once per process: a run asks several times (the planned
+/// cgroup, the enforcement, the spawn), and the mounts do not change under
+/// a runner.
 pub(crate) fn v2_root() -> Option<PathBuf> {
+    static ROOT: OnceLock<Option<PathBuf>> = OnceLock::new();
+    ROOT.get_or_init(find_v2_root).clone()
+}
+
+fn find_v2_root() -> Option<PathBuf> {
     let default = PathBuf::from("/sys/fs/cgroup");
     if has_word(&default.join("cgroup.controllers"), "memory") {
         return Some(default);
     }
     mounts()
-        .into_iter()
+        .iter()
         .filter(|m| m.fstype == "cgroup2" && m.root == "/")
-        .map(|m| m.point)
+        .map(|m| m.point.clone())
         .find(|p| has_word(&p.join("cgroup.controllers"), "memory"))
 }
 
@@ -240,10 +254,16 @@ fn delegated_base(root: &Path) -> Result<PathBuf, CgError> {
     Ok(base)
 }
 
-/// Our own cgroup directory in the v1 memory hierarchy.
+/// Our own cgroup directory in the v1 memory hierarchy, looked up once per
+/// process (like [`v2_root`]; batchguard moves its children, never itself).
 pub(crate) fn v1_own() -> Option<PathBuf> {
+    static OWN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    OWN.get_or_init(find_v1_own).clone()
+}
+
+fn find_v1_own() -> Option<PathBuf> {
     let mount = mounts()
-        .into_iter()
+        .iter()
         .find(|m| m.fstype == "cgroup" && m.super_opts.split(',').any(|o| o == "memory"))?;
     let text = fs::read_to_string("/proc/self/cgroup").ok()?;
     let own = text.lines().find_map(|line| {
