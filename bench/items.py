@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -48,8 +49,9 @@ class Bg:
         with open(os.path.join(self.etc, "jobs", f"{name}.toml"), "w") as f:
             f.write(text)
 
-    def run(self, name):
-        return timed([BIN, "--config-dir", self.etc, "run", name], env=self.env)
+    def run(self, name, scope=None):
+        extra = ["--scope", scope] if scope else []
+        return timed([BIN, "--config-dir", self.etc, "run", name, *extra], env=self.env)
 
     def last_run(self, name):
         out = subprocess.run([BIN, "--config-dir", self.etc, "runs", name, "--limit", "1", "--format", "json"],
@@ -57,24 +59,32 @@ class Bg:
         return json.loads(out)[0]
 
 
-def per_item(tmp, n, parallel_n):
+def per_item(tmp, n, parallel_n, rounds):
+    """Items/s of each tool, the median of `rounds` interleaved rounds (each
+    round runs every tool once, batchguard in a fresh ledger scope)."""
     keys = os.path.join(tmp, "keys.txt")
     write_keys(keys, n)
-    with open(keys) as f:
-        xargs = timed(["xargs", "-P2", "-n1", "/bin/true"], stdin=f)
+    pkeys = os.path.join(tmp, "pkeys.txt")
+    write_keys(pkeys, parallel_n)
     bg = Bg(os.path.join(tmp, "per-item"))
     bg.job("per-item", f'[items]\nsource_file = "{keys}"\nrun = ["/bin/true", "{{item}}"]\nparallelism = 2\n')
-    t = bg.run("per-item")
-    run = bg.last_run("per-item")
-    assert run["items"]["done"] == n, run
-    rows = [("xargs -P2 (no ledger)", n, xargs), ("batchguard per-item", n, t)]
-    if shutil.which("parallel"):
-        pkeys = os.path.join(tmp, "pkeys.txt")
-        write_keys(pkeys, parallel_n)
-        with open(pkeys) as f:
-            par = timed(["parallel", "--will-cite", "--joblog", os.path.join(tmp, "joblog"), "--resume", "-j2",
-                         "/bin/true", "{}"], stdin=f)
-        rows.append(("GNU parallel --joblog --resume", parallel_n, par))
+    has_parallel = shutil.which("parallel") is not None
+    times = {"xargs": [], "bg": [], "parallel": []}
+    for r in range(rounds):
+        with open(keys) as f:
+            times["xargs"].append(timed(["xargs", "-P2", "-n1", "/bin/true"], stdin=f))
+        times["bg"].append(bg.run("per-item", scope=f"round-{r}"))
+        run = bg.last_run("per-item")
+        assert run["items"]["done"] == n, run
+        if has_parallel:
+            joblog = os.path.join(tmp, f"joblog-{r}")
+            with open(pkeys) as f:
+                times["parallel"].append(timed(["parallel", "--will-cite", "--joblog", joblog, "--resume",
+                                                "-j2", "/bin/true", "{}"], stdin=f))
+    med = {k: statistics.median(v) for k, v in times.items() if v}
+    rows = [("xargs -P2 (no ledger)", n, med["xargs"]), ("batchguard per-item", n, med["bg"])]
+    if has_parallel:
+        rows.append(("GNU parallel --joblog --resume", parallel_n, med["parallel"]))
     return rows
 
 
@@ -138,14 +148,15 @@ def main():
     ap.add_argument("--stream-keys", type=int, default=1000000)
     ap.add_argument("--crash-keys", type=int, default=3000)
     ap.add_argument("--crashes", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the per-item comparison")
     args = ap.parse_args()
     if not os.path.exists(BIN):
         raise SystemExit("build first: cargo build --release")
     tmp = tempfile.mkdtemp(prefix="bg-items-bench-")
     try:
-        rows = per_item(tmp, args.keys, args.parallel_keys)
+        rows = per_item(tmp, args.keys, args.parallel_keys, args.rounds)
         base = rows[0][1] / rows[0][2]
-        print("per-item mode, handler /bin/true, 2 at a time\n")
+        print(f"per-item mode, handler /bin/true, 2 at a time (median of {args.rounds} interleaved rounds)\n")
         print("| tool | keys | seconds | items/s | vs xargs |")
         print("|---|---|---|---|---|")
         for name, n, t in rows:

@@ -3,10 +3,12 @@
 
 Wraps /bin/true and a 10 ms job many times, side by side in one run:
 bare exec, `flock -n LOCK timeout 60 CMD`, `systemd-run --scope` (when
-systemd runs this host), and `batchguard exec`. Reports the mean wall time
-per run, each wrapper's added overhead over bare exec, the ratio of
-batchguard's overhead to flock+timeout's, and the runner's resident memory
-while it supervises a job.
+systemd runs this host), and `batchguard exec` (cgroup and poll). The
+variants are interleaved (round after round, each variant once per round),
+so a busy spell of the machine weighs on all of them alike. Reports the
+median wall time per run, each wrapper's added overhead over bare exec,
+the ratio of batchguard's overhead to flock+timeout's, and the runner's
+resident memory while it supervises a job.
 
     cargo build --release && python3 bench/overhead.py [--runs N]
 """
@@ -16,19 +18,24 @@ import os
 import shutil
 import subprocess
 import tempfile
+import statistics
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "batchguard")
 
 
-def timed(argv, runs, env=None):
-    # One warm-up, then the timed loop.
-    subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL)
-    start = time.perf_counter()
-    for _ in range(runs):
+def timed_interleaved(variants, runs):
+    """Median ms per run of each (argv, env) in `variants`, interleaved."""
+    for argv, env in variants:  # one warm-up each
         subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL)
-    return (time.perf_counter() - start) / runs * 1000.0
+    samples = [[] for _ in variants]
+    for _ in range(runs):
+        for i, (argv, env) in enumerate(variants):
+            start = time.perf_counter()
+            subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL)
+            samples[i].append((time.perf_counter() - start) * 1000.0)
+    return [statistics.median(s) for s in samples]
 
 
 def systemd_running():
@@ -61,17 +68,22 @@ def main():
         f.write(f'log_dir = "{tmp}/log"\n')
     lock = f"{tmp}/flock"
     jobs = {"/bin/true": ["/bin/true"], "10 ms job": ["sleep", "0.01"]}
-    print(f"{args.runs} runs each; mean wall time per run (ms); overhead = wrapper - bare\n")
+    print(f"{args.runs} interleaved runs each; median wall time per run (ms); overhead = wrapper - bare\n")
     print("| job | bare | flock+timeout | systemd-run --scope | batchguard (cgroup) | batchguard (poll) | "
           "flock+timeout overhead | batchguard cgroup overhead (ratio) | batchguard poll overhead (ratio) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, cmd in jobs.items():
-        bare = timed(cmd, args.runs)
-        flock = timed(["flock", "-n", lock, "timeout", "60", *cmd], args.runs)
-        sysd = timed(["systemd-run", "--quiet", "--scope", *cmd], args.runs) if systemd_running() else None
-        bg = timed([BIN, "exec", "--name", "bench", "--", *cmd], args.runs, env)
-        bgp = timed([BIN, "exec", "--name", "bench", "--", *cmd], args.runs,
-                    dict(env, BATCHGUARD_CGROUP="poll"))
+        variants = [
+            (cmd, None),
+            (["flock", "-n", lock, "timeout", "60", *cmd], None),
+            ([BIN, "exec", "--name", "bench", "--", *cmd], env),
+            ([BIN, "exec", "--name", "bench", "--", *cmd], dict(env, BATCHGUARD_CGROUP="poll")),
+        ]
+        if systemd_running():
+            variants.append((["systemd-run", "--quiet", "--scope", *cmd], None))
+        medians = timed_interleaved(variants, args.runs)
+        bare, flock, bg, bgp = medians[:4]
+        sysd = medians[4] if len(medians) > 4 else None
         fo, bo, bpo = flock - bare, bg - bare, bgp - bare
         print(f"| {name} | {bare:.2f} | {flock:.2f} | {'n/a' if sysd is None else f'{sysd:.2f}'} | "
               f"{bg:.2f} | {bgp:.2f} | {fo:.2f} | {bo:.2f} ({bo / fo:.2f}x) | {bpo:.2f} ({bpo / fo:.2f}x) |")

@@ -288,6 +288,28 @@ fn find_v1_own() -> Option<PathBuf> {
     dir.join("memory.limit_in_bytes").exists().then_some(dir)
 }
 
+/// Start, in the background, the grace period that the first move of a
+/// process into a cgroup v1 waits for. On cgroup v1 every move into a
+/// cgroup takes the kernel's `cgroup_threadgroup_rwsem` for writing, which
+/// waits for an RCU grace period (5-10 ms measured) unless another move
+/// happened within the last one. Moving a thread of ours into the cgroup it
+/// is already in is such a move, changes nothing, and runs here while the
+/// caller opens the store and takes the lock: the child's real move a few
+/// milliseconds later waits only for what is left of that grace period.
+/// Errors are ignored (no v1 hierarchy, or no right to write there).
+pub(crate) fn prewarm_v1_moves() {
+    let Some(own) = v1_own() else {
+        return;
+    };
+    let tasks = own.join("tasks");
+    let _ = std::thread::Builder::new()
+        .name("cgroup-prewarm".into())
+        .spawn(move || {
+            let tid = nix::unistd::gettid().as_raw();
+            let _ = fs::write(&tasks, tid.to_string());
+        });
+}
+
 fn write_file(path: &Path, value: &str) -> Result<(), CgError> {
     let mut f = OpenOptions::new()
         .write(true)

@@ -263,6 +263,17 @@ pub fn planned_cgroup(name: &str, mode: Enforcement) -> Option<PathBuf> {
     }
 }
 
+/// Call as early as it is known that a run will start a child in `mode`:
+/// on cgroup v1 it starts, in the background, the kernel's wait that the
+/// child's move into its cgroup would otherwise pay in full (see
+/// docs/performance.md). Nothing to do elsewhere: on cgroup v2 the child is
+/// born in its cgroup.
+pub fn prewarm(mode: Enforcement) {
+    if mode == Enforcement::Cgroup1 {
+        cgroup::prewarm_v1_moves();
+    }
+}
+
 /// What this host can do, honouring `BATCHGUARD_CGROUP=auto|cgroup2|cgroup1|poll|none`.
 pub fn detect() -> Enforcement {
     match std::env::var("BATCHGUARD_CGROUP") {
