@@ -227,7 +227,7 @@ pub struct Exec {
     #[arg(long = "memory-max", value_parser = parse_size, value_name = "SIZE")]
     pub memory_max: Option<u64>,
     /// forbid (default), replace or allow overlapping runs of NAME.
-    #[arg(long, value_parser = parse_concurrency, value_name = "POLICY")]
+    #[arg(long, value_parser = |s: &str| s.parse::<Concurrency>(), value_name = "POLICY")]
     pub concurrency: Option<Concurrency>,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
@@ -330,15 +330,6 @@ fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
 
 fn parse_size(s: &str) -> std::result::Result<u64, String> {
     config::parse_size(s)
-}
-
-fn parse_concurrency(s: &str) -> std::result::Result<Concurrency, String> {
-    match s {
-        "forbid" => Ok(Concurrency::Forbid),
-        "replace" => Ok(Concurrency::Replace),
-        "allow" => Ok(Concurrency::Allow),
-        _ => Err(format!("`{s}` is not one of forbid, replace, allow")),
-    }
 }
 
 /// Write the completions for `shell` to `out`.

@@ -246,7 +246,7 @@ macro_rules! str_enum {
             type Err = String;
             fn from_str(s: &str) -> Result<Self, String> {
                 match s { $($s => Ok($name::$v),)+ _ => Err(format!(
-                    "invalid value \"{}\": expected one of {}", s, Self::names().join(", "))) }
+                    "`{}` is not one of {}", s, Self::names().join(", "))) }
             }
         }
     };
