@@ -236,18 +236,18 @@ impl SqliteStore {
 /// run commits after every key).
 struct Tx<'c> {
     conn: &'c Connection,
-    open: bool,
 }
 
 impl<'c> Tx<'c> {
     fn immediate(conn: &'c mut Connection) -> rusqlite::Result<Tx<'c>> {
         conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-        Ok(Tx { conn, open: true })
+        Ok(Tx { conn })
     }
 
-    fn commit(mut self) -> rusqlite::Result<()> {
+    /// After a failed `COMMIT` the transaction is still open, and the drop
+    /// rolls it back.
+    fn commit(self) -> rusqlite::Result<()> {
         self.conn.prepare_cached("COMMIT")?.execute([])?;
-        self.open = false;
         Ok(())
     }
 }
@@ -260,8 +260,10 @@ impl std::ops::Deref for Tx<'_> {
 }
 
 impl Drop for Tx<'_> {
+    /// Still inside the transaction (not committed, or the commit failed):
+    /// roll it back. After a commit SQLite is back in autocommit mode.
     fn drop(&mut self) {
-        if self.open && !self.conn.is_autocommit() {
+        if !self.conn.is_autocommit() {
             if let Err(e) = self.conn.execute_batch("ROLLBACK") {
                 tracing::warn!(error = %e, "SQLite rollback failed");
             }
