@@ -168,7 +168,7 @@ pub enum Command {
         #[arg(long)]
         strict: bool,
         /// Where the cron.d files should be (G13).
-        #[arg(long, default_value = "/etc/cron.d", value_name = "DIR")]
+        #[arg(long, default_value = crate::cron::DEFAULT_DIR, value_name = "DIR")]
         cron_dir: PathBuf,
     },
     /// Cron schedules (G13): render or install /etc/cron.d files, predict
@@ -269,7 +269,7 @@ pub enum CronAction {
     /// remove stale ones.
     Install {
         /// The cron directory (it must exist).
-        #[arg(long, default_value = "/etc/cron.d", value_name = "DIR")]
+        #[arg(long, default_value = crate::cron::DEFAULT_DIR, value_name = "DIR")]
         dir: PathBuf,
         /// The cron daemon to write for: cronie, vixie (Debian/Ubuntu cron)
         /// or busybox (default: detected).

@@ -26,6 +26,10 @@ use jiff::tz::TimeZone;
 use jiff::{Timestamp, Zoned};
 use std::path::PathBuf;
 
+/// Where cron reads its system job files unless told otherwise
+/// (`--dir` of `cron install` and `check`; the dashboard's findings).
+pub const DEFAULT_DIR: &str = "/etc/cron.d";
+
 /// What went wrong with a schedule, an entry or a cron.d file.
 #[derive(thiserror::Error, Debug)]
 pub enum CronError {

@@ -71,11 +71,13 @@ pub fn channel() -> (Sender, Receiver<Msg>) {
 }
 
 /// Gather updates into groups and hand each to `commit`, until every
-/// sender is gone. No fixed delay: a group is what arrived while the
-/// previous commit ran (at most [`MAX_BATCH`]), committed as soon as that
-/// commit returns. A slow trickle is recorded key by key at once; a flood
-/// batches itself. Either way a crash redoes at most what one commit holds
-/// plus what was in flight.
+/// sender is gone. No fixed delay for outcomes: a group is what arrived
+/// while the previous commit ran (at most [`MAX_BATCH`]), committed as soon
+/// as that commit returns. A slow trickle is recorded key by key at once; a
+/// flood batches itself. Only a group of in-flight markers alone waits, up
+/// to [`IN_FLIGHT_GRACE`], for an outcome to share its transaction
+/// ([`await_company`]). Either way a crash redoes at most what one commit
+/// holds plus what was in flight.
 pub fn gather(rx: Receiver<Msg>, mut commit: impl FnMut(&[Msg])) {
     let mut group: Vec<Msg> = Vec::with_capacity(MAX_BATCH);
     let mut busy = Duration::ZERO;

@@ -449,7 +449,7 @@ fn range_links(base: &str, current: &str, choices: &[&str]) -> String {
 /// The `check` findings of one job (SPEC §8).
 pub fn findings(app: &App, cfg: &Configs, job: &Job) -> crate::check::JobReport {
     let facts = crate::cron::check_facts(
-        "/etc/cron.d".into(),
+        crate::cron::DEFAULT_DIR.into(),
         std::env::current_exe().and_then(|p| p.canonicalize()).ok(),
         std::path::absolute(&app.dir).ok(),
         crate::cron::flavor::host(),
