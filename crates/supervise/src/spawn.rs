@@ -268,10 +268,8 @@ fn spawn_process(
     }
 
     let spawned = {
-        // Hold the registry while forking: the orphan reaper must not reap the new
-        // child (if it dies instantly) before it is registered, nor race std's own
-        // reaping of a child whose exec failed.
-        let mut reg = tree::registry();
+        // Until the child is registered (see `tree::SpawnGuard`).
+        let guard = tree::SpawnGuard::new();
         // Occupy fd number `done_fd` during the fork so std's internal exec-error pipe
         // cannot land on it (the child's dup2 would clobber it).
         let _placeholder = match spec.done_fd {
@@ -280,7 +278,7 @@ fn spawn_process(
         };
         let r = cmd.spawn();
         if let Ok(child) = &r {
-            reg.insert(child.id() as i32);
+            guard.register(child.id() as i32);
         }
         r
     };
@@ -329,10 +327,10 @@ fn spawn_without_hook(
         cmd.current_dir(dir);
     }
     let spawned = {
-        let mut reg = tree::registry();
+        let guard = tree::SpawnGuard::new();
         let r = cmd.spawn();
         if let Ok(child) = &r {
-            reg.insert(child.id() as i32);
+            guard.register(child.id() as i32);
         }
         r
     };
@@ -609,8 +607,8 @@ fn spawn_clone3(
         empty_mask: sys::empty_sigset(),
     };
     let pid = {
-        // Hold the registry across the clone, as `spawn_process` does.
-        let mut reg = tree::registry();
+        // Until the child is registered (see `tree::SpawnGuard`).
+        let guard = tree::SpawnGuard::new();
         let mask = sys::block_all_signals();
         // SAFETY: in the child (return value 0) only `Clone3Child::exec` runs,
         // which is async-signal-safe, allocates nothing and never returns.
@@ -621,7 +619,7 @@ fn spawn_clone3(
         match cloned {
             Ok(0) => child.exec(),
             Ok(pid) => {
-                reg.insert(pid);
+                guard.register(pid);
                 pid
             }
             Err(e) if sys::clone3_unsupported(&e) => {

@@ -17,6 +17,34 @@ pub(crate) fn registry() -> MutexGuard<'static, BTreeSet<i32>> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What a spawn holds from before the fork until its child is registered.
+///
+/// On the main thread that is the registry's lock: its children are the ones
+/// [`procfs::own_children`] lists, so the orphan reaper must not see a new
+/// one (that may die at once) before it is registered, nor race the C
+/// library's reaping of a child whose exec failed. On any other thread it is
+/// nothing: a thread's children are listed under that thread, never in the
+/// main thread's list the reaper reads, so parallel per-item lanes start
+/// their items side by side instead of queueing on the lock for the whole
+/// fork and exec (and a lane finishing an item no longer waits for another
+/// lane's spawn to look at its own tree).
+pub(crate) struct SpawnGuard(Option<MutexGuard<'static, BTreeSet<i32>>>);
+
+impl SpawnGuard {
+    pub(crate) fn new() -> SpawnGuard {
+        let main_thread = nix::unistd::gettid() == nix::unistd::getpid();
+        SpawnGuard(main_thread.then(registry))
+    }
+
+    /// Record `pid` as a supervised main child.
+    pub(crate) fn register(self, pid: i32) {
+        match self.0 {
+            Some(mut reg) => reg.insert(pid),
+            None => registry().insert(pid),
+        };
+    }
+}
+
 /// Reap zombies that are our children but not registered main children
 /// (descendants of jobs that reparented to us as subreaper and then died).
 ///

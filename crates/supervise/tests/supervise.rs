@@ -674,3 +674,36 @@ fn leftover_cleanup_ignores_a_fake_cgroup() {
     let _ = victim.wait();
     let _ = std::fs::remove_dir_all(fake.parent().and_then(Path::parent).expect("tmpdir"));
 }
+
+/// Lanes spawn without holding the registry (only the main thread's spawns
+/// do, see `tree::SpawnGuard`): children that exit at once, started from
+/// two threads side by side while a third keeps the orphan reaper busy
+/// (each of its jobs leaves a background child behind), are each reported
+/// by their own `wait`, never reaped by someone else first.
+#[test]
+fn parallel_spawns_keep_their_exit_status_while_the_reaper_runs() {
+    sv::become_subreaper();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let (out, _) = run(sh("true & exit 0"));
+                assert_eq!(out.end, End::Exited(0));
+            }
+        });
+        let lanes: Vec<_> = (0..2)
+            .map(|lane| {
+                s.spawn(move || {
+                    for i in 0..150 {
+                        let (out, _) = run(spec(&["sh", "-c", "exit 3"]));
+                        assert_eq!(out.end, End::Exited(3), "lane {lane}, child {i}");
+                    }
+                })
+            })
+            .collect();
+        for l in lanes {
+            l.join().expect("lane");
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+}
