@@ -3,14 +3,17 @@
 
 Side by side in one run:
   per-item mode: N keys, handler /bin/true, parallelism 2, against
-    `xargs -P2` (no ledger: the floor) and GNU parallel with --joblog and
-    --resume (a ledger of sorts; measured on fewer keys, it is slow);
+    `xargs -P2` (no ledger) and GNU parallel with --joblog and
+    --resume (a ledger of sorts; measured on fewer keys, it is slow), and
+    the machine's spawn floor (bench/spawn_floor.rs: a bare posix_spawn
+    loop with nothing else, what the kernel and C library cost here);
   stream mode: 1,000,000 keys through a handler that only echoes them to the
     done fd, keys durably recorded per second;
   resume: a scope holding 1,000,000 done keys plus 1,000 pending: time from
     `batchguard run` to the first pending key reaching the handler.
 
-    cargo build --release && python3 bench/items.py [--keys 10000] [--stream-keys 1000000]
+    cargo build --release --bin batchguard --example spawn_floor
+    python3 bench/items.py [--keys 10000] [--stream-keys 1000000]
 """
 import argparse
 import json
@@ -23,6 +26,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "batchguard")
+FLOOR = os.path.join(ROOT, "target", "release", "examples", "spawn_floor")
 
 
 def write_keys(path, n, prefix="key"):
@@ -69,8 +73,9 @@ def per_item(tmp, n, parallel_n, rounds):
     bg = Bg(os.path.join(tmp, "per-item"))
     bg.job("per-item", f'[items]\nsource_file = "{keys}"\nrun = ["/bin/true", "{{item}}"]\nparallelism = 2\n')
     has_parallel = shutil.which("parallel") is not None
-    times = {"xargs": [], "bg": [], "parallel": []}
+    times = {"xargs": [], "bg": [], "parallel": [], "floor": []}
     for r in range(rounds):
+        times["floor"].append(timed([FLOOR, str(n), "2", "/bin/true", "key"]))
         with open(keys) as f:
             times["xargs"].append(timed(["xargs", "-P2", "-n1", "/bin/true"], stdin=f))
         times["bg"].append(bg.run("per-item", scope=f"round-{r}"))
@@ -85,6 +90,8 @@ def per_item(tmp, n, parallel_n, rounds):
     rows = [("xargs -P2 (no ledger)", n, med["xargs"]), ("batchguard per-item", n, med["bg"])]
     if has_parallel:
         rows.append(("GNU parallel --joblog --resume", parallel_n, med["parallel"]))
+    rows.append(("spawn floor: bare posix_spawn loop, 2 threads, output piped (bench/spawn_floor.rs)",
+                 n, med["floor"]))
     return rows
 
 
@@ -150,8 +157,8 @@ def main():
     ap.add_argument("--crashes", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the per-item comparison")
     args = ap.parse_args()
-    if not os.path.exists(BIN):
-        raise SystemExit("build first: cargo build --release")
+    if not os.path.exists(BIN) or not os.path.exists(FLOOR):
+        raise SystemExit("build first: cargo build --release --bin batchguard --example spawn_floor")
     tmp = tempfile.mkdtemp(prefix="bg-items-bench-")
     try:
         rows = per_item(tmp, args.keys, args.parallel_keys, args.rounds)
@@ -162,8 +169,12 @@ def main():
         for name, n, t in rows:
             print(f"| {name} | {n} | {t:.2f} | {n / t:.0f} | {n / t / base:.2f}x |")
         bg_rate = rows[1][1] / rows[1][2]
-        if len(rows) > 2:
-            print(f"\nbatchguard / GNU parallel: {bg_rate / (rows[2][1] / rows[2][2]):.1f}x")
+        floor_rate = rows[-1][1] / rows[-1][2]
+        if len(rows) > 3:
+            par_rate = rows[2][1] / rows[2][2]
+            print(f"\nbatchguard / GNU parallel: {bg_rate / par_rate:.1f}x; "
+                  f"the spawn floor / GNU parallel: {floor_rate / par_rate:.1f}x")
+        print(f"batchguard / spawn floor: {bg_rate / floor_rate:.2f}x")
         t, bg, keys = stream(tmp, args.stream_keys)
         print(f"\nstream mode: {args.stream_keys} keys durably recorded in {t:.2f} s "
               f"= {args.stream_keys / t:,.0f} keys/s (whole run: source, ledger scan, handler, commits)")
