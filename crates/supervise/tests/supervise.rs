@@ -607,10 +607,13 @@ fn forwarded_once(sig: i32, mode: Enforcement) -> (Vec<String>, Vec<String>) {
     sv::become_subreaper();
     let child = sv::spawn_with(with_cgroup(sh(&script), "fwd"), limits, mode).expect("spawn");
     let gc = read_pid(&dir.join("gc.pid"));
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // The traps are set once `ready` exists; a loaded machine (the whole
+    // suite on two cores) can take seconds to get there.
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !ready.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
+    assert!(ready.exists(), "the job never set its traps ({mode})");
     let handle = child.stop_handle();
     handle.stop(StopReason::Signal(sig));
     // A repeated stop (the runner stops every tree again) changes nothing.
