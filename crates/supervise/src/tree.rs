@@ -75,8 +75,9 @@ pub(crate) fn reap_orphans() {
 /// the caller's tree. Any unregistered child, an orphan of whichever tree,
 /// answers false and so forces the caller's full scan (it cannot tell whose
 /// orphan it is without one). The registry lock is held while the children are
-/// listed, and spawning holds it across fork + registration, so a child that is
-/// being forked is never mistaken for an orphan.
+/// listed, and a spawn from the main thread holds it across fork + registration
+/// ([`SpawnGuard`]), so a child that is being forked is never mistaken for an
+/// orphan (other threads' children are not in the list at all).
 pub(crate) fn only_main_children() -> bool {
     let reg = registry();
     procfs::own_children().iter().all(|pid| reg.contains(pid))
