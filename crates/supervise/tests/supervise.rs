@@ -588,6 +588,15 @@ fn trap_log(path: &Path) -> Vec<String> {
 /// `sig` itself: the main shell (in the job's process group) and a setsid
 /// grandchild (in a process group of its own) each run their trap once.
 fn forwarded_once(sig: i32, mode: Enforcement) -> (Vec<String>, Vec<String>) {
+    // A non-interactive shell cannot trap a signal that was ignored when it
+    // started, and children inherit an ignored disposition: a test process
+    // started with INT ignored (`nohup`, `cmd &` in a script) would pass that
+    // on. The runner catches INT and TERM, so its jobs always start with the
+    // default; do the same here.
+    // SAFETY: restores the default disposition of one signal in this process.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+    }
     let dir = tmpdir("fwd");
     let (main_log, gc_log, ready) = (dir.join("main"), dir.join("gc"), dir.join("ready"));
     let script = format!(
