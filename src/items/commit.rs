@@ -116,7 +116,7 @@ pub fn gather(rx: Receiver<Msg>, mut commit: impl FnMut(&[Msg])) {
             open = await_company(&rx, &mut group);
         }
         if open {
-            open = fill_until(&rx, &mut group, last_start + COMMIT_PACE);
+            open = fill_until(&rx, &mut group, last_start + COMMIT_PACE, |_| false);
         }
         let t = Instant::now();
         last_start = t;
@@ -128,16 +128,28 @@ pub fn gather(rx: Receiver<Msg>, mut commit: impl FnMut(&[Msg])) {
     tracing::debug!(groups, busy = ?busy, "committer done");
 }
 
-/// Add what arrives until `until` (or the group is full). Returns whether
-/// the senders are still there.
-fn fill_until(rx: &Receiver<Msg>, group: &mut Vec<Msg>, until: Instant) -> bool {
+/// Add what arrives until `until`, the group is full, or `enough` says a
+/// message just added completes it. Returns whether the senders are still
+/// there.
+fn fill_until(
+    rx: &Receiver<Msg>,
+    group: &mut Vec<Msg>,
+    until: Instant,
+    enough: impl Fn(&Msg) -> bool,
+) -> bool {
     while group.len() < MAX_BATCH {
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() {
             break;
         }
         match rx.recv_timeout(left) {
-            Ok(u) => group.push(u),
+            Ok(u) => {
+                let done = enough(&u);
+                group.push(u);
+                if done {
+                    break;
+                }
+            }
             Err(RecvTimeoutError::Timeout) => break,
             Err(RecvTimeoutError::Disconnected) => return false,
         }
@@ -156,22 +168,9 @@ fn only_in_flight(group: &[Msg]) -> bool {
 /// need not cost a transaction of its own: a short item's marker and its
 /// outcome go in one. Returns whether the senders are still there.
 fn await_company(rx: &Receiver<Msg>, group: &mut Vec<Msg>) -> bool {
-    let until = Instant::now() + IN_FLIGHT_GRACE;
-    while group.len() < MAX_BATCH {
-        let left = until.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(u) => {
-                let outcome = u.state != ItemState::InFlight;
-                group.push(u);
-                if outcome {
-                    return true;
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => return true,
-            Err(RecvTimeoutError::Disconnected) => return false,
-        }
-    }
-    true
+    fill_until(rx, group, Instant::now() + IN_FLIGHT_GRACE, |u| {
+        u.state != ItemState::InFlight
+    })
 }
 
 /// Retry a commit while the store fails, for up to [`STORE_PATIENCE`].
