@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_batchguard");
@@ -17,16 +18,36 @@ mod support;
 use pg_common::{admin, base, next_id};
 use support::wait_for;
 
-/// One test's world: a schema, a config dir, a log dir.
+/// One test's world: a schema, a config dir, a log dir, and `n` keys in
+/// `keys.txt`.
 struct World {
     _tmp: tempfile::TempDir,
     root: PathBuf,
     schema: String,
     state: String,
+    /// How many keys `keys.txt` holds.
+    n: usize,
+    started: Instant,
+    /// The lock that runs this binary's PostgreSQL tests one at a time
+    /// (released after the schema is dropped).
+    _serial: Option<MutexGuard<'static, ()>>,
 }
 
 impl World {
-    fn new(prefix: &str) -> World {
+    /// The world of a test that needs the server, holding the lock that
+    /// runs these tests one at a time; `None` (the test returns) when the
+    /// server does not answer: see [`pg_common::begin`].
+    fn begin(prefix: &str, n: usize) -> Option<World> {
+        let serial = pg_common::begin()?;
+        Some(World::create(prefix, n, Some(serial)))
+    }
+
+    /// A world for a test that does not use the server.
+    fn new(prefix: &str, n: usize) -> World {
+        World::create(prefix, n, None)
+    }
+
+    fn create(prefix: &str, n: usize, serial: Option<MutexGuard<'static, ()>>) -> World {
         let tmp = tempfile::Builder::new()
             .prefix("bg-dist-")
             .tempdir_in("/tmp")
@@ -40,11 +61,16 @@ impl World {
             root,
             schema,
             state,
+            n,
+            started: Instant::now(),
+            _serial: serial,
         };
         w.write(
             "etc/batchguard.toml",
             &format!("log_dir = \"{}\"\n", w.root.join("log").display()),
         );
+        let keys: String = (0..n).map(|i| format!("key-{i:06}\n")).collect();
+        w.write("keys.txt", &keys);
         w
     }
 
@@ -58,10 +84,9 @@ impl World {
         p
     }
 
-    /// `n` keys in a source file.
-    fn keys(&self, n: usize) -> PathBuf {
-        let text: String = (0..n).map(|i| format!("key-{i:06}\n")).collect();
-        self.write("keys.txt", &text)
+    /// The source file of the `n` keys.
+    fn keys(&self) -> PathBuf {
+        self.path("keys.txt")
     }
 
     /// A handler appending its key to `out` after sleeping `sleep`.
@@ -81,15 +106,29 @@ impl World {
         )
     }
 
-    fn job(&self, name: &str, n: usize, sleep: &str, extra: &str) {
-        let keys = self.keys(n);
+    /// Job `name`: the [`handler`](World::handler) run on each key, with
+    /// the job lines `extra`.
+    fn job(&self, name: &str, sleep: &str, extra: &str) {
         let h = self.handler(sleep);
         self.write(
             &format!("etc/jobs/{name}.toml"),
             &format!(
                 "[items]\nsource_file = \"{}\"\nrun = [\"sh\", \"{}\", \"{{item}}\"]\n{extra}",
-                keys.display(),
+                self.keys().display(),
                 h.display()
+            ),
+        );
+    }
+
+    /// Stream-mode job `name`: `sh -c SCRIPT` reads the keys on stdin and
+    /// reports the done ones on fd 3; with the job lines `extra`.
+    fn stream_job(&self, name: &str, script: &str, extra: &str) {
+        self.write(
+            &format!("etc/jobs/{name}.toml"),
+            &format!(
+                "command = [\"sh\", \"-c\", \"{script}\"]\n[items]\nmode = \"stream\"\n\
+                 source_file = \"{}\"\n{extra}",
+                self.keys().display()
             ),
         );
     }
@@ -142,10 +181,45 @@ impl World {
         coord
     }
 
-    /// Wait until `n` keys are queued.
-    fn wait_queued(&self, n: usize) {
+    /// Run job `name` with its coordinator alone and expect it to exit with
+    /// `code` within a minute.
+    fn expect_run(&self, name: &str, code: i32) {
+        let coord = self.spawn(&["run", name]);
+        expect_exit(
+            &format!("{name} coordinator"),
+            coord,
+            Duration::from_secs(60),
+            code,
+        );
+    }
+
+    /// Run job `dist` with a coordinator and `workers` workers
+    /// (`batchguard worker dist ARGS`): the coordinator must exit 0 within
+    /// `limit`, then each worker within 30 s, with every key done by the
+    /// one run.
+    fn run_with_workers(&self, workers: usize, args: &[&str], limit: Duration) {
+        let coord = self.start_coordinator();
+        let worker_args = [&["worker", "dist"], args].concat();
+        let workers: Vec<Child> = (0..workers).map(|_| self.spawn(&worker_args)).collect();
+        expect_exit("coordinator", coord, limit, 0);
+        for (i, wk) in workers.into_iter().enumerate() {
+            expect_exit(&format!("worker {i}"), wk, Duration::from_secs(30), 0);
+        }
+        self.assert_every_key_done();
+        assert_eq!(self.count("SELECT count(DISTINCT run_id) FROM ledger"), 1);
+    }
+
+    /// Wait until all `n` keys are queued.
+    fn wait_queued(&self) {
         wait_for("the queue", Duration::from_secs(20), || {
-            self.count("SELECT count(*) FROM queue") == n as i64
+            self.count("SELECT count(*) FROM queue") == self.n as i64
+        });
+    }
+
+    /// Wait until the handler has processed `keys` keys.
+    fn wait_processed(&self, keys: usize, limit: Duration) {
+        wait_for(&format!("{keys} keys processed"), limit, || {
+            self.processed().len() >= keys
         });
     }
 
@@ -160,6 +234,11 @@ impl World {
         assert!(st.success(), "{err}");
     }
 
+    /// Say on stderr how long the test took to get to `what`.
+    fn report(&self, what: &str) {
+        eprintln!("{what}: {:?}", self.started.elapsed());
+    }
+
     /// Keys and how often the handler processed each.
     fn processed(&self) -> HashMap<String, usize> {
         let mut m = HashMap::new();
@@ -170,6 +249,27 @@ impl World {
             *m.entry(l.to_string()).or_default() += 1;
         }
         m
+    }
+
+    /// Every one of the `n` keys was processed; how many times keys were
+    /// redone.
+    fn redone(&self) -> usize {
+        let seen = self.processed();
+        assert_eq!(seen.len(), self.n, "every key processed");
+        seen.values().map(|c| c - 1).sum()
+    }
+
+    fn assert_every_key_done(&self) {
+        assert_eq!(
+            self.count("SELECT count(*) FROM ledger WHERE state = 1"),
+            self.n as i64,
+            "every key done in the ledger"
+        );
+        assert_eq!(
+            self.count("SELECT count(*) FROM queue WHERE state = 2"),
+            self.n as i64,
+            "every key done in the queue"
+        );
     }
 }
 
@@ -182,6 +282,13 @@ impl Drop for World {
             ));
         }
     }
+}
+
+/// The job lines of a distributed job: `parallelism` (when given), and
+/// batches of `batch` keys leased for `lease`.
+fn distributed(parallelism: Option<usize>, batch: usize, lease: &str) -> String {
+    let parallelism = parallelism.map_or(String::new(), |p| format!("parallelism = {p}\n"));
+    format!("{parallelism}[distributed]\nenabled = true\nbatch = {batch}\nlease = \"{lease}\"\n")
 }
 
 /// Wait for a child, killing it (and failing) after `limit`; prints its
@@ -214,50 +321,14 @@ fn expect_exit(what: &str, child: Child, limit: Duration, code: i32) {
     expect_code(what, &finish(what, child, limit), code);
 }
 
-/// Every one of the `n` keys was processed; how many times keys were redone.
-fn redone(w: &World, n: usize) -> usize {
-    let seen = w.processed();
-    assert_eq!(seen.len(), n, "every key processed");
-    seen.values().map(|c| c - 1).sum()
-}
-
-fn assert_every_key_done(w: &World, n: usize) {
-    assert_eq!(
-        w.count("SELECT count(*) FROM ledger WHERE state = 1"),
-        n as i64,
-        "every key done in the ledger"
-    );
-    assert_eq!(
-        w.count("SELECT count(*) FROM queue WHERE state = 2"),
-        n as i64,
-        "every key done in the queue"
-    );
-}
-
 #[test]
 fn coordinator_and_two_workers_do_every_key_once() {
-    let Some(_g) = pg_common::begin() else {
+    let Some(w) = World::begin("many", 20_000) else {
         return;
     };
-    let t0 = Instant::now();
-    let w = World::new("many");
-    let n = 20_000;
-    w.job(
-        "dist",
-        n,
-        "0",
-        "parallelism = 4\n[distributed]\nenabled = true\nbatch = 200\nlease = \"30s\"\n",
-    );
-    let coord = w.start_coordinator();
-    let workers: Vec<Child> = (0..2)
-        .map(|_| w.spawn(&["worker", "dist", "--concurrency", "4"]))
-        .collect();
-    expect_exit("coordinator", coord, Duration::from_secs(240), 0);
-    for (i, wk) in workers.into_iter().enumerate() {
-        expect_exit(&format!("worker {i}"), wk, Duration::from_secs(30), 0);
-    }
-    assert_every_key_done(&w, n);
-    let extra = redone(&w, n);
+    w.job("dist", "0", &distributed(Some(4), 200, "30s"));
+    w.run_with_workers(2, &["--concurrency", "4"], Duration::from_secs(240));
+    let extra = w.redone();
     let twice: Vec<_> = w.processed().into_iter().filter(|(_, c)| *c > 1).collect();
     assert_eq!(extra, 0, "keys processed twice: {twice:?}");
     // The coordinator and both workers shared the work.
@@ -265,66 +336,38 @@ fn coordinator_and_two_workers_do_every_key_once() {
         w.count("SELECT count(DISTINCT claimed_by) FROM queue WHERE state = 2"),
         3
     );
-    assert_eq!(w.count("SELECT count(DISTINCT run_id) FROM ledger"), 1);
-    eprintln!("20,000 keys, coordinator + 2 workers: {:?}", t0.elapsed());
+    w.report("20,000 keys, coordinator + 2 workers");
 }
 
 #[test]
 fn stream_mode_coordinator_and_a_worker_do_every_key_once() {
-    let Some(_g) = pg_common::begin() else {
+    let Some(w) = World::begin("stream", 20_000) else {
         return;
     };
-    let t0 = Instant::now();
-    let w = World::new("stream");
-    let n = 20_000;
-    let keys = w.keys(n);
-    w.write(
-        "etc/jobs/dist.toml",
-        &format!(
-            "command = [\"sh\", \"-c\", \"exec cat >&3\"]\n[items]\nmode = \"stream\"\n\
-             source_file = \"{}\"\n[distributed]\nenabled = true\nbatch = 1000\nlease = \"30s\"\n",
-            keys.display()
-        ),
-    );
-    let coord = w.start_coordinator();
-    let worker = w.spawn(&["worker", "dist"]);
-    expect_exit("coordinator", coord, Duration::from_secs(120), 0);
-    expect_exit("worker", worker, Duration::from_secs(30), 0);
-    assert_every_key_done(&w, n);
+    w.stream_job("dist", "exec cat >&3", &distributed(None, 1000, "30s"));
+    w.run_with_workers(1, &[], Duration::from_secs(120));
     // Each key reported done once: a redone key would count 2 attempts.
     assert_eq!(
         w.count("SELECT count(*) FROM ledger WHERE state = 1 AND attempts = 1"),
-        n as i64,
+        w.n as i64,
         "every key done exactly once"
     );
-    assert_eq!(w.count("SELECT count(DISTINCT run_id) FROM ledger"), 1);
-    eprintln!(
-        "stream mode, 20,000 keys, coordinator + 1 worker: {:?}",
-        t0.elapsed()
-    );
+    w.report("stream mode, 20,000 keys, coordinator + 1 worker");
 }
 
 #[test]
 fn stream_mode_keys_a_batch_command_does_not_report_fail_or_go_back() {
-    let Some(_g) = pg_common::begin() else {
+    let Some(w) = World::begin("streamfail", 50) else {
         return;
     };
-    let w = World::new("streamfail");
-    let n = 50;
-    let keys = w.keys(n);
     // Exit 0 without reporting key-000007: that key fails (max_attempts 1,
     // so it is dead and the run ends failure).
-    w.write(
-        "etc/jobs/lazy.toml",
-        &format!(
-            "command = [\"sh\", \"-c\", \"while read k; do [ $k = key-000007 ] || echo $k >&3; done\"]\n\
-             [items]\nmode = \"stream\"\nsource_file = \"{}\"\nmax_attempts = 1\n\
-             [distributed]\nenabled = true\nbatch = 10\n",
-            keys.display()
-        ),
+    w.stream_job(
+        "lazy",
+        "while read k; do [ $k = key-000007 ] || echo $k >&3; done",
+        "max_attempts = 1\n[distributed]\nenabled = true\nbatch = 10\n",
     );
-    let lazy = w.spawn(&["run", "lazy"]);
-    expect_exit("lazy coordinator", lazy, Duration::from_secs(60), 1);
+    w.expect_run("lazy", 1);
     assert_eq!(w.count("SELECT count(*) FROM queue WHERE state = 2"), 49);
     assert_eq!(
         w.count("SELECT count(*) FROM queue WHERE state = 3 AND key = 'key-000007'"),
@@ -332,17 +375,12 @@ fn stream_mode_keys_a_batch_command_does_not_report_fail_or_go_back() {
     );
     // A failing command: its run fails, and the keys it did not report go
     // back to the queue (none is lost or recorded).
-    w.write(
-        "etc/jobs/broken.toml",
-        &format!(
-            "command = [\"sh\", \"-c\", \"read k; echo $k >&3; exit 3\"]\n\
-             [items]\nmode = \"stream\"\nsource_file = \"{}\"\n\
-             [distributed]\nenabled = true\nbatch = 10\n",
-            keys.display()
-        ),
+    w.stream_job(
+        "broken",
+        "read k; echo $k >&3; exit 3",
+        "[distributed]\nenabled = true\nbatch = 10\n",
     );
-    let broken = w.spawn(&["run", "broken"]);
-    expect_exit("broken coordinator", broken, Duration::from_secs(60), 3);
+    w.expect_run("broken", 3);
     let scope = "(SELECT id FROM ledger_scopes WHERE job = 'broken')";
     assert_eq!(
         w.count(&format!(
@@ -360,28 +398,17 @@ fn stream_mode_keys_a_batch_command_does_not_report_fail_or_go_back() {
 
 #[test]
 fn a_killed_workers_keys_are_reclaimed_after_the_lease() {
-    let Some(_g) = pg_common::begin() else {
+    let Some(w) = World::begin("kill", 400) else {
         return;
     };
-    let t0 = Instant::now();
-    let w = World::new("kill");
-    let (n, batch) = (400, 40);
-    w.job(
-        "dist",
-        n,
-        "0.05",
-        &format!(
-            "parallelism = 4\n[distributed]\nenabled = true\nbatch = {batch}\nlease = \"2s\"\n"
-        ),
-    );
+    let batch = 40;
+    w.job("dist", "0.05", &distributed(Some(4), batch, "2s"));
     let coord = w.spawn(&["run", "dist", "--no-work"]);
     wait_for("the coordinator run", Duration::from_secs(20), || {
-        w.running() == 1 && w.count("SELECT count(*) FROM queue") == n as i64
+        w.running() == 1 && w.count("SELECT count(*) FROM queue") == w.n as i64
     });
     let mut victim = w.spawn(&["worker", "dist", "--concurrency", "4"]);
-    wait_for("the victim's first keys", Duration::from_secs(20), || {
-        w.processed().len() >= 20
-    });
+    w.wait_processed(20, Duration::from_secs(20));
     let survivor = w.spawn(&["worker", "dist", "--concurrency", "4"]);
     let held = w.count("SELECT count(*) FROM queue WHERE state = 1");
     let victim_pid = victim.id();
@@ -392,16 +419,13 @@ fn a_killed_workers_keys_are_reclaimed_after_the_lease() {
     expect_exit("survivor", survivor, Duration::from_secs(30), 0);
     // Let any orphaned handler of the victim finish its line.
     std::thread::sleep(Duration::from_millis(300));
-    assert_every_key_done(&w, n);
-    let extra = redone(&w, n);
+    w.assert_every_key_done();
+    let extra = w.redone();
     assert!(
         extra <= batch,
         "{extra} duplicates: more than the killed worker's batch of {batch}"
     );
-    eprintln!(
-        "kill test: {extra} keys redone (bound {batch}), {:?}",
-        t0.elapsed()
-    );
+    w.report(&format!("kill test: {extra} keys redone (bound {batch})"));
     // The survivor removed the dead worker's cgroup on its way out.
     assert!(
         worker_cgroups(victim_pid).is_empty(),
@@ -440,17 +464,10 @@ fn worker_cgroups(pid: u32) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn two_coordinators_at_once_one_runs_one_is_skipped() {
-    let Some(_g) = pg_common::begin() else {
+    let Some(w) = World::begin("ha", 20) else {
         return;
     };
-    let t0 = Instant::now();
-    let w = World::new("ha");
-    w.job(
-        "dist",
-        20,
-        "0.1",
-        "parallelism = 2\n[distributed]\nenabled = true\nbatch = 5\nlease = \"10s\"\n",
-    );
+    w.job("dist", "0.1", &distributed(Some(2), 5, "10s"));
     w.migrate("dist");
     let a = w.spawn(&["run", "dist"]);
     let b = w.spawn(&["run", "dist"]);
@@ -469,20 +486,17 @@ fn two_coordinators_at_once_one_runs_one_is_skipped() {
         w.count("SELECT count(*) FROM runs WHERE outcome = 'skipped'"),
         1
     );
-    assert_every_key_done(&w, 20);
-    assert_eq!(redone(&w, 20), 0, "no key processed twice");
-    eprintln!("HA test: {:?}", t0.elapsed());
+    w.assert_every_key_done();
+    assert_eq!(w.redone(), 0, "no key processed twice");
+    w.report("HA test");
 }
 
 #[test]
 fn three_shards_process_every_key_exactly_once() {
-    let Some(_g) = pg_common::begin() else {
+    let Some(w) = World::begin("shard", 3000) else {
         return;
     };
-    let t0 = Instant::now();
-    let w = World::new("shard");
-    let n = 3000;
-    w.job("sharded", n, "0", "parallelism = 4\n");
+    w.job("sharded", "0", "parallelism = 4\n");
     w.migrate("sharded");
     let shards: Vec<Child> = (0..3)
         .map(|i| w.spawn(&["run", "sharded", "--shard", &format!("{i}/3")]))
@@ -490,10 +504,10 @@ fn three_shards_process_every_key_exactly_once() {
     for (i, s) in shards.into_iter().enumerate() {
         expect_exit(&format!("shard {i}/3"), s, Duration::from_secs(120), 0);
     }
-    assert_eq!(redone(&w, n), 0, "no key processed twice");
+    assert_eq!(w.redone(), 0, "no key processed twice");
     assert_eq!(
         w.count("SELECT count(*) FROM ledger WHERE state = 1"),
-        n as i64
+        w.n as i64
     );
     // Three runs, each with a share of the keys.
     for r in w
@@ -504,12 +518,10 @@ fn three_shards_process_every_key_exactly_once() {
         let items: String = r.get(0);
         let v: serde_json::Value = serde_json::from_str(&items).unwrap();
         let done = v["done"].as_u64().unwrap();
-        assert!(
-            done > n as u64 / 5 && done < n as u64 / 2,
-            "shard size {done}"
-        );
+        let n = w.n as u64;
+        assert!(done > n / 5 && done < n / 2, "shard size {done}");
     }
-    eprintln!("3 shards of 3000 keys: {:?}", t0.elapsed());
+    w.report("3 shards of 3000 keys");
 }
 
 #[test]
@@ -527,11 +539,9 @@ fn fnv1a_is_the_documented_hash() {
 
 #[test]
 fn dead_keys_fail_the_coordinator_run() {
-    let Some(_g) = pg_common::begin() else {
+    let Some(w) = World::begin("dead", 30) else {
         return;
     };
-    let w = World::new("dead");
-    let keys = w.keys(30);
     let h = w.write(
         "handler.sh",
         &format!(
@@ -544,12 +554,11 @@ fn dead_keys_fail_the_coordinator_run() {
         &format!(
             "[items]\nsource_file = \"{}\"\nrun = [\"sh\", \"{}\", \"{{item}}\"]\nmax_attempts = 2\n\
              [distributed]\nenabled = true\nbatch = 4\n",
-            keys.display(),
+            w.keys().display(),
             h.display()
         ),
     );
-    let coord = w.spawn(&["run", "dist"]);
-    expect_exit("coordinator", coord, Duration::from_secs(60), 1);
+    w.expect_run("dist", 1);
     assert_eq!(w.count("SELECT count(*) FROM queue WHERE state = 3"), 1);
     assert_eq!(w.count("SELECT count(*) FROM queue WHERE state = 2"), 29);
     assert_eq!(
@@ -566,25 +575,15 @@ fn dead_keys_fail_the_coordinator_run() {
 
 #[test]
 fn sigterm_gives_a_workers_keys_back_at_once() {
-    let Some(_g) = pg_common::begin() else {
+    let Some(w) = World::begin("term", 200) else {
         return;
     };
-    let t0 = Instant::now();
-    let w = World::new("term");
-    let n = 200;
     // A long lease: only the release on SIGTERM lets others finish quickly.
-    w.job(
-        "dist",
-        n,
-        "0.05",
-        "[distributed]\nenabled = true\nbatch = 50\nlease = \"60s\"\n",
-    );
+    w.job("dist", "0.05", &distributed(None, 50, "60s"));
     let coord = w.spawn(&["run", "dist", "--no-work"]);
-    w.wait_queued(n);
+    w.wait_queued();
     let victim = w.spawn(&["worker", "dist", "--concurrency", "2"]);
-    wait_for("the victim's first keys", Duration::from_secs(20), || {
-        w.processed().len() >= 5
-    });
+    w.wait_processed(5, Duration::from_secs(20));
     let t = Instant::now();
     let rc = unsafe { libc::kill(victim.id() as i32, libc::SIGTERM) };
     assert_eq!(rc, 0);
@@ -602,9 +601,9 @@ fn sigterm_gives_a_workers_keys_back_at_once() {
     let other = w.spawn(&["worker", "dist", "--concurrency", "4"]);
     expect_exit("coordinator", coord, Duration::from_secs(40), 0);
     expect_exit("worker", other, Duration::from_secs(20), 0);
-    assert_every_key_done(&w, n);
-    assert_eq!(w.processed().len(), n);
-    eprintln!("SIGTERM test: {:?}", t0.elapsed());
+    w.assert_every_key_done();
+    assert_eq!(w.processed().len(), w.n);
+    w.report("SIGTERM test");
 }
 
 /// Stretch: PostgreSQL restarted mid-run (needs root and pg_ctlcluster;
@@ -612,7 +611,7 @@ fn sigterm_gives_a_workers_keys_back_at_once() {
 /// worker over the restart; nothing is lost.
 #[test]
 fn postgres_restart_mid_run_loses_nothing() {
-    let Some(_g) = pg_common::begin() else {
+    let Some(w) = World::begin("restart", 3000) else {
         return;
     };
     let ctl = Path::new("/usr/bin/pg_ctlcluster");
@@ -639,21 +638,11 @@ fn postgres_restart_mid_run_loses_nothing() {
             "no cluster `main` under /etc/postgresql",
         );
     };
-    let t0 = Instant::now();
-    let w = World::new("restart");
-    let n = 3000;
-    w.job(
-        "dist",
-        n,
-        "0.01",
-        "parallelism = 4\n[distributed]\nenabled = true\nbatch = 50\nlease = \"20s\"\n",
-    );
+    w.job("dist", "0.01", &distributed(Some(4), 50, "20s"));
     let coord = w.spawn(&["run", "dist"]);
-    w.wait_queued(n);
+    w.wait_queued();
     let worker = w.spawn(&["worker", "dist", "--concurrency", "4"]);
-    wait_for("some progress", Duration::from_secs(30), || {
-        w.processed().len() >= 300
-    });
+    w.wait_processed(300, Duration::from_secs(30));
     let st = Command::new(ctl)
         .args(["--skip-systemctl-redirect", &version, "main", "restart"])
         .status()
@@ -662,19 +651,19 @@ fn postgres_restart_mid_run_loses_nothing() {
     let restarted = Instant::now();
     expect_exit("coordinator", coord, Duration::from_secs(180), 0);
     expect_exit("worker", worker, Duration::from_secs(60), 0);
-    assert_every_key_done(&w, n);
-    let extra = redone(&w, n);
+    w.assert_every_key_done();
+    let extra = w.redone();
     eprintln!(
         "restart test: {extra} keys redone, run ended {:?} after the restart, {:?} in all",
         restarted.elapsed(),
-        t0.elapsed()
+        w.started.elapsed()
     );
 }
 
 #[test]
 fn sqlite_refuses_distributed_items_clearly() {
-    let w = World::new("sqlite");
-    w.job("dist", 5, "0", "[distributed]\nenabled = true\n");
+    let w = World::new("sqlite", 5);
+    w.job("dist", "0", "[distributed]\nenabled = true\n");
     let sqlite = format!("sqlite:{}", w.path("state.db").display());
     let on_sqlite = |args: &[&str]| {
         w.cmd(args)

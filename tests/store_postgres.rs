@@ -13,31 +13,47 @@ use batchguard::store::{
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Barrier, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 mod pg_common;
 mod support;
 use pg_common::{admin, base, next_id};
 
-/// Fresh schema names, dropped (with everything in them) on drop.
-#[derive(Default)]
-struct Schemas(Mutex<Vec<String>>);
+/// Fresh schema names, dropped (with everything in them) on drop; and the
+/// lock that runs this binary's PostgreSQL tests one at a time (released
+/// after the schemas are dropped).
+struct Schemas {
+    names: Mutex<Vec<String>>,
+    _serial: MutexGuard<'static, ()>,
+}
 
 impl Schemas {
+    /// What a test that needs the server starts with: `None` (the test
+    /// returns) when the server does not answer; see [`pg_common::begin`].
+    fn begin() -> Option<Schemas> {
+        Some(Schemas {
+            names: Mutex::default(),
+            _serial: pg_common::begin()?,
+        })
+    }
     fn fresh(&self, prefix: &str) -> String {
         let name = format!("{prefix}_{}_{}", std::process::id(), next_id());
-        self.0.lock().unwrap().push(name.clone());
+        self.names.lock().unwrap().push(name.clone());
         name
     }
     fn url(&self, prefix: &str) -> String {
         format!("{}?schema={}", base(), self.fresh(prefix))
     }
+    /// A store in a fresh schema.
+    fn open(&self, prefix: &str) -> Box<dyn Store> {
+        store::open(&self.url(prefix)).unwrap()
+    }
 }
 
 impl Drop for Schemas {
     fn drop(&mut self) {
-        let names = std::mem::take(&mut *self.0.lock().unwrap());
+        let names = std::mem::take(&mut *self.names.lock().unwrap());
         if names.is_empty() {
             return;
         }
@@ -77,13 +93,17 @@ fn fence_of(a: &LockAttempt) -> i64 {
     }
 }
 
+/// Run `run-a` takes the free lock `job`: its fence.
+fn run_a_takes_job(s: &dyn Store) -> i64 {
+    fence_of(&take(s, "job", "run-a", AcquireMode::IfFree))
+}
+
 #[test]
 fn postgres_passes_the_conformance_suite() {
-    let Some(_serial) = pg_common::begin() else {
+    let Some(schemas) = Schemas::begin() else {
         return;
     };
-    let schemas = Schemas::default();
-    let fresh = || store::open(&schemas.url("bg_conf")).unwrap();
+    let fresh = || schemas.open("bg_conf");
     store::conformance::run_all(&fresh, store::conformance::Queue::Served);
     // postgresql:// is the same backend.
     let url = schemas
@@ -94,14 +114,13 @@ fn postgres_passes_the_conformance_suite() {
 
 #[test]
 fn reopening_keeps_data_and_does_not_migrate_twice() {
-    let Some(_serial) = pg_common::begin() else {
+    let Some(schemas) = Schemas::begin() else {
         return;
     };
-    let schemas = Schemas::default();
     let url = schemas.url("bg_reopen");
     {
         let s = store::open(&url).unwrap();
-        fence_of(&take(s.as_ref(), "job", "run-a", AcquireMode::IfFree));
+        run_a_takes_job(s.as_ref());
     }
     let s = store::open(&url).unwrap();
     assert_eq!(s.current_fence("job").unwrap(), Some(1));
@@ -314,13 +333,12 @@ fn scenario(s: &dyn Store) -> Vec<String> {
 
 #[test]
 fn results_match_the_sqlite_reference() {
-    let Some(_serial) = pg_common::begin() else {
+    let Some(schemas) = Schemas::begin() else {
         return;
     };
-    let schemas = Schemas::default();
     let dir = tempfile::tempdir().unwrap();
     let sqlite = store::open(&format!("sqlite:{}", dir.path().join("s.db").display())).unwrap();
-    let pg = store::open(&schemas.url("bg_parity")).unwrap();
+    let pg = schemas.open("bg_parity");
     let want = scenario(sqlite.as_ref());
     let got = scenario(pg.as_ref());
     for (w, g) in want.iter().zip(&got) {
@@ -331,10 +349,9 @@ fn results_match_the_sqlite_reference() {
 
 #[test]
 fn concurrent_acquirers_serialise() {
-    let Some(_serial) = pg_common::begin() else {
+    let Some(schemas) = Schemas::begin() else {
         return;
     };
-    let schemas = Schemas::default();
     let url = schemas.url("bg_race");
     const N: usize = 20;
     // Twenty hosts starting for the first time at once: the migrations
@@ -442,12 +459,11 @@ fn kill_backends() -> u64 {
 
 #[test]
 fn killed_connections_are_replaced_transparently() {
-    let Some(_serial) = pg_common::begin() else {
+    let Some(schemas) = Schemas::begin() else {
         return;
     };
-    let schemas = Schemas::default();
-    let s = store::open(&schemas.url("bg_kill")).unwrap();
-    let fence = fence_of(&take(s.as_ref(), "job", "run-a", AcquireMode::IfFree));
+    let s = schemas.open("bg_kill");
+    let fence = run_a_takes_job(s.as_ref());
     assert!(
         kill_backends() >= 1,
         "the store's idle connection was killed"
@@ -558,10 +574,9 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
 
 #[test]
 fn a_server_outage_is_waited_out() {
-    let Some(_serial) = pg_common::begin() else {
+    let Some(schemas) = Schemas::begin() else {
         return;
     };
-    let schemas = Schemas::default();
     let proxy = Proxy::start(&pg_common::server_addr());
     let url = format!(
         "{}?schema={}",
@@ -569,7 +584,7 @@ fn a_server_outage_is_waited_out() {
         schemas.fresh("bg_outage")
     );
     let s = store::open(&url).unwrap();
-    let fence = fence_of(&take(s.as_ref(), "job", "run-a", AcquireMode::IfFree));
+    let fence = run_a_takes_job(s.as_ref());
     proxy.go_down();
     let down = proxy.down.clone();
     let t = Instant::now();
@@ -617,12 +632,11 @@ fn sql_errors_fail_at_once_and_passwords_stay_hidden() {
 }
 
 fn bulk(keys: usize) {
-    let Some(_serial) = pg_common::begin() else {
+    let Some(schemas) = Schemas::begin() else {
         return;
     };
-    let schemas = Schemas::default();
-    let s = store::open(&schemas.url("bg_bulk")).unwrap();
-    let fence = fence_of(&take(s.as_ref(), "job", "run-a", AcquireMode::IfFree));
+    let s = schemas.open("bg_bulk");
+    let fence = run_a_takes_job(s.as_ref());
     let scope = s.ledger_scope("job", "day", true).unwrap().unwrap();
     let names: Vec<String> = (0..keys).map(|i| format!("item-{i:08}")).collect();
     let who = Committer {
