@@ -15,11 +15,10 @@ use std::time::{Duration, Instant};
 fn a_store_held_locked_at_the_end_spools_the_outcome() {
     let (env, hook) = hooked_env("");
     let started = env.path("started");
-    env.job(
+    env.hooked_job(
         "locked",
         &format!(
-            "command = [\"sh\", \"-c\", \"touch {}; sleep 2; echo done; exit 4\"]\n\
-             [notify]\nchannels = [\"hook\"]\n",
+            "command = [\"sh\", \"-c\", \"touch {}; sleep 2; echo done; exit 4\"]",
             started.display()
         ),
     );
@@ -111,10 +110,9 @@ fn a_full_disk_cuts_the_log_not_the_record() {
         ),
     )
     .unwrap();
-    env.job(
+    env.hooked_job(
         "flood",
-        "command = [\"sh\", \"-c\", \"yes 'a line of output that fills the disk' | head -c 8000000; exit 4\"]\n\
-         [notify]\nchannels = [\"hook\"]\n",
+        "command = [\"sh\", \"-c\", \"yes 'a line of output that fills the disk' | head -c 8000000; exit 4\"]",
     );
     let state = format!("sqlite:{}/state.db", small.display());
     let mut c = env.cmd(&["run", "flood"]);

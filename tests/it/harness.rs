@@ -84,6 +84,15 @@ impl Env {
         self.job(name, &format!("{body}\n[notify]\nchannels = [\"hook\"]\n"))
     }
 
+    /// Write job `name`: `sh -c SCRIPT`, which first writes the shell's pid
+    /// to the file returned (for [`Env::spawn_job`]), then the TOML `rest`.
+    pub fn pid_job(&self, name: &str, script: &str, rest: &str) -> PathBuf {
+        let pidfile = self.path(&format!("{name}.pid"));
+        let script = format!("echo $$ > {}; {script}", pidfile.display());
+        self.job(name, &format!("{}\n{rest}", sh_command(&script)));
+        pidfile
+    }
+
     /// Run `job` (it must succeed); its run record.
     pub fn run_ok(&self, job: &str) -> Value {
         self.run(&["run", job]).code(0);
@@ -189,12 +198,17 @@ impl Done {
         );
         self
     }
+    pub fn stdout_has(&self, needle: &str) -> &Done {
+        self.stream_has("stdout", &self.stdout(), needle)
+    }
     pub fn stderr_has(&self, needle: &str) -> &Done {
+        self.stream_has("stderr", &self.stderr(), needle)
+    }
+    fn stream_has(&self, stream: &str, text: &str, needle: &str) -> &Done {
         assert!(
-            self.stderr().contains(needle),
-            "stderr of {} lacks {needle:?}:\n{}",
-            self.desc,
-            self.stderr()
+            text.contains(needle),
+            "{stream} of {} lacks {needle:?}:\n{text}",
+            self.desc
         );
         self
     }
@@ -205,6 +219,19 @@ impl Done {
 }
 
 pub use crate::support::{pid_alive, wait_for};
+
+/// The TOML line `command = ["sh", "-c", SCRIPT]` (a JSON string is a TOML
+/// basic string too).
+pub fn sh_command(script: &str) -> String {
+    format!("command = [\"sh\", \"-c\", {}]", Value::from(script))
+}
+
+/// SIGKILL a runner (its job lives on, orphaned) and reap it.
+pub fn sigkill_runner(runner: &mut Child) {
+    let pid = nix::unistd::Pid::from_raw(runner.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_child(runner, Duration::from_secs(5));
+}
 
 pub fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()

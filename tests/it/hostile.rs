@@ -72,10 +72,7 @@ fn the_environment_holds_no_store_url_and_no_channel_secret() {
         env.global(
             "[channels.hook]\ntype = \"webhook\"\nurl_env = \"HOOK_URL\"\nsecret_env = \"HOOK_SECRET\"\n",
         );
-        env.job(
-            "snoop",
-            "command = [\"env\"]\nuser = \"nobody\"\n[notify]\nchannels = [\"hook\"]\n",
-        );
+        env.hooked_job("snoop", "command = [\"env\"]\nuser = \"nobody\"");
         let mut c = env.cmd(&["run", "snoop"]);
         c.env("HOOK_URL", "http://127.0.0.1:9/hook-url-secret")
             .env("HOOK_SECRET", "hook-signing-secret");
@@ -293,11 +290,7 @@ fn terminal_escapes_are_shown_escaped() {
         !out.out.stdout.contains(&0x1b),
         "a raw ESC reached the terminal"
     );
-    assert!(
-        out.stdout().contains("\\x1b]0;pwned\\x07"),
-        "{}",
-        out.stdout()
-    );
+    out.stdout_has("\\x1b]0;pwned\\x07");
 }
 
 /// A key source that never ends stops at `items.max_keys` with a clear

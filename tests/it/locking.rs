@@ -2,8 +2,6 @@
 //! from a runner killed with SIGKILL.
 
 use crate::harness::*;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use std::time::Duration;
 
 #[test]
@@ -155,13 +153,8 @@ sleep 300
 }
 
 fn start_and_kill_runner(env: &Env, pidfile: &std::path::Path) -> i32 {
-    let mut runner = env.spawn(&["run", "orphaned"]);
-    wait_for("job start", Duration::from_secs(10), || {
-        read_pid(pidfile).is_some()
-    });
-    kill(Pid::from_raw(runner.id() as i32), Signal::SIGKILL).unwrap();
-    wait_child(&mut runner, Duration::from_secs(5));
-    let job_pid = read_pid(pidfile).unwrap();
+    let (mut runner, job_pid) = env.spawn_job(&["run", "orphaned"], pidfile);
+    sigkill_runner(&mut runner);
     assert!(pid_alive(job_pid), "the job outlives its SIGKILLed runner");
     job_pid
 }

@@ -5,8 +5,6 @@
 use crate::harness::*;
 use crate::receiver::{Http, Request, Smtp, free_port, hooked_env};
 use hmac::{Hmac, KeyInit, Mac};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use sha2::Sha256;
 use std::time::Duration;
 
@@ -138,14 +136,9 @@ fn receiver_down_then_flush_delivers_exactly_once() {
     // The channel is down: the job's own result is untouched.
     env.run(&["run", "nightly"]).code(3);
     let hook = Http::start_on(port);
-    let d = env.run(&["notify", "flush"]);
-    d.code(0);
-    assert!(
-        d.stdout()
-            .contains("delivered 1, failed 0, still pending 0"),
-        "{}",
-        d.stdout()
-    );
+    env.run(&["notify", "flush"])
+        .code(0)
+        .stdout_has("delivered 1, failed 0, still pending 0");
     assert_eq!(hook.count(), 1);
     env.run(&["notify", "flush"]).code(0);
     assert_eq!(hook.count(), 1, "never delivered twice");
@@ -333,11 +326,8 @@ fn command_and_ping_channels() {
 
 #[test]
 fn notify_test_reports_each_channel() {
-    let env = Env::new();
-    let hook = Http::start();
-    env.global(&format!(
-        "[channels.hook]\ntype = \"webhook\"\nurl = \"{}\"\n[channels.broken]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{}/\"",
-        hook.url("/"),
+    let (env, hook) = hooked_env(&format!(
+        "[channels.broken]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{}/\"\n",
         free_port()
     ));
     env.job(
@@ -375,21 +365,17 @@ fn overrun_is_sent_while_the_run_is_still_going() {
 #[test]
 fn lost_and_skipped_runs_are_notified() {
     let (env, hook) = hooked_env("");
-    let pidfile = env.path("pid");
-    env.job(
+    let pidfile = env.pid_job(
         "fragile",
-        &format!(
-            "command = [\"sh\", \"-c\", \"echo $$ > {}; sleep 300\"]\n[notify]\non = [\"lost\", \"skipped\", \"failure\"]\nchannels = [\"hook\"]\n",
-            pidfile.display()
-        ),
+        "sleep 300",
+        "[notify]\non = [\"lost\", \"skipped\", \"failure\"]\nchannels = [\"hook\"]\n",
     );
     let (mut runner, _) = env.spawn_job(&["run", "fragile"], &pidfile);
     // A second run while the first holds the lock is skipped (and notified).
     env.run(&["run", "fragile"]).code(75);
     wait_for("skipped", Duration::from_secs(5), || hook.count() == 1);
     assert_eq!(hook.take()[0].json()["event"], "skipped");
-    kill(Pid::from_raw(runner.id() as i32), Signal::SIGKILL).unwrap();
-    wait_child(&mut runner, Duration::from_secs(5));
+    sigkill_runner(&mut runner);
     env.job(
         "fragile",
         "command = [\"true\"]\n[notify]\non = [\"lost\"]\nchannels = [\"hook\"]\n",
@@ -433,18 +419,33 @@ fn slack_blocks_read_well_on_a_phone() {
     assert!(!all.contains(SECRET_VALUE));
 }
 
+/// Job `reader`: touches `marker`, reading from the replica at `dsn` (a lag
+/// over 30 s, or one that cannot be checked, keeps it from starting); then
+/// the TOML `rest`.
+fn replica_reader(env: &Env, marker: &std::path::Path, dsn: &str, rest: &str) {
+    env.job(
+        "reader",
+        &format!(
+            "command = [\"touch\", \"{}\"]\nenv = {{ REPLICA_DSN = \"{dsn}\" }}\n\
+             [guideline]\nreads = \"replica\"\nreplica_dsn_env = \"REPLICA_DSN\"\nmax_replica_lag = \"30s\"\n{rest}",
+            marker.display()
+        ),
+    );
+}
+
 #[test]
 fn a_replica_that_cannot_be_checked_keeps_the_run_from_starting() {
     let (env, hook) = hooked_env("");
     let marker = env.path("ran");
-    env.job(
-        "reader",
-        &format!(
-            "command = [\"touch\", \"{}\"]\nenv = {{ REPLICA_DSN = \"host=127.0.0.1 port={} user=postgres dbname=test connect_timeout=2\" }}\n\
-             [guideline]\nreads = \"replica\"\nreplica_dsn_env = \"REPLICA_DSN\"\nmax_replica_lag = \"30s\"\n[notify]\nchannels = [\"hook\"]\n",
-            marker.display(),
-            free_port()
-        ),
+    let unreachable = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=test connect_timeout=2",
+        free_port()
+    );
+    replica_reader(
+        &env,
+        &marker,
+        &unreachable,
+        "[notify]\nchannels = [\"hook\"]\n",
     );
     let d = env.run(&["run", "reader"]);
     d.code(75).stderr_has("cannot check the replica lag");
@@ -463,13 +464,11 @@ fn a_replica_that_cannot_be_checked_keeps_the_run_from_starting() {
     assert_eq!(reqs[0].json()["event"], "skipped");
     assert!(message(&reqs[0]).contains("cannot check the replica lag"));
     // Against the real server (a primary, so no lag to wait for) it runs.
-    env.job(
-        "reader",
-        &format!(
-            "command = [\"touch\", \"{}\"]\nenv = {{ REPLICA_DSN = \"host=127.0.0.1 user=postgres dbname=test\" }}\n\
-             [guideline]\nreads = \"replica\"\nreplica_dsn_env = \"REPLICA_DSN\"\nmax_replica_lag = \"30s\"\n",
-            marker.display()
-        ),
+    replica_reader(
+        &env,
+        &marker,
+        "host=127.0.0.1 user=postgres dbname=test",
+        "",
     );
     env.run(&["run", "reader"]).code(0);
     assert!(marker.exists());

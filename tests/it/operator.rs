@@ -103,22 +103,18 @@ fn an_unknown_job_is_exit_1_naming_the_known_ones() {
 /// the watchdog or the next run.
 #[test]
 fn read_commands_record_a_lost_run_but_leave_its_notification_to_the_watchdog() {
-    use crate::harness::{wait_child, wait_for};
+    use crate::harness::{sigkill_runner, wait_for};
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
     use std::time::Duration;
     let (env, hook) = crate::receiver::hooked_env("");
-    let pidfile = env.path("pid");
-    env.job(
+    let pidfile = env.pid_job(
         "fragile",
-        &format!(
-            "command = [\"sh\", \"-c\", \"echo $$ > {}; exec sleep 300\"]\n[notify]\non = [\"lost\"]\nchannels = [\"hook\"]\n",
-            pidfile.display()
-        ),
+        "exec sleep 300",
+        "[notify]\non = [\"lost\"]\nchannels = [\"hook\"]\n",
     );
     let (mut runner, job_pid) = env.spawn_job(&["run", "fragile"], &pidfile);
-    kill(Pid::from_raw(runner.id() as i32), Signal::SIGKILL).unwrap();
-    wait_child(&mut runner, Duration::from_secs(5));
+    sigkill_runner(&mut runner);
     kill(Pid::from_raw(job_pid), Signal::SIGKILL).unwrap();
     wait_for("the job to go", Duration::from_secs(5), || {
         !crate::harness::pid_alive(job_pid)
@@ -357,9 +353,9 @@ fn completions_and_the_man_page_come_from_the_cli_definition() {
         assert!(text.contains(sub), "bash completion lacks {sub}");
     }
     for shell in ["zsh", "fish"] {
-        let d = env.run(&["completions", shell]);
-        d.code(0);
-        assert!(d.stdout().contains("config-dir"), "{shell}");
+        env.run(&["completions", shell])
+            .code(0)
+            .stdout_has("config-dir");
     }
     env.run(&["completions", "tcsh"]).code(2);
     let man = env.run(&["man"]);
@@ -407,9 +403,7 @@ fn check_reports_a_broken_job_beside_the_others() {
         finding["message"].as_str().unwrap().contains("timeout"),
         "the fix is named: {finding}"
     );
-    let text = env.run(&["check"]);
-    text.code(1);
-    assert!(text.stdout().contains("typo.toml:2:1"), "{}", text.stdout());
+    env.run(&["check"]).code(1).stdout_has("typo.toml:2:1");
     // A named job that does not exist is still exit 1, not an audit.
     env.run(&["check", "nosuchjob"]).code(1);
 }

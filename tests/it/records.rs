@@ -27,7 +27,8 @@ fn run_json_has_the_spec_shape() {
     let env = Env::new();
     env.job(
         "shape",
-        "command = [\"sh\", \"-c\", \"echo hi\"]\nmemory_max = \"256MiB\"\n",
+        r#"command = ["sh", "-c", "echo hi"]
+memory_max = "256MiB""#,
     );
     let run = env.run_ok("shape");
     for k in RUN_KEYS {
@@ -40,11 +41,12 @@ fn run_json_has_the_spec_shape() {
     let id = run["id"].as_str().unwrap();
     let shown = env.run(&["show", id, "--format", "json"]).json();
     assert_eq!(shown["id"], run["id"]);
-    let text = env.run(&["show", id]).stdout();
-    assert!(text.contains("success") && text.contains(id), "{text}");
+    env.run(&["show", id]).stdout_has("success").stdout_has(id);
     let table = env.run(&["runs", "shape"]).stdout();
     assert!(table.starts_with("RUN") && table.contains(id), "{table}");
-    env.run(&["show", "NOSUCHRUN"]).code(1);
+    env.run(&["show", "NOSUCHRUN"])
+        .code(1)
+        .stderr_has("no run `NOSUCHRUN`");
 }
 
 #[test]
@@ -52,7 +54,9 @@ fn status_lists_jobs_with_next_run() {
     let env = Env::new();
     env.job(
         "daily",
-        "command = [\"true\"]\nschedule = \"30 3 * * *\"\ntimezone = \"Asia/Tokyo\"\n",
+        r#"command = ["true"]
+schedule = "30 3 * * *"
+timezone = "Asia/Tokyo""#,
     );
     env.job("never-ran", "command = [\"true\"]\n");
     env.run(&["run", "daily"]).code(0);
@@ -100,8 +104,7 @@ fn logs_prints_and_follows() {
         "{out}"
     );
     wait_child(&mut runner, std::time::Duration::from_secs(10));
-    let plain = env.run(&["logs", &id]).stdout();
-    assert!(plain.contains("ended: success"), "{plain}");
+    env.run(&["logs", &id]).stdout_has("ended: success");
 }
 
 #[test]
@@ -109,8 +112,7 @@ fn log_cap_keeps_the_file_bounded() {
     let env = Env::new();
     env.global("log_max = \"4KiB\"");
     env.job("flood", "command = [\"sh\", \"-c\", \"seq 1 10000\"]\n");
-    let run = env.run_ok("flood");
-    let log = env.log_of(&run);
+    let log = env.log_of(&env.run_ok("flood"));
     assert!(log.len() < 8 * 1024, "log is {} bytes", log.len());
     assert!(log.contains("log cap of 4096 bytes reached"), "{log}");
 }

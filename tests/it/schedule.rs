@@ -48,9 +48,9 @@ fn cron_install_writes_removes_and_leaves_foreign_files() {
     );
     // The job goes away: its file goes too; foreign files stay.
     std::fs::remove_file(env.config.join("jobs/gone.toml")).unwrap();
-    let d = env.run(&["cron", "install", "--dir", crond.to_str().unwrap()]);
-    d.code(0);
-    assert!(d.stdout().contains("removed"), "{}", d.stdout());
+    env.run(&["cron", "install", "--dir", crond.to_str().unwrap()])
+        .code(0)
+        .stdout_has("removed");
     assert!(!crond.join("batchguard-gone").exists());
     assert_eq!(
         std::fs::read_to_string(crond.join("batchguard-foreign")).unwrap(),

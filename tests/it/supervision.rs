@@ -57,21 +57,28 @@ fn not_found_and_not_executable() {
     assert_eq!(env.last_run("nx")["outcome"], "failure");
 }
 
+/// Job `name` running `sh -c script` under a `limit` timeout, with as long
+/// again between the TERM and the KILL.
+fn timeout_job(env: &Env, name: &str, script: &str, limit: &str) {
+    env.job(
+        name,
+        &format!(
+            "{}\ntimeout = \"{limit}\"\nkill_grace = \"{limit}\"",
+            sh_command(script)
+        ),
+    );
+}
+
 #[test]
 fn timeout_kills_grandchild_that_called_setsid() {
     let env = Env::new();
     let pidfile = env.path("grandchild.pid");
-    env.job(
-        "slow",
-        &format!(
-            r#"command = ["sh", "-c", "setsid sh -c 'echo $$ > {p}; exec sleep 300' & sleep 300"]
-timeout = "1s"
-kill_grace = "1s""#,
-            p = pidfile.display()
-        ),
+    let script = format!(
+        "setsid sh -c 'echo $$ > {}; exec sleep 300' & sleep 300",
+        pidfile.display()
     );
-    let d = env.run(&["run", "slow"]);
-    d.code(124);
+    timeout_job(&env, "slow", &script, "1s");
+    env.run(&["run", "slow"]).code(124);
     let pid = read_pid(&pidfile).expect("grandchild wrote its pid");
     wait_for(
         "the setsid grandchild to be gone",
@@ -85,12 +92,7 @@ kill_grace = "1s""#,
 #[test]
 fn term_ignoring_job_is_killed_after_grace() {
     let env = Env::new();
-    env.job(
-        "stubborn",
-        r#"command = ["sh", "-c", "trap '' TERM; sleep 300"]
-timeout = "500ms"
-kill_grace = "500ms""#,
-    );
+    timeout_job(&env, "stubborn", "trap '' TERM; sleep 300", "500ms");
     let start = std::time::Instant::now();
     env.run(&["run", "stubborn"]).code(124);
     assert!(start.elapsed() < Duration::from_secs(10));
@@ -133,19 +135,8 @@ fn memory_hog_ends_oom_in_poll_mode() {
 #[test]
 fn term_to_runner_stops_job_as_killed() {
     let env = Env::new();
-    let pidfile = env.path("job.pid");
-    env.job(
-        "long",
-        &format!(
-            r#"command = ["sh", "-c", "echo $$ > {}; sleep 300"]
-kill_grace = "2s""#,
-            pidfile.display()
-        ),
-    );
-    let mut child = env.spawn(&["run", "long"]);
-    wait_for("job start", Duration::from_secs(10), || {
-        read_pid(&pidfile).is_some()
-    });
+    let pidfile = env.pid_job("long", "sleep 300", "kill_grace = \"2s\"");
+    let (mut child, job_pid) = env.spawn_job(&["run", "long"], &pidfile);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -156,17 +147,17 @@ kill_grace = "2s""#,
     let run = env.last_run("long");
     assert_eq!(run["outcome"], "killed");
     assert_eq!(run["signal"], 15);
-    assert!(!pid_alive(read_pid(&pidfile).unwrap()));
+    assert!(!pid_alive(job_pid));
 }
 
 #[test]
 fn retries_back_off_and_record_each_attempt() {
     let env = Env::new();
-    let counter = env.path("count");
+    let counter = env.write("count", "0\n");
     env.job(
         "flaky",
         &format!(
-            r#"command = ["sh", "-c", "n=$(cat {c} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {c}; echo attempt $BATCHGUARD_ATTEMPT; [ $n -ge 3 ]"]
+            r#"command = ["sh", "-c", "n=$(cat {c}); n=$((n+1)); echo $n > {c}; echo attempt $BATCHGUARD_ATTEMPT; [ $n -ge 3 ]"]
 retries = 3
 retry_delay = "50ms""#,
             c = counter.display()
