@@ -45,6 +45,9 @@ schema_change = false
 clean = ["/srv/good/bin/clean"]
 "#;
 
+/// An `[items]` table, to append to a job after its last table.
+const ITEMS: &str = "\n[items]\nsource = [\"./list\"]\nrun = [\"./one\", \"{item}\"]\n";
+
 fn job_from(text: &str) -> Job {
     parse_job_str(
         "good",
@@ -59,21 +62,50 @@ fn good_job() -> Job {
     job_from(GOOD)
 }
 
-/// GOOD with `extra` TOML lines replacing/adding top-level keys (before the tables).
+/// The key a TOML line sets: what stands before its `=` (the whole line
+/// when it has none, empty when it is blank).
+fn key_of(line: &str) -> &str {
+    line.split('=').next().unwrap_or("").trim()
+}
+
+/// GOOD with `top` TOML lines replacing/adding top-level keys (before the
+/// tables), and `tables` appended after its last table.
 fn job_with(top: &str, tables: &str) -> Job {
     let (head, rest) = GOOD.split_once("[notify]").unwrap();
     let head: String = head
         .lines()
         .filter(|l| {
-            let k = l.split('=').next().unwrap_or("").trim();
-            k.is_empty()
-                || !top
-                    .lines()
-                    .any(|t| t.split('=').next().unwrap_or("").trim() == k)
+            let k = key_of(l);
+            k.is_empty() || !top.lines().any(|t| key_of(t) == k)
         })
         .map(|l| format!("{l}\n"))
         .collect();
     job_from(&format!("{head}{top}\n[notify]{rest}\n{tables}"))
+}
+
+/// The text of GOOD with `lines` in place of its line that sets `key`
+/// (top-level or in a table; GOOD must set it).
+fn good_text_with(key: &str, lines: &str) -> String {
+    assert!(
+        GOOD.lines().any(|l| key_of(l) == key),
+        "GOOD does not set `{key}`"
+    );
+    GOOD.lines()
+        .map(|l| if key_of(l) == key { lines } else { l })
+        .flat_map(|l| [l, "\n"])
+        .collect()
+}
+
+/// GOOD without its line that sets `key`.
+fn good_without(key: &str) -> Job {
+    job_from(&good_text_with(key, ""))
+}
+
+/// GOOD with `lines` in place of its line that sets the key the first of
+/// them sets.
+fn good_but(lines: &str) -> Job {
+    let key = key_of(lines.lines().next().unwrap_or(""));
+    job_from(&good_text_with(key, lines))
 }
 
 fn user_info(name: &str, uid: u32, shell: &str, home: &str) -> UserInfo {
@@ -173,6 +205,12 @@ fn rule(job: &Job, host: &HostFacts, facts: &JobFacts, id: &str) -> RuleResult {
 #[track_caller]
 fn assert_rule(r: &RuleResult, status: Status, fragment: &str) {
     assert_eq!(r.status, status, "{}: {}", r.id, r.message);
+    assert_mentions(r, fragment);
+}
+
+/// `r`'s message contains `fragment`.
+#[track_caller]
+fn assert_mentions(r: &RuleResult, fragment: &str) {
     assert!(
         r.message.contains(fragment),
         "{}: {:?} does not contain {fragment:?}",
@@ -275,6 +313,74 @@ fn text_table_puts_fails_first() {
     );
 }
 
+// ------------------------------------------------------------ G03-G09 G12 declarations
+
+/// The rules on what the job declares, on the good job and on the good job
+/// with one declaration changed: the rule, the job, and the status and
+/// message fragment the rule must give.
+#[test]
+fn rules_on_what_the_job_declares() {
+    use Status::{Fail, Pass, Warn};
+    let good = good_job();
+    let no_timeout = good_without("timeout");
+    let no_expected = good_without("expected_duration");
+    let undeclared = good_without("reads");
+    let primary = good_but("reads = \"primary\"");
+    let unrated = good_text_with("write_impact", "");
+    let rated = job_from(&format!("{unrated}{ITEMS}rate = \"50/s\"\n"));
+    let bare = good_text_with("clean", "");
+    let items = job_from(&format!("{bare}{ITEMS}"));
+    let replace = job_with("concurrency = \"replace\"", "");
+    let allow = job_with("concurrency = \"allow\"", "");
+    let safe = job_with(
+        "concurrency = \"allow\"",
+        "overlap_safe = \"each run writes its own dated file\"",
+    );
+    let silent = good_but("channels = []");
+    let no_failure = good_but("channels = [\"oncall\"]\non = [\"timeout\"]");
+    let runbook = "url = \"https://wiki.example.com/good\"\nverify = \"row exists\"";
+    let notes = job_from(&GOOD.replace(runbook, "notes = \"just re-run\""));
+    let none = job_from(&GOOD.replace(runbook, ""));
+    let unreviewed = good_but("schema_change = true");
+    let reviewed =
+        good_but("schema_change = { reviewed_by = [\"db-team\", \"bob\"], ref = \"PR-1234\" }");
+    let cases = [
+        ("G03", &no_timeout, Fail, "timeout is not set"),
+        ("G03", &no_expected, Warn, "expected_duration is not set"),
+        ("G04", &undeclared, Warn, "not declared"),
+        ("G04", &good, Pass, "reads no database"),
+        ("G04", &primary, Warn, "read replica"),
+        ("G05", &good, Pass, "~1k rows per run"),
+        ("G05", &job_from(&unrated), Warn, "write_impact"),
+        ("G05", &rated, Pass, "at most 50/s"),
+        (
+            "G06",
+            &good,
+            Pass,
+            "clean step declared: `/srv/good/bin/clean`",
+        ),
+        ("G06", &job_from(&bare), Warn, "[items]"),
+        ("G06", &items, Pass, "ledger"),
+        ("G07", &good, Pass, "forbid"),
+        ("G07", &replace, Pass, "fences"),
+        ("G07", &allow, Fail, "overlap_safe"),
+        ("G07", &safe, Pass, "\"each run writes its own dated file\""),
+        ("G08", &good, Pass, "oncall (webhook)"),
+        ("G08", &silent, Fail, "no notification channel"),
+        ("G08", &no_failure, Fail, "lacks \"failure\""),
+        ("G09", &good, Pass, "https://wiki.example.com/good"),
+        ("G09", &notes, Warn, "notes only"),
+        ("G09", &none, Fail, "no runbook"),
+        ("G12", &good, Pass, "changes no schema"),
+        ("G12", &unreviewed, Fail, "without a review"),
+        ("G12", &reviewed, Pass, "reviewed by db-team, bob (PR-1234)"),
+    ];
+    let (host, facts) = (good_host(), good_facts());
+    for (id, job, status, fragment) in cases {
+        assert_rule(&rule(job, &host, &facts, id), status, fragment);
+    }
+}
+
 // ------------------------------------------------------------ G01
 
 fn listener(addr: &str, port: u16) -> Listener {
@@ -298,17 +404,13 @@ fn g01_listeners() {
     ];
     let r = rule(&job, &host, &facts, "G01");
     assert_rule(&r, Status::Warn, "0.0.0.0:80 (nginx, pid 7)");
-    assert!(r.message.contains("role_ok"), "{}", r.message);
-    assert!(
-        r.message.contains("2 loopback or management"),
-        "{}",
-        r.message
-    );
+    assert_mentions(&r, "role_ok");
+    assert_mentions(&r, "2 loopback or management");
     assert!(!r.message.contains("0.0.0.0:22"), "{}", r.message);
     // Many listeners stay one short line.
     host.listening = (8000..8040).map(|p| listener("0.0.0.0", p)).collect();
     let many = rule(&job, &host, &facts, "G01");
-    assert!(many.message.contains("and 37 more"), "{}", many.message);
+    assert_mentions(&many, "and 37 more");
     assert!(
         many.message.len() < 300,
         "{} chars: {}",
@@ -328,11 +430,7 @@ fn g01_listeners() {
     host.listening = vec![listener("::1", 8080), listener("0.0.0.0", 22)];
     let r = rule(&job, &host, &facts, "G01");
     assert_rule(&r, Status::Pass, "no network service");
-    assert!(
-        r.message.contains("2 loopback or management"),
-        "{}",
-        r.message
-    );
+    assert_mentions(&r, "2 loopback or management");
 
     host.listening_error = Some("/proc/net/tcp: denied".into());
     assert_rule(&rule(&job, &host, &facts, "G01"), Status::Unknown, "denied");
@@ -382,7 +480,7 @@ fn proc_net_tcp_parsing() {
 #[test]
 fn g02_memory_max_and_peaks() {
     let host = good_host();
-    let no_max = job_from(&GOOD.replace("memory_max = \"1GiB\"\n", ""));
+    let no_max = good_without("memory_max");
     let peaks = |runs: &[(&str, u64)]| {
         with_history(
             runs.iter()
@@ -392,11 +490,7 @@ fn g02_memory_max_and_peaks() {
     };
     let r = rule(&no_max, &host, &peaks(&[("success", 300 * MIB)]), "G02");
     assert_rule(&r, Status::Fail, "memory_max is not set");
-    assert!(
-        r.message.contains("memory_max = \"512MiB\""),
-        "{}",
-        r.message
-    );
+    assert_mentions(&r, "memory_max = \"512MiB\"");
 
     let cases = [
         (
@@ -494,19 +588,6 @@ fn linear_fit_and_extrapolation() {
 // ------------------------------------------------------------ G03
 
 #[test]
-fn g03_timeout_and_expected_duration() {
-    let no_timeout = job_from(&GOOD.replace("timeout = \"8m\"\n", ""));
-    let no_expected = job_from(&GOOD.replace("expected_duration = \"5m\"\n", ""));
-    expect_jobs(
-        "G03",
-        &[
-            (no_timeout, Status::Fail, "timeout is not set"),
-            (no_expected, Status::Warn, "expected_duration is not set"),
-        ],
-    );
-}
-
-#[test]
 fn g03_durations_vs_expected_and_interval() {
     let ten_successes =
         |ms| with_history((0..10).map(|_| run("success", None, ms, None)).collect());
@@ -564,21 +645,10 @@ fn g03_extrapolates_duration_to_expected_items() {
 // ------------------------------------------------------------ G04
 
 #[test]
-fn g04_declarations_and_probe() {
-    let undeclared = job_from(&GOOD.replace("reads = \"none\"\n", ""));
-    let primary = job_from(&GOOD.replace("reads = \"none\"", "reads = \"primary\""));
-    expect_jobs(
-        "G04",
-        &[
-            (undeclared, Status::Warn, "not declared"),
-            (good_job(), Status::Pass, "reads no database"),
-            (primary, Status::Warn, "read replica"),
-        ],
-    );
-    let replica = job_from(&GOOD.replace(
-        "reads = \"none\"",
+fn g04_replica_probe() {
+    let replica = good_but(
         "reads = \"replica\"\nreplica_dsn_env = \"REPLICA_DSN\"\nmax_replica_lag = \"30s\"",
-    ));
+    );
     let probed = |probe| JobFacts {
         replica: Some(probe),
         ..good_facts()
@@ -611,111 +681,14 @@ fn g04_declarations_and_probe() {
     expect_facts("G04", &replica, &cases);
 }
 
-// ------------------------------------------------------------ G05 G06 G07
-
-#[test]
-fn g05_write_impact() {
-    let unrated = GOOD.replace("write_impact = \"~1k rows per run\"\n", "");
-    let rated = format!(
-        "{unrated}\n[items]\nsource = [\"./list\"]\nrun = [\"./one\", \"{{item}}\"]\nrate = \"50/s\"\n"
-    );
-    expect_jobs(
-        "G05",
-        &[
-            (good_job(), Status::Pass, "~1k rows per run"),
-            (job_from(&unrated), Status::Warn, "write_impact"),
-            (job_from(&rated), Status::Pass, "at most 50/s"),
-        ],
-    );
-}
-
-#[test]
-fn g06_idempotence() {
-    let bare = GOOD.replace("clean = [\"/srv/good/bin/clean\"]\n", "");
-    let items =
-        format!("{bare}\n[items]\nsource = [\"./list\"]\nrun = [\"./one\", \"{{item}}\"]\n");
-    expect_jobs(
-        "G06",
-        &[
-            (
-                good_job(),
-                Status::Pass,
-                "clean step declared: `/srv/good/bin/clean`",
-            ),
-            (job_from(&bare), Status::Warn, "[items]"),
-            (job_from(&items), Status::Pass, "ledger"),
-        ],
-    );
-}
-
-#[test]
-fn g07_concurrency() {
-    let safe = job_with(
-        "concurrency = \"allow\"",
-        "overlap_safe = \"each run writes its own dated file\"",
-    );
-    expect_jobs(
-        "G07",
-        &[
-            (good_job(), Status::Pass, "forbid"),
-            (
-                job_with("concurrency = \"replace\"", ""),
-                Status::Pass,
-                "fences",
-            ),
-            (
-                job_with("concurrency = \"allow\"", ""),
-                Status::Fail,
-                "overlap_safe",
-            ),
-            (safe, Status::Pass, "\"each run writes its own dated file\""),
-        ],
-    );
-}
-
-// ------------------------------------------------------------ G08 G09
-
-#[test]
-fn g08_notifications() {
-    let silent = job_from(&GOOD.replace("channels = [\"oncall\"]", "channels = []"));
-    let no_failure = job_from(&GOOD.replace(
-        "channels = [\"oncall\"]",
-        "channels = [\"oncall\"]\non = [\"timeout\"]",
-    ));
-    expect_jobs(
-        "G08",
-        &[
-            (good_job(), Status::Pass, "oncall (webhook)"),
-            (silent, Status::Fail, "no notification channel"),
-            (no_failure, Status::Fail, "lacks \"failure\""),
-        ],
-    );
-}
-
-#[test]
-fn g09_runbook() {
-    let runbook = "url = \"https://wiki.example.com/good\"\nverify = \"row exists\"";
-    let notes = job_from(&GOOD.replace(runbook, "notes = \"just re-run\""));
-    let none = job_from(&GOOD.replace(runbook, ""));
-    expect_jobs(
-        "G09",
-        &[
-            (good_job(), Status::Pass, "https://wiki.example.com/good"),
-            (notes, Status::Warn, "notes only"),
-            (none, Status::Fail, "no runbook"),
-        ],
-    );
-}
-
-// ------------------------------------------------------------ G10 G11 G12
+// ------------------------------------------------------------ G10 G11
 
 #[test]
 fn g10_run_user() {
     let job = good_job();
-    assert!(
-        rule(&job, &good_host(), &good_facts(), "G10")
-            .message
-            .contains("refused at config load")
+    assert_mentions(
+        &rule(&job, &good_host(), &good_facts(), "G10"),
+        "refused at config load",
     );
     let runs_as = |user| JobFacts {
         run_user: Some(user),
@@ -739,7 +712,7 @@ fn g10_run_user() {
         (no_user, Status::Fail, "no user `batch`"),
     ];
     expect_facts("G10", &job, &cases);
-    let unset = job_from(&GOOD.replace("user = \"batch\"\n", ""));
+    let unset = good_without("user");
     expect_jobs("G10", &[(unset, Status::Warn, "user is not set")]);
 }
 
@@ -749,23 +722,6 @@ fn g11_is_not_verifiable() {
         &rule(&good_job(), &good_host(), &good_facts(), "G11"),
         Status::Unknown,
         "not verifiable",
-    );
-}
-
-#[test]
-fn g12_schema_change() {
-    let unreviewed = job_from(&GOOD.replace("schema_change = false", "schema_change = true"));
-    let reviewed = job_from(&GOOD.replace(
-        "schema_change = false",
-        "schema_change = { reviewed_by = [\"db-team\", \"bob\"], ref = \"PR-1234\" }",
-    ));
-    expect_jobs(
-        "G12",
-        &[
-            (good_job(), Status::Pass, "changes no schema"),
-            (unreviewed, Status::Fail, "without a review"),
-            (reviewed, Status::Pass, "reviewed by db-team, bob (PR-1234)"),
-        ],
     );
 }
 
@@ -800,14 +756,10 @@ fn g13_cron_files_and_user_crontabs() {
     assert_eq!(host.crontab_lines.len(), 3);
     let r = rule(&job, &host, &facts, "G13");
     assert_rule(&r, Status::Fail, "/var/spool/cron/crontabs/alice:4");
-    assert!(
-        r.message.contains("/var/spool/cron/crontabs/alice:5"),
-        "{}",
-        r.message
-    );
+    assert_mentions(&r, "/var/spool/cron/crontabs/alice:5");
     assert!(!r.message.contains("alice:3"), "{}", r.message);
 
-    let unscheduled = job_from(&GOOD.replace("schedule = \"*/10 * * * *\"\n", ""));
+    let unscheduled = good_without("schedule");
     assert_rule(
         &rule(&unscheduled, &host, &facts, "G13"),
         Status::Fail,
@@ -936,10 +888,9 @@ fn g15_interpreter_rule() {
         (runs(with_kind(unresolved)), Status::Unknown, "not found"),
     ];
     expect_facts("G15", &job, &cases);
-    assert!(
-        rule(&job, &good_host(), &runs(global), "G15")
-            .message
-            .contains("python3 -m venv /srv/good/.venv")
+    assert_mentions(
+        &rule(&job, &good_host(), &runs(global), "G15"),
+        "python3 -m venv /srv/good/.venv",
     );
 }
 
@@ -1035,7 +986,7 @@ fn g15_inspects_programs_on_disk() {
 
 fn items_job(distributed: bool) -> Job {
     job_from(&format!(
-        "{GOOD}\n[items]\nsource = [\"./list\"]\nrun = [\"./one\", \"{{item}}\"]\n[distributed]\nenabled = {distributed}\n"
+        "{GOOD}{ITEMS}[distributed]\nenabled = {distributed}\n"
     ))
 }
 

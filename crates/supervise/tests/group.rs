@@ -222,13 +222,8 @@ fn timeout_of_one_joined_child_spares_its_sibling() {
 fn kill_all_reaches_every_member_and_setsid_grandchild() {
     for mode in modes() {
         sv::become_subreaper();
-        let dir = tmpdir("gkill");
-        let pidfile = dir.join("pid");
+        let (_dir, pidfile, script) = pid_script("gkill", SETSID_GRANDCHILD);
         let g = Group::create(&unique("gkill"), None, mode).expect("group");
-        let script = format!(
-            "setsid sleep 300 & echo $! > {}; sleep 300",
-            pidfile.display()
-        );
         let a = sv::spawn_with(joined(sh(&script), &g), Limits::default(), mode).expect("spawn");
         let b = sv::spawn_with(joined(spec(&["sleep", "300"]), &g), Limits::default(), mode)
             .expect("spawn");
@@ -267,7 +262,6 @@ fn kill_all_reaches_every_member_and_setsid_grandchild() {
             gone(grandchild),
             "{mode}: setsid grandchild survived kill_all"
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
@@ -277,14 +271,9 @@ fn leftovers_of_a_dead_runner_in_a_group_are_killed() {
         return;
     };
     sv::become_subreaper();
-    let dir = tmpdir("gleft");
-    let pidfile = dir.join("pid");
+    let (_dir, pidfile, script) = pid_script("gleft", SETSID_GRANDCHILD);
     let g = Group::create(&unique("gleft"), Some(256 << 20), mode).expect("group");
     let path = g.path().expect("path").to_path_buf();
-    let script = format!(
-        "setsid sleep 300 & echo $! > {}; sleep 300",
-        pidfile.display()
-    );
     let mut pids = Vec::new();
     for s in [
         sh(&script),
@@ -315,7 +304,6 @@ fn leftovers_of_a_dead_runner_in_a_group_are_killed() {
     for p in pids {
         assert!(gone(p), "{p} survived");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -151,10 +151,9 @@ fn not_found_and_not_executable() {
     assert_eq!(e.exit_code(), 126);
     // Through PATH lookup.
     let mut s = spec(&["script"]);
-    s.env = vec![("PATH".into(), dir.clone().into_os_string())];
+    s.env = vec![("PATH".into(), dir.as_os_str().to_owned())];
     let e = sv::spawn(s, Limits::default()).expect_err("not exec");
     assert!(matches!(e, SpawnError::NotExecutable { .. }), "{e:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -177,8 +176,7 @@ fn missing_cwd_is_workdir_error() {
 #[test]
 fn timeout_reaches_setsid_grandchild() {
     for mode in modes() {
-        let (dir, pidfile, script) =
-            pid_script("setsid", "setsid sleep 300 & echo $! > PIDFILE; sleep 300");
+        let (_dir, pidfile, script) = pid_script("setsid", SETSID_GRANDCHILD);
         let limits = deadline(400, 30000);
         sv::become_subreaper();
         let child =
@@ -201,14 +199,13 @@ fn timeout_reaches_setsid_grandchild() {
         if let Some(cg) = cg {
             assert!(!cg.exists(), "cgroup not removed");
         }
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
 #[test]
 fn term_ignoring_child_is_killed_after_grace() {
     for mode in modes() {
-        let (dir, pidfile, script) = pid_script(
+        let (_dir, pidfile, script) = pid_script(
             "trap",
             "trap '' TERM; sleep 300 & echo $! > PIDFILE; while :; do sleep 0.05; done",
         );
@@ -226,7 +223,6 @@ fn term_ignoring_child_is_killed_after_grace() {
             gone(read_pid(&pidfile)),
             "background sleep (TERM ignored) survived ({mode})"
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
@@ -370,13 +366,9 @@ fn stop_from_another_thread() {
 #[test]
 fn daemonised_grandchild_does_not_hang_wait() {
     for mode in modes() {
-        let dir = tmpdir("daemon");
-        let pidfile = dir.join("pid");
         // The grandchild escapes the process group, keeps stdout open, and its parent exits at once.
-        let script = format!(
-            "setsid sleep 300 & echo $! > {}; echo started",
-            pidfile.display()
-        );
+        let daemonising = "setsid sleep 300 & echo $! > PIDFILE; echo started";
+        let (_dir, pidfile, script) = pid_script("daemon", daemonising);
         let start = Instant::now();
         let (out, lines) = run_with(with_cgroup(sh(&script), "daemon"), Limits::default(), mode);
         assert_eq!(out.end, End::Exited(0));
@@ -387,7 +379,6 @@ fn daemonised_grandchild_does_not_hang_wait() {
             start.elapsed()
         );
         assert!(gone(read_pid(&pidfile)), "mode {mode}: daemon survived");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
@@ -395,12 +386,7 @@ fn daemonised_grandchild_does_not_hang_wait() {
 fn leftovers_of_a_dead_runner_are_killed() {
     for mode in modes() {
         sv::become_subreaper();
-        let dir = tmpdir("left");
-        let pidfile = dir.join("pid");
-        let script = format!(
-            "setsid sleep 300 & echo $! > {}; sleep 300",
-            pidfile.display()
-        );
+        let (_dir, pidfile, script) = pid_script("left", SETSID_GRANDCHILD);
         let child = sv::spawn_with(with_cgroup(sh(&script), "left"), Limits::default(), mode)
             .expect("spawn");
         let (pid, pgid, cg) = (
@@ -438,7 +424,6 @@ fn leftovers_of_a_dead_runner_are_killed() {
             Some(pgid),
             Duration::from_secs(1)
         ));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
@@ -637,9 +622,7 @@ fn forwarded_once(sig: i32, mode: Enforcement) -> (Vec<String>, Vec<String>) {
         gone(gc),
         "grandchild survived the KILL after the grace ({mode})"
     );
-    let logs = (trap_log(&main_log), trap_log(&gc_log));
-    let _ = std::fs::remove_dir_all(&dir);
-    logs
+    (trap_log(&main_log), trap_log(&gc_log))
 }
 
 #[test]
@@ -664,7 +647,8 @@ fn stop_signal_reaches_the_tree_exactly_once() {
 /// it lists is signalled or removed.
 #[test]
 fn leftover_cleanup_ignores_a_fake_cgroup() {
-    let fake = tmpdir("fakecg").join("batchguard").join("run");
+    let dir = tmpdir("fakecg");
+    let fake = dir.join("batchguard").join("run");
     std::fs::create_dir_all(&fake).expect("mkdir");
     let mut victim = std::process::Command::new("sleep")
         .arg("30")
@@ -684,7 +668,6 @@ fn leftover_cleanup_ignores_a_fake_cgroup() {
     assert!(fake.is_dir(), "a non-cgroup directory was removed");
     let _ = victim.kill();
     let _ = victim.wait();
-    let _ = std::fs::remove_dir_all(fake.parent().and_then(Path::parent).expect("tmpdir"));
 }
 
 /// Lanes spawn without holding the registry (only the main thread's spawns

@@ -1,6 +1,6 @@
 //! Helpers shared by the supervise test binaries: specs for real commands,
-//! unique names, the host's cgroup mode, and process checks. Each test
-//! binary uses its own subset.
+//! unique names and temp dirs, the host's cgroup mode, and process checks.
+//! Each test binary uses its own subset.
 #![allow(dead_code)]
 
 use std::ffi::OsString;
@@ -34,10 +34,27 @@ pub fn unique(tag: &str) -> String {
     )
 }
 
-pub fn tmpdir(tag: &str) -> PathBuf {
+/// A temporary directory, removed with what it holds when dropped (also
+/// when the test fails).
+pub struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn tmpdir(tag: &str) -> TempDir {
     let d = std::env::temp_dir().join(unique(tag));
     std::fs::create_dir_all(&d).expect("tmpdir");
-    d
+    TempDir(d)
 }
 
 /// The cgroup mode of this host, or None when it has none (then cgroup tests only run in poll mode).
@@ -104,8 +121,12 @@ pub fn gone(pid: i32) -> bool {
     }
 }
 
+/// A `pid_script` that starts a setsid grandchild (its pid in PIDFILE) and
+/// sleeps itself.
+pub const SETSID_GRANDCHILD: &str = "setsid sleep 300 & echo $! > PIDFILE; sleep 300";
+
 /// A temp dir, its `pid` file, and `script` with `PIDFILE` replaced by that path.
-pub fn pid_script(tag: &str, script: &str) -> (PathBuf, PathBuf, String) {
+pub fn pid_script(tag: &str, script: &str) -> (TempDir, PathBuf, String) {
     let dir = tmpdir(tag);
     let pidfile = dir.join("pid");
     let script = script.replace("PIDFILE", &pidfile.display().to_string());
