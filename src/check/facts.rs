@@ -155,10 +155,9 @@ pub struct JobFacts {
     /// Whether `/etc/cron.d/batchguard-JOB` is installed and current
     /// (`cron::installed_current`); `None` when it could not be told.
     pub cron_file_current: Option<bool>,
-    /// The `user` account, when set and found.
-    pub run_user: Option<UserInfo>,
-    /// Why `user` could not be looked up (e.g. no such user).
-    pub run_user_error: Option<String>,
+    /// The `user` account when `user` is set: found, or why it could not
+    /// be (e.g. no such user). `None` when `user` is not set.
+    pub run_user: Option<Result<UserInfo, String>>,
     /// The replica probe, when `replica_dsn_env` is declared.
     pub replica: Option<ReplicaProbe>,
     pub interpreter: InterpreterInfo,
@@ -168,6 +167,13 @@ pub struct JobFacts {
     pub aws_notes: Vec<String>,
     /// Secrets (env_file values, `secrets`) too short to be redacted.
     pub short_secrets: Vec<String>,
+}
+
+impl JobFacts {
+    /// The `user` account, when it is set and was found.
+    pub fn found_user(&self) -> Option<&UserInfo> {
+        self.run_user.as_ref().and_then(|r| r.as_ref().ok())
+    }
 }
 
 // ---------------------------------------------------------------- host
@@ -412,11 +418,11 @@ pub fn gather_job(job: &Job, history: Vec<RunRecord>) -> JobFacts {
         ..JobFacts::default()
     };
     if let Some(name) = &job.user {
-        match nix::unistd::User::from_name(name) {
-            Ok(Some(u)) => f.run_user = Some(user_info(&u)),
-            Ok(None) => f.run_user_error = Some(format!("no user `{name}` on this host")),
-            Err(e) => f.run_user_error = Some(format!("cannot look up user `{name}`: {e}")),
-        }
+        f.run_user = Some(match nix::unistd::User::from_name(name) {
+            Ok(Some(u)) => Ok(user_info(&u)),
+            Ok(None) => Err(format!("no user `{name}` on this host")),
+            Err(e) => Err(format!("cannot look up user `{name}`: {e}")),
+        });
     }
 
     // The job's own variables, with the runner's precedence: env over env_file.
@@ -467,7 +473,7 @@ pub fn gather_job(job: &Job, history: Vec<RunRecord>) -> JobFacts {
             }
         }
     }
-    let home = match (&job.user, &f.run_user) {
+    let home = match (&job.user, f.found_user()) {
         (Some(_), Some(u)) => Some(u.home.clone()),
         (Some(_), None) => None,
         // Unset: the job runs as whoever invokes batchguard; judge by this process.

@@ -63,6 +63,16 @@ impl Findings {
     }
 }
 
+/// The result of a rule that comes to exactly one finding.
+fn verdict(id: &'static str, status: Status, message: String) -> RuleResult {
+    RuleResult {
+        id,
+        status,
+        message,
+        location: None,
+    }
+}
+
 pub(super) fn all(job: &Job, global: &Global, host: &HostFacts, f: &JobFacts) -> Vec<RuleResult> {
     vec![
         g01(job, host),
@@ -571,66 +581,67 @@ fn g04(job: &Job, f: &JobFacts) -> RuleResult {
 
 /// G05: the write load on production has been estimated.
 fn g05(job: &Job) -> RuleResult {
-    let mut fs = Findings::new("G05");
     let rate = job.items.as_ref().and_then(|i| i.rate);
-    match (&job.guideline.write_impact, rate) {
-        (Some(w), _) => fs.add(Status::Pass, format!("write impact declared: \"{w}\"")),
-        (None, Some(r)) => fs.add(
+    let (status, message): (Status, String) = match (&job.guideline.write_impact, rate) {
+        (Some(w), _) => (
+            Status::Pass,
+            format!("write impact declared: \"{w}\""),
+        ),
+        (None, Some(r)) => (
             Status::Pass,
             format!("items start at most {r}: the write rate is bounded"),
         ),
-        (None, None) => fs.add(
+        (None, None) => (
             Status::Warn,
-            "the write load on production is not estimated: declare [guideline] write_impact = \"~N row updates on TABLE, at most M/s\", and bound it with [items] rate",
+            "the write load on production is not estimated: declare [guideline] write_impact = \"~N row updates on TABLE, at most M/s\", and bound it with [items] rate".into(),
         ),
-    }
-    fs.done()
+    };
+    verdict("G05", status, message)
 }
 
 /// G06: idempotent re-runs.
 fn g06(job: &Job) -> RuleResult {
-    let mut fs = Findings::new("G06");
-    match (&job.items, &job.guideline.clean) {
-        (Some(_), _) => fs.add(
+    let (status, message): (Status, String) = match (&job.items, &job.guideline.clean) {
+        (Some(_), _) => (
             Status::Pass,
-            "[items]: finished keys are recorded in the ledger and skipped on re-run",
+            "[items]: finished keys are recorded in the ledger and skipped on re-run".into(),
         ),
-        (None, Some(clean)) => fs.add(
+        (None, Some(clean)) => (
             Status::Pass,
-            format!("clean step declared: `{}` runs before a redo", clean.join(" ")),
+            format!("clean step declared: `{}` runs before a redo", clean.join(" "),
         ),
-        (None, None) => fs.add(
+        ),
+        (None, None) => (
             Status::Warn,
-            "nothing makes a re-run safe: a run that dies halfway and is re-run may process items twice; use [items] (the ledger skips finished keys) or declare the clean step with [guideline] clean = [\"…\"]",
+            "nothing makes a re-run safe: a run that dies halfway and is re-run may process items twice; use [items] (the ledger skips finished keys) or declare the clean step with [guideline] clean = [\"…\"]".into(),
         ),
-    }
-    fs.done()
+    };
+    verdict("G06", status, message)
 }
 
 /// G07: overlapping runs never cause inconsistency.
 fn g07(job: &Job) -> RuleResult {
-    let mut fs = Findings::new("G07");
-    match job.concurrency {
-        Concurrency::Forbid => fs.add(
+    let (status, message): (Status, String) = match job.concurrency {
+        Concurrency::Forbid => (
             Status::Pass,
             format!("concurrency = forbid: a run that starts while another holds lock `{}` is skipped", job.lock),
         ),
-        Concurrency::Replace => fs.add(
+        Concurrency::Replace => (
             Status::Pass,
             format!("concurrency = replace: a new run fences the older one on lock `{}`; commit results through the ledger or `batchguard publish` so the older run cannot overwrite them", job.lock),
         ),
         Concurrency::Allow => match &job.guideline.overlap_safe {
-            Some(why) => fs.add(
+            Some(why) => (
                 Status::Pass,
                 format!("concurrency = allow, declared safe: \"{why}\""),
             ),
-            None => fs.add(
+            None => (
                 Status::Fail,
-                "concurrency = allow: overlapping runs may overwrite each other's results; use forbid or replace, or declare why overlaps are safe with [guideline] overlap_safe = \"…\"",
+                "concurrency = allow: overlapping runs may overwrite each other's results; use forbid or replace, or declare why overlaps are safe with [guideline] overlap_safe = \"…\"".into(),
             ),
         },
-    }
-    fs.done()
+    };
+    verdict("G07", status, message)
 }
 
 // ------------------------------------------------------------ G08 G09
@@ -687,27 +698,26 @@ fn g08(job: &Job, global: &Global) -> RuleResult {
 
 /// G09: a failure notification carries the re-processing steps.
 fn g09(job: &Job) -> RuleResult {
-    let mut fs = Findings::new("G09");
     let r = &job.runbook;
-    match (&r.url, &r.verify, &r.notes) {
-        (Some(u), _, _) => fs.add(
+    let (status, message): (Status, String) = match (&r.url, &r.verify, &r.notes) {
+        (Some(u), _, _) => (
             Status::Pass,
             format!("notifications link the runbook {u} and carry the exact re-run command"),
         ),
-        (None, Some(_), _) => fs.add(
+        (None, Some(_), _) => (
             Status::Pass,
-            "notifications carry the verify step and the exact re-run command; add runbook.url for the full procedure",
+            "notifications carry the verify step and the exact re-run command; add runbook.url for the full procedure".into(),
         ),
-        (None, None, Some(_)) => fs.add(
+        (None, None, Some(_)) => (
             Status::Warn,
-            "the runbook has notes only: add runbook.verify (how to confirm the result) or runbook.url so whoever reads the alert can act",
+            "the runbook has notes only: add runbook.verify (how to confirm the result) or runbook.url so whoever reads the alert can act".into(),
         ),
-        (None, None, None) => fs.add(
+        (None, None, None) => (
             Status::Fail,
-            "no runbook: a failure alert says what failed but not how to re-process it; add [runbook] url, verify and notes",
+            "no runbook: a failure alert says what failed but not how to re-process it; add [runbook] url, verify and notes".into(),
         ),
-    }
-    fs.done()
+    };
+    verdict("G09", status, message)
 }
 
 // ------------------------------------------------------------ G10 G11 G12
@@ -725,16 +735,16 @@ fn g10(job: &Job, f: &JobFacts) -> RuleResult {
         fs.add(Status::Pass, paths_ok);
         return fs.done();
     };
-    match (&f.run_user, &f.run_user_error) {
-        (_, Some(e)) => fs.add(
+    match &f.run_user {
+        Some(Err(e)) => fs.add(
             Status::Fail,
             format!("{e}: runs cannot start; create the service account (useradd --system --shell /usr/sbin/nologin {name})"),
         ),
-        (None, None) => fs.add(
+        None => fs.add(
             Status::Unknown,
             format!("user `{name}` was not looked up"),
         ),
-        (Some(u), None) => {
+        Some(Ok(u)) => {
             let shell = u
                 .shell
                 .file_name()
@@ -776,14 +786,13 @@ fn g11(job: &Job) -> RuleResult {
     } else {
         format!(" beyond what is declared ({})", declared.join(", "))
     };
-    RuleResult {
-        id: "G11",
-        status: Status::Unknown,
-        message: format!(
+    verdict(
+        "G11",
+        Status::Unknown,
+        format!(
             "not verifiable: confirm in review that the job affects no production server (caches, queues, APIs, file shares){declared}, and note it in runbook.notes"
         ),
-        location: None,
-    }
+    )
 }
 
 /// G12: schema changes reviewed by the owners.
@@ -966,7 +975,7 @@ fn g14(job: &Job, f: &JobFacts) -> RuleResult {
         );
     }
     if fs.parts.is_empty() {
-        let whose = match (&job.user, &f.run_user) {
+        let whose = match (&job.user, f.found_user()) {
             (Some(_), Some(u)) => format!("{}'s ~/.aws", u.name),
             _ => "the run user's ~/.aws".to_string(),
         };

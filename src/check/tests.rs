@@ -143,7 +143,7 @@ fn good_facts() -> JobFacts {
     JobFacts {
         schedule_interval: Some(Duration::from_secs(600)),
         cron_file_current: Some(true),
-        run_user: Some(service_user()),
+        run_user: Some(Ok(service_user())),
         interpreter: interpreter_info(
             "/srv/good/bin/good",
             "/srv/good/bin/good",
@@ -691,14 +691,13 @@ fn g10_run_user() {
         "refused at config load",
     );
     let runs_as = |user| JobFacts {
-        run_user: Some(user),
+        run_user: Some(Ok(user)),
         ..good_facts()
     };
     let alice = user_info("alice", 1001, "/bin/bash", "/home/alice");
     let svc = user_info("svc", 1500, "/usr/sbin/nologin", "/srv/svc");
     let no_user = JobFacts {
-        run_user: None,
-        run_user_error: Some("no user `batch` on this host".into()),
+        run_user: Some(Err("no user `batch` on this host".into())),
         ..good_facts()
     };
     let cases = [
