@@ -30,6 +30,8 @@ import subprocess
 import tempfile
 import time
 
+from benchlib import installed
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "batchguard")
 
@@ -164,7 +166,9 @@ def peer(peer_dir, pg, n, batch, workers):
     return r["seconds"]
 
 
+
 def main():
+    global BIN
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keys", type=int, default=200_000)
     ap.add_argument("--batch", type=int, default=1000, help="[distributed] batch for batchguard")
@@ -177,6 +181,7 @@ def main():
     if args.peer_batch is None:
         args.peer_batch = args.batch
     tmp = tempfile.mkdtemp(prefix="bg-bench-dist-")
+    BIN = installed(BIN, tmp)
     try:
         rows = {}
         for w in (1, 2):

@@ -24,6 +24,8 @@ import subprocess
 import tempfile
 import time
 
+from benchlib import installed
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "batchguard")
 FLOOR = os.path.join(ROOT, "target", "release", "examples", "spawn_floor")
@@ -148,7 +150,9 @@ def crash_redo(tmp, n, crashes, parallelism=4):
     return len(lines) - n
 
 
+
 def main():
+    global BIN, FLOOR
     ap = argparse.ArgumentParser()
     ap.add_argument("--keys", type=int, default=10000)
     ap.add_argument("--parallel-keys", type=int, default=1000)
@@ -160,6 +164,7 @@ def main():
     if not os.path.exists(BIN) or not os.path.exists(FLOOR):
         raise SystemExit("build first: cargo build --release --bin batchguard --example spawn_floor")
     tmp = tempfile.mkdtemp(prefix="bg-items-bench-")
+    BIN, FLOOR = installed(BIN, tmp), installed(FLOOR, tmp)
     try:
         rows = per_item(tmp, args.keys, args.parallel_keys, args.rounds)
         base = rows[0][1] / rows[0][2]

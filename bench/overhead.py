@@ -21,6 +21,8 @@ import tempfile
 import statistics
 import time
 
+from benchlib import installed
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "batchguard")
 
@@ -43,7 +45,7 @@ def systemd_running():
 
 
 def runner_rss(env, tmp):
-    """Peak and steady resident memory (KiB) of the runner supervising a 1 s job."""
+    """Resident memory (KiB) of the runner supervising a 1 s job: VmRSS, VmHWM, RssAnon, RssFile."""
     p = subprocess.Popen([BIN, "exec", "--name", "rss", "--memory-max", "64MiB", "--", "sleep", "1"],
                          env=env, cwd=tmp)
     time.sleep(0.5)
@@ -51,16 +53,19 @@ def runner_rss(env, tmp):
     p.wait()
     fields = dict(l.split(":", 1) for l in status.splitlines() if ":" in l)
     kib = lambda k: int(fields[k].split()[0])
-    return kib("VmRSS"), kib("VmHWM")
+    return kib("VmRSS"), kib("VmHWM"), kib("RssAnon"), kib("RssFile")
+
 
 
 def main():
+    global BIN
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=300)
     args = ap.parse_args()
     if not os.path.exists(BIN):
         raise SystemExit("build first: cargo build --release")
     tmp = tempfile.mkdtemp(prefix="bg-bench-")
+    BIN = installed(BIN, tmp)
     env = dict(os.environ, BATCHGUARD_STATE=f"sqlite:{tmp}/state.db",
                BATCHGUARD_CONFIG_DIR=f"{tmp}/etc")
     os.makedirs(f"{tmp}/etc/jobs")
@@ -87,8 +92,10 @@ def main():
         fo, bo, bpo = flock - bare, bg - bare, bgp - bare
         print(f"| {name} | {bare:.2f} | {flock:.2f} | {'n/a' if sysd is None else f'{sysd:.2f}'} | "
               f"{bg:.2f} | {bgp:.2f} | {fo:.2f} | {bo:.2f} ({bo / fo:.2f}x) | {bpo:.2f} ({bpo / fo:.2f}x) |")
-    rss, hwm = runner_rss(env, tmp)
-    print(f"\nrunner resident memory while supervising: {rss / 1024:.1f} MiB (peak {hwm / 1024:.1f} MiB)")
+    rss, hwm, anon, file = runner_rss(env, tmp)
+    print(f"\nrunner resident memory while supervising: {rss / 1024:.1f} MiB (peak {hwm / 1024:.1f} MiB): "
+          f"{anon / 1024:.1f} MiB its own (anonymous), {file / 1024:.1f} MiB pages of its binary and "
+          "libraries mapped from the page cache (shared; how many depends on how the cache holds the file)")
     runs = json.loads(subprocess.run([BIN, "runs", "rss", "--format", "json"], env=env,
                                      capture_output=True, text=True, check=True).stdout)
     print(f"memory enforcement of that run: {runs[0]['memory_enforcement']}")

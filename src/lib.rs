@@ -22,6 +22,7 @@ pub mod error;
 pub mod exec;
 pub mod exit;
 pub mod host;
+pub mod id;
 pub mod items;
 pub mod logs;
 pub mod notify;

@@ -63,7 +63,7 @@ pub struct Request {
 
 /// A new run id (a ULID: sortable by start time).
 pub fn new_run_id() -> String {
-    ulid::Ulid::generate().to_string()
+    crate::id::new_ulid()
 }
 
 /// How a job's `concurrency` takes its lock.

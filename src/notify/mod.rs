@@ -81,8 +81,9 @@ pub struct Payload {
     pub digest: Option<Digest>,
 }
 
+/// A new notification id (a ULID).
 pub fn new_id() -> String {
-    ulid::Ulid::generate().to_string()
+    crate::id::new_ulid()
 }
 
 /// Is `event` one the job asked for (`[notify] on`)?
