@@ -7,14 +7,19 @@
 //! alone is a trapped `cpuid` on a virtual machine, about 50 µs per run on
 //! the development machine, docs/performance.md).
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 /// A new ULID in its 26-character Crockford base32 form.
 pub fn new_ulid() -> String {
     let mut random = [0u8; 16];
     // getrandom(2) does not fail on Linux once the kernel's pool is
-    // initialised (it blocks until then); if it ever did, the millisecond
-    // and the process id still give an id no other process makes at once.
+    // initialised (it blocks until then). If it ever did, the process id
+    // and a per-process counter keep the ids of one millisecond apart.
     if getrandom::fill(&mut random).is_err() {
+        static FALLBACK: AtomicU32 = AtomicU32::new(0);
+        let n = FALLBACK.fetch_add(1, Ordering::Relaxed);
         random[..4].copy_from_slice(&std::process::id().to_le_bytes());
+        random[4..8].copy_from_slice(&n.to_le_bytes());
     }
     let ms = crate::clock::now_ms().max(0) as u64;
     ulid::Ulid::from_parts(ms, u128::from_le_bytes(random)).to_string()

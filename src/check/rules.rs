@@ -608,8 +608,7 @@ fn g06(job: &Job) -> RuleResult {
         ),
         (None, Some(clean)) => (
             Status::Pass,
-            format!("clean step declared: `{}` runs before a redo", clean.join(" "),
-        ),
+            format!("clean step declared: `{}` runs before a redo", clean.join(" ")),
         ),
         (None, None) => (
             Status::Warn,
