@@ -166,7 +166,6 @@ def peer(peer_dir, pg, n, batch, workers):
     return r["seconds"]
 
 
-
 def main():
     global BIN
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -150,7 +150,6 @@ def crash_redo(tmp, n, crashes, parallelism=4):
     return len(lines) - n
 
 
-
 def main():
     global BIN, FLOOR
     ap = argparse.ArgumentParser()

@@ -56,7 +56,6 @@ def runner_rss(env, tmp):
     return kib("VmRSS"), kib("VmHWM"), kib("RssAnon"), kib("RssFile")
 
 
-
 def main():
     global BIN
     ap = argparse.ArgumentParser()
