@@ -228,7 +228,6 @@ fn exec_adhoc(cli: &Cli, exec: &args::Exec) -> Result<i32> {
         exec.concurrency,
         &global,
     )?;
-    crate::supervise::prewarm(crate::supervise::detect());
     let ctx = context(cli, global)?;
     run_recorded(&ctx, &job, &Request::default())
 }
@@ -253,7 +252,6 @@ fn run_job(
     if if_due && !crate::cron::due_now(&job, jiff::Timestamp::now()) {
         return Ok(exit::OK);
     }
-    crate::supervise::prewarm(crate::supervise::detect());
     let ctx = context(cli, global)?;
     if req.no_work && !job.distributed.enabled {
         return Err(Error::Usage(format!(

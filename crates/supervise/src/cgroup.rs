@@ -32,6 +32,48 @@ impl Kind {
             Kind::V1 => Enforcement::Cgroup1,
         }
     }
+
+    /// The file a child writes `0` to between fork and exec to join a cgroup
+    /// of this kind (see [`Entrance`]).
+    pub(crate) fn self_join_file(self) -> &'static str {
+        match self {
+            Kind::V2 => "cgroup.procs",
+            Kind::V1 => "tasks",
+        }
+    }
+}
+
+/// The files through which processes enter a cgroup, opened once when it is
+/// created (before any fork, so a child only has to write to a descriptor).
+///
+/// A parent moving a started child writes its pid to `cgroup.procs`: the
+/// whole thread group moves, whatever it started meanwhile. A child joining
+/// by itself between fork and exec is single-threaded, so on cgroup v1 it
+/// writes `0` to `tasks` instead, which moves only the calling thread. That
+/// is the same move for a one-thread process, but the kernel then skips the
+/// global `cgroup_threadgroup_rwsem`, whose write side waits for an RCU grace
+/// period: measured on Linux 6.18, 1.2 ms for `sh -c 'echo 0 > tasks'`
+/// against 6.7 ms (up to 18.6) through `cgroup.procs` (docs/performance.md).
+/// A kernel without that fast path takes the lock either way. On cgroup v2
+/// a child normally starts inside (`clone3(CLONE_INTO_CGROUP)`); the
+/// fallback writes `cgroup.procs`, since v2 refuses a lone thread in a
+/// domain cgroup.
+#[derive(Debug)]
+pub(crate) struct Entrance {
+    procs: File,
+    tasks: Option<File>,
+}
+
+impl Entrance {
+    /// `cgroup.procs`, for the pid of a started child.
+    pub(crate) fn by_pid(&self) -> &File {
+        &self.procs
+    }
+
+    /// What a freshly forked child writes `0` to before exec.
+    pub(crate) fn by_self(&self) -> &File {
+        self.tasks.as_ref().unwrap_or(&self.procs)
+    }
 }
 
 /// A leaf cgroup owned by one run.
@@ -288,28 +330,6 @@ fn find_v1_own() -> Option<PathBuf> {
     dir.join("memory.limit_in_bytes").exists().then_some(dir)
 }
 
-/// Start, in the background, the grace period that the first move of a
-/// process into a cgroup v1 waits for. On cgroup v1 every move into a
-/// cgroup takes the kernel's `cgroup_threadgroup_rwsem` for writing, which
-/// waits for an RCU grace period (5-10 ms measured) unless another move
-/// happened within the last one. Moving a thread of ours into the cgroup it
-/// is already in is such a move, changes nothing, and runs here while the
-/// caller opens the store and takes the lock: the child's real move a few
-/// milliseconds later waits only for what is left of that grace period.
-/// Errors are ignored (no v1 hierarchy, or no right to write there).
-pub(crate) fn prewarm_v1_moves() {
-    let Some(own) = v1_own() else {
-        return;
-    };
-    let tasks = own.join("tasks");
-    let _ = std::thread::Builder::new()
-        .name("cgroup-prewarm".into())
-        .spawn(move || {
-            let tid = nix::unistd::gettid().as_raw();
-            let _ = fs::write(&tasks, tid.to_string());
-        });
-}
-
 fn write_file(path: &Path, value: &str) -> Result<(), CgError> {
     let mut f = OpenOptions::new()
         .write(true)
@@ -416,15 +436,15 @@ impl OomCounter {
 }
 
 impl Cgroup {
-    /// Create the leaf cgroup `name` and return it with its `cgroup.procs` opened for writing
-    /// (the child writes "0" to it before exec). `oom_group` (v2 only): on OOM the
+    /// Create the leaf cgroup `name` and return it with its [`Entrance`] opened
+    /// for writing. `oom_group` (v2 only): on OOM the
     /// kernel kills every process of the cgroup instead of the largest one.
     pub(crate) fn create(
         kind: Kind,
         name: &str,
         memory_max: Option<u64>,
         oom_group: bool,
-    ) -> Result<(Cgroup, File), CgError> {
+    ) -> Result<(Cgroup, Entrance), CgError> {
         let cg = match kind {
             Kind::V2 => {
                 let root = v2_root().ok_or_else(|| {
@@ -452,7 +472,7 @@ impl Cgroup {
         };
         // From here on, remove the directory again if anything fails.
         match cg.configure(memory_max, oom_group) {
-            Ok(procs) => Ok((cg, procs)),
+            Ok(entrance) => Ok((cg, entrance)),
             Err(e) => {
                 let _ = fs::remove_dir(&cg.path);
                 Err(e)
@@ -460,7 +480,7 @@ impl Cgroup {
         }
     }
 
-    fn configure(&self, memory_max: Option<u64>, oom_group: bool) -> Result<File, CgError> {
+    fn configure(&self, memory_max: Option<u64>, oom_group: bool) -> Result<Entrance, CgError> {
         let p = &self.path;
         if let Some(max) = memory_max {
             match self.kind {
@@ -486,11 +506,20 @@ impl Cgroup {
                 }
             }
         }
-        let procs = p.join("cgroup.procs");
-        OpenOptions::new()
-            .write(true)
-            .open(&procs)
-            .map_err(|e| err(&procs, e))
+        let open = |name: &str| {
+            let file = p.join(name);
+            OpenOptions::new()
+                .write(true)
+                .open(&file)
+                .map_err(|e| err(&file, e))
+        };
+        Ok(Entrance {
+            procs: open("cgroup.procs")?,
+            tasks: match self.kind {
+                Kind::V1 => Some(open(Kind::V1.self_join_file())?),
+                Kind::V2 => None,
+            },
+        })
     }
 
     /// A cgroup path read back from elsewhere (the state store: a dead

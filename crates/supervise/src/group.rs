@@ -3,8 +3,9 @@
 //! Creating a cgroup per item is too slow for thousands of short items (on cgroup
 //! v1 every creation can wait for an RCU grace period), so a run creates one
 //! [`Group`] and every item child joins it with [`CgroupPlacement::Join`]
-//! (the same pre-exec write of `0` to `cgroup.procs` as
-//! [`CgroupPlacement::Create`], through a descriptor the group opened once).
+//! (through descriptors the group opened once: see `spawn::start` for when the
+//! parent moves a child and when the child joins by itself before exec, as a
+//! [`CgroupPlacement::Create`] child does).
 //! The group's memory limit bounds all item processes together, and the kernel's
 //! `oom_kill` counter of the group tells whether the OOM killer struck anywhere.
 //!
@@ -17,7 +18,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::File;
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::cgroup::{self, Cgroup, Kind, OomCounter};
+use crate::cgroup::{self, Cgroup, Entrance, Kind, OomCounter};
 use crate::{Enforcement, KILL_GIVE_UP, SpawnError, TEARDOWN_TICK, procfs, sys, tree};
 
 /// Member children of a group without a cgroup, and what was seen of their trees.
@@ -40,8 +40,8 @@ struct Members {
 
 pub(crate) struct GroupInner {
     name: String,
-    /// The cgroup and its `cgroup.procs` opened for writing (children write "0" to it).
-    cgroup: Option<(Cgroup, File)>,
+    /// The cgroup and the files through which children enter it.
+    cgroup: Option<(Cgroup, Entrance)>,
     /// The cgroup's OOM kill counter file, kept open: every joined child reads it
     /// at spawn (and again if it dies of SIGKILL).
     oom_counter: Option<OomCounter>,
@@ -67,8 +67,8 @@ impl GroupInner {
         self.cgroup.as_ref().map(|(c, _)| c.path.as_path())
     }
 
-    /// The cgroup and its open `cgroup.procs`, for the child's pre-exec join.
-    pub(crate) fn join_target(&self) -> Option<(&Cgroup, &File)> {
+    /// The cgroup and its open entrance, for joining children.
+    pub(crate) fn join_target(&self) -> Option<(&Cgroup, &Entrance)> {
         self.cgroup.as_ref().map(|(c, f)| (c, f))
     }
 

@@ -14,7 +14,9 @@
 //!   child (module `spawn`). On cgroup v2 that is `clone3(CLONE_INTO_CGROUP)`: the
 //!   child is born inside its cgroup. Otherwise (v1, poll, or a kernel without it)
 //!   `std::process::Command` forks and the child writes `0` to the cgroup's
-//!   `cgroup.procs` (opened before the fork, so even its first fork is inside).
+//!   `cgroup.procs`, on v1 its `tasks` (opened before the fork, so even its first
+//!   fork is inside; `tasks` moves the one thread the child has without the
+//!   kernel's global lock and its RCU grace period, see `cgroup::Entrance`).
 //!   Between fork and exec the child puts itself in a new process group, drops
 //!   privileges (setgroups, setgid, setuid), changes directory and installs the
 //!   optional "done" descriptor. Each of those steps reports a failure through a
@@ -48,8 +50,10 @@
 //!   Without a cgroup the tree's RSS is sampled every 100 ms and the tree is
 //!   KILLed above the limit.
 //! * Per-item mode: a [`Group`] is one run-level cgroup created once; children
-//!   spawned with [`CgroupPlacement::Join`] write `0` to its `cgroup.procs` before
-//!   exec (no cgroup created or removed per child, no limit of their own). The
+//!   spawned with [`CgroupPlacement::Join`] enter it (no cgroup created or removed
+//!   per child, no limit of their own): a plain child is started vfork-style and
+//!   its pid written to `cgroup.procs` right away, one that switches user or
+//!   installs a done descriptor joins by itself before exec as above. The
 //!   group's limit bounds all of them together. A joined child's own tree (timeout,
 //!   stop, leftovers) is its process group plus tracked descendants, as without a
 //!   cgroup, because the cgroup is shared with its siblings; its outcome is
@@ -260,17 +264,6 @@ pub fn planned_cgroup(name: &str, mode: Enforcement) -> Option<PathBuf> {
         Enforcement::Cgroup2 => cgroup::v2_base_planned().map(|b| b.join(name)),
         Enforcement::Cgroup1 => cgroup::v1_own().map(|o| o.join("batchguard").join(name)),
         Enforcement::Poll | Enforcement::None => None,
-    }
-}
-
-/// Call as early as it is known that a run will start a child in `mode`:
-/// on cgroup v1 it starts, in the background, the kernel's wait that the
-/// child's move into its cgroup would otherwise pay in full (see
-/// docs/performance.md). Nothing to do elsewhere: on cgroup v2 the child is
-/// born in its cgroup.
-pub fn prewarm(mode: Enforcement) {
-    if mode == Enforcement::Cgroup1 {
-        cgroup::prewarm_v1_moves();
     }
 }
 
@@ -536,7 +529,7 @@ fn own_cgroup(
     placement: &CgroupPlacement,
     memory_max: Option<u64>,
     mode: Enforcement,
-) -> Option<(Cgroup, File)> {
+) -> Option<(Cgroup, cgroup::Entrance)> {
     let (Some(kind), CgroupPlacement::Create { name }) = (Kind::of(mode), placement) else {
         return None;
     };

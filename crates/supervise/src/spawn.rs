@@ -15,7 +15,7 @@ use std::process::{ChildStdin, Command, Stdio};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::cgroup::{Cgroup, Kind};
+use crate::cgroup::{Cgroup, Entrance, Kind};
 use crate::{SpawnError, Spec, StdinMode, procfs, sys, tree};
 
 /// The working directory as a C string, after checking it is a directory.
@@ -206,7 +206,7 @@ pub(crate) fn start(
     program: &Path,
     program_name: &str,
     cwd: Option<CString>,
-    cg: Option<(&Cgroup, &File)>,
+    cg: Option<(&Cgroup, &Entrance)>,
     joined: bool,
 ) -> Result<Started, SpawnError> {
     if let Some((c, _)) = cg.filter(|(c, _)| c.kind == Kind::V2) {
@@ -241,7 +241,7 @@ fn spawn_process(
     program: &Path,
     program_name: &str,
     cwd: Option<CString>,
-    cg: Option<(&Cgroup, &File)>,
+    cg: Option<(&Cgroup, &Entrance)>,
 ) -> Result<Started, SpawnError> {
     let (report_r, report_w) = sys::pipe_cloexec()?;
     let done_pipe = match spec.done_fd {
@@ -250,7 +250,7 @@ fn spawn_process(
     };
     let pre = PreExec {
         report_fd: report_w.as_raw_fd(),
-        cgroup_procs: cg.map(|(_, f)| f.as_raw_fd()),
+        cgroup_procs: cg.map(|(_, e)| e.by_self().as_raw_fd()),
         user: spec.user.as_ref().map(|u| (u.uid, u.gid, u.groups.clone())),
         cwd,
         done: match (&done_pipe, spec.done_fd) {
@@ -320,7 +320,7 @@ fn spawn_without_hook(
     spec: &Spec,
     program: &Path,
     program_name: &str,
-    cg: Option<(&Cgroup, &File)>,
+    cg: Option<(&Cgroup, &Entrance)>,
 ) -> Result<Started, SpawnError> {
     let mut cmd = base_command(spec, program);
     if let Some(dir) = &spec.cwd {
@@ -336,7 +336,8 @@ fn spawn_without_hook(
     };
     match spawned {
         Ok(child) => {
-            if let Some((c, mut procs)) = cg {
+            if let Some((c, entrance)) = cg {
+                let mut procs = entrance.by_pid();
                 let pid = child.id().to_string();
                 match io::Write::write_all(&mut procs, pid.as_bytes()) {
                     Ok(()) => sweep_into_cgroup(procs, child.id() as i32),
@@ -400,7 +401,9 @@ fn classify(
 ) -> SpawnError {
     match stage {
         Some(s) if s == Stage::Cgroup as u8 => SpawnError::Cgroup {
-            path: cg.map(|c| c.path.join("cgroup.procs")).unwrap_or_default(),
+            path: cg
+                .map(|c| c.path.join(c.kind.self_join_file()))
+                .unwrap_or_default(),
             source: e,
         },
         Some(s) if s == Stage::User as u8 => SpawnError::User {

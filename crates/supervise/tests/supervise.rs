@@ -702,3 +702,43 @@ fn parallel_spawns_keep_their_exit_status_while_the_reaper_runs() {
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
     });
 }
+
+/// A run's child joins its cgroup by itself before exec (on v1 through
+/// `tasks`, which moves only the calling thread): the threads it starts
+/// after exec and the processes it forks are all inside the leaf too.
+#[test]
+fn a_child_its_threads_and_its_children_are_inside_its_cgroup() {
+    let Some(mode) = host_cgroup_or_skip() else {
+        return;
+    };
+    let script = "import subprocess, threading, glob\n\
+                  ev = threading.Event()\n\
+                  ts = [threading.Thread(target=ev.wait) for _ in range(3)]\n\
+                  [t.start() for t in ts]\n\
+                  kid = subprocess.Popen(['sleep', '30'])\n\
+                  paths = glob.glob('/proc/self/task/*/cgroup') + [f'/proc/{kid.pid}/cgroup']\n\
+                  for p in paths:\n\
+                  \x20   line = [l for l in open(p) if ':memory:' in l or l.startswith('0::')][0]\n\
+                  \x20   print(p.split('/')[3], line.strip().rsplit('/', 1)[-1])\n\
+                  ev.set(); kid.kill(); kid.wait()\n";
+    sv::become_subreaper();
+    let child = sv::spawn_with(
+        with_cgroup(spec(&["python3", "-c", script]), "threads"),
+        deadline(20_000, 1_000),
+        mode,
+    )
+    .expect("spawn");
+    let leaf = child.cgroup_path().expect("cgroup").to_path_buf();
+    let name = leaf.file_name().unwrap().to_string_lossy().into_owned();
+    let mut lines = Vec::new();
+    let out = child.wait(|s, l| lines.push((s, l.to_vec())));
+    assert_eq!(out.end, End::Exited(0), "{out:?} {lines:?}");
+    let seen = text(&lines, Stream::Stdout);
+    assert_eq!(seen.len(), 5, "4 threads and one child: {seen:?}");
+    for line in &seen {
+        assert!(
+            line.ends_with(&format!(" {name}")),
+            "{line} is outside {name}: {seen:?}"
+        );
+    }
+}
