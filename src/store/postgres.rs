@@ -398,7 +398,7 @@ impl PostgresStore {
     }
 
     fn migrate(&self) -> Result<()> {
-        let known = migrations().len() as i64;
+        let known = super::schema::migration_count(super::schema::Backend::Postgres) as i64;
         let schema = self.pool.schema.clone();
         self.with("migrate", |c, _| {
             // Fast path: already up to date, no lock taken.

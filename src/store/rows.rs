@@ -469,21 +469,27 @@ impl RunQuery<'_> {
         (format!("SELECT {RUN_COLUMNS} FROM runs {clause}"), args)
     }
 
+    /// A `LIMIT` is written into the SQL as a number, not bound: SQLite's
+    /// planner reads a bound LIMIT and then prepares the statement again
+    /// once it is bound (one more parse of the query at every first use).
     fn clause(&self, d: &Dialect) -> (String, Vec<Value>) {
         let text = |s: &str| Value::Text(Some(s.to_string()));
-        let count = |n: usize| Value::I64(Some(limit(n)));
         match *self {
             RunQuery::ById(id) => ("WHERE id = $1".into(), vec![text(id)]),
             RunQuery::Newest {
                 job: Some(job),
                 limit,
             } => (
-                "WHERE job = $1 ORDER BY seq DESC LIMIT $2".into(),
-                vec![text(job), count(limit)],
+                format!(
+                    "WHERE job = $1 ORDER BY seq DESC LIMIT {}",
+                    self::limit(limit)
+                ),
+                vec![text(job)],
             ),
-            RunQuery::Newest { job: None, limit } => {
-                ("ORDER BY seq DESC LIMIT $1".into(), vec![count(limit)])
-            }
+            RunQuery::Newest { job: None, limit } => (
+                format!("ORDER BY seq DESC LIMIT {}", self::limit(limit)),
+                Vec::new(),
+            ),
             RunQuery::LastPerJob => (
                 "WHERE seq IN (SELECT COALESCE(MAX(CASE WHEN outcome <> 'skipped' THEN seq END), \
                  MAX(seq)) FROM runs GROUP BY job) ORDER BY job"
@@ -502,8 +508,11 @@ impl RunQuery<'_> {
                 before_seq,
                 limit,
             } => (
-                "WHERE job = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3".into(),
-                vec![text(job), Value::I64(Some(before_seq)), count(limit)],
+                format!(
+                    "WHERE job = $1 AND seq < $2 ORDER BY seq DESC LIMIT {}",
+                    self::limit(limit)
+                ),
+                vec![text(job), Value::I64(Some(before_seq))],
             ),
             RunQuery::LogsBefore {
                 job,
@@ -512,10 +521,11 @@ impl RunQuery<'_> {
             } => (
                 format!(
                     "WHERE job = $1 AND started_ms < $2 AND {} AND log_path IS NOT NULL \
-                     AND outcome <> 'running' ORDER BY seq LIMIT $3",
-                    d.logs_kept
+                     AND outcome <> 'running' ORDER BY seq LIMIT {}",
+                    d.logs_kept,
+                    self::limit(limit)
                 ),
-                vec![text(job), Value::I64(Some(before_ms)), count(limit)],
+                vec![text(job), Value::I64(Some(before_ms))],
             ),
         }
     }
@@ -565,7 +575,8 @@ mod tests {
             sql.contains("job = ?1 AND started_ms < ?2 AND log_pruned = 0"),
             "{sql}"
         );
-        assert_eq!(args.len(), 3);
+        assert_eq!(args.len(), 2, "the limit is written, not bound");
+        assert!(sql.ends_with("LIMIT 2"), "{sql}");
         assert!(!sql.contains('$'));
     }
 }
