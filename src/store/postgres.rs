@@ -241,6 +241,7 @@ impl Drop for Conn<'_> {
 const DIALECT: rows::Dialect = rows::Dialect {
     mark: '$',
     logs_kept: "NOT log_pruned",
+    logs_kept_index: "",
 };
 
 pub struct PostgresStore {

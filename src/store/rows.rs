@@ -428,6 +428,11 @@ pub(crate) struct Dialect {
     pub mark: char,
     /// The condition "the run's log was not pruned yet".
     pub logs_kept: &'static str,
+    /// Written after `FROM runs` in log retention's query: SQLite's planner,
+    /// without statistics, picks `runs_job_started` over the partial index
+    /// `runs_logs_kept` (same columns) and then reads every pruned run of the
+    /// job at every run (22 ms per run with 100,000 of them).
+    pub logs_kept_index: &'static str,
 }
 
 /// A selection of runs, as [`RunStore`](super::RunStore)'s reads ask them
@@ -520,8 +525,9 @@ impl RunQuery<'_> {
                 limit,
             } => (
                 format!(
-                    "WHERE job = $1 AND started_ms < $2 AND {} AND log_path IS NOT NULL \
+                    "{}WHERE job = $1 AND started_ms < $2 AND {} AND log_path IS NOT NULL \
                      AND outcome <> 'running' ORDER BY seq LIMIT {}",
+                    d.logs_kept_index,
                     d.logs_kept,
                     self::limit(limit)
                 ),
@@ -564,6 +570,7 @@ mod tests {
         let d = Dialect {
             mark: '?',
             logs_kept: "log_pruned = 0",
+            logs_kept_index: "INDEXED BY runs_logs_kept ",
         };
         let q = RunQuery::LogsBefore {
             job: "j",

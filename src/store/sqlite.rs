@@ -32,6 +32,7 @@ fn migrations() -> &'static [String] {
 const DIALECT: rows::Dialect = rows::Dialect {
     mark: '?',
     logs_kept: "log_pruned = 0",
+    logs_kept_index: "INDEXED BY runs_logs_kept ",
 };
 
 pub struct SqliteStore {
@@ -863,6 +864,23 @@ mod tests {
             let again = st.get_status(rusqlite::StatementStatus::RePrepare);
             assert_eq!(again, 0, "prepared {again} more time(s): {sql}");
         }
+        // Log retention reads only the runs whose logs are kept, however
+        // many were pruned before.
+        let (sql, _) = RunQuery::LogsBefore {
+            job: "j",
+            before_ms: 9,
+            limit: 200,
+        }
+        .sql(&super::DIALECT);
+        let plan: String = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map(["j", "9"], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .unwrap()
+            .join("; ");
+        assert!(plan.contains("USING INDEX runs_logs_kept"), "{plan}");
     }
 
     #[test]
