@@ -705,40 +705,87 @@ fn parallel_spawns_keep_their_exit_status_while_the_reaper_runs() {
 
 /// A run's child joins its cgroup by itself before exec (on v1 through
 /// `tasks`, which moves only the calling thread): the threads it starts
-/// after exec and the processes it forks are all inside the leaf too.
+/// after exec and the processes it forks are all inside the leaf too. The
+/// child is this test binary itself running `cgroup_probe` (no interpreter
+/// needed, so it runs in the VM of tests/vm too).
 #[test]
 fn a_child_its_threads_and_its_children_are_inside_its_cgroup() {
     let Some(mode) = host_cgroup_or_skip() else {
         return;
     };
-    let script = "import subprocess, threading, glob\n\
-                  ev = threading.Event()\n\
-                  ts = [threading.Thread(target=ev.wait) for _ in range(3)]\n\
-                  [t.start() for t in ts]\n\
-                  kid = subprocess.Popen(['sleep', '30'])\n\
-                  paths = glob.glob('/proc/self/task/*/cgroup') + [f'/proc/{kid.pid}/cgroup']\n\
-                  for p in paths:\n\
-                  \x20   line = [l for l in open(p) if ':memory:' in l or l.startswith('0::')][0]\n\
-                  \x20   print(p.split('/')[3], line.strip().rsplit('/', 1)[-1])\n\
-                  ev.set(); kid.kill(); kid.wait()\n";
+    let me = std::env::current_exe().expect("test binary");
+    let mut s = spec(&[
+        me.to_str().expect("utf-8 path"),
+        "--exact",
+        "cgroup_probe",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    s.env.push(("BG_CGROUP_PROBE".into(), "1".into()));
     sv::become_subreaper();
-    let child = sv::spawn_with(
-        with_cgroup(spec(&["python3", "-c", script]), "threads"),
-        deadline(20_000, 1_000),
-        mode,
-    )
-    .expect("spawn");
+    let child =
+        sv::spawn_with(with_cgroup(s, "threads"), deadline(60_000, 1_000), mode).expect("spawn");
     let leaf = child.cgroup_path().expect("cgroup").to_path_buf();
     let name = leaf.file_name().unwrap().to_string_lossy().into_owned();
     let mut lines = Vec::new();
     let out = child.wait(|s, l| lines.push((s, l.to_vec())));
     assert_eq!(out.end, End::Exited(0), "{out:?} {lines:?}");
-    let seen = text(&lines, Stream::Stdout);
-    assert_eq!(seen.len(), 5, "4 threads and one child: {seen:?}");
+    let seen: Vec<String> = text(&lines, Stream::Stdout)
+        .into_iter()
+        .filter(|l| l.starts_with("CG "))
+        .collect();
+    assert!(
+        seen.len() >= 5,
+        "3 threads, the main one and a child: {seen:?}"
+    );
     for line in &seen {
         assert!(
-            line.ends_with(&format!(" {name}")),
+            line.ends_with(&format!("/{name}")),
             "{line} is outside {name}: {seen:?}"
         );
     }
+}
+
+/// Not a test by itself: the child of the test above (does nothing unless
+/// `BG_CGROUP_PROBE` is set). Starts three threads and a child process,
+/// then prints the cgroup of each thread and of the child, one `CG` line
+/// each.
+#[test]
+fn cgroup_probe() {
+    if std::env::var_os("BG_CGROUP_PROBE").is_none() {
+        return;
+    }
+    let cgroup_of = |path: &str| -> String {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        text.lines()
+            .find(|l| l.contains(":memory:") || l.starts_with("0::"))
+            .unwrap_or("none")
+            .to_string()
+    };
+    let stop = std::sync::Arc::new(std::sync::Barrier::new(4));
+    let threads: Vec<_> = (0..3)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                stop.wait();
+            })
+        })
+        .collect();
+    let mut kid = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("sleep");
+    let mut paths: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .expect("tasks")
+        .filter_map(|e| e.ok())
+        .map(|e| format!("/proc/self/task/{}/cgroup", e.file_name().to_string_lossy()))
+        .collect();
+    paths.push(format!("/proc/{}/cgroup", kid.id()));
+    for p in &paths {
+        println!("CG {p} {}", cgroup_of(p));
+    }
+    stop.wait();
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    let _ = kid.kill();
+    let _ = kid.wait();
 }
