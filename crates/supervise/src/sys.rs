@@ -314,6 +314,40 @@ pub(crate) unsafe fn clone3_into_cgroup(cgroup_dir: RawFd) -> io::Result<i32> {
     Ok(rc as i32)
 }
 
+/// `clone(CLONE_VM | CLONE_VFORK)`, the way `posix_spawn` starts a child:
+/// the child runs `entry(arg)` on `stack`, sharing this process's memory
+/// (no copy of the page tables, no copy-on-write faults afterwards) with
+/// its own descriptor table and signal dispositions, and the calling thread
+/// is suspended until the child has exec'd or exited. Returns its pid.
+///
+/// # Safety
+/// `entry` runs in the child with the caller's memory: it may only make
+/// async-signal-safe calls, must not allocate, unwind or return, and must
+/// end in `execve` or `_exit`; `arg` must stay valid for it, and `stack`
+/// must not be used by anything else until this returns.
+pub(crate) unsafe fn vfork_clone(
+    entry: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    stack: &mut [std::mem::MaybeUninit<u8>],
+    arg: *mut libc::c_void,
+) -> io::Result<i32> {
+    // The stack grows down from its 16-byte aligned top.
+    let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
+    // SAFETY: `top` is inside the live buffer `stack`; the caller upholds the
+    // contract for `entry` and `arg`.
+    let rc = unsafe {
+        libc::clone(
+            entry,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            arg,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc)
+}
+
 /// Whether a clone3 error means "not offered here" (old kernel: ENOSYS, no
 /// CLONE_INTO_CGROUP: EINVAL / E2BIG, a seccomp filter: EPERM / ENOSYS)
 /// rather than a real failure to start a process.

@@ -463,6 +463,19 @@ fn runs_as_user_nobody() {
     let (out, lines) = run(s);
     assert_eq!(out.end, End::Exited(0));
     assert_eq!(text(&lines, Stream::Stdout), [nobody.uid.to_string()]);
+    // The child shares the runner's memory until exec (vfork-style), never
+    // its credentials: the switch was the child's alone.
+    let me = std::fs::read_to_string("/proc/self/status").unwrap();
+    let uid_line = me
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap()
+        .to_string();
+    let real_uid = nix::unistd::getuid().as_raw().to_string();
+    assert!(
+        uid_line.split_whitespace().skip(1).all(|u| u == real_uid),
+        "the runner's credentials changed: {uid_line}"
+    );
     let mut s = spec(&["id", "-G"]);
     s.user = Some(nobody.clone());
     let (_, lines) = run(s);
