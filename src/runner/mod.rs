@@ -250,10 +250,19 @@ impl Run<'_> {
                     let _ = sig_tx.send(sig);
                 }
             });
-            s.spawn(|| heartbeat_loop(self, hb_stop_rx));
-            if let Some(service) = &publish {
-                s.spawn(|| service.serve(&grant));
-            }
+            // One thread renews the lease and, between two renewals,
+            // answers the job's publish requests.
+            match &publish {
+                Some(service) => s.spawn(|| heartbeat_loop(self, |d| service.serve_for(&grant, d))),
+                None => s.spawn(move || {
+                    heartbeat_loop(self, |d| {
+                        matches!(
+                            hb_stop_rx.recv_timeout(d),
+                            Err(mpsc::RecvTimeoutError::Timeout)
+                        )
+                    })
+                }),
+            };
             // Only jobs with a ping channel pay for the thread.
             if notice::has_ping_channel(self.ctx, self.job) {
                 s.spawn(|| notice::ping_start(self.ctx, self.job, &first.id));
@@ -553,8 +562,10 @@ fn plain(a: &Attempt<'_>) -> Result<AttemptResult> {
 }
 
 /// Renew the lease until told to stop; a lease that moved on stops the
-/// run (`fenced`); an overrun is notified once per attempt.
-fn heartbeat_loop(run: &Run<'_>, stop: mpsc::Receiver<()>) {
+/// run (`fenced`); an overrun is notified once per attempt. `wait(d)`
+/// passes `d` between two renewals (serving the publish socket, or just
+/// waiting) and says `false` once the run is over.
+fn heartbeat_loop(run: &Run<'_>, mut wait: impl FnMut(Duration) -> bool) {
     let Run {
         ctx,
         job,
@@ -572,9 +583,8 @@ fn heartbeat_loop(run: &Run<'_>, stop: mpsc::Receiver<()>) {
     }
     let mut overrun_sent: Option<String> = None;
     loop {
-        match stop.recv_timeout(interval) {
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            _ => return,
+        if !wait(interval) {
+            return;
         }
         let run_id = control.current_run();
         let now = clock::now_ms();
