@@ -13,10 +13,12 @@
 //!   `<own memory cgroup>/batchguard/<name>`) with the memory limit, and starts the
 //!   child (module `spawn`). On cgroup v2 that is `clone3(CLONE_INTO_CGROUP)`: the
 //!   child is born inside its cgroup. Otherwise (v1, poll, or a kernel without it)
-//!   `std::process::Command` forks and the child writes `0` to the cgroup's
-//!   `cgroup.procs`, on v1 its `tasks` (opened before the fork, so even its first
-//!   fork is inside; `tasks` moves the one thread the child has without the
-//!   kernel's global lock and its RCU grace period, see `cgroup::Entrance`).
+//!   the child is started vfork-style (`clone(CLONE_VM | CLONE_VFORK)`, no copy
+//!   of the runner's memory) and writes `0` to the cgroup's `cgroup.procs`, on
+//!   v1 its `tasks` (opened before the clone, so even its first fork is inside;
+//!   `tasks` moves the one thread the child has without the kernel's global
+//!   lock and its RCU grace period, see `cgroup::Entrance`). Where that clone is
+//!   refused (a seccomp filter), `std::process::Command` spawns instead.
 //!   Between fork and exec the child puts itself in a new process group, drops
 //!   privileges (setgroups, setgid, setuid), changes directory and installs the
 //!   optional "done" descriptor. Each of those steps reports a failure through a
@@ -51,9 +53,9 @@
 //!   KILLed above the limit.
 //! * Per-item mode: a [`Group`] is one run-level cgroup created once; children
 //!   spawned with [`CgroupPlacement::Join`] enter it (no cgroup created or removed
-//!   per child, no limit of their own): a plain child is started vfork-style and
-//!   its pid written to `cgroup.procs` right away, one that switches user or
-//!   installs a done descriptor joins by itself before exec as above. The
+//!   per child, no limit of their own): each joins by itself before exec as
+//!   above (with the C library's spawn, the fallback, a plain child's pid is
+//!   written to `cgroup.procs` by the parent right after the spawn). The
 //!   group's limit bounds all of them together. A joined child's own tree (timeout,
 //!   stop, leftovers) is its process group plus tracked descendants, as without a
 //!   cgroup, because the cgroup is shared with its siblings; its outcome is

@@ -1,7 +1,8 @@
 //! Starting the child process: `argv[0]` looked up in the child's PATH, the
-//! setup between fork and exec (process group, cgroup, user, workdir, done
-//! fd) with each step's failure reported to the parent, and on cgroup v2
-//! `clone3(CLONE_INTO_CGROUP)` so that the child is born inside its cgroup.
+//! setup between clone and exec (process group, cgroup, user, workdir, done
+//! fd) with each step's failure reported to the parent; on cgroup v2
+//! `clone3(CLONE_INTO_CGROUP)` so that the child is born inside its cgroup,
+//! elsewhere a vfork-style clone (the C library's spawn as the fallback).
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
