@@ -303,7 +303,6 @@ fn fenced_rename(grant: &Grant<'_>, req: &Request) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
 
     /// Between two heartbeats the socket is served for the period asked,
     /// and a stop ends the wait at once (the run's end does not wait for
@@ -311,17 +310,18 @@ mod tests {
     #[test]
     fn serving_lasts_the_period_and_ends_at_a_stop() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.db");
-        let url = format!("sqlite:{}", path.display());
-        let store = crate::store::sqlite::SqliteStore::open(&url, &path).unwrap();
         let service = Service::bind_in(dir.path(), "run", None).unwrap();
+        let db = dir.path().join("s.db");
+        let store =
+            crate::store::sqlite::SqliteStore::open(&format!("sqlite:{}", db.display()), &db)
+                .unwrap();
         let grant = Grant {
             store: &store,
             lock: "l",
             fence: 1,
             run_as: None,
         };
-        let t = Instant::now();
+        let t = std::time::Instant::now();
         assert!(service.serve_for(&grant, Duration::from_millis(50)));
         assert!(t.elapsed() >= Duration::from_millis(50));
         std::thread::scope(|s| {
@@ -329,7 +329,7 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(50));
                 service.stop();
             });
-            let t = Instant::now();
+            let t = std::time::Instant::now();
             assert!(!service.serve_for(&grant, Duration::from_secs(60)));
             assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
         });

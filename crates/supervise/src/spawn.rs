@@ -200,6 +200,21 @@ static NO_CLONE3: AtomicBool = AtomicBool::new(false);
 /// Whether the vfork-style clone failed as unsupported once (then never tried again).
 static NO_VFORK: AtomicBool = AtomicBool::new(false);
 
+#[cfg(test)]
+thread_local! {
+    /// Tests of the fallback: this thread spawns with the C library.
+    static LIBC_SPAWN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this spawn goes straight to the C library's spawn.
+fn libc_spawn_only() -> bool {
+    #[cfg(test)]
+    if LIBC_SPAWN.with(|f| f.get()) {
+        return true;
+    }
+    NO_VFORK.load(Ordering::Relaxed)
+}
+
 /// Start the child: into a cgroup v2 `cg` with clone3(CLONE_INTO_CGROUP)
 /// where the kernel has it (Linux 5.7+; born inside, no migration), else
 /// vfork-style with the child joining `cg` by itself before exec (on v1
@@ -226,7 +241,7 @@ pub(crate) fn start(
     // workdir, done fd, the cgroup join) with its failure reported. A fork
     // of the runner costs a per-item child 0.22x of its rate (measured:
     // 1,191 against 1,530 items/s on cgroup v1).
-    if !NO_VFORK.load(Ordering::Relaxed) {
+    if !libc_spawn_only() {
         match spawn_raw(spec, program, program_name, cwd.clone(), Way::Vfork(cg))? {
             Some(started) => return Ok(started),
             None => NO_VFORK.store(true, Ordering::Relaxed),
@@ -804,6 +819,41 @@ mod tests {
             matches!(err, Some(SpawnError::NotExecutable { .. })),
             "{err:?}"
         );
+    }
+
+    /// The fallback for a refused clone, the C library's spawn, still
+    /// starts every kind of child: plain, as another user, with a done fd.
+    #[test]
+    fn the_c_library_spawn_still_starts_every_kind_of_child() {
+        LIBC_SPAWN.with(|f| f.set(true));
+        let run = |argv: &[&str], user: bool, done: bool| {
+            let spec = Spec {
+                argv: argv.iter().map(OsString::from).collect(),
+                env: std::env::vars_os().collect(),
+                user: user.then(|| crate::RunAs::lookup("nobody").expect("nobody")),
+                done_fd: done.then_some(3),
+                ..Spec::default()
+            };
+            let mut child =
+                crate::spawn_with(spec, Limits::default(), Enforcement::Poll).expect("spawn");
+            let done = child.take_done_reader();
+            let mut out = Vec::new();
+            child.wait(|_, l| out.push(String::from_utf8_lossy(l).into_owned()));
+            let said = done.map(|mut r| {
+                let mut s = String::new();
+                io::Read::read_to_string(&mut r, &mut s).unwrap();
+                s
+            });
+            (out, said)
+        };
+        assert_eq!(run(&["echo", "plain"], false, false).0, ["plain"]);
+        if nix::unistd::geteuid().is_root() {
+            let nobody = crate::RunAs::lookup("nobody").unwrap();
+            assert_eq!(run(&["id", "-u"], true, false).0, [nobody.uid.to_string()]);
+        }
+        let (_, said) = run(&["sh", "-c", "echo k >&3"], false, true);
+        assert_eq!(said.as_deref(), Some("k\n"));
+        LIBC_SPAWN.with(|f| f.set(false));
     }
 
     /// On a cgroup v2 host (the test VM) the child is started with
