@@ -601,8 +601,9 @@ impl RawFds {
 enum Way<'a> {
     /// `clone3(CLONE_INTO_CGROUP)` into this cgroup v2: the child is in the
     /// cgroup from its first instruction (its memory is charged there, its
-    /// own forks are born there, nothing is migrated). The page tables are
-    /// copied, as by fork.
+    /// own forks are born there, nothing is migrated). vfork-style on
+    /// x86_64 (`sys::clone3_vfork_into_cgroup`), elsewhere fork-style (the
+    /// page tables are copied).
     IntoCgroup(&'a Cgroup),
     /// `clone(CLONE_VM | CLONE_VFORK)`, as posix_spawn does (no copy of the
     /// runner's memory), with the child joining this cgroup by itself before
@@ -676,32 +677,37 @@ fn spawn_raw(
         pre: &pre,
         empty_mask: sys::empty_sigset(),
     };
-    let mut stack: Vec<u8> = match way {
-        Way::Vfork(_) => Vec::with_capacity(VFORK_STACK),
-        Way::IntoCgroup(_) => Vec::new(),
-    };
+    let mut stack: Vec<u8> = Vec::with_capacity(VFORK_STACK);
+    let arg = &child as *const RawChild<'_> as *mut libc::c_void;
     let pid = {
         // Until the child is registered (see `tree::SpawnGuard`).
         let guard = tree::SpawnGuard::new();
         let mask = sys::block_all_signals();
         let cloned = match dir.as_ref() {
-            // SAFETY: in the child (return value 0) only `RawChild::exec` runs,
-            // which is async-signal-safe, allocates nothing and never returns.
-            Some(dir) => match unsafe { sys::clone3_into_cgroup(dir.as_raw_fd()) } {
-                Ok(0) => child.exec(),
-                other => other,
+            // vfork-style into the cgroup where the platform has the
+            // trampoline, else fork-style. SAFETY: as for `vfork_clone` below;
+            // in a fork-style child (return value 0) only `RawChild::exec`
+            // runs, which is async-signal-safe, allocates nothing and never
+            // returns.
+            Some(dir) => match unsafe {
+                sys::clone3_vfork_into_cgroup(
+                    dir.as_raw_fd(),
+                    vfork_entry,
+                    stack.spare_capacity_mut(),
+                    arg,
+                )
+            } {
+                Some(cloned) => cloned,
+                None => match unsafe { sys::clone3_into_cgroup(dir.as_raw_fd()) } {
+                    Ok(0) => child.exec(),
+                    other => other,
+                },
             },
             // SAFETY: the child runs `vfork_entry` on `stack`, a buffer no one
             // else uses, with a pointer to `child`, alive in this frame until
             // the clone returns; `RawChild::exec` is async-signal-safe,
             // allocates nothing and never returns.
-            None => unsafe {
-                sys::vfork_clone(
-                    vfork_entry,
-                    stack.spare_capacity_mut(),
-                    &child as *const RawChild<'_> as *mut libc::c_void,
-                )
-            },
+            None => unsafe { sys::vfork_clone(vfork_entry, stack.spare_capacity_mut(), arg) },
         };
         sys::set_sigmask(&mask);
         match cloned {

@@ -348,6 +348,76 @@ pub(crate) unsafe fn vfork_clone(
     Ok(rc)
 }
 
+/// `clone3(CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP)`: [`vfork_clone`]
+/// into the cgroup v2 directory `cgroup_dir`, the child born inside it.
+/// The raw syscall returns in the child on the new stack, in the middle of
+/// this function, so the child's side is a few instructions of assembly
+/// that call `entry(arg)` there. x86_64 only; `None` elsewhere (the caller
+/// then clones fork-style).
+///
+/// # Safety
+/// As for [`vfork_clone`].
+pub(crate) unsafe fn clone3_vfork_into_cgroup(
+    cgroup_dir: RawFd,
+    entry: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    stack: &mut [std::mem::MaybeUninit<u8>],
+    arg: *mut libc::c_void,
+) -> Option<io::Result<i32>> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // The kernel starts the child with its stack pointer at
+        // stack + stack_size: a 16-byte aligned top, so that `call` leaves
+        // the alignment the C ABI expects at `entry`.
+        let base = stack.as_mut_ptr() as usize;
+        let size = ((base + stack.len()) & !15) - base;
+        let mut args = CloneArgs {
+            flags: libc::CLONE_VM as u64 | libc::CLONE_VFORK as u64 | CLONE_INTO_CGROUP,
+            exit_signal: libc::SIGCHLD as u64,
+            stack: base as u64,
+            stack_size: size as u64,
+            ..CloneArgs::default()
+        };
+        args.cgroup = cgroup_dir as u64;
+        let ret: i64;
+        // SAFETY: the syscall reads the live `args`. In the parent only rax,
+        // rcx and r11 change (declared). In the child (rax = 0) the code runs
+        // on the fresh stack: it calls `entry(arg)` (r12 and r13 survive the
+        // syscall), which never returns; should it, the child exits.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                "test rax, rax",
+                "jnz 2f",
+                "xor ebp, ebp",
+                "mov rdi, r12",
+                "call r13",
+                "mov edi, eax",
+                "mov eax, 60",
+                "syscall",
+                "ud2",
+                "2:",
+                inlateout("rax") libc::SYS_clone3 => ret,
+                in("rdi") &mut args as *mut CloneArgs,
+                in("rsi") std::mem::size_of::<CloneArgs>(),
+                in("r12") arg,
+                in("r13") entry,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        if ret < 0 {
+            return Some(Err(io::Error::from_raw_os_error(-ret as i32)));
+        }
+        Some(Ok(ret as i32))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (cgroup_dir, entry, stack, arg);
+        None
+    }
+}
+
 /// Whether a clone3 error means "not offered here" (old kernel: ENOSYS, no
 /// CLONE_INTO_CGROUP: EINVAL / E2BIG, a seccomp filter: EPERM / ENOSYS)
 /// rather than a real failure to start a process.
