@@ -43,36 +43,29 @@ impl Kind {
     }
 }
 
-/// The files through which processes enter a cgroup, opened once when it is
-/// created (before any fork, so a child only has to write to a descriptor).
+/// The file through which a child enters a cgroup by itself, opened once
+/// when the cgroup is created (before any clone, so the child only has to
+/// write `0` to a descriptor).
 ///
-/// A parent moving a started child writes its pid to `cgroup.procs`: the
-/// whole thread group moves, whatever it started meanwhile. A child joining
-/// by itself between fork and exec is single-threaded, so on cgroup v1 it
-/// writes `0` to `tasks` instead, which moves only the calling thread. That
-/// is the same move for a one-thread process, but the kernel then skips the
-/// global `cgroup_threadgroup_rwsem`, whose write side waits for an RCU grace
-/// period: measured on Linux 6.18, 1.2 ms for `sh -c 'echo 0 > tasks'`
-/// against 6.7 ms (up to 18.6) through `cgroup.procs` (docs/performance.md).
-/// A kernel without that fast path takes the lock either way. On cgroup v2
-/// a child normally starts inside (`clone3(CLONE_INTO_CGROUP)`); the
-/// fallback writes `cgroup.procs`, since v2 refuses a lone thread in a
-/// domain cgroup.
+/// A child joining between clone and exec is single-threaded, so on cgroup
+/// v1 it writes to `tasks`, which moves only the calling thread. That is
+/// the same move as through `cgroup.procs` for a one-thread process, but
+/// the kernel then skips the global `cgroup_threadgroup_rwsem`, whose write
+/// side waits for an RCU grace period: measured on Linux 6.18, 1.2 ms for
+/// `sh -c 'echo 0 > tasks'` against 6.7 ms (up to 18.6) through
+/// `cgroup.procs` (docs/performance.md). A kernel without that fast path
+/// takes the lock either way. On cgroup v2 a child normally starts inside
+/// (`clone3(CLONE_INTO_CGROUP)`); the fallback writes `cgroup.procs`, since
+/// v2 refuses a lone thread in a domain cgroup. (A parent moving a started
+/// child by its pid, the C library spawn's fallback, opens `cgroup.procs`
+/// itself: the whole thread group moves.)
 #[derive(Debug)]
-pub(crate) struct Entrance {
-    procs: File,
-    tasks: Option<File>,
-}
+pub(crate) struct Entrance(File);
 
 impl Entrance {
-    /// `cgroup.procs`, for the pid of a started child.
-    pub(crate) fn by_pid(&self) -> &File {
-        &self.procs
-    }
-
-    /// What a freshly forked child writes `0` to before exec.
+    /// What a freshly cloned child writes `0` to before exec.
     pub(crate) fn by_self(&self) -> &File {
-        self.tasks.as_ref().unwrap_or(&self.procs)
+        &self.0
     }
 }
 
@@ -506,20 +499,12 @@ impl Cgroup {
                 }
             }
         }
-        let open = |name: &str| {
-            let file = p.join(name);
-            OpenOptions::new()
-                .write(true)
-                .open(&file)
-                .map_err(|e| err(&file, e))
-        };
-        Ok(Entrance {
-            procs: open("cgroup.procs")?,
-            tasks: match self.kind {
-                Kind::V1 => Some(open(Kind::V1.self_join_file())?),
-                Kind::V2 => None,
-            },
-        })
+        let file = p.join(self.kind.self_join_file());
+        OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .map(Entrance)
+            .map_err(|e| err(&file, e))
     }
 
     /// A cgroup path read back from elsewhere (the state store: a dead

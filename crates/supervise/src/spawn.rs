@@ -363,11 +363,17 @@ fn spawn_without_hook(
     };
     match spawned {
         Ok(child) => {
-            if let Some((c, entrance)) = cg {
-                let mut procs = entrance.by_pid();
+            if let Some((c, _)) = cg {
                 let pid = child.id().to_string();
-                match io::Write::write_all(&mut procs, pid.as_bytes()) {
-                    Ok(()) => sweep_into_cgroup(procs, child.id() as i32),
+                let moved = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(c.path.join("cgroup.procs"))
+                    .and_then(|mut procs| {
+                        io::Write::write_all(&mut procs, pid.as_bytes())?;
+                        Ok(procs)
+                    });
+                match moved {
+                    Ok(procs) => sweep_into_cgroup(&procs, child.id() as i32),
                     Err(e) => tracing::warn!(
                         path = %c.path.display(), pid = %pid, error = %e,
                         "cannot move the child into the run's cgroup"
@@ -859,6 +865,28 @@ mod tests {
         }
         let (_, said) = run(&["sh", "-c", "echo k >&3"], false, true);
         assert_eq!(said.as_deref(), Some("k\n"));
+        // A per-item child is moved into its group's cgroup by the parent,
+        // right after the spawn returns (so it looks a moment later).
+        let host = crate::detect_host();
+        if matches!(host, Enforcement::Cgroup1 | Enforcement::Cgroup2) {
+            let name = format!("libc-spawn-{}", std::process::id());
+            let group = crate::Group::create(&name, None, host).expect("group");
+            let spec = Spec {
+                argv: ["sh", "-c", "sleep 0.2; cat /proc/self/cgroup"]
+                    .map(OsString::from)
+                    .to_vec(),
+                env: std::env::vars_os().collect(),
+                cgroup: CgroupPlacement::Join(group.handle()),
+                ..Spec::default()
+            };
+            let child = crate::spawn_with(spec, Limits::default(), host).expect("spawn");
+            let mut out = Vec::new();
+            child.wait(|_, l| out.push(String::from_utf8_lossy(l).into_owned()));
+            assert!(
+                out.iter().any(|l| l.ends_with(&format!("/{name}"))),
+                "{out:?}"
+            );
+        }
         LIBC_SPAWN.with(|f| f.set(false));
     }
 
