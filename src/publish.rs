@@ -20,7 +20,6 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// The variable naming the run's publish socket.
@@ -114,8 +113,8 @@ fn ask(socket: &Path, req: &Request) -> std::io::Result<Reply> {
 pub struct Service {
     path: PathBuf,
     listener: UnixListener,
-    stop: AtomicBool,
-    /// [`Service::stop`] writes a byte to the first, `serve_for` waits on the second.
+    /// [`Service::stop`] writes a byte to the first; `serve_for` waits on
+    /// the second, and the byte, never read, keeps it readable from then on.
     wake: (UnixStream, UnixStream),
 }
 
@@ -171,7 +170,6 @@ impl Service {
         Ok(Service {
             path,
             listener,
-            stop: AtomicBool::new(false),
             wake: UnixStream::pair()?,
         })
     }
@@ -196,32 +194,29 @@ impl Service {
         use std::os::fd::AsFd;
         let deadline = std::time::Instant::now() + period;
         loop {
-            if self.stop.load(Ordering::SeqCst) {
-                return false;
-            }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return true;
-            }
             let mut fds = [
                 PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.wake.1.as_fd(), PollFlags::POLLIN),
             ];
-            let timeout =
-                PollTimeout::try_from(left.as_millis().max(1)).unwrap_or(PollTimeout::MAX);
+            // Rounded up, so that a wait never spins; 0 once the period is over.
+            let ms = left.as_micros().div_ceil(1000);
+            let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
             match poll(&mut fds, timeout) {
-                Ok(0) => continue,
-                Ok(_) => {}
-                Err(nix::errno::Errno::EINTR) => continue,
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "publish socket failed");
                     std::thread::sleep(Duration::from_millis(100));
-                    continue;
                 }
             }
             let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
             if ready(&fds[1]) {
                 return false;
+            }
+            // The period is over: back to the heartbeat, even with a
+            // connection waiting (it is answered on the next call).
+            if left.is_zero() {
+                return true;
             }
             if ready(&fds[0]) {
                 match self.listener.accept() {
@@ -240,9 +235,10 @@ impl Service {
     }
 
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the waiting poll.
-        let _ = (&self.wake.0).write_all(b"x");
+        // Wakes the waiting poll, and every later one.
+        if let Err(e) = (&self.wake.0).write_all(b"x") {
+            tracing::warn!(error = %e, "cannot stop the publish service");
+        }
     }
 
     fn answer(&self, stream: UnixStream, grant: &Grant<'_>) -> std::io::Result<()> {
@@ -333,5 +329,9 @@ mod tests {
             assert!(!service.serve_for(&grant, Duration::from_secs(60)));
             assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
         });
+        // Stopped stays stopped.
+        let t = std::time::Instant::now();
+        assert!(!service.serve_for(&grant, Duration::from_secs(60)));
+        assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
     }
 }
