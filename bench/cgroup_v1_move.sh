@@ -14,18 +14,12 @@ if [ $vm -eq 0 ]; then
   mem=$(awk '$3 == "cgroup" && $4 ~ /(^|,)memory(,|$)/ {print $2; exit}' /proc/mounts)
   [ -n "$mem" ] || { echo "no cgroup v1 memory hierarchy here; try --vm" >&2; exit 1; }
   mkdir -p "$mem/bg-move-bench"
-  "$work/cgmove" "$mem/bg-move-bench" "$runs"
+  "$work/cgmove" "$mem/bg-move-bench" "$runs" | sed 's/^CGMOVE //'
   rmdir "$mem/bg-move-bench"
   exit 0
 fi
-cache=target/vm-cache
-kernel=$(ls "$cache"/k/boot/vmlinuz-* 2>/dev/null | sort -V | tail -n1 || true)
-if [ -z "$kernel" ]; then
-  mkdir -p "$cache"
-  pkg=$(apt-cache search --names-only '^linux-image-[0-9.]+-[0-9]+-cloud-amd64-unsigned$' | awk '{print $1}' | sort -V | tail -n1)
-  (cd "$cache" && apt-get download "$pkg" >/dev/null && dpkg-deb -x ./*.deb k && rm -f ./*.deb)
-  kernel=$(ls "$cache"/k/boot/vmlinuz-* | sort -V | tail -n1)
-fi
+. tests/vm/kernel.sh
+kernel=$(vm_kernel target/vm-cache)
 r=$work/root; mkdir -p "$r"/{bin,proc,sys,dev}
 cp /bin/busybox "$r/bin/" && for a in sh mount mkdir cat poweroff; do ln -s busybox "$r/bin/$a"; done
 cp "$work/cgmove" "$r/bin/"

@@ -32,15 +32,8 @@ file_static() { ! ldd "$1" >/dev/null 2>&1; }
 file_static "$BUSYBOX" || { log "$BUSYBOX is not static (need busybox-static)"; exit 1; }
 
 # --- kernel (cached) -----------------------------------------------------------
-kernel=$(ls "$CACHE"/k/boot/vmlinuz-* 2>/dev/null | sort -V | tail -n1 || true)
-if [ -z "$kernel" ]; then
-  pkg=$(apt-cache search --names-only '^linux-image-[0-9.]+-[0-9]+-cloud-amd64-unsigned$' \
-        | awk '{print $1}' | sort -V | tail -n1)
-  [ -n "$pkg" ] || { log "no linux-image-*-cloud-amd64-unsigned package (apt-get update?)"; exit 1; }
-  log "downloading $pkg"
-  (cd "$CACHE" && rm -f ./*.deb && apt-get download "$pkg" 2>&1 | tail -n1 && dpkg-deb -x ./*.deb k && rm -f ./*.deb)
-  kernel=$(ls "$CACHE"/k/boot/vmlinuz-* | sort -V | tail -n1)
-fi
+. tests/vm/kernel.sh
+kernel=$(vm_kernel "$CACHE")
 log "kernel $kernel"
 
 # --- binaries ------------------------------------------------------------------
