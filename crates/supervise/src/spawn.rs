@@ -478,7 +478,7 @@ fn classify(
 // ---------------------------------------------------------------------------
 // clone3(CLONE_INTO_CGROUP)
 
-/// The child's side of a clone3 spawn, all prepared before the clone (the
+/// The child's side of a raw spawn, all prepared before the clone (the
 /// child may not allocate): exec arguments, its three standard descriptors
 /// and the setup steps of [`PreExec`].
 struct RawChild<'a> {
@@ -491,7 +491,7 @@ struct RawChild<'a> {
 }
 
 impl RawChild<'_> {
-    /// Runs in the child after clone3: only async-signal-safe calls, no
+    /// Runs in the child after a raw clone: only async-signal-safe calls, no
     /// allocation, never returns. A failure is reported as its stage byte
     /// plus errno on the report pipe, then `_exit(127)`.
     fn exec(&self) -> ! {
@@ -549,7 +549,7 @@ fn cstring(bytes: &[u8]) -> io::Result<CString> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "argument contains NUL"))
 }
 
-/// The pipes of a clone3 spawn, both ends (close-on-exec).
+/// The pipes of a raw spawn, both ends (close-on-exec).
 struct RawFds {
     report_r: OwnedFd,
     report_w: OwnedFd,
@@ -768,7 +768,7 @@ fn nul_terminated(v: &[CString]) -> Vec<*const libc::c_char> {
         .collect()
 }
 
-/// The clone3 child reported `msg` (stage byte, errno) and exited: reap it
+/// The raw child reported `msg` (stage byte, errno) and exited: reap it
 /// and name the failure.
 fn exec_failure(
     pid: i32,
