@@ -1,5 +1,16 @@
 //! The `batchguard` binary: install the diagnostics subscriber, run the CLI,
 //! exit with its code.
+//!
+//! The entry point is the C `main`, not Rust's runtime start (`#![no_main]`):
+//! a `batchguard run` is started hundreds of times a day and Rust's start-up
+//! reads /proc/self/maps to place a guard page for the main thread's stack
+//! and maps a signal stack for a stack-overflow message, about 20 system calls
+//! and 0.1 ms per run (docs/performance.md). What of it a supervisor needs is
+//! done here: the standard descriptors are made safe to use and SIGPIPE is
+//! ignored. A stack overflow still ends the process, by SIGSEGV instead of
+//! an abort with a message.
+
+#![no_main]
 
 use std::io::IsTerminal;
 
@@ -15,7 +26,39 @@ fn stderr_wants_colour() -> bool {
     std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
 }
 
-fn main() {
+/// Descriptors 0-2 that the parent left closed are opened on /dev/null, so
+/// that no file this process opens later (the state store, a job's log)
+/// becomes "standard output" and receives what is printed; SIGPIPE is
+/// ignored, so a reader that goes away (`batchguard runs | head`) is a write
+/// error, not a kill. What Rust's own start-up does, without the rest.
+fn sanitize_process_start() {
+    let mut fds = [0, 1, 2].map(|fd| libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    });
+    // SAFETY: poll reads and writes the three live pollfd structs; open and
+    // dup2 take a NUL-terminated literal and integers; signal takes integers.
+    unsafe {
+        if libc::poll(fds.as_mut_ptr(), 3, 0) >= 0 {
+            for p in fds.iter().filter(|p| p.revents & libc::POLLNVAL != 0) {
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                if null < 0 {
+                    libc::abort();
+                }
+                if null != p.fd {
+                    libc::dup2(null, p.fd);
+                    libc::close(null);
+                }
+            }
+        }
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    sanitize_process_start();
     let filter = tracing_subscriber::EnvFilter::try_from_env("BATCHGUARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
@@ -26,5 +69,6 @@ fn main() {
         .init();
     let code = batchguard::cli::main();
     tracing::debug!(code, "exiting");
+    // Flushes standard output (Rust's runtime clean-up) and exits.
     std::process::exit(code);
 }

@@ -214,6 +214,26 @@ pub enum Command {
     Man,
 }
 
+impl Command {
+    /// Commands whose whole work is printing what the store and the files
+    /// say (a read command may record a lost run first, in one transaction):
+    /// their output may go to a reader that stops early (`| head`).
+    pub fn prints_for_a_reader(&self) -> bool {
+        matches!(
+            self,
+            Command::Status { .. }
+                | Command::Runs { .. }
+                | Command::Show { .. }
+                | Command::Ledger { .. }
+                | Command::Check { .. }
+                | Command::Validate { .. }
+                | Command::Logs { .. }
+                | Command::Completions { .. }
+                | Command::Man
+        )
+    }
+}
+
 /// `exec`'s arguments.
 #[derive(clap::Args, Debug)]
 pub struct Exec {

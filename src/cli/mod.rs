@@ -136,6 +136,9 @@ fn known_jobs(dir: &Path) -> Vec<String> {
 
 fn dispatch(cli: Cli) -> Result<i32> {
     let dir = cli.config_dir.clone();
+    if cli.command.prints_for_a_reader() {
+        end_quietly_when_the_reader_goes();
+    }
     match &cli.command {
         Command::Run {
             job,
@@ -204,6 +207,19 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let ctx = read_context(&cli)?;
             render::logs(&ctx, run_id, *follow)
         }
+    }
+}
+
+/// `batchguard runs JOB | head`: a command that only prints ends as any Unix
+/// filter does when its reader goes away, by SIGPIPE (status 141 in the
+/// shell), not with a "failed printing to stdout" panic. The entry point
+/// ignores SIGPIPE for everything else: a runner must see a write to a job
+/// that closed its input as an error, never die of it with the run
+/// unrecorded.
+fn end_quietly_when_the_reader_goes() {
+    // SAFETY: signal(2) with integer arguments, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

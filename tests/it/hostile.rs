@@ -363,3 +363,44 @@ fn a_runner_started_as_the_jobs_user_skips_the_switch() {
     assert!(log.contains("stdout nobody"), "{log}");
     assert!(log.contains("no privilege switch"), "{log}");
 }
+
+/// cron, a shell's `>&-` or a careless wrapper can start batchguard with
+/// descriptors 0-2 closed. Then the next file or socket the runner opens
+/// would become its "standard output" and receive what it prints: the
+/// entry point opens /dev/null on them first, as Rust's own start-up
+/// would. SQLite guards its own files; the PostgreSQL connection is a
+/// plain socket, which is what this catches.
+#[test]
+fn closed_standard_descriptors_are_dev_null_in_the_runner() {
+    let Some((env, stores)) =
+        hostile_stores("closed_standard_descriptors_are_dev_null_in_the_runner")
+    else {
+        return;
+    };
+    for state in stores {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(format!(
+                "exec {} --config-dir {} exec --name closedfds -- \
+                 sh -c 'for fd in 0 1 2; do echo \"runner fd $fd: $(readlink /proc/$PPID/fd/$fd)\"; done' \
+                 <&- >&- 2>&-",
+                crate::harness::BIN,
+                env.config.display()
+            ))
+            .env("BATCHGUARD_STATE", &state)
+            .env_remove("BATCHGUARD_CGROUP");
+        env.run_cmd(c).code(0);
+        let d = env.run(&["--state", &state, "runs", "closedfds", "--format", "json"]);
+        d.code(0);
+        let runs: serde_json::Value = d.json();
+        let run = &runs[0];
+        assert_eq!(run["outcome"], "success", "{state}: {run}");
+        let log = env.log_of(run);
+        for fd in 0..3 {
+            assert!(
+                log.contains(&format!("runner fd {fd}: /dev/null")),
+                "{state}: fd {fd} of the runner is not /dev/null:\n{log}"
+            );
+        }
+    }
+}

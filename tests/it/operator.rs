@@ -423,3 +423,36 @@ fn an_unreviewed_schema_change_is_g12s_fail_not_a_load_error() {
     let msg = g12["message"].as_str().unwrap();
     assert!(msg.contains("PR-1") && msg.contains("reviewed_by"), "{msg}");
 }
+
+/// `batchguard runs JOB | head -1` at 3 a.m.: when the reader goes away
+/// the command ends as `ls` would (SIGPIPE), without a panic and its
+/// backtrace on the terminal.
+#[test]
+fn a_read_command_whose_reader_goes_away_ends_by_sigpipe() {
+    use std::os::unix::process::ExitStatusExt;
+    let env = Env::new();
+    for _ in 0..3 {
+        env.run(&["exec", "--name", "piped", "--", "true"]).code(0);
+    }
+    for args in [
+        &["runs", "piped"][..],
+        &["runs", "piped", "--format", "json"],
+        &["status"],
+    ] {
+        let mut c = env.cmd(args);
+        c.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().expect("spawn batchguard");
+        // The reader is gone before the command writes its first line.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {:?}\n{stderr}",
+            out.status
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
