@@ -10,7 +10,12 @@ median wall time per run, each wrapper's added overhead over bare exec,
 the ratio of batchguard's overhead to flock+timeout's, and the runner's
 resident memory while it supervises a job.
 
-    cargo build --release && python3 bench/overhead.py [--runs N]
+    cargo build --release && python3 bench/overhead.py [--runs N] [--baseline OLD_BINARY]
+
+--baseline adds an earlier build's `batchguard exec` (cgroup and poll) to
+the same interleaved rounds, so a change is measured against what it
+replaces under the same conditions (this machine's speed drifts by 30%
+over an hour; separate runs do not compare).
 """
 import argparse
 import json
@@ -60,11 +65,16 @@ def main():
     global BIN
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=300)
+    ap.add_argument("--baseline", help="an earlier batchguard binary, measured in the same rounds")
     args = ap.parse_args()
     if not os.path.exists(BIN):
         raise SystemExit("build first: cargo build --release")
     tmp = tempfile.mkdtemp(prefix="bg-bench-")
     BIN = installed(BIN, tmp)
+    base = None
+    if args.baseline:
+        os.makedirs(f"{tmp}/baseline")
+        base = installed(args.baseline, f"{tmp}/baseline")
     env = dict(os.environ, BATCHGUARD_STATE=f"sqlite:{tmp}/state.db",
                BATCHGUARD_CONFIG_DIR=f"{tmp}/etc")
     os.makedirs(f"{tmp}/etc/jobs")
@@ -76,6 +86,7 @@ def main():
     print("| job | bare | flock+timeout | systemd-run --scope | batchguard (cgroup) | batchguard (poll) | "
           "flock+timeout overhead | batchguard cgroup overhead (ratio) | batchguard poll overhead (ratio) |")
     print("|---|---|---|---|---|---|---|---|---|")
+    baselines = {}
     for name, cmd in jobs.items():
         variants = [
             (cmd, None),
@@ -83,14 +94,28 @@ def main():
             ([BIN, "exec", "--name", "bench", "--", *cmd], env),
             ([BIN, "exec", "--name", "bench", "--", *cmd], dict(env, BATCHGUARD_CGROUP="poll")),
         ]
+        if base:
+            variants += [
+                ([base, "exec", "--name", "bench", "--", *cmd], env),
+                ([base, "exec", "--name", "bench", "--", *cmd], dict(env, BATCHGUARD_CGROUP="poll")),
+            ]
         if systemd_running():
             variants.append((["systemd-run", "--quiet", "--scope", *cmd], None))
         medians = timed_interleaved(variants, args.runs)
         bare, flock, bg, bgp = medians[:4]
+        if base:
+            baselines[name] = (medians[4] - bare, medians[5] - bare, flock - bare)
+            medians = medians[:4] + medians[6:]
         sysd = medians[4] if len(medians) > 4 else None
         fo, bo, bpo = flock - bare, bg - bare, bgp - bare
         print(f"| {name} | {bare:.2f} | {flock:.2f} | {'n/a' if sysd is None else f'{sysd:.2f}'} | "
               f"{bg:.2f} | {bgp:.2f} | {fo:.2f} | {bo:.2f} ({bo / fo:.2f}x) | {bpo:.2f} ({bpo / fo:.2f}x) |")
+    if base:
+        print(f"\nthe baseline ({args.baseline}) in the same rounds:\n")
+        print("| job | baseline cgroup overhead (ratio) | baseline poll overhead (ratio) |")
+        print("|---|---|---|")
+        for name, (bo, bpo, fo) in baselines.items():
+            print(f"| {name} | {bo:.2f} ({bo / fo:.2f}x) | {bpo:.2f} ({bpo / fo:.2f}x) |")
     rss, hwm, anon, file = runner_rss(env, tmp)
     print(f"\nrunner resident memory while supervising: {rss / 1024:.1f} MiB (peak {hwm / 1024:.1f} MiB): "
           f"{anon / 1024:.1f} MiB its own (anonymous), {file / 1024:.1f} MiB pages of its binary and "
