@@ -2,13 +2,14 @@
 //! exit with its code.
 //!
 //! The entry point is the C `main`, not Rust's runtime start (`#![no_main]`):
-//! a `batchguard run` is started hundreds of times a day and Rust's start-up
-//! reads /proc/self/maps to place a guard page for the main thread's stack
-//! and maps a signal stack for a stack-overflow message, about 20 system calls
-//! and 0.1 ms per run (docs/performance.md). What of it a supervisor needs is
-//! done here: the standard descriptors are made safe to use and SIGPIPE is
-//! ignored. A stack overflow still ends the process, by SIGSEGV instead of
-//! an abort with a message.
+//! a `batchguard run` is started hundreds of times a day, and Rust's start-up
+//! reads /proc/self/maps to find the main thread's stack, installs
+//! stack-overflow handlers and maps a signal stack for every thread, for a
+//! message before a crash: about 20 system calls and 50 page faults per run
+//! (docs/performance.md). What of it a supervisor needs is done here: the
+//! standard descriptors are made safe to use and SIGPIPE is ignored. A stack
+//! overflow still ends the process, by SIGSEGV instead of an abort with a
+//! message.
 
 #![no_main]
 
@@ -27,10 +28,12 @@ fn stderr_wants_colour() -> bool {
 }
 
 /// Descriptors 0-2 that the parent left closed are opened on /dev/null, so
-/// that no file this process opens later (the state store, a job's log)
-/// becomes "standard output" and receives what is printed; SIGPIPE is
-/// ignored, so a reader that goes away (`batchguard runs | head`) is a write
-/// error, not a kill. What Rust's own start-up does, without the rest.
+/// that no file or socket this process opens later (the store's connection,
+/// a job's log) becomes "standard output" and receives what is printed.
+/// SIGPIPE is ignored, so a pipe whose reader went away is a write error to
+/// the runner, never its death with a run unrecorded (read commands restore
+/// the default: `cli::dispatch`). What Rust's own start-up does, without
+/// the rest.
 fn sanitize_process_start() {
     let mut fds = [0, 1, 2].map(|fd| libc::pollfd {
         fd,
