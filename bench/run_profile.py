@@ -58,7 +58,7 @@ def bucket(frames):
             return "user: loader (ld.so)"
         if dso.startswith("libc.so") or dso.startswith("libm.so") or dso.startswith("libgcc"):
             return "user: libc, libm, libgcc"
-        if dso in ("batchguard",) or dso.startswith("batchguard"):
+        if dso.startswith("batchguard"):
             # SQLite is C: its symbols are plain; Rust's are mangled paths.
             plain = not (sym.startswith("_ZN") or sym.startswith("_R") or "::" in sym or sym.startswith("<"))
             return "user: SQLite" if plain and sym != "[unknown]" else "user: Rust (batchguard, std, crates)"
@@ -81,8 +81,8 @@ def bucket(frames):
 
 def profile(argv, env, runs, freq, comms, tmp):
     data = os.path.join(tmp, "perf.data")
-    script = " ; ".join([" ".join(map(shq, argv)) + " >/dev/null"] * 1)
-    loop = f"for i in $(seq {runs}); do {script}; done"
+    command = " ".join(map(shq, argv)) + " >/dev/null"
+    loop = f"for i in $(seq {runs}); do {command}; done"
     subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-F", str(freq), "-g", "-o", data,
                     "--", "sh", "-c", loop], env=env, check=True, stderr=subprocess.DEVNULL)
     out = subprocess.run(["perf", "script", "-i", data, "-F", "comm,ip,sym,dso"], capture_output=True,
