@@ -42,17 +42,33 @@ pub struct SqliteStore {
     wal: std::path::PathBuf,
 }
 
-/// Above this size the WAL is checkpointed and truncated when a store
-/// closes. Every CLI invocation that opens the store first rebuilds the WAL
-/// index by reading every frame of the WAL, so it is kept small; below it,
-/// closing costs nothing (no checkpoint, no fsync).
-const WAL_TRUNCATE_AT: u64 = 1 << 20;
+/// The page size of a store this build creates. Every run writes about 19
+/// pages to the WAL (the run row, its indexes, the lock, the fence), and
+/// the next invocation reads every frame back to rebuild the WAL index, so
+/// a run's cost follows the page size: 2 KiB pages halve both against
+/// SQLite's 4 KiB default for 0.2 ms less per run, while the ledger's
+/// stream mode loses about 12% (docs/performance.md). A store keeps the
+/// page size it was created with.
+const NEW_STORE_PAGE_SIZE: u32 = 2048;
+
+/// Above this many pages' worth of frames the WAL is checkpointed and
+/// truncated when a store closes (1 MiB of 4 KiB pages, 512 KiB of 2 KiB
+/// ones: a checkpoint about every 13 runs either way). Every CLI
+/// invocation that opens the store first rebuilds the WAL index by reading
+/// every frame of the WAL, so it is kept small; below it, closing costs
+/// nothing (no checkpoint, no fsync).
+const WAL_TRUNCATE_AT_PAGES: u64 = 256;
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
-        let big = std::fs::metadata(&self.wal).is_ok_and(|m| m.len() > WAL_TRUNCATE_AT);
-        if big {
-            let conn = self.conn();
+        let Ok(wal) = std::fs::metadata(&self.wal) else {
+            return;
+        };
+        let conn = self.conn();
+        let page: i64 = conn
+            .pragma_query_value(None, "page_size", |r| r.get(0))
+            .unwrap_or(4096);
+        if wal.len() > WAL_TRUNCATE_AT_PAGES * page.unsigned_abs() {
             // Best effort: a busy database just keeps its WAL a while longer.
             let _ = conn.busy_timeout(Duration::from_millis(200));
             if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
@@ -73,19 +89,21 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 /// The store holds job output and params: no other user may read it
 /// (SPEC §1). A new file is made 0600 before SQLite creates its WAL and
 /// shared-memory files (which copy its mode); an existing one more open
-/// than 0640 is narrowed to that.
-fn keep_private(path: &Path) {
+/// than 0640 is narrowed to that. Says whether the file is new (empty).
+fn keep_private(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     let Ok(meta) = std::fs::metadata(path) else {
-        return;
+        return false;
     };
+    let new = meta.len() == 0;
     let mode = meta.permissions().mode() & 0o777;
-    let private = if meta.len() == 0 { 0o600 } else { mode & 0o640 };
+    let private = if new { 0o600 } else { mode & 0o640 };
     if private != mode {
         if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(private)) {
             tracing::warn!(path = %path.display(), error = %e, "cannot make the state store private");
         }
     }
+    new
 }
 
 impl SqliteStore {
@@ -127,8 +145,14 @@ impl SqliteStore {
             source,
         };
         let conn = Connection::open(path).map_err(err)?;
-        keep_private(path);
+        let new = keep_private(path);
         conn.busy_timeout(Duration::from_secs(30)).map_err(err)?;
+        if new {
+            // Only an empty database takes a page size (before its first
+            // write; on one another process has just created, a no-op).
+            conn.pragma_update(None, "page_size", NEW_STORE_PAGE_SIZE)
+                .map_err(err)?;
+        }
         // One batch of pragmas: WAL (persistent, but cheap to re-assert),
         // pages read through a shared mapping instead of one pread each (a
         // fresh process starts with a cold page cache on every invocation),
@@ -881,6 +905,59 @@ mod tests {
             .unwrap()
             .join("; ");
         assert!(plan.contains("USING INDEX runs_logs_kept"), "{plan}");
+    }
+
+    /// A new store takes 2 KiB pages; one created with SQLite's 4 KiB
+    /// keeps them. Either way the WAL is truncated on close once it holds
+    /// more than 256 pages' worth, so a store of either size checkpoints
+    /// about as often.
+    #[test]
+    fn new_stores_take_small_pages_and_the_wal_cap_follows_the_page_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let page_size = |store: &SqliteStore| -> i64 {
+            store
+                .conn()
+                .pragma_query_value(None, "page_size", |r| r.get(0))
+                .unwrap()
+        };
+        // 600 KB of WAL: over 2 KiB pages' cap (512 KiB), under 4 KiB's (1 MiB).
+        let grow_wal = |store: &SqliteStore| {
+            store
+                .conn()
+                .execute_batch(
+                    "CREATE TABLE filler (b BLOB); INSERT INTO filler VALUES (zeroblob(600000));",
+                )
+                .unwrap();
+        };
+        let wal_len = |path: &std::path::Path| {
+            std::fs::metadata(format!("{}-wal", path.display())).map_or(0, |m| m.len())
+        };
+
+        let new = dir.path().join("new.db");
+        let store = SqliteStore::open(&format!("sqlite:{}", new.display()), &new).unwrap();
+        assert_eq!(page_size(&store), super::NEW_STORE_PAGE_SIZE as i64);
+        grow_wal(&store);
+        assert!(wal_len(&new) > 512 * 1024, "{}", wal_len(&new));
+        drop(store);
+        assert_eq!(wal_len(&new), 0, "a WAL over the cap is truncated on close");
+
+        let old = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&old).unwrap();
+            conn.execute_batch(
+                "PRAGMA page_size = 4096; PRAGMA journal_mode = WAL; CREATE TABLE first (x);",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&format!("sqlite:{}", old.display()), &old).unwrap();
+        assert_eq!(page_size(&store), 4096, "an existing store keeps its pages");
+        grow_wal(&store);
+        drop(store);
+        assert!(
+            wal_len(&old) > 512 * 1024,
+            "under 4 KiB pages' cap the WAL stays: {}",
+            wal_len(&old)
+        );
     }
 
     #[test]
