@@ -243,10 +243,10 @@ impl RunLog {
 pub fn prune(store: &dyn Store, log_dir: &Path, job: &str, retention_ms: i64) -> Result<usize> {
     let cutoff = clock::now_ms() - retention_ms;
     let mut removed = 0;
-    for run in store.runs_with_logs_before(job, cutoff, 200)? {
-        let own = log_path(log_dir, job, &run.id);
+    for run in store.expired_logs(job, cutoff, 200)? {
+        let own = log_path(log_dir, job, &run.run_id);
         if run.log_path.as_deref().is_some_and(|p| Path::new(p) != own) {
-            tracing::warn!(run = %run.id, "the recorded log path is not the run's own log: left alone");
+            tracing::warn!(run = %run.run_id, "the recorded log path is not the run's own log: left alone");
         } else if is_own_log(log_dir, job, &own) {
             match std::fs::remove_file(&own) {
                 Ok(()) => removed += 1,
@@ -257,7 +257,7 @@ pub fn prune(store: &dyn Store, log_dir: &Path, job: &str, retention_ms: i64) ->
                 }
             }
         }
-        store.mark_log_pruned(&run.id)?;
+        store.mark_log_pruned(&run.run_id)?;
     }
     Ok(removed)
 }

@@ -196,12 +196,12 @@ fn scenario(s: &dyn Store) -> Vec<String> {
         "last-finished",
         format!("{:?}", s.last_finished_run("job-a").unwrap()),
     );
-    let logs = s.runs_with_logs_before("job-a", 10_000, 5).unwrap();
+    let logs = s.expired_logs("job-a", 10_000, 5).unwrap();
     log("logs", format!("{logs:?}"));
     s.mark_log_pruned("run-a2").unwrap();
     log(
         "logs-after",
-        format!("{:?}", s.runs_with_logs_before("job-a", 10_000, 5).unwrap()),
+        format!("{:?}", s.expired_logs("job-a", 10_000, 5).unwrap()),
     );
     log("running", format!("{:?}", s.running_runs().unwrap()));
     let late_beat = Heartbeat {

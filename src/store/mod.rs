@@ -30,9 +30,9 @@ pub mod traits;
 
 pub use rows::RunQuery;
 pub use traits::{
-    Fenced, FencedAction, Heartbeat, LedgerCommit, LedgerStore, OutboxClaim, OutboxFailure,
-    OutboxStore, QueueClaim, QueueFinish, QueueRenew, QueueStore, RunStore, Store, WatchStore,
-    prelude,
+    ExpiredLog, Fenced, FencedAction, Heartbeat, LedgerCommit, LedgerStore, OutboxClaim,
+    OutboxFailure, OutboxStore, QueueClaim, QueueFinish, QueueRenew, QueueStore, RunStore, Store,
+    WatchStore, prelude,
 };
 
 use serde::Serialize;

@@ -37,10 +37,10 @@
 use super::policy::{self, Decision};
 use super::rows::{self, Columns, NOTIFY_COLUMNS, OUTBOX_COLUMNS, Split, Value};
 use super::{
-    Fenced, FencedAction, Heartbeat, Holder, ItemState, LedgerCommit, LedgerEntry, LedgerStore,
-    Liveness, LockAttempt, LockRequest, NotifyState, OutboxClaim, OutboxFailure, OutboxRow,
-    OutboxStore, QueueClaim, QueueCounts, QueueFinish, QueueRenew, QueueStore, Result, RunEnd,
-    RunQuery, RunRecord, RunStore, ScopeCounts, Store, StoreError, WatchStore,
+    ExpiredLog, Fenced, FencedAction, Heartbeat, Holder, ItemState, LedgerCommit, LedgerEntry,
+    LedgerStore, Liveness, LockAttempt, LockRequest, NotifyState, OutboxClaim, OutboxFailure,
+    OutboxRow, OutboxStore, QueueClaim, QueueCounts, QueueFinish, QueueRenew, QueueStore, Result,
+    RunEnd, RunQuery, RunRecord, RunStore, ScopeCounts, Store, StoreError, WatchStore,
 };
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
@@ -891,6 +891,25 @@ impl RunStore for PostgresStore {
     fn runs_matching(&self, query: &RunQuery<'_>) -> Result<Vec<RunRecord>> {
         let (sql, args) = query.sql(&DIALECT);
         self.runs_where(&sql, args)
+    }
+
+    fn expired_logs(&self, job: &str, before_ms: i64, limit: usize) -> Result<Vec<ExpiredLog>> {
+        let query = RunQuery::LogsBefore {
+            job,
+            before_ms,
+            limit,
+        };
+        let (sql, args) = query.selecting(&DIALECT, rows::EXPIRED_LOG_COLUMNS);
+        let values: Vec<Box<dyn ToSql + Sync>> = args.into_iter().map(to_sql).collect();
+        let rows = self.with("read expired logs", |c, _| {
+            Ok(c.query(&sql, &refs(&values))?)
+        })?;
+        self.map_rows(&rows, |r| {
+            Ok(ExpiredLog {
+                run_id: r.try_get(0)?,
+                log_path: r.try_get(1)?,
+            })
+        })
     }
 
     fn mark_log_pruned(&self, run_id: &str) -> Result<()> {

@@ -466,12 +466,23 @@ pub enum RunQuery<'a> {
     },
 }
 
+/// What log retention reads of a run whose log expired (in this order).
+pub(crate) const EXPIRED_LOG_COLUMNS: &str = "id, log_path";
+
 impl RunQuery<'_> {
     /// The query in `d`'s SQL, reading [`RUN_COLUMNS`], and its arguments.
     pub(crate) fn sql(&self, d: &Dialect) -> (String, Vec<Value>) {
+        self.selecting(d, RUN_COLUMNS)
+    }
+
+    /// The query reading only `columns`. SQLite's cost of preparing a
+    /// statement grows with the columns it reads, and every invocation
+    /// prepares its statements anew: log retention, on every run's path,
+    /// reads the two it needs ([`EXPIRED_LOG_COLUMNS`]).
+    pub(crate) fn selecting(&self, d: &Dialect, columns: &str) -> (String, Vec<Value>) {
         let (clause, args) = self.clause(d);
         let clause = clause.replace('$', &d.mark.to_string());
-        (format!("SELECT {RUN_COLUMNS} FROM runs {clause}"), args)
+        (format!("SELECT {columns} FROM runs {clause}"), args)
     }
 
     /// A `LIMIT` is written into the SQL as a number, not bound: SQLite's

@@ -12,10 +12,10 @@
 use super::policy::{self, Decision};
 use super::rows::{self, Columns, NOTIFY_COLUMNS, OUTBOX_COLUMNS, Split, Value};
 use super::{
-    Fenced, FencedAction, Heartbeat, Holder, ItemState, LedgerCommit, LedgerEntry, LedgerStore,
-    Liveness, LockAttempt, LockRequest, NotifyState, OutboxClaim, OutboxFailure, OutboxRow,
-    OutboxStore, QueueStore, Result, RunEnd, RunQuery, RunRecord, RunStore, ScopeCounts, Store,
-    StoreError, WatchStore,
+    ExpiredLog, Fenced, FencedAction, Heartbeat, Holder, ItemState, LedgerCommit, LedgerEntry,
+    LedgerStore, Liveness, LockAttempt, LockRequest, NotifyState, OutboxClaim, OutboxFailure,
+    OutboxRow, OutboxStore, QueueStore, Result, RunEnd, RunQuery, RunRecord, RunStore, ScopeCounts,
+    Store, StoreError, WatchStore,
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::path::Path;
@@ -507,6 +507,26 @@ impl RunStore for SqliteStore {
     fn runs_matching(&self, query: &RunQuery<'_>) -> Result<Vec<RunRecord>> {
         let (sql, args) = query.sql(&DIALECT);
         self.runs_where(&sql, args)
+    }
+
+    fn expired_logs(&self, job: &str, before_ms: i64, limit: usize) -> Result<Vec<ExpiredLog>> {
+        let query = RunQuery::LogsBefore {
+            job,
+            before_ms,
+            limit,
+        };
+        let (sql, args) = query.selecting(&DIALECT, rows::EXPIRED_LOG_COLUMNS);
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
+        let args = rusqlite::params_from_iter(args.into_iter().map(to_sql));
+        stmt.query_map(args, |r| {
+            Ok(ExpiredLog {
+                run_id: r.get(0)?,
+                log_path: r.get(1)?,
+            })
+        })
+        .and_then(|rows| rows.collect())
+        .map_err(|e| self.err(e))
     }
 
     fn mark_log_pruned(&self, run_id: &str) -> Result<()> {

@@ -15,6 +15,14 @@ pub mod prelude {
     pub use super::{LedgerStore, OutboxStore, QueueStore, RunStore, Store, WatchStore};
 }
 
+/// A run whose log outlived the retention ([`RunStore::expired_logs`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExpiredLog {
+    pub run_id: String,
+    /// The log path the run recorded, if any.
+    pub log_path: Option<String>,
+}
+
 /// What [`RunStore::while_fence_current`] runs under the fence.
 pub type FencedAction<'a> = &'a mut dyn FnMut() -> std::io::Result<()>;
 
@@ -142,19 +150,9 @@ pub trait RunStore: Send + Sync {
         self.runs_matching(&RunQuery::Running)
     }
     /// Runs of `job` that started before `before_ms` and whose logs were not
-    /// pruned yet (at most `limit`), for log retention.
-    fn runs_with_logs_before(
-        &self,
-        job: &str,
-        before_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<RunRecord>> {
-        self.runs_matching(&RunQuery::LogsBefore {
-            job,
-            before_ms,
-            limit,
-        })
-    }
+    /// pruned yet (at most `limit`, oldest first), for log retention: their
+    /// ids and recorded log paths.
+    fn expired_logs(&self, job: &str, before_ms: i64, limit: usize) -> Result<Vec<ExpiredLog>>;
     fn mark_log_pruned(&self, run_id: &str) -> Result<()>;
     /// Store the first failed item keys of a run (for reports).
     fn set_run_failed_items(&self, run_id: &str, keys: &[String]) -> Result<()>;
