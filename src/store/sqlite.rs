@@ -37,7 +37,9 @@ const DIALECT: rows::Dialect = rows::Dialect {
 
 pub struct SqliteStore {
     url: String,
-    conn: Mutex<Connection>,
+    /// Closed on drop unless [`Store::ends_with_the_process`] said not to.
+    conn: std::mem::ManuallyDrop<Mutex<Connection>>,
+    leave_open: std::sync::atomic::AtomicBool,
     /// The write-ahead log, whose size decides the checkpoint on close.
     wal: std::path::PathBuf,
 }
@@ -61,19 +63,10 @@ const WAL_TRUNCATE_AT_PAGES: u64 = 256;
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
-        let Ok(wal) = std::fs::metadata(&self.wal) else {
-            return;
-        };
-        let conn = self.conn();
-        let page: i64 = conn
-            .pragma_query_value(None, "page_size", |r| r.get(0))
-            .unwrap_or(4096);
-        if wal.len() > WAL_TRUNCATE_AT_PAGES * page.unsigned_abs() {
-            // Best effort: a busy database just keeps its WAL a while longer.
-            let _ = conn.busy_timeout(Duration::from_millis(200));
-            if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
-                tracing::debug!(error = %e, "WAL checkpoint on close skipped");
-            }
+        self.truncate_a_big_wal();
+        if !self.leave_open.load(std::sync::atomic::Ordering::Relaxed) {
+            // SAFETY: dropped once, here, and never used after.
+            unsafe { std::mem::ManuallyDrop::drop(&mut self.conn) };
         }
     }
 }
@@ -174,11 +167,31 @@ impl SqliteStore {
         wal.push("-wal");
         let store = SqliteStore {
             url: url.to_string(),
-            conn: Mutex::new(conn),
+            conn: std::mem::ManuallyDrop::new(Mutex::new(conn)),
+            leave_open: Default::default(),
             wal: wal.into(),
         };
         store.migrate()?;
         Ok(store)
+    }
+
+    /// Checkpoint and truncate the WAL when it holds more than
+    /// [`WAL_TRUNCATE_AT_PAGES`] pages' worth.
+    fn truncate_a_big_wal(&self) {
+        let Ok(wal) = std::fs::metadata(&self.wal) else {
+            return;
+        };
+        let conn = self.conn();
+        let page: i64 = conn
+            .pragma_query_value(None, "page_size", |r| r.get(0))
+            .unwrap_or(4096);
+        if wal.len() > WAL_TRUNCATE_AT_PAGES * page.unsigned_abs() {
+            // Best effort: a busy database just keeps its WAL a while longer.
+            let _ = conn.busy_timeout(Duration::from_millis(200));
+            if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
+                tracing::debug!(error = %e, "WAL checkpoint on close skipped");
+            }
+        }
     }
 
     fn err(&self, source: rusqlite::Error) -> StoreError {
@@ -367,6 +380,14 @@ impl Store for SqliteStore {
     /// The queue needs a store shared by the hosts: not this one.
     fn queue(&self) -> Option<&dyn QueueStore> {
         None
+    }
+
+    /// Not closing leaves nothing behind: with `NO_CKPT_ON_CLOSE` a close
+    /// writes nothing, and the process's exit releases SQLite's file locks
+    /// and shared memory as a close would.
+    fn ends_with_the_process(&self) {
+        self.leave_open
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -242,4 +242,8 @@ pub trait QueueStore: Send + Sync {
 pub trait Store: RunStore + LedgerStore + OutboxStore + WatchStore + Send + Sync {
     /// The distributed queue, or `None` (see [`super::no_queue`]).
     fn queue(&self) -> Option<&dyn QueueStore>;
+    /// The process ends soon after this store is dropped: what closing
+    /// would only free (memory, descriptors, maps) may be left to the
+    /// kernel. Whatever the drop does that lasts (a checkpoint) still runs.
+    fn ends_with_the_process(&self) {}
 }
