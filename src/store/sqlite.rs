@@ -1001,6 +1001,29 @@ mod tests {
         );
     }
 
+    /// The build's SQLite is the lean one `.cargo/config.toml` asks for.
+    #[test]
+    fn sqlite_is_built_without_the_modules_a_store_never_uses() {
+        let conn = Connection::open_in_memory().unwrap();
+        let options: Vec<String> = conn
+            .prepare("PRAGMA compile_options")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
+        for absent in ["ENABLE_FTS5", "ENABLE_FTS3", "ENABLE_RTREE", "ENABLE_STAT4"] {
+            assert!(
+                !options.iter().any(|o| o == absent),
+                "{absent} in {options:?}"
+            );
+        }
+    }
+
     #[test]
     fn a_store_of_schema_5_migrates_and_loses_the_unused_queue_table() {
         let dir = tempfile::tempdir().unwrap();
