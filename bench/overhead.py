@@ -13,7 +13,7 @@ resident memory while it supervises a job.
     cargo build --release && python3 bench/overhead.py [--runs N] [--baseline OLD_BINARY]
 
 --baseline adds an earlier build's `batchguard exec` (cgroup and poll) to
-the same interleaved rounds, so a change is measured against what it
+the same interleaved rounds, on a store of its own, so a change is measured against what it
 replaces under the same conditions (this machine's speed drifts by 30%
 over an hour; separate runs do not compare).
 """
@@ -95,9 +95,12 @@ def main():
             ([BIN, "exec", "--name", "bench", "--", *cmd], dict(env, BATCHGUARD_CGROUP="poll")),
         ]
         if base:
+            # Its own store: a store keeps the page size and layout of the
+            # build that created it.
+            benv = dict(env, BATCHGUARD_STATE=f"sqlite:{tmp}/baseline/state.db")
             variants += [
-                ([base, "exec", "--name", "bench", "--", *cmd], env),
-                ([base, "exec", "--name", "bench", "--", *cmd], dict(env, BATCHGUARD_CGROUP="poll")),
+                ([base, "exec", "--name", "bench", "--", *cmd], benv),
+                ([base, "exec", "--name", "bench", "--", *cmd], dict(benv, BATCHGUARD_CGROUP="poll")),
             ]
         if systemd_running():
             variants.append((["systemd-run", "--quiet", "--scope", *cmd], None))

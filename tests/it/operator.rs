@@ -456,3 +456,16 @@ fn a_read_command_whose_reader_goes_away_ends_by_sigpipe() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+/// The binary takes GCC's unwinder from libgcc_eh.a (build.rs): starting
+/// it loads no libgcc_s.so, one library fewer on every run's path.
+#[test]
+fn the_binary_does_not_load_libgcc_s() {
+    let image = std::fs::read(crate::harness::BIN).unwrap();
+    let needed = b"libgcc_s.so.1\0";
+    assert!(
+        !image.windows(needed.len()).any(|w| w == needed),
+        "{} still names libgcc_s.so.1 (its DT_NEEDED)",
+        crate::harness::BIN
+    );
+}
