@@ -546,10 +546,21 @@ impl Cgroup {
     }
 
     /// The leaf and every sub-cgroup below it, parents first.
+    ///
+    /// A cgroup directory (kernfs, v1 and v2) counts its sub-cgroups in its
+    /// link count, `2 + subdirectories`: one `stat` says there are none,
+    /// where listing a v1 memory cgroup reads its 34 control files (twice
+    /// per run: the leftover check and the removal).
     fn dirs(&self) -> Vec<PathBuf> {
+        use std::os::unix::fs::MetadataExt;
         let mut out = vec![self.path.clone()];
         let mut i = 0;
         while i < out.len() {
+            let no_subdirs = fs::metadata(&out[i]).is_ok_and(|m| m.nlink() == 2);
+            if no_subdirs {
+                i += 1;
+                continue;
+            }
             if let Ok(rd) = fs::read_dir(&out[i]) {
                 for e in rd.flatten() {
                     if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {

@@ -251,6 +251,58 @@ fn memory_limit_cgroup_host_mode() {
     assert!(out.duration < bound(10));
 }
 
+/// A job that makes a sub-cgroup of its own and leaves a process in it:
+/// the process is stopped with the rest of the tree and both cgroups are
+/// removed (the sub-cgroup found through the leaf's link count).
+#[test]
+fn a_sub_cgroup_the_job_made_is_stopped_and_removed() {
+    let Some(mode) = host_cgroup_or_skip() else {
+        return;
+    };
+    let dir = tmpdir("subcg");
+    let path_file = dir.join("cgroup");
+    let pid_file = dir.join("pid");
+    let script = format!(
+        "while [ ! -s {p} ]; do sleep 0.01; done; cg=$(cat {p}); mkdir \"$cg/sub\" || exit 9; \
+         sleep 300 & echo $! > \"$cg/sub/cgroup.procs\" || exit 8; \
+         echo $! > {pid}.tmp; mv {pid}.tmp {pid}",
+        p = path_file.display(),
+        pid = pid_file.display()
+    );
+    sv::become_subreaper();
+    let limits = Limits {
+        timeout: Some(bound(20)),
+        ..Limits::default()
+    };
+    let child = sv::spawn_with(with_cgroup(sh(&script), "subcg"), limits, mode).expect("spawn");
+    let cg = child.cgroup_path().expect("cgroup").to_path_buf();
+    std::fs::write(&path_file, cg.display().to_string()).unwrap();
+    let out = child.wait(|_, _| {});
+    assert_eq!(
+        out.end,
+        End::Exited(0),
+        "the sleeper went into a sub-cgroup: {out:?}"
+    );
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .expect("the job wrote its sleeper's pid")
+        .trim()
+        .parse()
+        .unwrap();
+    let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    });
+    assert!(
+        !alive,
+        "the sleeper {pid} in the sub-cgroup outlived the run"
+    );
+    assert!(!cg.join("sub").exists(), "the sub-cgroup is left");
+    assert!(!cg.exists(), "the run's cgroup is left");
+}
+
 #[test]
 fn memory_limit_poll_mode() {
     let limits = Limits {
