@@ -130,7 +130,7 @@ fn mounts() -> &'static [Mount] {
 }
 
 fn read_mounts() -> Vec<Mount> {
-    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
+    let Ok(text) = procfs::read_small("/proc/self/mountinfo") else {
         return Vec::new();
     };
     let mut out = Vec::new();
@@ -154,7 +154,7 @@ fn read_mounts() -> Vec<Mount> {
 }
 
 fn has_word(path: &Path, word: &str) -> bool {
-    fs::read_to_string(path)
+    procfs::read_small(path)
         .map(|s| s.split_whitespace().any(|w| w == word))
         .unwrap_or(false)
 }
@@ -236,7 +236,7 @@ fn top_level_base(root: &Path) -> Result<PathBuf, CgError> {
 
 /// Our own cgroup v2 directory (the `0::PATH` line of /proc/self/cgroup).
 fn own_v2(root: &Path) -> Option<PathBuf> {
-    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let text = procfs::read_small("/proc/self/cgroup").ok()?;
     let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
     Some(root.join(rel.trim().trim_start_matches('/')))
 }
@@ -272,7 +272,7 @@ fn delegated_base(root: &Path) -> Result<PathBuf, CgError> {
         let leaf = own.join("supervisor");
         mkdir_if_missing(&leaf)?;
         for _ in 0..3 {
-            let pids = fs::read_to_string(own.join("cgroup.procs")).map_err(|e| err(&own, e))?;
+            let pids = procfs::read_small(own.join("cgroup.procs")).map_err(|e| err(&own, e))?;
             for pid in pids.split_whitespace() {
                 // A process that exited meanwhile (ESRCH) is fine.
                 let _ = write_file(&leaf.join("cgroup.procs"), pid);
@@ -300,7 +300,7 @@ fn find_v1_own() -> Option<PathBuf> {
     let mount = mounts()
         .iter()
         .find(|m| m.fstype == "cgroup" && m.super_opts.split(',').any(|o| o == "memory"))?;
-    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let text = procfs::read_small("/proc/self/cgroup").ok()?;
     let own = text.lines().find_map(|line| {
         let mut parts = line.splitn(3, ':');
         let _id = parts.next()?;
@@ -332,12 +332,12 @@ fn write_file(path: &Path, value: &str) -> Result<(), CgError> {
 }
 
 fn read_u64(path: &Path) -> Option<u64> {
-    fs::read_to_string(path).ok()?.trim().parse().ok()
+    procfs::read_small(path).ok()?.trim().parse().ok()
 }
 
 /// Value of `key N` in a flat-keyed file (memory.events, memory.oom_control).
 fn read_key(path: &Path, key: &str) -> Option<u64> {
-    let text = fs::read_to_string(path).ok()?;
+    let text = procfs::read_small(path).ok()?;
     find_key(&text, key)
 }
 
@@ -578,7 +578,7 @@ impl Cgroup {
         let me = std::process::id() as i32;
         let mut out = Vec::new();
         for dir in self.dirs() {
-            if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
+            if let Ok(text) = procfs::read_small(dir.join("cgroup.procs")) {
                 out.extend(
                     text.split_whitespace()
                         .filter_map(|p| p.parse::<i32>().ok())

@@ -2,12 +2,38 @@
 //! the process table scans used to track a tree without a cgroup.
 
 use std::fs;
+use std::io::{self, Read};
 use std::path::Path;
+
+/// All of a small file: a /proc, sysfs or cgroup file (or a pipe). Such a
+/// file reports a size of 0, so `fs::read_to_string` asks for the size
+/// (`statx`) and then reads 32 bytes, 32, 64, 128, …: one `read` per
+/// doubling. Here a page-sized buffer takes the whole file in one `read`,
+/// and one more sees its end. A run reads a dozen of these, a per-item run
+/// two per item.
+pub fn read_small(path: impl AsRef<Path>) -> io::Result<String> {
+    let bytes = read_all(fs::File::open(path)?)?;
+    String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Everything `reader` yields until its end, a page at a time.
+pub(crate) fn read_all(mut reader: impl Read) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match reader.read(&mut chunk) {
+            Ok(0) => return Ok(out),
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
 
 /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`): a pid recorded under
 /// another boot id refers to a process of a previous boot and is certainly gone.
 pub fn boot_id() -> Option<String> {
-    let s = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let s = read_small("/proc/sys/kernel/random/boot_id").ok()?;
     let s = s.trim();
     (!s.is_empty()).then(|| s.to_string())
 }
@@ -47,7 +73,7 @@ pub(crate) fn stat(pid: i32) -> Option<Stat> {
     if pid <= 0 {
         return None;
     }
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let text = read_small(format!("/proc/{pid}/stat")).ok()?;
     parse_stat(pid, &text)
 }
 
@@ -81,7 +107,7 @@ pub(crate) fn all_stats() -> Vec<Stat> {
 
 /// Resident set size of `pid` in bytes (`/proc/PID/statm` field 2 × page size).
 pub(crate) fn rss_bytes(pid: i32, page_size: u64) -> Option<u64> {
-    let text = fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let text = read_small(format!("/proc/{pid}/statm")).ok()?;
     let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * page_size)
 }
@@ -91,7 +117,7 @@ pub(crate) fn children_of(pid: i32) -> Vec<i32> {
     let mut out = Vec::new();
     if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
         for task in tasks.flatten() {
-            if let Ok(text) = fs::read_to_string(task.path().join("children")) {
+            if let Ok(text) = read_small(task.path().join("children")) {
                 out.extend(
                     text.split_whitespace()
                         .filter_map(|p| p.parse::<i32>().ok()),
@@ -116,7 +142,7 @@ pub(crate) fn own_children() -> Vec<i32> {
     let me = std::process::id() as i32;
     let mut out = Vec::new();
     let mut any_file = false;
-    if let Ok(text) = fs::read_to_string(format!("/proc/self/task/{me}/children")) {
+    if let Ok(text) = read_small(format!("/proc/self/task/{me}/children")) {
         any_file = true;
         out.extend(
             text.split_whitespace()
@@ -166,6 +192,26 @@ pub(crate) fn pipe_holders(inodes: &[u64]) -> Vec<i32> {
 
 #[cfg(test)]
 mod tests {
+
+    /// A /proc file (size 0) and a regular file longer than one chunk come
+    /// back whole.
+    #[test]
+    fn read_small_reads_whole_files() {
+        let stat = read_small("/proc/self/stat").unwrap();
+        assert!(
+            stat.starts_with(&format!("{} (", std::process::id())),
+            "{stat}"
+        );
+        assert!(stat.ends_with('\n'));
+        let path = std::env::temp_dir().join(format!("read-small-{}", std::process::id()));
+        let text: String = (0..3000).map(|i| format!("{i}\n")).collect();
+        assert!(text.len() > 3 * 4096);
+        fs::write(&path, &text).unwrap();
+        assert_eq!(read_small(&path).unwrap(), text);
+        fs::remove_file(&path).unwrap();
+        assert!(read_small(&path).is_err());
+    }
+
     use super::*;
 
     #[test]

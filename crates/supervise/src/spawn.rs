@@ -730,8 +730,7 @@ fn spawn_raw(
     };
     drop(stack);
     drop((fds.report_w, fds.out_w, fds.err_w, fds.stdin_child, pre));
-    let mut msg = Vec::new();
-    let _ = io::Read::read_to_end(&mut File::from(fds.report_r), &mut msg);
+    let msg = crate::procfs::read_all(File::from(fds.report_r)).unwrap_or_default();
     if msg.is_empty() {
         // EOF without a word: the exec succeeded (the pipe was close-on-exec).
         return Ok(Some(Started {
