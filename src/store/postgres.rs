@@ -894,12 +894,7 @@ impl RunStore for PostgresStore {
     }
 
     fn expired_logs(&self, job: &str, before_ms: i64, limit: usize) -> Result<Vec<ExpiredLog>> {
-        let query = RunQuery::LogsBefore {
-            job,
-            before_ms,
-            limit,
-        };
-        let (sql, args) = query.selecting(&DIALECT, rows::EXPIRED_LOG_COLUMNS);
+        let (sql, args) = rows::expired_logs_sql(&DIALECT, job, before_ms, limit);
         let values: Vec<Box<dyn ToSql + Sync>> = args.into_iter().map(to_sql).collect();
         let rows = self.with("read expired logs", |c, _| {
             Ok(c.query(&sql, &refs(&values))?)

@@ -467,7 +467,23 @@ pub enum RunQuery<'a> {
 }
 
 /// What log retention reads of a run whose log expired (in this order).
-pub(crate) const EXPIRED_LOG_COLUMNS: &str = "id, log_path";
+const EXPIRED_LOG_COLUMNS: &str = "id, log_path";
+
+/// Log retention's query ([`RunQuery::LogsBefore`] reading only
+/// [`EXPIRED_LOG_COLUMNS`]) in `d`'s SQL, and its arguments.
+pub(crate) fn expired_logs_sql(
+    d: &Dialect,
+    job: &str,
+    before_ms: i64,
+    limit: usize,
+) -> (String, Vec<Value>) {
+    let query = RunQuery::LogsBefore {
+        job,
+        before_ms,
+        limit,
+    };
+    query.selecting(d, EXPIRED_LOG_COLUMNS)
+}
 
 impl RunQuery<'_> {
     /// The query in `d`'s SQL, reading [`RUN_COLUMNS`], and its arguments.

@@ -531,12 +531,7 @@ impl RunStore for SqliteStore {
     }
 
     fn expired_logs(&self, job: &str, before_ms: i64, limit: usize) -> Result<Vec<ExpiredLog>> {
-        let query = RunQuery::LogsBefore {
-            job,
-            before_ms,
-            limit,
-        };
-        let (sql, args) = query.selecting(&DIALECT, rows::EXPIRED_LOG_COLUMNS);
+        let (sql, args) = rows::expired_logs_sql(&DIALECT, job, before_ms, limit);
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
         let args = rusqlite::params_from_iter(args.into_iter().map(to_sql));
