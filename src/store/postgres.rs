@@ -893,6 +893,15 @@ impl RunStore for PostgresStore {
         self.runs_where(&sql, args)
     }
 
+    fn mark_log_pruned(&self, run_id: &str) -> Result<()> {
+        self.exec(
+            "mark_log_pruned",
+            "UPDATE runs SET log_pruned = true WHERE id = $1",
+            &[&run_id],
+        )?;
+        Ok(())
+    }
+
     fn expired_logs(&self, job: &str, before_ms: i64, limit: usize) -> Result<Vec<ExpiredLog>> {
         let (sql, args) = rows::expired_logs_sql(&DIALECT, job, before_ms, limit);
         let values: Vec<Box<dyn ToSql + Sync>> = args.into_iter().map(to_sql).collect();
@@ -905,15 +914,6 @@ impl RunStore for PostgresStore {
                 log_path: r.try_get(1)?,
             })
         })
-    }
-
-    fn mark_log_pruned(&self, run_id: &str) -> Result<()> {
-        self.exec(
-            "mark_log_pruned",
-            "UPDATE runs SET log_pruned = true WHERE id = $1",
-            &[&run_id],
-        )?;
-        Ok(())
     }
 
     fn set_run_failed_items(&self, run_id: &str, keys: &[String]) -> Result<()> {

@@ -530,6 +530,13 @@ impl RunStore for SqliteStore {
         self.runs_where(&sql, args)
     }
 
+    fn mark_log_pruned(&self, run_id: &str) -> Result<()> {
+        self.conn()
+            .execute("UPDATE runs SET log_pruned = 1 WHERE id = ?1", [run_id])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     fn expired_logs(&self, job: &str, before_ms: i64, limit: usize) -> Result<Vec<ExpiredLog>> {
         let (sql, args) = rows::expired_logs_sql(&DIALECT, job, before_ms, limit);
         let conn = self.conn();
@@ -543,13 +550,6 @@ impl RunStore for SqliteStore {
         })
         .and_then(|rows| rows.collect())
         .map_err(|e| self.err(e))
-    }
-
-    fn mark_log_pruned(&self, run_id: &str) -> Result<()> {
-        self.conn()
-            .execute("UPDATE runs SET log_pruned = 1 WHERE id = ?1", [run_id])
-            .map_err(|e| self.err(e))?;
-        Ok(())
     }
 
     fn set_run_failed_items(&self, run_id: &str, keys: &[String]) -> Result<()> {
