@@ -175,14 +175,12 @@ pub(crate) fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// One `ioctl(FIONBIO)` (the status flag `fcntl(F_SETFL, O_NONBLOCK)` sets,
+/// without the `F_GETFL` before it): two output pipes per child, every item.
 pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl on a descriptor the caller keeps open; no pointers involved.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+    let on: libc::c_int = 1;
+    // SAFETY: FIONBIO reads one int through the pointer, which outlives the call.
+    if unsafe { libc::ioctl(fd, libc::FIONBIO, &on) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -579,5 +577,30 @@ pub fn rename_as(
         ))),
         Some(RawStatus::Exited(errno)) if errno < 125 => Err(io::Error::from_raw_os_error(errno)),
         _ => Err(io::Error::other("the rename helper failed")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// The read end becomes non-blocking, the write end (the child's) stays blocking.
+    #[test]
+    fn set_nonblocking_sets_o_nonblock_on_that_descriptor_only() {
+        let (r, w) = pipe_cloexec().unwrap();
+        set_nonblocking(r.as_raw_fd()).unwrap();
+        // SAFETY: F_GETFL on descriptors this test owns.
+        let flags = |fd: RawFd| unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        assert_ne!(flags(r.as_raw_fd()) & libc::O_NONBLOCK, 0);
+        assert_eq!(flags(w.as_raw_fd()) & libc::O_NONBLOCK, 0);
+        let mut buf = [0u8; 1];
+        // SAFETY: a read into a live buffer of the right length.
+        let n = unsafe { libc::read(r.as_raw_fd(), buf.as_mut_ptr().cast(), 1) };
+        assert_eq!(n, -1);
+        assert_eq!(
+            io::Error::last_os_error().raw_os_error(),
+            Some(libc::EAGAIN)
+        );
     }
 }
