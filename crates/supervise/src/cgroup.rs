@@ -129,28 +129,34 @@ fn mounts() -> &'static [Mount] {
     MOUNTS.get_or_init(read_mounts)
 }
 
+/// The cgroup mounts (`cgroup`, `cgroup2`) of /proc/self/mountinfo, the
+/// only ones asked about: the others (often dozens) are skipped before
+/// anything of theirs is split or unescaped.
 fn read_mounts() -> Vec<Mount> {
     let Ok(text) = procfs::read_small("/proc/self/mountinfo") else {
         return Vec::new();
     };
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let Some((pre, post)) = line.split_once(" - ") else {
-            continue;
-        };
-        let pre: Vec<&str> = pre.split(' ').collect();
-        let post: Vec<&str> = post.split(' ').collect();
-        if pre.len() < 5 || post.len() < 3 {
-            continue;
-        }
-        out.push(Mount {
-            root: unescape(pre[3]),
-            point: PathBuf::from(unescape(pre[4])),
-            fstype: post[0].to_string(),
-            super_opts: post[2].to_string(),
-        });
+    text.lines().filter_map(parse_cgroup_mount).collect()
+}
+
+/// One mountinfo line, if it is a cgroup mount.
+fn parse_cgroup_mount(line: &str) -> Option<Mount> {
+    let (pre, post) = line.split_once(" - ")?;
+    let mut post = post.split(' ');
+    let fstype = post.next()?;
+    if fstype != "cgroup" && fstype != "cgroup2" {
+        return None;
     }
-    out
+    let super_opts = post.nth(1)?;
+    let mut pre = pre.split(' ').skip(3);
+    let root = unescape(pre.next()?);
+    let point = PathBuf::from(unescape(pre.next()?));
+    Some(Mount {
+        root,
+        point,
+        fstype: fstype.to_string(),
+        super_opts: super_opts.to_string(),
+    })
 }
 
 fn has_word(path: &Path, word: &str) -> bool {
@@ -676,6 +682,28 @@ impl Cgroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only cgroup mounts are kept, with their root, point (unescaped),
+    /// type and super options; a short or foreign line is skipped.
+    #[test]
+    fn mountinfo_lines_of_cgroup_mounts_only() {
+        let v1 = "35 31 0:30 /process_api /sys/fs/cgroup/mem\\040ory rw,relatime shared:9 - cgroup cgroup rw,memory";
+        let m = parse_cgroup_mount(v1).expect("a v1 mount");
+        assert_eq!(m.root, "/process_api");
+        assert_eq!(m.point, PathBuf::from("/sys/fs/cgroup/mem ory"));
+        assert_eq!(
+            (m.fstype.as_str(), m.super_opts.as_str()),
+            ("cgroup", "rw,memory")
+        );
+        let v2 = "30 24 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate";
+        assert_eq!(parse_cgroup_mount(v2).expect("v2").fstype, "cgroup2");
+        assert!(parse_cgroup_mount("22 27 0:21 / /proc rw,relatime - proc proc rw").is_none());
+        assert!(parse_cgroup_mount("garbage").is_none());
+        assert!(
+            parse_cgroup_mount("1 2 - cgroup cgroup rw").is_none(),
+            "no root and point"
+        );
+    }
 
     #[test]
     fn unescapes_mountinfo() {
