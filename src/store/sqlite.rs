@@ -996,7 +996,8 @@ mod tests {
         );
     }
 
-    /// The build's SQLite is the lean one `.cargo/config.toml` asks for.
+    /// The build's SQLite is the lean one `.cargo/config.toml` asks for
+    /// (cargo reads that file when it runs inside the checkout).
     #[test]
     fn sqlite_is_built_without_the_modules_a_store_never_uses() {
         let conn = Connection::open_in_memory().unwrap();
