@@ -449,9 +449,21 @@ impl PostgresStore {
 
     /// The runs `sql` (reading `RUN_COLUMNS`) selects.
     fn runs_where(&self, sql: &str, args: Vec<Value>) -> Result<Vec<RunRecord>> {
+        self.select("read runs", sql, args, rows::run_from)
+    }
+
+    /// The rows `sql` selects with `args` (retried as `what`), each read
+    /// with `read`.
+    fn select<T>(
+        &self,
+        what: &str,
+        sql: &str,
+        args: Vec<Value>,
+        read: fn(&Row) -> std::result::Result<T, postgres::Error>,
+    ) -> Result<Vec<T>> {
         let values: Vec<Box<dyn ToSql + Sync>> = args.into_iter().map(to_sql).collect();
-        let rows = self.with("read runs", |c, _| Ok(c.query(sql, &refs(&values))?))?;
-        self.map_rows(&rows, rows::run_from)
+        let rows = self.with(what, |c, _| Ok(c.query(sql, &refs(&values))?))?;
+        self.map_rows(&rows, read)
     }
 
     /// Rows read with one of the shared readers.
@@ -904,11 +916,7 @@ impl RunStore for PostgresStore {
 
     fn expired_logs(&self, job: &str, before_ms: i64, limit: usize) -> Result<Vec<ExpiredLog>> {
         let (sql, args) = rows::expired_logs_sql(&DIALECT, job, before_ms, limit);
-        let values: Vec<Box<dyn ToSql + Sync>> = args.into_iter().map(to_sql).collect();
-        let rows = self.with("read expired logs", |c, _| {
-            Ok(c.query(&sql, &refs(&values))?)
-        })?;
-        self.map_rows(&rows, |r| {
+        self.select("read expired logs", &sql, args, |r| {
             Ok(ExpiredLog {
                 run_id: r.try_get(0)?,
                 log_path: r.try_get(1)?,

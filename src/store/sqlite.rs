@@ -257,14 +257,22 @@ impl SqliteStore {
     }
 
     fn runs_where(&self, sql: &str, args: Vec<Value>) -> Result<Vec<RunRecord>> {
+        self.select(sql, args, |r| rows::run_from(r))
+    }
+
+    /// The rows `sql` selects with `args`, each read with `read`.
+    fn select<T>(
+        &self,
+        sql: &str,
+        args: Vec<Value>,
+        read: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(sql).map_err(|e| self.err(e))?;
         let args = rusqlite::params_from_iter(args.into_iter().map(to_sql));
-        let rows = stmt
-            .query_map(args, |r| rows::run_from(r))
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-            .map_err(|e| self.err(e))?;
-        Ok(rows)
+        stmt.query_map(args, read)
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.err(e))
     }
 }
 
@@ -539,17 +547,12 @@ impl RunStore for SqliteStore {
 
     fn expired_logs(&self, job: &str, before_ms: i64, limit: usize) -> Result<Vec<ExpiredLog>> {
         let (sql, args) = rows::expired_logs_sql(&DIALECT, job, before_ms, limit);
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
-        let args = rusqlite::params_from_iter(args.into_iter().map(to_sql));
-        stmt.query_map(args, |r| {
+        self.select(&sql, args, |r| {
             Ok(ExpiredLog {
                 run_id: r.get(0)?,
                 log_path: r.get(1)?,
             })
         })
-        .and_then(|rows| rows.collect())
-        .map_err(|e| self.err(e))
     }
 
     fn set_run_failed_items(&self, run_id: &str, keys: &[String]) -> Result<()> {

@@ -11,7 +11,7 @@ use std::path::Path;
 /// doubling. Here a page-sized buffer takes the whole file in one `read`,
 /// and one more sees its end. A run reads a dozen of these, a per-item run
 /// two per item.
-pub fn read_small(path: impl AsRef<Path>) -> io::Result<String> {
+pub(crate) fn read_small(path: impl AsRef<Path>) -> io::Result<String> {
     let bytes = read_all(fs::File::open(path)?)?;
     String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
