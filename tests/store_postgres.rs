@@ -6,6 +6,7 @@
 //! backend named `batchguard`, which would otherwise hit its neighbours.
 
 use batchguard::store::conformance::{beat, claim_outbox, commit, hook_failure};
+use batchguard::store::dashboard::DashboardStore;
 use batchguard::store::{
     self, AcquireMode, Committer, Heartbeat, Holder, ItemState, LedgerUpdate, LockAttempt,
     NotifyState, OutboxFailure, RunEnd, RunRecord, RunnerIdentity, Store, StoreError,
@@ -140,7 +141,8 @@ fn reopening_keeps_data_and_does_not_migrate_twice() {
 
 /// Everything the conformance suite does not cover, run against SQLite
 /// and PostgreSQL alike: the results must be identical.
-fn scenario(s: &dyn Store) -> Vec<String> {
+fn scenario(d: &dyn DashboardStore) -> Vec<String> {
+    let s = d.store();
     let mut out = Vec::new();
     let mut log = |what: &str, v: String| out.push(format!("{what}: {v}"));
     // Runs: a skipped run, a finished one, listing and retention.
@@ -184,6 +186,19 @@ fn scenario(s: &dyn Store) -> Vec<String> {
     .unwrap();
     // A second finish changes nothing.
     s.finish_run("run-a", None, &RunEnd::default()).unwrap();
+    take(s, "job-c", "run-c", AcquireMode::IfFree);
+    for at in [9_000, 9_500] {
+        log(
+            "lost",
+            format!(
+                "{}",
+                s.mark_lost("run-c", "2026-11-30T00:00:09.000+00:00", at)
+                    .unwrap()
+            ),
+        );
+    }
+    // The dashboard's counts follow every insert and end, once each.
+    log("totals", format!("{:?}", d.run_totals().unwrap()));
     log("get", format!("{:?}", s.get_run("run-a").unwrap()));
     log("get-none", format!("{:?}", s.get_run("nope").unwrap()));
     log("list", format!("{:?}", s.list_runs(None, 10).unwrap()));
@@ -337,9 +352,15 @@ fn results_match_the_sqlite_reference() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = store::open(&format!("sqlite:{}", dir.path().join("s.db").display())).unwrap();
-    let pg = schemas.open("bg_parity");
+    let sqlite =
+        store::dashboard::open_dashboard(&format!("sqlite:{}", dir.path().join("s.db").display()))
+            .unwrap();
+    let pg = store::dashboard::open_dashboard(&schemas.url("bg_parity")).unwrap();
     let want = scenario(sqlite.as_ref());
+    assert!(
+        want.contains(&r#"totals: [("job-a", "success", 1), ("job-a", "timeout", 1), ("job-b", "skipped", 1), ("job-c", "lost", 1)]"#.to_string()),
+        "{want:#?}"
+    );
     let got = scenario(pg.as_ref());
     for (w, g) in want.iter().zip(&got) {
         assert_eq!(w, g);

@@ -7,7 +7,9 @@
 //! - indexes `runs (job, outcome, seq)` (newest success of a job),
 //!   `runs (job, started_ms)` (a job's runs in a time range) and
 //!   `runs (started_ms)` (the timeline);
-//! - `run_totals (job, outcome, n)`, kept by triggers on `runs`, so the
+//! - `run_totals (job, outcome, n)`, kept in the transaction that inserts
+//!   or ends a run (PostgreSQL's by triggers, SQLite's by the backend's
+//!   own statements since its migration 9), so the
 //!   Prometheus counter `batchguard_job_runs_total` is one small read instead
 //!   of counting a million rows on every scrape (and after every run, for the
 //!   textfile).

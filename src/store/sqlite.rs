@@ -242,12 +242,17 @@ impl SqliteStore {
             .map_err(|e| self.err(e))
     }
 
+    /// Inserts `run`, inside the caller's transaction: a run that is
+    /// already over (a skipped one) is counted in `run_totals` with it.
     fn insert_run_in(&self, conn: &Connection, run: &RunRecord, fence: i64) -> Result<()> {
         let values = rows::run_values(run, fence).into_iter().map(to_sql);
         conn.prepare_cached(&rows::insert_run_sql('?'))
             .and_then(|mut st| st.execute(rusqlite::params_from_iter(values)))
-            .map_err(|e| self.err(e))?;
-        Ok(())
+            .and_then(|_| match run.outcome.as_str() {
+                "running" => Ok(()),
+                _ => count_ended(conn, &run.id),
+            })
+            .map_err(|e| self.err(e))
     }
 
     /// The runs `sql` (reading `RUN_COLUMNS`) selects.
@@ -340,6 +345,34 @@ const LEDGER_FAILED: &str = "INSERT INTO ledger (scope_id, key, state, attempts,
      FROM json_each(?2) WHERE true ON CONFLICT (scope_id, key) DO UPDATE SET state = 2, \
      attempts = attempts + 1, last_error = excluded.last_error, run_id = ?3, fence = ?4, \
      updated_ms = ?5";
+
+/// The run `run_id` has ended: one more of its job's runs with its
+/// outcome in `run_totals` (the dashboard's counts,
+/// `src/store/dashboard.rs`). Called in the transaction that ends the run,
+/// so the counts never disagree with `runs`; `running` is never counted.
+fn count_ended(conn: &Connection, run_id: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO run_totals (job, outcome, n) SELECT job, outcome, 1 FROM runs \
+         WHERE id = ?1 ON CONFLICT (job, outcome) DO UPDATE SET n = n + 1",
+    )?
+    .execute([run_id])?;
+    Ok(())
+}
+
+/// Ends the running run `run_id` with `update` (whose `?1` is that id),
+/// and counts it; false when it was not running.
+fn end_running(
+    conn: &Connection,
+    run_id: &str,
+    update: &str,
+    params: &[&dyn rusqlite::ToSql],
+) -> rusqlite::Result<bool> {
+    let ended = conn.prepare_cached(update)?.execute(params)? == 1;
+    if ended {
+        count_ended(conn, run_id)?;
+    }
+    Ok(ended)
+}
 
 /// The newest fence drawn for `lock`.
 fn last_fence(conn: &Connection, lock: &str) -> rusqlite::Result<Option<i64>> {
@@ -476,7 +509,9 @@ impl RunStore for SqliteStore {
         let items = rows::items_json(end.items.as_ref());
         let mut conn = self.conn();
         let tx = self.begin(&mut conn)?;
-        tx.execute(
+        end_running(
+            &tx,
+            run_id,
             "UPDATE runs SET ended_at = ?2, ended_ms = ?3, duration_ms = ?3 - started_ms, \
              outcome = ?4, exit_code = ?5, signal = ?6, peak_memory_bytes = ?7, \
              memory_enforcement = COALESCE(?8, memory_enforcement), items = COALESCE(?9, items), \
@@ -516,21 +551,26 @@ impl RunStore for SqliteStore {
     }
 
     fn insert_run(&self, run: &RunRecord) -> Result<()> {
-        let conn = self.conn();
-        self.insert_run_in(&conn, run, run.fence)
+        let mut conn = self.conn();
+        let tx = self.begin(&mut conn)?;
+        self.insert_run_in(&tx, run, run.fence)?;
+        tx.commit().map_err(|e| self.err(e))
     }
 
     fn mark_lost(&self, run_id: &str, ended_at: &str, ended_ms: i64) -> Result<bool> {
-        let n = self
-            .conn()
-            .execute(
-                "UPDATE runs SET outcome = 'lost', ended_at = ?2, ended_ms = ?3, \
-                 duration_ms = MAX(heartbeat_ms, started_ms) - started_ms \
-                 WHERE id = ?1 AND outcome = 'running'",
-                params![run_id, ended_at, ended_ms],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(n == 1)
+        let mut conn = self.conn();
+        let tx = self.begin(&mut conn)?;
+        let lost = end_running(
+            &tx,
+            run_id,
+            "UPDATE runs SET outcome = 'lost', ended_at = ?2, ended_ms = ?3, \
+             duration_ms = MAX(heartbeat_ms, started_ms) - started_ms \
+             WHERE id = ?1 AND outcome = 'running'",
+            params![run_id, ended_at, ended_ms],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(lost)
     }
 
     fn runs_matching(&self, query: &RunQuery<'_>) -> Result<Vec<RunRecord>> {
@@ -1044,6 +1084,99 @@ mod tests {
         assert_eq!(version, migrations().len() as i64);
         assert!(!tables(&conn).contains(&"queue".to_string()));
         assert!(tables(&conn).contains(&"ledger".to_string()));
+    }
+
+    /// A store whose triggers kept `run_totals` (schema 8) loses them, and
+    /// the counts go on from where the triggers left them, once per run.
+    #[test]
+    fn a_store_of_schema_8_keeps_its_counts_without_triggers() {
+        use super::super::conformance::record;
+        use super::super::{RunEnd, RunStore, RunnerIdentity};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v8.db");
+        let who = RunnerIdentity {
+            host: "h".into(),
+            boot_id: "b".into(),
+            pid: 1,
+            pid_start: 1,
+        };
+        let url = format!("sqlite:{}", path.display());
+        let triggers = |conn: &Connection| -> i64 {
+            conn.query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'trigger'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &migrations()[..8] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 8).unwrap();
+            assert_eq!(triggers(&conn), 2);
+        }
+        let end = |outcome: &str| RunEnd {
+            ended_at: "2026-11-30T00:00:02.000+00:00".into(),
+            ended_ms: 2_000,
+            outcome: outcome.into(),
+            ..RunEnd::default()
+        };
+        // Before: the triggers count (as a build of schema 8 did).
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute(
+                "INSERT INTO runs (id, job, lock_name, host, boot_id, pid, pid_start, fence, \
+                 attempt, started_at, started_ms, outcome, memory_enforcement, heartbeat_ms) \
+                 VALUES ('old', 'j', 'j', 'h', 'b', 1, 1, 1, 1, 't', 1, 'running', 'none', 1)",
+                [],
+            )
+            .unwrap();
+            conn.execute(
+                "UPDATE runs SET outcome = 'success', ended_ms = 2 WHERE id = 'old'",
+                [],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&url, &path).unwrap();
+        store.insert_run(&record("r1", "j", &who)).unwrap();
+        store.finish_run("r1", None, &end("success")).unwrap();
+        store.finish_run("r1", None, &end("failure")).unwrap();
+        store.insert_run(&record("r2", "j", &who)).unwrap();
+        assert!(store.mark_lost("r2", "t", 3_000).unwrap());
+        assert!(!store.mark_lost("r2", "t", 3_000).unwrap());
+        let mut skipped = record("r3", "k", &who);
+        skipped.outcome = "skipped".into();
+        skipped.ended_at = Some("2026-11-30T00:00:00.000+00:00".into());
+        skipped.duration_ms = Some(0);
+        store.insert_run(&skipped).unwrap();
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(triggers(&conn), 0);
+        let counts = |sql: &str| -> Vec<(String, String, i64)> {
+            let mut st = conn.prepare(sql).unwrap();
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap()
+        };
+        let totals = counts("SELECT job, outcome, n FROM run_totals ORDER BY 1, 2");
+        assert_eq!(
+            totals,
+            counts(
+                "SELECT job, outcome, count(*) FROM runs WHERE outcome <> 'running' \
+                 GROUP BY 1, 2 ORDER BY 1, 2"
+            )
+        );
+        assert_eq!(
+            totals,
+            [
+                ("j".into(), "lost".into(), 1),
+                ("j".into(), "success".into(), 2),
+                ("k".into(), "skipped".into(), 1)
+            ]
+        );
     }
 }
 
