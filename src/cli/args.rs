@@ -53,124 +53,78 @@ pub enum Shell {
     Fish,
 }
 
+/// A subcommand's arguments, added to its `clap::Command` only when that
+/// command is built: when the command line names it, or when help, the
+/// completions or the man page build the whole tree. clap builds every
+/// subcommand's arguments to parse a command line, and for `exec
+/// /bin/true` that was 7% of the run's instructions (docs/performance.md).
+#[derive(Debug)]
+pub struct Deferred<T>(pub T);
+
+impl<T> std::ops::Deref for Deferred<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: clap::Args> clap::Args for Deferred<T> {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        cmd.defer(T::augment_args)
+    }
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        cmd.defer(T::augment_args_for_update)
+    }
+    fn group_id() -> Option<clap::Id> {
+        T::group_id()
+    }
+}
+
+impl<T: clap::FromArgMatches> clap::FromArgMatches for Deferred<T> {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        T::from_arg_matches(matches).map(Deferred)
+    }
+    fn from_arg_matches_mut(matches: &mut clap::ArgMatches) -> Result<Self, clap::Error> {
+        T::from_arg_matches_mut(matches).map(Deferred)
+    }
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        self.0.update_from_arg_matches(matches)
+    }
+    fn update_from_arg_matches_mut(
+        &mut self,
+        matches: &mut clap::ArgMatches,
+    ) -> Result<(), clap::Error> {
+        self.0.update_from_arg_matches_mut(matches)
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a job under supervision: lock, limits, retries, record, notify.
-    Run {
-        /// The job's name (DIR/jobs/JOB.toml).
-        #[arg(required_unless_present = "file", conflicts_with = "file")]
-        job: Option<String>,
-        /// Run this job file instead (its name is the file stem).
-        #[arg(long, value_name = "PATH")]
-        file: Option<PathBuf>,
-        /// Override a declared param (repeatable): --param date=2026-11-01
-        #[arg(long = "param", value_name = "K=V", value_parser = parse_param)]
-        params: Vec<(String, String)>,
-        /// The ledger scope to run in (default: the job's items.scope).
-        #[arg(long, value_name = "S")]
-        scope: Option<String>,
-        /// Process only the keys of shard I of N (FNV-1a 64 of the key mod
-        /// N == I); each shard takes its own lock (LOCK#shard-I-of-N).
-        #[arg(long, value_name = "I/N", value_parser = parse_shard)]
-        shard: Option<(u32, u32)>,
-        /// Distributed coordinator only: enqueue and wait, process no key
-        /// here.
-        #[arg(long)]
-        no_work: bool,
-        /// Start only when this minute is a fire of the job's schedule in
-        /// its timezone; else exit 0 silently (the per-minute cron line of
-        /// a daemon that ignores CRON_TZ).
-        #[arg(long)]
-        if_due: bool,
-    },
+    Run(Deferred<RunArgs>),
     /// Work on a distributed job's queue: claim batches of keys from the
     /// running coordinator's queue and process them.
-    Worker {
-        /// The distributed job ([distributed] enabled = true).
-        job: String,
-        /// Items processed at once (default: the job's items.parallelism).
-        #[arg(long, value_name = "N")]
-        concurrency: Option<u32>,
-        /// Only work for a coordinator running in this scope.
-        #[arg(long, value_name = "S")]
-        scope: Option<String>,
-        /// Keep waiting for coordinators instead of exiting when none runs.
-        #[arg(long)]
-        follow: bool,
-    },
+    Worker(Deferred<WorkerArgs>),
     /// Run an ad-hoc command under the same supervision (recorded with
     /// "adhoc": true; NAME must not be a configured job).
-    Exec(Exec),
+    Exec(Deferred<Exec>),
     /// Inside a run: rename SRC over DEST only while this run's token is
     /// the newest (else exit 75, DEST untouched).
-    Publish {
-        /// The finished result, written beside DEST.
-        src: PathBuf,
-        /// Where the result goes.
-        dest: PathBuf,
-    },
+    Publish(Deferred<PublishArgs>),
     /// Check the whole configuration directory, and that each job's program
     /// and each channel's variables exist on this host.
-    Validate {
-        /// Check the files only, not this host (CI on another machine).
-        #[arg(long)]
-        offline: bool,
-    },
+    Validate(Deferred<ValidateArgs>),
     /// One row per job: last run, outcome, next run, state.
-    Status {
-        /// text or json.
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-    },
+    Status(Deferred<StatusArgs>),
     /// A job's runs, newest first.
-    Runs {
-        /// The job's name.
-        job: String,
-        /// How many runs to list.
-        #[arg(long, default_value_t = 20, value_name = "N")]
-        limit: usize,
-        /// text or json.
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-    },
+    Runs(Deferred<RunsArgs>),
     /// One run in detail.
-    Show {
-        /// The run's id (from `runs`, a report or a notification).
-        run_id: String,
-        /// text or json.
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-    },
+    Show(Deferred<ShowArgs>),
     /// A job's item ledger: counts per scope and failed keys;
     /// `ledger reset JOB --scope S` forgets one scope (clean and redo).
-    Ledger {
-        /// JOB, or `reset JOB`.
-        #[arg(num_args = 1..=2, value_name = "JOB", required = true)]
-        args: Vec<String>,
-        /// One scope only (required for reset; '' is the default scope).
-        #[arg(long, value_name = "S")]
-        scope: Option<String>,
-        /// How many failed keys to list per scope.
-        #[arg(long, default_value_t = 20, value_name = "N")]
-        limit: usize,
-        /// text or json.
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-    },
+    Ledger(Deferred<LedgerArgs>),
     /// Audit jobs against the guideline (G01-G16); exit 1 on a fail.
-    Check {
-        /// Jobs to check (default: all).
-        jobs: Vec<String>,
-        /// text or json.
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-        /// Warnings fail too (exit 1).
-        #[arg(long)]
-        strict: bool,
-        /// Where the cron.d files should be (G13).
-        #[arg(long, default_value = crate::cron::DEFAULT_DIR, value_name = "DIR")]
-        cron_dir: PathBuf,
-    },
+    Check(Deferred<CheckArgs>),
     /// Cron schedules (G13): render or install /etc/cron.d files, predict
     /// fire times.
     Cron {
@@ -187,31 +141,182 @@ pub enum Command {
         action: NotifyAction,
     },
     /// Read-only web dashboard, JSON API and Prometheus metrics.
-    Serve {
-        /// Address to listen on; beyond loopback only with --token-env.
-        #[arg(long, default_value = "127.0.0.1:8470", value_name = "ADDR")]
-        listen: String,
-        /// Environment variable holding the access token.
-        #[arg(long, value_name = "VAR")]
-        token_env: Option<String>,
-    },
+    Serve(Deferred<ServeArgs>),
     /// A run's log (stdout and stderr interleaved, timestamped).
-    Logs {
-        /// The run's id.
-        run_id: String,
-        /// Keep printing until the run ends.
-        #[arg(long, short)]
-        follow: bool,
-    },
+    Logs(Deferred<LogsArgs>),
     /// Print shell completions: `batchguard completions bash >
     /// /etc/bash_completion.d/batchguard`.
-    Completions {
-        /// bash, zsh or fish.
-        #[arg(value_enum)]
-        shell: Shell,
-    },
+    Completions(Deferred<CompletionsArgs>),
     /// Print the man page (roff): `batchguard man | man -l -`.
     Man,
+}
+
+// `run`'s arguments (its help is the variant's doc comment:
+// a doc comment here would replace it when the deferred arguments are built).
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// The job's name (DIR/jobs/JOB.toml).
+    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    pub job: Option<String>,
+    /// Run this job file instead (its name is the file stem).
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+    /// Override a declared param (repeatable): --param date=2026-11-01
+    #[arg(long = "param", value_name = "K=V", value_parser = parse_param)]
+    pub params: Vec<(String, String)>,
+    /// The ledger scope to run in (default: the job's items.scope).
+    #[arg(long, value_name = "S")]
+    pub scope: Option<String>,
+    /// Process only the keys of shard I of N (FNV-1a 64 of the key mod
+    /// N == I); each shard takes its own lock (LOCK#shard-I-of-N).
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    pub shard: Option<(u32, u32)>,
+    /// Distributed coordinator only: enqueue and wait, process no key
+    /// here.
+    #[arg(long)]
+    pub no_work: bool,
+    /// Start only when this minute is a fire of the job's schedule in
+    /// its timezone; else exit 0 silently (the per-minute cron line of
+    /// a daemon that ignores CRON_TZ).
+    #[arg(long)]
+    pub if_due: bool,
+}
+
+// `worker`'s arguments (its help is the variant's doc comment:
+// a doc comment here would replace it when the deferred arguments are built).
+#[derive(clap::Args, Debug)]
+pub struct WorkerArgs {
+    /// The distributed job ([distributed] enabled = true).
+    pub job: String,
+    /// Items processed at once (default: the job's items.parallelism).
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<u32>,
+    /// Only work for a coordinator running in this scope.
+    #[arg(long, value_name = "S")]
+    pub scope: Option<String>,
+    /// Keep waiting for coordinators instead of exiting when none runs.
+    #[arg(long)]
+    pub follow: bool,
+}
+
+// `publish`'s arguments (its help is the variant's doc comment:
+// a doc comment here would replace it when the deferred arguments are built).
+#[derive(clap::Args, Debug)]
+pub struct PublishArgs {
+    /// The finished result, written beside DEST.
+    pub src: PathBuf,
+    /// Where the result goes.
+    pub dest: PathBuf,
+}
+
+// `validate`'s arguments (its help is the variant's doc comment:
+// a doc comment here would replace it when the deferred arguments are built).
+#[derive(clap::Args, Debug)]
+pub struct ValidateArgs {
+    /// Check the files only, not this host (CI on another machine).
+    #[arg(long)]
+    pub offline: bool,
+}
+
+// `status`'s arguments (its help is the variant's doc comment:
+// a doc comment here would replace it when the deferred arguments are built).
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// text or json.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+// `runs`'s arguments (its help is the variant's doc comment:
+// a doc comment here would replace it when the deferred arguments are built).
+#[derive(clap::Args, Debug)]
+pub struct RunsArgs {
+    /// The job's name.
+    pub job: String,
+    /// How many runs to list.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub limit: usize,
+    /// text or json.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+// `show`'s arguments (its help is the variant's doc comment:
+// a doc comment here would replace it when the deferred arguments are built).
+#[derive(clap::Args, Debug)]
+pub struct ShowArgs {
+    /// The run's id (from `runs`, a report or a notification).
+    pub run_id: String,
+    /// text or json.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+// `ledger`'s arguments (its help is the variant's doc comment:
+// a doc comment here would replace it when the deferred arguments are built).
+#[derive(clap::Args, Debug)]
+pub struct LedgerArgs {
+    /// JOB, or `reset JOB`.
+    #[arg(num_args = 1..=2, value_name = "JOB", required = true)]
+    pub args: Vec<String>,
+    /// One scope only (required for reset; '' is the default scope).
+    #[arg(long, value_name = "S")]
+    pub scope: Option<String>,
+    /// How many failed keys to list per scope.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub limit: usize,
+    /// text or json.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+// `check`'s arguments (its help is the variant's doc comment:
+// a doc comment here would replace it when the deferred arguments are built).
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    /// Jobs to check (default: all).
+    pub jobs: Vec<String>,
+    /// text or json.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+    /// Warnings fail too (exit 1).
+    #[arg(long)]
+    pub strict: bool,
+    /// Where the cron.d files should be (G13).
+    #[arg(long, default_value = crate::cron::DEFAULT_DIR, value_name = "DIR")]
+    pub cron_dir: PathBuf,
+}
+
+// `serve`'s arguments (its help is the variant's doc comment:
+// a doc comment here would replace it when the deferred arguments are built).
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on; beyond loopback only with --token-env.
+    #[arg(long, default_value = "127.0.0.1:8470", value_name = "ADDR")]
+    pub listen: String,
+    /// Environment variable holding the access token.
+    #[arg(long, value_name = "VAR")]
+    pub token_env: Option<String>,
+}
+
+// `logs`'s arguments (its help is the variant's doc comment:
+// a doc comment here would replace it when the deferred arguments are built).
+#[derive(clap::Args, Debug)]
+pub struct LogsArgs {
+    /// The run's id.
+    pub run_id: String,
+    /// Keep printing until the run ends.
+    #[arg(long, short)]
+    pub follow: bool,
+}
+
+// `completions`'s arguments (its help is the variant's doc comment:
+// a doc comment here would replace it when the deferred arguments are built).
+#[derive(clap::Args, Debug)]
+pub struct CompletionsArgs {
+    /// bash, zsh or fish.
+    #[arg(value_enum)]
+    pub shell: Shell,
 }
 
 impl Command {
@@ -221,20 +326,21 @@ impl Command {
     pub fn prints_for_a_reader(&self) -> bool {
         matches!(
             self,
-            Command::Status { .. }
-                | Command::Runs { .. }
-                | Command::Show { .. }
-                | Command::Ledger { .. }
-                | Command::Check { .. }
-                | Command::Validate { .. }
-                | Command::Logs { .. }
-                | Command::Completions { .. }
+            Command::Status(_)
+                | Command::Runs(_)
+                | Command::Show(_)
+                | Command::Ledger(_)
+                | Command::Check(_)
+                | Command::Validate(_)
+                | Command::Logs(_)
+                | Command::Completions(_)
                 | Command::Man
         )
     }
 }
 
-/// `exec`'s arguments.
+// `exec`'s arguments (its help is the variant's doc comment:
+// a doc comment here would replace it when the deferred arguments are built).
 #[derive(clap::Args, Debug)]
 pub struct Exec {
     /// The run's job name (not one of DIR/jobs).

@@ -5,7 +5,7 @@ mod args;
 mod render;
 
 pub use args::{Cli, Format};
-use args::{Command, CronAction, DEFAULT_CONFIG_DIR, NotifyAction};
+use args::{Command, CronAction, DEFAULT_CONFIG_DIR, Deferred, NotifyAction};
 
 use crate::error::{Error, Result};
 use crate::exec::{Context, Request};
@@ -94,10 +94,10 @@ fn invocation(cli: &Cli) -> crate::exec::Invocation {
         ..Default::default()
     };
     match &cli.command {
-        Command::Run {
+        Command::Run(Deferred(args::RunArgs {
             file: Some(file), ..
-        } => inv.file = Some(std::path::absolute(file).unwrap_or_else(|_| file.clone())),
-        Command::Exec(exec) => inv.exec = Some(exec.argv()),
+        })) => inv.file = Some(std::path::absolute(file).unwrap_or_else(|_| file.clone())),
+        Command::Exec(Deferred(exec)) => inv.exec = Some(exec.argv()),
         _ => {}
     }
     inv
@@ -149,7 +149,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         end_quietly_when_the_reader_goes();
     }
     match &cli.command {
-        Command::Run {
+        Command::Run(Deferred(args::RunArgs {
             job,
             file,
             params,
@@ -157,7 +157,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             shard,
             no_work,
             if_due,
-        } => {
+        })) => {
             let req = Request {
                 params: params.clone(),
                 scope: scope.clone(),
@@ -166,12 +166,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
             };
             run_job(&cli, job.as_deref(), file.as_deref(), req, *if_due)
         }
-        Command::Worker {
+        Command::Worker(Deferred(args::WorkerArgs {
             job,
             concurrency,
             scope,
             follow,
-        } => {
+        })) => {
             let opts = crate::items::distributed::WorkerOpts {
                 concurrency: *concurrency,
                 scope: scope.clone(),
@@ -179,32 +179,34 @@ fn dispatch(cli: Cli) -> Result<i32> {
             };
             worker(&cli, job, &opts)
         }
-        Command::Exec(exec) => exec_adhoc(&cli, exec),
-        Command::Publish { src, dest } => {
+        Command::Exec(Deferred(exec)) => exec_adhoc(&cli, exec),
+        Command::Publish(Deferred(args::PublishArgs { src, dest })) => {
             publish::publish(src, dest)?;
             Ok(exit::OK)
         }
-        Command::Validate { offline } => validate(&dir, *offline),
-        Command::Status { .. } | Command::Runs { .. } | Command::Show { .. } => records(&cli),
-        Command::Ledger {
+        Command::Validate(Deferred(args::ValidateArgs { offline })) => validate(&dir, *offline),
+        Command::Status(Deferred(args::StatusArgs { .. }))
+        | Command::Runs(Deferred(args::RunsArgs { .. }))
+        | Command::Show(Deferred(args::ShowArgs { .. })) => records(&cli),
+        Command::Ledger(Deferred(args::LedgerArgs {
             args,
             scope,
             limit,
             format,
-        } => ledger(&cli, args, scope.as_deref(), *limit, *format),
-        Command::Check {
+        })) => ledger(&cli, args, scope.as_deref(), *limit, *format),
+        Command::Check(Deferred(args::CheckArgs {
             jobs,
             format,
             strict,
             cron_dir,
-        } => check(&cli, jobs, *format, *strict, cron_dir),
+        })) => check(&cli, jobs, *format, *strict, cron_dir),
         Command::Cron { action } => cron_command(&dir, action),
         Command::Watchdog => watchdog(&cli),
         Command::Notify { action } => notify(&cli, action),
-        Command::Serve { listen, token_env } => {
+        Command::Serve(Deferred(args::ServeArgs { listen, token_env })) => {
             crate::serve::command(&dir, cli.state.as_deref(), listen, token_env.as_deref())
         }
-        Command::Completions { shell } => {
+        Command::Completions(Deferred(args::CompletionsArgs { shell })) => {
             args::completions(*shell, &mut std::io::stdout());
             Ok(exit::OK)
         }
@@ -212,7 +214,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             args::man(&mut std::io::stdout()).map_err(|e| Error::io("write", "stdout", e))?;
             Ok(exit::OK)
         }
-        Command::Logs { run_id, follow } => {
+        Command::Logs(Deferred(args::LogsArgs { run_id, follow })) => {
             let ctx = read_context(&cli)?;
             render::logs(&ctx, run_id, *follow)
         }
@@ -413,18 +415,18 @@ fn records(cli: &Cli) -> Result<i32> {
     let ctx = read_context(cli)?;
     runner::reap_lost(&ctx, &|name| load_job(dir, name, &ctx.global).ok())?;
     match &cli.command {
-        Command::Status { format } => {
+        Command::Status(Deferred(args::StatusArgs { format })) => {
             let jobs = load_jobs_leniently(dir, &ctx.global);
             render::status(&ctx, &jobs, *format)
         }
-        Command::Runs { job, limit, format } => {
+        Command::Runs(Deferred(args::RunsArgs { job, limit, format })) => {
             let runs = ctx.store.list_runs(Some(job), *limit)?;
             if runs.is_empty() {
                 configured_job(dir, job)?;
             }
             render::runs(&runs, *format)
         }
-        Command::Show { run_id, format } => {
+        Command::Show(Deferred(args::ShowArgs { run_id, format })) => {
             let run = ctx
                 .store
                 .get_run(run_id)?
