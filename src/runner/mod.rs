@@ -193,16 +193,7 @@ pub fn run(ctx: &Context, job: &Job, req: &Request) -> Result<Report> {
         mode,
         control: &control,
     };
-    let report = run.supervised(first);
-    if let Err(e) = logs::prune(
-        ctx.store.as_ref(),
-        &ctx.global.log_dir,
-        &job.name,
-        ctx.global.log_retention.as_millis() as i64,
-    ) {
-        tracing::warn!(error = %e, "log retention failed");
-    }
-    report
+    run.supervised(first)
 }
 
 /// A run that holds its lock (or, for `allow`, its token).
@@ -561,8 +552,9 @@ fn plain(a: &Attempt<'_>) -> Result<AttemptResult> {
     a.spawn_and_wait(&argv, spec, a.run_limits())
 }
 
-/// Renew the lease until told to stop; a lease that moved on stops the
-/// run (`fenced`); an overrun is notified once per attempt. `wait(d)`
+/// Prune the job's expired logs, then renew the lease until told to stop;
+/// a lease that moved on stops the run (`fenced`); an overrun is notified
+/// once per attempt. `wait(d)`
 /// passes `d` between two renewals (serving the publish socket, or just
 /// waiting) and says `false` once the run is over.
 fn heartbeat_loop(run: &Run<'_>, mut wait: impl FnMut(Duration) -> bool) {
@@ -574,6 +566,16 @@ fn heartbeat_loop(run: &Run<'_>, mut wait: impl FnMut(Duration) -> bool) {
         mode,
         control,
     } = *run;
+    // Log retention (SPEC §1) is done while the job runs, off the path
+    // from the job's end to the runner's exit.
+    if let Err(e) = logs::prune(
+        ctx.store.as_ref(),
+        &ctx.global.log_dir,
+        &job.name,
+        ctx.global.log_retention.as_millis() as i64,
+    ) {
+        tracing::warn!(error = %e, "log retention failed");
+    }
     let lease_ms = ctx.global.lease.as_millis() as i64;
     let mut interval =
         (ctx.global.lease / 6).clamp(Duration::from_millis(500), Duration::from_secs(10));
