@@ -63,13 +63,6 @@ pub enum Shell {
 #[derive(Debug)]
 pub struct Deferred<T>(pub T);
 
-impl<T> std::ops::Deref for Deferred<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.0
-    }
-}
-
 impl<T: clap::Args> clap::Args for Deferred<T> {
     fn augment_args(cmd: clap::Command) -> clap::Command {
         cmd.defer(T::augment_args)

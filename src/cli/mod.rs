@@ -185,9 +185,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(exit::OK)
         }
         Command::Validate(Deferred(args::ValidateArgs { offline })) => validate(&dir, *offline),
-        Command::Status(Deferred(args::StatusArgs { .. }))
-        | Command::Runs(Deferred(args::RunsArgs { .. }))
-        | Command::Show(Deferred(args::ShowArgs { .. })) => records(&cli),
+        Command::Status(_) | Command::Runs(_) | Command::Show(_) => records(&cli),
         Command::Ledger(Deferred(args::LedgerArgs {
             args,
             scope,

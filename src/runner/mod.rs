@@ -554,9 +554,9 @@ fn plain(a: &Attempt<'_>) -> Result<AttemptResult> {
 
 /// Prune the job's expired logs, then renew the lease until told to stop;
 /// a lease that moved on stops the run (`fenced`); an overrun is notified
-/// once per attempt. `wait(d)`
-/// passes `d` between two renewals (serving the publish socket, or just
-/// waiting) and says `false` once the run is over.
+/// once per attempt. `wait(d)` passes `d` between two renewals (serving
+/// the publish socket, or just waiting) and says `false` once the run is
+/// over.
 fn heartbeat_loop(run: &Run<'_>, mut wait: impl FnMut(Duration) -> bool) {
     let Run {
         ctx,
