@@ -27,6 +27,10 @@ pub(crate) struct Attempt<'a> {
     pub log: Mutex<RunLog>,
     /// The job's environment including the BATCHGUARD_* variables.
     pub env: Vec<(OsString, OsString)>,
+    /// Starts the run's helpers (the signal forwarder, the lease renewal
+    /// and the publish socket's server) if they are not running yet: a
+    /// child that ends within its first tick never needs them.
+    helpers: Option<&'a (dyn Fn() + Sync)>,
 }
 
 /// How an attempt ended.
@@ -98,6 +102,23 @@ impl<'a> Attempt<'a> {
             control,
             log: Mutex::new(log),
             env: attempt_env(publish, job, p, record),
+            helpers: None,
+        }
+    }
+
+    /// The attempt of a run whose helpers `start` starts (see
+    /// [`Attempt::start_helpers`]).
+    pub fn with_helpers(self, start: &'a (dyn Fn() + Sync)) -> Attempt<'a> {
+        Attempt {
+            helpers: Some(start),
+            ..self
+        }
+    }
+
+    /// Make sure the run's helpers run (a no-op once they do).
+    pub fn start_helpers(&self) {
+        if let Some(start) = self.helpers {
+            start();
         }
     }
 
@@ -232,7 +253,10 @@ impl<'a> Attempt<'a> {
             .set_run_process(&self.record.id, Some(child.pgid()), cgroup.as_deref())?;
         let id = self.control.register(child.stop_handle());
         tracing::debug!(pid = child.pid(), "spawned");
-        let done = child.wait(|stream, line| self.log_line(stream.as_str(), prefix, line));
+        let done = child.wait_then(
+            |stream, line| self.log_line(stream.as_str(), prefix, line),
+            || self.start_helpers(),
+        );
         self.control.unregister(id);
         tracing::debug!(end = ?done.end, "process tree ended");
         let (outcome, exit_code) = Outcome::from_end(&done.end);

@@ -71,6 +71,8 @@ struct Tally {
 
 /// Run one attempt of an items job.
 pub(crate) fn run(a: &Attempt<'_>, items: &Items) -> Result<AttemptResult> {
+    // Many children, a ledger, leases: the run's helpers from the start.
+    a.start_helpers();
     let keys = match source::read_keys(a, items)? {
         Ok(keys) => keys,
         Err(result) => return Ok(result),

@@ -32,7 +32,8 @@ use crate::store::{AcquireMode, RunEnd, RunRecord};
 use batchguard_config::Job;
 use batchguard_supervise::{self as supervise, CgroupPlacement};
 use std::io::IsTerminal;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, mpsc};
 use std::time::Duration;
 
 /// The result of `batchguard run`.
@@ -212,7 +213,7 @@ impl Run<'_> {
     fn supervised(&self, first: RunRecord) -> Result<Report> {
         let (sig_tx, sig_rx) = mpsc::channel::<i32>();
         let (hb_stop_tx, hb_stop_rx) = mpsc::channel::<()>();
-        let mut signals = match signal_hook::iterator::Signals::new([
+        let signals = match signal_hook::iterator::Signals::new([
             libc::SIGTERM,
             libc::SIGINT,
             libc::SIGHUP,
@@ -234,36 +235,64 @@ impl Run<'_> {
             fence: self.fence,
             run_as: self.p.run_as.as_ref(),
         };
+        let (publish, grant) = (&publish, &grant);
+        let signals = Mutex::new(Some(signals));
+        let hb_stop_rx = Mutex::new(Some(hb_stop_rx));
+        let started = AtomicBool::new(false);
         std::thread::scope(|s| {
-            s.spawn(|| {
-                for sig in signals.forever() {
-                    self.control.on_signal(sig);
-                    let _ = sig_tx.send(sig);
+            // The helpers: one thread forwards our signals to the job, one
+            // renews the lease and, between two renewals, answers the job's
+            // publish requests. They start at the first tick of the child's
+            // wait (10 ms), or before whatever else needs them (items, a
+            // retry's wait): a job that ends within the tick never pays
+            // for two threads, and a signal that comes meanwhile waits in
+            // signal-hook's pipe until the forwarder starts.
+            let start = || {
+                if started.swap(true, Ordering::SeqCst) {
+                    return;
                 }
-            });
-            // One thread renews the lease and, between two renewals,
-            // answers the job's publish requests.
-            match &publish {
-                Some(service) => s.spawn(|| heartbeat_loop(self, |d| service.serve_for(&grant, d))),
-                None => s.spawn(move || {
-                    heartbeat_loop(self, |d| {
-                        matches!(
-                            hb_stop_rx.recv_timeout(d),
-                            Err(mpsc::RecvTimeoutError::Timeout)
-                        )
-                    })
-                }),
+                if let Some(mut signals) = take(&signals) {
+                    let sig_tx = sig_tx.clone();
+                    s.spawn(move || {
+                        for sig in signals.forever() {
+                            self.control.on_signal(sig);
+                            let _ = sig_tx.send(sig);
+                        }
+                    });
+                }
+                match publish {
+                    Some(service) => {
+                        s.spawn(move || heartbeat_loop(self, |d| service.serve_for(grant, d)));
+                    }
+                    None => {
+                        if let Some(rx) = take(&hb_stop_rx) {
+                            s.spawn(move || {
+                                heartbeat_loop(self, |d| {
+                                    matches!(
+                                        rx.recv_timeout(d),
+                                        Err(mpsc::RecvTimeoutError::Timeout)
+                                    )
+                                })
+                            });
+                        }
+                    }
+                }
             };
             // Only jobs with a ping channel pay for the thread.
             if notice::has_ping_channel(self.ctx, self.job) {
                 s.spawn(|| notice::ping_start(self.ctx, self.job, &first.id));
             }
             let socket = publish.as_ref().map(|s| s.path());
-            let report = self.attempts(first.clone(), &sig_rx, socket);
-            let _ = hb_stop_tx.send(());
-            signals_handle.close();
-            if let Some(service) = &publish {
-                service.stop();
+            let report = self.attempts(first.clone(), &sig_rx, socket, &start);
+            if started.load(Ordering::SeqCst) {
+                let _ = hb_stop_tx.send(());
+                signals_handle.close();
+                if let Some(service) = publish {
+                    service.stop();
+                }
+            } else {
+                // The renewal thread's first task, done here instead.
+                prune_logs(self);
             }
             report
         })
@@ -276,12 +305,13 @@ impl Run<'_> {
         first: RunRecord,
         sig_rx: &mpsc::Receiver<i32>,
         publish: Option<&std::path::Path>,
+        helpers: &(dyn Fn() + Sync),
     ) -> Result<Report> {
         let mut record = first;
         let mut attempt = 1u32;
         loop {
             record.fence = self.fence;
-            let (result, tail) = self.one_attempt(&record, publish);
+            let (result, tail) = self.one_attempt(&record, publish, helpers);
             let outcome = result.outcome;
             let retry =
                 outcome.retryable() && attempt <= self.job.retries && !self.control.signalled();
@@ -291,6 +321,8 @@ impl Run<'_> {
             self.record_end(&record, &result, false);
             let delay = backoff(self.job.retry_delay, attempt);
             tracing::info!(job = %self.job.name, attempt, "attempt failed ({}); retrying in {:?}", outcome.as_str(), delay);
+            // The wait below must hear our signals and keep the lease.
+            helpers();
             if sig_rx.recv_timeout(delay).is_ok() {
                 // A signal between attempts ends the run with the last
                 // attempt's outcome, reported like any other end.
@@ -439,6 +471,7 @@ impl Run<'_> {
         &self,
         record: &RunRecord,
         publish: Option<&std::path::Path>,
+        helpers: &(dyn Fn() + Sync),
     ) -> (AttemptResult, Vec<String>) {
         let log = match exec::open_attempt_log(&self.ctx.global, self.job, self.p, record) {
             Ok(log) => log,
@@ -453,7 +486,8 @@ impl Run<'_> {
             self.mode,
             self.control,
             log,
-        );
+        )
+        .with_helpers(helpers);
         a.note(&format!(
             "run {} of job {} attempt {} fence {} on {} pid {}",
             record.id,
@@ -552,6 +586,24 @@ fn plain(a: &Attempt<'_>) -> Result<AttemptResult> {
     a.spawn_and_wait(&argv, spec, a.run_limits())
 }
 
+/// Delete the job's run logs older than `log_retention`.
+fn prune_logs(run: &Run<'_>) {
+    let (ctx, job) = (run.ctx, run.job);
+    if let Err(e) = logs::prune(
+        ctx.store.as_ref(),
+        &ctx.global.log_dir,
+        &job.name,
+        ctx.global.log_retention.as_millis() as i64,
+    ) {
+        tracing::warn!(error = %e, "log retention failed");
+    }
+}
+
+/// Take what a mutex holds (once).
+fn take<T>(m: &Mutex<Option<T>>) -> Option<T> {
+    m.lock().unwrap_or_else(|p| p.into_inner()).take()
+}
+
 /// Prune the job's expired logs, then renew the lease until told to stop;
 /// a lease that moved on stops the run (`fenced`); an overrun is notified
 /// once per attempt. `wait(d)` passes `d` between two renewals (serving
@@ -566,16 +618,9 @@ fn heartbeat_loop(run: &Run<'_>, mut wait: impl FnMut(Duration) -> bool) {
         mode,
         control,
     } = *run;
-    // Log retention (SPEC §1) is done while the job runs, off the path
-    // from the job's end to the runner's exit.
-    if let Err(e) = logs::prune(
-        ctx.store.as_ref(),
-        &ctx.global.log_dir,
-        &job.name,
-        ctx.global.log_retention.as_millis() as i64,
-    ) {
-        tracing::warn!(error = %e, "log retention failed");
-    }
+    // Log retention is done while the job runs, off the path from the
+    // job's end to the runner's exit.
+    prune_logs(run);
     let lease_ms = ctx.global.lease.as_millis() as i64;
     let mut interval =
         (ctx.global.lease / 6).clamp(Duration::from_millis(500), Duration::from_secs(10));

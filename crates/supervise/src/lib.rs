@@ -851,8 +851,20 @@ impl Child {
     /// Block until the main child has exited, the rest of its tree is gone and both
     /// output pipes reached EOF (or the tree was killed). `on_line` is called on this
     /// thread for every line of output, in arrival order.
-    pub fn wait(mut self, mut on_line: impl FnMut(Stream, &[u8])) -> Outcome {
+    pub fn wait(self, on_line: impl FnMut(Stream, &[u8])) -> Outcome {
+        self.wait_then(on_line, || {})
+    }
+
+    /// [`Child::wait`], and `later` is called once, on this thread, when the
+    /// wait lasts past its first tick (10 ms): for what a short child never
+    /// needs, such as a runner's helper threads.
+    pub fn wait_then(
+        mut self,
+        mut on_line: impl FnMut(Stream, &[u8]),
+        later: impl FnOnce(),
+    ) -> Outcome {
         let mut w = WaitState::new(&self.limits, self.started);
+        let mut later = Some((w.next_tick, later));
         loop {
             self.wake.drain();
             self.check_exit(&mut w);
@@ -860,6 +872,11 @@ impl Child {
             // the pipes, so a lone child's EOF is seen in this very pass.
             self.output.pump(&mut on_line);
             let now = Instant::now();
+            if later.as_ref().is_some_and(|(at, _)| now >= *at) {
+                if let Some((_, f)) = later.take() {
+                    f();
+                }
+            }
             self.main_exited = w.status.is_some();
             self.act(&mut w, now);
             if w.status.is_some() {

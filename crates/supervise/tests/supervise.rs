@@ -72,6 +72,39 @@ fn exit_code_passthrough() {
     );
 }
 
+/// `wait_then`'s hook runs once, on the waiting thread, for a child that
+/// outlives the first tick, and never for one that ends before it.
+#[test]
+fn the_late_hook_runs_once_and_only_for_a_child_past_its_first_tick() {
+    sv::become_subreaper();
+    let calls = std::cell::Cell::new(0u32);
+    let waiter = std::thread::current().id();
+    let long =
+        sv::spawn_with(sh("sleep 0.3"), Limits::default(), Enforcement::Poll).expect("spawn");
+    let start = Instant::now();
+    let out = long.wait_then(
+        |_, _| {},
+        || {
+            assert_eq!(std::thread::current().id(), waiter);
+            assert!(
+                start.elapsed() < Duration::from_millis(250),
+                "called late: {:?}",
+                start.elapsed()
+            );
+            calls.set(calls.get() + 1);
+        },
+    );
+    assert_eq!(out.end, End::Exited(0));
+    assert_eq!(calls.get(), 1, "a 300 ms child gets the hook once");
+    // A child that has ended before the tick: exit is seen at once.
+    let short =
+        sv::spawn_with(spec(&["true"]), Limits::default(), Enforcement::Poll).expect("spawn");
+    std::thread::sleep(Duration::from_millis(2));
+    let out = short.wait_then(|_, _| {}, || calls.set(calls.get() + 1));
+    assert_eq!(out.end, End::Exited(0));
+    assert_eq!(calls.get(), 1, "a child that ended first gets no hook");
+}
+
 #[test]
 fn signal_death_is_signaled() {
     for mode in modes() {
