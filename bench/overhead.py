@@ -3,14 +3,17 @@
 
 Wraps /bin/true and a 10 ms job many times, side by side in one run:
 bare exec, `flock -n LOCK timeout 60 CMD`, `systemd-run --scope` (when
-systemd runs this host), and `batchguard exec` (cgroup and poll). The
+systemd runs this host), `batchguard exec` (cgroup and poll), and the
+floor of a recorded run (bench/run_floor.rs: a store's lock and run row,
+a log file, a cgroup, the child, the end record, and nothing else). The
 variants are interleaved (round after round, each variant once per round),
 so a busy spell of the machine weighs on all of them alike. Reports the
 median wall time per run, each wrapper's added overhead over bare exec,
 the ratio of batchguard's overhead to flock+timeout's, and the runner's
 resident memory while it supervises a job.
 
-    cargo build --release && python3 bench/overhead.py [--runs N] [--baseline OLD_BINARY]
+    cargo build --release --bin batchguard --example run_floor
+    python3 bench/overhead.py [--runs N] [--baseline OLD_BINARY]
 
 --baseline adds an earlier build's `batchguard exec` (cgroup and poll) to
 the same interleaved rounds, on a store of its own, so a change is measured against what it
@@ -30,6 +33,22 @@ from benchlib import installed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "batchguard")
+FLOOR = os.path.join(ROOT, "target", "release", "examples", "run_floor")
+
+
+def floor_cgroup_parent(tmp):
+    """Where the floor makes its runs' memory cgroups: beside batchguard's,
+    under this process's own cgroup v1 memory cgroup. None elsewhere."""
+    for line in open("/proc/self/cgroup"):
+        _, controllers, path = line.rstrip("\n").split(":", 2)
+        if "memory" in controllers.split(","):
+            parent = f"/sys/fs/cgroup/memory{path}/batchguard-floor-{os.getpid()}"
+            try:
+                os.makedirs(parent, exist_ok=True)
+                return parent
+            except OSError:
+                return None
+    return None
 
 
 def timed_interleaved(variants, runs):
@@ -67,10 +86,12 @@ def main():
     ap.add_argument("--runs", type=int, default=300)
     ap.add_argument("--baseline", help="an earlier batchguard binary, measured in the same rounds")
     args = ap.parse_args()
-    if not os.path.exists(BIN):
-        raise SystemExit("build first: cargo build --release")
+    if not os.path.exists(BIN) or not os.path.exists(FLOOR):
+        raise SystemExit("build first: cargo build --release --bin batchguard --example run_floor")
     tmp = tempfile.mkdtemp(prefix="bg-bench-")
     BIN = installed(BIN, tmp)
+    floor = installed(FLOOR, tmp)
+    floor_cg = floor_cgroup_parent(tmp)
     base = None
     if args.baseline:
         os.makedirs(f"{tmp}/baseline")
@@ -87,12 +108,18 @@ def main():
           "flock+timeout overhead | batchguard cgroup overhead (ratio) | batchguard poll overhead (ratio) |")
     print("|---|---|---|---|---|---|---|---|---|")
     baselines = {}
+    floors = {}
     for name, cmd in jobs.items():
         variants = [
             (cmd, None),
             (["flock", "-n", lock, "timeout", "60", *cmd], None),
             ([BIN, "exec", "--name", "bench", "--", *cmd], env),
             ([BIN, "exec", "--name", "bench", "--", *cmd], dict(env, BATCHGUARD_CGROUP="poll")),
+        ]
+        floor_argv = [floor, f"{tmp}/floor.db", f"{tmp}/floor-log", "bench"]
+        variants += [
+            (floor_argv + (["--cgroup", floor_cg] if floor_cg else []) + ["--", *cmd], None),
+            (floor_argv + ["--", *cmd], None),
         ]
         if base:
             # Its own store: a store keeps the page size and layout of the
@@ -106,6 +133,8 @@ def main():
             variants.append((["systemd-run", "--quiet", "--scope", *cmd], None))
         medians = timed_interleaved(variants, args.runs)
         bare, flock, bg, bgp = medians[:4]
+        floors[name] = (medians[4] - bare, medians[5] - bare, flock - bare, bg - bare, bgp - bare)
+        medians = medians[:4] + medians[6:]
         if base:
             baselines[name] = (medians[4] - bare, medians[5] - bare, flock - bare)
             medians = medians[:4] + medians[6:]
@@ -113,6 +142,18 @@ def main():
         fo, bo, bpo = flock - bare, bg - bare, bgp - bare
         print(f"| {name} | {bare:.2f} | {flock:.2f} | {'n/a' if sysd is None else f'{sysd:.2f}'} | "
               f"{bg:.2f} | {bgp:.2f} | {fo:.2f} | {bo:.2f} ({bo / fo:.2f}x) | {bpo:.2f} ({bpo / fo:.2f}x) |")
+    cg_label = "cgroup v1" if floor_cg else "no cgroup: none could be made here"
+    print(f"\nthe floor of a recorded run (bench/run_floor.rs; its cgroup column: {cg_label}) in the same rounds: "
+          "its overhead, its ratio to flock+timeout's, and batchguard's overhead over the floor's\n")
+    print("| job | floor cgroup overhead (ratio) | floor poll overhead (ratio) | batchguard cgroup / floor | batchguard poll / floor |")
+    print("|---|---|---|---|---|")
+    for name, (fc, fp, fo, bo, bpo) in floors.items():
+        print(f"| {name} | {fc:.2f} ({fc / fo:.2f}x) | {fp:.2f} ({fp / fo:.2f}x) | {bo / fc:.2f}x | {bpo / fp:.2f}x |")
+    if floor_cg:
+        try:
+            os.rmdir(floor_cg)
+        except OSError:
+            pass
     if base:
         print(f"\nthe baseline ({args.baseline}) in the same rounds:\n")
         print("| job | baseline cgroup overhead (ratio) | baseline poll overhead (ratio) |")
