@@ -41,7 +41,8 @@ log "kernel $kernel"
 # (bench: VM_PROFILE=release bash tests/vm/run.sh); CI checks the debug one.
 profile="${VM_PROFILE:-debug}"
 log "building ($profile)"
-if [ "$profile" = release ]; then cargo build -q --release --bin batchguard; else cargo build -q --bin batchguard; fi
+# The release build brings the per-run floor too (bench/run_floor.rs).
+if [ "$profile" = release ]; then cargo build -q --release --bin batchguard --example run_floor; else cargo build -q --bin batchguard; fi
 mapfile -t tests < <(cargo test -q -p batchguard-supervise --no-run --message-format=json 2>/dev/null \
   | grep -o '"executable":"[^"]*"' | sed 's/"executable":"\(.*\)"/\1/' | grep -v '/throughput-' || true)
 [ -n "${SKIP_CRATE_TESTS:-}" ] && tests=()
@@ -62,6 +63,7 @@ pack_bin() { # src dest: copy stripped, with the shared libraries ldd lists
   done
 }
 pack_bin "$ROOT/target/$profile/batchguard" bin/batchguard
+[ "$profile" = release ] && pack_bin "$ROOT/target/release/examples/run_floor" bin/run_floor
 # util-linux flock, for the overhead beside flock+timeout (busybox has timeout).
 [ -e "$r/usr/bin/flock" ] || pack_bin "$(command -v flock)" usr/bin/flock
 for t in "${tests[@]}"; do pack_bin "$t" "tests/$(basename "$t")"; done

@@ -161,4 +161,10 @@ pair=$(per_run_ms 20 flock -n /tmp/tick.lock timeout 60 /bin/true)
 bg=$(per_run_ms 20 $BG exec --name tick -- /bin/true)
 BATCHGUARD_LOG=debug $BG exec --name tick -- /bin/true 2>&1 | sed 's/^/VMTEST INFO phase /'
 echo "VMTEST INFO overhead ($(/bin/batchguard --version)) $(awk -v b="$bare" -v p="$pair" -v g="$bg" 'BEGIN { printf "bare %.1f ms, flock+timeout %.1f ms, batchguard exec %.1f ms: batchguard adds %.2fx what the pair adds", b, p, g, (g - b) / (p - b) }')"
+# The floor of a recorded run (release builds only), its cgroups beside
+# batchguard's (the base batchguard set up, memory enabled for children).
+if [ -x /bin/run_floor ] && [ -d /sys/fs/cgroup/batchguard ]; then
+  floor=$(per_run_ms 20 /bin/run_floor /tmp/floor.db /tmp/floor-log tick --cgroup /sys/fs/cgroup/batchguard -- /bin/true)
+  echo "VMTEST INFO floor $(awk -v b="$bare" -v p="$pair" -v f="$floor" -v g="$bg" 'BEGIN { printf "run_floor (cgroup v2) %.1f ms: the floor adds %.2fx what the pair adds; batchguard adds %.2fx what the floor adds", f, (f - b) / (p - b), (g - b) / (f - b) }')"
+fi
 echo "VMTEST DONE"
