@@ -15,6 +15,12 @@ use std::sync::Mutex;
 use super::prepare::{builtin, template_error};
 use super::{Control, Prepared, Stop};
 
+/// How long a child runs before its run's helpers start (see
+/// [`Attempt::start_helpers`]): long enough that a job straddling it is a
+/// rare job, short enough that a signal or a publish request waits for it
+/// unnoticed.
+const HELPERS_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// What one attempt needs, whatever kind of job it runs. It holds the
 /// store and this attempt's pieces, never the whole application.
 pub(crate) struct Attempt<'a> {
@@ -255,6 +261,7 @@ impl<'a> Attempt<'a> {
         tracing::debug!(pid = child.pid(), "spawned");
         let done = child.wait_then(
             |stream, line| self.log_line(stream.as_str(), prefix, line),
+            HELPERS_AFTER,
             || self.start_helpers(),
         );
         self.control.unregister(id);

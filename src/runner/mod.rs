@@ -242,11 +242,11 @@ impl Run<'_> {
         std::thread::scope(|s| {
             // The helpers: one thread forwards our signals to the job, one
             // renews the lease and, between two renewals, answers the job's
-            // publish requests. They start at the first tick of the child's
-            // wait (10 ms), or before whatever else needs them (items, a
-            // retry's wait): a job that ends within the tick never pays
-            // for two threads, and a signal that comes meanwhile waits in
-            // signal-hook's pipe until the forwarder starts.
+            // publish requests. They start 100 ms into the child's wait (or
+            // before whatever else needs them: items, a retry's wait): a
+            // job that ends sooner never pays for two threads, and a
+            // signal that comes meanwhile waits in signal-hook's pipe
+            // until the forwarder starts.
             let start = || {
                 if started.swap(true, Ordering::SeqCst) {
                     return;

@@ -670,6 +670,8 @@ struct WaitState {
     /// also look for processes holding our pipes (no-cgroup mode only).
     deep: bool,
     deep_at: Option<Instant>,
+    /// When [`Child::wait_then`]'s hook is due (until it ran).
+    later_at: Option<Instant>,
 }
 
 impl WaitState {
@@ -686,6 +688,7 @@ impl WaitState {
             drain_deadline: None,
             deep: false,
             deep_at: None,
+            later_at: None,
         }
     }
 }
@@ -852,19 +855,21 @@ impl Child {
     /// output pipes reached EOF (or the tree was killed). `on_line` is called on this
     /// thread for every line of output, in arrival order.
     pub fn wait(self, on_line: impl FnMut(Stream, &[u8])) -> Outcome {
-        self.wait_then(on_line, || {})
+        self.wait_then(on_line, Duration::MAX, || {})
     }
 
     /// [`Child::wait`], and `later` is called once, on this thread, when the
-    /// wait lasts past its first tick (10 ms): for what a short child never
-    /// needs, such as a runner's helper threads.
+    /// wait lasts `after` or longer: for what a short child never needs, such
+    /// as a runner's helper threads.
     pub fn wait_then(
         mut self,
         mut on_line: impl FnMut(Stream, &[u8]),
+        after: Duration,
         later: impl FnOnce(),
     ) -> Outcome {
         let mut w = WaitState::new(&self.limits, self.started);
-        let mut later = Some((w.next_tick, later));
+        w.later_at = Instant::now().checked_add(after);
+        let mut later = Some(later);
         loop {
             self.wake.drain();
             self.check_exit(&mut w);
@@ -872,8 +877,9 @@ impl Child {
             // the pipes, so a lone child's EOF is seen in this very pass.
             self.output.pump(&mut on_line);
             let now = Instant::now();
-            if later.as_ref().is_some_and(|(at, _)| now >= *at) {
-                if let Some((_, f)) = later.take() {
+            if w.later_at.is_some_and(|at| now >= at) {
+                w.later_at = None;
+                if let Some(f) = later.take() {
                     f();
                 }
             }
@@ -1015,6 +1021,9 @@ impl Child {
             consider(d);
         }
         if let (Some(d), false) = (w.deep_at, w.deep) {
+            consider(d);
+        }
+        if let Some(d) = w.later_at {
             consider(d);
         }
         if running && self.pidfd.is_none() {

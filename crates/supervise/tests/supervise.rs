@@ -72,37 +72,50 @@ fn exit_code_passthrough() {
     );
 }
 
-/// `wait_then`'s hook runs once, on the waiting thread, for a child that
-/// outlives the first tick, and never for one that ends before it.
+/// `wait_then`'s hook runs once, on the waiting thread, when the wait
+/// lasts its delay, even in cgroup mode (whose ticks are a second apart);
+/// never for a child that ends before.
 #[test]
-fn the_late_hook_runs_once_and_only_for_a_child_past_its_first_tick() {
-    sv::become_subreaper();
-    let calls = std::cell::Cell::new(0u32);
-    let waiter = std::thread::current().id();
-    let long =
-        sv::spawn_with(sh("sleep 0.3"), Limits::default(), Enforcement::Poll).expect("spawn");
-    let start = Instant::now();
-    let out = long.wait_then(
-        |_, _| {},
-        || {
-            assert_eq!(std::thread::current().id(), waiter);
-            assert!(
-                start.elapsed() < Duration::from_millis(250),
-                "called late: {:?}",
-                start.elapsed()
-            );
-            calls.set(calls.get() + 1);
-        },
-    );
-    assert_eq!(out.end, End::Exited(0));
-    assert_eq!(calls.get(), 1, "a 300 ms child gets the hook once");
-    // A child that has ended before the tick: exit is seen at once.
-    let short =
-        sv::spawn_with(spec(&["true"]), Limits::default(), Enforcement::Poll).expect("spawn");
-    std::thread::sleep(Duration::from_millis(2));
-    let out = short.wait_then(|_, _| {}, || calls.set(calls.get() + 1));
-    assert_eq!(out.end, End::Exited(0));
-    assert_eq!(calls.get(), 1, "a child that ended first gets no hook");
+fn the_late_hook_runs_once_on_time_and_only_for_a_child_that_lasts() {
+    for mode in modes() {
+        sv::become_subreaper();
+        let calls = std::cell::Cell::new(0u32);
+        let waiter = std::thread::current().id();
+        let spec = with_cgroup(sh("sleep 0.5"), "late");
+        let long = sv::spawn_with(spec, Limits::default(), mode).expect("spawn");
+        let start = Instant::now();
+        let out = long.wait_then(
+            |_, _| {},
+            Duration::from_millis(100),
+            || {
+                assert_eq!(std::thread::current().id(), waiter);
+                let at = start.elapsed();
+                assert!(
+                    at >= Duration::from_millis(100) && at < Duration::from_millis(400),
+                    "{mode}: called at {at:?}"
+                );
+                calls.set(calls.get() + 1);
+            },
+        );
+        assert_eq!(out.end, End::Exited(0));
+        assert_eq!(calls.get(), 1, "{mode}: a 500 ms child gets the hook once");
+        let short = sv::spawn_with(spec_true(), Limits::default(), mode).expect("spawn");
+        let out = short.wait_then(
+            |_, _| {},
+            Duration::from_millis(100),
+            || calls.set(calls.get() + 1),
+        );
+        assert_eq!(out.end, End::Exited(0));
+        assert_eq!(
+            calls.get(),
+            1,
+            "{mode}: a child that ended first gets no hook"
+        );
+    }
+}
+
+fn spec_true() -> Spec {
+    spec(&["true"])
 }
 
 #[test]
