@@ -35,7 +35,7 @@ pub(crate) struct Attempt<'a> {
     pub env: Vec<(OsString, OsString)>,
     /// Starts the run's helpers (the signal forwarder, the lease renewal
     /// and the publish socket's server) if they are not running yet: a
-    /// child that ends within its first tick never needs them.
+    /// child that ends within [`HELPERS_AFTER`] never needs them.
     helpers: Option<&'a (dyn Fn() + Sync)>,
 }
 

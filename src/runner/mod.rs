@@ -243,10 +243,10 @@ impl Run<'_> {
             // The helpers: one thread forwards our signals to the job, one
             // renews the lease and, between two renewals, answers the job's
             // publish requests. They start 100 ms into the child's wait (or
-            // before whatever else needs them: items, a retry's wait): a
-            // job that ends sooner never pays for two threads, and a
-            // signal that comes meanwhile waits in signal-hook's pipe
-            // until the forwarder starts.
+            // before whatever else needs them: items, an overrun to watch,
+            // a retry's wait): a job that ends sooner never pays for two
+            // threads, and a signal that comes meanwhile waits in
+            // signal-hook's pipe until the forwarder starts.
             let start = || {
                 if started.swap(true, Ordering::SeqCst) {
                     return;
@@ -281,6 +281,12 @@ impl Run<'_> {
             // Only jobs with a ping channel pay for the thread.
             if notice::has_ping_channel(self.ctx, self.job) {
                 s.spawn(|| notice::ping_start(self.ctx, self.job, &first.id));
+            }
+            // An overrun is noticed within a tenth of the expected
+            // duration, counted from the run's start: the renewal thread
+            // watches from the start.
+            if self.job.expected_duration.is_some() {
+                start();
             }
             let socket = publish.as_ref().map(|s| s.path());
             let report = self.attempts(first.clone(), &sig_rx, socket, &start);
