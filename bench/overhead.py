@@ -36,15 +36,17 @@ BIN = os.path.join(ROOT, "target", "release", "batchguard")
 FLOOR = os.path.join(ROOT, "target", "release", "examples", "run_floor")
 
 
-def floor_cgroup_parent(tmp):
+def floor_cgroup_parent():
     """Where the floor makes its runs' memory cgroups: beside batchguard's,
-    under this process's own cgroup v1 memory cgroup. None elsewhere."""
+    under this process's own cgroup v1 memory cgroup (mounted where Debian
+    mounts it). None elsewhere."""
     for line in open("/proc/self/cgroup"):
         _, controllers, path = line.rstrip("\n").split(":", 2)
-        if "memory" in controllers.split(","):
-            parent = f"/sys/fs/cgroup/memory{path}/batchguard-floor-{os.getpid()}"
+        own = f"/sys/fs/cgroup/memory{path}".rstrip("/")
+        if "memory" in controllers.split(",") and os.path.exists(f"{own}/memory.limit_in_bytes"):
+            parent = f"{own}/batchguard-floor-{os.getpid()}"
             try:
-                os.makedirs(parent, exist_ok=True)
+                os.mkdir(parent)
                 return parent
             except OSError:
                 return None
@@ -91,7 +93,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="bg-bench-")
     BIN = installed(BIN, tmp)
     floor = installed(FLOOR, tmp)
-    floor_cg = floor_cgroup_parent(tmp)
+    floor_cg = floor_cgroup_parent()
     base = None
     if args.baseline:
         os.makedirs(f"{tmp}/baseline")
