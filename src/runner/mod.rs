@@ -251,6 +251,7 @@ impl Run<'_> {
                 if started.swap(true, Ordering::SeqCst) {
                     return;
                 }
+                tracing::debug!("helper threads started");
                 if let Some(mut signals) = take(&signals) {
                     let sig_tx = sig_tx.clone();
                     s.spawn(move || {

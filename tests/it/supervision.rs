@@ -150,6 +150,28 @@ fn term_to_runner_stops_job_as_killed() {
     assert!(!pid_alive(job_pid));
 }
 
+/// A job that ends within the helpers' delay runs without them; one that
+/// lasts gets them, and its lease renewal and signal forwarding work.
+#[test]
+fn only_a_job_that_lasts_starts_the_helper_threads() {
+    let env = Env::new();
+    env.job("quick", "command = [\"true\"]\n");
+    env.job("slow", "command = [\"sleep\", \"0.4\"]\n");
+    let debug = [("BATCHGUARD_LOG", "debug")];
+    let quick = env.run_with(&["run", "quick"], &debug);
+    quick.code(0);
+    assert!(
+        !quick.stderr().contains("helper threads started"),
+        "{}",
+        quick.stderr()
+    );
+    env.run_with(&["run", "slow"], &debug)
+        .code(0)
+        .stderr_has("helper threads started");
+    assert_eq!(env.last_run("quick")["outcome"], "success");
+    assert_eq!(env.last_run("slow")["outcome"], "success");
+}
+
 #[test]
 fn retries_back_off_and_record_each_attempt() {
     let env = Env::new();
