@@ -81,8 +81,8 @@ fn the_late_hook_runs_once_on_time_and_only_for_a_child_that_lasts() {
         sv::become_subreaper();
         let calls = std::cell::Cell::new(0u32);
         let waiter = std::thread::current().id();
-        let spec = with_cgroup(sh("sleep 0.5"), "late");
-        let long = sv::spawn_with(spec, Limits::default(), mode).expect("spawn");
+        let lasting = with_cgroup(sh("sleep 0.5"), "late");
+        let long = sv::spawn_with(lasting, Limits::default(), mode).expect("spawn");
         let start = Instant::now();
         let out = long.wait_then(
             |_, _| {},
@@ -99,7 +99,7 @@ fn the_late_hook_runs_once_on_time_and_only_for_a_child_that_lasts() {
         );
         assert_eq!(out.end, End::Exited(0));
         assert_eq!(calls.get(), 1, "{mode}: a 500 ms child gets the hook once");
-        let short = sv::spawn_with(spec_true(), Limits::default(), mode).expect("spawn");
+        let short = sv::spawn_with(spec(&["true"]), Limits::default(), mode).expect("spawn");
         let out = short.wait_then(
             |_, _| {},
             Duration::from_millis(100),
@@ -112,10 +112,6 @@ fn the_late_hook_runs_once_on_time_and_only_for_a_child_that_lasts() {
             "{mode}: a child that ended first gets no hook"
         );
     }
-}
-
-fn spec_true() -> Spec {
-    spec(&["true"])
 }
 
 #[test]
