@@ -14,6 +14,8 @@
 #![no_main]
 
 use std::io::IsTerminal;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Colour in diagnostics only where a person reads them: stderr is a
 /// terminal and `NO_COLOR` is unset, or `CLICOLOR_FORCE` asks for it. Cron
@@ -59,16 +61,37 @@ fn sanitize_process_start() {
     }
 }
 
+/// What `BATCHGUARD_LOG` lets through: comma-separated `LEVEL` and
+/// `TARGET=LEVEL` directives (`debug`, `batchguard=trace,warn`); unset,
+/// empty or not understood, warnings and errors. `Targets` reads the same
+/// directives as tracing's `EnvFilter` without its span and field filters,
+/// which need a regular-expression engine in every invocation's binary
+/// (docs/performance.md).
+fn diagnostics_filter() -> tracing_subscriber::filter::Targets {
+    let warn = || tracing_subscriber::filter::Targets::new().with_default(tracing::Level::WARN);
+    match std::env::var("BATCHGUARD_LOG") {
+        Ok(v) if !v.trim().is_empty() => v.parse().unwrap_or_else(|e| {
+            eprintln!(
+                "batchguard: BATCHGUARD_LOG={v:?} is not understood ({e}); showing warnings. \
+                 Give LEVEL or TARGET=LEVEL, comma-separated (debug, batchguard=trace)"
+            );
+            warn()
+        }),
+        _ => warn(),
+    }
+}
+
 #[unsafe(no_mangle)]
 extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
     sanitize_process_start();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BATCHGUARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        // Everything reaches the filter below, which decides.
+        .with_max_level(tracing::level_filters::LevelFilter::TRACE)
         .with_writer(std::io::stderr)
         .with_ansi(stderr_wants_colour())
         .with_target(false)
+        .finish()
+        .with(diagnostics_filter())
         .init();
     let code = batchguard::cli::main();
     tracing::debug!(code, "exiting");

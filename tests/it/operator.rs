@@ -31,6 +31,38 @@ fn diagnostics_written_to_a_file_carry_no_colour_codes() {
     );
 }
 
+/// `BATCHGUARD_LOG` takes tracing's directives: a target's own level
+/// shows that target's lines only, and a value that is no filter says so
+/// on stderr (once, before anything else) and leaves the warnings on.
+#[test]
+fn the_diagnostics_filter_takes_targets_and_names_a_bad_value() {
+    let env = Env::new();
+    env.job("tiny", "command = [\"true\"]\n");
+    let ours = env.run_with(&["run", "tiny"], &[("BATCHGUARD_LOG", "batchguard=debug")]);
+    ours.code(0);
+    assert!(ours.stderr().contains("DEBUG"), "{}", ours.stderr());
+    assert!(ours.stderr().contains("run recorded"), "{}", ours.stderr());
+    let other = env.run_with(
+        &["run", "tiny"],
+        &[("BATCHGUARD_LOG", "batchguard_supervise=debug")],
+    );
+    other.code(0);
+    assert!(
+        !other.stderr().contains("run recorded"),
+        "{}",
+        other.stderr()
+    );
+    let bad = env.run_with(&["run", "tiny"], &[("BATCHGUARD_LOG", "batchguard=loud")]);
+    bad.code(0);
+    assert!(
+        bad.stderr()
+            .starts_with("batchguard: BATCHGUARD_LOG=\"batchguard=loud\" is not understood"),
+        "{}",
+        bad.stderr()
+    );
+    assert!(!bad.stderr().contains("DEBUG"), "{}", bad.stderr());
+}
+
 /// Every read command (SPEC §8), about `job` and `run`.
 fn read_commands<'a>(job: &'a str, run: &'a str) -> Vec<Vec<&'a str>> {
     vec![
