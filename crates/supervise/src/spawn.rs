@@ -199,11 +199,31 @@ impl Started {
 static NO_CLONE3: AtomicBool = AtomicBool::new(false);
 /// Whether the vfork-style clone failed as unsupported once (then never tried again).
 static NO_VFORK: AtomicBool = AtomicBool::new(false);
+/// Whether clone3(CLONE_VM | CLONE_VFORK | CLONE_CLEAR_SIGHAND) failed as
+/// unsupported once (then the vfork-style child resets the handlers itself).
+static NO_CLEAR_SIGHAND: AtomicBool = AtomicBool::new(false);
 
 #[cfg(test)]
 thread_local! {
     /// Tests of the fallback: this thread spawns with the C library.
     static LIBC_SPAWN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests of the older kernels' path: this thread's vfork-style children
+    /// reset the signal handlers themselves.
+    static OWN_SIGHAND_RESET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether a vfork-style child outside a cgroup v2 is cloned without
+/// `CLONE_CLEAR_SIGHAND`.
+fn no_clear_sighand() -> bool {
+    #[cfg(test)]
+    if OWN_SIGHAND_RESET.with(|f| f.get()) {
+        return true;
+    }
+    NO_CLEAR_SIGHAND.load(Ordering::Relaxed)
 }
 
 /// Whether this spawn goes straight to the C library's spawn.
@@ -488,6 +508,9 @@ struct RawChild<'a> {
     stdio: [RawFd; 3],
     pre: &'a PreExec,
     empty_mask: libc::sigset_t,
+    /// The clone reset the runner's signal handlers already
+    /// (`CLONE_CLEAR_SIGHAND`): the child need not.
+    handlers_cleared: bool,
 }
 
 impl RawChild<'_> {
@@ -510,8 +533,10 @@ impl RawChild<'_> {
         };
         let errno = || io::Error::last_os_error().raw_os_error().unwrap_or(0);
         // Signals are blocked (see `spawn_raw`): drop the runner's handlers
-        // before any can run here, then unblock.
-        sys::default_signal_handlers();
+        // before any can run here (unless the clone did), then unblock.
+        if !self.handlers_cleared {
+            sys::default_signal_handlers();
+        }
         sys::set_sigmask(&self.empty_mask);
         // SAFETY: signal/setpgid/dup2 with integer arguments; all async-signal-safe.
         unsafe {
@@ -630,6 +655,41 @@ impl Way<'_> {
 /// only (no allocation, a few sigaction structs).
 const VFORK_STACK: usize = 64 << 10;
 
+/// A vfork-style clone of `child` outside a cgroup v2: clone3 with the
+/// runner's signal handlers reset by the kernel where it offers that
+/// (Linux 5.5+ on x86_64: 63 fewer system calls in every child), else
+/// `clone(CLONE_VM | CLONE_VFORK)`, the child resetting them itself.
+///
+/// # Safety
+/// As for `sys::vfork_clone`: `child` stays alive and unmoved until this
+/// returns, and `stack` is used by nothing else meanwhile.
+unsafe fn vfork_outside_cgroup(
+    child: &mut RawChild<'_>,
+    stack: &mut [std::mem::MaybeUninit<u8>],
+) -> io::Result<i32> {
+    if !no_clear_sighand() {
+        child.handlers_cleared = true;
+        // SAFETY: the caller's contract; `RawChild::exec` is async-signal-safe,
+        // allocates nothing and never returns.
+        match unsafe { sys::clone3_vfork(None, vfork_entry, stack, child_arg(child)) } {
+            Some(Err(e)) if sys::clone3_unsupported(&e) => {
+                NO_CLEAR_SIGHAND.store(true, Ordering::Relaxed);
+                tracing::debug!(error = %e, "clone3 with CLONE_CLEAR_SIGHAND is not offered here; each child resets the signal handlers itself");
+            }
+            Some(cloned) => return cloned,
+            None => {}
+        }
+    }
+    child.handlers_cleared = false;
+    // SAFETY: as above.
+    unsafe { sys::vfork_clone(vfork_entry, stack, child_arg(child)) }
+}
+
+/// The pointer `vfork_entry` receives.
+fn child_arg(child: &RawChild<'_>) -> *mut libc::c_void {
+    child as *const RawChild<'_> as *mut libc::c_void
+}
+
 /// The vfork child's entry point: `arg` is the parent's `RawChild`.
 extern "C" fn vfork_entry(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `spawn_raw` passes a pointer to a live `RawChild` in its own
@@ -671,7 +731,7 @@ fn spawn_raw(
         },
     };
     let (argv_c, envp_c) = exec_strings(spec)?;
-    let child = RawChild {
+    let mut child = RawChild {
         program: cstring(program.as_os_str().as_bytes())?,
         argv: nul_terminated(&argv_c),
         envp: nul_terminated(&envp_c),
@@ -682,25 +742,26 @@ fn spawn_raw(
         ],
         pre: &pre,
         empty_mask: sys::empty_sigset(),
+        // Every clone3 below passes CLONE_CLEAR_SIGHAND; `vfork_clone` not.
+        handlers_cleared: true,
     };
     let mut stack: Vec<u8> = Vec::with_capacity(VFORK_STACK);
-    let arg = &child as *const RawChild<'_> as *mut libc::c_void;
     let pid = {
         // Until the child is registered (see `tree::SpawnGuard`).
         let guard = tree::SpawnGuard::new();
         let mask = sys::block_all_signals();
         let cloned = match dir.as_ref() {
             // vfork-style into the cgroup where the platform has the
-            // trampoline, else fork-style. SAFETY: as for `vfork_clone` below;
+            // trampoline, else fork-style. SAFETY: as for `vfork_outside_cgroup`;
             // in a fork-style child (return value 0) only `RawChild::exec`
             // runs, which is async-signal-safe, allocates nothing and never
             // returns.
             Some(dir) => match unsafe {
-                sys::clone3_vfork_into_cgroup(
-                    dir.as_raw_fd(),
+                sys::clone3_vfork(
+                    Some(dir.as_raw_fd()),
                     vfork_entry,
                     stack.spare_capacity_mut(),
-                    arg,
+                    child_arg(&child),
                 )
             } {
                 Some(cloned) => cloned,
@@ -709,11 +770,9 @@ fn spawn_raw(
                     other => other,
                 },
             },
-            // SAFETY: the child runs `vfork_entry` on `stack`, a buffer no one
-            // else uses, with a pointer to `child`, alive in this frame until
-            // the clone returns; `RawChild::exec` is async-signal-safe,
-            // allocates nothing and never returns.
-            None => unsafe { sys::vfork_clone(vfork_entry, stack.spare_capacity_mut(), arg) },
+            // SAFETY: `child` lives in this frame, unmoved, until the clone
+            // returns; `stack` is a buffer no one else uses.
+            None => unsafe { vfork_outside_cgroup(&mut child, stack.spare_capacity_mut()) },
         };
         sys::set_sigmask(&mask);
         match cloned {
@@ -830,6 +889,59 @@ mod tests {
             matches!(err, Some(SpawnError::NotExecutable { .. })),
             "{err:?}"
         );
+    }
+
+    /// Both vfork-style clones give the job the dispositions an exec after
+    /// a plain fork would: a signal the runner ignores stays ignored, SIGPIPE
+    /// (which the runner ignores) is back at its default. On Linux 5.5+ the
+    /// kernel resets the handlers in the clone (`CLONE_CLEAR_SIGHAND`), and
+    /// the older kernels' path, where the child does it, still works.
+    #[test]
+    fn a_vfork_style_child_keeps_ignored_signals_and_gets_sigpipe_back() {
+        // SAFETY: signal with integer arguments; no test here sends SIGUSR2.
+        unsafe { libc::signal(libc::SIGUSR2, libc::SIG_IGN) };
+        let ignored_in_child = |own_reset: bool| -> u64 {
+            OWN_SIGHAND_RESET.with(|f| f.set(own_reset));
+            let spec = Spec {
+                argv: ["grep", "SigIgn", "/proc/self/status"]
+                    .map(OsString::from)
+                    .to_vec(),
+                env: std::env::vars_os().collect(),
+                ..Spec::default()
+            };
+            let child =
+                crate::spawn_with(spec, Limits::default(), Enforcement::Poll).expect("spawn");
+            let mut out = Vec::new();
+            child.wait(|_, l| out.push(String::from_utf8_lossy(l).into_owned()));
+            OWN_SIGHAND_RESET.with(|f| f.set(false));
+            let hex = out[0].trim_start_matches("SigIgn:").trim();
+            u64::from_str_radix(hex, 16).expect("a SigIgn mask")
+        };
+        let bit = |sig: i32| 1u64 << (sig - 1);
+        for own_reset in [false, true] {
+            let mask = ignored_in_child(own_reset);
+            assert_ne!(
+                mask & bit(libc::SIGUSR2),
+                0,
+                "own reset {own_reset}: {mask:x}"
+            );
+            assert_eq!(
+                mask & bit(libc::SIGPIPE),
+                0,
+                "own reset {own_reset}: {mask:x}"
+            );
+        }
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+        let mut v = release
+            .split(|c: char| !c.is_ascii_digit())
+            .map(|n| n.parse().unwrap_or(0));
+        let (major, minor): (u32, u32) = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+        if (major, minor) >= (5, 5) && cfg!(target_arch = "x86_64") {
+            assert!(
+                !NO_CLEAR_SIGHAND.load(Ordering::Relaxed),
+                "Linux {release} refused clone3 with CLONE_CLEAR_SIGHAND"
+            );
+        }
     }
 
     /// The fallback for a refused clone, the C library's spawn, still

@@ -281,9 +281,15 @@ struct CloneArgs {
 }
 
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+/// The child starts with every signal the parent handles back at its
+/// default action (ignored ones stay ignored, as across exec), done by the
+/// kernel in the clone (Linux 5.5+), instead of 63 `sigaction` queries by
+/// the child before it may unblock signals.
+const CLONE_CLEAR_SIGHAND: u64 = 0x1_0000_0000;
 
-/// `clone3(CLONE_INTO_CGROUP)`: fork into the cgroup v2 directory `cgroup_dir`.
-/// Returns the child's pid in the parent and 0 in the child.
+/// `clone3(CLONE_INTO_CGROUP | CLONE_CLEAR_SIGHAND)`: fork into the cgroup
+/// v2 directory `cgroup_dir`, the runner's signal handlers reset in the
+/// child. Returns the child's pid in the parent and 0 in the child.
 ///
 /// # Safety
 /// Like `fork` in a multi-threaded process: the child has only the calling
@@ -292,7 +298,7 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// must not allocate or unwind, and must end in `execve` or `_exit`.
 pub(crate) unsafe fn clone3_into_cgroup(cgroup_dir: RawFd) -> io::Result<i32> {
     let mut args = CloneArgs {
-        flags: CLONE_INTO_CGROUP,
+        flags: CLONE_INTO_CGROUP | CLONE_CLEAR_SIGHAND,
         exit_signal: libc::SIGCHLD as u64,
         ..CloneArgs::default()
     };
@@ -346,17 +352,18 @@ pub(crate) unsafe fn vfork_clone(
     Ok(rc)
 }
 
-/// `clone3(CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP)`: [`vfork_clone`]
-/// into the cgroup v2 directory `cgroup_dir`, the child born inside it.
-/// The raw syscall returns in the child on the new stack, in the middle of
-/// this function, so the child's side is a few instructions of assembly
-/// that call `entry(arg)` there. x86_64 only; `None` elsewhere (the caller
-/// then clones fork-style).
+/// `clone3(CLONE_VM | CLONE_VFORK | CLONE_CLEAR_SIGHAND)`: [`vfork_clone`]
+/// with the runner's signal handlers reset in the child by the kernel, and
+/// with `cgroup_dir` (`CLONE_INTO_CGROUP`) the child born inside that
+/// cgroup v2. The raw syscall returns in the child on the new stack, in the
+/// middle of this function, so the child's side is a few instructions of
+/// assembly that call `entry(arg)` there. x86_64 only; `None` elsewhere
+/// (the caller then clones another way).
 ///
 /// # Safety
 /// As for [`vfork_clone`].
-pub(crate) unsafe fn clone3_vfork_into_cgroup(
-    cgroup_dir: RawFd,
+pub(crate) unsafe fn clone3_vfork(
+    cgroup_dir: Option<RawFd>,
     entry: extern "C" fn(*mut libc::c_void) -> libc::c_int,
     stack: &mut [std::mem::MaybeUninit<u8>],
     arg: *mut libc::c_void,
@@ -368,14 +375,19 @@ pub(crate) unsafe fn clone3_vfork_into_cgroup(
         // the alignment the C ABI expects at `entry`.
         let base = stack.as_mut_ptr() as usize;
         let size = ((base + stack.len()) & !15) - base;
+        let into = if cgroup_dir.is_some() {
+            CLONE_INTO_CGROUP
+        } else {
+            0
+        };
         let mut args = CloneArgs {
-            flags: libc::CLONE_VM as u64 | libc::CLONE_VFORK as u64 | CLONE_INTO_CGROUP,
+            flags: libc::CLONE_VM as u64 | libc::CLONE_VFORK as u64 | CLONE_CLEAR_SIGHAND | into,
             exit_signal: libc::SIGCHLD as u64,
             stack: base as u64,
             stack_size: size as u64,
+            cgroup: cgroup_dir.map_or(0, |fd| fd as u64),
             ..CloneArgs::default()
         };
-        args.cgroup = cgroup_dir as u64;
         let ret: i64;
         // SAFETY: the syscall reads the live `args`. In the parent only rax,
         // rcx and r11 change (declared). In the child (rax = 0) the code runs
@@ -417,7 +429,8 @@ pub(crate) unsafe fn clone3_vfork_into_cgroup(
 }
 
 /// Whether a clone3 error means "not offered here" (old kernel: ENOSYS, no
-/// CLONE_INTO_CGROUP: EINVAL / E2BIG, a seccomp filter: EPERM / ENOSYS)
+/// CLONE_INTO_CGROUP or CLONE_CLEAR_SIGHAND: EINVAL / E2BIG, a seccomp
+/// filter: EPERM / ENOSYS)
 /// rather than a real failure to start a process.
 pub(crate) fn clone3_unsupported(e: &io::Error) -> bool {
     matches!(
