@@ -255,14 +255,33 @@ impl<'a> Attempt<'a> {
     /// the run's control), and turn its end into an attempt result.
     pub fn wait_child(&self, child: supervise::Child, prefix: &str) -> Result<AttemptResult> {
         let cgroup = child.cgroup_path().map(|c| c.display().to_string());
-        self.store
-            .set_run_process(&self.record.id, Some(child.pgid()), cgroup.as_deref())?;
+        let pgid = child.pgid();
+        let record_process = || {
+            self.store
+                .set_run_process(&self.record.id, Some(pgid), cgroup.as_deref())
+        };
+        // A tree in the cgroup the run's record already names (it was
+        // planned before the spawn) is found through that cgroup should the
+        // runner die: its process group, a second way to it, is recorded
+        // when the job lasts (with the helpers), so a job that ends sooner
+        // costs no write transaction here. Any other tree is recorded now.
+        let in_recorded_cgroup = cgroup.is_some() && cgroup == self.record.cgroup;
+        if !in_recorded_cgroup {
+            record_process()?;
+        }
         let id = self.control.register(child.stop_handle());
         tracing::debug!(pid = child.pid(), "spawned");
         let done = child.wait_then(
             |stream, line| self.log_line(stream.as_str(), prefix, line),
             HELPERS_AFTER,
-            || self.start_helpers(),
+            || {
+                if in_recorded_cgroup {
+                    if let Err(e) = record_process() {
+                        tracing::warn!(error = %e, "cannot record the job's process group; its cgroup is recorded");
+                    }
+                }
+                self.start_helpers()
+            },
         );
         self.control.unregister(id);
         tracing::debug!(end = ?done.end, "process tree ended");
