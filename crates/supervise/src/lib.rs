@@ -13,8 +13,10 @@
 //!   `<own memory cgroup>/batchguard/<name>`) with the memory limit, and starts the
 //!   child (module `spawn`). On cgroup v2 that is `clone3(CLONE_INTO_CGROUP)`: the
 //!   child is born inside its cgroup. Otherwise (v1, poll, or a kernel without it)
-//!   the child is started vfork-style (`clone(CLONE_VM | CLONE_VFORK)`, no copy
-//!   of the runner's memory) and writes `0` to the cgroup's `cgroup.procs`, on
+//!   the child is started vfork-style (`clone3(CLONE_VM | CLONE_VFORK |
+//!   CLONE_CLEAR_SIGHAND)`, no copy of the runner's memory, its signal handlers
+//!   reset by the kernel; on kernels before 5.5 `clone(CLONE_VM | CLONE_VFORK)`
+//!   and the child resets them) and writes `0` to the cgroup's `cgroup.procs`, on
 //!   v1 its `tasks` (opened before the clone, so even its first fork is inside;
 //!   `tasks` moves the one thread the child has without the kernel's global
 //!   lock and its RCU grace period, see `cgroup::Entrance`). Where that clone is
