@@ -31,16 +31,13 @@ batchguard's parts are the floor's too and which are its own.
 
     sudo python3 bench/run_phases.py [--runs 300]
 """
-import argparse
-import collections
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 
-from benchlib import installed
+from benchlib import installed, perf_args, perf_profile
 from overhead import floor_cgroup_parent
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,55 +97,8 @@ def part(frames):
     return "other (no known frame)"
 
 
-def profile(argv, env, runs, freq, comm, tmp):
-    data = os.path.join(tmp, "perf.data")
-    command = " ".join(map(shq, argv)) + " >/dev/null"
-    loop = f"for i in $(seq {runs}); do {command}; done"
-    subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-F", str(freq), "-g", "-o", data,
-                    "--", "sh", "-c", loop], env=env, check=True, stderr=subprocess.DEVNULL)
-    out = subprocess.run(["perf", "script", "-i", data, "-F", "comm,ip,sym,dso"], capture_output=True,
-                         text=True, check=True).stdout
-    counts = collections.Counter()
-    who, frames = None, []
-
-    def flush():
-        if who == comm:
-            counts[part(frames)] += 1
-
-    for line in out.splitlines():
-        if not line.strip():
-            flush()
-            who, frames = None, []
-        elif not line[0].isspace():
-            who, frames = line.split()[0], []
-        else:
-            m = re.match(r"\s+[0-9a-f]+\s+(.*?)\s+\((.*)\)$", line)
-            if m:
-                frames.append((m.group(1).split("+0x")[0], m.group(2)))
-    flush()
-    ms = 1000.0 / freq / runs
-    return {k: v * ms for k, v in counts.items()}
-
-
-def shq(s):
-    return "'" + s.replace("'", "'\\''") + "'"
-
-
-def build():
-    env = dict(os.environ, RUSTFLAGS="-C force-frame-pointers=yes")
-    subprocess.run(["cargo", "build", "--release", "--bin", "batchguard", "--example", "run_floor",
-                    "--target-dir", FP_DIR], cwd=ROOT, env=env, check=True)
-    release = os.path.join(FP_DIR, "release")
-    return os.path.join(release, "batchguard"), os.path.join(release, "examples", "run_floor")
-
-
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=300)
-    ap.add_argument("--freq", type=int, default=15000)
-    args = ap.parse_args()
-    if not shutil.which("perf"):
-        raise SystemExit("needs perf (apt-get install linux-perf)")
+    args = perf_args()
     bg_built, floor_built = build()
     tmp = tempfile.mkdtemp(prefix="bg-phases-")
     bg = installed(bg_built, tmp)
@@ -166,7 +116,8 @@ def main():
     for _, argv, _ in peers:  # warm-up, and the stores exist
         for _ in range(5):
             subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
-    tables = [(name, profile(argv, env, args.runs, args.freq, comm, tmp)) for name, argv, comm in peers]
+    tables = [(name, perf_profile(argv, env, args.runs, args.freq, {comm}, part, tmp))
+              for name, argv, comm in peers]
     order = [n for n, _ in USER_PARTS] + [n for n, _ in KERNEL_PARTS] + [
         "page faults outside the parts", "malloc, free (caller not known)", "other (no known frame)"]
     rows = sorted({k for _, t in tables for k in t}, key=order.index)

@@ -21,8 +21,6 @@ kernel's and which is batchguard's own code.
 
     cargo build --release && sudo python3 bench/run_profile.py [--runs 300]
 """
-import argparse
-import collections
 import os
 import re
 import shutil
@@ -30,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 
-from benchlib import installed
+from benchlib import installed, perf_args, perf_profile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "batchguard")
@@ -79,47 +77,8 @@ def bucket(frames):
     return "kernel: other"
 
 
-def profile(argv, env, runs, freq, comms, tmp):
-    data = os.path.join(tmp, "perf.data")
-    command = " ".join(map(shq, argv)) + " >/dev/null"
-    loop = f"for i in $(seq {runs}); do {command}; done"
-    subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-F", str(freq), "-g", "-o", data,
-                    "--", "sh", "-c", loop], env=env, check=True, stderr=subprocess.DEVNULL)
-    out = subprocess.run(["perf", "script", "-i", data, "-F", "comm,ip,sym,dso"], capture_output=True,
-                         text=True, check=True).stdout
-    counts = collections.Counter()
-    comm, frames = None, []
-
-    def flush():
-        if comm in comms:
-            counts[bucket(frames)] += 1
-
-    for line in out.splitlines():
-        if not line.strip():
-            flush()
-            comm, frames = None, []
-        elif not line[0].isspace():
-            comm, frames = line.split()[0], []
-        else:
-            m = re.match(r"\s+[0-9a-f]+\s+(.*?)\s+\((.*)\)$", line)
-            if m:
-                frames.append((m.group(1).split("+")[0], m.group(2)))
-    flush()
-    ms = 1000.0 / freq / runs
-    return {k: v * ms for k, v in counts.items()}
-
-
-def shq(s):
-    return "'" + s.replace("'", "'\\''") + "'"
-
-
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=300)
-    ap.add_argument("--freq", type=int, default=15000)
-    args = ap.parse_args()
-    if not shutil.which("perf"):
-        raise SystemExit("needs perf (apt-get install linux-perf)")
+    args = perf_args()
     if not os.path.exists(BIN):
         raise SystemExit("build first: cargo build --release")
     tmp = tempfile.mkdtemp(prefix="bg-profile-")
@@ -140,7 +99,8 @@ def main():
     for _, argv, e, _ in peers:  # warm-up, and the store exists
         for _ in range(5):
             subprocess.run(argv, env=e, check=True, stdout=subprocess.DEVNULL)
-    tables = [(name, profile(argv, e, args.runs, args.freq, comms, tmp)) for name, argv, e, comms in peers]
+    tables = [(name, perf_profile(argv, e, args.runs, args.freq, comms, bucket, tmp))
+              for name, argv, e, comms in peers]
     rows = sorted({k for _, t in tables for k in t}, key=lambda k: (not k.startswith("kernel"), k))
     print(f"CPU ms per run in the wrapper's own processes (not the job's), perf cpu-clock at "
           f"{args.freq} Hz over {args.runs} runs each\n")
