@@ -97,6 +97,16 @@ def part(frames):
     return "other (no known frame)"
 
 
+def build():
+    """batchguard and the floor with frame pointers (target/fp), so that
+    perf can walk their stacks."""
+    env = dict(os.environ, RUSTFLAGS="-C force-frame-pointers=yes")
+    subprocess.run(["cargo", "build", "--release", "--bin", "batchguard", "--example", "run_floor",
+                    "--target-dir", FP_DIR], cwd=ROOT, env=env, check=True)
+    release = os.path.join(FP_DIR, "release")
+    return os.path.join(release, "batchguard"), os.path.join(release, "examples", "run_floor")
+
+
 def main():
     args = perf_args()
     bg_built, floor_built = build()
