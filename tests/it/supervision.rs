@@ -172,6 +172,42 @@ fn only_a_job_that_lasts_starts_the_helper_threads() {
     assert_eq!(env.last_run("slow")["outcome"], "success");
 }
 
+/// Should the runner die, the way to its job's tree is in the run's record
+/// from the first transaction: the cgroup (planned before the spawn) where
+/// the run has one, with the process group added once the job lasts 100
+/// ms; without a cgroup (poll mode) the process group at once.
+#[test]
+fn the_way_to_a_jobs_tree_is_recorded_before_it_matters() {
+    let env = Env::new();
+    env.job("quick", "command = [\"true\"]\n");
+    env.job("slow", "command = [\"sleep\", \"0.4\"]\n");
+    env.run(&["run", "quick"]).code(0);
+    env.run(&["run", "slow"]).code(0);
+    env.run_with(&["run", "quick"], &[("BATCHGUARD_CGROUP", "poll")])
+        .code(0);
+    let db = env.state.strip_prefix("sqlite:").unwrap();
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let rows: Vec<(String, i64, Option<String>, Option<i64>)> = conn
+        .prepare("SELECT job, duration_ms, cgroup, pgid FROM runs ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    let [quick, slow, polled] = &rows[..] else {
+        panic!("three runs expected: {rows:?}")
+    };
+    assert!(polled.2.is_none() && polled.3.is_some(), "{polled:?}");
+    // A host where the runner may make cgroups (root here, CI included).
+    if quick.2.is_some() {
+        // (A machine so loaded that `true` took 100 ms records it too.)
+        assert!(quick.3.is_none() || quick.1 >= 100, "{quick:?}");
+        assert!(slow.2.is_some() && slow.3.is_some(), "{slow:?}");
+    } else {
+        assert!(quick.3.is_some() && slow.3.is_some(), "{rows:?}");
+    }
+}
+
 #[test]
 fn retries_back_off_and_record_each_attempt() {
     let env = Env::new();
