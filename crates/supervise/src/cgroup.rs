@@ -159,6 +159,13 @@ fn parse_cgroup_mount(line: &str) -> Option<Mount> {
     })
 }
 
+/// The whitespace-separated words of a small file (none if unreadable).
+fn words(path: &Path) -> Vec<String> {
+    procfs::read_small(path)
+        .map(|s| s.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
 fn has_word(path: &Path, word: &str) -> bool {
     procfs::read_small(path)
         .map(|s| s.split_whitespace().any(|w| w == word))
@@ -378,12 +385,17 @@ fn mkdir_fresh(path: &Path) -> Result<(), CgError> {
 fn enable_v2(dir: &Path, required: &str, optional: &[&str]) -> Result<(), CgError> {
     let control = dir.join("cgroup.subtree_control");
     let available = dir.join("cgroup.controllers");
+    // Read once: on every run after the first both are enabled already, and
+    // nothing else is then read or written here.
+    let enabled = words(&control);
+    let mut wrote = false;
     for (ctrl, needed) in
         std::iter::once((required, true)).chain(optional.iter().map(|c| (*c, false)))
     {
-        if has_word(&control, ctrl) || !has_word(&available, ctrl) {
+        if enabled.iter().any(|w| w == ctrl) || !has_word(&available, ctrl) {
             continue;
         }
+        wrote = true;
         if let Err(e) = write_file(&control, &format!("+{ctrl}")) {
             if needed {
                 return Err(e);
@@ -391,7 +403,12 @@ fn enable_v2(dir: &Path, required: &str, optional: &[&str]) -> Result<(), CgErro
             tracing::debug!(path = %control.display(), error = %e.source, "could not enable {ctrl}");
         }
     }
-    if !has_word(&control, required) {
+    let required_on = if wrote {
+        has_word(&control, required)
+    } else {
+        enabled.iter().any(|w| w == required)
+    };
+    if !required_on {
         return Err(err(
             &control,
             io::Error::other(format!("controller {required} not enabled")),
