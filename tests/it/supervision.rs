@@ -179,10 +179,10 @@ fn only_a_job_that_lasts_starts_the_helper_threads() {
 #[test]
 fn the_way_to_a_jobs_tree_is_recorded_before_it_matters() {
     let env = Env::new();
-    env.job("quick", "command = [\"true\"]\n");
-    env.job("slow", "command = [\"sleep\", \"0.4\"]\n");
-    env.run(&["run", "quick"]).code(0);
-    env.run(&["run", "slow"]).code(0);
+    for (job, command) in [("quick", r#"["true"]"#), ("slow", r#"["sleep", "0.4"]"#)] {
+        env.job(job, &format!("command = {command}\n"));
+        env.run(&["run", job]).code(0);
+    }
     env.run_with(&["run", "quick"], &[("BATCHGUARD_CGROUP", "poll")])
         .code(0);
     let db = env.state.strip_prefix("sqlite:").unwrap();
