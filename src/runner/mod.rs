@@ -593,7 +593,7 @@ fn plain(a: &Attempt<'_>) -> Result<AttemptResult> {
     a.spawn_and_wait(&argv, spec, a.run_limits())
 }
 
-/// Delete the job's run logs older than `log_retention`.
+/// Delete the job's run logs older than `log_retention` (SPEC §1).
 fn prune_logs(run: &Run<'_>) {
     let (ctx, job) = (run.ctx, run.job);
     if let Err(e) = logs::prune(

@@ -167,9 +167,7 @@ fn words(path: &Path) -> Vec<String> {
 }
 
 fn has_word(path: &Path, word: &str) -> bool {
-    procfs::read_small(path)
-        .map(|s| s.split_whitespace().any(|w| w == word))
-        .unwrap_or(false)
+    words(path).iter().any(|w| w == word)
 }
 
 /// The root of a cgroup2 hierarchy that offers the memory controller.
@@ -387,7 +385,7 @@ fn enable_v2(dir: &Path, required: &str, optional: &[&str]) -> Result<(), CgErro
     let available = dir.join("cgroup.controllers");
     // Read once: on every run after the first both are enabled already, and
     // nothing else is then read or written here.
-    let enabled = words(&control);
+    let mut enabled = words(&control);
     let mut wrote = false;
     for (ctrl, needed) in
         std::iter::once((required, true)).chain(optional.iter().map(|c| (*c, false)))
@@ -403,12 +401,10 @@ fn enable_v2(dir: &Path, required: &str, optional: &[&str]) -> Result<(), CgErro
             tracing::debug!(path = %control.display(), error = %e.source, "could not enable {ctrl}");
         }
     }
-    let required_on = if wrote {
-        has_word(&control, required)
-    } else {
-        enabled.iter().any(|w| w == required)
-    };
-    if !required_on {
+    if wrote {
+        enabled = words(&control);
+    }
+    if !enabled.iter().any(|w| w == required) {
         return Err(err(
             &control,
             io::Error::other(format!("controller {required} not enabled")),
